@@ -1,0 +1,11 @@
+import type { ArtifactRef } from '@conveyor/contracts';
+
+/** Where stages keep what they hand to each other (CodePipeline's artifact bucket). */
+export interface ArtifactStore {
+  /** Stores an existing tar file under `key` (atomically replacing any previous one). */
+  putTar(key: string, tarPath: string): Promise<ArtifactRef>;
+  /** Packs `files` (paths relative to `dir`) as a tar under `key`. */
+  putFiles(key: string, dir: string, files: readonly string[]): Promise<ArtifactRef>;
+  /** Unpacks the artifact into `dir`, checking its digest; entries may not escape `dir`. */
+  extractTo(ref: ArtifactRef, dir: string): Promise<void>;
+}

@@ -1,0 +1,78 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { create, extract } from 'tar';
+import type { ArtifactRef } from '@conveyor/contracts';
+import type { ArtifactStore } from './artifact-store.js';
+
+const KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]*$/;
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Artifacts as tar files under one local directory. The default store on one machine. */
+export class FsArtifactStore implements ArtifactStore {
+  readonly root: string;
+  constructor(root: string) {
+    this.root = resolve(root);
+  }
+
+  private pathFor(key: string): string {
+    if (!KEY.test(key) || key.split('/').includes('..')) throw new Error(`invalid artifact key: ${key}`);
+    const path = resolve(this.root, key);
+    if (!path.startsWith(this.root + sep)) throw new Error(`artifact key escapes the store: ${key}`);
+    return path;
+  }
+
+  private async commit(key: string, tmp: string): Promise<ArtifactRef> {
+    const final = this.pathFor(key);
+    const [sha256, info] = await Promise.all([sha256File(tmp), stat(tmp)]);
+    await rename(tmp, final);
+    return { key, sha256, bytes: info.size };
+  }
+
+  private async tmpFor(key: string): Promise<string> {
+    const final = this.pathFor(key);
+    await mkdir(dirname(final), { recursive: true });
+    return `${final}.${randomUUID()}.tmp`;
+  }
+
+  async putTar(key: string, tarPath: string): Promise<ArtifactRef> {
+    const tmp = await this.tmpFor(key);
+    await copyFile(tarPath, tmp);
+    return this.commit(key, tmp);
+  }
+
+  async putFiles(key: string, dir: string, files: readonly string[]): Promise<ArtifactRef> {
+    const tmp = await this.tmpFor(key);
+    try {
+      for (const f of files) {
+        if (isAbsolute(f) || relative(dir, resolve(dir, f)).startsWith('..')) throw new Error(`artifact file outside its directory: ${f}`);
+      }
+      // portable: no uid/gid/mtime noise; symlinks are stored as links, never followed.
+      await create({ file: tmp, cwd: dir, portable: true, noDirRecurse: true }, [...files]);
+      return await this.commit(key, tmp);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
+  }
+
+  async extractTo(ref: ArtifactRef, dir: string): Promise<void> {
+    const path = this.pathFor(ref.key);
+    const actual = await sha256File(path);
+    if (actual !== ref.sha256) throw new Error(`artifact ${ref.key} is corrupt: sha256 ${actual} != ${ref.sha256}`);
+    await mkdir(dir, { recursive: true });
+    // node-tar strips absolute paths and `..` (preservePaths false) and refuses to write through symlinks.
+    await extract({ file: path, cwd: dir, strict: true, preservePaths: false, noChmod: false, preserveOwner: false });
+  }
+}
+
+/** Keys used by the stages, in one place: `runs/<runId>/<stage>-<attempt>.tar`. */
+export function artifactKey(runId: string, stage: string, attempt: number): string {
+  return join('runs', runId, `${stage}-${attempt}.tar`).split(sep).join('/');
+}

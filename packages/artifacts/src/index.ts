@@ -1,0 +1,2 @@
+export * from './artifact-store.js';
+export * from './fs-artifact-store.js';

@@ -1,0 +1,42 @@
+import { z } from 'zod';
+
+/** Every message kind carries its contract version; changes are additive within a version. */
+export const ContractVersion = z.literal(1);
+
+export const PipelineName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must match ^[a-z0-9][a-z0-9-]{0,62}$');
+export type PipelineName = z.infer<typeof PipelineName>;
+
+/** Stage names appear inside job ids (`<runId>.<stage>.<attempt>`), so no dots or colons. */
+export const StageName = z
+  .string()
+  .regex(/^[A-Za-z][A-Za-z0-9_-]{0,63}$/, 'must match ^[A-Za-z][A-Za-z0-9_-]{0,63}$');
+export type StageName = z.infer<typeof StageName>;
+
+export const RunId = z.string().regex(/^[a-z0-9][a-z0-9-]{7,80}$/, 'not a run id');
+export type RunId = z.infer<typeof RunId>;
+
+/** Deterministic BullMQ job id: `<runId>.<stage>.<attempt>` (BullMQ forbids `:`). */
+export const JobId = z.string().regex(/^[a-z0-9-]+\.[A-Za-z][A-Za-z0-9_-]*\.[0-9]+$/, 'not a job id');
+export type JobId = z.infer<typeof JobId>;
+
+export const CommitSha = z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/, 'not a full commit sha');
+export type CommitSha = z.infer<typeof CommitSha>;
+
+export const IsoTime = z.iso.datetime({ offset: true });
+
+/** A stored artifact. The key is store-relative; which store (directory, S3) is deployment config. */
+export const ArtifactRef = z.object({
+  key: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]*$/).refine((k) => !k.split('/').includes('..'), 'no ..'),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  bytes: z.number().int().nonnegative(),
+});
+export type ArtifactRef = z.infer<typeof ArtifactRef>;
+
+export const StageType = z.enum(['source', 'build', 'test', 'deploy', 'monitor']);
+export type StageType = z.infer<typeof StageType>;
+
+export function stageJobId(runId: string, stage: string, attempt: number): string {
+  return `${runId}.${stage}.${attempt}`;
+}

@@ -1,0 +1,127 @@
+import { z } from 'zod';
+import { PipelineName, StageName } from './common.js';
+
+const Glob = z.string().min(1).max(255);
+/** include/exclude globs, as CodePipeline V2 trigger filters (at most 8 each). */
+export const GlobFilter = z
+  .object({
+    include: z.array(Glob).max(8).default([]),
+    exclude: z.array(Glob).max(8).default([]),
+  })
+  .strict();
+export type GlobFilter = z.infer<typeof GlobFilter>;
+
+export const PushTrigger = z
+  .object({
+    event: z.literal('push'),
+    branches: GlobFilter.optional(),
+    tags: GlobFilter.optional(),
+    filePaths: GlobFilter.optional(),
+  })
+  .strict();
+export type PushTrigger = z.infer<typeof PushTrigger>;
+
+/** Repository locations Conveyor can clone. Credentials in the URL are refused: they would end up in job payloads. */
+export const RepositoryUrl = z
+  .string()
+  .min(1)
+  .max(2048)
+  .refine((s) => /^(file:\/\/\/|https?:\/\/|ssh:\/\/|git@[^:]+:)/.test(s), 'must be a file:///, http(s)://, ssh:// or git@host: URL')
+  .refine((s) => !/^[a-z+]+:\/\/[^/@]*:[^/@]*@/i.test(s), 'must not embed credentials');
+
+export const SourceConfig = z
+  .object({
+    provider: z.enum(['github', 'generic']),
+    repository: RepositoryUrl,
+    branch: z.string().min(1).max(255).default('main'),
+    /** Write-only: stored, never returned by the API. */
+    webhookSecret: z.string().min(16, 'at least 16 characters').max(256).optional(),
+    /** Absent: pushes to `branch` trigger a run, as CodePipeline V2 does by default. */
+    triggers: z.array(PushTrigger).max(50).optional(),
+  })
+  .strict();
+export type SourceConfig = z.infer<typeof SourceConfig>;
+
+const EnvVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'not an environment variable name')
+  .refine((n) => !n.startsWith('CODEBUILD_'), 'names starting CODEBUILD_ are reserved');
+export const EnvVariables = z.record(EnvVarName, z.string().max(32_768));
+
+const BuildLike = {
+  name: StageName,
+  /** Path of the buildspec inside the stage's input artifact. */
+  buildspec: z.string().min(1).max(1024).default('buildspec.yml'),
+  /** Overrides the buildspec's env.variables (pipeline definition > buildspec). */
+  env: z.object({ variables: EnvVariables.default({}) }).strict().default({ variables: {} }),
+  timeoutMinutes: z.number().int().min(1).max(2160).default(60),
+};
+
+export const BuildStage = z.object({ ...BuildLike, type: z.literal('build') }).strict();
+export const TestStage = z.object({ ...BuildLike, type: z.literal('test') }).strict();
+
+export const LocalTarget = z
+  .object({
+    kind: z.literal('local'),
+    /** Shell command run in the unpacked artifact; receives PORT. */
+    command: z.string().min(1).max(4096),
+    healthPath: z.string().regex(/^\/[^\s]*$/, 'must start with /').default('/healthz'),
+    healthTimeoutSeconds: z.number().int().min(1).max(3600).default(60),
+    env: EnvVariables.default({}),
+  })
+  .strict();
+export const DeployTarget = z.discriminatedUnion('kind', [LocalTarget]);
+export type DeployTarget = z.infer<typeof DeployTarget>;
+
+export const DeployStage = z.object({ name: StageName, type: z.literal('deploy'), target: DeployTarget }).strict();
+
+export const VerifySettings = z
+  .object({
+    healthPath: z.string().regex(/^\/[^\s]*$/, 'must start with /').default('/healthz'),
+    durationSeconds: z.number().int().min(1).max(86_400).default(60),
+    intervalSeconds: z.number().min(0.1).max(3600).default(5),
+    /** Probes allowed to fail before the stage fails; 0 = any failed probe fails it. */
+    maxFailures: z.number().int().min(0).default(0),
+    timeoutMs: z.number().int().min(50).max(60_000).default(2000),
+  })
+  .strict();
+export type VerifySettings = z.infer<typeof VerifySettings>;
+
+export const MonitorStage = z
+  .object({ name: StageName, type: z.literal('monitor'), verify: VerifySettings.default(VerifySettings.parse({})) })
+  .strict();
+
+export const StageDefinition = z.discriminatedUnion('type', [BuildStage, TestStage, DeployStage, MonitorStage]);
+export type StageDefinition = z.infer<typeof StageDefinition>;
+
+/** Registered through `POST /api/v1/pipelines` (JSON or YAML). A Source stage is implicit and always first. */
+export const PipelineDefinition = z
+  .object({
+    name: PipelineName,
+    source: SourceConfig,
+    stages: z
+      .array(StageDefinition)
+      .min(1)
+      .max(50)
+      .superRefine((stages, ctx) => {
+        const seen = new Set<string>(['Source']);
+        stages.forEach((s, i) => {
+          if (seen.has(s.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate or reserved stage name "${s.name}"` });
+          seen.add(s.name);
+          if (s.type === 'monitor' && !stages.slice(0, i).some((p) => p.type === 'deploy')) {
+            ctx.addIssue({ code: 'custom', path: [i, 'type'], message: 'a monitor stage needs a deploy stage before it' });
+          }
+        });
+      }),
+  })
+  .strict();
+export type PipelineDefinition = z.infer<typeof PipelineDefinition>;
+export type PipelineDefinitionInput = z.input<typeof PipelineDefinition>;
+
+/** What the API returns: the definition without its write-only secret. */
+export type PipelineView = Omit<PipelineDefinition, 'source'> & {
+  source: Omit<SourceConfig, 'webhookSecret'> & { hasWebhookSecret: boolean };
+};
+
+export function toPipelineView(def: PipelineDefinition): PipelineView {
+  const { webhookSecret, ...source } = def.source;
+  return { ...def, source: { ...source, hasWebhookSecret: webhookSecret !== undefined } };
+}

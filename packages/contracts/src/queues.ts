@@ -1,0 +1,19 @@
+import type { StageJob } from './stage-job.js';
+
+/** Queue names; the BullMQ prefix (default `conveyor`) is deployment config. */
+export const QUEUES = {
+  source: 'source',
+  build: 'build',
+  test: 'test',
+  deploy: 'deploy',
+  monitor: 'monitor',
+  /** StageResults flow back to the orchestrator here. */
+  results: 'results',
+} as const;
+
+export function queueFor(type: StageJob['type']): string {
+  return QUEUES[type];
+}
+
+/** Redis stream carrying RunEvents. */
+export const EVENTS_STREAM = 'events';

@@ -1,0 +1,35 @@
+import { Redis, type RedisOptions } from 'ioredis';
+
+export type { Redis };
+
+/**
+ * `worker`: blocking commands and retries forever (BullMQ requires maxRetriesPerRequest null).
+ * `producer`: fails fast when Redis is down so an HTTP caller gets 503 instead of a hanging request.
+ */
+export function createRedis(url: string, role: 'worker' | 'producer', extra: RedisOptions = {}): Redis {
+  const options: RedisOptions =
+    role === 'worker'
+      ? { maxRetriesPerRequest: null, enableReadyCheck: true, ...extra }
+      : { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000, ...extra };
+  return new Redis(url, options);
+}
+
+/** Resolves once the client is ready, or rejects after `ms`. */
+export async function waitReady(redis: Redis, ms = 5000): Promise<void> {
+  if (redis.status === 'ready') return;
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`redis not ready after ${ms} ms`));
+    }, ms);
+    const onReady = () => {
+      cleanup();
+      resolve();
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      redis.off('ready', onReady);
+    };
+    redis.on('ready', onReady);
+  });
+}

@@ -1,0 +1,106 @@
+import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
+import { StageJob, StageResult, type StageJobOf, type StageOutput } from '@conveyor/contracts';
+import type { Redis } from 'ioredis';
+import { PermanentJobError } from './errors.js';
+import type { Logger } from './logger.js';
+
+/** What a stage handler decides; the wrapper adds the identity and timing fields of the StageResult. */
+export interface StageOutcome {
+  status: 'SUCCEEDED' | 'FAILED';
+  message?: string;
+  output?: StageOutput;
+}
+
+export interface StageContext {
+  logger: Logger;
+  /** Aborted when the worker shuts down, loses the job's lock, or the job is cancelled. */
+  signal: AbortSignal;
+  /** How many times BullMQ has started this job before (0 on the first delivery). */
+  deliveries: number;
+}
+
+export type StageHandler<T extends StageJob['type']> = (job: StageJobOf<T>, ctx: StageContext) => Promise<StageOutcome>;
+
+export interface StageWorkerOptions<T extends StageJob['type']> {
+  type: T;
+  queueName: string;
+  connection: Redis;
+  prefix: string;
+  results: Queue;
+  handler: StageHandler<T>;
+  logger: Logger;
+  concurrency: number;
+  lockDuration: number;
+  stalledInterval: number;
+  now?: () => Date;
+}
+
+/** Publishes a StageResult; its job id equals the stage job id, so a re-run publishes it at most once. */
+export async function publishResult(results: Queue, result: StageResult): Promise<void> {
+  const parsed = StageResult.parse(result);
+  await results.add('result', parsed, { jobId: parsed.jobId, attempts: 1 });
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * The one worker wrapper every stage service uses: parse the StageJob, run the handler, publish the
+ * StageResult on the results queue. A PermanentJobError becomes a FAILED result; any other error is
+ * retried by BullMQ and becomes a FAILED result on the last attempt.
+ */
+export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerOptions<T>): Worker {
+  const now = opts.now ?? (() => new Date());
+  const processor = async (bull: Job, _token?: string, signal?: AbortSignal): Promise<StageResult> => {
+    const parsed = StageJob.safeParse(bull.data);
+    if (!parsed.success || parsed.data.type !== opts.type) {
+      opts.logger.error({ jobId: bull.id, issues: parsed.success ? 'wrong type' : parsed.error.issues }, 'rejected malformed stage job');
+      throw new UnrecoverableError(`malformed ${opts.type} job ${bull.id}`);
+    }
+    const job = parsed.data as StageJobOf<T>;
+    const logger = opts.logger.child({ runId: job.runId, stage: job.stage, attempt: job.attempt });
+    const startedAt = now().toISOString();
+    const finish = async (outcome: StageOutcome): Promise<StageResult> => {
+      const result: StageResult = {
+        v: 1,
+        jobId: job.jobId,
+        runId: job.runId,
+        stage: job.stage,
+        stageIndex: job.stageIndex,
+        attempt: job.attempt,
+        status: outcome.status,
+        startedAt,
+        finishedAt: now().toISOString(),
+        ...(outcome.message ? { message: outcome.message.slice(0, 4000) } : {}),
+        output: outcome.output ?? {},
+      };
+      await publishResult(opts.results, result);
+      logger.info({ status: result.status }, 'stage job finished');
+      return result;
+    };
+    logger.info({ deliveries: bull.attemptsStarted }, 'stage job started');
+    try {
+      const ctx: StageContext = { logger, signal: signal ?? new AbortController().signal, deliveries: Math.max(0, (bull.attemptsStarted ?? 1) - 1) };
+      return await finish(await opts.handler(job, ctx));
+    } catch (err) {
+      if (err instanceof PermanentJobError) return finish({ status: 'FAILED', message: err.message });
+      const lastAttempt = bull.attemptsMade + 1 >= (bull.opts.attempts ?? 1);
+      logger.warn({ err, lastAttempt }, 'stage job errored');
+      if (lastAttempt) return finish({ status: 'FAILED', message: `stage errored: ${describe(err)}` });
+      throw err;
+    }
+  };
+  const worker = new Worker(opts.queueName, processor, {
+    connection: opts.connection as unknown as ConnectionOptions,
+    prefix: opts.prefix,
+    concurrency: opts.concurrency,
+    lockDuration: opts.lockDuration,
+    stalledInterval: opts.stalledInterval,
+    maxStalledCount: 2,
+  });
+  // A worker that cannot renew a lock no longer owns the job: stop working on it, another worker will.
+  worker.on('lockRenewalFailed', (ids: string[]) => ids.forEach((id) => worker.cancelJob(id, 'lock lost')));
+  worker.on('error', (err) => opts.logger.error({ err }, 'worker error'));
+  return worker;
+}
