@@ -7,3 +7,4 @@ export function createRegistry(service: string): Registry {
   collectDefaultMetrics({ register: registry, prefix: 'conveyor_' });
   return registry;
 }
+export type { Registry } from 'prom-client';

@@ -38,7 +38,7 @@ export interface StageWorkerOptions<T extends StageJob['type']> {
 /** Publishes a StageResult; its job id equals the stage job id, so a re-run publishes it at most once. */
 export async function publishResult(results: Queue, result: StageResult): Promise<void> {
   const parsed = StageResult.parse(result);
-  await results.add('result', parsed, { jobId: parsed.jobId, attempts: 1 });
+  await results.add('result', parsed, { jobId: parsed.jobId, attempts: 8, backoff: { type: 'exponential', delay: 500 } });
 }
 
 function describe(err: unknown): string {

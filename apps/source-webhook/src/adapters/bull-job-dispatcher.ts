@@ -1,0 +1,28 @@
+import { StageJob, queueFor } from '@conveyor/contracts';
+import type { Queue } from 'bullmq';
+import type { JobDispatcher } from '../ports.js';
+
+/** Stage jobs on BullMQ queues, one per stage type, with the deterministic job id as BullMQ id. */
+export class BullJobDispatcher implements JobDispatcher {
+  constructor(private readonly queues: ReadonlyMap<string, Queue>) {}
+
+  private queue(job: StageJob): Queue {
+    const q = this.queues.get(queueFor(job.type));
+    if (!q) throw new Error(`no queue for stage type ${job.type}`);
+    return q;
+  }
+
+  async ensure(jobs: readonly StageJob[]): Promise<void> {
+    // Parse on publish; BullMQ ignores an add whose job id it already holds.
+    await Promise.all(jobs.map((job) => this.queue(job).add(job.type, StageJob.parse(job), { jobId: job.jobId })));
+  }
+
+  async inspect(job: StageJob): Promise<{ state: 'pending' | 'completed' | 'failed' | 'missing'; reason?: string; result?: unknown }> {
+    const found = await this.queue(job).getJob(job.jobId);
+    if (!found) return { state: 'missing' };
+    const state = await found.getState();
+    if (state === 'completed') return { state: 'completed', result: found.returnvalue };
+    if (state === 'failed') return { state: 'failed', reason: found.failedReason || 'job failed' };
+    return { state: 'pending' };
+  }
+}

@@ -1,0 +1,100 @@
+import { execFile } from 'node:child_process';
+import { createHash, randomUUID } from 'node:crypto';
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import type { ArtifactStore } from '@conveyor/artifacts';
+import { PermanentJobError } from '@conveyor/service-kit';
+import type { SourceRepository } from '../ports.js';
+
+const exec = promisify(execFile);
+const SHA = /^[0-9a-f]{40}$/;
+
+/** Git never prompts, never runs hooks or helpers from the user's config, never uses the system config. */
+const GIT_ENV: NodeJS.ProcessEnv = {
+  PATH: process.env.PATH,
+  HOME: process.env.HOME,
+  GIT_TERMINAL_PROMPT: '0',
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_CONFIG_GLOBAL: '/dev/null',
+  GIT_ASKPASS: 'echo',
+  LANG: 'C',
+};
+
+/**
+ * Keeps a bare mirror per repository under `cacheDir`, fetches into it, and snapshots a commit with
+ * `git archive` (the CodePipeline SourceArtifact: the tree, no .git). Values are always argv, never shell.
+ */
+export class GitSourceRepository implements SourceRepository {
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(
+    private readonly cacheDir: string,
+    private readonly store: ArtifactStore,
+    private readonly timeoutMs = 10 * 60_000,
+  ) {}
+
+  private async git(args: string[], cwd?: string): Promise<string> {
+    try {
+      const { stdout } = await exec('git', args, { cwd, env: GIT_ENV, timeout: this.timeoutMs, maxBuffer: 16 * 1024 * 1024 });
+      return stdout.trim();
+    } catch (err) {
+      const e = err as { stderr?: string; message: string };
+      throw new Error(`git ${args[0]} failed: ${(e.stderr || e.message).trim().split('\n').slice(-3).join(' ')}`);
+    }
+  }
+
+  /** One fetch at a time per mirror in this process (git's own locks would fail the second one). */
+  private serialize<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(key) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    this.locks.set(key, next.catch(() => undefined));
+    return next;
+  }
+
+  async snapshot(input: { repository: string; ref: string; commit?: string; artifactKey: string; log: (line: string) => void }) {
+    const mirror = join(resolve(this.cacheDir), createHash('sha256').update(input.repository).digest('hex').slice(0, 24) + '.git');
+    const commit = await this.serialize(mirror, async () => {
+      await this.refresh(input.repository, mirror, input.log);
+      return this.resolveCommit(mirror, input.ref, input.commit);
+    });
+    input.log(`[source] resolved ${input.ref} to ${commit}\n`);
+    const tmp = join(resolve(this.cacheDir), `archive-${randomUUID()}.tar`);
+    try {
+      await this.git(['archive', '--format=tar', '-o', tmp, commit], mirror);
+      const artifact = await this.store.putTar(input.artifactKey, tmp);
+      input.log(`[source] stored snapshot ${artifact.key} (${artifact.bytes} bytes, sha256 ${artifact.sha256})\n`);
+      return { commit, artifact };
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
+
+  private async refresh(repository: string, mirror: string, log: (line: string) => void): Promise<void> {
+    await mkdir(resolve(this.cacheDir), { recursive: true });
+    const exists = await stat(join(mirror, 'HEAD')).then(() => true, () => false);
+    if (!exists) {
+      log(`[source] cloning ${repository}\n`);
+      await rm(mirror, { recursive: true, force: true });
+      await this.git(['clone', '--mirror', '--quiet', '--', repository, mirror]);
+      return;
+    }
+    log(`[source] fetching ${repository}\n`);
+    await this.git(['fetch', '--prune', '--quiet', '--', 'origin', '+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*'], mirror);
+  }
+
+  private async resolveCommit(mirror: string, ref: string, commit?: string): Promise<string> {
+    if (commit) {
+      if (!SHA.test(commit)) throw new PermanentJobError(`not a full commit sha: ${commit}`);
+      const ok = await this.git(['cat-file', '-t', commit], mirror).then((t) => t === 'commit', () => false);
+      if (!ok) throw new PermanentJobError(`commit ${commit} is not in the repository`);
+      return commit;
+    }
+    const full = ref.startsWith('refs/') ? ref : `refs/heads/${ref}`;
+    const valid = await this.git(['check-ref-format', full]).then(() => true, () => false);
+    if (!valid) throw new PermanentJobError(`not a valid ref: ${ref}`);
+    const sha = await this.git(['rev-parse', '--verify', '--quiet', '--end-of-options', `${full}^{commit}`], mirror).catch(() => '');
+    if (!SHA.test(sha)) throw new PermanentJobError(`ref ${ref} not found in the repository`);
+    return sha;
+  }
+}

@@ -1,0 +1,91 @@
+import { describe, expect, it } from 'vitest';
+import { PipelineDefinition, type SourceEvent } from '@conveyor/contracts';
+import { githubPushToSourceEvent, GithubPush, verifyGithubSignature } from './github.js';
+import { decideTrigger, normalizeRepositoryUrl } from './triggers.js';
+
+describe('verifyGithubSignature', () => {
+  const secret = "It's a Secret to Everybody";
+  const body = Buffer.from('Hello, World!');
+  it('accepts GitHub\'s documented test vector', () => {
+    expect(verifyGithubSignature(secret, body, 'sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17')).toBe(true);
+  });
+  it.each([
+    ['missing', undefined],
+    ['wrong prefix', 'sha1=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17'],
+    ['short', 'sha256=757107ea'],
+    ['one digit off', 'sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e18'],
+    ['not hex', 'sha256=zz'],
+  ])('refuses a %s signature', (_n, header) => {
+    expect(verifyGithubSignature(secret, body, header)).toBe(false);
+  });
+  it('refuses when the body changed by one byte', () => {
+    expect(verifyGithubSignature(secret, Buffer.from('Hello, World?'), 'sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17')).toBe(false);
+  });
+});
+
+const def = (source: Record<string, unknown>) =>
+  PipelineDefinition.parse({
+    name: 'p',
+    source: { provider: 'github', repository: 'https://github.com/o/r.git', ...source },
+    stages: [{ name: 'Build', type: 'build' }],
+  });
+const push = (over: Partial<SourceEvent>): SourceEvent => ({
+  v: 1, provider: 'github', event: 'push', deliveryId: 'd', repositoryUrls: ['x'], ref: 'refs/heads/main', branch: 'main', after: 'a'.repeat(40), deleted: false, ...over,
+});
+
+describe('decideTrigger', () => {
+  it('defaults to pushes on the source branch', () => {
+    expect(decideTrigger(def({ branch: 'main' }), push({}))).toEqual({ run: true });
+    expect(decideTrigger(def({ branch: 'main' }), push({ ref: 'refs/heads/dev', branch: 'dev' }))).toMatchObject({ run: false, reason: expect.stringContaining('dev') });
+  });
+  it('applies include and exclude globs', () => {
+    const d = def({ triggers: [{ event: 'push', branches: { include: ['release/**', 'main'], exclude: ['release/old-*'] } }] });
+    expect(decideTrigger(d, push({ branch: 'release/1.2' })).run).toBe(true);
+    expect(decideTrigger(d, push({ branch: 'release/old-1' })).run).toBe(false);
+    expect(decideTrigger(d, push({ branch: 'feature/x' })).run).toBe(false);
+  });
+  it('tags need a tag filter', () => {
+    const d = def({ triggers: [{ event: 'push', tags: { include: ['v*'] } }] });
+    expect(decideTrigger(d, push({ ref: 'refs/tags/v1.0.0', branch: undefined, tag: 'v1.0.0' })).run).toBe(true);
+    expect(decideTrigger(d, push({ ref: 'refs/tags/x', branch: undefined, tag: 'x' })).run).toBe(false);
+    expect(decideTrigger(def({}), push({ ref: 'refs/tags/v1', branch: undefined, tag: 'v1' })).run).toBe(false);
+  });
+  it('filters on changed file paths', () => {
+    const d = def({ triggers: [{ event: 'push', branches: { include: ['main'] }, filePaths: { include: ['src/**'], exclude: ['**/*.md'] } }] });
+    expect(decideTrigger(d, push({ changedFiles: ['src/a.ts'] })).run).toBe(true);
+    expect(decideTrigger(d, push({ changedFiles: ['docs/a.md', 'src/b.md'] })).run).toBe(false);
+    expect(decideTrigger(d, push({})).run).toBe(true);
+  });
+  it('never runs a deleted ref', () => {
+    expect(decideTrigger(def({}), push({ deleted: true }))).toMatchObject({ run: false, reason: expect.stringContaining('deleted') });
+  });
+});
+
+describe('normalizeRepositoryUrl', () => {
+  it('gives one spelling for https, ssh and scp-like addresses', () => {
+    const want = 'github.com/Octo/Repo';
+    expect(normalizeRepositoryUrl('https://GitHub.com/Octo/Repo.git')).toBe(want);
+    expect(normalizeRepositoryUrl('git@github.com:Octo/Repo.git')).toBe(want);
+    expect(normalizeRepositoryUrl('ssh://git@github.com/Octo/Repo')).toBe(want);
+    expect(normalizeRepositoryUrl('https://github.com/Octo/Repo/')).toBe(want);
+    expect(normalizeRepositoryUrl('file:///tmp/Repo.git')).toBe('/tmp/Repo');
+  });
+});
+
+describe('githubPushToSourceEvent', () => {
+  it('normalises a push and collects changed files', () => {
+    const payload = GithubPush.parse({
+      ref: 'refs/heads/main',
+      before: '0'.repeat(40),
+      after: 'b'.repeat(40),
+      repository: { clone_url: 'https://github.com/o/r.git', ssh_url: 'git@github.com:o/r.git' },
+      commits: [{ added: ['a'], modified: ['b'], removed: [] }, { added: [], modified: ['b'], removed: ['c'] }],
+      sender: { login: 'octocat' },
+    });
+    expect(githubPushToSourceEvent(payload, 'd1')).toMatchObject({ branch: 'main', after: 'b'.repeat(40), changedFiles: ['a', 'b', 'c'], actor: 'octocat', deleted: false });
+  });
+  it('marks a branch deletion', () => {
+    const payload = GithubPush.parse({ ref: 'refs/heads/x', after: '0'.repeat(40), deleted: true, repository: { clone_url: 'u' } });
+    expect(githubPushToSourceEvent(payload, 'd').deleted).toBe(true);
+  });
+});

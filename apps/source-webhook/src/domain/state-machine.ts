@@ -1,0 +1,206 @@
+import {
+  stageJobId,
+  type ArtifactRef,
+  type PipelineDefinition,
+  type Run,
+  type RunEvent,
+  type StageJob,
+  type StageRecord,
+  type StageResult,
+  type Trigger,
+} from '@conveyor/contracts';
+
+/** What can happen to a run. Every input is idempotent: a repeat leaves the run unchanged. */
+export type RunInput =
+  | { type: 'stage-result'; result: StageResult }
+  /** The stage's job ended without a result (stalled past its limit, malformed, removed). */
+  | { type: 'stage-lost'; jobId: string; reason: string }
+  | { type: 'cancel'; reason: string };
+
+export interface Transition {
+  run: Run;
+  events: RunEvent[];
+  /** False when the input changed nothing (a duplicate or a late result): nothing to store. */
+  changed: boolean;
+}
+
+export interface NewRun {
+  id: string;
+  number: number;
+  definition: PipelineDefinition;
+  trigger: Trigger;
+}
+
+const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
+export const isTerminal = (run: Run): boolean => TERMINAL.has(run.status);
+
+/** Creates a run and starts it: the Source stage is RUNNING and its job sits in the outbox. */
+export function createRun(input: NewRun, now: Date): Transition {
+  const at = now.toISOString();
+  const { webhookSecret: _secret, triggers: _triggers, ...source } = input.definition.source;
+  const stages: StageRecord[] = [
+    { name: 'Source', type: 'source', status: 'PENDING', attempt: 0 },
+    ...input.definition.stages.map((s): StageRecord => ({ name: s.name, type: s.type, status: 'PENDING', attempt: 0 })),
+  ];
+  const queued: Run = {
+    v: 1,
+    id: input.id,
+    number: input.number,
+    pipeline: input.definition.name,
+    status: 'QUEUED',
+    trigger: input.trigger,
+    ...(input.trigger.commit ? { commit: input.trigger.commit } : {}),
+    createdAt: at,
+    stages,
+    plan: { source, stages: input.definition.stages },
+    version: 0,
+    outbox: [],
+  };
+  const created: RunEvent = { v: 1, type: 'run.created', at, runId: queued.id, pipeline: queued.pipeline, trigger: queued.trigger.type };
+  const started = startStage({ ...queued, status: 'RUNNING', startedAt: at }, 0, at);
+  return { run: started.run, events: [created, ...started.events], changed: true };
+}
+
+/** The pure transition function: (run, input, now) → (run', events). */
+export function step(run: Run, input: RunInput, now: Date): Transition {
+  const unchanged: Transition = { run, events: [], changed: false };
+  if (isTerminal(run)) return unchanged;
+  const at = now.toISOString();
+  switch (input.type) {
+    case 'stage-result': {
+      const i = runningStageIndex(run, input.result.jobId);
+      if (i < 0) return unchanged;
+      return input.result.status === 'SUCCEEDED'
+        ? succeedStage(run, i, input.result, at)
+        : failStage(run, i, input.result.message ?? 'stage failed', at, input.result);
+    }
+    case 'stage-lost': {
+      const i = runningStageIndex(run, input.jobId);
+      if (i < 0) return unchanged;
+      return failStage(run, i, input.reason, at);
+    }
+    case 'cancel':
+      return finishRun(run, 'CANCELLED', input.reason, at, 'CANCELLED');
+    default:
+      return assertNever(input);
+  }
+}
+
+function runningStageIndex(run: Run, jobId: string): number {
+  return run.stages.findIndex((s) => s.status === 'RUNNING' && s.jobId === jobId);
+}
+
+function succeedStage(run: Run, i: number, result: StageResult, at: string): Transition {
+  const stage = run.stages[i]!;
+  const done: StageRecord = { ...stage, status: 'SUCCEEDED', finishedAt: at, result: result.output };
+  const next: Run = {
+    ...replaceStage(run, i, done),
+    ...(stage.type === 'source' && result.output.commit ? { commit: result.output.commit } : {}),
+    outbox: [],
+  };
+  const finished = stageFinished(next, done, at);
+  if (i + 1 >= run.stages.length) {
+    const end = finishRun(next, 'SUCCEEDED', undefined, at, 'SKIPPED');
+    return { ...end, events: [finished, ...end.events] };
+  }
+  const started = startStage(next, i + 1, at);
+  return { ...started, events: [finished, ...started.events] };
+}
+
+function failStage(run: Run, i: number, message: string, at: string, result?: StageResult): Transition {
+  const stage = run.stages[i]!;
+  const failed: StageRecord = { ...stage, status: 'FAILED', finishedAt: at, message, ...(result ? { result: result.output } : {}) };
+  const next = replaceStage(run, i, failed);
+  const end = finishRun(next, 'FAILED', `stage ${stage.name} failed: ${message}`, at, 'SKIPPED');
+  return { ...end, events: [stageFinished(next, failed, at), ...end.events] };
+}
+
+/** Ends the run; a RUNNING stage becomes `runningBecomes`, PENDING ones SKIPPED. */
+function finishRun(run: Run, status: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', message: string | undefined, at: string, runningBecomes: 'SKIPPED' | 'CANCELLED'): Transition {
+  const events: RunEvent[] = [];
+  const stages = run.stages.map((s): StageRecord => {
+    if (s.status === 'PENDING') return { ...s, status: 'SKIPPED' };
+    if (s.status !== 'RUNNING') return s;
+    const closed: StageRecord = { ...s, status: runningBecomes, finishedAt: at };
+    events.push(stageFinished(run, closed, at));
+    return closed;
+  });
+  const ended: Run = { ...run, status, stages, finishedAt: at, outbox: [], ...(message ? { message } : {}) };
+  const durationMs = Math.max(0, Date.parse(at) - Date.parse(run.startedAt ?? run.createdAt));
+  events.push({ v: 1, type: 'run.finished', at, runId: run.id, pipeline: run.pipeline, status, durationMs });
+  return { run: ended, events, changed: true };
+}
+
+function startStage(run: Run, i: number, at: string): Transition {
+  const stage = run.stages[i]!;
+  const attempt = stage.attempt + 1;
+  const jobId = stageJobId(run.id, stage.name, attempt);
+  const job = buildJob(run, i, attempt, jobId);
+  if ('error' in job) {
+    // The plan cannot feed this stage (e.g. no artifact yet): fail it rather than enqueue nonsense.
+    const started = replaceStage(run, i, { ...stage, status: 'RUNNING', attempt, jobId, startedAt: at });
+    return failStage(started, i, job.error, at);
+  }
+  const running: StageRecord = { ...stage, status: 'RUNNING', attempt, jobId, startedAt: at };
+  const next: Run = { ...replaceStage(run, i, running), outbox: [job] };
+  const event: RunEvent = { v: 1, type: 'stage.started', at, runId: run.id, pipeline: run.pipeline, stage: stage.name, stageType: stage.type, attempt };
+  return { run: next, events: [event], changed: true };
+}
+
+/** The job for stage i, fed by what earlier stages produced. */
+function buildJob(run: Run, i: number, attempt: number, jobId: string): StageJob | { error: string } {
+  const base = {
+    v: 1 as const,
+    jobId,
+    runId: run.id,
+    runNumber: run.number,
+    pipeline: run.pipeline,
+    stage: run.stages[i]!.name,
+    stageIndex: i,
+    attempt,
+    trigger: run.trigger,
+  };
+  if (i === 0) return { ...base, type: 'source', repository: run.plan.source.repository };
+  const def = run.plan.stages[i - 1]!;
+  const input = latestArtifact(run, i);
+  const commit = run.commit;
+  if (!commit) return { error: 'the Source stage resolved no commit' };
+  switch (def.type) {
+    case 'build':
+    case 'test':
+      if (!input) return { error: `no artifact before stage ${def.name}` };
+      return { ...base, type: def.type, commit, repository: run.plan.source.repository, input, buildspec: def.buildspec, env: { variables: def.env.variables }, timeoutMinutes: def.timeoutMinutes };
+    case 'deploy':
+      if (!input) return { error: `no artifact before stage ${def.name}` };
+      return { ...base, type: 'deploy', commit, input, target: def.target };
+    case 'monitor': {
+      const url = [...run.stages.slice(0, i)].reverse().find((s) => s.type === 'deploy' && s.result?.url)?.result?.url;
+      if (!url) return { error: `no deployed URL before stage ${def.name}` };
+      return { ...base, type: 'monitor', url, verify: def.verify };
+    }
+    default:
+      return assertNever(def);
+  }
+}
+
+/** The artifact of the nearest earlier stage that produced one (source snapshot, then build output). */
+function latestArtifact(run: Run, before: number): ArtifactRef | undefined {
+  for (let j = before - 1; j >= 0; j--) {
+    const artifact = run.stages[j]!.result?.artifact;
+    if (artifact) return artifact;
+  }
+  return undefined;
+}
+
+function replaceStage(run: Run, i: number, stage: StageRecord): Run {
+  return { ...run, stages: run.stages.map((s, j) => (j === i ? stage : s)) };
+}
+
+function stageFinished(run: Run, stage: StageRecord, at: string): RunEvent {
+  const durationMs = stage.startedAt ? Math.max(0, Date.parse(at) - Date.parse(stage.startedAt)) : 0;
+  return { v: 1, type: 'stage.finished', at, runId: run.id, pipeline: run.pipeline, stage: stage.name, stageType: stage.type, attempt: stage.attempt, status: stage.status, durationMs };
+}
+
+function assertNever(x: never): never {
+  throw new Error(`unhandled case: ${JSON.stringify(x)}`);
+}

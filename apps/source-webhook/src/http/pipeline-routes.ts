@@ -1,0 +1,61 @@
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { PipelineDefinition, PipelineName, StartRunBody, toPipelineView, toRunView, type Trigger } from '@conveyor/contracts';
+import { InputError, issuesFromZod, NotFoundError, type App } from '@conveyor/service-kit';
+import type { ServerDeps } from './server.js';
+
+const YAML_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml'];
+const MAX_DEFINITION_BYTES = 256 * 1024;
+
+function parseDefinitionBody(body: unknown) {
+  const parsed = PipelineDefinition.safeParse(body);
+  if (!parsed.success) throw new InputError('invalid pipeline definition', issuesFromZod(parsed.error));
+  return parsed.data;
+}
+
+export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
+  app.addContentTypeParser(YAML_TYPES, { parseAs: 'string', bodyLimit: MAX_DEFINITION_BYTES }, (_req, body, done) => {
+    try {
+      done(null, parseYaml(body as string, { maxAliasCount: 50, prettyErrors: true }));
+    } catch (err) {
+      done(new InputError(`body is not valid YAML: ${(err as Error).message.split('\n')[0]}`, [{ path: 'body', message: 'invalid YAML' }]), undefined);
+    }
+  });
+
+  const Name = z.object({ name: PipelineName });
+
+  app.post('/pipelines', async (req, reply) => {
+    const def = parseDefinitionBody(req.body);
+    const existing = await deps.pipelines.get(def.name);
+    // The secret is write-only, so a GET-edit-POST round trip omits it: keep the stored one.
+    const stored = !def.source.webhookSecret && existing?.source.webhookSecret ? { ...def, source: { ...def.source, webhookSecret: existing.source.webhookSecret } } : def;
+    const created = await deps.pipelines.put(stored);
+    req.log.info({ pipeline: def.name, created }, 'pipeline stored');
+    return reply.code(created ? 201 : 200).send(toPipelineView(stored));
+  });
+
+  app.get('/pipelines', async () => ({ pipelines: (await deps.pipelines.list()).map(toPipelineView) }));
+
+  app.get('/pipelines/:name', { schema: { params: Name } }, async (req) => {
+    const def = await deps.pipelines.get(req.params.name);
+    if (!def) throw new NotFoundError(`pipeline ${req.params.name} not found`);
+    return toPipelineView(def);
+  });
+
+  app.post('/pipelines/:name/runs', { schema: { params: Name } }, async (req, reply) => {
+    const body = StartRunBody.safeParse(req.body ?? {});
+    if (!body.success) throw new InputError('invalid run request', issuesFromZod(body.error, 'body'));
+    const def = await deps.pipelines.get(req.params.name);
+    if (!def) throw new NotFoundError(`pipeline ${req.params.name} not found`);
+    const ref = body.data.ref ?? def.source.branch;
+    const trigger: Trigger = { type: 'manual', ref: ref.startsWith('refs/') ? ref : `refs/heads/${ref}`, ...(body.data.commit ? { commit: body.data.commit } : {}) };
+    const started = await deps.orchestrator.startRun(def, trigger);
+    return reply.code(202).send({ runId: started.runId });
+  });
+
+  app.get('/pipelines/:name/runs', { schema: { params: Name, querystring: z.object({ limit: z.coerce.number().int().min(1).max(500).default(50) }) } }, async (req) => {
+    const def = await deps.pipelines.get(req.params.name);
+    if (!def) throw new NotFoundError(`pipeline ${req.params.name} not found`);
+    return { runs: (await deps.runs.listByPipeline(req.params.name, req.query.limit)).map(toRunView) };
+  });
+};

@@ -1,0 +1,35 @@
+import type { Redis } from 'ioredis';
+import type { Registry } from '@conveyor/service-kit';
+import { buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
+import type { Orchestrator } from '../orchestrator.js';
+import type { PipelineStore, RunStore } from '../ports.js';
+import type { WebhookIntake } from '../webhook-intake.js';
+import { checkBearer } from './auth.js';
+import { pipelineRoutes } from './pipeline-routes.js';
+import { runRoutes } from './run-routes.js';
+import { webhookRoutes } from './webhook-routes.js';
+
+export interface ServerDeps {
+  logger: Logger;
+  registry: Registry;
+  redis: Redis;
+  prefix: string;
+  apiToken: string;
+  pipelines: PipelineStore;
+  runs: RunStore;
+  orchestrator: Orchestrator;
+  intake: WebhookIntake;
+  readiness: Record<string, () => Promise<void> | void>;
+  webhookBodyLimit: number;
+}
+
+export function buildServer(deps: ServerDeps): App {
+  const app = buildBaseServer({ logger: deps.logger, registry: deps.registry, readiness: deps.readiness });
+  app.register(async (api) => {
+    api.addHook('onRequest', async (req) => checkBearer(req.headers.authorization, deps.apiToken));
+    await api.register(pipelineRoutes(deps));
+    await api.register(runRoutes(deps));
+  }, { prefix: '/api/v1' });
+  app.register(webhookRoutes(deps), { prefix: '/webhooks' });
+  return app;
+}

@@ -1,0 +1,2 @@
+export { composeService } from './service.js';
+export { loadEnv, Env } from './env.js';

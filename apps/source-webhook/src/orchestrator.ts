@@ -1,0 +1,119 @@
+import { StageResult, type PipelineDefinition, type Run, type StageJob, type Trigger } from '@conveyor/contracts';
+import type { Logger } from '@conveyor/service-kit';
+import { createRun, step, type RunInput } from './domain/state-machine.js';
+import type { DeliveryDecision, JobDispatcher, RunStore } from './ports.js';
+
+export interface OrchestratorDeps {
+  runs: RunStore;
+  jobs: JobDispatcher;
+  logger: Logger;
+  clock?: () => Date;
+  newId: () => string;
+}
+
+export type StartOutcome = { runId: string; duplicate: false } | { runId?: string; duplicate: true; decision: DeliveryDecision['decision'] };
+
+const MAX_CONFLICT_RETRIES = 50;
+
+/**
+ * The thin adapter around the pure state machine: load → step → store (compare-and-set, with the
+ * events) → enqueue the outbox. A crash between store and enqueue is mended by `reconcile`.
+ */
+export class Orchestrator {
+  private readonly clock: () => Date;
+  constructor(private readonly deps: OrchestratorDeps) {
+    this.clock = deps.clock ?? (() => new Date());
+  }
+
+  async startRun(definition: PipelineDefinition, trigger: Trigger, deliveryKey?: string): Promise<StartOutcome> {
+    const { runs } = this.deps;
+    const number = await runs.nextRunNumber(definition.name);
+    const now = this.clock();
+    const { run, events } = createRun({ id: this.deps.newId(), number, definition, trigger }, now);
+    const delivery = deliveryKey ? { key: deliveryKey, decision: { outcome: 'run-created' as const, runId: run.id, at: now.toISOString() } } : undefined;
+    const saved = await runs.save(run, 'new', events, delivery);
+    if (!saved.saved) {
+      if (saved.seenDecision) return { ...(saved.seenDecision.runId ? { runId: saved.seenDecision.runId } : {}), duplicate: true, decision: saved.seenDecision };
+      throw new Error(`run id collision: ${run.id}`);
+    }
+    this.deps.logger.info({ runId: run.id, pipeline: run.pipeline, trigger: trigger.type }, 'run created');
+    await this.dispatch(run);
+    return { runId: run.id, duplicate: false };
+  }
+
+  /** Applies one input to a run, retrying on concurrent updates. Returns the stored run. */
+  async apply(runId: string, input: RunInput): Promise<Run | undefined> {
+    for (let i = 0; i < MAX_CONFLICT_RETRIES; i++) {
+      const run = await this.deps.runs.get(runId);
+      if (!run) {
+        this.deps.logger.warn({ runId, input: input.type }, 'input for an unknown run ignored');
+        return undefined;
+      }
+      const tr = step(run, input, this.clock());
+      if (!tr.changed) return run;
+      const next: Run = { ...tr.run, version: run.version + 1 };
+      const saved = await this.deps.runs.save(next, run.version, tr.events);
+      if (saved.saved) {
+        if (next.status !== run.status) this.deps.logger.info({ runId, pipeline: run.pipeline, status: next.status }, 'run status changed');
+        await this.dispatch(next);
+        return next;
+      }
+    }
+    throw new Error(`run ${runId}: too many concurrent updates`);
+  }
+
+  async handleResult(result: StageResult): Promise<void> {
+    await this.apply(result.runId, { type: 'stage-result', result });
+  }
+
+  private async dispatch(run: Run): Promise<void> {
+    if (run.outbox.length === 0) return;
+    try {
+      await this.deps.jobs.ensure(run.outbox);
+    } catch (err) {
+      // The run is stored with its outbox; reconcile() enqueues it later.
+      this.deps.logger.warn({ err, runId: run.id }, 'enqueue deferred to the reconciler');
+    }
+  }
+
+  /**
+   * For every active run: make sure the jobs it waits for exist, and settle jobs that ended without
+   * their result reaching us (results lost, job stalled out or malformed). Safe to run anywhere, any time.
+   */
+  async reconcile(): Promise<{ checked: number; settled: number }> {
+    let settled = 0;
+    const ids = await this.deps.runs.activeRunIds();
+    for (const id of ids) {
+      const run = await this.deps.runs.get(id);
+      if (!run) continue;
+      for (const job of run.outbox) {
+        if (await this.settle(job)) settled++;
+      }
+    }
+    return { checked: ids.length, settled };
+  }
+
+  private async settle(job: StageJob): Promise<boolean> {
+    const state = await this.deps.jobs.inspect(job);
+    switch (state.state) {
+      case 'missing':
+        await this.deps.jobs.ensure([job]);
+        return false;
+      case 'completed': {
+        const parsed = StageResult.safeParse(state.result);
+        if (parsed.success) await this.apply(job.runId, { type: 'stage-result', result: parsed.data });
+        else await this.apply(job.runId, { type: 'stage-lost', jobId: job.jobId, reason: 'the stage job completed without a valid result' });
+        return true;
+      }
+      case 'failed':
+        await this.apply(job.runId, { type: 'stage-lost', jobId: job.jobId, reason: state.reason ?? 'stage job failed' });
+        return true;
+      case 'pending':
+        return false;
+      default: {
+        const never: never = state.state;
+        throw new Error(`unknown job state ${String(never)}`);
+      }
+    }
+  }
+}

@@ -1,0 +1,39 @@
+import type { ArtifactRef, PipelineDefinition, Run, RunEvent, StageJob } from '@conveyor/contracts';
+
+/** The one recorded outcome of an accepted webhook delivery. */
+export interface DeliveryDecision {
+  /** `<provider>:<deliveryId>:<pipeline>` */
+  key: string;
+  decision: { outcome: 'run-created' | 'skipped'; runId?: string; reason?: string; at: string };
+}
+
+export type SaveOutcome = { saved: true } | { saved: false; seenDecision?: DeliveryDecision['decision'] };
+
+/** Durable run records with optimistic concurrency; events are stored with the transition that made them. */
+export interface RunStore {
+  nextRunNumber(pipeline: string): Promise<number>;
+  get(runId: string): Promise<Run | undefined>;
+  save(run: Run, expectedVersion: number | 'new', events: RunEvent[], delivery?: DeliveryDecision): Promise<SaveOutcome>;
+  recordDelivery(delivery: DeliveryDecision): Promise<DeliveryDecision['decision'] | undefined>;
+  listByPipeline(pipeline: string, limit: number): Promise<Run[]>;
+  activeRunIds(): Promise<string[]>;
+}
+
+export interface PipelineStore {
+  /** Returns true when the pipeline was new. */
+  put(def: PipelineDefinition): Promise<boolean>;
+  get(name: string): Promise<PipelineDefinition | undefined>;
+  list(): Promise<PipelineDefinition[]>;
+}
+
+/** Where stage jobs go. `ensure` is idempotent: a job id already known is not added twice. */
+export interface JobDispatcher {
+  ensure(jobs: readonly StageJob[]): Promise<void>;
+  /** The state of a stage job: what the reconciler needs to notice a job that ended without a result. */
+  inspect(job: StageJob): Promise<{ state: 'pending' | 'completed' | 'failed' | 'missing'; reason?: string; result?: unknown }>;
+}
+
+/** Resolves a ref or commit of a repository and snapshots it as a tar artifact. */
+export interface SourceRepository {
+  snapshot(input: { repository: string; ref: string; commit?: string; artifactKey: string; log: (line: string) => void }): Promise<{ commit: string; artifact: ArtifactRef }>;
+}

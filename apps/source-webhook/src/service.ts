@@ -1,0 +1,85 @@
+import { randomUUID } from 'node:crypto';
+import { FsArtifactStore } from '@conveyor/artifacts';
+import { QUEUES } from '@conveyor/contracts';
+import { createQueue, createRedis, createRegistry, createStageWorker, waitReady, type Logger, type ShutdownStep } from '@conveyor/service-kit';
+import { BullJobDispatcher } from './adapters/bull-job-dispatcher.js';
+import { GitSourceRepository } from './adapters/git-source-repository.js';
+import { RedisPipelineStore } from './adapters/redis-pipeline-store.js';
+import { RedisRunStore } from './adapters/redis-run-store.js';
+import type { Env } from './env.js';
+import { buildServer } from './http/server.js';
+import { createResultsWorker } from './jobs/results-worker.js';
+import { sourceJobHandler } from './jobs/source-job.js';
+import { Orchestrator } from './orchestrator.js';
+import { WebhookIntake } from './webhook-intake.js';
+
+/** Wires the control plane: stores, queues, orchestrator, workers, HTTP. Listening is the caller's. */
+export function composeService(env: Env, logger: Logger) {
+  const prefix = env.QUEUE_PREFIX;
+  // Producer connection fails fast (HTTP answers 503); worker connection blocks and retries.
+  const redis = createRedis(env.REDIS_URL, 'producer');
+  const workerRedis = createRedis(env.REDIS_URL, 'worker');
+  const queueRedis = createRedis(env.REDIS_URL, 'worker');
+  const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: queueRedis, prefix })]));
+  const runs = new RedisRunStore(redis, prefix);
+  const pipelines = new RedisPipelineStore(redis, prefix);
+  const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+  const intake = new WebhookIntake({ pipelines, runs, orchestrator, logger });
+  const artifacts = new FsArtifactStore(env.ARTIFACT_DIR);
+  const repository = new GitSourceRepository(env.SOURCE_CACHE_DIR, artifacts);
+
+  const sourceWorker = createStageWorker({
+    type: 'source',
+    queueName: QUEUES.source,
+    connection: workerRedis,
+    prefix,
+    results: queues.get(QUEUES.results)!,
+    handler: sourceJobHandler({ repository, redis: queueRedis, prefix }),
+    logger,
+    concurrency: env.WORKER_CONCURRENCY,
+    lockDuration: env.WORKER_LOCK_MS,
+    stalledInterval: env.WORKER_STALLED_MS,
+  });
+  const resultsWorker = createResultsWorker({ connection: workerRedis, prefix, orchestrator, logger, concurrency: env.RESULTS_CONCURRENCY });
+
+  const reconciler = setInterval(() => {
+    orchestrator.reconcile().then(
+      (r) => r.settled > 0 && logger.info(r, 'reconciled runs'),
+      (err) => logger.warn({ err }, 'reconcile failed'),
+    );
+  }, env.RECONCILE_INTERVAL_MS);
+  reconciler.unref();
+
+  const app = buildServer({
+    logger,
+    registry: createRegistry('source-webhook'),
+    redis,
+    prefix,
+    apiToken: env.CONVEYOR_API_TOKEN,
+    pipelines,
+    runs,
+    orchestrator,
+    intake,
+    webhookBodyLimit: env.WEBHOOK_BODY_LIMIT,
+    readiness: {
+      redis: async () => void (await redis.ping()),
+      workers: () => {
+        if (!sourceWorker.isRunning() || !resultsWorker.isRunning()) throw new Error('workers not running');
+      },
+    },
+  });
+
+  const shutdown: ShutdownStep[] = [
+    { name: 'http', run: () => app.close() },
+    { name: 'reconciler', run: () => clearInterval(reconciler) },
+    { name: 'workers', run: () => Promise.all([sourceWorker.close(), resultsWorker.close()]) },
+    { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => q.close())) },
+    { name: 'redis', run: () => Promise.all([redis.quit(), workerRedis.quit(), queueRedis.quit()]) },
+  ];
+  /** Waits for Redis (the producer connection fails fast, so it must be up), then settles what a crash left behind. */
+  const start = async () => {
+    await waitReady(redis, 30_000);
+    await orchestrator.reconcile().catch((err) => logger.warn({ err }, 'start-up reconcile failed'));
+  };
+  return { app, orchestrator, pipelines, runs, start, shutdown };
+}

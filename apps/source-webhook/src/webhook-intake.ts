@@ -1,0 +1,94 @@
+import type { PipelineDefinition, Trigger } from '@conveyor/contracts';
+import { InputError, issuesFromZod, NotFoundError, UnauthorizedError, type Logger } from '@conveyor/service-kit';
+import { githubPushToSourceEvent, GithubPush, verifyGithubSignature } from './domain/github.js';
+import { decideTrigger, normalizeRepositoryUrl } from './domain/triggers.js';
+import type { Orchestrator } from './orchestrator.js';
+import type { PipelineStore, RunStore } from './ports.js';
+
+export interface WebhookReply {
+  status: 200 | 202;
+  body: Record<string, unknown>;
+}
+
+export interface GithubDelivery {
+  event?: string;
+  deliveryId?: string;
+  signature?: string;
+  rawBody: Buffer;
+}
+
+/**
+ * GitHub deliveries: verify (constant time, raw body) before parsing, then match pipelines by
+ * repository, apply trigger filters, and record exactly one decision per delivery and pipeline.
+ */
+export class WebhookIntake {
+  constructor(
+    private readonly deps: { pipelines: PipelineStore; runs: RunStore; orchestrator: Orchestrator; logger: Logger; clock?: () => Date },
+  ) {}
+
+  private now(): string {
+    return (this.deps.clock?.() ?? new Date()).toISOString();
+  }
+
+  async github(d: GithubDelivery): Promise<WebhookReply> {
+    const candidates = (await this.deps.pipelines.list()).filter((p) => p.source.provider === 'github' && p.source.webhookSecret);
+    if (candidates.length === 0) throw new NotFoundError('no pipeline accepts GitHub webhooks');
+    const verified = candidates.filter((p) => verifyGithubSignature(p.source.webhookSecret!, d.rawBody, d.signature));
+    if (verified.length === 0) throw new UnauthorizedError('X-Hub-Signature-256 is missing or matches no pipeline secret');
+    if (!d.event) throw new InputError('missing X-GitHub-Event header', [{ path: 'headers.x-github-event', message: 'required' }]);
+    if (!d.deliveryId) throw new InputError('missing X-GitHub-Delivery header', [{ path: 'headers.x-github-delivery', message: 'required' }]);
+    if (d.event === 'ping') return { status: 200, body: { ok: true, pipelines: verified.map((p) => p.name) } };
+    if (d.event !== 'push') return this.skipAll(d.deliveryId, `event ${d.event} is not handled`);
+
+    const event = githubPushToSourceEvent(this.parsePush(d.rawBody), d.deliveryId);
+    const urls = new Set(event.repositoryUrls.map(normalizeRepositoryUrl));
+    const matched = verified.filter((p) => urls.has(normalizeRepositoryUrl(p.source.repository)));
+    if (matched.length === 0) {
+      await this.deps.runs.recordDelivery({ key: `github:${d.deliveryId}:*`, decision: { outcome: 'skipped', reason: 'no pipeline for this repository', at: this.now() } });
+      throw new NotFoundError(`no pipeline for repository ${event.repositoryUrls[0]}`);
+    }
+    const trigger: Trigger = {
+      type: 'webhook',
+      ref: event.ref,
+      commit: event.after,
+      deliveryId: d.deliveryId,
+      provider: 'github',
+      ...(event.actor ? { actor: event.actor } : {}),
+      ...(event.before ? { previousCommit: event.before } : {}),
+    };
+    const outcomes = await Promise.all(matched.map((p) => this.decide(p, trigger, decideTrigger(p, event), d.deliveryId!)));
+    const created = outcomes.filter((o) => o.outcome === 'run-created' && !o.duplicate);
+    if (created.length > 0) return { status: 202, body: { runId: created[0]!.runId, runs: outcomes } };
+    if (outcomes.every((o) => o.duplicate)) return { status: 200, body: { duplicate: true, runId: outcomes[0]?.runId, runs: outcomes } };
+    return { status: 200, body: { skipped: true, reason: outcomes.map((o) => o.reason).join('; '), runs: outcomes } };
+  }
+
+  private parsePush(raw: Buffer) {
+    let json: unknown;
+    try {
+      json = JSON.parse(raw.toString('utf8'));
+    } catch {
+      throw new InputError('body is not valid JSON', [{ path: 'body', message: 'invalid JSON' }]);
+    }
+    const parsed = GithubPush.safeParse(json);
+    if (!parsed.success) throw new InputError('not a GitHub push payload', issuesFromZod(parsed.error, 'body'));
+    return parsed.data;
+  }
+
+  private async decide(p: PipelineDefinition, trigger: Trigger, decision: ReturnType<typeof decideTrigger>, deliveryId: string) {
+    const key = `github:${deliveryId}:${p.name}`;
+    if (decision.run) {
+      const started = await this.deps.orchestrator.startRun(p, trigger, key);
+      if (!started.duplicate) return { pipeline: p.name, outcome: 'run-created', runId: started.runId, duplicate: false };
+      return { pipeline: p.name, outcome: started.decision.outcome, runId: started.runId, reason: started.decision.reason, duplicate: true };
+    }
+    const seen = await this.deps.runs.recordDelivery({ key, decision: { outcome: 'skipped', reason: decision.reason, at: this.now() } });
+    this.deps.logger.info({ pipeline: p.name, deliveryId, reason: decision.reason }, 'push skipped by trigger filters');
+    return { pipeline: p.name, outcome: seen?.outcome ?? 'skipped', runId: seen?.runId, reason: seen?.reason ?? decision.reason, duplicate: seen !== undefined };
+  }
+
+  private async skipAll(deliveryId: string, reason: string): Promise<WebhookReply> {
+    await this.deps.runs.recordDelivery({ key: `github:${deliveryId}:*`, decision: { outcome: 'skipped', reason, at: this.now() } });
+    return { status: 200, body: { skipped: true, reason } };
+  }
+}

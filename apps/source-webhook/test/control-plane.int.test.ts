@@ -1,0 +1,234 @@
+import { createHmac } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Queue, Worker } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { QUEUES, type RunView, type StageJob } from '@conveyor/contracts';
+import { createLogger } from '@conveyor/service-kit';
+import { commitFiles, initRepo, testRedis, uniquePrefix } from '@conveyor/testing';
+import { loadEnv } from '../src/env.js';
+import { composeService } from '../src/service.js';
+
+const TOKEN = 'test-token-0123456789abcdef';
+const SECRET = 'webhook-secret-0123456789';
+const auth = { authorization: `Bearer ${TOKEN}` };
+
+let dir: string;
+let repoDir: string;
+let firstCommit: string;
+let redisUrl: string;
+let prefix: string;
+let service: ReturnType<typeof composeService>;
+let redis: Redis;
+
+const sign = (body: string, secret = SECRET) => `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`;
+
+function pushBody(commit: string, branch = 'main', repo = `file://${repoDir}`) {
+  return JSON.stringify({ ref: `refs/heads/${branch}`, before: '0'.repeat(40), after: commit, repository: { clone_url: repo }, sender: { login: 'octo' } });
+}
+
+async function sendPush(body: string, delivery: string, signature = sign(body), event = 'push') {
+  return service.app.inject({
+    method: 'POST',
+    url: '/webhooks/github',
+    headers: { 'content-type': 'application/json', 'x-github-event': event, 'x-github-delivery': delivery, 'x-hub-signature-256': signature },
+    payload: body,
+  });
+}
+
+async function getRun(runId: string): Promise<RunView> {
+  const res = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${runId}`, headers: auth });
+  expect(res.statusCode).toBe(200);
+  return res.json();
+}
+
+async function waitFor<T>(fn: () => Promise<T | undefined>, what: string, ms = 20_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function runCount(): Promise<number> {
+  const res = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/hello/runs', headers: auth });
+  return res.json().runs.length;
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'cv-sw-'));
+  repoDir = await initRepo(join(dir, 'repo'));
+  firstCommit = await commitFiles(repoDir, { 'README.md': 'hello\n', 'buildspec.yml': 'version: 0.2\nphases:\n  build:\n    commands:\n      - echo hi\n' });
+  redisUrl = (await testRedis()).url;
+  prefix = uniquePrefix('sw');
+  const env = loadEnv({
+    REDIS_URL: redisUrl,
+    QUEUE_PREFIX: prefix,
+    CONVEYOR_API_TOKEN: TOKEN,
+    ARTIFACT_DIR: join(dir, 'artifacts'),
+    SOURCE_CACHE_DIR: join(dir, 'cache'),
+    RECONCILE_INTERVAL_MS: '3600000',
+    LOG_LEVEL: 'silent',
+  });
+  service = composeService(env, createLogger('test', 'silent'));
+  await service.app.ready();
+  await service.start();
+  redis = new Redis(redisUrl);
+});
+
+afterAll(async () => {
+  for (const step of service.shutdown) await step.run();
+  redis.disconnect();
+  await rm(dir, { recursive: true, force: true });
+  await (await testRedis()).stop();
+});
+
+describe('pipelines API', () => {
+  it('refuses requests without the API token', async () => {
+    const res = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines' });
+    expect(res.statusCode).toBe(401);
+    expect(res.headers['content-type']).toContain('application/problem+json');
+    const wrong = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines', headers: { authorization: 'Bearer nope' } });
+    expect(wrong.statusCode).toBe(401);
+  });
+
+  it('names the bad fields of an invalid definition', async () => {
+    const res = await service.app.inject({
+      method: 'POST',
+      url: '/api/v1/pipelines',
+      headers: auth,
+      payload: { name: 'Bad Name', source: { provider: 'github', repository: 'https://u:p@example.com/r.git' }, stages: [{ name: 'Build', type: 'bake' }] },
+    });
+    expect(res.statusCode).toBe(400);
+    const paths = res.json().errors.map((e: { path: string }) => e.path);
+    expect(paths).toEqual(expect.arrayContaining(['name', 'source.repository', 'stages.0.type']));
+  });
+
+  it('creates from YAML (201), replaces (200) and never returns the secret', async () => {
+    const yaml = `name: hello
+source:
+  provider: github
+  repository: file://${repoDir}
+  branch: main
+  webhookSecret: "${SECRET}"
+stages:
+  - { name: Build, type: build }
+`;
+    const created = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/yaml' }, payload: yaml });
+    expect(created.statusCode).toBe(201);
+    expect(created.body).not.toContain(SECRET);
+    expect(created.json().source.hasWebhookSecret).toBe(true);
+    const replaced = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/yaml' }, payload: yaml });
+    expect(replaced.statusCode).toBe(200);
+    const got = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/hello', headers: auth });
+    expect(got.json().name).toBe('hello');
+    expect(got.body).not.toContain(SECRET);
+    const bad = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/yaml' }, payload: 'a: [' });
+    expect(bad.statusCode).toBe(400);
+    expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/nope', headers: auth })).statusCode).toBe(404);
+  });
+});
+
+describe('runs', () => {
+  it('a manual run snapshots the commit and enqueues the build job with the source artifact', async () => {
+    const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
+    expect(res.statusCode).toBe(202);
+    const { runId } = res.json();
+    const run = await waitFor(async () => {
+      const r = await getRun(runId);
+      return r.stages[1]!.status === 'RUNNING' ? r : undefined;
+    }, 'build stage to start');
+    expect(run.commit).toBe(firstCommit);
+    expect(run.stages[0]).toMatchObject({ name: 'Source', status: 'SUCCEEDED', result: { commit: firstCommit } });
+    const build = new Queue(QUEUES.build, { connection: redis, prefix });
+    const job = await build.getJob(`${runId}.Build.1`);
+    expect(job?.data).toMatchObject({ type: 'build', commit: firstCommit, input: run.stages[0]!.result!.artifact });
+    await build.close();
+    const logs = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${runId}/stages/Source/logs`, headers: auth });
+    expect(logs.headers['content-type']).toContain('text/plain');
+    expect(logs.body).toContain(`resolved refs/heads/main to ${firstCommit}`);
+  });
+
+  it('a run for a ref that does not exist fails at Source with the reason', async () => {
+    const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { ref: 'no-such-branch' } });
+    const run = await waitFor(async () => {
+      const r = await getRun(res.json().runId);
+      return r.status === 'FAILED' ? r : undefined;
+    }, 'run to fail');
+    expect(run.stages.map((s) => s.status)).toEqual(['FAILED', 'SKIPPED']);
+    expect(run.stages[0]!.message).toContain('refs/heads/no-such-branch not found');
+  });
+
+  it('rejects a malformed run request', async () => {
+    const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { commit: 'xyz' } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().errors[0].path).toBe('body.commit');
+  });
+});
+
+describe('GitHub webhooks', () => {
+  it('a signed push creates one run; the same delivery again creates none', async () => {
+    const before = await runCount();
+    const body = pushBody(firstCommit);
+    const first = await sendPush(body, 'delivery-1');
+    expect(first.statusCode).toBe(202);
+    const again = await sendPush(body, 'delivery-1');
+    expect(again.statusCode).toBe(200);
+    expect(again.json()).toMatchObject({ duplicate: true, runId: first.json().runId });
+    expect(await runCount()).toBe(before + 1);
+    const run = await getRun(first.json().runId);
+    expect(run.trigger).toMatchObject({ type: 'webhook', deliveryId: 'delivery-1', commit: firstCommit, ref: 'refs/heads/main', actor: 'octo' });
+  });
+
+  it('refuses a bad or missing signature with 401 and creates no run', async () => {
+    const before = await runCount();
+    const body = pushBody(firstCommit);
+    expect((await sendPush(body, 'delivery-2', sign(body, 'another-secret-0123456'))).statusCode).toBe(401);
+    expect((await sendPush(body, 'delivery-3', '')).statusCode).toBe(401);
+    expect((await sendPush(body + ' ', 'delivery-4', sign(body))).statusCode).toBe(401);
+    expect(await runCount()).toBe(before);
+  });
+
+  it('answers ping, skips filtered branches with a reason, 404s unknown repositories, 400s bad payloads', async () => {
+    const ping = await sendPush('{"zen":"hi"}', 'delivery-5', sign('{"zen":"hi"}'), 'ping');
+    expect(ping.statusCode).toBe(200);
+    const before = await runCount();
+    const dev = await sendPush(pushBody(firstCommit, 'dev'), 'delivery-6');
+    expect(dev.statusCode).toBe(200);
+    expect(dev.json().reason).toContain('branch dev');
+    const other = await sendPush(pushBody(firstCommit, 'main', 'https://github.com/someone/else.git'), 'delivery-7');
+    expect(other.statusCode).toBe(404);
+    const junk = await sendPush('{"ref": 1}', 'delivery-8');
+    expect(junk.statusCode).toBe(400);
+    expect(junk.json().errors.map((e: { path: string }) => e.path)).toContain('body.ref');
+    expect(await runCount()).toBe(before);
+  });
+});
+
+describe('reconciler', () => {
+  it('fails a run whose stage job failed without sending a result', async () => {
+    const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
+    const { runId } = res.json();
+    await waitFor(async () => ((await getRun(runId)).stages[1]!.status === 'RUNNING' ? true : undefined), 'build to start');
+    // A build worker that dies on every delivery: BullMQ fails the job, no StageResult is ever sent.
+    const workerRedis = new Redis(redisUrl, { maxRetriesPerRequest: null });
+    const worker = new Worker(QUEUES.build, async (job) => {
+      if ((job.data as StageJob).runId !== runId) throw new Error('not mine');
+      throw new Error('worker exploded');
+    }, { connection: workerRedis, prefix });
+    const build = new Queue(QUEUES.build, { connection: redis, prefix });
+    await waitFor(async () => ((await (await build.getJob(`${runId}.Build.1`))?.getState()) === 'failed' ? true : undefined), 'job to fail', 30_000);
+    await worker.close();
+    workerRedis.disconnect();
+    await build.close();
+    expect((await getRun(runId)).status).toBe('RUNNING');
+    await service.orchestrator.reconcile();
+    const run = await getRun(runId);
+    expect(run.status).toBe('FAILED');
+    expect(run.stages[1]).toMatchObject({ status: 'FAILED', message: 'worker exploded' });
+  });
+});
