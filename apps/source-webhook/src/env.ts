@@ -10,7 +10,8 @@ export const Env = BaseEnv.extend({
   WEBHOOK_BODY_LIMIT: z.coerce.number().int().min(1024).default(25 * 1024 * 1024),
   /** How often active runs are checked for lost jobs and unsent enqueues. */
   RECONCILE_INTERVAL_MS: z.coerce.number().int().min(100).default(10_000),
-  RESULTS_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(32),
+  /** Results a dead orchestrator replica left unacknowledged this long are taken over. */
+  RESULTS_CLAIM_IDLE_MS: z.coerce.number().int().min(100).default(30_000),
 });
 export type Env = z.infer<typeof Env>;
 

@@ -14,6 +14,7 @@ export interface OrchestratorDeps {
 export type StartOutcome = { runId: string; duplicate: false } | { runId?: string; duplicate: true; decision: DeliveryDecision['decision'] };
 
 const MAX_CONFLICT_RETRIES = 50;
+const CACHE_LIMIT = 10_000;
 
 /**
  * The thin adapter around the pure state machine: load → step → store (compare-and-set, with the
@@ -21,6 +22,11 @@ const MAX_CONFLICT_RETRIES = 50;
  */
 export class Orchestrator {
   private readonly clock: () => Date;
+  /**
+   * Runs this process stored last. The compare-and-set refuses a stale copy, so a hit saves a read
+   * and a parse per transition without risking a lost update.
+   */
+  private readonly cache = new Map<string, Run>();
   constructor(private readonly deps: OrchestratorDeps) {
     this.clock = deps.clock ?? (() => new Date());
   }
@@ -37,6 +43,7 @@ export class Orchestrator {
       throw new Error(`run id collision: ${run.id}`);
     }
     this.deps.logger.info({ runId: run.id, pipeline: run.pipeline, trigger: trigger.type }, 'run created');
+    this.remember(run);
     await this.dispatch(run);
     return { runId: run.id, duplicate: false };
   }
@@ -44,26 +51,44 @@ export class Orchestrator {
   /** Applies one input to a run, retrying on concurrent updates. Returns the stored run. */
   async apply(runId: string, input: RunInput): Promise<Run | undefined> {
     for (let i = 0; i < MAX_CONFLICT_RETRIES; i++) {
-      const run = await this.deps.runs.get(runId);
+      const cached = this.cache.get(runId);
+      const run = cached ?? (await this.deps.runs.get(runId));
       if (!run) {
         this.deps.logger.warn({ runId, input: input.type }, 'input for an unknown run ignored');
         return undefined;
       }
       const tr = step(run, input, this.clock());
-      if (!tr.changed) return run;
+      if (!tr.changed) {
+        // A cached copy may be behind the store: only the stored run can say an input is stale.
+        if (cached) {
+          this.cache.delete(runId);
+          continue;
+        }
+        return run;
+      }
       const next: Run = { ...tr.run, version: run.version + 1 };
       const saved = await this.deps.runs.save(next, run.version, tr.events);
-      if (saved.saved) {
-        if (next.status !== run.status) this.deps.logger.info({ runId, pipeline: run.pipeline, status: next.status }, 'run status changed');
-        await this.dispatch(next);
-        return next;
+      if (!saved.saved) {
+        this.cache.delete(runId);
+        continue;
       }
+      this.remember(next);
+      if (next.status !== run.status) this.deps.logger.info({ runId, pipeline: run.pipeline, status: next.status }, 'run status changed');
+      await this.dispatch(next);
+      return next;
     }
     throw new Error(`run ${runId}: too many concurrent updates`);
   }
 
   async handleResult(result: StageResult): Promise<void> {
     await this.apply(result.runId, { type: 'stage-result', result });
+  }
+
+  private remember(run: Run): void {
+    this.cache.delete(run.id);
+    if (['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(run.status)) return;
+    this.cache.set(run.id, run);
+    if (this.cache.size > CACHE_LIMIT) this.cache.delete(this.cache.keys().next().value!);
   }
 
   private async dispatch(run: Run): Promise<void> {

@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { createQueue, createRedis, createRegistry, createStageWorker, waitReady, type Logger, type ShutdownStep } from '@conveyor/service-kit';
+import { createQueue, createRedis, createRegistry, createResultPublisher, createStageWorker, waitReady, type Logger, type ShutdownStep } from '@conveyor/service-kit';
 import { BullJobDispatcher } from './adapters/bull-job-dispatcher.js';
 import { GitSourceRepository } from './adapters/git-source-repository.js';
 import { RedisPipelineStore } from './adapters/redis-pipeline-store.js';
 import { RedisRunStore } from './adapters/redis-run-store.js';
 import type { Env } from './env.js';
 import { buildServer } from './http/server.js';
-import { createResultsWorker } from './jobs/results-worker.js';
+import { ResultsConsumer } from './jobs/results-consumer.js';
 import { sourceJobHandler } from './jobs/source-job.js';
 import { Orchestrator } from './orchestrator.js';
 import { WebhookIntake } from './webhook-intake.js';
@@ -33,14 +33,15 @@ export function composeService(env: Env, logger: Logger) {
     queueName: QUEUES.source,
     connection: workerRedis,
     prefix,
-    results: queues.get(QUEUES.results)!,
+    results: createResultPublisher(queueRedis, prefix),
     handler: sourceJobHandler({ repository, redis: queueRedis, prefix }),
     logger,
     concurrency: env.WORKER_CONCURRENCY,
     lockDuration: env.WORKER_LOCK_MS,
     stalledInterval: env.WORKER_STALLED_MS,
   });
-  const resultsWorker = createResultsWorker({ connection: workerRedis, prefix, orchestrator, logger, concurrency: env.RESULTS_CONCURRENCY });
+  const resultsRedis = createRedis(env.REDIS_URL, 'worker');
+  const results = new ResultsConsumer({ redis: resultsRedis, prefix, orchestrator, logger, claimIdleMs: env.RESULTS_CLAIM_IDLE_MS });
 
   const reconciler = setInterval(() => {
     orchestrator.reconcile().then(
@@ -64,7 +65,7 @@ export function composeService(env: Env, logger: Logger) {
     readiness: {
       redis: async () => void (await redis.ping()),
       workers: () => {
-        if (!sourceWorker.isRunning() || !resultsWorker.isRunning()) throw new Error('workers not running');
+        if (!sourceWorker.isRunning() || !results.isRunning()) throw new Error('workers not running');
       },
     },
   });
@@ -72,13 +73,14 @@ export function composeService(env: Env, logger: Logger) {
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
     { name: 'reconciler', run: () => clearInterval(reconciler) },
-    { name: 'workers', run: () => Promise.all([sourceWorker.close(), resultsWorker.close()]) },
+    { name: 'workers', run: () => Promise.all([sourceWorker.close(), results.stop()]) },
     { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => q.close())) },
-    { name: 'redis', run: () => Promise.all([redis.quit(), workerRedis.quit(), queueRedis.quit()]) },
+    { name: 'redis', run: () => Promise.all([redis.quit(), workerRedis.quit(), queueRedis.quit(), resultsRedis.quit()]) },
   ];
   /** Waits for Redis (the producer connection fails fast, so it must be up), then settles what a crash left behind. */
   const start = async () => {
     await waitReady(redis, 30_000);
+    await results.start();
     await orchestrator.reconcile().catch((err) => logger.warn({ err }, 'start-up reconcile failed'));
   };
   return { app, orchestrator, pipelines, runs, start, shutdown };

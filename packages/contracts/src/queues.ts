@@ -7,9 +7,10 @@ export const QUEUES = {
   test: 'test',
   deploy: 'deploy',
   monitor: 'monitor',
-  /** StageResults flow back to the orchestrator here. */
-  results: 'results',
 } as const;
+
+/** Redis stream (consumer group `orchestrator`) on which workers publish StageResults. */
+export const RESULTS_STREAM = 'results';
 
 export function queueFor(type: StageJob['type']): string {
   return QUEUES[type];

@@ -8,3 +8,4 @@ export * from './shutdown.js';
 export * from './queues.js';
 export * from './stage-worker.js';
 export * from './log-sink.js';
+export * from './results-stream.js';

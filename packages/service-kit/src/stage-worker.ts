@@ -1,7 +1,8 @@
-import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
+import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { StageJob, StageResult, type StageJobOf, type StageOutput } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
+import type { ResultPublisher } from './results-stream.js';
 import type { Logger } from './logger.js';
 
 /** What a stage handler decides; the wrapper adds the identity and timing fields of the StageResult. */
@@ -26,19 +27,13 @@ export interface StageWorkerOptions<T extends StageJob['type']> {
   queueName: string;
   connection: Redis;
   prefix: string;
-  results: Queue;
+  results: ResultPublisher;
   handler: StageHandler<T>;
   logger: Logger;
   concurrency: number;
   lockDuration: number;
   stalledInterval: number;
   now?: () => Date;
-}
-
-/** Publishes a StageResult; its job id equals the stage job id, so a re-run publishes it at most once. */
-export async function publishResult(results: Queue, result: StageResult): Promise<void> {
-  const parsed = StageResult.parse(result);
-  await results.add('result', parsed, { jobId: parsed.jobId, attempts: 8, backoff: { type: 'exponential', delay: 500 } });
 }
 
 function describe(err: unknown): string {
@@ -75,7 +70,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
         ...(outcome.message ? { message: outcome.message.slice(0, 4000) } : {}),
         output: outcome.output ?? {},
       };
-      await publishResult(opts.results, result);
+      await opts.results.publish(result);
       logger.info({ status: result.status }, 'stage job finished');
       return result;
     };

@@ -1,0 +1,121 @@
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { StageResult } from '@conveyor/contracts';
+import { resultsStreamKey, type Logger, type Redis } from '@conveyor/service-kit';
+import type { Orchestrator } from '../orchestrator.js';
+
+export const RESULTS_GROUP = 'orchestrator';
+type Entry = [id: string, fields: string[]];
+
+export interface ResultsConsumerOptions {
+  /** A dedicated connection: XREADGROUP BLOCK holds it. */
+  redis: Redis;
+  prefix: string;
+  orchestrator: Orchestrator;
+  logger: Logger;
+  batch?: number;
+  blockMs?: number;
+  /** Entries a dead reader left unacknowledged this long are claimed by a live one. */
+  claimIdleMs?: number;
+}
+
+/**
+ * Reads StageResults from the results stream with a consumer group, applies them (in order within a
+ * run, runs in parallel), then acknowledges and deletes them. An entry whose apply failed stays
+ * pending and is claimed again after `claimIdleMs`.
+ */
+export class ResultsConsumer {
+  private readonly key: string;
+  private readonly consumer = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+  private running = false;
+  private loop: Promise<void> | undefined;
+  private lastClaim = 0;
+
+  constructor(private readonly opts: ResultsConsumerOptions) {
+    this.key = resultsStreamKey(opts.prefix);
+  }
+
+  isRunning(): boolean {
+    return this.running;
+  }
+
+  async start(): Promise<void> {
+    await this.opts.redis.xgroup('CREATE', this.key, RESULTS_GROUP, '0', 'MKSTREAM').catch((err: Error) => {
+      if (!/BUSYGROUP/.test(err.message)) throw err;
+    });
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    await this.loop;
+    await this.opts.redis.xgroup('DELCONSUMER', this.key, RESULTS_GROUP, this.consumer).catch(() => undefined);
+  }
+
+  private async run(): Promise<void> {
+    const { redis, logger } = this.opts;
+    while (this.running) {
+      try {
+        await this.claimAbandoned();
+        const reply = (await redis.xreadgroup('GROUP', RESULTS_GROUP, this.consumer, 'COUNT', this.opts.batch ?? 500, 'BLOCK', this.opts.blockMs ?? 1000, 'STREAMS', this.key, '>')) as [string, Entry[]][] | null;
+        const entries = reply?.[0]?.[1] ?? [];
+        if (entries.length) await this.process(entries);
+      } catch (err) {
+        if (!this.running) break;
+        logger.warn({ err }, 'results stream read failed; retrying');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+
+  private async claimAbandoned(): Promise<void> {
+    const idle = this.opts.claimIdleMs ?? 30_000;
+    if (Date.now() - this.lastClaim < Math.min(idle, 5000)) return;
+    this.lastClaim = Date.now();
+    const reply = (await this.opts.redis.xautoclaim(this.key, RESULTS_GROUP, this.consumer, idle, '0-0', 'COUNT', 500)) as [string, Entry[]];
+    const entries = (reply?.[1] ?? []).filter((e) => e && e[1]);
+    if (entries.length) {
+      this.opts.logger.info({ count: entries.length }, 'claimed abandoned results');
+      await this.process(entries);
+    }
+  }
+
+  private async process(entries: Entry[]): Promise<void> {
+    const byRun = new Map<string, { id: string; result: StageResult }[]>();
+    const done: string[] = [];
+    for (const [id, fields] of entries) {
+      const parsed = StageResult.safeParse(safeJson(fields[fields.indexOf('result') + 1]));
+      if (!parsed.success) {
+        this.opts.logger.error({ id, issues: parsed.error.issues }, 'malformed stage result dropped');
+        done.push(id);
+        continue;
+      }
+      const list = byRun.get(parsed.data.runId) ?? [];
+      list.push({ id, result: parsed.data });
+      byRun.set(parsed.data.runId, list);
+    }
+    await Promise.all(
+      [...byRun.values()].map(async (list) => {
+        for (const { id, result } of list) {
+          try {
+            await this.opts.orchestrator.handleResult(result);
+            done.push(id);
+          } catch (err) {
+            this.opts.logger.warn({ err, runId: result.runId, jobId: result.jobId }, 'result not applied; will be claimed again');
+            return;
+          }
+        }
+      }),
+    );
+    if (done.length) await this.opts.redis.multi().xack(this.key, RESULTS_GROUP, ...done).xdel(this.key, ...done).exec();
+  }
+}
+
+function safeJson(text: string | undefined): unknown {
+  try {
+    return text === undefined ? undefined : JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,101 @@
+import { randomUUID } from 'node:crypto';
+import { Queue, Worker, type ConnectionOptions } from 'bullmq';
+import { Redis } from 'ioredis';
+import { PipelineDefinition, QUEUES, type StageJob } from '@conveyor/contracts';
+import { createLogger, createQueue, createResultPublisher, createStageWorker, type StageOutcome } from '@conveyor/service-kit';
+import { BullJobDispatcher, Orchestrator, RedisRunStore, ResultsConsumer } from '@conveyor/source-webhook';
+
+export interface HopBenchResult {
+  runs: number;
+  hops: number;
+  seconds: number;
+  hopsPerSecond: number;
+}
+
+const STAGE_TYPES = ['source', 'build', 'test', 'deploy', 'monitor'] as const;
+const conn = (url: string) => new Redis(url, { maxRetriesPerRequest: null });
+
+/** Baseline: the same 5 hops as a raw BullMQ chain — each worker adds the next job, nothing else. */
+export async function rawChain(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
+  const prefix = `rawbench${randomUUID().slice(0, 8)}`;
+  const redis = conn(url);
+  const queues = STAGE_TYPES.map((t) => new Queue(t, { connection: redis as unknown as ConnectionOptions, prefix }));
+  let done = 0;
+  let resolveAll!: () => void;
+  const all = new Promise<void>((r) => (resolveAll = r));
+  const workers = STAGE_TYPES.map(
+    (t, i) =>
+      new Worker(
+        t,
+        async (job) => {
+          const next = queues[i + 1];
+          if (next) await next.add(STAGE_TYPES[i + 1]!, job.data, { jobId: `${job.data.run}.${i + 1}.1`, removeOnComplete: true });
+          else if (++done === runs) resolveAll();
+        },
+        { connection: conn(url) as unknown as ConnectionOptions, prefix, concurrency },
+      ),
+  );
+  await Promise.all(workers.map((w) => w.waitUntilReady()));
+  const t0 = performance.now();
+  await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
+  await all;
+  const seconds = (performance.now() - t0) / 1000;
+  await Promise.all(workers.map((w) => w.close()));
+  await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
+  redis.disconnect();
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
+}
+
+const FAKE_ARTIFACT = { key: 'runs/bench/x.tar', sha256: '0'.repeat(64), bytes: 0 };
+const noop = async (job: StageJob): Promise<StageOutcome> => {
+  switch (job.type) {
+    case 'source':
+      return { status: 'SUCCEEDED', output: { commit: 'a'.repeat(40), artifact: FAKE_ARTIFACT } };
+    case 'deploy':
+      return { status: 'SUCCEEDED', output: { url: 'http://127.0.0.1:1' } };
+    default:
+      return { status: 'SUCCEEDED', output: {} };
+  }
+};
+
+/** Conveyor: runs through the real orchestrator (CAS store, outbox, results queue) with no-op stage workers. */
+export async function orchestrated(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
+  const prefix = `cvbench${randomUUID().slice(0, 8)}`;
+  const logger = createLogger('bench', 'silent');
+  const producer = new Redis(url);
+  const queueConn = conn(url);
+  const queues = new Map(Object.values(QUEUES).map((n) => [n, createQueue(n, { connection: queueConn, prefix })]));
+  const runsStore = new RedisRunStore(producer, prefix);
+  const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+  const stageWorkers = STAGE_TYPES.map((type) =>
+    createStageWorker({ type, queueName: QUEUES[type], connection: conn(url), prefix, results: createResultPublisher(producer, prefix), handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
+  );
+  const results = new ResultsConsumer({ redis: conn(url), prefix, orchestrator, logger });
+  await results.start();
+  await Promise.all(stageWorkers.map((w) => w.waitUntilReady()));
+  const definition = PipelineDefinition.parse({
+    name: 'bench',
+    source: { provider: 'generic', repository: 'file:///dev/null' },
+    stages: [
+      { name: 'Build', type: 'build' },
+      { name: 'Test', type: 'test' },
+      { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'true' } },
+      { name: 'Monitor', type: 'monitor' },
+    ],
+  });
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: runs }, () => orchestrator.startRun(definition, { type: 'manual', ref: 'refs/heads/main' })));
+  while ((await runsStore.activeRunIds()).length > 0) await new Promise((r) => setTimeout(r, 5));
+  const seconds = (performance.now() - t0) / 1000;
+  const finished = await runsStore.listByPipeline('bench', runs);
+  const succeeded = finished.filter((r) => r.status === 'SUCCEEDED').length;
+  if (succeeded !== runs) throw new Error(`only ${succeeded}/${runs} bench runs succeeded`);
+  await results.stop();
+  await Promise.all(stageWorkers.map((w) => w.close()));
+  await Promise.all([...queues.values()].map((q) => q.obliterate({ force: true }).then(() => q.close())));
+  const keys = await producer.keys(`${prefix}:*`);
+  if (keys.length) await producer.del(...keys);
+  producer.disconnect();
+  queueConn.disconnect();
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
+}

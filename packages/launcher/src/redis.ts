@@ -1,0 +1,68 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+
+export interface ResolvedRedis {
+  url: string;
+  /** Set when the launcher started its own redis-server. */
+  process?: ChildProcess;
+  origin: 'REDIS_URL' | 'local 6379' | 'private redis-server';
+}
+
+async function pings(url: string): Promise<boolean> {
+  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1500 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    return (await client.ping()) === 'PONG';
+  } catch {
+    return false;
+  } finally {
+    client.disconnect();
+  }
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no free port'))));
+    });
+  });
+}
+
+const HOW_TO_GET_REDIS = `Conveyor needs Redis 7 and found none:
+  - REDIS_URL is not set,
+  - nothing answers on redis://127.0.0.1:6379,
+  - and no redis-server is on PATH to start a private one.
+Install Redis (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or point REDIS_URL at one.`;
+
+/** REDIS_URL, else a Redis on 127.0.0.1:6379, else a private redis-server (AOF on) under `dataDir`. */
+export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string): Promise<ResolvedRedis> {
+  if (env.REDIS_URL) {
+    if (!(await pings(env.REDIS_URL))) throw new Error(`REDIS_URL=${env.REDIS_URL} does not answer PING`);
+    return { url: env.REDIS_URL, origin: 'REDIS_URL' };
+  }
+  if (await pings('redis://127.0.0.1:6379')) return { url: 'redis://127.0.0.1:6379', origin: 'local 6379' };
+  await mkdir(dataDir, { recursive: true });
+  const port = await freePort();
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dataDir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--maxmemory-policy', 'noeviction', '--logfile', join(dataDir, 'redis.log')];
+  const child = spawn('redis-server', args, { stdio: 'ignore' });
+  const failed = await new Promise<Error | undefined>((resolve) => {
+    child.once('error', resolve);
+    setTimeout(() => resolve(undefined), 100);
+  });
+  if (failed) throw new Error(HOW_TO_GET_REDIS);
+  const url = `redis://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    if (await pings(url)) return { url, process: child, origin: 'private redis-server' };
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`the private redis-server did not start; see ${join(dataDir, 'redis.log')}`);
+}

@@ -1,0 +1,128 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stopAllDeployments } from '@conveyor/deployer';
+import { resolveRedis, type ResolvedRedis } from './redis.js';
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+
+export const SERVICES = ['source-webhook', 'build', 'test-runner', 'deployer', 'monitor'] as const;
+export type ServiceName = (typeof SERVICES)[number];
+
+export interface StackOptions {
+  /** Where data, logs and deployments live (default `<repo>/.conveyor`). */
+  home: string;
+  /** source-webhook listens here, the others on the next four ports. */
+  portBase: number;
+  env?: NodeJS.ProcessEnv;
+  /** Extra variables for every service (e.g. shorter BullMQ lock times in tests). */
+  serviceEnv?: Record<string, string>;
+}
+
+export interface Stack {
+  redis: ResolvedRedis;
+  apiToken: string;
+  urls: Record<ServiceName, string>;
+  home: string;
+  processes: Map<ServiceName, ChildProcess>;
+  /** Starts one service (again), e.g. after a test killed it. */
+  startService(name: ServiceName): Promise<ChildProcess>;
+  stop(): Promise<void>;
+}
+
+async function apiToken(home: string, env: NodeJS.ProcessEnv): Promise<string> {
+  if (env.CONVEYOR_API_TOKEN) return env.CONVEYOR_API_TOKEN;
+  const file = join(home, 'api-token');
+  const existing = await readFile(file, 'utf8').then((s) => s.trim(), () => '');
+  if (existing.length >= 16) return existing;
+  const token = randomBytes(24).toString('base64url');
+  await writeFile(file, `${token}\n`, { mode: 0o600 });
+  await chmod(file, 0o600);
+  return token;
+}
+
+async function waitReady(url: string, child: ChildProcess, name: string, logFile: string): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${name} exited with code ${child.exitCode}; see ${logFile}`);
+    const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${name} not ready after 60 s; see ${logFile}`);
+}
+
+function stopProcess(child: ChildProcess, graceMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((done) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      done();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
+/** Starts Redis (if needed) and the five services as child processes; resolves when all are ready. */
+export async function startStack(opts: StackOptions): Promise<Stack> {
+  const env = opts.env ?? process.env;
+  const home = resolve(opts.home);
+  await mkdir(join(home, 'logs'), { recursive: true });
+  const redis = await resolveRedis(env, join(home, 'redis'));
+  const token = await apiToken(home, env);
+  const port = (i: number) => opts.portBase + i;
+  const urls = Object.fromEntries(SERVICES.map((s, i) => [s, `http://127.0.0.1:${port(i)}`])) as Record<ServiceName, string>;
+  const common: Record<string, string> = {
+    PATH: env.PATH ?? '/usr/bin:/bin',
+    HOME: env.HOME ?? home,
+    REDIS_URL: redis.url,
+    QUEUE_PREFIX: env.QUEUE_PREFIX ?? 'conveyor',
+    ARTIFACT_DIR: join(home, 'artifacts'),
+    LOG_LEVEL: env.LOG_LEVEL ?? 'info',
+    CONVEYOR_API_TOKEN: token,
+    HOST: '127.0.0.1',
+    ...opts.serviceEnv,
+  };
+  const own: Record<ServiceName, Record<string, string>> = {
+    'source-webhook': { PORT: String(port(0)), SOURCE_CACHE_DIR: join(home, 'source-cache') },
+    build: { PORT: String(port(1)), WORK_DIR: join(home, 'work', 'build') },
+    'test-runner': { PORT: String(port(2)), WORK_DIR: join(home, 'work', 'test') },
+    deployer: { PORT: String(port(3)), DEPLOY_DIR: join(home, 'deployments') },
+    monitor: { PORT: String(port(4)) },
+  };
+  const processes = new Map<ServiceName, ChildProcess>();
+
+  const startService = async (name: ServiceName) => {
+    const logFile = join(home, 'logs', `${name}.log`);
+    const log = createWriteStream(logFile, { flags: 'a' });
+    const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'apps', name, 'src', 'main.ts')], {
+      cwd: REPO_ROOT,
+      env: { ...common, ...own[name] },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout!.pipe(log, { end: false });
+    child.stderr!.pipe(log, { end: false });
+    child.once('exit', () => log.end());
+    processes.set(name, child);
+    await waitReady(urls[name], child, name, logFile);
+    return child;
+  };
+
+  const stop = async () => {
+    await Promise.all([...processes.values()].map((p) => stopProcess(p)));
+    await stopAllDeployments(join(home, 'deployments'));
+    if (redis.process) await stopProcess(redis.process, 5000);
+  };
+
+  try {
+    await Promise.all(SERVICES.map(startService));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { redis, apiToken: token, urls, home, processes, startService, stop };
+}

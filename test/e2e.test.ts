@@ -1,0 +1,170 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConveyorClient, examplePipelineYaml, prepareExampleRepo, startStack, watchRun, type ExampleRepo, type Stack } from '@conveyor/launcher';
+import { commitFiles, freePort, git, testRedis } from '@conveyor/testing';
+
+/**
+ * The whole system as a user runs it: the launcher's five service processes, real Redis, a real git
+ * repository, signed webhooks over HTTP, builds in bash, a deployed process answering HTTP.
+ */
+let home: string;
+let stack: Stack;
+let client: ConveyorClient;
+let repo: ExampleRepo;
+let secret: string;
+const PREFIX = `e2e${Date.now()}`;
+const quiet = () => undefined;
+
+async function push(after: string, deliveryId = randomUUID(), sign = secret) {
+  return client.sendGithubPush({ secret: sign, repository: repo.url, branch: 'main', after, deliveryId });
+}
+
+async function served(url: string): Promise<{ version: string; commit: string }> {
+  return (await fetch(`${url}/`)).json() as Promise<{ version: string; commit: string }>;
+}
+
+async function runIds(pipeline = 'hello-service'): Promise<string[]> {
+  return (await client.request('GET', `/api/v1/pipelines/${pipeline}/runs`)).json.runs.map((r: { id: string }) => r.id);
+}
+
+beforeAll(async () => {
+  home = await mkdtemp(join(tmpdir(), 'cv-e2e-'));
+  const redis = await testRedis();
+  stack = await startStack({
+    home,
+    portBase: 20000 + Math.floor(Math.random() * 20000),
+    env: { ...process.env, REDIS_URL: redis.url, QUEUE_PREFIX: PREFIX, LOG_LEVEL: 'info' },
+    // Short BullMQ locks so a killed worker's job is picked up again within seconds.
+    serviceEnv: { WORKER_LOCK_MS: '3000', WORKER_STALLED_MS: '2000', RECONCILE_INTERVAL_MS: '2000' },
+  });
+  client = new ConveyorClient(stack.urls['source-webhook'], stack.apiToken);
+  repo = await prepareExampleRepo(home);
+  const pipeline = await examplePipelineYaml(home, repo.url);
+  secret = pipeline.secret;
+  await client.registerPipeline(pipeline.yaml.replace('durationSeconds: 10', 'durationSeconds: 2'));
+}, 180_000);
+
+afterAll(async () => {
+  await stack?.stop();
+  await rm(home, { recursive: true, force: true });
+  await (await testRedis()).stop();
+}, 60_000);
+
+describe('a push becomes a deployed, verified service', () => {
+  let firstUrl: string;
+
+  it('a signed push runs Source → Build → Test → Deploy → Monitor to SUCCEEDED', async () => {
+    const res = await push(repo.commit);
+    expect(res.status).toBe(202);
+    const run = await watchRun(client, res.json.runId, quiet, 180_000);
+    expect(run.status).toBe('SUCCEEDED');
+    expect(run.stages.map((s: { name: string; status: string }) => `${s.name}:${s.status}`)).toEqual([
+      'Source:SUCCEEDED', 'Build:SUCCEEDED', 'Test:SUCCEEDED', 'Deploy:SUCCEEDED', 'Monitor:SUCCEEDED',
+    ]);
+    expect(run.trigger).toMatchObject({ type: 'webhook', commit: repo.commit });
+    // Counted from the JUnit file the example's tests wrote: 4 test cases, all passing.
+    expect(run.stages[2].result.tests).toEqual({ total: 4, passed: 4, failed: 0, skipped: 0 });
+    expect(run.stages[4].result.probes.failed).toBe(0);
+    firstUrl = run.stages[3].result.url;
+    expect(await served(firstUrl)).toMatchObject({ version: '1.0.0', commit: repo.commit });
+    const buildLog = await client.logs(run.id, 'Build');
+    expect(buildLog).toContain(`Building hello-service at ${repo.commit}`);
+  });
+
+  it('a new commit is deployed and replaces the old version', async () => {
+    const commit = await commitFiles(repo.dir, { VERSION: '1.1.0\n' }, 'bump to 1.1.0');
+    const res = await push(commit);
+    const run = await watchRun(client, res.json.runId, quiet, 180_000);
+    expect(run.status).toBe('SUCCEEDED');
+    const url = run.stages[3].result.url;
+    expect(await served(url)).toMatchObject({ version: '1.1.0', commit });
+    await expect(fetch(`${firstUrl}/healthz`)).rejects.toThrow();
+    firstUrl = url;
+  });
+
+  it('a commit with a failing test fails at Test, skips Deploy and Monitor, and the previous version keeps serving', async () => {
+    const greet = await readFile(join(repo.dir, 'greet.js'), 'utf8');
+    const commit = await commitFiles(repo.dir, { 'greet.js': greet.replace('Hello, ${name}!', 'Goodbye, ${name}!'), VERSION: '2.0.0\n' }, 'break greet');
+    const res = await push(commit);
+    const run = await watchRun(client, res.json.runId, quiet, 180_000);
+    expect(run.status).toBe('FAILED');
+    expect(run.stages.map((s: { status: string }) => s.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'FAILED', 'SKIPPED', 'SKIPPED']);
+    expect(run.stages[2].result.tests.failed).toBeGreaterThan(0);
+    expect(run.stages[2].result.tests.total).toBe(4);
+    expect(await served(firstUrl)).toMatchObject({ version: '1.1.0' });
+    await git(repo.dir, 'revert', '--no-edit', 'HEAD');
+  });
+
+  it('the same delivery sent again creates no second run; a bad signature is refused with 401', async () => {
+    const before = await runIds();
+    const delivery = randomUUID();
+    const head = await git(repo.dir, 'rev-parse', 'HEAD');
+    const first = await push(head, delivery);
+    const again = await push(head, delivery);
+    expect(first.status).toBe(202);
+    expect(again.status).toBe(200);
+    expect(again.json.runId).toBe(first.json.runId);
+    const forged = await push(head, randomUUID(), 'not-the-secret-at-all');
+    expect(forged.status).toBe(401);
+    expect((await runIds()).length).toBe(before.length + 1);
+    await watchRun(client, first.json.runId, quiet, 180_000);
+  });
+});
+
+describe('a build service killed mid-build', () => {
+  it('is restarted and the run still SUCCEEDS with the build result recorded once', async () => {
+    const slowRepo = join(home, 'repos', 'slow');
+    await git(home, 'init', '-q', '-b', 'main', slowRepo);
+    const commit = await commitFiles(slowRepo, {
+      'buildspec.yml': 'version: 0.2\nphases:\n  build:\n    commands:\n      - echo "build starting"\n      - sleep 6\n      - echo built > out.txt\nartifacts:\n  files:\n    - out.txt\n',
+    });
+    const yaml = `name: slow\nsource:\n  provider: generic\n  repository: "file://${slowRepo}"\nstages:\n  - { name: Build, type: build }\n`;
+    await client.registerPipeline(yaml);
+    const started = await client.request('POST', '/api/v1/pipelines/slow/runs', JSON.stringify({ commit }));
+    expect(started.status).toBe(202);
+    const runId = started.json.runId;
+
+    // Wait until the build command is sleeping, then kill -9 the build service.
+    const deadline = Date.now() + 60_000;
+    while (!(await client.logs(runId, 'Build')).includes('build starting')) {
+      if (Date.now() > deadline) throw new Error('build never started');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const victim = stack.processes.get('build')!;
+    const exited = new Promise((r) => victim.once('exit', r));
+    victim.kill('SIGKILL');
+    await exited;
+    await stack.startService('build');
+
+    const run = await watchRun(client, runId, quiet, 120_000);
+    expect(run.status).toBe('SUCCEEDED');
+    expect(run.stages[1]).toMatchObject({ name: 'Build', status: 'SUCCEEDED', attempt: 1 });
+    expect(run.stages[1].result.artifact.bytes).toBeGreaterThan(0);
+
+    // Recorded once: one stage.finished event for Build in the run's event stream.
+    const redis = new Redis(stack.redis.url);
+    const entries = await redis.xrange(`${PREFIX}:events`, '-', '+');
+    redis.disconnect();
+    const buildFinished = entries
+      .map(([, fields]) => JSON.parse(fields[1]!))
+      .filter((e) => e.runId === runId && e.type === 'stage.finished' && e.stage === 'Build');
+    expect(buildFinished).toHaveLength(1);
+    // The log shows the build was delivered twice: before and after the kill.
+    const log = await client.logs(runId, 'Build');
+    expect(log.split('build starting').length - 1).toBe(2);
+  });
+});
+
+describe('the launcher', () => {
+  it('refuses to start without a usable Redis, saying how to get one', async () => {
+    const port = await freePort();
+    const lonely = await mkdtemp(join(tmpdir(), 'cv-nored-'));
+    await writeFile(join(lonely, 'x'), '');
+    await expect(startStack({ home: lonely, portBase: port, env: { ...process.env, REDIS_URL: `redis://127.0.0.1:${port}` } })).rejects.toThrow(/does not answer PING/);
+    await rm(lonely, { recursive: true, force: true });
+  });
+});
