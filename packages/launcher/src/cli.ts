@@ -30,7 +30,7 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
   let stopping: Promise<void> | undefined;
-  const stop = () => (stopping ??= stack.stop().then(() => print('Conveyor: stopped.')));
+  const stop = () => (stopping ??= stack.stop().then(() => void print('Conveyor: stopped.')));
   process.once('SIGINT', () => void stop().then(() => process.exit(130)));
   process.once('SIGTERM', () => void stop().then(() => process.exit(143)));
 

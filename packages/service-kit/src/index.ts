@@ -9,3 +9,4 @@ export * from './queues.js';
 export * from './stage-worker.js';
 export * from './log-sink.js';
 export * from './results-stream.js';
+export * from './stage-service.js';

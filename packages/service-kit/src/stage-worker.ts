@@ -34,6 +34,8 @@ export interface StageWorkerOptions<T extends StageJob['type']> {
   lockDuration: number;
   stalledInterval: number;
   now?: () => Date;
+  /** false: call worker.run() yourself once start-up work is done. Default true. */
+  autorun?: boolean;
 }
 
 function describe(err: unknown): string {
@@ -93,6 +95,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
     lockDuration: opts.lockDuration,
     stalledInterval: opts.stalledInterval,
     maxStalledCount: 2,
+    autorun: opts.autorun ?? true,
   });
   // A worker that cannot renew a lock no longer owns the job: stop working on it, another worker will.
   worker.on('lockRenewalFailed', (ids: string[]) => ids.forEach((id) => worker.cancelJob(id, 'lock lost')));

@@ -1,0 +1,2 @@
+export { buildJobHandler } from './jobs/build-job.js';
+export { loadEnv, Env } from './env.js';

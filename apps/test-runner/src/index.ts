@@ -1,0 +1,2 @@
+export { testJobHandler, readReports } from './jobs/test-job.js';
+export { loadEnv, Env } from './env.js';

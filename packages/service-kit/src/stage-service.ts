@@ -1,0 +1,92 @@
+import { Counter, Histogram } from 'prom-client';
+import type { StageJob, StageResult } from '@conveyor/contracts';
+import type { BaseEnv } from './env.js';
+import { buildBaseServer, type App } from './http.js';
+import { createLogger, type Logger } from './logger.js';
+import { createRegistry, type Registry } from './metrics.js';
+import { createRedis, waitReady, type Redis } from './redis.js';
+import { createResultPublisher } from './results-stream.js';
+import { onShutdown, type ShutdownStep } from './shutdown.js';
+import { createStageWorker, type StageHandler } from './stage-worker.js';
+
+export interface StageServiceDeps {
+  redis: Redis;
+  prefix: string;
+  logger: Logger;
+  registry: Registry;
+}
+
+export interface StageServiceOptions<T extends StageJob['type']> {
+  service: string;
+  type: T;
+  queueName: string;
+  env: BaseEnv & { PORT: number };
+  handler: (deps: StageServiceDeps) => StageHandler<T>;
+  /** Runs before the worker starts taking jobs (e.g. reaping what a crashed predecessor left). */
+  beforeStart?: (deps: StageServiceDeps) => Promise<void>;
+}
+
+/**
+ * The composition every plain stage worker service shares: one worker connection, the stage worker,
+ * job metrics, an HTTP server with /healthz /readyz /metrics, and ordered shutdown.
+ */
+export function composeStageService<T extends StageJob['type']>(opts: StageServiceOptions<T>) {
+  const { env } = opts;
+  const logger = createLogger(opts.service, env.LOG_LEVEL);
+  const redis = createRedis(env.REDIS_URL, 'worker');
+  const registry = createRegistry(opts.service);
+  const deps: StageServiceDeps = { redis, prefix: env.QUEUE_PREFIX, logger, registry };
+  const jobs = new Counter({ name: 'conveyor_stage_jobs_total', help: 'Stage jobs finished, by result', labelNames: ['type', 'status'], registers: [registry] });
+  const durations = new Histogram({
+    name: 'conveyor_stage_job_duration_seconds',
+    help: 'Time from a stage job starting to its result',
+    labelNames: ['type', 'status'],
+    buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800],
+    registers: [registry],
+  });
+  const worker = createStageWorker({
+    type: opts.type,
+    queueName: opts.queueName,
+    connection: redis,
+    prefix: env.QUEUE_PREFIX,
+    results: createResultPublisher(redis, env.QUEUE_PREFIX),
+    handler: opts.handler(deps),
+    logger,
+    concurrency: env.WORKER_CONCURRENCY,
+    lockDuration: env.WORKER_LOCK_MS,
+    stalledInterval: env.WORKER_STALLED_MS,
+    autorun: false,
+  });
+  worker.on('completed', (_job, result: StageResult | undefined) => {
+    if (!result) return;
+    jobs.inc({ type: opts.type, status: result.status });
+    durations.observe({ type: opts.type, status: result.status }, (Date.parse(result.finishedAt) - Date.parse(result.startedAt)) / 1000);
+  });
+  const app: App = buildBaseServer({
+    logger,
+    registry,
+    readiness: {
+      redis: async () => void (await redis.ping()),
+      worker: () => {
+        if (!worker.isRunning()) throw new Error('worker not running');
+      },
+    },
+  });
+  const shutdown: ShutdownStep[] = [
+    { name: 'http', run: () => app.close() },
+    { name: 'worker', run: () => worker.close() },
+    { name: 'redis', run: () => redis.quit() },
+  ];
+  return { app, worker, deps, logger, shutdown };
+}
+
+/** Composes, starts and serves a stage service until SIGTERM. */
+export async function runStageService<T extends StageJob['type']>(opts: StageServiceOptions<T>): Promise<void> {
+  const service = composeStageService(opts);
+  onShutdown(service.shutdown, service.logger);
+  await waitReady(service.deps.redis, 30_000);
+  await opts.beforeStart?.(service.deps);
+  void service.worker.run().catch((err) => service.logger.error({ err }, 'worker stopped'));
+  await service.app.listen({ port: opts.env.PORT, host: opts.env.HOST });
+  service.logger.info({ port: opts.env.PORT, queue: opts.queueName }, `${opts.service} listening`);
+}
