@@ -30,7 +30,10 @@ if (require.main === module) {
   const port = Number(process.env.PORT || 8080);
   const server = createServer();
   server.listen(port, '127.0.0.1', () => console.log(`hello-service listening on ${port}`));
-  process.on('SIGTERM', () => server.close(() => process.exit(0)));
+  process.on('SIGTERM', () => {
+    server.close(() => process.exit(0));
+    server.closeIdleConnections();
+  });
 }
 
 module.exports = { createServer };
