@@ -62,8 +62,8 @@ const noop = async (job: StageJob): Promise<StageOutcome> => {
 export async function orchestrated(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
   const prefix = `cvbench${randomUUID().slice(0, 8)}`;
   const logger = createLogger('bench', 'silent');
-  const producer = new Redis(url);
-  const queueConn = conn(url);
+  const producer = new Redis(url, { enableAutoPipelining: true });
+  const queueConn = new Redis(url, { maxRetriesPerRequest: null, enableAutoPipelining: true });
   const queues = new Map(Object.values(QUEUES).map((n) => [n, createQueue(n, { connection: queueConn, prefix })]));
   const runsStore = new RedisRunStore(producer, prefix);
   const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
