@@ -1,2 +1,3 @@
 export * from './redis-server.js';
 export * from './git.js';
+export * from './stage-harness.js';

@@ -33,6 +33,7 @@ export async function startRedisServer(extraArgs: string[] = []): Promise<RedisS
   });
   const url = `redis://127.0.0.1:${port}`;
   const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  probe.on('error', () => undefined); // refused while the server starts: expected, retried below
   const deadline = Date.now() + 10_000;
   for (;;) {
     try {

@@ -1,0 +1,150 @@
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FsArtifactStore } from '@conveyor/artifacts';
+import { QUEUES, type BuildJob } from '@conveyor/contracts';
+import { composeStageService } from '@conveyor/service-kit';
+import { StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
+import { loadEnv } from '../src/env.js';
+import { buildJobHandler } from '../src/jobs/build-job.js';
+
+let dir: string;
+let store: FsArtifactStore;
+let harness: StageHarness;
+let service: ReturnType<typeof composeStageService<'build'>>;
+let n = 0;
+
+async function sourceArtifact(files: Record<string, string>) {
+  const src = join(dir, `src-${++n}`);
+  for (const [path, content] of Object.entries(files)) {
+    await mkdir(dirname(join(src, path)), { recursive: true });
+    await writeFile(join(src, path), content);
+  }
+  return store.putFiles(`runs/test/src-${n}.tar`, src, Object.keys(files));
+}
+
+async function build(files: Record<string, string>, over: Partial<BuildJob> = {}) {
+  const runId = `run-build-${n + 1}-0000`;
+  const job: BuildJob = {
+    v: 1,
+    type: 'build',
+    jobId: `${runId}.Build.1`,
+    runId,
+    runNumber: 42,
+    pipeline: 'demo',
+    stage: 'Build',
+    stageIndex: 1,
+    attempt: 1,
+    trigger: { type: 'webhook', ref: 'refs/heads/feature/$(touch /tmp/conveyor-pwned)', commit: 'c'.repeat(40), previousCommit: 'b'.repeat(40) },
+    commit: 'c'.repeat(40),
+    repository: 'file:///repo',
+    input: await sourceArtifact(files),
+    buildspec: 'buildspec.yml',
+    env: { variables: { FROM_STAGE: 'stage-wins' } },
+    timeoutMinutes: 5,
+    ...over,
+  };
+  await harness.enqueue(QUEUES.build, job);
+  return { job, result: await harness.result(job.jobId), log: () => harness.log(job.jobId) };
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'cv-build-'));
+  const redis = await testRedis();
+  const prefix = uniquePrefix('build');
+  const env = loadEnv({ REDIS_URL: redis.url, QUEUE_PREFIX: prefix, ARTIFACT_DIR: join(dir, 'artifacts'), WORK_DIR: join(dir, 'work'), LOG_LEVEL: 'silent' });
+  store = new FsArtifactStore(env.ARTIFACT_DIR);
+  service = composeStageService({
+    service: 'build',
+    type: 'build',
+    queueName: QUEUES.build,
+    env,
+    handler: ({ redis: r, prefix: p }) => buildJobHandler({ artifacts: store, redis: r, prefix: p, workDir: env.WORK_DIR }),
+  });
+  void service.worker.run();
+  harness = new StageHarness(redis.url, prefix);
+});
+
+afterAll(async () => {
+  for (const step of service.shutdown) await step.run();
+  await harness.close();
+  await rm(dir, { recursive: true, force: true });
+  await (await testRedis()).stop();
+});
+
+describe('build stage', () => {
+  it('runs the phases with CodeBuild variables and stores artifacts.files', async () => {
+    const { result, log } = await build({
+      'buildspec.yml': `version: 0.2
+env:
+  variables: { FROM_STAGE: buildspec-loses, GREETING: hello }
+  exported-variables: [VERSION]
+phases:
+  build:
+    commands:
+      - mkdir -p out/nested
+      - echo "$GREETING $FROM_STAGE $CODEBUILD_BUILD_NUMBER $CODEBUILD_RESOLVED_SOURCE_VERSION" > out/nested/info.txt
+      - echo "$CODEBUILD_WEBHOOK_TRIGGER" > out/trigger.txt
+      - VERSION=1.2.3
+artifacts:
+  base-directory: out
+  files: ['**/*']
+`,
+    });
+    expect(result).toMatchObject({ status: 'SUCCEEDED', output: { exportedVariables: { VERSION: '1.2.3' } } });
+    const unpacked = join(dir, 'unpacked-1');
+    await store.extractTo(result.output.artifact, unpacked);
+    expect((await readdir(unpacked, { recursive: true })).sort()).toEqual(['nested', 'nested/info.txt', 'trigger.txt']);
+    const { readFile } = await import('node:fs/promises');
+    expect(await readFile(join(unpacked, 'nested/info.txt'), 'utf8')).toBe(`hello stage-wins 42 ${'c'.repeat(40)}\n`);
+    // The branch name reached the build as data, never as shell text.
+    expect(await readFile(join(unpacked, 'trigger.txt'), 'utf8')).toBe('branch/feature/$(touch /tmp/conveyor-pwned)\n');
+    expect(await log()).toContain('[conveyor] phase build SUCCEEDED');
+  });
+
+  it('a failing command fails the build, post_build still runs, artifacts are still uploaded', async () => {
+    const { result, log } = await build({
+      'buildspec.yml': `version: 0.2
+phases:
+  build:
+    commands: [ "echo partial > partial.txt", "exit 7", "echo never" ]
+  post_build:
+    commands: [ 'echo "succeeding=$CODEBUILD_BUILD_SUCCEEDING"' ]
+artifacts:
+  files: [partial.txt]
+`,
+    });
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toMatch(/build/);
+    expect(result.output.artifact.bytes).toBeGreaterThan(0);
+    const text = await log();
+    expect(text).toContain('succeeding=0');
+    expect(text).not.toContain('never\n');
+  });
+
+  it('an invalid buildspec fails the run with a message naming the field', async () => {
+    const { result } = await build({ 'buildspec.yml': 'version: 0.2\nphases:\n  build:\n    commands: { not: a-list }\n' });
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toContain('phases.build.commands');
+  });
+
+  it('refuses features it cannot honour instead of ignoring them', async () => {
+    const { result } = await build({ 'buildspec.yml': 'version: 0.2\nenv:\n  secrets-manager:\n    TOKEN: prod/token:key\nphases:\n  build:\n    commands: [ "true" ]\n' });
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toContain('env.secrets-manager');
+  });
+
+  it('a buildspec path may not leave the source, and a missing one is named', async () => {
+    const escape = await build({ 'buildspec.yml': 'version: 0.2\nphases: { build: { commands: [ "true" ] } }\n' }, { buildspec: '../../etc/passwd' });
+    expect(escape.result).toMatchObject({ status: 'FAILED', message: expect.stringContaining('outside the source') });
+    const missing = await build({ 'README.md': 'no buildspec here\n' });
+    expect(missing.result).toMatchObject({ status: 'FAILED', message: 'buildspec buildspec.yml not found in the source' });
+  });
+
+  it('fails when artifacts.files matches nothing after a successful build', async () => {
+    const { result } = await build({ 'buildspec.yml': "version: 0.2\nphases: { build: { commands: [ 'true' ] } }\nartifacts: { files: [ 'dist/**/*' ] }\n" });
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toMatch(/artifact upload failed/);
+  });
+});
