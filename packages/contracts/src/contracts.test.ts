@@ -1,0 +1,83 @@
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { PipelineDefinition, Run, RunEvent, SourceEvent, StageJob, StageResult, stageJobId, toPipelineView, toRunView } from './index.js';
+
+const FIXTURES = join(import.meta.dirname, '..', 'fixtures');
+const load = async (version: string, name: string) => JSON.parse(await readFile(join(FIXTURES, version, name), 'utf8'));
+
+/** Contracts change additively: every payload stored as a fixture for a past version must still parse. */
+describe('fixtures of every contract version still parse', async () => {
+  const versions = await readdir(FIXTURES);
+  it('there is at least the v1 set', () => expect(versions).toContain('v1'));
+  for (const v of versions) {
+    it(`${v}: pipeline definition, source event, run, run events`, async () => {
+      expect(PipelineDefinition.parse(await load(v, 'pipeline-definition.json')).stages).toHaveLength(4);
+      expect(SourceEvent.parse(await load(v, 'source-event.json')).branch).toBe('main');
+      expect(Run.parse(await load(v, 'run.json')).status).toBe('FAILED');
+      for (const e of await load(v, 'run-events.json')) expect(RunEvent.parse(e).v).toBe(1);
+    });
+    it(`${v}: every stage job and result`, async () => {
+      for (const type of ['source', 'build', 'test', 'deploy', 'monitor']) {
+        expect(StageJob.parse(await load(v, `stage-job.${type}.json`)).type).toBe(type);
+      }
+      expect(StageResult.parse(await load(v, 'stage-result.source.json')).status).toBe('SUCCEEDED');
+      expect(StageResult.parse(await load(v, 'stage-result.test.json')).output.tests?.failed).toBe(1);
+    });
+  }
+});
+
+describe('PipelineDefinition', () => {
+  const base = { name: 'p', source: { provider: 'github', repository: 'https://github.com/o/r.git' }, stages: [{ name: 'Build', type: 'build' }] };
+  const issues = (value: unknown) => {
+    const r = PipelineDefinition.safeParse(value);
+    return r.success ? [] : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+  };
+
+  it('fills the defaults a user leaves out', () => {
+    const def = PipelineDefinition.parse(base);
+    expect(def.source.branch).toBe('main');
+    expect(def.stages[0]).toMatchObject({ buildspec: 'buildspec.yml', timeoutMinutes: 60, env: { variables: {} } });
+  });
+
+  it.each([
+    [{ ...base, name: 'Has Caps' }, 'name'],
+    [{ ...base, source: { ...base.source, repository: 'https://user:token@github.com/o/r.git' } }, 'source.repository'],
+    [{ ...base, source: { ...base.source, repository: 'ftp://x' } }, 'source.repository'],
+    [{ ...base, source: { ...base.source, webhookSecret: 'short' } }, 'source.webhookSecret'],
+    [{ ...base, stages: [] }, 'stages'],
+    [{ ...base, stages: [{ name: 'Build', type: 'build' }, { name: 'Build', type: 'test' }] }, 'stages.1.name'],
+    [{ ...base, stages: [{ name: 'Source', type: 'build' }] }, 'stages.0.name'],
+    [{ ...base, stages: [{ name: 'has.dot', type: 'build' }] }, 'stages.0.name'],
+    [{ ...base, stages: [{ name: 'M', type: 'monitor' }] }, 'stages.0.type'],
+    [{ ...base, stages: [{ name: 'B', type: 'build', env: { variables: { CODEBUILD_X: '1' } } }] }, 'stages.0.env.variables.CODEBUILD_X'],
+    [{ ...base, stages: [{ name: 'D', type: 'deploy', target: { kind: 'local', command: 'x', healthPath: 'nope' } }] }, 'stages.0.target.healthPath'],
+    [{ ...base, extra: true }, ''],
+  ])('refuses %j naming %s', (value, path) => {
+    expect(issues(value).some((i) => i.startsWith(`${path}:`) || (path === '' && i.includes('extra')))).toBe(true);
+  });
+
+  it('never shows the webhook secret in its view', () => {
+    const view = toPipelineView(PipelineDefinition.parse({ ...base, source: { ...base.source, webhookSecret: 's'.repeat(20) } }));
+    expect(JSON.stringify(view)).not.toContain('s'.repeat(20));
+    expect(view.source.hasWebhookSecret).toBe(true);
+  });
+});
+
+describe('runs and jobs', () => {
+  it('job ids are <runId>.<stage>.<attempt>, with no colon', () => {
+    expect(stageJobId('abc-123', 'Build', 2)).toBe('abc-123.Build.2');
+  });
+
+  it('the run view hides the outbox, the plan and the version', async () => {
+    const view = toRunView(Run.parse(await load('v1', 'run.json')));
+    expect(Object.keys(view)).not.toEqual(expect.arrayContaining(['outbox']));
+    expect(view).not.toHaveProperty('plan');
+    expect(view).not.toHaveProperty('version');
+  });
+
+  it('refuses a stage result without its identity', () => {
+    expect(StageResult.safeParse({ v: 1, status: 'SUCCEEDED' }).success).toBe(false);
+    expect(StageResult.safeParse({ v: 2, jobId: 'a.B.1' }).success).toBe(false);
+  });
+});
