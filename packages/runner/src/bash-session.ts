@@ -1,0 +1,286 @@
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import type { PhaseOutcome } from '@conveyor/contracts';
+import { PHASE_NAMES, type Buildspec, type PhaseName } from './buildspec-schema.js';
+import { ControlFiles } from './control-files.js';
+import { matchesWithin, parseOnFailure, type OnFailurePolicy } from './on-failure.js';
+import { ShellProcess, type ShellKind } from './shell-process.js';
+
+export type BuildStatus = 'SUCCEEDED' | 'FAILED' | 'TIMED_OUT' | 'STOPPED';
+export type CommandBlock = 'commands' | 'finally';
+
+/** Progress of a build, for logs and dashboards (the commands' own output goes to onOutput). */
+export type RunnerEvent =
+  | { type: 'phase-start'; phase: PhaseName; attempt: number }
+  | { type: 'phase-end'; phase: PhaseName; status: PhaseOutcome['status']; durationMs: number; message?: string }
+  | { type: 'command-start'; phase: PhaseName; block: CommandBlock; index: number; command: string }
+  | { type: 'command-end'; phase: PhaseName; block: CommandBlock; index: number; exitCode: number; durationMs: number }
+  | { type: 'notice'; message: string };
+
+export interface RunPhasesOptions {
+  /** Directory the commands run in (CODEBUILD_SRC_DIR). Must exist. */
+  workspace: string;
+  /** The build's environment (see codebuildEnv). PATH, HOME and LANG come from this process unless given. */
+  env: Record<string, string>;
+  /** stdout and stderr of the commands, as they come. */
+  onOutput?: (chunk: string) => void;
+  onEvent?: (event: RunnerEvent) => void;
+  /** Whole-build limit; on expiry the process group is killed and the result is TIMED_OUT. */
+  timeoutMs?: number;
+  /** Aborting stops the build: the process group is killed and the result is STOPPED. */
+  signal?: AbortSignal;
+  /** Private directory for the control files; default `<workspace>.ctl` beside the workspace. Must not exist yet. */
+  controlDir?: string;
+  /** Time between SIGTERM and SIGKILL when stopping a process group. Default 5000. */
+  killGraceMs?: number;
+}
+
+/** Where the build first failed. */
+export interface CommandFailure {
+  phase: PhaseName;
+  block: CommandBlock;
+  index: number;
+  /** Exit status of the command (128+n when killed by signal n). */
+  exitCode: number;
+  command: string;
+  message: string;
+}
+
+/** Returned by runPhases. */
+export interface PhasesResult {
+  status: BuildStatus;
+  phases: PhaseOutcome[];
+  /** env.exported-variables as they stood at the end of the last phase that ran. */
+  exportedVariables: Record<string, string>;
+  failure?: CommandFailure;
+  /** One line saying why the build did not succeed. */
+  message?: string;
+  durationMs: number;
+}
+
+const MAX_PHASE_OUTPUT = 1024 * 1024;
+
+function shellOf(spec: Buildspec): ShellKind {
+  const shell = spec.env?.shell ?? 'bash';
+  if (shell !== 'bash' && shell !== '/bin/sh') throw new Error(`env.shell: ${shell} is not supported; use bash or /bin/sh`);
+  return shell;
+}
+
+/** Only what the caller gives, plus the few variables a shell needs to work at all. */
+function shellEnv(given: Record<string, string>): Record<string, string> {
+  const base: Record<string, string> = {};
+  for (const key of ['PATH', 'HOME', 'LANG'] as const) {
+    const v = process.env[key];
+    if (v !== undefined) base[key] = v;
+  }
+  return { ...base, ...given };
+}
+
+function describe(phase: PhaseName, block: CommandBlock, index: number, exitCode: number, command: string, shellDied: boolean): string {
+  const text = command.length > 200 ? `${command.slice(0, 200)}…` : command;
+  const how = shellDied ? `exited the shell with code ${exitCode}` : `exited with code ${exitCode}`;
+  return `phases.${phase}.${block}[${index}] ${how}: ${text.trim()}`;
+}
+
+/** One build: a shell (replaced if a command kills it) and the phase rules of buildspec 0.2. */
+class BuildSession {
+  private shell?: ShellProcess;
+  private readonly shells: ShellProcess[] = [];
+  private succeeding = true;
+  private stopReason?: 'TIMED_OUT' | 'STOPPED';
+  private stopping?: Promise<void>;
+  /** The current phase's output, kept only while its on-failure may need to match it. */
+  private phaseOutput = '';
+  private collectOutput = false;
+  private firstFailure?: CommandFailure;
+
+  constructor(
+    private readonly spec: Buildspec,
+    private readonly opts: RunPhasesOptions,
+    private readonly files: ControlFiles,
+  ) {}
+
+  private emit(event: RunnerEvent): void {
+    this.opts.onEvent?.(event);
+  }
+
+  private onOutput = (chunk: string): void => {
+    if (this.collectOutput) this.phaseOutput = (this.phaseOutput + chunk).slice(-MAX_PHASE_OUTPUT);
+    this.opts.onOutput?.(chunk);
+  };
+
+  stop(reason: 'TIMED_OUT' | 'STOPPED'): void {
+    if (this.stopReason) return;
+    this.stopReason = reason;
+    this.stopping = Promise.all(this.shells.map((s) => s.terminate(this.opts.killGraceMs ?? 5000))).then(() => {});
+  }
+
+  private async liveShell(): Promise<ShellProcess> {
+    if (this.shell?.alive) return this.shell;
+    if (this.shell) this.emit({ type: 'notice', message: 'the shell exited; starting a fresh shell (variables and working directory are reset)' });
+    this.shell = await ShellProcess.start({
+      shell: shellOf(this.spec),
+      cwd: this.opts.workspace,
+      env: shellEnv(this.opts.env),
+      controlDir: this.files.dir,
+      index: this.shells.length,
+      onOutput: this.onOutput,
+    });
+    this.shells.push(this.shell);
+    if (this.stopReason) await this.shell.terminate(0);
+    return this.shell;
+  }
+
+  /** Runs one command; returns its exit status and whether it took the shell down. */
+  private async runCommand(command: string): Promise<{ exitCode: number; shellDied: boolean }> {
+    const shell = await this.liveShell();
+    const flag = await shell.send(await this.files.succeeding(this.succeeding ? '1' : '0'));
+    if (flag.kind === 'exited') return { exitCode: flag.code, shellDied: true };
+    const r = await shell.send(await this.files.command(command));
+    return { exitCode: r.code, shellDied: r.kind === 'exited' };
+  }
+
+  private async runBlock(phase: PhaseName, block: CommandBlock, commands: readonly string[]): Promise<CommandFailure | undefined> {
+    for (const [index, command] of commands.entries()) {
+      if (this.stopReason) return undefined;
+      this.emit({ type: 'command-start', phase, block, index, command });
+      const started = Date.now();
+      const { exitCode, shellDied } = await this.runCommand(command);
+      this.emit({ type: 'command-end', phase, block, index, exitCode, durationMs: Date.now() - started });
+      if (this.stopReason) return undefined;
+      if (exitCode !== 0) return { phase, block, index, exitCode, command, message: describe(phase, block, index, exitCode, command, shellDied) };
+    }
+    return undefined;
+  }
+
+  /** commands, then finally (always); the first failure of either fails the phase. */
+  private async runPhaseOnce(phase: PhaseName): Promise<CommandFailure | undefined> {
+    const def = this.spec.phases[phase]!;
+    const failed = await this.runBlock(phase, 'commands', def.commands ?? []);
+    const finallyFailed = this.stopReason ? undefined : await this.runBlock(phase, 'finally', def.finally ?? []);
+    return failed ?? finallyFailed;
+  }
+
+  /** Runs a phase, retrying as its on-failure says; returns its outcome and failure, if any. */
+  private async runPhase(phase: PhaseName, policy: OnFailurePolicy | undefined): Promise<{ outcome: PhaseOutcome; failure?: CommandFailure }> {
+    const started = Date.now();
+    let attempt = 1;
+    let failure: CommandFailure | undefined;
+    this.collectOutput = policy?.kind === 'RETRY';
+    for (;;) {
+      this.phaseOutput = '';
+      this.emit({ type: 'phase-start', phase, attempt });
+      failure = await this.runPhaseOnce(phase);
+      if (!failure || this.stopReason || policy?.kind !== 'RETRY' || attempt > policy.retries) break;
+      if (!matchesWithin(policy.pattern, `${this.phaseOutput}\n${failure.message}`)) break;
+      this.emit({ type: 'notice', message: `${failure.message}; retrying phase ${phase} (retry ${attempt} of ${policy.retries})` });
+      attempt += 1;
+    }
+    const durationMs = Date.now() - started;
+    const tries = attempt > 1 ? ` (after ${attempt} attempts)` : '';
+    let outcome: PhaseOutcome;
+    if (this.stopReason) outcome = { name: phase, status: 'FAILED', durationMs, message: this.stopMessage() };
+    else if (failure) outcome = { name: phase, status: 'FAILED', durationMs, message: `${failure.message}${tries}` };
+    else outcome = { name: phase, status: 'SUCCEEDED', durationMs };
+    this.emit({ type: 'phase-end', phase, status: outcome.status, durationMs, ...(outcome.message ? { message: outcome.message } : {}) });
+    return { outcome, failure: this.stopReason ? undefined : failure };
+  }
+
+  private stopMessage(): string {
+    return this.stopReason === 'TIMED_OUT' ? `build timed out after ${this.opts.timeoutMs} ms` : 'build stopped';
+  }
+
+  /**
+   * The phase transitions of CodeBuild: a failed install or pre_build skips every later phase; a
+   * failed build still runs post_build (with CODEBUILD_BUILD_SUCCEEDING=0). on-failure ABORT skips
+   * everything after the phase; CONTINUE runs the next phases as if nothing had failed (the build
+   * still ends FAILED); RETRY re-runs the phase and, once out of retries, follows the transitions.
+   */
+  private skipsAfterFailure(phase: PhaseName, policy: OnFailurePolicy | undefined): 'none' | 'all' {
+    if (policy?.kind === 'CONTINUE') return 'none';
+    if (policy?.kind === 'ABORT') return 'all';
+    return phase === 'build' ? 'none' : 'all';
+  }
+
+  async run(): Promise<Omit<PhasesResult, 'durationMs' | 'exportedVariables'>> {
+    const phases: PhaseOutcome[] = [];
+    let skipRest = false;
+    for (const phase of PHASE_NAMES) {
+      const def = this.spec.phases[phase];
+      if (!def) continue;
+      if (skipRest || this.stopReason) {
+        phases.push({ name: phase, status: 'SKIPPED', durationMs: 0 });
+        this.emit({ type: 'phase-end', phase, status: 'SKIPPED', durationMs: 0 });
+        continue;
+      }
+      const policy = def['on-failure'] === undefined ? undefined : parseOnFailure(def['on-failure']);
+      const { outcome, failure } = await this.runPhase(phase, policy);
+      phases.push(outcome);
+      if (!failure) continue;
+      this.succeeding = false;
+      this.firstFailure ??= failure;
+      if (this.skipsAfterFailure(phase, policy) === 'all') skipRest = true;
+    }
+    if (this.stopReason) return { status: this.stopReason, phases, message: this.stopMessage() };
+    if (phases.some((p) => p.status === 'FAILED')) {
+      return { status: 'FAILED', phases, failure: this.firstFailure, message: this.firstFailure?.message };
+    }
+    return { status: 'SUCCEEDED', phases };
+  }
+
+  /** env.exported-variables as they stand now (a fresh shell sees only the environment). */
+  async exported(): Promise<Record<string, string>> {
+    const names = (this.spec.env?.['exported-variables'] ?? []).filter((n) => !n.startsWith('AWS_'));
+    if (names.length === 0 || this.stopReason) return {};
+    const shell = await this.liveShell();
+    const query = await this.files.exportQuery(names);
+    const r = await shell.send(query.path);
+    return r.kind === 'status' && r.code === 0 ? query.read() : {};
+  }
+
+  async close(): Promise<void> {
+    await this.stopping;
+    await Promise.all(this.shells.map((s) => s.close(this.opts.killGraceMs ?? 5000)));
+  }
+}
+
+async function prepareControlDir(opts: RunPhasesOptions): Promise<string> {
+  const info = await stat(opts.workspace).catch(() => undefined);
+  if (!info?.isDirectory()) throw new Error(`workspace ${opts.workspace} is not a directory`);
+  const dir = opts.controlDir ?? join(dirname(opts.workspace), `${basename(opts.workspace)}.ctl`);
+  try {
+    await mkdir(dir, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new Error(`control directory ${dir} already exists: another build uses this workspace, or a crashed one left it (see reapOrphans)`);
+    }
+    throw err;
+  }
+  return dir;
+}
+
+/**
+ * Runs the phases of a buildspec in one shell process per build, as CodeBuild 0.2 does, so
+ * variables and the working directory carry from command to command and phase to phase.
+ * Does not check unsupportedFeatures: the caller decides what to refuse.
+ */
+export async function runPhases(spec: Buildspec, opts: RunPhasesOptions): Promise<PhasesResult> {
+  const started = Date.now();
+  shellOf(spec);
+  const files = new ControlFiles(await prepareControlDir(opts));
+  const session = new BuildSession(spec, opts, files);
+  const onAbort = () => session.stop('STOPPED');
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  if (opts.signal?.aborted) session.stop('STOPPED');
+  const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => session.stop('TIMED_OUT'), opts.timeoutMs);
+  try {
+    const result = await session.run();
+    const exportedVariables = await session.exported();
+    return { ...result, exportedVariables, durationMs: Date.now() - started };
+  } finally {
+    clearTimeout(timer);
+    opts.signal?.removeEventListener('abort', onAbort);
+    await session.close();
+    await rm(files.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,154 @@
+import { LineCounter, Parser, parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { Buildspec, PHASE_NAMES } from './buildspec-schema.js';
+
+export * from './buildspec-schema.js';
+
+export const MAX_BUILDSPEC_BYTES = 1024 * 1024;
+export const MAX_ALIAS_COUNT = 100;
+export const MAX_NESTING_DEPTH = 64;
+
+export interface BuildspecIssue {
+  /** Dotted path with list indexes: `phases.build.commands[2]`; `(root)` for the document. */
+  path: string;
+  message: string;
+}
+
+/** The buildspec cannot be run as written; the message names the field. */
+export class BuildspecError extends Error {
+  override name = 'BuildspecError';
+  constructor(
+    message: string,
+    readonly issues: BuildspecIssue[] = [{ path: '(root)', message }],
+  ) {
+    super(message);
+  }
+}
+
+/** `['phases', 'build', 'commands', 2]` → `phases.build.commands[2]`; odd keys (ARNs) are quoted. */
+export function formatPath(path: ReadonlyArray<PropertyKey>): string {
+  let out = '';
+  for (const seg of path) {
+    if (typeof seg === 'number') out += `[${seg}]`;
+    else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(String(seg))) out += out ? `.${String(seg)}` : String(seg);
+    else out += `[${JSON.stringify(String(seg))}]`;
+  }
+  return out || '(root)';
+}
+
+const COLLECTIONS = new Set(['block-map', 'block-seq', 'flow-collection']);
+
+/**
+ * Nesting depth of the YAML text, measured on yaml's CST without recursion. Composing a deeply
+ * nested document recurses and can exhaust the stack in places that take the process down, so
+ * the depth is checked before the document is ever composed.
+ */
+function cstDepth(text: string, limit: number): number {
+  let max = 0;
+  for (const token of new Parser().parse(text)) {
+    const stack: Array<[unknown, number]> = [[token, 0]];
+    while (stack.length > 0) {
+      const [node, depth] = stack.pop()!;
+      if (node === null || typeof node !== 'object') continue;
+      const d = COLLECTIONS.has((node as { type?: string }).type ?? '') ? depth + 1 : depth;
+      if (d > limit) return d;
+      max = Math.max(max, d);
+      for (const child of Object.values(node)) if (child !== null && typeof child === 'object') stack.push([child, d]);
+    }
+  }
+  return max;
+}
+
+/** Depth of the composed value; aliases can deepen it (or make it cyclic), which this also catches. */
+function valueDepthExceeds(value: unknown, limit: number): boolean {
+  const stack: Array<[unknown, number]> = [[value, 0]];
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop()!;
+    if (node === null || typeof node !== 'object') continue;
+    if (depth + 1 > limit) return true;
+    for (const child of Object.values(node)) stack.push([child, depth + 1]);
+  }
+  return false;
+}
+
+function readYaml(text: string): unknown {
+  if (Buffer.byteLength(text, 'utf8') > MAX_BUILDSPEC_BYTES) throw new BuildspecError(`buildspec is larger than ${MAX_BUILDSPEC_BYTES} bytes`);
+  if (cstDepth(text, MAX_NESTING_DEPTH) > MAX_NESTING_DEPTH) throw new BuildspecError(`buildspec nests deeper than ${MAX_NESTING_DEPTH} levels`);
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { schema: 'failsafe', uniqueKeys: true, lineCounter, prettyErrors: true });
+  const first = doc.errors[0];
+  if (first) throw new BuildspecError(`invalid YAML: ${first.message.split('\n')[0]}`);
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+  } catch (err) {
+    throw new BuildspecError(`invalid YAML: ${(err as Error).message}`);
+  }
+  if (valueDepthExceeds(value, MAX_NESTING_DEPTH)) throw new BuildspecError(`buildspec nests deeper than ${MAX_NESTING_DEPTH} levels`);
+  return value;
+}
+
+function issueFrom(issue: z.core.$ZodIssue): BuildspecIssue {
+  if (issue.code === 'unrecognized_keys') {
+    const keys = issue.keys.map((k) => `"${k}"`).join(', ');
+    return { path: formatPath(issue.path), message: `unknown key${issue.keys.length > 1 ? 's' : ''} ${keys}` };
+  }
+  return { path: formatPath(issue.path), message: issue.message };
+}
+
+/** Parses and validates a buildspec (version 0.2). Throws BuildspecError naming the offending field. */
+export function parseBuildspec(text: string): Buildspec {
+  const value = readYaml(text);
+  if (value === null || value === undefined || value === '') throw new BuildspecError('buildspec is empty');
+  if (typeof value !== 'object' || Array.isArray(value)) throw new BuildspecError('buildspec must be a YAML mapping');
+  const version = (value as Record<string, unknown>).version;
+  if (version === undefined) throw new BuildspecError('version: required (must be 0.2)', [{ path: 'version', message: 'required (must be 0.2)' }]);
+  const result = Buildspec.safeParse(value);
+  if (result.success) return result.data;
+  // The version decides how everything else reads, so its issue comes first.
+  const issues = result.error.issues.map(issueFrom).sort((a, b) => Number(b.path === 'version') - Number(a.path === 'version'));
+  throw new BuildspecError(issues.map((i) => `${i.path}: ${i.message}`).join('; '), issues);
+}
+
+/** Features the buildspec uses that Conveyor cannot honour yet; a build that uses any must fail, saying so. */
+export function unsupportedFeatures(spec: Buildspec): string[] {
+  const out: string[] = [];
+  const names = (rec: Record<string, unknown> | undefined) => Object.keys(rec ?? {}).join(', ');
+  if (spec['run-as'] !== undefined) out.push('run-as: running commands as another Linux user is not supported');
+  const env = spec.env;
+  if (env?.shell === 'powershell.exe' || env?.shell === 'cmd.exe') out.push(`env.shell: ${env.shell} (Windows) is not supported; use bash or /bin/sh`);
+  if (env?.['parameter-store'] && names(env['parameter-store'])) out.push(`env.parameter-store: Systems Manager parameters are not supported yet (${names(env['parameter-store'])})`);
+  if (env?.['secrets-manager'] && names(env['secrets-manager'])) out.push(`env.secrets-manager: Secrets Manager secrets are not supported yet (${names(env['secrets-manager'])})`);
+  if (env?.['git-credential-helper'] === true) out.push('env.git-credential-helper: yes is not supported');
+  if (spec.proxy !== undefined) out.push('proxy: builds behind an explicit proxy server are not supported');
+  if (spec.batch !== undefined) out.push('batch: batch builds are not supported');
+  if (spec.cache !== undefined) out.push('cache: build caching is not supported yet');
+  for (const phase of PHASE_NAMES) {
+    if (spec.phases[phase]?.['run-as'] !== undefined) out.push(`phases.${phase}.run-as: running commands as another Linux user is not supported`);
+  }
+  if (spec.artifacts?.['secondary-artifacts'] !== undefined) out.push('artifacts.secondary-artifacts: secondary artifacts are not supported yet');
+  for (const [group, report] of Object.entries(spec.reports ?? {})) {
+    const format = report['file-format'] ?? 'JUNITXML';
+    if (format !== 'JUNITXML') out.push(`${formatPath(['reports', group, 'file-format'])}: ${format} is not supported yet (JUNITXML only)`);
+  }
+  return out;
+}
+
+/** Things in the buildspec that run differently here than on CodeBuild, worth a line in the build log. */
+export function notices(spec: Buildspec): string[] {
+  const out: string[] = [];
+  const runtimes = spec.phases.install?.['runtime-versions'];
+  if (runtimes && Object.keys(runtimes).length > 0) {
+    const list = Object.entries(runtimes).map(([k, v]) => `${k}: ${v}`).join(', ');
+    out.push(`phases.install.runtime-versions (${list}) ignored: the local executor uses the tools installed on the host`);
+  }
+  for (const name of Object.keys(spec.env?.variables ?? {})) {
+    if (name.startsWith('CODEBUILD_')) out.push(`env.variables.${name}: names starting CODEBUILD_ are reserved; the built-in value is used`);
+  }
+  for (const name of spec.env?.['exported-variables'] ?? []) {
+    if (name.startsWith('AWS_')) out.push(`env.exported-variables: ${name} is not exported (variables starting AWS_ cannot be exported)`);
+  }
+  if (spec.artifacts?.name !== undefined) out.push('artifacts.name ignored: Conveyor names artifacts by run, stage and attempt');
+  if (spec.artifacts?.['s3-prefix'] !== undefined) out.push('artifacts.s3-prefix ignored: the artifact store decides where artifacts go');
+  return out;
+}

@@ -1,0 +1,139 @@
+import { mkdir, mkdtemp, realpath, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { fileSelection, FileSelectionError, resolveFiles, type FileSelection } from './globs.js';
+
+let root: string;
+let ws: string;
+
+const TREE = [
+  'src/a.ts',
+  'src/b.ts',
+  'src/nested/c.ts',
+  'dist/app.js',
+  'dist/.map',
+  'dist/lib/util.js',
+  'reports/unit.xml',
+  'reports/sub/int.xml',
+  'node_modules/x/index.js',
+  '.env',
+];
+
+beforeEach(async () => {
+  root = await realpath(await mkdtemp(join(tmpdir(), 'cv-globs-')));
+  ws = join(root, 'ws');
+  for (const f of TREE) {
+    await mkdir(dirname(join(ws, f)), { recursive: true });
+    await writeFile(join(ws, f), f);
+  }
+  await mkdir(join(root, 'outside'));
+  await writeFile(join(root, 'outside', 'secret'), 'secret');
+});
+afterEach(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+const resolve = (sel: FileSelection) => resolveFiles(ws, sel);
+
+async function failure(sel: FileSelection): Promise<string> {
+  try {
+    await resolve(sel);
+  } catch (err) {
+    expect(err).toBeInstanceOf(FileSelectionError);
+    return (err as Error).message;
+  }
+  throw new Error('expected resolveFiles to fail');
+}
+
+describe('resolveFiles: CodeBuild glob semantics', () => {
+  it('**/* selects every file recursively, dot files included, sorted', async () => {
+    const r = await resolve({ files: ['**/*'] });
+    expect(r.base).toBe(ws);
+    expect(r.files).toEqual([...TREE].sort());
+  });
+
+  it('dir/* selects the files directly in dir; dir/**/* everything below it', async () => {
+    expect((await resolve({ files: ['dist/*'] })).files).toEqual(['dist/.map', 'dist/app.js']);
+    expect((await resolve({ files: ['./dist/**/*'] })).files).toEqual(['dist/.map', 'dist/app.js', 'dist/lib/util.js']);
+  });
+
+  it('matches files, not directories', async () => {
+    expect(await failure({ files: ['dist'] })).toMatch(/no files matched "dist"/);
+    expect((await resolve({ files: ['dist'], allowEmpty: true })).files).toEqual([]);
+  });
+
+  it('takes literal file paths', async () => {
+    expect((await resolve({ files: ['src/nested/c.ts', 'missing.txt'] })).files).toEqual(['src/nested/c.ts']);
+  });
+
+  it('base-directory makes paths relative to it', async () => {
+    const r = await resolve({ files: ['**/*'], baseDirectory: 'dist' });
+    expect(r.base).toBe(join(ws, 'dist'));
+    expect(r.files).toEqual(['.map', 'app.js', 'lib/util.js']);
+  });
+
+  it('base-directory may be a glob matching one directory', async () => {
+    expect((await resolve({ files: ['*.js'], baseDirectory: 'dis*' })).files).toEqual(['app.js']);
+    expect(await failure({ files: ['**/*'], baseDirectory: '{src,dist}' })).toMatch(/matches 2 directories \(dist, src\); only one is supported/);
+  });
+
+  it('exclude-paths removes matches, relative to the base directory', async () => {
+    const r = await resolve({ files: ['**/*'], excludePaths: ['node_modules/**/*', '**/*.xml', '.env'] });
+    expect(r.files).toEqual(['dist/.map', 'dist/app.js', 'dist/lib/util.js', 'src/a.ts', 'src/b.ts', 'src/nested/c.ts']);
+  });
+
+  it('discard-paths flattens names and refuses collisions', async () => {
+    const r = await resolve({ files: ['reports/**/*.xml'], discardPaths: true });
+    expect(r.entries).toEqual([
+      { path: 'reports/sub/int.xml', name: 'int.xml' },
+      { path: 'reports/unit.xml', name: 'unit.xml' },
+    ]);
+    await writeFile(join(ws, 'reports', 'sub', 'unit.xml'), 'dup');
+    expect(await failure({ files: ['reports/**/*.xml'], discardPaths: true, label: 'reports.unit' })).toMatch(
+      /^reports\.unit: discard-paths puts both reports\/sub\/unit\.xml and reports\/unit\.xml at unit\.xml$/,
+    );
+  });
+
+  it('reads buildspec sections through fileSelection', async () => {
+    const sel = fileSelection({ files: ['**/*'], 'base-directory': 'src', 'exclude-paths': ['nested/**'], 'discard-paths': false }, 'artifacts');
+    expect((await resolve(sel)).files).toEqual(['a.ts', 'b.ts']);
+  });
+});
+
+describe('resolveFiles: confined to the workspace', () => {
+  it('refuses base-directory outside the workspace: .., absolute, or through a symlink', async () => {
+    expect(await failure({ files: ['**/*'], baseDirectory: '../outside' })).toMatch(/^artifacts\.base-directory: "\.\.\/outside" must be a relative path inside the workspace/);
+    expect(await failure({ files: ['**/*'], baseDirectory: '/etc' })).toMatch(/must be a relative path inside the workspace/);
+    await symlink(join(root, 'outside'), join(ws, 'escape'));
+    expect(await failure({ files: ['**/*'], baseDirectory: 'escape' })).toMatch(/escape resolves to .*outside, outside the workspace/);
+    expect(await failure({ files: ['**/*'], baseDirectory: 'nope' })).toMatch(/nope does not exist/);
+  });
+
+  it('refuses patterns that climb out', async () => {
+    expect(await failure({ files: ['../outside/secret'] })).toMatch(/must be a relative path inside the workspace/);
+    expect(await failure({ files: ['**/*'], excludePaths: ['/abs'] })).toMatch(/exclude-paths/);
+  });
+
+  it('refuses a selected symlink whose target is outside, and says how to exclude it', async () => {
+    await symlink(join(root, 'outside', 'secret'), join(ws, 'dist', 'leak'));
+    expect(await failure({ files: ['dist/*'] })).toMatch(/dist\/leak is a symlink to .*outside\/secret, outside the workspace; remove it or list it in exclude-paths/);
+    expect((await resolve({ files: ['dist/*'], excludePaths: ['dist/leak'] })).files).toEqual(['dist/.map', 'dist/app.js']);
+  });
+
+  it('refuses a dangling symlink pointing outside, keeps links that stay inside', async () => {
+    await symlink('../../outside/nothing-here', join(ws, 'dist', 'dangling'));
+    expect(await failure({ files: ['dist/*'] })).toMatch(/dist\/dangling is a symlink/);
+    await rm(join(ws, 'dist', 'dangling'));
+    await symlink('app.js', join(ws, 'dist', 'alias.js'));
+    expect((await resolve({ files: ['dist/*.js'] })).files).toEqual(['dist/alias.js', 'dist/app.js']);
+  });
+
+  it('does not descend into symlinked directories, nor start a walk through one that leaves', async () => {
+    await symlink(join(root, 'outside'), join(ws, 'outdir'));
+    await symlink('src', join(ws, 'srclink'));
+    const r = await resolve({ files: ['**/*.ts'] });
+    expect(r.files).toEqual(['src/a.ts', 'src/b.ts', 'src/nested/c.ts']);
+    expect(await failure({ files: ['outdir/*'] })).toMatch(/outdir resolves to .*outside, outside the workspace/);
+  });
+});

@@ -1,0 +1,170 @@
+import { lstat, readdir, readlink, realpath } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, posix, relative, resolve, sep } from 'node:path';
+import picomatch from 'picomatch';
+
+/** Which files an `artifacts` or `reports` section selects (camel-cased buildspec keys). */
+export interface FileSelection {
+  files: readonly string[];
+  baseDirectory?: string;
+  discardPaths?: boolean;
+  excludePaths?: readonly string[];
+  /** Without it, matching nothing is an error (as CodeBuild fails on "no matching artifact paths"). */
+  allowEmpty?: boolean;
+  /** Names the section in error messages, e.g. `artifacts` or `reports.unit`. */
+  label?: string;
+}
+
+export interface ResolvedFiles {
+  /** Real path of the base directory (the workspace, or base-directory inside it). */
+  base: string;
+  /** Matched files relative to `base`, POSIX separators, sorted. Symlinks are listed, never followed. */
+  files: string[];
+  /** Each file with its name in the artifact: the same path, or its file name under discard-paths. */
+  entries: Array<{ path: string; name: string }>;
+}
+
+/** A selection that would read outside the workspace, collide, or match nothing. */
+export class FileSelectionError extends Error {
+  override name = 'FileSelectionError';
+}
+
+const MAX_ENTRIES = 1_000_000;
+
+/** The buildspec's kebab-case section as a FileSelection. */
+export function fileSelection(
+  section: { files: readonly string[]; 'base-directory'?: string; 'discard-paths'?: boolean; 'exclude-paths'?: readonly string[] },
+  label?: string,
+): FileSelection {
+  return {
+    files: section.files,
+    ...(section['base-directory'] !== undefined ? { baseDirectory: section['base-directory'] } : {}),
+    ...(section['discard-paths'] !== undefined ? { discardPaths: section['discard-paths'] } : {}),
+    ...(section['exclude-paths'] !== undefined ? { excludePaths: section['exclude-paths'] } : {}),
+    ...(label !== undefined ? { label } : {}),
+  };
+}
+
+function isInside(root: string, path: string): boolean {
+  return path === root || path.startsWith(root + sep);
+}
+
+/** Patterns are relative and stay below their directory: no absolute paths, no `..`. */
+function normalisePattern(pattern: string, field: string): string {
+  const p = pattern.replace(/^(\.\/)+/, '');
+  if (p === '' || isAbsolute(p) || p.split('/').includes('..')) {
+    throw new FileSelectionError(`${field}: "${pattern}" must be a relative path inside the workspace`);
+  }
+  return p;
+}
+
+async function realInside(root: string, path: string, field: string): Promise<string> {
+  const real = await realpath(path).catch((err: NodeJS.ErrnoException) => {
+    throw new FileSelectionError(`${field}: ${relative(root, path) || '.'} ${err.code === 'ENOENT' ? 'does not exist' : `cannot be read (${err.code})`}`);
+  });
+  if (!isInside(root, real)) throw new FileSelectionError(`${field}: ${relative(root, path)} resolves to ${real}, outside the workspace`);
+  return real;
+}
+
+interface Found {
+  rel: string;
+  symlink: boolean;
+  dir: boolean;
+}
+
+/** Lists everything under `start` (relative to root) without following symlinks. */
+async function walk(root: string, starts: readonly string[]): Promise<Found[]> {
+  const found: Found[] = [];
+  const stack = [...starts];
+  while (stack.length > 0) {
+    const dir = stack.pop()!;
+    const entries = await readdir(join(root, dir), { withFileTypes: true }).catch(() => []);
+    for (const e of entries) {
+      const rel = dir ? `${dir}/${e.name}` : e.name;
+      if (found.length >= MAX_ENTRIES) throw new FileSelectionError(`more than ${MAX_ENTRIES} entries to search; narrow the patterns`);
+      if (e.isDirectory()) stack.push(rel);
+      if (e.isDirectory() || e.isFile() || e.isSymbolicLink()) found.push({ rel, symlink: e.isSymbolicLink(), dir: e.isDirectory() });
+    }
+  }
+  return found;
+}
+
+/** Where to start walking for each pattern: its literal leading directories. */
+function walkStarts(patterns: readonly string[]): string[] {
+  const starts = patterns.map((p) => {
+    const scan = picomatch.scan(p);
+    const base = scan.isGlob ? scan.base : posix.dirname(p);
+    return base === '.' ? '' : base;
+  });
+  const unique = [...new Set(starts)].sort();
+  return unique.filter((s) => !unique.some((o) => o !== s && (o === '' || s.startsWith(`${o}/`))));
+}
+
+/** Start directories that exist; one reached through a symlink must still be inside the workspace. */
+async function existingStarts(root: string, base: string, starts: readonly string[], field: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const s of starts) {
+    const exists = s === '' || (await lstat(join(base, s)).then(() => true, () => false));
+    if (!exists) continue;
+    if (s !== '') await realInside(root, join(base, s), field);
+    out.push(s);
+  }
+  return out;
+}
+
+async function resolveBase(workspace: string, baseDirectory: string | undefined, field: string): Promise<string> {
+  if (baseDirectory === undefined || baseDirectory === '' || baseDirectory === '.') return workspace;
+  const pattern = normalisePattern(baseDirectory.replace(/\/+$/, ''), field);
+  if (!picomatch.scan(pattern).isGlob) return realInside(workspace, join(workspace, pattern), field);
+  const isMatch = picomatch(pattern, { dot: true });
+  const dirs = (await walk(workspace, walkStarts([pattern]))).filter((f) => (f.dir || f.symlink) && isMatch(f.rel));
+  if (dirs.length !== 1) {
+    const what = dirs.length === 0 ? 'matches no directory' : `matches ${dirs.length} directories (${dirs.map((d) => d.rel).sort().join(', ')}); only one is supported`;
+    throw new FileSelectionError(`${field}: "${baseDirectory}" ${what}`);
+  }
+  return realInside(workspace, join(workspace, dirs[0]!.rel), field);
+}
+
+/** A symlink may be kept (as a link) only if what it points at is inside the workspace. */
+async function checkSymlink(workspace: string, base: string, rel: string, field: string): Promise<void> {
+  const abs = join(base, rel);
+  const target = await realpath(abs).catch(async () => resolve(dirname(abs), await readlink(abs)));
+  if (!isInside(workspace, target)) {
+    throw new FileSelectionError(`${field}: ${rel} is a symlink to ${target}, outside the workspace; remove it or list it in exclude-paths`);
+  }
+}
+
+function flatten(files: readonly string[], discard: boolean, field: string): ResolvedFiles['entries'] {
+  if (!discard) return files.map((f) => ({ path: f, name: f }));
+  const seen = new Map<string, string>();
+  return files.map((f) => {
+    const name = basename(f);
+    const other = seen.get(name);
+    if (other !== undefined) throw new FileSelectionError(`${field}: discard-paths puts both ${other} and ${f} at ${name}`);
+    seen.set(name, f);
+    return { path: f, name };
+  });
+}
+
+/**
+ * Resolves an artifacts/reports section the way CodeBuild reads it (`**\/*` is everything, dot
+ * files included; patterns match files, not directories), confined to the workspace: nothing
+ * outside it is listed, symlinked directories are not descended into, and a selected symlink
+ * pointing outside it is an error rather than a silent omission.
+ */
+export async function resolveFiles(workspace: string, selection: FileSelection): Promise<ResolvedFiles> {
+  const label = selection.label ?? 'artifacts';
+  const root = await realpath(workspace);
+  const base = await resolveBase(root, selection.baseDirectory, `${label}.base-directory`);
+  const patterns = selection.files.map((p) => normalisePattern(p, `${label}.files`));
+  const excludes = (selection.excludePaths ?? []).map((p) => normalisePattern(p, `${label}.exclude-paths`));
+  const isMatch = picomatch(patterns, { dot: true });
+  const isExcluded = excludes.length > 0 ? picomatch(excludes, { dot: true }) : () => false;
+  const starts = await existingStarts(root, base, walkStarts(patterns), `${label}.files`);
+  const found = (await walk(base, starts)).filter((f) => !f.dir && isMatch(f.rel) && !isExcluded(f.rel));
+  for (const f of found) if (f.symlink) await checkSymlink(root, base, f.rel, `${label}.files`);
+  const files = found.map((f) => f.rel).sort();
+  if (files.length === 0 && !selection.allowEmpty) {
+    throw new FileSelectionError(`${label}.files: no files matched ${patterns.map((p) => `"${p}"`).join(', ')}`);
+  }
+  return { base, files, entries: flatten(files, selection.discardPaths ?? false, label) };
+}

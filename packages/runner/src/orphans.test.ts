@@ -1,0 +1,96 @@
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { groupExists, processStartTime, reapOrphans, type ShellRecord } from './orphans.js';
+
+let root: string;
+const started: number[] = [];
+
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), 'cv-reap-'));
+});
+afterEach(async () => {
+  for (const pgid of started.splice(0)) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  await rm(root, { recursive: true, force: true });
+});
+
+/** A process group of its own (a shell with a child), as a build shell would be. */
+async function startGroup(): Promise<number> {
+  const child = spawn('sh', ['-c', 'sleep 100 & sleep 100'], { detached: true, stdio: 'ignore' });
+  await new Promise((r) => child.once('spawn', r));
+  child.unref();
+  started.push(child.pid!);
+  return child.pid!;
+}
+
+/** The pid of a process that has exited: an owner that crashed. */
+async function deadPid(): Promise<number> {
+  const child = spawn('true');
+  await new Promise((r) => child.once('exit', r));
+  return child.pid!;
+}
+
+async function writeRecord(dir: string, record: ShellRecord): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'shell-0.json'), JSON.stringify(record));
+}
+
+async function waitGone(pgid: number): Promise<boolean> {
+  for (let i = 0; i < 40 && groupExists(pgid); i += 1) await new Promise((r) => setTimeout(r, 25));
+  return !groupExists(pgid);
+}
+
+describe('reapOrphans', () => {
+  it('kills the process group of a session whose owner died, and removes its control dir', async () => {
+    const pgid = await startGroup();
+    const ctl = join(root, 'job-1.ctl');
+    await writeRecord(ctl, { pid: pgid, pgid, ownerPid: await deadPid(), startTime: processStartTime(pgid) });
+    expect(groupExists(pgid)).toBe(true);
+    const report = await reapOrphans(root);
+    expect(report.killed).toEqual([pgid]);
+    expect(report.removed).toEqual([ctl]);
+    expect(await waitGone(pgid)).toBe(true);
+    expect(existsSync(ctl)).toBe(false);
+  });
+
+  it('leaves a session alone while its owner lives', async () => {
+    const pgid = await startGroup();
+    const ctl = join(root, 'job-2.ctl');
+    await writeRecord(ctl, { pid: pgid, pgid, ownerPid: process.pid, ownerStartTime: processStartTime(process.pid) });
+    const report = await reapOrphans(root);
+    expect(report).toEqual({ killed: [], removed: [] });
+    expect(groupExists(pgid)).toBe(true);
+    expect(existsSync(join(ctl, 'shell-0.json'))).toBe(true);
+  });
+
+  it('does not kill a group whose leader is another process now (pid reused)', async () => {
+    const pgid = await startGroup();
+    await writeRecord(join(root, 'job-3.ctl'), { pid: pgid, pgid, ownerPid: await deadPid(), startTime: '1' });
+    const report = await reapOrphans(root);
+    expect(report.killed).toEqual([]);
+    expect(groupExists(pgid)).toBe(true);
+  });
+
+  it('does not kill anything recorded before a reboot', async () => {
+    const pgid = await startGroup();
+    await writeRecord(join(root, 'job-4.ctl'), { pid: pgid, pgid, ownerPid: await deadPid(), bootId: 'another-boot' });
+    expect((await reapOrphans(root)).killed).toEqual([]);
+    expect(groupExists(pgid)).toBe(true);
+  });
+
+  it('ignores a missing root and unreadable records', async () => {
+    expect(await reapOrphans(join(root, 'missing'))).toEqual({ killed: [], removed: [] });
+    await mkdir(join(root, 'bad.ctl'));
+    await writeFile(join(root, 'bad.ctl', 'shell-0.json'), '{not json');
+    expect(await reapOrphans(root)).toEqual({ killed: [], removed: [join(root, 'bad.ctl')] });
+  });
+});

@@ -1,0 +1,158 @@
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+
+/**
+ * One record per shell a session starts, kept in the session's control directory while the shell
+ * may live: `{pid, pgid, ownerPid}` plus what it takes to tell a recycled pid from ours (boot id
+ * and process start times, Linux only). A worker that crashed leaves them behind; reapOrphans
+ * kills those process groups at the next start-up.
+ */
+export interface ShellRecord {
+  pid: number;
+  pgid: number;
+  ownerPid: number;
+  ownerStartTime?: string;
+  startTime?: string;
+  bootId?: string;
+}
+
+const RECORD = /^shell-\d+\.json$/;
+
+function readProc(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Field 22 of /proc/<pid>/stat (start time in clock ticks since boot); undefined off Linux or when gone. */
+export function processStartTime(pid: number): string | undefined {
+  const stat = readProc(`/proc/${pid}/stat`);
+  if (stat === undefined) return undefined;
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+}
+
+function bootId(): string | undefined {
+  return readProc('/proc/sys/kernel/random/boot_id')?.trim();
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Whether any process of the group still runs. Zombies do not count: where PID 1 does not reap
+ * (a container whose init is node or a supervisor), killed grandchildren linger as zombies
+ * forever, and waiting for them would only ever end at the grace deadline.
+ */
+export function groupExists(pgid: number): boolean {
+  if (!isAlive(-pgid)) return false;
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc').filter((n) => /^\d+$/.test(n));
+  } catch {
+    return true; // no /proc: the signal check is all there is
+  }
+  return pids.some((pid) => {
+    const stat = readProc(`/proc/${pid}/stat`);
+    if (stat === undefined) return false;
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(pgrp) === pgid && state !== 'Z' && state !== 'X';
+  });
+}
+
+export async function writeShellRecord(controlDir: string, index: number, pid: number): Promise<string> {
+  const record: ShellRecord = {
+    pid,
+    pgid: pid,
+    ownerPid: process.pid,
+    ownerStartTime: processStartTime(process.pid),
+    startTime: processStartTime(pid),
+    bootId: bootId(),
+  };
+  const path = join(controlDir, `shell-${index}.json`);
+  await writeFile(path, JSON.stringify(record), { mode: 0o600 });
+  return path;
+}
+
+function ownerAlive(r: ShellRecord): boolean {
+  if (!isAlive(r.ownerPid)) return false;
+  const now = processStartTime(r.ownerPid);
+  return r.ownerStartTime === undefined || now === undefined || now === r.ownerStartTime;
+}
+
+/** The group is still the one we started: same boot, and its leader (if alive) is the same process. */
+function groupIsOurs(r: ShellRecord): boolean {
+  const boot = bootId();
+  if (r.bootId !== undefined && boot !== undefined && boot !== r.bootId) return false;
+  if (!groupExists(r.pgid)) return false;
+  const leaderStart = processStartTime(r.pgid);
+  return leaderStart === undefined || r.startTime === undefined || leaderStart === r.startTime;
+}
+
+async function recordsIn(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isFile() && RECORD.test(e.name)).map((e) => join(dir, e.name));
+}
+
+async function readRecord(path: string): Promise<ShellRecord | undefined> {
+  try {
+    const r = JSON.parse(await readFile(path, 'utf8')) as ShellRecord;
+    return Number.isInteger(r.pid) && Number.isInteger(r.pgid) && r.pgid > 1 && Number.isInteger(r.ownerPid) ? r : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface ReapReport {
+  /** Process groups that were killed. */
+  killed: number[];
+  /** Control directories removed because their owner is gone. */
+  removed: string[];
+}
+
+/**
+ * Kills the process groups left by sessions whose owner process is dead, and removes their
+ * control directories. Looks at `controlRoot` itself and its direct subdirectories (a worker
+ * keeps `<root>/<job>/` workspaces next to `<root>/<job>.ctl/` control dirs). Call it at
+ * worker start-up, before taking jobs.
+ */
+export async function reapOrphans(controlRoot: string): Promise<ReapReport> {
+  const report: ReapReport = { killed: [], removed: [] };
+  const subdirs = (await readdir(controlRoot, { withFileTypes: true }).catch(() => []))
+    .filter((e) => e.isDirectory())
+    .map((e) => join(controlRoot, e.name));
+  for (const dir of [controlRoot, ...subdirs]) {
+    const paths = await recordsIn(dir);
+    if (paths.length === 0) continue;
+    let ownerGone = true;
+    for (const path of paths) {
+      const r = await readRecord(path);
+      if (r && ownerAlive(r)) {
+        ownerGone = false;
+        continue;
+      }
+      if (r && groupIsOurs(r)) {
+        try {
+          process.kill(-r.pgid, 'SIGKILL');
+          report.killed.push(r.pgid);
+        } catch {
+          // gone between the check and the kill
+        }
+      }
+      await rm(path, { force: true });
+    }
+    if (ownerGone && dir !== controlRoot && basename(dir).endsWith('.ctl')) {
+      await rm(dir, { recursive: true, force: true });
+      report.removed.push(dir);
+    }
+  }
+  return report;
+}

@@ -1,0 +1,192 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { constants } from 'node:os';
+import { rm } from 'node:fs/promises';
+import type { Readable, Writable } from 'node:stream';
+import { groupExists, writeShellRecord } from './orphans.js';
+
+/*
+ * The one piece of shell text we write. It never changes and never contains user text: it reads
+ * a file path per line from fd 3, sources that file, and writes the exit status to fd 4. User
+ * commands run with stdin from /dev/null and with fds 3 and 4 closed, so they can neither eat nor
+ * forge control traffic. `command` keeps a user function named `read`, `printf` or `.` from
+ * hijacking the loop. A `*.query.sh` file (our own constant scripts) gets `<name>.in` as stdin and
+ * writes its answer to `<name>.out`. A user's `set -x` is switched off while the loop itself runs
+ * and back on for the next command, so the trace shows their commands, not our plumbing.
+ */
+export const BOOTSTRAP = `__cv_o=
+while IFS= command read -r __cv_f <&3; do
+  case $__cv_f in
+    *.query.sh) command . "$__cv_f" <"\${__cv_f%.sh}.in" >"\${__cv_f%.sh}.out" 3<&- 4>&-
+      __cv_rc=$? ;;
+    *-cmd.sh) case $__cv_o in *x*) set -x ;; esac
+      command . "$__cv_f" </dev/null 3<&- 4>&-
+      { __cv_rc=$? __cv_o=$-; set +x; } 2>/dev/null ;;
+    *) command . "$__cv_f" </dev/null 3<&- 4>&-
+      __cv_rc=$? ;;
+  esac
+  command printf '%s\\n' "$__cv_rc" >&4
+done
+`;
+
+export type ShellKind = 'bash' | '/bin/sh';
+
+export interface ShellProcessOptions {
+  shell: ShellKind;
+  cwd: string;
+  env: Record<string, string>;
+  controlDir: string;
+  /** Distinguishes the records of successive shells of one session. */
+  index: number;
+  onOutput: (chunk: string) => void;
+}
+
+export type SendResult =
+  | { kind: 'status'; code: number }
+  /** The shell died while (or before) running the file; `code` is its exit status (128+n for signal n). */
+  | { kind: 'exited'; code: number };
+
+function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  return 128 + (signal ? (constants.signals[signal] ?? 0) : 0);
+}
+
+const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** One long-lived shell in its own process group, driven through the bootstrap loop. */
+export class ShellProcess {
+  private readonly lines: string[] = [];
+  private pending = '';
+  private waiter?: (r: SendResult) => void;
+  private exitCode?: number;
+  private outputTicks = 0;
+  private readonly exited: Promise<void>;
+  private recordPath?: string;
+
+  private constructor(
+    private readonly child: ChildProcess,
+    readonly pid: number,
+  ) {
+    this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
+  }
+
+  static async start(opts: ShellProcessOptions): Promise<ShellProcess> {
+    const args = opts.shell === 'bash' ? ['--noprofile', '--norc', '-c', BOOTSTRAP] : ['-c', BOOTSTRAP];
+    const child = spawn(opts.shell, args, {
+      cwd: opts.cwd,
+      env: opts.env,
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    const shell = new ShellProcess(child, child.pid!);
+    shell.wire(opts.onOutput);
+    shell.recordPath = await writeShellRecord(opts.controlDir, opts.index, shell.pid);
+    return shell;
+  }
+
+  private wire(onOutput: (chunk: string) => void): void {
+    const control = this.child.stdio[3] as Writable;
+    const status = this.child.stdio[4] as Readable;
+    for (const stream of [this.child.stdout!, this.child.stderr!]) {
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk: string) => {
+        this.outputTicks += 1;
+        onOutput(chunk);
+      });
+    }
+    control.on('error', () => {}); // EPIPE once the shell is gone; the exit event reports it
+    status.setEncoding('utf8');
+    status.on('data', (chunk: string) => this.onStatus(chunk));
+    status.on('error', () => {});
+    this.child.once('exit', (code, signal) => {
+      this.exitCode = exitCodeOf(code, signal);
+      this.settle();
+    });
+  }
+
+  private onStatus(chunk: string): void {
+    const parts = (this.pending + chunk).split('\n');
+    this.pending = parts.pop() ?? '';
+    this.lines.push(...parts);
+    this.settle();
+  }
+
+  private settle(): void {
+    const resolve = this.waiter;
+    if (!resolve) return;
+    const line = this.lines.shift();
+    if (line !== undefined) {
+      this.waiter = undefined;
+      resolve({ kind: 'status', code: Number.parseInt(line, 10) });
+    } else if (this.exitCode !== undefined) {
+      this.waiter = undefined;
+      resolve({ kind: 'exited', code: this.exitCode });
+    }
+  }
+
+  get alive(): boolean {
+    return this.exitCode === undefined;
+  }
+
+  /** Sources the file in the shell and waits for its status (or for the shell to die). */
+  async send(path: string): Promise<SendResult> {
+    if (this.waiter) throw new Error('a file is already running in this shell');
+    const result = new Promise<SendResult>((resolve) => {
+      this.waiter = resolve;
+    });
+    if (this.alive) (this.child.stdio[3] as Writable).write(`${path}\n`);
+    this.settle();
+    const r = await result;
+    await this.drainOutput(r.kind === 'exited');
+    return r;
+  }
+
+  /**
+   * Output and status travel on different pipes. Output written before the status line is
+   * already readable when the status arrives, so a few event-loop turns without new output
+   * mean it has all been delivered. After an exit, wait a little for the pipes to close.
+   */
+  private async drainOutput(exited: boolean): Promise<void> {
+    if (exited) {
+      const stdout = this.child.stdout!;
+      const stderr = this.child.stderr!;
+      const ended = (s: Readable) => (s.readableEnded || s.destroyed ? Promise.resolve() : new Promise<void>((r) => s.once('close', () => r())));
+      await Promise.race([Promise.all([ended(stdout), ended(stderr)]), delay(200)]);
+    }
+    for (let i = 0; i < 50; i += 1) {
+      const before = this.outputTicks;
+      await new Promise<void>((r) => setImmediate(r));
+      if (this.outputTicks === before) return;
+    }
+  }
+
+  /** SIGTERM to the whole process group, SIGKILL after `graceMs` if anything is left. */
+  async terminate(graceMs: number): Promise<void> {
+    const signal = (sig: NodeJS.Signals) => {
+      try {
+        process.kill(-this.pid, sig);
+      } catch {
+        // group already gone
+      }
+    };
+    if (groupExists(this.pid)) {
+      signal('SIGTERM');
+      const deadline = Date.now() + graceMs;
+      while (groupExists(this.pid) && Date.now() < deadline) await delay(25);
+      if (groupExists(this.pid)) signal('SIGKILL');
+    }
+    await Promise.race([this.exited, delay(1000)]);
+  }
+
+  /** Ends the loop (EOF on fd 3), then kills whatever the build left running in the group. */
+  async close(graceMs: number): Promise<void> {
+    (this.child.stdio[3] as Writable).end();
+    await Promise.race([this.exited, delay(2000)]);
+    await this.terminate(graceMs);
+    for (const s of this.child.stdio) s?.destroy();
+    if (this.recordPath) await rm(this.recordPath, { force: true });
+  }
+}
