@@ -2,7 +2,7 @@ import type { ArtifactRef } from '@conveyor/contracts';
 
 /** Where stages keep what they hand to each other (CodePipeline's artifact bucket). */
 export interface ArtifactStore {
-  /** Stores an existing tar file under `key` (atomically replacing any previous one). */
+  /** Stores an existing tar file under `key`. Keys are write-once: a second put returns the first artifact. */
   putTar(key: string, tarPath: string): Promise<ArtifactRef>;
   /** Packs `files` (paths relative to `dir`) as a tar under `key`. */
   putFiles(key: string, dir: string, files: readonly string[]): Promise<ArtifactRef>;

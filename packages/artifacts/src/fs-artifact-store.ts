@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, link, mkdir, rm, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { create, extract } from 'tar';
 import type { ArtifactRef } from '@conveyor/contracts';
@@ -28,10 +28,21 @@ export class FsArtifactStore implements ArtifactStore {
     return path;
   }
 
+  /**
+   * Write-once: the first writer of a key wins and later writers get the stored artifact's ref.
+   * Two deliveries of one job (a worker that lost its lock) so agree on one artifact, and an
+   * artifact already handed to a later stage never changes under it.
+   */
   private async commit(key: string, tmp: string): Promise<ArtifactRef> {
     const final = this.pathFor(key);
-    const [sha256, info] = await Promise.all([sha256File(tmp), stat(tmp)]);
-    await rename(tmp, final);
+    try {
+      await link(tmp, final);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    } finally {
+      await rm(tmp, { force: true });
+    }
+    const [sha256, info] = await Promise.all([sha256File(final), stat(final)]);
     return { key, sha256, bytes: info.size };
   }
 
@@ -43,7 +54,12 @@ export class FsArtifactStore implements ArtifactStore {
 
   async putTar(key: string, tarPath: string): Promise<ArtifactRef> {
     const tmp = await this.tmpFor(key);
-    await copyFile(tarPath, tmp);
+    try {
+      await copyFile(tarPath, tmp);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
     return this.commit(key, tmp);
   }
 

@@ -11,6 +11,12 @@ export function resultsStreamKey(prefix: string): string {
   return `${prefix}:${RESULTS_STREAM}`;
 }
 
+/** Each result is also kept under its job id for 7 days: the reconciler's proof that a job already ran. */
+export function resultKey(prefix: string, jobId: string): string {
+  return `${prefix}:result:${jobId}`;
+}
+const RESULT_TTL_SECONDS = 7 * 24 * 3600;
+
 export interface ResultPublisher {
   publish(result: StageResult): Promise<void>;
 }
@@ -20,7 +26,10 @@ export function createResultPublisher(redis: Redis, prefix: string): ResultPubli
   return {
     async publish(result) {
       // Parse on publish: a worker never sends a result the orchestrator would refuse.
-      await redis.xadd(key, '*', 'result', JSON.stringify(StageResult.parse(result)));
+      const json = JSON.stringify(StageResult.parse(result));
+      const replies = await redis.multi().set(resultKey(prefix, result.jobId), json, 'EX', RESULT_TTL_SECONDS).xadd(key, '*', 'result', json).exec();
+      const failed = replies?.find(([err]) => err);
+      if (!replies || failed) throw failed?.[0] ?? new Error('result not published');
     },
   };
 }

@@ -38,6 +38,18 @@ export interface StageWorkerOptions<T extends StageJob['type']> {
   autorun?: boolean;
 }
 
+/** The work is done: a Redis blip while publishing must not make BullMQ run the whole job again. */
+async function publishWithRetry(results: ResultPublisher, result: StageResult): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await results.publish(result);
+    } catch (err) {
+      if (attempt >= 5) throw err;
+      await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
+    }
+  }
+}
+
 function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -72,21 +84,27 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
         ...(outcome.message ? { message: outcome.message.slice(0, 4000) } : {}),
         output: outcome.output ?? {},
       };
-      await opts.results.publish(result);
+      await publishWithRetry(opts.results, result);
       logger.info({ status: result.status }, 'stage job finished');
       return result;
     };
     logger.info({ deliveries: bull.attemptsStarted }, 'stage job started');
+    const ctx: StageContext = { logger, signal: signal ?? new AbortController().signal, deliveries: Math.max(0, (bull.attemptsStarted ?? 1) - 1) };
+    let outcome: StageOutcome;
     try {
-      const ctx: StageContext = { logger, signal: signal ?? new AbortController().signal, deliveries: Math.max(0, (bull.attemptsStarted ?? 1) - 1) };
-      return await finish(await opts.handler(job, ctx));
+      outcome = await opts.handler(job, ctx);
     } catch (err) {
-      if (err instanceof PermanentJobError) return finish({ status: 'FAILED', message: err.message });
-      const lastAttempt = bull.attemptsMade + 1 >= (bull.opts.attempts ?? 1);
-      logger.warn({ err, lastAttempt }, 'stage job errored');
-      if (lastAttempt) return finish({ status: 'FAILED', message: `stage errored: ${describe(err)}` });
-      throw err;
+      if (err instanceof PermanentJobError) outcome = { status: 'FAILED', message: err.message };
+      else {
+        const lastAttempt = bull.attemptsMade + 1 >= (bull.opts.attempts ?? 1);
+        logger.warn({ err, lastAttempt }, 'stage job errored');
+        if (!lastAttempt || ctx.signal.aborted) throw err;
+        outcome = { status: 'FAILED', message: `stage errored: ${describe(err)}` };
+      }
     }
+    // A job whose lock was lost belongs to another worker now: its verdict, not ours, is the result.
+    if (ctx.signal.aborted) throw new Error(`stage job ${job.jobId} was taken from this worker (${String(ctx.signal.reason ?? 'aborted')}); not publishing`);
+    return finish(outcome);
   };
   const worker = new Worker(opts.queueName, processor, {
     connection: opts.connection as unknown as ConnectionOptions,

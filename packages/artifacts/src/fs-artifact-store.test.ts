@@ -1,0 +1,68 @@
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { artifactKey, FsArtifactStore } from './fs-artifact-store.js';
+
+const exec = promisify(execFile);
+let dir: string;
+let store: FsArtifactStore;
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'cv-art-'));
+  store = new FsArtifactStore(join(dir, 'store'));
+  await mkdir(join(dir, 'src', 'sub'), { recursive: true });
+  await writeFile(join(dir, 'src', 'a.txt'), 'A');
+  await writeFile(join(dir, 'src', 'sub', 'b.txt'), 'B');
+});
+afterEach(() => rm(dir, { recursive: true, force: true }));
+
+describe('FsArtifactStore', () => {
+  it('packs the listed files and unpacks them elsewhere, checking the digest', async () => {
+    const ref = await store.putFiles(artifactKey('run-1', 'Build', 1), join(dir, 'src'), ['a.txt', 'sub/b.txt']);
+    expect(ref).toMatchObject({ key: 'runs/run-1/Build-1.tar', sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
+    await store.extractTo(ref, join(dir, 'out'));
+    expect(await readFile(join(dir, 'out', 'sub', 'b.txt'), 'utf8')).toBe('B');
+  });
+
+  it('keys are write-once: a second put keeps the first artifact', async () => {
+    const first = await store.putFiles('k/x.tar', join(dir, 'src'), ['a.txt']);
+    const second = await store.putFiles('k/x.tar', join(dir, 'src'), ['a.txt', 'sub/b.txt']);
+    expect(second).toEqual(first);
+  });
+
+  it('refuses an artifact whose bytes changed after it was stored', async () => {
+    const ref = await store.putFiles('k/y.tar', join(dir, 'src'), ['a.txt']);
+    await expect(store.extractTo({ ...ref, sha256: '0'.repeat(64) }, join(dir, 'out'))).rejects.toThrow(/corrupt/);
+  });
+
+  it('refuses keys that leave the store and files outside the directory', async () => {
+    await expect(store.putFiles('../escape.tar', join(dir, 'src'), ['a.txt'])).rejects.toThrow(/invalid artifact key/);
+    await expect(store.putFiles('k/z.tar', join(dir, 'src'), ['../outside.txt'])).rejects.toThrow(/outside/);
+  });
+
+  it('stores relative symlinks as links, never following them', async () => {
+    await symlink('sub/b.txt', join(dir, 'src', 'link'));
+    const ref = await store.putFiles('k/l.tar', join(dir, 'src'), ['link']);
+    await store.extractTo(ref, join(dir, 'out'));
+    expect(await readlink(join(dir, 'out', 'link'))).toBe('sub/b.txt');
+  });
+
+  it('refuses to unpack a link to an absolute path', async () => {
+    await symlink('/etc/passwd', join(dir, 'src', 'abs'));
+    const ref = await store.putFiles('k/abs.tar', join(dir, 'src'), ['abs']);
+    await expect(store.extractTo(ref, join(dir, 'out'))).rejects.toThrow(/absolute linkpath/);
+  });
+
+  it('never writes outside the target when a tar carries ../ or absolute paths (zip slip)', async () => {
+    const evil = join(dir, 'evil');
+    await mkdir(evil);
+    await writeFile(join(evil, 'x'), 'pwned');
+    await exec('tar', ['-cf', join(dir, 'evil.tar'), '-C', evil, '--transform', 's,^x,../../escaped,', 'x']);
+    const ref = await store.putTar('k/evil.tar', join(dir, 'evil.tar'));
+    await store.extractTo(ref, join(dir, 'deep', 'out')).catch(() => undefined);
+    await expect(stat(join(dir, 'escaped'))).rejects.toThrow();
+  });
+});
