@@ -66,7 +66,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   const queueConn = new Redis(url, { maxRetriesPerRequest: null, enableAutoPipelining: true });
   const queues = new Map(Object.values(QUEUES).map((n) => [n, createQueue(n, { connection: queueConn, prefix })]));
   const runsStore = new RedisRunStore(producer, prefix);
-  const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+  const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues, producer, prefix), logger, newId: randomUUID });
   const stageWorkers = STAGE_TYPES.map((type) =>
     createStageWorker({ type, queueName: QUEUES[type], connection: conn(url), prefix, results: createResultPublisher(producer, prefix), handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
   );

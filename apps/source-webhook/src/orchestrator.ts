@@ -109,10 +109,14 @@ export class Orchestrator {
     let settled = 0;
     const ids = await this.deps.runs.activeRunIds();
     for (const id of ids) {
-      const run = await this.deps.runs.get(id);
-      if (!run) continue;
-      for (const job of run.outbox) {
-        if (await this.settle(job)) settled++;
+      try {
+        const run = await this.deps.runs.get(id);
+        for (const job of run?.outbox ?? []) {
+          if (await this.settle(job)) settled++;
+        }
+      } catch (err) {
+        // One unreadable run must not stop the others from being settled.
+        this.deps.logger.error({ err, runId: id }, 'reconcile of a run failed');
       }
     }
     return { checked: ids.length, settled };

@@ -23,7 +23,7 @@ export function composeService(env: Env, logger: Logger) {
   const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: queueRedis, prefix })]));
   const runs = new RedisRunStore(redis, prefix);
   const pipelines = new RedisPipelineStore(redis, prefix);
-  const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+  const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues, redis, prefix), logger, newId: randomUUID });
   const intake = new WebhookIntake({ pipelines, runs, orchestrator, logger });
   const artifacts = new FsArtifactStore(env.ARTIFACT_DIR);
   const repository = new GitSourceRepository(env.SOURCE_CACHE_DIR, artifacts);
@@ -43,13 +43,18 @@ export function composeService(env: Env, logger: Logger) {
   const resultsRedis = createRedis(env.REDIS_URL, 'worker');
   const results = new ResultsConsumer({ redis: resultsRedis, prefix, orchestrator, logger, claimIdleMs: env.RESULTS_CLAIM_IDLE_MS });
 
-  const reconciler = setInterval(() => {
-    orchestrator.reconcile().then(
-      (r) => r.settled > 0 && logger.info(r, 'reconciled runs'),
-      (err) => logger.warn({ err }, 'reconcile failed'),
-    );
-  }, env.RECONCILE_INTERVAL_MS);
-  reconciler.unref();
+  // Passes are chained, never overlapping.
+  let reconciler: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const scheduleReconcile = () => {
+    reconciler = setTimeout(() => {
+      orchestrator
+        .reconcile()
+        .then((r) => r.settled > 0 && logger.info(r, 'reconciled runs'), (err) => logger.warn({ err }, 'reconcile failed'))
+        .finally(() => !stopped && scheduleReconcile());
+    }, env.RECONCILE_INTERVAL_MS);
+    reconciler.unref();
+  };
 
   const app = buildServer({
     logger,
@@ -72,7 +77,7 @@ export function composeService(env: Env, logger: Logger) {
 
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
-    { name: 'reconciler', run: () => clearInterval(reconciler) },
+    { name: 'reconciler', run: () => ((stopped = true), clearTimeout(reconciler)) },
     { name: 'workers', run: () => Promise.all([sourceWorker.close(), results.stop()]) },
     { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => q.close())) },
     { name: 'redis', run: () => Promise.all([redis.quit(), workerRedis.quit(), queueRedis.quit(), resultsRedis.quit()]) },
@@ -82,6 +87,7 @@ export function composeService(env: Env, logger: Logger) {
     await waitReady(redis, 30_000);
     await results.start();
     await orchestrator.reconcile().catch((err) => logger.warn({ err }, 'start-up reconcile failed'));
+    scheduleReconcile();
   };
   return { app, orchestrator, pipelines, runs, start, shutdown };
 }

@@ -15,7 +15,11 @@ export interface GithubDelivery {
   deliveryId?: string;
   signature?: string;
   rawBody: Buffer;
+  /** Set by `/webhooks/github/:pipeline`: only that pipeline's secret is tried. */
+  pipeline?: string;
 }
+
+const DELIVERY_ID = /^[A-Za-z0-9._-]{1,200}$/;
 
 /**
  * GitHub deliveries: verify (constant time, raw body) before parsing, then match pipelines by
@@ -31,12 +35,14 @@ export class WebhookIntake {
   }
 
   async github(d: GithubDelivery): Promise<WebhookReply> {
-    const candidates = (await this.deps.pipelines.list()).filter((p) => p.source.provider === 'github' && p.source.webhookSecret);
-    if (candidates.length === 0) throw new NotFoundError('no pipeline accepts GitHub webhooks');
+    const candidates = await this.candidates(d.pipeline);
+    // Whether any pipeline exists is not told to a sender who cannot sign: no candidate is a 401 too.
     const verified = candidates.filter((p) => verifyGithubSignature(p.source.webhookSecret!, d.rawBody, d.signature));
     if (verified.length === 0) throw new UnauthorizedError('X-Hub-Signature-256 is missing or matches no pipeline secret');
     if (!d.event) throw new InputError('missing X-GitHub-Event header', [{ path: 'headers.x-github-event', message: 'required' }]);
-    if (!d.deliveryId) throw new InputError('missing X-GitHub-Delivery header', [{ path: 'headers.x-github-delivery', message: 'required' }]);
+    if (!d.deliveryId || !DELIVERY_ID.test(d.deliveryId)) {
+      throw new InputError('X-GitHub-Delivery must be 1-200 letters, digits, dots, dashes or underscores', [{ path: 'headers.x-github-delivery', message: d.deliveryId ? 'invalid' : 'required' }]);
+    }
     if (d.event === 'ping') return { status: 200, body: { ok: true, pipelines: verified.map((p) => p.name) } };
     if (d.event !== 'push') return this.skipAll(d.deliveryId, `event ${d.event} is not handled`);
 
@@ -61,6 +67,11 @@ export class WebhookIntake {
     if (created.length > 0) return { status: 202, body: { runId: created[0]!.runId, runs: outcomes } };
     if (outcomes.every((o) => o.duplicate)) return { status: 200, body: { duplicate: true, runId: outcomes[0]?.runId, runs: outcomes } };
     return { status: 200, body: { skipped: true, reason: outcomes.map((o) => o.reason).join('; '), runs: outcomes } };
+  }
+
+  private async candidates(name?: string): Promise<PipelineDefinition[]> {
+    const all = name ? [await this.deps.pipelines.get(name)].filter((p): p is PipelineDefinition => p !== undefined) : await this.deps.pipelines.list();
+    return all.filter((p) => p.source.provider === 'github' && p.source.webhookSecret);
   }
 
   private parsePush(raw: Buffer) {

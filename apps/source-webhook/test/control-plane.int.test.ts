@@ -29,10 +29,10 @@ function pushBody(commit: string, branch = 'main', repo = `file://${repoDir}`) {
   return JSON.stringify({ ref: `refs/heads/${branch}`, before: '0'.repeat(40), after: commit, repository: { clone_url: repo }, sender: { login: 'octo' } });
 }
 
-async function sendPush(body: string, delivery: string, signature = sign(body), event = 'push') {
+async function sendPush(body: string, delivery: string, signature = sign(body), event = 'push', url = '/webhooks/github') {
   return service.app.inject({
     method: 'POST',
-    url: '/webhooks/github',
+    url,
     headers: { 'content-type': 'application/json', 'x-github-event': event, 'x-github-delivery': delivery, 'x-hub-signature-256': signature },
     payload: body,
   });
@@ -209,6 +209,23 @@ describe('GitHub webhooks', () => {
   });
 });
 
+describe('GitHub webhook edge cases', () => {
+  it('the per-pipeline endpoint checks only that pipeline\'s secret', async () => {
+    const head = pushBody(firstCommit);
+    const ok = await sendPush(head, 'delivery-p1', sign(head), 'push', '/webhooks/github/hello');
+    expect(ok.statusCode).toBe(202);
+    const unknown = await sendPush(head, 'delivery-p2', sign(head), 'push', '/webhooks/github/nope');
+    expect(unknown.statusCode).toBe(401);
+  });
+
+  it('an overlong or odd delivery id is a 400 naming the header, never a 500', async () => {
+    const body = pushBody(firstCommit);
+    const res = await sendPush(body, 'x'.repeat(300));
+    expect(res.statusCode).toBe(400);
+    expect(res.json().errors[0].path).toBe('headers.x-github-delivery');
+  });
+});
+
 describe('reconciler', () => {
   it('fails a run whose stage job failed without sending a result', async () => {
     const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
@@ -230,5 +247,24 @@ describe('reconciler', () => {
     const run = await getRun(runId);
     expect(run.status).toBe('FAILED');
     expect(run.stages[1]).toMatchObject({ status: 'FAILED', message: 'worker exploded' });
+  });
+
+  it('applies a result kept under the job id instead of running a finished job again', async () => {
+    const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
+    const { runId } = res.json();
+    const started = await waitFor(async () => {
+      const r = await getRun(runId);
+      return r.stages[1]!.status === 'RUNNING' ? r : undefined;
+    }, 'build to start');
+    // As if a worker finished, its stream entry was lost and BullMQ already removed the job.
+    const build = new Queue(QUEUES.build, { connection: redis, prefix });
+    await (await build.getJob(`${runId}.Build.1`))!.remove();
+    await build.close();
+    const at = new Date().toISOString();
+    await redis.set(`${prefix}:result:${runId}.Build.1`, JSON.stringify({ v: 1, jobId: `${runId}.Build.1`, runId, stage: 'Build', stageIndex: 1, attempt: 1, status: 'FAILED', message: 'kept result', startedAt: at, finishedAt: at, output: {} }));
+    await service.orchestrator.reconcile();
+    const run = await getRun(runId);
+    expect(started.stages[1]!.jobId).toBe(`${runId}.Build.1`);
+    expect(run.stages[1]).toMatchObject({ status: 'FAILED', message: 'kept result' });
   });
 });

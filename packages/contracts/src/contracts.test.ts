@@ -44,6 +44,7 @@ describe('PipelineDefinition', () => {
     [{ ...base, name: 'Has Caps' }, 'name'],
     [{ ...base, source: { ...base.source, repository: 'https://user:token@github.com/o/r.git' } }, 'source.repository'],
     [{ ...base, source: { ...base.source, repository: 'ftp://x' } }, 'source.repository'],
+    [{ ...base, source: { ...base.source, repository: 'https://ghp_token123@github.com/o/r.git' } }, 'source.repository'],
     [{ ...base, source: { ...base.source, webhookSecret: 'short' } }, 'source.webhookSecret'],
     [{ ...base, stages: [] }, 'stages'],
     [{ ...base, stages: [{ name: 'Build', type: 'build' }, { name: 'Build', type: 'test' }] }, 'stages.1.name'],
@@ -55,6 +56,12 @@ describe('PipelineDefinition', () => {
     [{ ...base, extra: true }, ''],
   ])('refuses %j naming %s', (value, path) => {
     expect(issues(value).some((i) => i.startsWith(`${path}:`) || (path === '' && i.includes('extra')))).toBe(true);
+  });
+
+  it('accepts ssh and scp-style addresses with a plain user name', () => {
+    for (const repository of ['ssh://git@github.com/o/r.git', 'git@github.com:o/r.git', 'file:///srv/git/r.git']) {
+      expect(PipelineDefinition.safeParse({ ...base, source: { ...base.source, repository } }).success).toBe(true);
+    }
   });
 
   it('never shows the webhook secret in its view', () => {

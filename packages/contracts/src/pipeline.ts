@@ -27,7 +27,8 @@ export const RepositoryUrl = z
   .min(1)
   .max(2048)
   .refine((s) => /^(file:\/\/\/|https?:\/\/|ssh:\/\/|git@[^:]+:)/.test(s), 'must be a file:///, http(s)://, ssh:// or git@host: URL')
-  .refine((s) => !/^[a-z+]+:\/\/[^/@]*:[^/@]*@/i.test(s), 'must not embed credentials');
+  // Any user info but ssh's plain user name may be a token (https://ghp_…@host): it would reach job payloads and logs.
+  .refine((s) => !/^[a-z+]+:\/\/[^/@]*@/i.test(s) || /^ssh:\/\/[A-Za-z0-9._-]+@/.test(s), 'must not embed credentials');
 
 export const SourceConfig = z
   .object({

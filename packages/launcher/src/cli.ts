@@ -2,6 +2,7 @@
 import { join } from 'node:path';
 import { ConveyorClient } from './api-client.js';
 import { examplePipelineYaml, prepareExampleRepo, watchRun } from './example.js';
+import { redactUrl } from './redis.js';
 import { REPO_ROOT, startStack, type Stack } from './stack.js';
 
 // The launcher is a terminal program: it talks to a person on stdout.
@@ -34,7 +35,7 @@ async function main(argv: string[]): Promise<number> {
   process.once('SIGINT', () => void stop().then(() => process.exit(130)));
   process.once('SIGTERM', () => void stop().then(() => process.exit(143)));
 
-  print(`  Redis:          ${stack.redis.url} (${stack.redis.origin})`);
+  print(`  Redis:          ${redactUrl(stack.redis.url)} (${stack.redis.origin})`);
   for (const [name, url] of Object.entries(stack.urls)) print(`  ${name.padEnd(15)} ${url}`);
   print(`  API token:      in ${join(home, 'api-token')} (or CONVEYOR_API_TOKEN)`);
   if (command === 'serve') {

@@ -42,16 +42,22 @@ const HOW_TO_GET_REDIS = `Conveyor needs Redis 7 and found none:
 Install Redis (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or point REDIS_URL at one.`;
 
 /** REDIS_URL, else a Redis on 127.0.0.1:6379, else a private redis-server (AOF on) under `dataDir`. */
+/** The URL without its password, for printing. */
+export function redactUrl(url: string): string {
+  return url.replace(/\/\/([^:/@]*):[^@/]*@/, '//$1:***@');
+}
+
 export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string): Promise<ResolvedRedis> {
   if (env.REDIS_URL) {
-    if (!(await pings(env.REDIS_URL))) throw new Error(`REDIS_URL=${env.REDIS_URL} does not answer PING`);
+    if (!(await pings(env.REDIS_URL))) throw new Error(`REDIS_URL=${redactUrl(env.REDIS_URL)} does not answer PING`);
     return { url: env.REDIS_URL, origin: 'REDIS_URL' };
   }
   if (await pings('redis://127.0.0.1:6379')) return { url: 'redis://127.0.0.1:6379', origin: 'local 6379' };
   await mkdir(dataDir, { recursive: true });
   const port = await freePort();
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dataDir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--maxmemory-policy', 'noeviction', '--logfile', join(dataDir, 'redis.log')];
-  const child = spawn('redis-server', args, { stdio: 'ignore' });
+  // Detached: Ctrl-C must not stop Redis before the services have drained.
+  const child = spawn('redis-server', args, { stdio: 'ignore', detached: true });
   const failed = await new Promise<Error | undefined>((resolve) => {
     child.once('error', resolve);
     setTimeout(() => resolve(undefined), 100);

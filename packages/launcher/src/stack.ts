@@ -103,6 +103,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       cwd: REPO_ROOT,
       env: { ...common, ...own[name] },
       stdio: ['ignore', 'pipe', 'pipe'],
+      // Own process group: Ctrl-C reaches the launcher only, which then stops each service in order.
+      detached: true,
     });
     child.stdout!.pipe(log, { end: false });
     child.stderr!.pipe(log, { end: false });

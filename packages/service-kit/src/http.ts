@@ -48,7 +48,7 @@ function mapError(error: unknown): { status: number; title: string; detail?: str
     return { status: fe.statusCode, title: 'Bad Request', detail: fe.message };
   }
   // ioredis offline-queue / connection errors: the producer fails fast, the caller retries later.
-  if (error instanceof Error && /Stream isn't writeable|Connection is closed|ECONNREFUSED|enableOfflineQueue/.test(error.message)) {
+  if (error instanceof Error && (error.name === 'MaxRetriesPerRequestError' || /Stream isn't writeable|Connection is closed|ECONNREFUSED|enableOfflineQueue|Command timed out/.test(error.message))) {
     return { status: 503, title: 'Service Unavailable', detail: 'storage is unreachable; retry later' };
   }
   return { status: 500, title: 'Internal Server Error' };

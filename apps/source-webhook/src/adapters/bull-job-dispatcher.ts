@@ -1,10 +1,15 @@
 import { StageJob, queueFor } from '@conveyor/contracts';
 import type { Queue } from 'bullmq';
+import { resultKey, type Redis } from '@conveyor/service-kit';
 import type { JobDispatcher } from '../ports.js';
 
 /** Stage jobs on BullMQ queues, one per stage type, with the deterministic job id as BullMQ id. */
 export class BullJobDispatcher implements JobDispatcher {
-  constructor(private readonly queues: ReadonlyMap<string, Queue>) {}
+  constructor(
+    private readonly queues: ReadonlyMap<string, Queue>,
+    private readonly redis: Redis,
+    private readonly prefix: string,
+  ) {}
 
   private queue(job: StageJob): Queue {
     const q = this.queues.get(queueFor(job.type));
@@ -18,6 +23,9 @@ export class BullJobDispatcher implements JobDispatcher {
   }
 
   async inspect(job: StageJob): Promise<{ state: 'pending' | 'completed' | 'failed' | 'missing'; reason?: string; result?: unknown }> {
+    // The result a worker kept under the job id outlives the BullMQ job (removed after completion).
+    const stored = await this.redis.get(resultKey(this.prefix, job.jobId));
+    if (stored) return { state: 'completed', result: JSON.parse(stored) };
     const found = await this.queue(job).getJob(job.jobId);
     if (!found) return { state: 'missing' };
     const state = await found.getState();

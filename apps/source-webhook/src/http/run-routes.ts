@@ -14,12 +14,6 @@ export const runRoutes = (deps: ServerDeps) => async (app: App) => {
 
   app.get('/runs/:runId', { schema: { params: RunParams } }, async (req) => toRunView(await load(req.params.runId)));
 
-  app.post('/runs/:runId/cancel', { schema: { params: RunParams } }, async (req) => {
-    await load(req.params.runId);
-    const run = await deps.orchestrator.apply(req.params.runId, { type: 'cancel', reason: 'cancelled through the API' });
-    return toRunView(run!);
-  });
-
   app.get('/runs/:runId/stages/:stage/logs', { schema: { params: RunParams.extend({ stage: z.string().max(64) }) } }, async (req, reply) => {
     const run = await load(req.params.runId);
     const stage = run.stages.find((s) => s.name === req.params.stage);

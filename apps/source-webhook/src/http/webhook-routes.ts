@@ -1,3 +1,6 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { z } from 'zod';
+import { PipelineName } from '@conveyor/contracts';
 import type { App } from '@conveyor/service-kit';
 import type { ServerDeps } from './server.js';
 
@@ -8,14 +11,18 @@ export const webhookRoutes = (deps: ServerDeps) => async (app: App) => {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: deps.webhookBodyLimit }, (_req, body, done) => done(null, body));
 
-  app.post('/github', async (req, reply) => {
+  const github = async (req: FastifyRequest, reply: FastifyReply, pipeline?: string) => {
     const rawBody = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
     const result = await deps.intake.github({
       rawBody,
       event: header(req.headers['x-github-event']),
       deliveryId: header(req.headers['x-github-delivery']),
       signature: header(req.headers['x-hub-signature-256']),
+      ...(pipeline ? { pipeline } : {}),
     });
     return reply.code(result.status).send(result.body);
-  });
+  };
+  // One endpoint for every pipeline (matched by repository), or one per pipeline (one HMAC to check).
+  app.post('/github', (req, reply) => github(req, reply));
+  app.post('/github/:pipeline', { schema: { params: z.object({ pipeline: PipelineName }) } }, (req, reply) => github(req, reply, req.params.pipeline));
 };

@@ -5,6 +5,7 @@ import { resultsStreamKey, type Logger, type Redis } from '@conveyor/service-kit
 import type { Orchestrator } from '../orchestrator.js';
 
 export const RESULTS_GROUP = 'orchestrator';
+const MAX_DELIVERIES = 10;
 type Entry = [id: string, fields: string[]];
 
 export interface ResultsConsumerOptions {
@@ -50,7 +51,10 @@ export class ResultsConsumer {
   async stop(): Promise<void> {
     this.running = false;
     await this.loop;
-    await this.opts.redis.xgroup('DELCONSUMER', this.key, RESULTS_GROUP, this.consumer).catch(() => undefined);
+    // DELCONSUMER drops the consumer's pending entries for good: leave a consumer that still has
+    // some, so another reader claims them.
+    const pending = (await this.opts.redis.xpending(this.key, RESULTS_GROUP, '-', '+', 1, this.consumer).catch(() => [1])) as unknown[];
+    if (pending.length === 0) await this.opts.redis.xgroup('DELCONSUMER', this.key, RESULTS_GROUP, this.consumer).catch(() => undefined);
   }
 
   private async run(): Promise<void> {
@@ -73,15 +77,26 @@ export class ResultsConsumer {
     const idle = this.opts.claimIdleMs ?? 30_000;
     if (Date.now() - this.lastClaim < Math.min(idle, 5000)) return;
     this.lastClaim = Date.now();
-    const reply = (await this.opts.redis.xautoclaim(this.key, RESULTS_GROUP, this.consumer, idle, '0-0', 'COUNT', 500)) as [string, Entry[]];
+    const reply = (await this.opts.redis.xautoclaim(this.key, RESULTS_GROUP, this.consumer, idle, '0-0', 'COUNT', 500)) as [string, Entry[], string[]?];
     const entries = (reply?.[1] ?? []).filter((e) => e && e[1]);
-    if (entries.length) {
-      this.opts.logger.info({ count: entries.length }, 'claimed abandoned results');
-      await this.process(entries);
+    if (entries.length === 0) return;
+    this.opts.logger.info({ count: entries.length }, 'claimed abandoned results');
+    const poisoned = await this.overDelivered(entries.map(([id]) => id));
+    for (const [id, fields] of entries.filter(([id]) => poisoned.has(id))) {
+      // A result that failed to apply this often will not apply: park it where a person can see it.
+      this.opts.logger.error({ id }, 'result dead-lettered after repeated failures');
+      await this.opts.redis.multi().xadd(`${this.key}-dead`, '*', ...fields).xack(this.key, RESULTS_GROUP, id).xdel(this.key, id).exec();
     }
+    await this.process(entries.filter(([id]) => !poisoned.has(id)));
+  }
+
+  private async overDelivered(ids: string[]): Promise<Set<string>> {
+    const rows = (await this.opts.redis.xpending(this.key, RESULTS_GROUP, ids[0]!, ids.at(-1)!, ids.length)) as [string, string, number, number][];
+    return new Set(rows.filter(([, , , deliveries]) => deliveries > MAX_DELIVERIES).map(([id]) => id));
   }
 
   private async process(entries: Entry[]): Promise<void> {
+    if (entries.length === 0) return;
     const byRun = new Map<string, { id: string; result: StageResult }[]>();
     const done: string[] = [];
     for (const [id, fields] of entries) {
