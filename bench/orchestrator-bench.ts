@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Queue, Worker, type ConnectionOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import { PipelineDefinition, QUEUES, type StageJob } from '@conveyor/contracts';
-import { createLogger, createQueue, createResultPublisher, createStageWorker, type StageOutcome } from '@conveyor/service-kit';
+import { createLogger, createQueue, createRedis, createResultPublisher, createStageWorker, waitReady, type StageOutcome } from '@conveyor/service-kit';
 import { BullJobDispatcher, Orchestrator, RedisRunStore, ResultsConsumer } from '@conveyor/source-webhook';
 
 export interface HopBenchResult {
@@ -62,9 +62,11 @@ const noop = async (job: StageJob): Promise<StageOutcome> => {
 export async function orchestrated(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
   const prefix = `cvbench${randomUUID().slice(0, 8)}`;
   const logger = createLogger('bench', 'silent');
-  const producer = new Redis(url, { enableAutoPipelining: true });
-  const queueConn = new Redis(url, { maxRetriesPerRequest: null, enableAutoPipelining: true });
+  // The same connections source-webhook makes (service.ts).
+  const producer = createRedis(url, 'producer');
+  const queueConn = createRedis(url, 'worker', { enableAutoPipelining: true });
   const queues = new Map(Object.values(QUEUES).map((n) => [n, createQueue(n, { connection: queueConn, prefix })]));
+  await waitReady(producer);
   const runsStore = new RedisRunStore(producer, prefix);
   const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues, producer, prefix), logger, newId: randomUUID });
   const stageWorkers = STAGE_TYPES.map((type) =>

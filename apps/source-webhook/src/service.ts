@@ -19,7 +19,8 @@ export function composeService(env: Env, logger: Logger) {
   // Producer connection fails fast (HTTP answers 503); worker connection blocks and retries.
   const redis = createRedis(env.REDIS_URL, 'producer');
   const workerRedis = createRedis(env.REDIS_URL, 'worker');
-  const queueRedis = createRedis(env.REDIS_URL, 'worker');
+  // Adds and result publishing only (nothing blocks on it), so concurrent commands can share round trips.
+  const queueRedis = createRedis(env.REDIS_URL, 'worker', { enableAutoPipelining: true });
   const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: queueRedis, prefix })]));
   const runs = new RedisRunStore(redis, prefix);
   const pipelines = new RedisPipelineStore(redis, prefix);

@@ -21,15 +21,21 @@ export interface ResultPublisher {
   publish(result: StageResult): Promise<void>;
 }
 
+/** Keep the result under its job id and append it to the stream, in one atomic step. */
+const PUBLISH = `
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return redis.call('XADD', KEYS[2], '*', 'result', ARGV[1])
+`;
+
 export function createResultPublisher(redis: Redis, prefix: string): ResultPublisher {
   const key = resultsStreamKey(prefix);
+  if (!('conveyorPublishResult' in redis)) redis.defineCommand('conveyorPublishResult', { numberOfKeys: 2, lua: PUBLISH });
+  const publish = (redis as unknown as { conveyorPublishResult: (...args: (string | number)[]) => Promise<string> }).conveyorPublishResult.bind(redis);
   return {
     async publish(result) {
       // Parse on publish: a worker never sends a result the orchestrator would refuse.
       const json = JSON.stringify(StageResult.parse(result));
-      const replies = await redis.multi().set(resultKey(prefix, result.jobId), json, 'EX', RESULT_TTL_SECONDS).xadd(key, '*', 'result', json).exec();
-      const failed = replies?.find(([err]) => err);
-      if (!replies || failed) throw failed?.[0] ?? new Error('result not published');
+      await publish(resultKey(prefix, result.jobId), key, json, RESULT_TTL_SECONDS);
     },
   };
 }

@@ -18,6 +18,8 @@ export interface ResultsConsumerOptions {
   blockMs?: number;
   /** Entries a dead reader left unacknowledged this long are claimed by a live one. */
   claimIdleMs?: number;
+  /** Batches applied at once. */
+  maxInFlight?: number;
 }
 
 /**
@@ -31,6 +33,9 @@ export class ResultsConsumer {
   private running = false;
   private loop: Promise<void> | undefined;
   private lastClaim = 0;
+  /** Acks and claims go on their own connection: the reading one is held by XREADGROUP BLOCK. */
+  private commands: Redis | undefined;
+  private readonly inFlight = new Set<Promise<void>>();
 
   constructor(private readonly opts: ResultsConsumerOptions) {
     this.key = resultsStreamKey(opts.prefix);
@@ -44,6 +49,7 @@ export class ResultsConsumer {
     await this.opts.redis.xgroup('CREATE', this.key, RESULTS_GROUP, '0', 'MKSTREAM').catch((err: Error) => {
       if (!/BUSYGROUP/.test(err.message)) throw err;
     });
+    this.commands = this.opts.redis.duplicate();
     this.running = true;
     this.loop = this.run();
   }
@@ -51,10 +57,12 @@ export class ResultsConsumer {
   async stop(): Promise<void> {
     this.running = false;
     await this.loop;
+    await Promise.all(this.inFlight);
     // DELCONSUMER drops the consumer's pending entries for good: leave a consumer that still has
     // some, so another reader claims them.
     const pending = (await this.opts.redis.xpending(this.key, RESULTS_GROUP, '-', '+', 1, this.consumer).catch(() => [1])) as unknown[];
     if (pending.length === 0) await this.opts.redis.xgroup('DELCONSUMER', this.key, RESULTS_GROUP, this.consumer).catch(() => undefined);
+    await this.commands?.quit().catch(() => undefined);
   }
 
   private async run(): Promise<void> {
@@ -64,7 +72,8 @@ export class ResultsConsumer {
         await this.claimAbandoned();
         const reply = (await redis.xreadgroup('GROUP', RESULTS_GROUP, this.consumer, 'COUNT', this.opts.batch ?? 500, 'BLOCK', this.opts.blockMs ?? 1000, 'STREAMS', this.key, '>')) as [string, Entry[]][] | null;
         const entries = reply?.[0]?.[1] ?? [];
-        if (entries.length) await this.process(entries);
+        // Read the next batch while this one is applied: a batch waits on its slowest run only.
+        if (entries.length) await this.track(this.process(entries));
       } catch (err) {
         if (!this.running) break;
         logger.warn({ err }, 'results stream read failed; retrying');
@@ -73,11 +82,17 @@ export class ResultsConsumer {
     }
   }
 
+  private async track(work: Promise<void>): Promise<void> {
+    const p = work.catch((err) => this.opts.logger.warn({ err }, 'applying results failed; they will be claimed again')).finally(() => this.inFlight.delete(p));
+    this.inFlight.add(p);
+    if (this.inFlight.size >= (this.opts.maxInFlight ?? 8)) await Promise.race(this.inFlight);
+  }
+
   private async claimAbandoned(): Promise<void> {
     const idle = this.opts.claimIdleMs ?? 30_000;
     if (Date.now() - this.lastClaim < Math.min(idle, 5000)) return;
     this.lastClaim = Date.now();
-    const reply = (await this.opts.redis.xautoclaim(this.key, RESULTS_GROUP, this.consumer, idle, '0-0', 'COUNT', 500)) as [string, Entry[], string[]?];
+    const reply = (await this.commands!.xautoclaim(this.key, RESULTS_GROUP, this.consumer, idle, '0-0', 'COUNT', 500)) as [string, Entry[], string[]?];
     const entries = (reply?.[1] ?? []).filter((e) => e && e[1]);
     if (entries.length === 0) return;
     this.opts.logger.info({ count: entries.length }, 'claimed abandoned results');
@@ -85,13 +100,13 @@ export class ResultsConsumer {
     for (const [id, fields] of entries.filter(([id]) => poisoned.has(id))) {
       // A result that failed to apply this often will not apply: park it where a person can see it.
       this.opts.logger.error({ id }, 'result dead-lettered after repeated failures');
-      await this.opts.redis.multi().xadd(`${this.key}-dead`, '*', ...fields).xack(this.key, RESULTS_GROUP, id).xdel(this.key, id).exec();
+      await this.commands!.multi().xadd(`${this.key}-dead`, '*', ...fields).xack(this.key, RESULTS_GROUP, id).xdel(this.key, id).exec();
     }
-    await this.process(entries.filter(([id]) => !poisoned.has(id)));
+    await this.track(this.process(entries.filter(([id]) => !poisoned.has(id))));
   }
 
   private async overDelivered(ids: string[]): Promise<Set<string>> {
-    const rows = (await this.opts.redis.xpending(this.key, RESULTS_GROUP, ids[0]!, ids.at(-1)!, ids.length)) as [string, string, number, number][];
+    const rows = (await this.commands!.xpending(this.key, RESULTS_GROUP, ids[0]!, ids.at(-1)!, ids.length)) as [string, string, number, number][];
     return new Set(rows.filter(([, , , deliveries]) => deliveries > MAX_DELIVERIES).map(([id]) => id));
   }
 
@@ -123,7 +138,7 @@ export class ResultsConsumer {
         }
       }),
     );
-    if (done.length) await this.opts.redis.multi().xack(this.key, RESULTS_GROUP, ...done).xdel(this.key, ...done).exec();
+    if (done.length) await this.commands!.multi().xack(this.key, RESULTS_GROUP, ...done).xdel(this.key, ...done).exec();
   }
 }
 
