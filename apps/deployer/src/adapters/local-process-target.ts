@@ -1,0 +1,192 @@
+import { spawn } from 'node:child_process';
+import { open, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import type { ArtifactStore } from '@conveyor/artifacts';
+import type { DeployJob } from '@conveyor/contracts';
+import type { Logger } from '@conveyor/service-kit';
+import { childEnv } from '../domain/child-env.js';
+import { isSameVersion, localUrl, OUTPUT_FILE, versionName, type DeploymentRecord } from '../domain/deployment-record.js';
+import { describeHealthFailure, waitHealthy } from '../domain/health-wait.js';
+import { versionsToPrune } from '../domain/prune.js';
+import { tailLines } from '../domain/tail.js';
+import type { DeployContext, DeployOutcome, DeployTarget } from '../ports.js';
+import type { DeploymentFiles } from './deployment-files.js';
+import { probeHealth } from './http-health.js';
+import { withPipelineLock } from './pipeline-lock.js';
+import { ownGroupAlive, processStartTime, stopGroup } from './process-group.js';
+
+type LocalTargetConfig = Extract<DeployJob['target'], { kind: 'local' }>;
+
+export interface LocalProcessTargetOptions {
+  files: DeploymentFiles;
+  artifacts: ArtifactStore;
+  logger: Logger;
+  /** Between SIGTERM and SIGKILL when stopping a version's process group. */
+  stopGraceMs: number;
+  /** Version directories kept per pipeline (the serving one is always kept). */
+  keepVersions: number;
+  hostEnv?: Record<string, string | undefined>;
+  healthIntervalMs?: number;
+  now?: () => Date;
+}
+
+interface Started {
+  record: DeploymentRecord;
+  exited: () => { code: number | null; signal: string | null } | undefined;
+}
+
+/** The deploy target of one machine: each version is a process group started from the unpacked artifact. */
+export class LocalProcessTarget implements DeployTarget {
+  readonly kind = 'local' as const;
+  constructor(private readonly opts: LocalProcessTargetOptions) {}
+
+  async deploy(job: DeployJob, ctx: DeployContext): Promise<DeployOutcome> {
+    const target = job.target;
+    if (target.kind !== 'local') throw new Error(`LocalProcessTarget cannot deploy to ${target.kind}`);
+    const pipelineDir = this.opts.files.pipelineDir(job.pipeline);
+    return withPipelineLock(pipelineDir, () => this.deployLocked(job, target, ctx), ctx.signal);
+  }
+
+  private async deployLocked(job: DeployJob, target: LocalTargetConfig, ctx: DeployContext): Promise<DeployOutcome> {
+    const { files, logger } = this.opts;
+    const current = await files.readCurrent(job.pipeline);
+    if (current && isSameVersion(current, job.runId, job.attempt) && (await this.serving(current, target.healthPath))) {
+      ctx.log(`this version already serves ${current.url} (pid ${current.pid}); nothing started`);
+      return { status: 'already-deployed', url: current.url };
+    }
+    const dir = files.versionDir(job.pipeline, versionName(job.runId, job.attempt));
+    await this.discardEarlierDelivery(dir, ctx);
+    ctx.log(`unpacking artifact ${job.input.key} into ${dir}`);
+    await this.opts.artifacts.extractTo(job.input, dir);
+    const started = await this.start(job, target, dir);
+    const { record } = started;
+    ctx.log(`started \`${target.command}\` as pid ${record.pid} on port ${record.port}; waiting for ${target.healthPath}`);
+    const outcome = await waitHealthy(
+      {
+        probe: (ms) => probeHealth(`${record.url}${target.healthPath}`, ms),
+        exited: started.exited,
+        sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
+        now: () => Date.now(),
+        signal: ctx.signal,
+      },
+      { timeoutMs: target.healthTimeoutSeconds * 1000, intervalMs: this.opts.healthIntervalMs ?? 250, probeTimeoutMs: 2000 },
+    );
+    const output = await readTail(join(dir, OUTPUT_FILE), 64 * 1024);
+    if (output) ctx.log(`--- output of the deployed command so far ---\n${output.replace(/\n?$/, '')}\n---`);
+    if (outcome.kind !== 'healthy') {
+      const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
+      logger.warn({ pipeline: job.pipeline, pid: record.pid, outcome: outcome.kind, stopped }, 'deployed version never became healthy');
+      if (outcome.kind === 'aborted') throw ctx.signal.reason instanceof Error ? ctx.signal.reason : new Error('deploy aborted');
+      const why = describeHealthFailure(outcome, target.healthTimeoutSeconds, target.healthPath);
+      const last = tailLines(output);
+      return { status: 'unhealthy', message: `${why}; the previous version keeps serving. Last output:\n${last || '(none)'}` };
+    }
+    // Record first, then stop the old one: a crash in between leaves current.json naming a healthy version.
+    await files.writeCurrent(record);
+    ctx.log(`healthy after ${outcome.afterMs} ms; ${record.url} now serves ${job.pipeline}`);
+    if (current && current.pgid !== record.pgid) await this.stopPrevious(current, ctx);
+    await this.prune(job.pipeline, dir);
+    return { status: 'deployed', url: record.url };
+  }
+
+  private async serving(record: DeploymentRecord, healthPath: string): Promise<boolean> {
+    return (await ownGroupAlive(record.pgid, record.procStart)) && (await probeHealth(`${record.url}${healthPath}`, 2000));
+  }
+
+  /** A previous delivery of this job may have started a process and died before recording it: stop it, start clean. */
+  private async discardEarlierDelivery(dir: string, ctx: DeployContext): Promise<void> {
+    const leftover = await this.opts.files.readVersionRecord(dir);
+    if (leftover && (await ownGroupAlive(leftover.pgid, leftover.procStart))) {
+      ctx.log(`stopping pid ${leftover.pid} left by an earlier delivery of this job`);
+      await stopGroup(leftover.pgid, this.opts.stopGraceMs);
+    }
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  private async start(job: DeployJob, target: LocalTargetConfig, dir: string): Promise<Started> {
+    const port = await pickFreePort();
+    const env = childEnv({ host: this.opts.hostEnv ?? process.env, target: target.env, port, runId: job.runId, commit: job.commit });
+    const out = await open(join(dir, OUTPUT_FILE), 'a', 0o600);
+    let child;
+    try {
+      // The command is the pipeline author's own text, run as written; run values reach it only through env.
+      child = spawn('bash', ['-c', target.command], { cwd: dir, env, detached: true, stdio: ['ignore', out.fd, out.fd] });
+    } finally {
+      await out.close();
+    }
+    let exit: { code: number | null; signal: string | null } | undefined;
+    child.once('exit', (code, signal) => (exit = { code, signal }));
+    const pid = child.pid;
+    if (pid === undefined) {
+      const err = await new Promise<Error>((resolve) => child.once('error', resolve));
+      throw new Error(`could not start bash: ${err.message}`);
+    }
+    child.on('error', (err) => this.opts.logger.warn({ err, pid }, 'deployed process error'));
+    // Detached and unreferenced: deployed versions outlive the deployer.
+    child.unref();
+    const record: DeploymentRecord = {
+      pipeline: job.pipeline,
+      runId: job.runId,
+      attempt: job.attempt,
+      pid,
+      pgid: pid,
+      port,
+      url: localUrl(port),
+      commit: job.commit,
+      startedAt: (this.opts.now?.() ?? new Date()).toISOString(),
+      procStart: await processStartTime(pid),
+    };
+    await this.opts.files.writeVersionRecord(dir, record);
+    return { record, exited: () => exit };
+  }
+
+  private async stopPrevious(previous: DeploymentRecord, ctx: DeployContext): Promise<void> {
+    if (!(await ownGroupAlive(previous.pgid, previous.procStart))) return;
+    const result = await stopGroup(previous.pgid, this.opts.stopGraceMs);
+    ctx.log(`stopped the previous version (run ${previous.runId}, attempt ${previous.attempt}, pid ${previous.pid}): ${result}`);
+    this.opts.logger.info({ pipeline: previous.pipeline, pid: previous.pid, result }, 'stopped previous version');
+  }
+
+  private async prune(pipeline: string, keepDir: string): Promise<void> {
+    const { files } = this.opts;
+    const versions = await files.versions(pipeline);
+    const protect = new Set<string>();
+    for (const v of versions) {
+      const dir = join(files.pipelineDir(pipeline), v.name);
+      const rec = await files.readVersionRecord(dir);
+      if (dir === keepDir || (rec && (await ownGroupAlive(rec.pgid, rec.procStart)))) protect.add(v.name);
+    }
+    for (const name of versionsToPrune(versions, this.opts.keepVersions, protect)) {
+      await rm(join(files.pipelineDir(pipeline), name), { recursive: true, force: true });
+    }
+  }
+}
+
+/** A port nobody listens on right now. Another process may take it before the app binds; the app then fails its health check. */
+export async function pickFreePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no free port'))));
+    });
+  });
+}
+
+/** The last `bytes` of a file as text ('' when it does not exist). */
+export async function readTail(path: string, bytes: number): Promise<string> {
+  const fh = await open(path, 'r').catch(() => undefined);
+  if (!fh) return '';
+  try {
+    const { size } = await fh.stat();
+    const length = Math.min(size, bytes);
+    const buf = Buffer.alloc(length);
+    await fh.read(buf, 0, length, size - length);
+    return buf.toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}

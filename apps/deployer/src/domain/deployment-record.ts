@@ -1,0 +1,52 @@
+import { z } from 'zod';
+import { IsoTime, PipelineName, RunId } from '@conveyor/contracts';
+
+/**
+ * Written by the deployer: `<DEPLOY_DIR>/<pipeline>/current.json` names the version serving a pipeline,
+ * and each version directory keeps the same record of its own process (so a crash between starting a
+ * process and recording it never leaves a process nobody can find).
+ */
+export const DeploymentRecord = z.object({
+  pipeline: PipelineName,
+  runId: RunId,
+  attempt: z.number().int().positive(),
+  pid: z.number().int().positive(),
+  /** Process group of the deployed command (the whole group is stopped, never just the leader). */
+  pgid: z.number().int().positive(),
+  port: z.number().int().min(1).max(65_535),
+  url: z.string(),
+  commit: z.string(),
+  startedAt: IsoTime,
+  /** Kernel start time of the group leader (Linux), so a recycled pid is never mistaken for ours. */
+  procStart: z.string().optional(),
+});
+export type DeploymentRecord = z.infer<typeof DeploymentRecord>;
+
+export const CURRENT_FILE = 'current.json';
+/** Inside a version directory; the `.conveyor-` prefix keeps clear of the artifact's own files. */
+export const VERSION_RECORD_FILE = '.conveyor-process.json';
+export const OUTPUT_FILE = '.conveyor-output.log';
+
+/** `<runId>-<attempt>`: both parts are validated by the contracts (no `/`, no `..`). */
+export function versionName(runId: string, attempt: number): string {
+  return `${runId}-${attempt}`;
+}
+
+export function isSameVersion(record: Pick<DeploymentRecord, 'runId' | 'attempt'>, runId: string, attempt: number): boolean {
+  return record.runId === runId && record.attempt === attempt;
+}
+
+export function localUrl(port: number): string {
+  return `http://127.0.0.1:${port}`;
+}
+
+/** Parses stored JSON; undefined when it is missing, unreadable or not a record (never trust the disk). */
+export function parseRecord(text: string | undefined): DeploymentRecord | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const parsed = DeploymentRecord.safeParse(JSON.parse(text));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,21 @@
+import { z } from 'zod';
+import { BaseEnv, parseEnv } from '@conveyor/service-kit';
+
+const optionalSecret = z.preprocess((v) => (v === '' ? undefined : v), z.string().min(16, 'at least 16 characters').optional());
+
+export const DeployerEnv = BaseEnv.extend({
+  PORT: z.coerce.number().int().min(0).max(65_535).default(7004),
+  /** Where versions are unpacked and run, and where current.json records what serves each pipeline. */
+  DEPLOY_DIR: z.string().min(1).default('.conveyor/deployments'),
+  DEPLOY_STOP_GRACE_SECONDS: z.coerce.number().min(0).max(600).default(10),
+  DEPLOY_KEEP_VERSIONS: z.coerce.number().int().min(1).max(1000).default(5),
+  /** When set, `GET /api/v1/deployments` requires `Authorization: Bearer <token>`. */
+  CONVEYOR_API_TOKEN: optionalSecret,
+  /** How long SIGTERM waits for running deploys before leaving them to be re-delivered elsewhere. */
+  SHUTDOWN_DRAIN_SECONDS: z.coerce.number().min(0).max(3600).default(20),
+});
+export type DeployerEnv = z.infer<typeof DeployerEnv>;
+
+export function loadEnv(source: NodeJS.ProcessEnv = process.env): DeployerEnv {
+  return parseEnv(DeployerEnv, source);
+}

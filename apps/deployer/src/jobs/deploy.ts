@@ -1,0 +1,43 @@
+import type { Counter } from 'prom-client';
+import { openStageLog, PermanentJobError, type Redis, type StageHandler } from '@conveyor/service-kit';
+import type { DeployResult } from '../metrics.js';
+import type { DeployTarget } from '../ports.js';
+
+export interface DeployHandlerDeps {
+  targets: readonly DeployTarget[];
+  redis: Redis;
+  prefix: string;
+  deploys: Counter<'pipeline' | 'result'>;
+}
+
+/** Handles a DeployJob: picks the target for its kind, writes the stage log, maps the outcome to a StageOutcome. */
+export function createDeployHandler(deps: DeployHandlerDeps): StageHandler<'deploy'> {
+  return async (job, ctx) => {
+    const target = deps.targets.find((t) => t.kind === job.target.kind);
+    if (!target) throw new PermanentJobError(`this deployer has no target of kind "${job.target.kind}"`);
+    const log = openStageLog(deps.redis, deps.prefix, job.jobId);
+    const count = (result: DeployResult) => deps.deploys.inc({ pipeline: job.pipeline, result });
+    try {
+      const outcome = await target.deploy(job, { log: (line) => log.write(`${line}\n`), signal: ctx.signal });
+      count(outcome.status);
+      switch (outcome.status) {
+        case 'deployed':
+        case 'already-deployed':
+          return { status: 'SUCCEEDED', message: `deployed at ${outcome.url}`, output: { url: outcome.url } };
+        case 'unhealthy':
+          log.write(`deploy failed: ${outcome.message}\n`);
+          return { status: 'FAILED', message: outcome.message };
+        default: {
+          const never: never = outcome;
+          throw new Error(`unknown deploy outcome ${JSON.stringify(never)}`);
+        }
+      }
+    } catch (err) {
+      count('error');
+      log.write(`deploy errored: ${err instanceof Error ? err.message : String(err)}\n`);
+      throw err;
+    } finally {
+      await log.close();
+    }
+  };
+}

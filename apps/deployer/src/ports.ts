@@ -1,0 +1,34 @@
+import type { DeployJob } from '@conveyor/contracts';
+import type { DeploymentRecord } from './domain/deployment-record.js';
+
+export type TargetKind = DeployJob['target']['kind'];
+
+export interface DeployContext {
+  /** Appends a line to the stage log the API shows. */
+  log(line: string): void;
+  /** Aborted when the worker loses the job or shuts down. */
+  signal: AbortSignal;
+}
+
+export type DeployOutcome =
+  | { status: 'deployed'; url: string }
+  /** Re-delivery of a job whose version is already serving: nothing was started. */
+  | { status: 'already-deployed'; url: string }
+  /** The new version never became healthy; the previous one keeps serving. */
+  | { status: 'unhealthy'; message: string };
+
+/** Puts a deploy job's artifact into service somewhere (a local process, Kubernetes, …). */
+export interface DeployTarget {
+  readonly kind: TargetKind;
+  /** Resolves with what happened; rejects only for errors worth a retry (I/O, a lost lock). */
+  deploy(job: DeployJob, ctx: DeployContext): Promise<DeployOutcome>;
+}
+
+/** What is deployed, as `GET /api/v1/deployments` shows it. */
+export interface DeploymentView extends DeploymentRecord {
+  running: boolean;
+}
+
+export interface DeploymentCatalog {
+  list(): Promise<DeploymentView[]>;
+}

@@ -1,0 +1,210 @@
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { FsArtifactStore, artifactKey } from '@conveyor/artifacts';
+import { DeployJob, QUEUES, StageResult, stageJobId } from '@conveyor/contracts';
+import { createQueue, resultsStreamKey, stageLogKey } from '@conveyor/service-kit';
+import { testRedis, uniquePrefix } from '@conveyor/testing';
+import { stopAllDeployments } from '../src/stop-all.js';
+import { alive, getJson, processesWithEnv, startService, type RunningService } from './service.js';
+
+const TOKEN = 'integration-test-token-0123456789';
+const APP = `
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+const version = readFileSync('version.txt', 'utf8').trim();
+createServer((req, res) => {
+  if (req.url === '/healthz') { res.writeHead(200); res.end('ok'); return; }
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ version, pid: process.pid, runId: process.env.CONVEYOR_RUN_ID, greeting: process.env.GREETING }));
+}).listen(Number(process.env.PORT), '127.0.0.1', () => console.log('app ' + version + ' listening'));
+`;
+
+let redisUrl: string;
+let stopRedis: () => Promise<void>;
+let redis: Redis;
+let root: string;
+let prefix: string;
+let service: RunningService;
+let deployQueue: Queue;
+let store: FsArtifactStore;
+let deployDir: string;
+let runCounter = 0;
+
+beforeAll(async () => {
+  ({ url: redisUrl, stop: stopRedis } = await testRedis());
+  redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
+});
+afterAll(async () => {
+  await redis.quit();
+  await stopRedis();
+});
+
+beforeEach(async () => {
+  prefix = uniquePrefix('dep');
+  root = await mkdtemp(join(tmpdir(), 'cv-deployer-'));
+  deployDir = join(root, 'deployments');
+  store = new FsArtifactStore(join(root, 'artifacts'));
+  service = await startService({
+    REDIS_URL: redisUrl,
+    QUEUE_PREFIX: prefix,
+    ARTIFACT_DIR: store.root,
+    DEPLOY_DIR: deployDir,
+    DEPLOY_STOP_GRACE_SECONDS: '2',
+    CONVEYOR_API_TOKEN: TOKEN,
+  });
+  deployQueue = createQueue(QUEUES.deploy, { connection: redis, prefix });
+});
+
+afterEach(async () => {
+  await service.stop();
+  await stopAllDeployments(deployDir, 1000);
+  await deployQueue.obliterate({ force: true });
+  await deployQueue.close();
+  const keys = await redis.keys(`${prefix}:*`);
+  if (keys.length) await redis.del(...keys);
+  await rm(root, { recursive: true, force: true });
+});
+
+type Target = Partial<DeployJob['target']>;
+
+async function makeJob(pipeline: string, version: string, target: Target = {}): Promise<DeployJob> {
+  runCounter += 1;
+  const runId = `run-${prefix.toLowerCase()}-${runCounter}`;
+  const src = join(root, 'src', runId);
+  await mkdir(src, { recursive: true });
+  await writeFile(join(src, 'server.mjs'), APP);
+  await writeFile(join(src, 'version.txt'), version);
+  const input = await store.putFiles(artifactKey(runId, 'Build', 1), src, ['server.mjs', 'version.txt']);
+  return DeployJob.parse({
+    v: 1,
+    type: 'deploy',
+    jobId: stageJobId(runId, 'Deploy', 1),
+    runId,
+    runNumber: runCounter,
+    pipeline,
+    stage: 'Deploy',
+    stageIndex: 2,
+    attempt: 1,
+    trigger: { type: 'manual', ref: 'refs/heads/main' },
+    commit: 'c'.repeat(40),
+    input,
+    target: { kind: 'local', command: 'node server.mjs', healthTimeoutSeconds: 20, env: { GREETING: 'hello' }, ...target },
+  });
+}
+
+/** Every StageResult published for `jobId` on the results stream, oldest first. */
+async function resultsFor(jobId: string): Promise<StageResult[]> {
+  const entries = await redis.xrange(resultsStreamKey(prefix), '-', '+');
+  return entries
+    .map(([, fields]) => StageResult.parse(JSON.parse(fields[fields.indexOf('result') + 1]!)))
+    .filter((r) => r.jobId === jobId);
+}
+
+/** Waits for the `nth` StageResult of `jobId` (a re-delivery publishes another). */
+async function waitResult(jobId: string, nth = 1, ms = 60_000): Promise<StageResult> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const found = await resultsFor(jobId);
+    if (found.length >= nth) return found[nth - 1]!;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`no StageResult #${nth} for ${jobId} within ${ms} ms; service output:\n${service.output()}`);
+}
+
+async function deploy(job: DeployJob, bullJobId = job.jobId, nth = 1): Promise<StageResult> {
+  await deployQueue.add('deploy', job, { jobId: bullJobId });
+  return waitResult(job.jobId, nth);
+}
+
+async function currentRecord(pipeline: string) {
+  return JSON.parse(await readFile(join(deployDir, pipeline, 'current.json'), 'utf8'));
+}
+
+describe('deployer', () => {
+  it('deploys an artifact as a local process and reports a URL that answers', async () => {
+    const job = await makeJob('shop', 'v1');
+    const result = await deploy(job);
+    expect(result.status, result.message).toBe('SUCCEEDED');
+    expect(result.output.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const page = await getJson(result.output.url!);
+    expect(page).toMatchObject({ status: 200, body: { version: 'v1', runId: job.runId, greeting: 'hello' } });
+
+    const record = await currentRecord('shop');
+    expect(record).toMatchObject({ runId: job.runId, attempt: 1, url: result.output.url, commit: job.commit, pid: (page as any).body.pid });
+    expect(record.pgid).toBe(record.pid);
+
+    const log = await redis.get(stageLogKey(prefix, job.jobId));
+    expect(log).toContain('app v1 listening');
+    expect(log).toContain('now serves shop');
+
+    const denied = await fetch(`${service.url}/api/v1/deployments`);
+    expect(denied.status).toBe(401);
+    const listed = await fetch(`${service.url}/api/v1/deployments`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    expect(await listed.json()).toEqual({ deployments: [expect.objectContaining({ pipeline: 'shop', runId: job.runId, running: true })] });
+  });
+
+  it('replaces the previous version: the new one answers, the old process is gone', async () => {
+    const first = await deploy(await makeJob('shop', 'v1'));
+    const firstPid = ((await getJson(first.output.url!)) as any).body.pid as number;
+    const second = await deploy(await makeJob('shop', 'v2'));
+    expect(second.status, second.message).toBe('SUCCEEDED');
+    expect(second.output.url).not.toBe(first.output.url);
+    expect(await getJson(second.output.url!)).toMatchObject({ status: 200, body: { version: 'v2' } });
+    expect(await alive(firstPid)).toBe(false);
+    expect(await getJson(first.output.url!)).toMatchObject({ error: expect.stringContaining('ECONNREFUSED') });
+    expect((await currentRecord('shop')).url).toBe(second.output.url);
+  });
+
+  it('fails a version that never becomes healthy, stops it, and keeps the previous one serving', async () => {
+    const good = await deploy(await makeJob('shop', 'v1'));
+    const broken = await makeJob('shop', 'v2', {
+      command: 'echo $$ > pid.txt; echo "booting the broken build"; exec sleep 600',
+      healthTimeoutSeconds: 2,
+    });
+    const result = await deploy(broken);
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toContain('/healthz did not answer 200 within 2s');
+    expect(result.message).toContain('booting the broken build');
+    const brokenPid = Number(await readFile(join(deployDir, 'shop', `${broken.runId}-1`, 'pid.txt'), 'utf8'));
+    expect(await alive(brokenPid)).toBe(false);
+    expect(await getJson(good.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
+    expect((await currentRecord('shop')).url).toBe(good.output.url);
+  });
+
+  it('fails at once, with its output, when the command exits', async () => {
+    const started = Date.now();
+    const result = await deploy(await makeJob('api', 'v1', { command: 'echo "cannot start: missing config" >&2; exit 3', healthTimeoutSeconds: 120 }));
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toContain('exited with code 3');
+    expect(result.message).toContain('cannot start: missing config');
+    expect(Date.now() - started).toBeLessThan(20_000);
+  });
+
+  it('does not start a second process when the same job is delivered again', async () => {
+    const job = await makeJob('shop', 'v1');
+    const first = await deploy(job);
+    expect(first.status).toBe('SUCCEEDED');
+    const pid = ((await getJson(first.output.url!)) as any).body.pid as number;
+
+    // A re-delivery: the same StageJob handed to the deployer again.
+    const again = await deploy(job, `${job.jobId}-redelivered`, 2);
+    expect(again.status, again.message).toBe('SUCCEEDED');
+    expect(again.output.url).toBe(first.output.url);
+    expect(await getJson(again.output.url!)).toMatchObject({ status: 200, body: { pid } });
+    expect(await processesWithEnv(`CONVEYOR_RUN_ID=${job.runId}`)).toHaveLength(1);
+    expect(await redis.get(stageLogKey(prefix, job.jobId))).toContain('nothing started');
+  });
+
+  it('leaves deployments running when it stops; stopAllDeployments stops them', async () => {
+    const result = await deploy(await makeJob('shop', 'v1'));
+    expect(await service.stop()).toBe(0);
+    expect(await getJson(result.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
+    const stopped = await stopAllDeployments(deployDir, 2000);
+    expect(stopped).toEqual([expect.objectContaining({ pipeline: 'shop', result: 'terminated' })]);
+    expect(await getJson(result.output.url!)).toMatchObject({ error: expect.stringContaining('ECONNREFUSED') });
+  });
+});

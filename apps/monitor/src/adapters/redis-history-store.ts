@@ -1,0 +1,35 @@
+import type { Redis } from 'ioredis';
+import { parseHistoryEntry, type HistoryEntry } from '../domain/history.js';
+import type { HistoryStore } from '../ports.js';
+
+/**
+ * Sorted sets scored by finish time: `<prefix>:history` for all pipelines and
+ * `<prefix>:history:pipeline:<name>` for each, both capped at `max` entries.
+ */
+export class RedisHistoryStore implements HistoryStore {
+  constructor(
+    private readonly writer: Redis,
+    private readonly reader: Redis,
+    private readonly prefix: string,
+    private readonly max: number,
+  ) {}
+
+  private key(pipeline?: string): string {
+    return pipeline === undefined ? `${this.prefix}:history` : `${this.prefix}:history:pipeline:${pipeline}`;
+  }
+
+  async record(entry: HistoryEntry): Promise<void> {
+    const member = JSON.stringify(entry);
+    const score = Date.parse(entry.finishedAt);
+    const tx = this.writer.multi();
+    for (const key of [this.key(), this.key(entry.pipeline)]) {
+      tx.zadd(key, score, member).zremrangebyrank(key, 0, -(this.max + 1));
+    }
+    await tx.exec();
+  }
+
+  async recent(query: { pipeline?: string; limit: number }): Promise<HistoryEntry[]> {
+    const members = await this.reader.zrevrange(this.key(query.pipeline), 0, query.limit - 1);
+    return members.map(parseHistoryEntry).filter((e): e is HistoryEntry => e !== undefined);
+  }
+}

@@ -1,0 +1,78 @@
+import type { VerifySettings } from '@conveyor/contracts';
+import { percentile } from './percentile.js';
+
+export interface ProbeResult {
+  ok: boolean;
+  /** Time to the answer (or to the failure). */
+  ms: number;
+  /** e.g. `HTTP 500`, `timed out after 2000 ms`, `ECONNREFUSED`. */
+  detail: string;
+}
+
+export interface VerifyDeps {
+  probe(url: string, timeoutMs: number, signal: AbortSignal): Promise<ProbeResult>;
+  sleep(ms: number, signal: AbortSignal): Promise<void>;
+  /** Milliseconds on any monotonic clock. */
+  now(): number;
+  signal: AbortSignal;
+  onProbe?(index: number, result: ProbeResult): void;
+}
+
+export interface ProbeStats {
+  total: number;
+  failed: number;
+  p50Ms: number;
+  p95Ms: number;
+}
+
+export interface VerifyReport {
+  status: 'SUCCEEDED' | 'FAILED';
+  message: string;
+  probes: ProbeStats;
+}
+
+/**
+ * Probes `url` every `intervalSeconds` during `durationSeconds` (a slow probe skips the slots it
+ * overran, so the window stays the configured length). Fails as soon as more than `maxFailures`
+ * probes failed. Throws the signal's reason when aborted: an interrupted verification has no verdict.
+ */
+export async function verify(url: string, settings: VerifySettings, deps: VerifyDeps): Promise<VerifyReport> {
+  const intervalMs = settings.intervalSeconds * 1000;
+  const start = deps.now();
+  const end = start + settings.durationSeconds * 1000;
+  const results: ProbeResult[] = [];
+  let failed = 0;
+  let lastFailure = '';
+  for (let due = start; due < end; ) {
+    deps.signal.throwIfAborted();
+    const wait = due - deps.now();
+    if (wait > 0) await deps.sleep(wait, deps.signal);
+    deps.signal.throwIfAborted();
+    const result = await deps.probe(url, settings.timeoutMs, deps.signal);
+    deps.signal.throwIfAborted();
+    results.push(result);
+    deps.onProbe?.(results.length, result);
+    if (!result.ok) {
+      failed += 1;
+      lastFailure = result.detail;
+      if (failed > settings.maxFailures) break;
+    }
+    const elapsed = deps.now() - start;
+    due = start + (Math.floor(elapsed / intervalMs) + 1) * intervalMs;
+  }
+  const probes = stats(results, failed);
+  const latency = `p50 ${probes.p50Ms} ms, p95 ${probes.p95Ms} ms`;
+  if (failed > settings.maxFailures) {
+    return {
+      status: 'FAILED',
+      message: `${failed} of ${probes.total} probes of ${url} failed (${settings.maxFailures} allowed); last: ${lastFailure}`,
+      probes,
+    };
+  }
+  return { status: 'SUCCEEDED', message: `${probes.total} probes of ${url}, ${failed} failed (${settings.maxFailures} allowed); ${latency}`, probes };
+}
+
+function stats(results: readonly ProbeResult[], failed: number): ProbeStats {
+  const ms = results.map((r) => r.ms);
+  return { total: results.length, failed, p50Ms: percentile(ms, 50), p95Ms: percentile(ms, 95) };
+}

@@ -1,0 +1,21 @@
+import { z } from 'zod';
+import { BaseEnv, parseEnv } from '@conveyor/service-kit';
+
+const optionalSecret = z.preprocess((v) => (v === '' ? undefined : v), z.string().min(16, 'at least 16 characters').optional());
+
+export const MonitorEnv = BaseEnv.extend({
+  PORT: z.coerce.number().int().min(0).max(65_535).default(7005),
+  /** When set, `GET /api/v1/history` requires `Authorization: Bearer <token>`. */
+  CONVEYOR_API_TOKEN: optionalSecret,
+  /** Finished runs kept in Redis, overall and per pipeline. */
+  MONITOR_HISTORY_MAX: z.coerce.number().int().min(1).max(1_000_000).default(1000),
+  /** A stream entry pending this long (its consumer died) is claimed by another monitor. */
+  EVENTS_CLAIM_IDLE_MS: z.coerce.number().int().min(1000).default(60_000),
+  /** How long SIGTERM waits for running verifications before leaving them to be re-delivered elsewhere. */
+  SHUTDOWN_DRAIN_SECONDS: z.coerce.number().min(0).max(3600).default(20),
+});
+export type MonitorEnv = z.infer<typeof MonitorEnv>;
+
+export function loadEnv(source: NodeJS.ProcessEnv = process.env): MonitorEnv {
+  return parseEnv(MonitorEnv, source);
+}

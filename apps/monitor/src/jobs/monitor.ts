@@ -1,0 +1,56 @@
+import { openStageLog, PermanentJobError, type Redis, type StageHandler } from '@conveyor/service-kit';
+import { probeUrl, UnsafeProbeUrlError } from '../domain/probe-url.js';
+import { verify } from '../domain/verify.js';
+import type { Prober } from '../ports.js';
+
+export interface MonitorHandlerDeps {
+  prober: Prober;
+  redis: Redis;
+  prefix: string;
+  sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+  now?: () => number;
+}
+
+export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Handles a MonitorJob: probes what the deploy stage deployed and reports the probe statistics. */
+export function createMonitorHandler(deps: MonitorHandlerDeps): StageHandler<'monitor'> {
+  return async (job, ctx) => {
+    let url: string;
+    try {
+      url = probeUrl(job.url, job.verify.healthPath);
+    } catch (err) {
+      if (err instanceof UnsafeProbeUrlError) throw new PermanentJobError(err.message);
+      throw err;
+    }
+    const log = openStageLog(deps.redis, deps.prefix, job.jobId);
+    const { durationSeconds, intervalSeconds, maxFailures, timeoutMs } = job.verify;
+    log.write(`probing ${url} every ${intervalSeconds}s for ${durationSeconds}s (timeout ${timeoutMs} ms, ${maxFailures} failures allowed)\n`);
+    try {
+      const report = await verify(url, job.verify, {
+        probe: (u, ms, signal) => deps.prober.probe(u, ms, signal),
+        sleep: deps.sleep ?? abortableSleep,
+        now: deps.now ?? (() => performance.now()),
+        signal: ctx.signal,
+        onProbe: (n, r) => log.write(`probe ${n}: ${r.ok ? 'ok' : 'FAILED'} ${r.detail} in ${r.ms} ms\n`),
+      });
+      log.write(`${report.status}: ${report.message}\n`);
+      return { status: report.status, message: report.message, output: { probes: report.probes } };
+    } finally {
+      await log.close();
+    }
+  };
+}

@@ -1,0 +1,66 @@
+import type { Worker } from 'bullmq';
+import type { Logger, Redis } from '@conveyor/service-kit';
+
+/** Rejects when `promise` has not settled within `ms` (a readiness check must answer, not hang). */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export function readinessChecks(redis: Redis, worker: Worker): Record<string, () => Promise<void> | void> {
+  return {
+    redis: async () => {
+      await within(redis.ping(), 1000, 'redis');
+    },
+    worker: () => {
+      if (!worker.isRunning()) throw new Error('worker not running');
+    },
+  };
+}
+
+/**
+ * Closes the worker, waiting at most `ms` for running jobs. A job still running after that keeps its
+ * BullMQ lock until it expires and is then re-delivered, which the handlers are built for.
+ */
+export async function closeWorker(worker: Worker, ms: number, logger: Logger): Promise<void> {
+  try {
+    await within(worker.close(), ms, 'worker close');
+  } catch {
+    logger.warn({ waitedMs: ms }, 'worker did not close in time; jobs still running will be re-delivered');
+  }
+}
+
+/**
+ * Logs a Redis client's (or BullMQ queue's) errors, at most once per `everyMs`: while Redis is away the
+ * client retries forever and would otherwise print every failed attempt (or crash on an unhandled 'error').
+ */
+export function logErrors(emitter: { on(event: 'error', fn: (err: Error) => void): unknown }, logger: Logger, client: string, everyMs = 10_000): void {
+  let last = 0;
+  emitter.on('error', (err: Error) => {
+    const now = Date.now();
+    if (now - last < everyMs) return;
+    last = now;
+    logger.warn({ err, client }, 'redis connection error');
+  });
+}
+
+/** Closes a client within `ms` (QUIT waits for a Redis that may be gone), then drops the connection. */
+export async function closeRedis(client: Redis, ms = 2000): Promise<void> {
+  try {
+    await within(client.quit(), ms, 'redis quit');
+  } catch {
+    client.disconnect();
+  }
+}
+
+/** Closes a BullMQ queue within `ms`; a queue stuck on a missing Redis is left to the process exit. */
+export async function closeQueue(queue: { close(): Promise<void> }, ms = 2000): Promise<void> {
+  await within(queue.close(), ms, 'queue close').catch(() => undefined);
+}
