@@ -2,6 +2,9 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
+    // The JSON report is what .ci/run counts ("N passed, N failed"); the default one is for people.
+    reporters: ['default', 'json'],
+    outputFile: { json: '.ci/out/vitest.json' },
     projects: [
       {
         test: {

@@ -1,14 +1,13 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { createLogger, createRedis, createRegistry, createResultPublisher, createStageWorker, onShutdown } from '@conveyor/service-kit';
+import { closeRedis, closeWorker, createLogger, createRedis, createRegistry, createResultPublisher, createStageWorker, logErrors, onShutdown, readinessChecks } from '@conveyor/service-kit';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
 import { LocalProcessTarget } from './adapters/local-process-target.js';
 import { loadEnv } from './env.js';
 import { buildServer } from './http/server.js';
 import { createDeployHandler } from './jobs/deploy.js';
-import { closeRedis, closeWorker, logErrors, readinessChecks } from './lifecycle.js';
 import { deployCounter } from './metrics.js';
 
 const env = loadEnv();

@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { EVENTS_STREAM, QUEUES } from '@conveyor/contracts';
-import { createLogger, createQueue, createRedis, createRegistry, createResultPublisher, createStageWorker, onShutdown } from '@conveyor/service-kit';
+import { closeQueue, closeRedis, closeWorker, createLogger, createQueue, createRedis, createRegistry, createResultPublisher, createStageWorker, logErrors, onShutdown, readinessChecks } from '@conveyor/service-kit';
 import { HttpProber } from './adapters/http-prober.js';
 import { PrometheusRunMetrics, registerQueueDepth } from './adapters/prometheus-metrics.js';
 import { RedisEventConsumer } from './adapters/redis-event-consumer.js';
@@ -10,7 +10,6 @@ import { loadEnv } from './env.js';
 import { buildServer } from './http/server.js';
 import { createMonitorHandler } from './jobs/monitor.js';
 import { createRunEventHandler } from './jobs/run-events.js';
-import { closeQueue, closeRedis, closeWorker, logErrors, readinessChecks } from './lifecycle.js';
 
 const env = loadEnv();
 const logger = createLogger('monitor', env.LOG_LEVEL);

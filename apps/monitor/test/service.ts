@@ -1,57 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { freePort } from '@conveyor/testing';
+import { startServiceProcess, type RunningService } from '@conveyor/testing';
+
+export type { RunningService } from '@conveyor/testing';
 
 const APP_DIR = fileURLToPath(new URL('..', import.meta.url));
 
-export interface RunningService {
-  url: string;
-  process: ChildProcess;
-  output(): string;
-  /** SIGTERM; resolves with the exit code. */
-  stop(): Promise<number | null>;
-}
-
-/** Starts this app's real entry point (`src/main.ts`) and waits until /readyz answers 200. */
-export async function startService(env: Record<string, string>): Promise<RunningService> {
-  const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: APP_DIR,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', LOG_LEVEL: 'info', ...env, PORT: String(port), HOST: '127.0.0.1' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout!.on('data', (d) => (output += d));
-  child.stderr!.on('data', (d) => (output += d));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`service exited with ${child.exitCode}:\n${output}`);
-    const ok = await fetch(`${url}/readyz`).then((r) => r.status === 200, () => false);
-    if (ok) break;
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`service not ready after 30 s:\n${output}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return {
-    url,
-    process: child,
-    output: () => output,
-    async stop() {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      return exited;
-    },
-  };
-}
-
-export async function getJson(url: string): Promise<{ status: number; body: any } | { error: string }> {
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(3000) });
-    return { status: res.status, body: await res.json().catch(() => undefined) };
-  } catch (err) {
-    return { error: String((err as Error).cause ?? err) };
-  }
-}
+/** This app's real entry point, as a child process. */
+export const startService = (env: Record<string, string>): Promise<RunningService> => startServiceProcess(APP_DIR, env);

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { createQueue, createRedis, createRegistry, createResultPublisher, createStageWorker, waitReady, type Logger, type ShutdownStep } from '@conveyor/service-kit';
+import { closeQueue, closeRedis, closeWorker, createQueue, createRedis, createRegistry, createResultPublisher, createStageWorker, logErrors, waitReady, within, type Logger, type ShutdownStep } from '@conveyor/service-kit';
 import { BullJobDispatcher } from './adapters/bull-job-dispatcher.js';
 import { GitSourceRepository } from './adapters/git-source-repository.js';
 import { RedisPipelineStore } from './adapters/redis-pipeline-store.js';
@@ -42,6 +42,7 @@ export function composeService(env: Env, logger: Logger) {
     stalledInterval: env.WORKER_STALLED_MS,
   });
   const resultsRedis = createRedis(env.REDIS_URL, 'worker');
+  for (const [name, client] of Object.entries({ redis, workerRedis, queueRedis, resultsRedis })) logErrors(client, logger, name);
   const results = new ResultsConsumer({ redis: resultsRedis, prefix, orchestrator, logger, claimIdleMs: env.RESULTS_CLAIM_IDLE_MS });
 
   // Passes are chained, never overlapping.
@@ -69,7 +70,7 @@ export function composeService(env: Env, logger: Logger) {
     intake,
     webhookBodyLimit: env.WEBHOOK_BODY_LIMIT,
     readiness: {
-      redis: async () => void (await redis.ping()),
+      redis: async () => void (await within(redis.ping(), 1000, 'redis')),
       workers: () => {
         if (!sourceWorker.isRunning() || !results.isRunning()) throw new Error('workers not running');
       },
@@ -79,9 +80,9 @@ export function composeService(env: Env, logger: Logger) {
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
     { name: 'reconciler', run: () => ((stopped = true), clearTimeout(reconciler)) },
-    { name: 'workers', run: () => Promise.all([sourceWorker.close(), results.stop()]) },
-    { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => q.close())) },
-    { name: 'redis', run: () => Promise.all([redis.quit(), workerRedis.quit(), queueRedis.quit(), resultsRedis.quit()]) },
+    { name: 'workers', run: () => Promise.all([closeWorker(sourceWorker, 20_000, logger), within(results.stop(), 5000, 'results consumer').catch(() => undefined)]) },
+    { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => closeQueue(q))) },
+    { name: 'redis', run: () => Promise.all([redis, workerRedis, queueRedis, resultsRedis].map((c) => closeRedis(c))) },
   ];
   /** Waits for Redis (the producer connection fails fast, so it must be up), then settles what a crash left behind. */
   const start = async () => {

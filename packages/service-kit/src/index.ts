@@ -10,3 +10,5 @@ export * from './stage-worker.js';
 export * from './log-sink.js';
 export * from './results-stream.js';
 export * from './stage-service.js';
+export * from './lifecycle.js';
+export * from './bearer-auth.js';

@@ -8,6 +8,7 @@ import { createRedis, waitReady, type Redis } from './redis.js';
 import { createResultPublisher } from './results-stream.js';
 import { onShutdown, type ShutdownStep } from './shutdown.js';
 import { createStageWorker, type StageHandler } from './stage-worker.js';
+import { closeRedis, closeWorker, logErrors, readinessChecks } from './lifecycle.js';
 
 export interface StageServiceDeps {
   redis: Redis;
@@ -22,6 +23,8 @@ export interface StageServiceOptions<T extends StageJob['type']> {
   queueName: string;
   env: BaseEnv & { PORT: number };
   handler: (deps: StageServiceDeps) => StageHandler<T>;
+  /** How long SIGTERM waits for running jobs; after that they are re-delivered elsewhere. Default 20. */
+  drainSeconds?: number;
   /** Runs before the worker starts taking jobs (e.g. reaping what a crashed predecessor left). */
   beforeStart?: (deps: StageServiceDeps) => Promise<void>;
 }
@@ -65,17 +68,13 @@ export function composeStageService<T extends StageJob['type']>(opts: StageServi
   const app: App = buildBaseServer({
     logger,
     registry,
-    readiness: {
-      redis: async () => void (await redis.ping()),
-      worker: () => {
-        if (!worker.isRunning()) throw new Error('worker not running');
-      },
-    },
+    readiness: readinessChecks(redis, worker),
   });
+  logErrors(redis, logger, 'worker');
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
-    { name: 'worker', run: () => worker.close() },
-    { name: 'redis', run: () => redis.quit() },
+    { name: 'worker', run: () => closeWorker(worker, (opts.drainSeconds ?? 20) * 1000, logger) },
+    { name: 'redis', run: () => closeRedis(redis) },
   ];
   return { app, worker, deps, logger, shutdown };
 }

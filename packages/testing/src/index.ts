@@ -1,3 +1,4 @@
 export * from './redis-server.js';
 export * from './git.js';
 export * from './stage-harness.js';
+export * from './service-process.js';

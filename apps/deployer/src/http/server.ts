@@ -1,7 +1,6 @@
 import type { Registry } from 'prom-client';
-import { buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
+import { bearerAuth, buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
 import type { DeploymentCatalog } from '../ports.js';
-import { bearerAuth } from './bearer-auth.js';
 
 export interface ServerDeps {
   logger: Logger;

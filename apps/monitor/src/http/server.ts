@@ -1,9 +1,8 @@
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import { PipelineName } from '@conveyor/contracts';
-import { buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
+import { bearerAuth, buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
 import type { HistoryStore } from '../ports.js';
-import { bearerAuth } from './bearer-auth.js';
 
 export interface ServerDeps {
   logger: Logger;

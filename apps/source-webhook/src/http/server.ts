@@ -1,10 +1,9 @@
 import type { Redis } from 'ioredis';
 import type { Registry } from '@conveyor/service-kit';
-import { buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
+import { bearerAuth, buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
 import type { Orchestrator } from '../orchestrator.js';
 import type { PipelineStore, RunStore } from '../ports.js';
 import type { WebhookIntake } from '../webhook-intake.js';
-import { checkBearer } from './auth.js';
 import { pipelineRoutes } from './pipeline-routes.js';
 import { runRoutes } from './run-routes.js';
 import { webhookRoutes } from './webhook-routes.js';
@@ -26,7 +25,7 @@ export interface ServerDeps {
 export function buildServer(deps: ServerDeps): App {
   const app = buildBaseServer({ logger: deps.logger, registry: deps.registry, readiness: deps.readiness });
   app.register(async (api) => {
-    api.addHook('onRequest', async (req) => checkBearer(req.headers.authorization, deps.apiToken));
+    api.addHook('onRequest', bearerAuth(deps.apiToken));
     await api.register(pipelineRoutes(deps));
     await api.register(runRoutes(deps));
   }, { prefix: '/api/v1' });

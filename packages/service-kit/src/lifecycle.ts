@@ -1,5 +1,6 @@
 import type { Worker } from 'bullmq';
-import type { Logger, Redis } from '@conveyor/service-kit';
+import type { Logger } from './logger.js';
+import type { Redis } from './redis.js';
 
 /** Rejects when `promise` has not settled within `ms` (a readiness check must answer, not hang). */
 export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
