@@ -83,6 +83,12 @@ describe('runs and jobs', () => {
     expect(view).not.toHaveProperty('version');
   });
 
+  it('a monitor job only probes http(s)', async () => {
+    const job = await load('v1', 'stage-job.monitor.json');
+    expect(StageJob.safeParse({ ...job, url: 'file:///etc/passwd' }).success).toBe(false);
+    expect(StageJob.safeParse({ ...job, url: 'https://example.com/' }).success).toBe(true);
+  });
+
   it('refuses a stage result without its identity', () => {
     expect(StageResult.safeParse({ v: 1, status: 'SUCCEEDED' }).success).toBe(false);
     expect(StageResult.safeParse({ v: 2, jobId: 'a.B.1' }).success).toBe(false);

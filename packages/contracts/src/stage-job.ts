@@ -35,7 +35,7 @@ export const TestJob = z.object({ ...BuildLike, type: z.literal('test') }).stric
 /** Enqueued on queue `deploy`: deploy the artifact to the target. */
 export const DeployJob = z.object({ ...Base, type: z.literal('deploy'), commit: z.string(), input: ArtifactRef, target: DeployTarget }).strict();
 /** Enqueued on queue `monitor`: probe what the deploy stage deployed. */
-export const MonitorJob = z.object({ ...Base, type: z.literal('monitor'), url: z.url(), verify: VerifySettings }).strict();
+export const MonitorJob = z.object({ ...Base, type: z.literal('monitor'), url: z.url({ protocol: /^https?$/ }), verify: VerifySettings }).strict();
 
 export const StageJob = z.discriminatedUnion('type', [SourceJob, BuildJob, TestJob, DeployJob, MonitorJob]);
 export type StageJob = z.infer<typeof StageJob>;

@@ -47,17 +47,17 @@ export function redactUrl(url: string): string {
   return url.replace(/\/\/([^:/@]*):[^@/]*@/, '//$1:***@');
 }
 
-export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string): Promise<ResolvedRedis> {
+export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, localUrl = 'redis://127.0.0.1:6379'): Promise<ResolvedRedis> {
   if (env.REDIS_URL) {
     if (!(await pings(env.REDIS_URL))) throw new Error(`REDIS_URL=${redactUrl(env.REDIS_URL)} does not answer PING`);
     return { url: env.REDIS_URL, origin: 'REDIS_URL' };
   }
-  if (await pings('redis://127.0.0.1:6379')) return { url: 'redis://127.0.0.1:6379', origin: 'local 6379' };
+  if (await pings(localUrl)) return { url: localUrl, origin: 'local 6379' };
   await mkdir(dataDir, { recursive: true });
   const port = await freePort();
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dataDir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--maxmemory-policy', 'noeviction', '--logfile', join(dataDir, 'redis.log')];
   // Detached: Ctrl-C must not stop Redis before the services have drained.
-  const child = spawn('redis-server', args, { stdio: 'ignore', detached: true });
+  const child = spawn('redis-server', args, { stdio: 'ignore', detached: true, env });
   const failed = await new Promise<Error | undefined>((resolve) => {
     child.once('error', resolve);
     setTimeout(() => resolve(undefined), 100);

@@ -3,6 +3,7 @@ import { StageJob, StageResult, type StageJobOf, type StageOutput } from '@conve
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
 import type { ResultPublisher } from './results-stream.js';
+import { logErrors } from './lifecycle.js';
 import type { Logger } from './logger.js';
 
 /** What a stage handler decides; the wrapper adds the identity and timing fields of the StageResult. */
@@ -117,6 +118,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
   });
   // A worker that cannot renew a lock no longer owns the job: stop working on it, another worker will.
   worker.on('lockRenewalFailed', (ids: string[]) => ids.forEach((id) => worker.cancelJob(id, 'lock lost')));
-  worker.on('error', (err) => opts.logger.error({ err }, 'worker error'));
+  // While Redis is away BullMQ reports every retry: one line per 10 s is enough.
+  logErrors(worker, opts.logger, `${opts.type} worker`);
   return worker;
 }
