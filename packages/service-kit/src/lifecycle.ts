@@ -31,10 +31,15 @@ export function readinessChecks(redis: Redis, worker: Worker): Record<string, ()
  * BullMQ lock until it expires and is then re-delivered, which the handlers are built for.
  */
 export async function closeWorker(worker: Worker, ms: number, logger: Logger): Promise<void> {
+  const closing = worker.close();
   try {
-    await within(worker.close(), ms, 'worker close');
+    await within(closing, ms, 'worker close');
   } catch {
-    logger.warn({ waitedMs: ms }, 'worker did not close in time; jobs still running will be re-delivered');
+    // Abort what still runs (builds kill their process groups); the jobs' locks lapse and another
+    // worker runs them again.
+    logger.warn({ waitedMs: ms }, 'worker did not close in time; cancelling running jobs, they will be re-delivered');
+    worker.cancelAllJobs('shutting down');
+    await within(closing, 10_000, 'worker close after cancel').catch(() => undefined);
   }
 }
 

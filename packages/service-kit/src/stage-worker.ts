@@ -15,7 +15,7 @@ export interface StageOutcome {
 
 export interface StageContext {
   logger: Logger;
-  /** Aborted when the worker shuts down, loses the job's lock, or the job is cancelled. */
+  /** Aborted when the worker loses the job's lock, or a shutdown outlasts its drain time. */
   signal: AbortSignal;
   /** How many times BullMQ has started this job before (0 on the first delivery). */
   deliveries: number;

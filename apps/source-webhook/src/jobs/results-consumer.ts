@@ -33,6 +33,7 @@ export class ResultsConsumer {
   private running = false;
   private loop: Promise<void> | undefined;
   private lastClaim = 0;
+  private claimCursor = '0-0';
   /** Acks and claims go on their own connection: the reading one is held by XREADGROUP BLOCK. */
   private commands: Redis | undefined;
   private readonly inFlight = new Set<Promise<void>>();
@@ -92,9 +93,10 @@ export class ResultsConsumer {
     const idle = this.opts.claimIdleMs ?? 30_000;
     if (Date.now() - this.lastClaim < Math.min(idle, 5000)) return;
     this.lastClaim = Date.now();
-    const reply = (await this.commands!.xautoclaim(this.key, RESULTS_GROUP, this.consumer, idle, '0-0', 'COUNT', 500)) as [string, Entry[], string[]?];
+    const reply = (await this.commands!.xautoclaim(this.key, RESULTS_GROUP, this.consumer, idle, this.claimCursor, 'COUNT', 500)) as [string, Entry[], string[]?];
+    this.claimCursor = reply?.[0] ?? '0-0';
     const entries = (reply?.[1] ?? []).filter((e) => e && e[1]);
-    if (entries.length === 0) return;
+    if (entries.length === 0) return this.forgetIdleConsumers(idle);
     this.opts.logger.info({ count: entries.length }, 'claimed abandoned results');
     const poisoned = await this.overDelivered(entries.map(([id]) => id));
     for (const [id, fields] of entries.filter(([id]) => poisoned.has(id))) {
@@ -103,6 +105,17 @@ export class ResultsConsumer {
       await this.commands!.multi().xadd(`${this.key}-dead`, '*', ...fields).xack(this.key, RESULTS_GROUP, id).xdel(this.key, id).exec();
     }
     await this.track(this.process(entries.filter(([id]) => !poisoned.has(id))));
+  }
+
+  /** Readers killed without stop() stay in the group; drop those with nothing pending and long idle. */
+  private async forgetIdleConsumers(idleMs: number): Promise<void> {
+    const consumers = (await this.commands!.xinfo('CONSUMERS', this.key, RESULTS_GROUP)) as unknown[][];
+    for (const row of consumers) {
+      const info = Object.fromEntries(Array.from({ length: row.length / 2 }, (_, i) => [row[2 * i], row[2 * i + 1]]));
+      if (info.name !== this.consumer && Number(info.pending) === 0 && Number(info.idle) > Math.max(idleMs, 3_600_000)) {
+        await this.commands!.xgroup('DELCONSUMER', this.key, RESULTS_GROUP, String(info.name));
+      }
+    }
   }
 
   private async overDelivered(ids: string[]): Promise<Set<string>> {

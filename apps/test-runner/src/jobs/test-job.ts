@@ -1,8 +1,8 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { StageOutput } from '@conveyor/contracts';
-import { fileSelection, parseJUnit, resolveFiles, runBuildspecJob, type BuildspecRun } from '@conveyor/runner';
+import { fileSelection, MAX_JUNIT_BYTES, parseJUnit, resolveFiles, runBuildspecJob, type BuildspecRun } from '@conveyor/runner';
 import { openStageLog, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
 export interface TestDeps {
@@ -39,7 +39,9 @@ export async function readReports(run: BuildspecRun, log: (t: string) => void): 
     try {
       const files = await resolveFiles(run.workspace, fileSelection(report, `reports.${group}`));
       for (const file of files.files) {
-        const summary = parseJUnit(await readFile(join(files.base, file), 'utf8'));
+        const path = join(files.base, file);
+        if ((await stat(path)).size > MAX_JUNIT_BYTES) throw new Error(`${file} is larger than ${MAX_JUNIT_BYTES} bytes`);
+        const summary = parseJUnit(await readFile(path, 'utf8'));
         tests.total += summary.total;
         tests.passed += summary.passed;
         tests.failed += summary.failed;
