@@ -44,18 +44,54 @@ export class Orchestrator {
     }
     this.deps.logger.info({ runId: run.id, pipeline: run.pipeline, trigger: trigger.type }, 'run created');
     this.remember(run);
-    await this.dispatch(run);
+    await this.dispatch([run]);
     return { runId: run.id, duplicate: false };
   }
 
-  /** Applies one input to a run, retrying on concurrent updates. Returns the stored run. */
+  /** Applies one input to a run, retrying on concurrent updates, and enqueues what it decided. */
   async apply(runId: string, input: RunInput): Promise<Run | undefined> {
+    const { run, changed } = await this.store(runId, input);
+    if (run && changed) await this.dispatch([run]);
+    return run;
+  }
+
+  /**
+   * Applies many results (in order within a run, runs in parallel) and enqueues all the jobs they
+   * decided in one go. Returns the results that could not be applied (they are retried later).
+   */
+  async handleResults(results: readonly StageResult[]): Promise<StageResult[]> {
+    const byRun = new Map<string, StageResult[]>();
+    for (const r of results) byRun.set(r.runId, [...(byRun.get(r.runId) ?? []), r]);
+    const stored: Run[] = [];
+    const failed: StageResult[] = [];
+    await Promise.all(
+      [...byRun.values()].map(async (list) => {
+        for (const [i, result] of list.entries()) {
+          try {
+            const { run, changed } = await this.store(result.runId, { type: 'stage-result', result });
+            if (run && changed) stored.push(run);
+          } catch (err) {
+            this.deps.logger.warn({ err, runId: result.runId, jobId: result.jobId }, 'result not applied; it will be retried');
+            failed.push(...list.slice(i));
+            return;
+          }
+        }
+      }),
+    );
+    // Only the last stored version of a run says which jobs it waits for.
+    const latest = new Map(stored.map((r) => [r.id, r]));
+    await this.dispatch([...latest.values()]);
+    return failed;
+  }
+
+  /** load (or cached) → step → compare-and-set, retried on conflict. `changed` is false for a no-op input. */
+  private async store(runId: string, input: RunInput): Promise<{ run: Run | undefined; changed: boolean }> {
     for (let i = 0; i < MAX_CONFLICT_RETRIES; i++) {
       const cached = this.cache.get(runId);
       const run = cached ?? (await this.deps.runs.get(runId));
       if (!run) {
         this.deps.logger.warn({ runId, input: input.type }, 'input for an unknown run ignored');
-        return undefined;
+        return { run: undefined, changed: false };
       }
       const tr = step(run, input, this.clock());
       if (!tr.changed) {
@@ -64,7 +100,7 @@ export class Orchestrator {
           this.cache.delete(runId);
           continue;
         }
-        return run;
+        return { run, changed: false };
       }
       const next: Run = { ...tr.run, version: run.version + 1 };
       const saved = await this.deps.runs.save(next, run.version, tr.events);
@@ -74,14 +110,9 @@ export class Orchestrator {
       }
       this.remember(next);
       if (next.status !== run.status) this.deps.logger.info({ runId, pipeline: run.pipeline, status: next.status }, 'run status changed');
-      await this.dispatch(next);
-      return next;
+      return { run: next, changed: true };
     }
     throw new Error(`run ${runId}: too many concurrent updates`);
-  }
-
-  async handleResult(result: StageResult): Promise<void> {
-    await this.apply(result.runId, { type: 'stage-result', result });
   }
 
   private remember(run: Run): void {
@@ -91,13 +122,14 @@ export class Orchestrator {
     if (this.cache.size > CACHE_LIMIT) this.cache.delete(this.cache.keys().next().value!);
   }
 
-  private async dispatch(run: Run): Promise<void> {
-    if (run.outbox.length === 0) return;
+  private async dispatch(runs: readonly Run[]): Promise<void> {
+    const jobs = runs.flatMap((r) => r.outbox);
+    if (jobs.length === 0) return;
     try {
-      await this.deps.jobs.ensure(run.outbox);
+      await this.deps.jobs.ensure(jobs);
     } catch (err) {
-      // The run is stored with its outbox; reconcile() enqueues it later.
-      this.deps.logger.warn({ err, runId: run.id }, 'enqueue deferred to the reconciler');
+      // The runs are stored with their outboxes; reconcile() enqueues them later.
+      this.deps.logger.warn({ err, runs: runs.map((r) => r.id) }, 'enqueue deferred to the reconciler');
     }
   }
 

@@ -23,8 +23,16 @@ async function until(check: () => Promise<boolean> | boolean, ms = 15_000): Prom
   }
 }
 
+/** An orchestrator stand-in that hands each result to `handle`; a throw means "not applied". */
 function consumer(prefix: string, handle: (r: StageResult) => Promise<void>) {
-  return new ResultsConsumer({ redis: new Redis(url, { maxRetriesPerRequest: null }), prefix, orchestrator: { handleResult: handle } as unknown as Orchestrator, logger, claimIdleMs: 200, blockMs: 100 });
+  const orchestrator = {
+    async handleResults(results: StageResult[]) {
+      const failed: StageResult[] = [];
+      for (const r of results) await handle(r).catch(() => failed.push(r));
+      return failed;
+    },
+  } as unknown as Orchestrator;
+  return new ResultsConsumer({ redis: new Redis(url, { maxRetriesPerRequest: null }), prefix, orchestrator, logger, claimIdleMs: 200, blockMs: 100 });
 }
 
 beforeAll(async () => {

@@ -18,8 +18,10 @@ export class BullJobDispatcher implements JobDispatcher {
   }
 
   async ensure(jobs: readonly StageJob[]): Promise<void> {
-    // Parse on publish; BullMQ ignores an add whose job id it already holds.
-    await Promise.all(jobs.map((job) => this.queue(job).add(job.type, StageJob.parse(job), { jobId: job.jobId })));
+    // Parse on publish; BullMQ ignores an add whose job id it already holds. One addBulk per queue.
+    const byQueue = new Map<Queue, StageJob[]>();
+    for (const job of jobs) byQueue.set(this.queue(job), [...(byQueue.get(this.queue(job)) ?? []), StageJob.parse(job)]);
+    await Promise.all([...byQueue].map(([queue, list]) => queue.addBulk(list.map((job) => ({ name: job.type, data: job, opts: { jobId: job.jobId } })))));
   }
 
   async inspect(job: StageJob): Promise<{ state: 'pending' | 'completed' | 'failed' | 'missing'; reason?: string; result?: unknown }> {

@@ -125,32 +125,19 @@ export class ResultsConsumer {
 
   private async process(entries: Entry[]): Promise<void> {
     if (entries.length === 0) return;
-    const byRun = new Map<string, { id: string; result: StageResult }[]>();
+    const results: { id: string; result: StageResult }[] = [];
     const done: string[] = [];
     for (const [id, fields] of entries) {
       const parsed = StageResult.safeParse(safeJson(fields[fields.indexOf('result') + 1]));
-      if (!parsed.success) {
+      if (parsed.success) results.push({ id, result: parsed.data });
+      else {
         this.opts.logger.error({ id, issues: parsed.error.issues }, 'malformed stage result dropped');
         done.push(id);
-        continue;
       }
-      const list = byRun.get(parsed.data.runId) ?? [];
-      list.push({ id, result: parsed.data });
-      byRun.set(parsed.data.runId, list);
     }
-    await Promise.all(
-      [...byRun.values()].map(async (list) => {
-        for (const { id, result } of list) {
-          try {
-            await this.opts.orchestrator.handleResult(result);
-            done.push(id);
-          } catch (err) {
-            this.opts.logger.warn({ err, runId: result.runId, jobId: result.jobId }, 'result not applied; will be claimed again');
-            return;
-          }
-        }
-      }),
-    );
+    // Results that failed to apply stay pending and are claimed again later.
+    const failed = new Set(await this.opts.orchestrator.handleResults(results.map((r) => r.result)));
+    done.push(...results.filter((r) => !failed.has(r.result)).map((r) => r.id));
     if (done.length) await this.commands!.multi().xack(this.key, RESULTS_GROUP, ...done).xdel(this.key, ...done).exec();
   }
 }
