@@ -46,6 +46,47 @@ export async function rawChain(url: string, runs: number, concurrency: number): 
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
 }
 
+/**
+ * Second baseline: raw BullMQ moving the same messages Conveyor moves — each stage's job out to its
+ * queue and its result back through a coordinator queue, whose worker enqueues the next stage. No
+ * validation, no run record, no events: the bare plumbing of an orchestrated pipeline.
+ */
+export async function rawCoordinated(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
+  const prefix = `rawcoord${randomUUID().slice(0, 8)}`;
+  const redis = conn(url);
+  const queues = STAGE_TYPES.map((t) => new Queue(t, { connection: redis as unknown as ConnectionOptions, prefix }));
+  const coord = new Queue('coord', { connection: redis as unknown as ConnectionOptions, prefix });
+  let done = 0;
+  let resolveAll!: () => void;
+  const all = new Promise<void>((r) => (resolveAll = r));
+  const workers = STAGE_TYPES.map(
+    (t, i) =>
+      new Worker(t, async (job) => void (await coord.add('result', { run: job.data.run, stage: i }, { jobId: `${job.data.run}.r${i}`, removeOnComplete: true })), {
+        connection: conn(url) as unknown as ConnectionOptions,
+        prefix,
+        concurrency,
+      }),
+  );
+  const coordinator = new Worker(
+    'coord',
+    async (job) => {
+      const next = queues[job.data.stage + 1];
+      if (next) await next.add(STAGE_TYPES[job.data.stage + 1]!, { run: job.data.run }, { jobId: `${job.data.run}.${job.data.stage + 1}.1`, removeOnComplete: true });
+      else if (++done === runs) resolveAll();
+    },
+    { connection: conn(url) as unknown as ConnectionOptions, prefix, concurrency },
+  );
+  await Promise.all([...workers, coordinator].map((w) => w.waitUntilReady()));
+  const t0 = performance.now();
+  await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
+  await all;
+  const seconds = (performance.now() - t0) / 1000;
+  await Promise.all([...workers, coordinator].map((w) => w.close()));
+  await Promise.all([...queues, coord].map((q) => q.obliterate({ force: true }).then(() => q.close())));
+  redis.disconnect();
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
+}
+
 const FAKE_ARTIFACT = { key: 'runs/bench/x.tar', sha256: '0'.repeat(64), bytes: 0 };
 const noop = async (job: StageJob): Promise<StageOutcome> => {
   switch (job.type) {
