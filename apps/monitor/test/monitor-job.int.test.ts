@@ -119,9 +119,16 @@ describe('monitor stage', () => {
     expect(result.message).toContain('ECONNREFUSED');
   });
 
-  it('refuses to probe anything that is not http(s)', async () => {
-    const result = await runMonitor(makeJob('file:///etc/passwd', { durationSeconds: 1 }));
-    expect(result.status).toBe('FAILED');
-    expect(result.message).toContain('refusing to probe file: URL');
+  it('refuses to probe anything that is not http(s): the job is rejected before any probe', async () => {
+    const job = { ...makeJob('http://127.0.0.1:1', { durationSeconds: 1 }), url: 'file:///etc/passwd' };
+    await monitorQueue.add('monitor', job, { jobId: job.jobId });
+    const deadline = Date.now() + 30_000;
+    let state = '';
+    while (Date.now() < deadline && state !== 'failed') {
+      state = (await (await monitorQueue.getJob(job.jobId))?.getState()) ?? '';
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(state).toBe('failed');
+    expect((await monitorQueue.getJob(job.jobId))?.failedReason).toContain('malformed monitor job');
   });
 });
