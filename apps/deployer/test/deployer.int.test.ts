@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -71,14 +72,15 @@ afterEach(async () => {
 
 type Target = Partial<DeployJob['target']>;
 
-async function makeJob(pipeline: string, version: string, target: Target = {}): Promise<DeployJob> {
+async function makeJob(pipeline: string, version: string, target: Target = {}, extraFiles: Record<string, string> = {}): Promise<DeployJob> {
   runCounter += 1;
   const runId = `run-${prefix.toLowerCase()}-${runCounter}`;
   const src = join(root, 'src', runId);
   await mkdir(src, { recursive: true });
   await writeFile(join(src, 'server.mjs'), APP);
   await writeFile(join(src, 'version.txt'), version);
-  const input = await store.putFiles(artifactKey(runId, 'Build', 1), src, ['server.mjs', 'version.txt']);
+  for (const [name, content] of Object.entries(extraFiles)) await writeFile(join(src, name), content);
+  const input = await store.putFiles(artifactKey(runId, 'Build', 1), src, ['server.mjs', 'version.txt', ...Object.keys(extraFiles)]);
   return DeployJob.parse({
     v: 1,
     type: 'deploy',
@@ -169,7 +171,7 @@ describe('deployer', () => {
     expect(result.status).toBe('FAILED');
     expect(result.message).toContain('/healthz did not answer 200 within 2s');
     expect(result.message).toContain('booting the broken build');
-    const brokenPid = Number(await readFile(join(deployDir, 'shop', `${broken.runId}-1`, 'pid.txt'), 'utf8'));
+    const brokenPid = Number(await readFile(join(deployDir, 'shop', `${broken.runId}-1`, 'app', 'pid.txt'), 'utf8'));
     expect(await alive(brokenPid)).toBe(false);
     expect(await getJson(good.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
     expect((await currentRecord('shop')).url).toBe(good.output.url);
@@ -206,5 +208,20 @@ describe('deployer', () => {
     const stopped = await stopAllDeployments(deployDir, 2000);
     expect(stopped).toEqual([expect.objectContaining({ pipeline: 'shop', result: 'terminated' })]);
     expect(await getJson(result.output.url!)).toMatchObject({ error: expect.stringContaining('ECONNREFUSED') });
+  });
+  it('never trusts a process record that comes inside the artifact', async () => {
+    // A bystander process group the forged record points at.
+    const bystander = spawn('sleep', ['600'], { detached: true, stdio: 'ignore' });
+    bystander.unref();
+    try {
+      const forged = JSON.stringify({ pipeline: 'shop', runId: 'run-forged-0001', attempt: 1, pid: bystander.pid, pgid: bystander.pid, port: 1, url: 'http://127.0.0.1:1', commit: 'x', startedAt: new Date().toISOString() });
+      const job = await makeJob('shop', 'v-forged', {}, { '.conveyor-process.json': forged, 'current.json': forged });
+      await deployQueue.add('deploy', job, { jobId: job.jobId });
+      expect((await waitResult(job.jobId)).status).toBe('SUCCEEDED');
+      await stopAllDeployments(deployDir, 1000);
+      expect(await alive(bystander.pid!)).toBe(true);
+    } finally {
+      process.kill(-bystander.pid!, 'SIGKILL');
+    }
   });
 });

@@ -6,7 +6,7 @@ import type { ArtifactStore } from '@conveyor/artifacts';
 import type { DeployJob } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
 import { childEnv } from '../domain/child-env.js';
-import { isSameVersion, localUrl, OUTPUT_FILE, versionName, type DeploymentRecord } from '../domain/deployment-record.js';
+import { APP_DIR, isSameVersion, localUrl, OUTPUT_FILE, versionName, type DeploymentRecord } from '../domain/deployment-record.js';
 import { describeHealthFailure, waitHealthy } from '../domain/health-wait.js';
 import { versionsToPrune } from '../domain/prune.js';
 import { tailLines } from '../domain/tail.js';
@@ -51,14 +51,19 @@ export class LocalProcessTarget implements DeployTarget {
   private async deployLocked(job: DeployJob, target: LocalTargetConfig, ctx: DeployContext): Promise<DeployOutcome> {
     const { files, logger } = this.opts;
     const current = await files.readCurrent(job.pipeline);
-    if (current && isSameVersion(current, job.runId, job.attempt) && (await this.serving(current, target.healthPath))) {
-      ctx.log(`this version already serves ${current.url} (pid ${current.pid}); nothing started`);
+    if (current && isSameVersion(current, job.runId, job.attempt) && (await ownGroupAlive(current.pgid, current.procStart))) {
+      // A re-delivery after the swap was recorded: this version is live. A failed probe now is the
+      // monitor stage's business, not a reason to restart what serves.
+      const healthy = await probeHealth(`${current.url}${target.healthPath}`, 2000);
+      ctx.log(`this version already serves ${current.url} (pid ${current.pid}${healthy ? '' : ', health probe failing'}); nothing started`);
+      await this.stopOthers(job.pipeline, current, ctx);
       return { status: 'already-deployed', url: current.url };
     }
     const dir = files.versionDir(job.pipeline, versionName(job.runId, job.attempt));
     await this.discardEarlierDelivery(dir, ctx);
-    ctx.log(`unpacking artifact ${job.input.key} into ${dir}`);
-    await this.opts.artifacts.extractTo(job.input, dir);
+    const appDir = join(dir, APP_DIR);
+    ctx.log(`unpacking artifact ${job.input.key} into ${appDir}`);
+    await this.opts.artifacts.extractTo(job.input, appDir);
     const started = await this.start(job, target, dir);
     const { record } = started;
     ctx.log(`started \`${target.command}\` as pid ${record.pid} on port ${record.port}; waiting for ${target.healthPath}`);
@@ -90,8 +95,12 @@ export class LocalProcessTarget implements DeployTarget {
     return { status: 'deployed', url: record.url };
   }
 
-  private async serving(record: DeploymentRecord, healthPath: string): Promise<boolean> {
-    return (await ownGroupAlive(record.pgid, record.procStart)) && (await probeHealth(`${record.url}${healthPath}`, 2000));
+  /** After a crash between recording the new version and stopping the old one, the old one still runs. */
+  private async stopOthers(pipeline: string, keep: DeploymentRecord, ctx: DeployContext): Promise<void> {
+    for (const v of await this.opts.files.versions(pipeline)) {
+      const rec = await this.opts.files.readVersionRecord(join(this.opts.files.pipelineDir(pipeline), v.name));
+      if (rec && rec.pgid !== keep.pgid) await this.stopPrevious(rec, ctx);
+    }
   }
 
   /** A previous delivery of this job may have started a process and died before recording it: stop it, start clean. */
@@ -111,7 +120,7 @@ export class LocalProcessTarget implements DeployTarget {
     let child;
     try {
       // The command is the pipeline author's own text, run as written; run values reach it only through env.
-      child = spawn('bash', ['-c', target.command], { cwd: dir, env, detached: true, stdio: ['ignore', out.fd, out.fd] });
+      child = spawn('bash', ['-c', target.command], { cwd: join(dir, APP_DIR), env, detached: true, stdio: ['ignore', out.fd, out.fd] });
     } finally {
       await out.close();
     }

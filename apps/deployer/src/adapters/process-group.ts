@@ -65,7 +65,10 @@ export async function groupAlive(pgid: number): Promise<boolean> {
  * a living leader with another start time means the pid was recycled and the group is someone else's.
  */
 export async function ownGroupAlive(pgid: number, procStart: string | undefined): Promise<boolean> {
-  if (HAS_PROC && procStart !== undefined) {
+  if (pgid <= 1) return false;
+  if (HAS_PROC) {
+    // On Linux a record must name the leader's start time: without it, a recycled pid could be anyone's.
+    if (procStart === undefined) return false;
     const leader = await procStat(pgid);
     if (leader && leader.state !== 'Z' && leader.startTime !== procStart) return false;
   }

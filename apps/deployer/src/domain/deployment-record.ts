@@ -10,9 +10,10 @@ export const DeploymentRecord = z.object({
   pipeline: PipelineName,
   runId: RunId,
   attempt: z.number().int().positive(),
-  pid: z.number().int().positive(),
+  // Never 1 (init; kill(-1) signals every process) and never 0 (our own group).
+  pid: z.number().int().min(2),
   /** Process group of the deployed command (the whole group is stopped, never just the leader). */
-  pgid: z.number().int().positive(),
+  pgid: z.number().int().min(2),
   port: z.number().int().min(1).max(65_535),
   url: z.string(),
   commit: z.string(),
@@ -23,9 +24,13 @@ export const DeploymentRecord = z.object({
 export type DeploymentRecord = z.infer<typeof DeploymentRecord>;
 
 export const CURRENT_FILE = 'current.json';
-/** Inside a version directory; the `.conveyor-` prefix keeps clear of the artifact's own files. */
+/**
+ * Inside a version directory, beside (never inside) `app/`, where the artifact is unpacked: nothing
+ * a commit contains can forge the record the deployer trusts to know which process group to stop.
+ */
 export const VERSION_RECORD_FILE = '.conveyor-process.json';
 export const OUTPUT_FILE = '.conveyor-output.log';
+export const APP_DIR = 'app';
 
 /** `<runId>-<attempt>`: both parts are validated by the contracts (no `/`, no `..`). */
 export function versionName(runId: string, attempt: number): string {
