@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -17,6 +17,7 @@ describe('pnpm start', () => {
 
   it('builds, tests, deploys and verifies the example, printing each stage and the URL, then stops everything', async () => {
     home = await mkdtemp(join(tmpdir(), 'cv-cli-'));
+    await chmod(home, 0o755);
     const redis = await testRedis();
     const child = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', 'run-example', '--once'], {
       cwd: ROOT,

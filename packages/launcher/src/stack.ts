@@ -83,16 +83,16 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     QUEUE_PREFIX: env.QUEUE_PREFIX ?? 'conveyor',
     ARTIFACT_DIR: join(home, 'artifacts'),
     LOG_LEVEL: env.LOG_LEVEL ?? 'info',
-    CONVEYOR_API_TOKEN: token,
     HOST: '127.0.0.1',
     ...opts.serviceEnv,
   };
   const own: Record<ServiceName, Record<string, string>> = {
-    'source-webhook': { PORT: String(port(0)), SOURCE_CACHE_DIR: join(home, 'source-cache') },
+    // The API token goes only to the services that check it; builds and tests never see it.
+    'source-webhook': { PORT: String(port(0)), SOURCE_CACHE_DIR: join(home, 'source-cache'), CONVEYOR_API_TOKEN: token },
     build: { PORT: String(port(1)), WORK_DIR: join(home, 'work', 'build') },
     'test-runner': { PORT: String(port(2)), WORK_DIR: join(home, 'work', 'test') },
-    deployer: { PORT: String(port(3)), DEPLOY_DIR: join(home, 'deployments') },
-    monitor: { PORT: String(port(4)) },
+    deployer: { PORT: String(port(3)), DEPLOY_DIR: join(home, 'deployments'), CONVEYOR_API_TOKEN: token },
+    monitor: { PORT: String(port(4)), CONVEYOR_API_TOKEN: token },
   };
   const processes = new Map<ServiceName, ChildProcess>();
 

@@ -1,10 +1,10 @@
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { chown, mkdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { PhaseOutcome } from '@conveyor/contracts';
 import { PHASE_NAMES, type Buildspec, type PhaseName } from './buildspec-schema.js';
 import { ControlFiles } from './control-files.js';
 import { matchesWithin, parseOnFailure, type OnFailurePolicy } from './on-failure.js';
-import { ShellProcess, type ShellKind } from './shell-process.js';
+import { ShellProcess, type BuildUser, type ShellKind } from './shell-process.js';
 
 export type BuildStatus = 'SUCCEEDED' | 'FAILED' | 'TIMED_OUT' | 'STOPPED';
 export type CommandBlock = 'commands' | 'finally';
@@ -31,6 +31,11 @@ export interface RunPhasesOptions {
   signal?: AbortSignal;
   /** Private directory for the control files; default `<workspace>.ctl` beside the workspace. Must not exist yet. */
   controlDir?: string;
+  /**
+   * Run the shells as this user (the worker must be root). The workspace must already belong to it;
+   * the control directory is handed over here.
+   */
+  user?: BuildUser;
   /** Time between SIGTERM and SIGKILL when stopping a process group. Default 5000. */
   killGraceMs?: number;
 }
@@ -125,6 +130,7 @@ class BuildSession {
       controlDir: this.files.dir,
       index: this.shells.length,
       onOutput: this.onOutput,
+      ...(this.opts.user ? { user: this.opts.user } : {}),
     });
     this.shells.push(this.shell);
     if (this.stopReason) await this.shell.terminate(0);
@@ -256,6 +262,8 @@ async function prepareControlDir(opts: RunPhasesOptions): Promise<string> {
     }
     throw err;
   }
+  // The shell writes its answers (exported variables) here.
+  if (opts.user) await chown(dir, opts.user.uid, opts.user.gid);
   return dir;
 }
 
@@ -267,7 +275,7 @@ async function prepareControlDir(opts: RunPhasesOptions): Promise<string> {
 export async function runPhases(spec: Buildspec, opts: RunPhasesOptions): Promise<PhasesResult> {
   const started = Date.now();
   shellOf(spec);
-  const files = new ControlFiles(await prepareControlDir(opts));
+  const files = new ControlFiles(await prepareControlDir(opts), opts.user);
   const session = new BuildSession(spec, opts, files);
   const onAbort = () => session.stop('STOPPED');
   opts.signal?.addEventListener('abort', onAbort, { once: true });

@@ -1,12 +1,17 @@
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { promisify } from 'node:util';
 import { mkdir, readFile, realpath, rm, stat } from 'node:fs/promises';
-import { join, relative, resolve, sep } from 'node:path';
+import { dirname, join, relative, resolve, sep } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob, TestJob } from '@conveyor/contracts';
 import { runPhases, type PhasesResult, type RunnerEvent } from './bash-session.js';
 import { BuildspecError, MAX_BUILDSPEC_BYTES, notices, parseBuildspec, unsupportedFeatures, type Buildspec } from './buildspec.js';
 import { codebuildEnv } from './codebuild-env.js';
 import { reapOrphans } from './orphans.js';
+import type { BuildUser } from './shell-process.js';
+
+const exec = promisify(execFile);
 
 export interface BuildspecJobDeps {
   artifacts: ArtifactStore;
@@ -16,6 +21,34 @@ export interface BuildspecJobDeps {
   signal: AbortSignal;
   now?: () => Date;
   home?: string;
+  /** Run the build as this user (see resolveBuildUser); the job's files are handed to it first. */
+  user?: BuildUser;
+}
+
+/**
+ * Who builds run as. A build running as the worker's own user can read the worker's environment
+ * (`/proc/$PPID/environ`: Redis password, API token), so a root worker runs them as `nobody`
+ * (65534) unless told otherwise; a non-root worker cannot switch users and runs them as itself.
+ */
+export async function resolveBuildUser(workDir: string, uid?: number, gid?: number): Promise<{ user?: BuildUser; warning?: string }> {
+  const asSelf = 'builds run as this service\'s own user and can read its environment';
+  const user = uid !== undefined ? { uid, gid: gid ?? uid } : process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : undefined;
+  if (!user) return { warning: `${asSelf}; run the service as root (builds then run as nobody) or set BUILD_UID` };
+  if (process.getuid?.() !== 0) return { warning: `${asSelf}: BUILD_UID needs the service to run as root` };
+  const blocked = await untraversable(resolve(workDir), user);
+  if (blocked) return { warning: `${asSelf}: user ${user.uid} cannot reach ${blocked}; put WORK_DIR where it can` };
+  return { user };
+}
+
+/** The first ancestor of `dir` (created if missing) that `user` may not enter, if any. */
+async function untraversable(dir: string, user: BuildUser): Promise<string | undefined> {
+  await mkdir(dir, { recursive: true });
+  for (let d = dir; ; d = dirname(d)) {
+    const info = await stat(d);
+    const bit = info.uid === user.uid ? 0o100 : info.gid === user.gid ? 0o010 : 0o001;
+    if ((info.mode & bit) === 0) return d;
+    if (dirname(d) === d) return undefined;
+  }
 }
 
 /** A buildspec job that ran (or could not start: then `spec`/`phases` are absent and `message` says why). */
@@ -37,8 +70,13 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
   const workspace = join(dir, 'src');
   await mkdir(workspace, { recursive: true });
   try {
-    deps.log(`[conveyor] ${job.type} ${job.pipeline}/${job.stage} attempt ${job.attempt}, commit ${job.commit}\n`);
+    deps.log(`[conveyor] ${job.type} ${job.pipeline}/${job.stage} attempt ${job.attempt}, commit ${job.commit}${deps.user ? `, as uid ${deps.user.uid}` : ''}\n`);
     await deps.artifacts.extractTo(job.input, workspace);
+    const home = deps.user ? join(dir, 'home') : (deps.home ?? process.env.HOME ?? dir);
+    if (deps.user) {
+      await mkdir(home);
+      await exec('chown', ['-R', '--no-dereference', `${deps.user.uid}:${deps.user.gid}`, dir]);
+    }
     const spec = await loadBuildspec(workspace, job.buildspec);
     if ('error' in spec) {
       deps.log(`[conveyor] ${spec.error}\n`);
@@ -56,7 +94,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
       ref: job.trigger.ref,
       trigger: job.trigger,
       srcDir: workspace,
-      home: deps.home ?? process.env.HOME ?? dir,
+      home,
       startTime: now().getTime(),
       uuid: randomUUID(),
       buildspecVariables: spec.spec.env?.variables ?? {},
@@ -70,6 +108,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
       timeoutMs: job.timeoutMinutes * 60_000,
       signal: deps.signal,
       controlDir: `${dir}.ctl`,
+      ...(deps.user ? { user: deps.user } : {}),
     });
     const status = phases.status === 'SUCCEEDED' ? 'SUCCEEDED' : 'FAILED';
     deps.log(`[conveyor] phases ${phases.status}${phases.message ? `: ${phases.message}` : ''}\n`);

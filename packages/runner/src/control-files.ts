@@ -1,4 +1,5 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { chown, readFile, writeFile } from 'node:fs/promises';
+import type { BuildUser } from './shell-process.js';
 import { join } from 'node:path';
 
 /*
@@ -30,7 +31,16 @@ unset __cv_n __cv_set __cv_v
 export class ControlFiles {
   private seq = 0;
   private readonly written = new Set<string>();
-  constructor(readonly dir: string) {}
+  constructor(
+    readonly dir: string,
+    private readonly user?: BuildUser,
+  ) {}
+
+  /** Writes a control file the build's shell (possibly another user) can read, and nobody else. */
+  private async write(path: string, text: string): Promise<void> {
+    await writeFile(path, text, { mode: 0o600 });
+    if (this.user) await chown(path, this.user.uid, this.user.gid);
+  }
 
   private next(suffix: string): string {
     this.seq += 1;
@@ -40,7 +50,7 @@ export class ControlFiles {
   /** The constant script that sets CODEBUILD_BUILD_SUCCEEDING (one file per value, written once). */
   async succeeding(value: '0' | '1'): Promise<string> {
     const path = join(this.dir, `succeeding-${value}.sh`);
-    if (!this.written.has(path)) await writeFile(path, SUCCEEDING[value], { mode: 0o600 });
+    if (!this.written.has(path)) await this.write(path, SUCCEEDING[value]);
     this.written.add(path);
     return path;
   }
@@ -48,7 +58,7 @@ export class ControlFiles {
   /** A user command, written as is to a file of its own. */
   async command(text: string): Promise<string> {
     const path = this.next('cmd.sh');
-    await writeFile(path, text.endsWith('\n') ? text : `${text}\n`, { mode: 0o600 });
+    await this.write(path, text.endsWith('\n') ? text : `${text}\n`);
     return path;
   }
 
@@ -56,8 +66,8 @@ export class ControlFiles {
   async exportQuery(names: readonly string[]): Promise<{ path: string; read: () => Promise<Record<string, string>> }> {
     const path = this.next('export.query.sh');
     const stem = path.slice(0, -'.sh'.length);
-    await writeFile(path, EXPORT_QUERY, { mode: 0o600 });
-    await writeFile(`${stem}.in`, names.map((n) => `${n}\n`).join(''), { mode: 0o600 });
+    await this.write(path, EXPORT_QUERY);
+    await this.write(`${stem}.in`, names.map((n) => `${n}\n`).join(''));
     return { path, read: async () => parseNulPairs(await readFile(`${stem}.out`, 'utf8').catch(() => '')) };
   }
 }

@@ -6,3 +6,4 @@ export * from './globs.js';
 export * from './junit.js';
 export * from './codebuild-env.js';
 export * from './buildspec-job.js';
+export type { BuildUser } from './shell-process.js';

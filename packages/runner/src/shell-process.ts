@@ -38,6 +38,14 @@ export interface ShellProcessOptions {
   /** Distinguishes the records of successive shells of one session. */
   index: number;
   onOutput: (chunk: string) => void;
+  /** Run the shell as this user (needs a root worker). */
+  user?: BuildUser;
+}
+
+/** The Linux user builds run as, so they cannot read the worker's memory or environment. */
+export interface BuildUser {
+  uid: number;
+  gid: number;
 }
 
 export type SendResult =
@@ -76,6 +84,7 @@ export class ShellProcess {
       env: opts.env,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
+      ...(opts.user ? { uid: opts.user.uid, gid: opts.user.gid } : {}),
     });
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);

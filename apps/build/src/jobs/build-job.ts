@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { artifactKey, type ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob } from '@conveyor/contracts';
 import { fileSelection, resolveFiles, runBuildspecJob, type BuildspecRun } from '@conveyor/runner';
+import type { BuildUser } from '@conveyor/runner';
 import { openStageLog, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
 export interface BuildDeps {
@@ -10,6 +11,7 @@ export interface BuildDeps {
   redis: Redis;
   prefix: string;
   workDir: string;
+  user?: BuildUser;
 }
 
 /** The build stage: run the buildspec, then store `artifacts.files` (attempted even after a failure, as CodeBuild does). */
@@ -19,7 +21,7 @@ export const buildJobHandler =
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
     if (ctx.deliveries > 0) log.write(`[conveyor] delivery ${ctx.deliveries + 1} of this job (an earlier worker stopped before finishing)\n`);
     try {
-      return await runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal }, (run) => finishBuild(job, run, deps, (t) => log.write(t)));
+      return await runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(deps.user ? { user: deps.user } : {}) }, (run) => finishBuild(job, run, deps, (t) => log.write(t)));
     } finally {
       await log.close();
     }
