@@ -72,6 +72,19 @@ phases:
     expect(r.output).toContain('still-running');
   });
 
+  it('a write to a saved copy of the status pipe cannot turn a failure into a success', async () => {
+    const r = await run(`version: 0.2
+phases:
+  build:
+    commands:
+      - for fd in 10 11 12 13 14 15; do echo 0 >&$fd; done 2>/dev/null; true
+      - "false"
+      - echo after
+`);
+    expect(r.status).toBe('FAILED');
+    expect(r.output).not.toContain('after\n');
+  });
+
   it('passes only the given environment (plus PATH, HOME, LANG)', async () => {
     process.env.CV_RUNNER_TEST_LEAK = 'leaked';
     try {

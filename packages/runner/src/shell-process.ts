@@ -12,6 +12,8 @@ import { groupExists, writeShellRecord } from './orphans.js';
  * hijacking the loop. A `*.query.sh` file (our own constant scripts) gets `<name>.in` as stdin and
  * writes its answer to `<name>.out`. A user's `set -x` is switched off while the loop itself runs
  * and back on for the next command, so the trace shows their commands, not our plumbing.
+ * Each status names the file it answers: a stray write to a saved copy of fd 4 (bash keeps them at
+ * fds 10+) cannot shift statuses onto the wrong command; it ends the shell as a broken protocol.
  */
 export const BOOTSTRAP = `__cv_o=
 while IFS= command read -r __cv_f <&3; do
@@ -24,7 +26,7 @@ while IFS= command read -r __cv_f <&3; do
     *) command . "$__cv_f" </dev/null 3<&- 4>&-
       __cv_rc=$? ;;
   esac
-  command printf '%s\\n' "$__cv_rc" >&4
+  command printf '%s %s\\n' "$__cv_rc" "$__cv_f" >&4
 done
 `;
 
@@ -96,7 +98,11 @@ export class ShellProcess {
     return shell;
   }
 
+  private sent = '';
+  private onOutput: (chunk: string) => void = () => {};
+
   private wire(onOutput: (chunk: string) => void): void {
+    this.onOutput = onOutput;
     const control = this.child.stdio[3] as Writable;
     const status = this.child.stdio[4] as Readable;
     for (const stream of [this.child.stdout!, this.child.stderr!]) {
@@ -129,7 +135,16 @@ export class ShellProcess {
     const line = this.lines.shift();
     if (line !== undefined) {
       this.waiter = undefined;
-      resolve({ kind: 'status', code: Number.parseInt(line, 10) });
+      const m = /^(\d+) (.+)$/.exec(line);
+      if (m && m[2] === this.sent) return resolve({ kind: 'status', code: Number(m[1]) });
+      // Something else wrote to the status pipe: no later status can be trusted. End the shell.
+      this.onOutput(`\n[conveyor] the build wrote to Conveyor's control channel (got ${JSON.stringify(line.slice(0, 80))}); stopping this shell\n`);
+      try {
+        process.kill(-this.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+      resolve({ kind: 'exited', code: 255 });
     } else if (this.exitCode !== undefined) {
       this.waiter = undefined;
       resolve({ kind: 'exited', code: this.exitCode });
@@ -146,6 +161,7 @@ export class ShellProcess {
     const result = new Promise<SendResult>((resolve) => {
       this.waiter = resolve;
     });
+    this.sent = path;
     if (this.alive) (this.child.stdio[3] as Writable).write(`${path}\n`);
     this.settle();
     const r = await result;
