@@ -1,9 +1,9 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { RunPhasesOptions } from './bash-session.js';
-import { runYaml, useWorkspace } from './bash-session.testkit.js';
+import { isRunning, runYaml, useWorkspace } from './bash-session.testkit.js';
 import { codebuildEnv } from './codebuild-env.js';
 
 const dirs = useWorkspace();
@@ -83,6 +83,19 @@ phases:
 `);
     expect(r.status).toBe('FAILED');
     expect(r.output).not.toContain('after\n');
+  });
+
+  it('stops a daemon the build left running outside its process group', async () => {
+    const r = await run(`version: 0.2
+phases:
+  build:
+    commands:
+      - setsid sleep 300 > /dev/null 2>&1 < /dev/null & echo $! > daemon.pid
+`);
+    expect(r.status).toBe('SUCCEEDED');
+    const pid = Number(readFileSync(join(dirs().ws, 'daemon.pid'), 'utf8'));
+    expect(pid).toBeGreaterThan(1);
+    expect(isRunning(pid)).toBe(false);
   });
 
   it('passes only the given environment (plus PATH, HOME, LANG)', async () => {

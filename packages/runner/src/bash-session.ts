@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { chown, mkdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { PhaseOutcome } from '@conveyor/contracts';
@@ -5,6 +6,10 @@ import { PHASE_NAMES, type Buildspec, type PhaseName } from './buildspec-schema.
 import { ControlFiles } from './control-files.js';
 import { matchesWithin, parseOnFailure, type OnFailurePolicy } from './on-failure.js';
 import { ShellProcess, type BuildUser, type ShellKind } from './shell-process.js';
+import { killMarked } from './orphans.js';
+
+/** Every process of a build inherits this variable with the build's own random value. */
+const BUILD_MARK = 'CONVEYOR_BUILD_MARK';
 
 export type BuildStatus = 'SUCCEEDED' | 'FAILED' | 'TIMED_OUT' | 'STOPPED';
 export type CommandBlock = 'commands' | 'finally';
@@ -89,6 +94,7 @@ function describe(phase: PhaseName, block: CommandBlock, index: number, exitCode
 
 /** One build: a shell (replaced if a command kills it) and the phase rules of buildspec 0.2. */
 class BuildSession {
+  private readonly mark = randomUUID();
   private shell?: ShellProcess;
   private readonly shells: ShellProcess[] = [];
   private succeeding = true;
@@ -126,7 +132,7 @@ class BuildSession {
     this.shell = await ShellProcess.start({
       shell: shellOf(this.spec),
       cwd: this.opts.workspace,
-      env: shellEnv(this.opts.env),
+      env: { ...shellEnv(this.opts.env), [BUILD_MARK]: this.mark },
       controlDir: this.files.dir,
       index: this.shells.length,
       onOutput: this.onOutput,
@@ -247,6 +253,9 @@ class BuildSession {
   async close(): Promise<void> {
     await this.stopping;
     await Promise.all(this.shells.map((s) => s.close(this.opts.killGraceMs ?? 5000)));
+    // A daemon started with setsid left the process group; it still carries the build's mark.
+    const killed = await killMarked(BUILD_MARK, this.mark);
+    if (killed > 0) this.emit({ type: 'notice', message: `stopped ${killed} process(es) the build left running outside its process group` });
   }
 }
 

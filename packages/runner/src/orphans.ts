@@ -156,3 +156,24 @@ export async function reapOrphans(controlRoot: string): Promise<ReapReport> {
   }
   return report;
 }
+
+/**
+ * Kills (SIGKILL) every process whose environment holds `name=value` (Linux /proc; elsewhere none):
+ * what a build started outside its process group (setsid, double fork) still carries the mark.
+ */
+export async function killMarked(name: string, value: string): Promise<number> {
+  const entry = `${name}=${value}`;
+  let killed = 0;
+  for (const pid of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
+    const environ = await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '');
+    if (!environ.split('\0').includes(entry)) continue;
+    try {
+      process.kill(Number(pid), 'SIGKILL');
+      killed++;
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return killed;
+}

@@ -15,7 +15,8 @@ export class HttpProber implements Prober {
     const elapsed = () => Math.round((performance.now() - started) * 10) / 10;
     try {
       const res = await fetch(url, { redirect: 'manual', signal: AbortSignal.any([signal, timeout]), headers: { 'user-agent': 'conveyor-monitor' } });
-      await res.arrayBuffer().catch(() => undefined);
+      // The status is the answer; a large or endless body must not be read (nor held in memory).
+      await res.body?.cancel().catch(() => undefined);
       const ok = res.status >= 200 && res.status < 300;
       return { ok, ms: elapsed(), detail: `HTTP ${res.status}` };
     } catch (err) {
