@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
-import { mkdir, readFile, realpath, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob, TestJob } from '@conveyor/contracts';
@@ -40,6 +40,16 @@ export async function resolveBuildUser(workDir: string, uid?: number, gid?: numb
   return { user };
 }
 
+function pidAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 1) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** The first ancestor of `dir` (created if missing) that `user` may not enter, if any. */
 async function untraversable(dir: string, user: BuildUser): Promise<string | undefined> {
   await mkdir(dir, { recursive: true });
@@ -68,6 +78,9 @@ export interface BuildspecRun {
 export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: BuildspecJobDeps, then: (run: BuildspecRun) => Promise<T>): Promise<T> {
   const dir = join(resolve(deps.workDir), `${job.jobId}-${randomUUID().slice(0, 8)}`);
   const workspace = join(dir, 'src');
+  // Names the live worker that owns the job directory, so a successor can tell an abandoned one.
+  await mkdir(resolve(deps.workDir), { recursive: true });
+  await writeFile(`${dir}.owner`, JSON.stringify({ pid: process.pid }));
   await mkdir(workspace, { recursive: true });
   try {
     deps.log(`[conveyor] ${job.type} ${job.pipeline}/${job.stage} attempt ${job.attempt}, commit ${job.commit}${deps.user ? `, as uid ${deps.user.uid}` : ''}\n`);
@@ -115,6 +128,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
     return await then({ status, ...(phases.message ? { message: phases.message } : {}), workspace, spec: spec.spec, phases });
   } finally {
     await Promise.all([rm(dir, { recursive: true, force: true }), rm(`${dir}.ctl`, { recursive: true, force: true })]);
+    await rm(`${dir}.owner`, { force: true });
   }
 }
 
@@ -123,11 +137,18 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
  * directories. Job directories of live workers sharing `workDir` are left alone.
  */
 export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: number[]; removed: string[] }> {
-  const report = await reapOrphans(resolve(workDir));
+  const root = resolve(workDir);
+  const report = await reapOrphans(root);
   const removed: string[] = [];
-  for (const ctl of report.removed) {
-    const jobDir = ctl.replace(/\.ctl$/, '');
-    await rm(jobDir, { recursive: true, force: true });
+  // A worker can die before its shell starts or after it ended (unpacking, uploading): its
+  // directory then has no shell record, only the owner file.
+  for (const name of await readdir(root).catch(() => [] as string[])) {
+    if (!name.endsWith('.owner')) continue;
+    const owner = await readFile(join(root, name), 'utf8').then((t) => Number(JSON.parse(t).pid), () => NaN);
+    if (owner === process.pid || pidAlive(owner)) continue;
+    const jobDir = join(root, name.slice(0, -'.owner'.length));
+    await Promise.all([rm(jobDir, { recursive: true, force: true }), rm(`${jobDir}.ctl`, { recursive: true, force: true })]);
+    await rm(join(root, name), { force: true });
     removed.push(jobDir);
   }
   return { killed: report.killed, removed };

@@ -87,6 +87,11 @@ export class LocalProcessTarget implements DeployTarget {
       const last = tailLines(output);
       return { status: 'unhealthy', message: `${why}; the previous version keeps serving. Last output:\n${last || '(none)'}` };
     }
+    // A 200 from a command that has already exited came from someone else (a daemonised copy, or
+    // another process on the port): a deployment is a process group Conveyor can see and stop.
+    if (!(await ownGroupAlive(record.pgid, record.procStart))) {
+      return { status: 'unhealthy', message: `the command's process group ended after ${target.healthPath} answered; a deployed command must keep running in the foreground; the previous version keeps serving` };
+    }
     // Record first, then stop the old one: a crash in between leaves current.json naming a healthy version.
     await files.writeCurrent(record);
     ctx.log(`healthy after ${outcome.afterMs} ms; ${record.url} now serves ${job.pipeline}`);
