@@ -1,10 +1,9 @@
 import { spawn } from 'node:child_process';
 import { open, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { DeployJob } from '@conveyor/contracts';
-import type { Logger } from '@conveyor/service-kit';
+import { freePort, type Logger } from '@conveyor/service-kit';
 import { childEnv } from '../domain/child-env.js';
 import { APP_DIR, isSameVersion, localUrl, OUTPUT_FILE, versionName, type DeploymentRecord } from '../domain/deployment-record.js';
 import { describeHealthFailure, waitHealthy } from '../domain/health-wait.js';
@@ -119,7 +118,7 @@ export class LocalProcessTarget implements DeployTarget {
   }
 
   private async start(job: DeployJob, target: LocalTargetConfig, dir: string): Promise<Started> {
-    const port = await pickFreePort();
+    const port = await freePort();
     const env = childEnv({ host: this.opts.hostEnv ?? process.env, target: target.env, port, runId: job.runId, commit: job.commit });
     const out = await open(join(dir, OUTPUT_FILE), 'a', 0o600);
     let child;
@@ -175,19 +174,6 @@ export class LocalProcessTarget implements DeployTarget {
       await rm(join(files.pipelineDir(pipeline), name), { recursive: true, force: true });
     }
   }
-}
-
-/** A port nobody listens on right now. Another process may take it before the app binds; the app then fails its health check. */
-export async function pickFreePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no free port'))));
-    });
-  });
 }
 
 /** The last `bytes` of a file as text ('' when it does not exist). */
