@@ -43,7 +43,10 @@ export class WebhookIntake {
     if (!d.deliveryId || !DELIVERY_ID.test(d.deliveryId)) {
       throw new InputError('X-GitHub-Delivery must be 1-200 letters, digits, dots, dashes or underscores', [{ path: 'headers.x-github-delivery', message: d.deliveryId ? 'invalid' : 'required' }]);
     }
-    if (d.event === 'ping') return { status: 200, body: { ok: true, pipelines: verified.map((p) => p.name) } };
+    if (d.event === 'ping') {
+      await this.deps.runs.recordDelivery({ key: `github:${d.deliveryId}:*`, decision: { outcome: 'skipped', reason: 'ping', at: this.now() } });
+      return { status: 200, body: { ok: true, pipelines: verified.map((p) => p.name) } };
+    }
     if (d.event !== 'push') return this.skipAll(d.deliveryId, `event ${d.event} is not handled`);
 
     const event = githubPushToSourceEvent(this.parsePush(d.rawBody), d.deliveryId);

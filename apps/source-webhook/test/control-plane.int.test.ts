@@ -196,6 +196,11 @@ describe('GitHub webhooks', () => {
   it('answers ping, skips filtered branches with a reason, 404s unknown repositories, 400s bad payloads', async () => {
     const ping = await sendPush('{"zen":"hi"}', 'delivery-5', sign('{"zen":"hi"}'), 'ping');
     expect(ping.statusCode).toBe(200);
+    // Every accepted delivery leaves one recorded decision.
+    expect(JSON.parse((await redis.get(`${prefix}:delivery:github:delivery-5:*`))!)).toMatchObject({ outcome: 'skipped', reason: 'ping' });
+    const filtered = await sendPush(pushBody(firstCommit, 'dev'), 'delivery-5b');
+    expect(filtered.statusCode).toBe(200);
+    expect(JSON.parse((await redis.get(`${prefix}:delivery:github:delivery-5b:hello`))!)).toMatchObject({ outcome: 'skipped', reason: expect.stringContaining('branch dev') });
     const before = await runCount();
     const dev = await sendPush(pushBody(firstCommit, 'dev'), 'delivery-6');
     expect(dev.statusCode).toBe(200);
