@@ -4,15 +4,14 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES, type BuildJob } from '@conveyor/contracts';
-import { composeStageService } from '@conveyor/service-kit';
-import { StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
+import { inProcessStageService, StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
 import { buildJobHandler } from '../src/jobs/build-job.js';
 
 let dir: string;
 let store: FsArtifactStore;
 let harness: StageHarness;
-let service: ReturnType<typeof composeStageService<'build'>>;
+let service: ReturnType<typeof inProcessStageService<'build'>>;
 let n = 0;
 
 async function sourceArtifact(files: Record<string, string>) {
@@ -55,20 +54,18 @@ beforeAll(async () => {
   const prefix = uniquePrefix('build');
   const env = loadEnv({ REDIS_URL: redis.url, QUEUE_PREFIX: prefix, ARTIFACT_DIR: join(dir, 'artifacts'), WORK_DIR: join(dir, 'work'), LOG_LEVEL: 'silent' });
   store = new FsArtifactStore(env.ARTIFACT_DIR);
-  service = composeStageService({
+  service = inProcessStageService({
     service: 'build',
     type: 'build',
     queueName: QUEUES.build,
     env,
     handler: ({ redis: r, prefix: p }) => buildJobHandler({ artifacts: store, redis: r, prefix: p, workDir: env.WORK_DIR }),
   });
-  void service.worker.run();
-  harness = new StageHarness(redis.url, prefix);
+  harness = service.harness;
 });
 
 afterAll(async () => {
-  for (const step of service.shutdown) await step.run();
-  await harness.close();
+  await service.stop();
   await rm(dir, { recursive: true, force: true });
   await (await testRedis()).stop();
 });

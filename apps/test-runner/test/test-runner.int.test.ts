@@ -4,15 +4,14 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES, type TestJob } from '@conveyor/contracts';
-import { composeStageService } from '@conveyor/service-kit';
-import { StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
+import { inProcessStageService, StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
 import { testJobHandler } from '../src/jobs/test-job.js';
 
 let dir: string;
 let store: FsArtifactStore;
 let harness: StageHarness;
-let service: ReturnType<typeof composeStageService<'test'>>;
+let service: ReturnType<typeof inProcessStageService<'test'>>;
 let n = 0;
 
 const junit = (cases: string) => `<?xml version="1.0"?>\n<testsuites><testsuite name="s">${cases}</testsuite></testsuites>\n`;
@@ -59,20 +58,18 @@ beforeAll(async () => {
   const prefix = uniquePrefix('tr');
   const env = loadEnv({ REDIS_URL: redis.url, QUEUE_PREFIX: prefix, ARTIFACT_DIR: join(dir, 'artifacts'), WORK_DIR: join(dir, 'work'), LOG_LEVEL: 'silent' });
   store = new FsArtifactStore(env.ARTIFACT_DIR);
-  service = composeStageService({
+  service = inProcessStageService({
     service: 'test-runner',
     type: 'test',
     queueName: QUEUES.test,
     env,
     handler: ({ redis: r, prefix: p }) => testJobHandler({ artifacts: store, redis: r, prefix: p, workDir: env.WORK_DIR }),
   });
-  void service.worker.run();
-  harness = new StageHarness(redis.url, prefix);
+  harness = service.harness;
 });
 
 afterAll(async () => {
-  for (const step of service.shutdown) await step.run();
-  await harness.close();
+  await service.stop();
   await rm(dir, { recursive: true, force: true });
   await (await testRedis()).stop();
 });

@@ -1,5 +1,7 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
+import type { StageJob } from '@conveyor/contracts';
+import { composeStageService, type StageServiceOptions } from '@conveyor/service-kit';
 
 /**
  * Drives a stage worker the way the orchestrator does: add a StageJob to its BullMQ queue, then
@@ -48,4 +50,18 @@ export class StageHarness {
     await Promise.all([...this.queues.values()].map((q) => q.close()));
     this.redis.disconnect();
   }
+}
+
+/** A stage service composed in this process (real worker, real Redis) with a harness to drive it. */
+export function inProcessStageService<T extends StageJob['type']>(opts: StageServiceOptions<T>) {
+  const service = composeStageService(opts);
+  void service.worker.run();
+  const harness = new StageHarness(opts.env.REDIS_URL, opts.env.QUEUE_PREFIX);
+  return {
+    harness,
+    async stop() {
+      for (const step of service.shutdown) await step.run();
+      await harness.close();
+    },
+  };
 }
