@@ -2,6 +2,9 @@ import type { Worker } from 'bullmq';
 import type { Logger } from './logger.js';
 import type { Redis } from './redis.js';
 
+/** The abort reason closeWorker gives running jobs when a shutdown outlasts its drain time. */
+export const SHUTTING_DOWN = 'shutting down';
+
 /** Rejects when `promise` has not settled within `ms` (a readiness check must answer, not hang). */
 export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -38,7 +41,7 @@ export async function closeWorker(worker: Worker, ms: number, logger: Logger): P
     // Abort what still runs (builds kill their process groups); the jobs' locks lapse and another
     // worker runs them again.
     logger.warn({ waitedMs: ms }, 'worker did not close in time; cancelling running jobs, they will be re-delivered');
-    worker.cancelAllJobs('shutting down');
+    worker.cancelAllJobs(SHUTTING_DOWN);
     await within(closing, 10_000, 'worker close after cancel').catch(() => undefined);
   }
 }

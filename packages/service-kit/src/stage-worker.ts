@@ -1,9 +1,9 @@
-import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { StageJob, StageResult, type StageJobOf, type StageOutput } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
 import type { ResultPublisher } from './results-stream.js';
-import { logErrors } from './lifecycle.js';
+import { logErrors, SHUTTING_DOWN } from './lifecycle.js';
 import type { Logger } from './logger.js';
 
 /** What a stage handler decides; the wrapper adds the identity and timing fields of the StageResult. */
@@ -62,7 +62,7 @@ function describe(err: unknown): string {
  */
 export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerOptions<T>): Worker {
   const now = opts.now ?? (() => new Date());
-  const processor = async (bull: Job, _token?: string, signal?: AbortSignal): Promise<StageResult> => {
+  const processor = async (bull: Job, token?: string, signal?: AbortSignal): Promise<StageResult> => {
     const parsed = StageJob.safeParse(bull.data);
     if (!parsed.success || parsed.data.type !== opts.type) {
       opts.logger.error({ jobId: bull.id, issues: parsed.success ? 'wrong type' : parsed.error.issues }, 'rejected malformed stage job');
@@ -99,12 +99,19 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       else {
         const lastAttempt = bull.attemptsMade + 1 >= (bull.opts.attempts ?? 1);
         logger.warn({ err, lastAttempt }, 'stage job errored');
-        if (!lastAttempt || ctx.signal.aborted) throw err;
+        if (!lastAttempt && !ctx.signal.aborted) throw err;
         outcome = { status: 'FAILED', message: `stage errored: ${describe(err)}` };
       }
     }
-    // A job whose lock was lost belongs to another worker now: its verdict, not ours, is the result.
-    if (ctx.signal.aborted) throw new Error(`stage job ${job.jobId} was taken from this worker (${String(ctx.signal.reason ?? 'aborted')}); not publishing`);
+    if (ctx.signal.aborted) {
+      // Cancelled by our own shutdown: hand the job back untouched, without spending an attempt.
+      if (ctx.signal.reason === SHUTTING_DOWN && token) {
+        await bull.moveToWait(token);
+        throw new WaitingError();
+      }
+      // A job whose lock was lost belongs to another worker now: its verdict, not ours, is the result.
+      throw new Error(`stage job ${job.jobId} was taken from this worker (${String(ctx.signal.reason ?? 'aborted')}); not publishing`);
+    }
     return finish(outcome);
   };
   const worker = new Worker(opts.queueName, processor, {

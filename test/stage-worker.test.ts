@@ -1,0 +1,66 @@
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { QUEUES, type StageJob } from '@conveyor/contracts';
+import { StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
+import { closeWorker, createLogger, createResultPublisher, createStageWorker, PermanentJobError, type StageHandler } from '@conveyor/service-kit';
+
+let url: string;
+const logger = createLogger('test', 'silent');
+const conns: Redis[] = [];
+const conn = () => {
+  const r = new Redis(url, { maxRetriesPerRequest: null });
+  conns.push(r);
+  return r;
+};
+
+beforeAll(async () => {
+  url = (await testRedis()).url;
+});
+afterAll(async () => {
+  conns.forEach((c) => c.disconnect());
+  await (await testRedis()).stop();
+});
+
+const job = (n: number): StageJob => ({
+  v: 1, type: 'monitor', jobId: `run-worker-${n}.Monitor.1`, runId: `run-worker-${n}`, runNumber: n, pipeline: 'p', stage: 'Monitor', stageIndex: 4, attempt: 1,
+  trigger: { type: 'manual', ref: 'refs/heads/main' }, url: 'http://127.0.0.1:1/', verify: { healthPath: '/', durationSeconds: 1, intervalSeconds: 1, maxFailures: 0, timeoutMs: 100 },
+});
+
+function worker(prefix: string, handler: StageHandler<'monitor'>) {
+  return createStageWorker({ type: 'monitor', queueName: QUEUES.monitor, connection: conn(), prefix, results: createResultPublisher(conn(), prefix), handler, logger, concurrency: 1, lockDuration: 30_000, stalledInterval: 30_000 });
+}
+
+describe('createStageWorker', () => {
+  it('turns a PermanentJobError into a FAILED result with its message', async () => {
+    const prefix = uniquePrefix('sw');
+    const w = worker(prefix, async () => {
+      throw new PermanentJobError('the input can never work');
+    });
+    const harness = new StageHarness(url, prefix);
+    await harness.enqueue(QUEUES.monitor, job(1));
+    expect(await harness.result(job(1).jobId)).toMatchObject({ status: 'FAILED', message: 'the input can never work' });
+    await w.close();
+    await harness.close();
+  });
+
+  it('hands a job that outlasts the shutdown drain back to the queue, unspent and unreported', async () => {
+    const prefix = uniquePrefix('sw');
+    let started!: () => void;
+    const running = new Promise<void>((r) => (started = r));
+    const w = worker(prefix, async (_job, ctx) => {
+      started();
+      await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
+      return { status: 'FAILED', message: 'stopped' };
+    });
+    const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
+    await queue.add('monitor', job(2), { jobId: job(2).jobId, attempts: 3 });
+    await running;
+    await closeWorker(w, 200, logger);
+    const back = (await queue.getJob(job(2).jobId))!;
+    expect(await back.getState()).toBe('waiting');
+    expect(back.attemptsMade).toBe(0);
+    expect(await conn().xlen(`${prefix}:results`)).toBe(0);
+    await queue.close();
+  });
+});
