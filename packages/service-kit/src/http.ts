@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Registry } from 'prom-client';
@@ -45,7 +46,8 @@ function mapError(error: unknown): { status: number; title: string; detail?: str
   }
   const fe = error as FastifyError;
   if (typeof fe?.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
-    return { status: fe.statusCode, title: 'Bad Request', detail: fe.message };
+    // 413 body too large, 415 unsupported media type, …: fastify's own 4xx keep their status and name.
+    return { status: fe.statusCode, title: STATUS_CODES[fe.statusCode] ?? 'Bad Request', detail: fe.message };
   }
   // ioredis offline-queue / connection errors: the producer fails fast, the caller retries later.
   if (error instanceof Error && (error.name === 'MaxRetriesPerRequestError' || /Stream isn't writeable|Connection is closed|ECONNREFUSED|enableOfflineQueue|Command timed out/.test(error.message))) {
