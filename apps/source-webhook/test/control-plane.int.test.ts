@@ -132,7 +132,7 @@ stages:
     const text = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/xml' }, payload: '<name/>' });
     expect(text.statusCode).toBe(415);
     expect(text.json()).toMatchObject({ status: 415, title: 'Unsupported Media Type' });
-    const notAnObject = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: auth, payload: '"just a string"' });
+    const notAnObject = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/json' }, payload: '"just a string"' });
     expect(notAnObject.statusCode).toBe(400);
     expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/nope', headers: auth })).statusCode).toBe(404);
   });
