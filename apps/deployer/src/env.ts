@@ -11,8 +11,6 @@ export const DeployerEnv = BaseEnv.extend({
   DEPLOY_KEEP_VERSIONS: z.coerce.number().int().min(1).max(1000).default(5),
   /** When set, `GET /api/v1/deployments` requires `Authorization: Bearer <token>`. */
   CONVEYOR_API_TOKEN: optionalSecret,
-  /** How long SIGTERM waits for running deploys before leaving them to be re-delivered elsewhere. */
-  SHUTDOWN_DRAIN_SECONDS: z.coerce.number().min(0).max(3600).default(20),
 });
 export type DeployerEnv = z.infer<typeof DeployerEnv>;
 

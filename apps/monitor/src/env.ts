@@ -11,8 +11,6 @@ export const MonitorEnv = BaseEnv.extend({
   MONITOR_HISTORY_MAX: z.coerce.number().int().min(1).max(1_000_000).default(1000),
   /** A stream entry pending this long (its consumer died) is claimed by another monitor. */
   EVENTS_CLAIM_IDLE_MS: z.coerce.number().int().min(1000).default(60_000),
-  /** How long SIGTERM waits for running verifications before leaving them to be re-delivered elsewhere. */
-  SHUTDOWN_DRAIN_SECONDS: z.coerce.number().min(0).max(3600).default(20),
 });
 export type MonitorEnv = z.infer<typeof MonitorEnv>;
 

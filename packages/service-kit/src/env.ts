@@ -12,6 +12,8 @@ export const BaseEnv = z.object({
   /** BullMQ lock duration and stalled-check interval (ms): how fast a killed worker's job is re-run. */
   WORKER_LOCK_MS: z.coerce.number().int().min(1000).default(30_000),
   WORKER_STALLED_MS: z.coerce.number().int().min(1000).default(30_000),
+  /** How long SIGTERM waits for running jobs before handing them back to the queue. */
+  SHUTDOWN_DRAIN_SECONDS: z.coerce.number().min(0).max(3600).default(20),
   WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(4),
 });
 export type BaseEnv = z.infer<typeof BaseEnv>;

@@ -23,8 +23,6 @@ export interface StageServiceOptions<T extends StageJob['type']> {
   queueName: string;
   env: BaseEnv & { PORT: number };
   handler: (deps: StageServiceDeps) => StageHandler<T>;
-  /** How long SIGTERM waits for running jobs; after that they are re-delivered elsewhere. Default 20. */
-  drainSeconds?: number;
   /** Runs before the worker starts taking jobs (e.g. reaping what a crashed predecessor left). */
   beforeStart?: (deps: StageServiceDeps) => Promise<void>;
 }
@@ -73,7 +71,7 @@ export function composeStageService<T extends StageJob['type']>(opts: StageServi
   logErrors(redis, logger, 'worker');
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
-    { name: 'worker', run: () => closeWorker(worker, (opts.drainSeconds ?? 20) * 1000, logger) },
+    { name: 'worker', run: () => closeWorker(worker, env.SHUTDOWN_DRAIN_SECONDS * 1000, logger) },
     { name: 'redis', run: () => closeRedis(redis) },
   ];
   return { app, worker, deps, logger, shutdown };
