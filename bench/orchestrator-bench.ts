@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Queue, Worker, type ConnectionOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import { PipelineDefinition, QUEUES, type StageJob } from '@conveyor/contracts';
-import { createLogger, createQueue, createRedis, createResultPublisher, createStageWorker, waitReady, type StageOutcome } from '@conveyor/service-kit';
+import { createLogger, createQueue, createRedis, createStageWorker, waitReady, type StageOutcome } from '@conveyor/service-kit';
 import { BullJobDispatcher, Orchestrator, RedisRunStore, ResultsConsumer } from '@conveyor/source-webhook';
 
 export interface HopBenchResult {
@@ -99,7 +99,7 @@ const noop = async (job: StageJob): Promise<StageOutcome> => {
   }
 };
 
-/** Conveyor: runs through the real orchestrator (CAS store, outbox, results queue) with no-op stage workers. */
+/** Conveyor: runs through the real orchestrator (CAS store, outbox, outcomes read from the queues' event streams) with no-op stage workers. */
 export async function orchestrated(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
   const prefix = `cvbench${randomUUID().slice(0, 8)}`;
   const logger = createLogger('bench', 'silent');
@@ -109,9 +109,9 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   const queues = new Map(Object.values(QUEUES).map((n) => [n, createQueue(n, { connection: queueConn, prefix })]));
   await waitReady(producer);
   const runsStore = new RedisRunStore(producer, prefix);
-  const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues, producer, prefix), logger, newId: randomUUID });
+  const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
   const stageWorkers = STAGE_TYPES.map((type) =>
-    createStageWorker({ type, queueName: QUEUES[type], connection: conn(url), prefix, results: createResultPublisher(producer, prefix), handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
+    createStageWorker({ type, queueName: QUEUES[type], connection: conn(url), prefix, handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
   );
   const results = new ResultsConsumer({ redis: conn(url), prefix, orchestrator, logger });
   await results.start();
@@ -128,7 +128,8 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   });
   const t0 = performance.now();
   await Promise.all(Array.from({ length: runs }, () => orchestrator.startRun(definition, { type: 'manual', ref: 'refs/heads/main' })));
-  while ((await runsStore.activeRunIds()).length > 0) await new Promise((r) => setTimeout(r, 5));
+  // SCARD, not SMEMBERS: watching must not load the system it measures.
+  while ((await producer.scard(`${prefix}:runs:active`)) > 0) await new Promise((r) => setTimeout(r, 5));
   const seconds = (performance.now() - t0) / 1000;
   const finished = await runsStore.listByPipeline('bench', runs);
   const succeeded = finished.filter((r) => r.status === 'SUCCEEDED').length;

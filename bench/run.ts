@@ -7,7 +7,7 @@ const print = (line: string) => process.stdout.write(`${line}\n`);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const fmt = (r: HopBenchResult) => `${r.hopsPerSecond.toFixed(0)} transitions/s (${r.runs} runs × 5 stages in ${r.seconds.toFixed(2)} s)`;
 
-const RUNS = Number(process.env.BENCH_RUNS ?? 400);
+const RUNS = Number(process.env.BENCH_RUNS ?? 1000);
 const CONCURRENCIES = (process.env.BENCH_CONCURRENCY ?? '4,16,64').split(',').map(Number);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 
@@ -17,9 +17,12 @@ async function main() {
     print(`(a) stage transitions per second: ${RUNS} runs × 5 stages with no-op stage workers, ${ROUNDS} rounds per setting,`);
     print('    everything in this one process against a private redis-server. Baselines: a raw BullMQ chain (each worker adds');
     print('    the next stage: 5 queue hops a run) and raw BullMQ with a coordinator queue (job out, result back, next job: 10 hops)');
-    await rawChain(redis.url, 50, 4);
-    await rawCoordinated(redis.url, 50, 4);
-    await orchestrated(redis.url, 50, 4);
+    // Warm-up at full size, discarded: JIT-compiled code on both sides, as in a long-running service.
+    for (let i = 0; i < 2; i++) {
+      await rawChain(redis.url, RUNS, 16);
+      await rawCoordinated(redis.url, RUNS, 16);
+      await orchestrated(redis.url, RUNS, 16);
+    }
     for (const concurrency of CONCURRENCIES) {
       const raw: number[] = [];
       const coord: number[] = [];

@@ -1,9 +1,9 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QUEUES, type StageJob } from '@conveyor/contracts';
+import { QUEUES, StageResult, type StageJob } from '@conveyor/contracts';
 import { StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
-import { closeWorker, createLogger, createResultPublisher, createStageWorker, PermanentJobError, type StageHandler } from '@conveyor/service-kit';
+import { closeWorker, createLogger, createStageWorker, PermanentJobError, stageEventsKey, type StageHandler } from '@conveyor/service-kit';
 
 let url: string;
 const logger = createLogger('test', 'silent');
@@ -28,7 +28,7 @@ const job = (n: number): StageJob => ({
 });
 
 function worker(prefix: string, handler: StageHandler<'monitor'>) {
-  return createStageWorker({ type: 'monitor', queueName: QUEUES.monitor, connection: conn(), prefix, results: createResultPublisher(conn(), prefix), handler, logger, concurrency: 1, lockDuration: 30_000, stalledInterval: 30_000 });
+  return createStageWorker({ type: 'monitor', queueName: QUEUES.monitor, connection: conn(), prefix, handler, logger, concurrency: 1, lockDuration: 30_000, stalledInterval: 30_000 });
 }
 
 describe('createStageWorker', () => {
@@ -42,6 +42,22 @@ describe('createStageWorker', () => {
     expect(await harness.result(job(1).jobId)).toMatchObject({ status: 'FAILED', message: 'the input can never work' });
     await w.close();
     await harness.close();
+  });
+
+  it('completes the job with the StageResult as its BullMQ return value', async () => {
+    const prefix = uniquePrefix('sw');
+    const w = worker(prefix, async () => ({ status: 'SUCCEEDED', output: { url: 'http://127.0.0.1:1/' } }));
+    const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
+    await queue.add('monitor', job(3), { jobId: job(3).jobId });
+    const harness = new StageHarness(url, prefix);
+    await harness.enqueue(QUEUES.monitor, job(4));
+    await harness.result(job(4).jobId);
+    const done = (await queue.getJob(job(3).jobId))!;
+    expect(await done.getState()).toBe('completed');
+    expect(StageResult.parse(done.returnvalue)).toMatchObject({ jobId: job(3).jobId, runId: 'run-worker-3', status: 'SUCCEEDED', output: { url: 'http://127.0.0.1:1/' } });
+    await w.close();
+    await harness.close();
+    await queue.close();
   });
 
   it('hands a job that outlasts the shutdown drain back to the queue, unspent and unreported', async () => {
@@ -60,7 +76,10 @@ describe('createStageWorker', () => {
     const back = (await queue.getJob(job(2).jobId))!;
     expect(await back.getState()).toBe('waiting');
     expect(back.attemptsMade).toBe(0);
-    expect(await conn().xlen(`${prefix}:results`)).toBe(0);
+    // No outcome was reported: the events stream holds no completed or failed event.
+    const events = (await conn().xrange(stageEventsKey(prefix, QUEUES.monitor), '-', '+')).map(([, f]) => f[1]);
+    expect(events).not.toContain('completed');
+    expect(events).not.toContain('failed');
     await queue.close();
   });
 });

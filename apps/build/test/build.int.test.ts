@@ -91,7 +91,7 @@ artifacts:
     });
     expect(result).toMatchObject({ status: 'SUCCEEDED', output: { exportedVariables: { VERSION: '1.2.3' } } });
     const unpacked = join(dir, 'unpacked-1');
-    await store.extractTo(result.output.artifact, unpacked);
+    await store.extractTo(result.output.artifact!, unpacked);
     expect((await readdir(unpacked, { recursive: true })).sort()).toEqual(['nested', 'nested/info.txt', 'trigger.txt']);
     const { readFile } = await import('node:fs/promises');
     expect(await readFile(join(unpacked, 'nested/info.txt'), 'utf8')).toBe(`hello stage-wins 42 ${'c'.repeat(40)}\n`);
@@ -114,7 +114,7 @@ artifacts:
     });
     expect(result.status).toBe('FAILED');
     expect(result.message).toMatch(/build/);
-    expect(result.output.artifact.bytes).toBeGreaterThan(0);
+    expect(result.output.artifact!.bytes).toBeGreaterThan(0);
     const text = await log();
     expect(text).toContain('succeeding=0');
     expect(text).not.toContain('never\n');

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { closeRedis, closeWorker, createLogger, createRedis, createRegistry, createResultPublisher, createStageWorker, logErrors, onShutdown, readinessChecks } from '@conveyor/service-kit';
+import { closeRedis, closeWorker, createLogger, createRedis, createRegistry, createStageWorker, logErrors, onShutdown, readinessChecks } from '@conveyor/service-kit';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
 import { LocalProcessTarget } from './adapters/local-process-target.js';
@@ -15,7 +15,6 @@ const logger = createLogger('deployer', env.LOG_LEVEL);
 const prefix = env.QUEUE_PREFIX;
 const redis = createRedis(env.REDIS_URL, 'worker');
 logErrors(redis, logger, 'main');
-const results = createResultPublisher(redis, prefix);
 
 const deployDir = resolve(env.DEPLOY_DIR);
 const files = new DeploymentFiles(deployDir);
@@ -33,7 +32,6 @@ const worker = createStageWorker({
   queueName: QUEUES.deploy,
   connection: redis,
   prefix,
-  results,
   handler: createDeployHandler({ targets: [local], redis, prefix, deploys: deployCounter(registry) }),
   logger,
   concurrency: env.WORKER_CONCURRENCY,

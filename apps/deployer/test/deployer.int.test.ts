@@ -7,8 +7,8 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FsArtifactStore, artifactKey } from '@conveyor/artifacts';
 import { DeployJob, QUEUES, StageResult, stageJobId } from '@conveyor/contracts';
-import { createQueue, resultsStreamKey, stageLogKey } from '@conveyor/service-kit';
-import { testRedis, uniquePrefix } from '@conveyor/testing';
+import { createQueue, stageLogKey } from '@conveyor/service-kit';
+import { completedResults, testRedis, uniquePrefix } from '@conveyor/testing';
 import { stopAllDeployments } from '../src/stop-all.js';
 import { alive, getJson, processesWithEnv, startService, type RunningService } from './service.js';
 
@@ -98,15 +98,12 @@ async function makeJob(pipeline: string, version: string, target: Target = {}, e
   });
 }
 
-/** Every StageResult published for `jobId` on the results stream, oldest first. */
+/** Every StageResult the deploy queue's jobs completed with for `jobId`, oldest first. */
 async function resultsFor(jobId: string): Promise<StageResult[]> {
-  const entries = await redis.xrange(resultsStreamKey(prefix), '-', '+');
-  return entries
-    .map(([, fields]) => StageResult.parse(JSON.parse(fields[fields.indexOf('result') + 1]!)))
-    .filter((r) => r.jobId === jobId);
+  return (await completedResults(redis, prefix, QUEUES.deploy)).filter((r) => r.jobId === jobId);
 }
 
-/** Waits for the `nth` StageResult of `jobId` (a re-delivery publishes another). */
+/** Waits for the `nth` StageResult of `jobId` (a re-delivery completes another). */
 async function waitResult(jobId: string, nth = 1, ms = 60_000): Promise<StageResult> {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {

@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { EVENTS_STREAM, QUEUES } from '@conveyor/contracts';
-import { closeQueue, closeRedis, closeWorker, createLogger, createQueue, createRedis, createRegistry, createResultPublisher, createStageWorker, logErrors, onShutdown, readinessChecks } from '@conveyor/service-kit';
+import { closeQueue, closeRedis, closeWorker, createLogger, createQueue, createRedis, createRegistry, createStageWorker, logErrors, onShutdown, readinessChecks } from '@conveyor/service-kit';
 import { HttpProber } from './adapters/http-prober.js';
 import { PrometheusRunMetrics, registerQueueDepth } from './adapters/prometheus-metrics.js';
 import { RedisEventConsumer } from './adapters/redis-event-consumer.js';
@@ -19,7 +19,6 @@ const prefix = env.QUEUE_PREFIX;
 const redis = createRedis(env.REDIS_URL, 'worker');
 const blocking = createRedis(env.REDIS_URL, 'worker');
 const api = createRedis(env.REDIS_URL, 'producer');
-const results = createResultPublisher(redis, prefix);
 const watched = Object.values(QUEUES).map((name) => createQueue(name, { connection: api, prefix }));
 logErrors(redis, logger, 'main');
 logErrors(blocking, logger, 'events');
@@ -35,7 +34,6 @@ const worker = createStageWorker({
   queueName: QUEUES.monitor,
   connection: redis,
   prefix,
-  results,
   handler: createMonitorHandler({ prober: new HttpProber(), redis, prefix }),
   logger,
   concurrency: env.WORKER_CONCURRENCY,

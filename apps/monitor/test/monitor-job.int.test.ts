@@ -4,8 +4,8 @@ import type { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { MonitorJob, QUEUES, StageResult, stageJobId, type VerifySettings } from '@conveyor/contracts';
-import { createQueue, resultsStreamKey, stageLogKey } from '@conveyor/service-kit';
-import { freePort, testRedis, uniquePrefix } from '@conveyor/testing';
+import { createQueue, stageLogKey } from '@conveyor/service-kit';
+import { completedResults, freePort, testRedis, uniquePrefix } from '@conveyor/testing';
 import { startService, type RunningService } from './service.js';
 
 let redisUrl: string;
@@ -76,10 +76,8 @@ async function runMonitor(job: MonitorJob, ms = 60_000): Promise<StageResult> {
   await monitorQueue.add('monitor', job, { jobId: job.jobId });
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
-    for (const [, fields] of await redis.xrange(resultsStreamKey(prefix), '-', '+')) {
-      const result = StageResult.parse(JSON.parse(fields[fields.indexOf('result') + 1]!));
-      if (result.jobId === job.jobId) return result;
-    }
+    const result = (await completedResults(redis, prefix, QUEUES.monitor)).find((r) => r.jobId === job.jobId);
+    if (result) return result;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`no StageResult for ${job.jobId}; service output:\n${service.output()}`);

@@ -11,6 +11,12 @@ export interface OrchestratorDeps {
   newId: () => string;
 }
 
+/** An input addressed to a run. */
+export interface RunInputFor {
+  runId: string;
+  input: RunInput;
+}
+
 export type StartOutcome = { runId: string; duplicate: false } | { runId?: string; duplicate: true; decision: DeliveryDecision['decision'] };
 
 const MAX_CONFLICT_RETRIES = 50;
@@ -56,22 +62,26 @@ export class Orchestrator {
   }
 
   /**
-   * Applies many results (in order within a run, runs in parallel) and enqueues all the jobs they
-   * decided in one go. Returns the results that could not be applied (they are retried later).
+   * Applies many inputs (in order within a run, runs in parallel) and enqueues all the jobs they
+   * decided in one go. Returns the inputs that could not be applied (they are retried later).
    */
-  async handleResults(results: readonly StageResult[]): Promise<StageResult[]> {
-    const byRun = new Map<string, StageResult[]>();
-    for (const r of results) byRun.set(r.runId, [...(byRun.get(r.runId) ?? []), r]);
+  async handleInputs(items: readonly RunInputFor[]): Promise<RunInputFor[]> {
+    const byRun = new Map<string, RunInputFor[]>();
+    for (const item of items) {
+      const list = byRun.get(item.runId);
+      if (list) list.push(item);
+      else byRun.set(item.runId, [item]);
+    }
     const stored: Run[] = [];
-    const failed: StageResult[] = [];
+    const failed: RunInputFor[] = [];
     await Promise.all(
       [...byRun.values()].map(async (list) => {
-        for (const [i, result] of list.entries()) {
+        for (const [i, item] of list.entries()) {
           try {
-            const { run, changed } = await this.store(result.runId, { type: 'stage-result', result });
+            const { run, changed } = await this.store(item.runId, item.input);
             if (run && changed) stored.push(run);
           } catch (err) {
-            this.deps.logger.warn({ err, runId: result.runId, jobId: result.jobId }, 'result not applied; it will be retried');
+            this.deps.logger.warn({ err, runId: item.runId, input: item.input.type }, 'input not applied; it will be retried');
             failed.push(...list.slice(i));
             return;
           }

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { closeQueue, closeRedis, closeWorker, createQueue, createRedis, createRegistry, createResultPublisher, createStageWorker, logErrors, waitReady, within, type Logger, type ShutdownStep } from '@conveyor/service-kit';
+import { closeQueue, closeRedis, closeWorker, createQueue, createRedis, createRegistry, createStageWorker, logErrors, waitReady, within, type Logger, type ShutdownStep } from '@conveyor/service-kit';
 import { BullJobDispatcher } from './adapters/bull-job-dispatcher.js';
 import { GitSourceRepository } from './adapters/git-source-repository.js';
 import { RedisPipelineStore } from './adapters/redis-pipeline-store.js';
@@ -19,12 +19,12 @@ export function composeService(env: Env, logger: Logger) {
   // Producer connection fails fast (HTTP answers 503); worker connection blocks and retries.
   const redis = createRedis(env.REDIS_URL, 'producer');
   const workerRedis = createRedis(env.REDIS_URL, 'worker');
-  // Adds and result publishing only (nothing blocks on it), so concurrent commands can share round trips.
+  // Adds and stage logs (nothing blocks on it): commands issued together share round trips.
   const queueRedis = createRedis(env.REDIS_URL, 'worker', { enableAutoPipelining: true });
   const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: queueRedis, prefix })]));
   const runs = new RedisRunStore(redis, prefix);
   const pipelines = new RedisPipelineStore(redis, prefix);
-  const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues, redis, prefix), logger, newId: randomUUID });
+  const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
   const intake = new WebhookIntake({ pipelines, runs, orchestrator, logger });
   const artifacts = new FsArtifactStore(env.ARTIFACT_DIR);
   const repository = new GitSourceRepository(env.SOURCE_CACHE_DIR, artifacts);
@@ -34,7 +34,6 @@ export function composeService(env: Env, logger: Logger) {
     queueName: QUEUES.source,
     connection: workerRedis,
     prefix,
-    results: createResultPublisher(queueRedis, prefix),
     handler: sourceJobHandler({ repository, redis: queueRedis, prefix }),
     logger,
     concurrency: env.WORKER_CONCURRENCY,

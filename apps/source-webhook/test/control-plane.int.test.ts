@@ -1,15 +1,18 @@
-import { createHmac } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Queue, Worker } from 'bullmq';
+import { Queue, UnrecoverableError, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
-import { QUEUES, type RunView, type StageJob } from '@conveyor/contracts';
-import { createLogger } from '@conveyor/service-kit';
+import { PipelineDefinition, QUEUES, type RunView, type StageJob } from '@conveyor/contracts';
+import { createLogger, createQueue } from '@conveyor/service-kit';
 import { commitFiles, initRepo, testRedis, uniquePrefix } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
 import { composeService } from '../src/service.js';
+import { BullJobDispatcher } from '../src/adapters/bull-job-dispatcher.js';
+import { RedisRunStore } from '../src/adapters/redis-run-store.js';
+import { Orchestrator } from '../src/orchestrator.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
 const SECRET = 'webhook-secret-0123456789';
@@ -236,45 +239,81 @@ describe('GitHub webhook edge cases', () => {
   });
 });
 
-describe('reconciler', () => {
-  it('fails a run whose stage job failed without sending a result', async () => {
+describe('stage outcomes', () => {
+  it('fails the run as soon as its stage job fails for good, without a result', async () => {
     const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
     const { runId } = res.json();
     await waitFor(async () => ((await getRun(runId)).stages[1]!.status === 'RUNNING' ? true : undefined), 'build to start');
-    // A build worker that dies on every delivery: BullMQ fails the job, no StageResult is ever sent.
+    // A build worker that dies on every delivery: BullMQ fails the job, no StageResult is ever returned.
     const workerRedis = new Redis(redisUrl, { maxRetriesPerRequest: null });
     const worker = new Worker(QUEUES.build, async (job) => {
       if ((job.data as StageJob).runId !== runId) throw new Error('not mine');
       throw new Error('worker exploded');
     }, { connection: workerRedis, prefix });
-    const build = new Queue(QUEUES.build, { connection: redis, prefix });
-    await waitFor(async () => ((await (await build.getJob(`${runId}.Build.1`))?.getState()) === 'failed' ? true : undefined), 'job to fail', 30_000);
+    // The job's `failed` event reaches the orchestrator: no reconciler pass is needed.
+    const run = await waitFor(async () => {
+      const r = await getRun(runId);
+      return r.status === 'FAILED' ? r : undefined;
+    }, 'run to fail', 30_000);
     await worker.close();
     workerRedis.disconnect();
-    await build.close();
-    expect((await getRun(runId)).status).toBe('RUNNING');
-    await service.orchestrator.reconcile();
-    const run = await getRun(runId);
-    expect(run.status).toBe('FAILED');
     expect(run.stages[1]).toMatchObject({ status: 'FAILED', message: 'worker exploded' });
   });
+});
 
-  it('applies a result kept under the job id instead of running a finished job again', async () => {
-    const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
-    const { runId } = res.json();
-    const started = await waitFor(async () => {
-      const r = await getRun(runId);
-      return r.stages[1]!.status === 'RUNNING' ? r : undefined;
-    }, 'build to start');
-    // As if a worker finished, its stream entry was lost and BullMQ already removed the job.
-    const build = new Queue(QUEUES.build, { connection: redis, prefix });
-    await (await build.getJob(`${runId}.Build.1`))!.remove();
-    await build.close();
+describe('reconciler', () => {
+  /** An orchestrator with no results consumer: outcome events are never read, as if BullMQ had trimmed them. */
+  async function deafOrchestrator() {
+    const p = uniquePrefix('deaf');
+    const conn = new Redis(redisUrl, { maxRetriesPerRequest: null });
+    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix: p })]));
+    const runs = new RedisRunStore(redis, p);
+    const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger: createLogger('test', 'silent'), newId: randomUUID });
+    const definition = PipelineDefinition.parse({ name: 'deaf', source: { provider: 'generic', repository: 'file:///nowhere.git' }, stages: [{ name: 'Build', type: 'build' }] });
+    const close = async () => {
+      await Promise.all([...queues.values()].map((q) => q.close()));
+      conn.disconnect();
+    };
+    return { p, conn, queues, runs, orchestrator, definition, close };
+  }
+
+  it('settles a finished job whose outcome event was lost, from the result the job completed with', async () => {
+    const deaf = await deafOrchestrator();
+    const { runId } = await deaf.orchestrator.startRun(deaf.definition, { type: 'manual', ref: 'refs/heads/main' });
     const at = new Date().toISOString();
-    await redis.set(`${prefix}:result:${runId}.Build.1`, JSON.stringify({ v: 1, jobId: `${runId}.Build.1`, runId, stage: 'Build', stageIndex: 1, attempt: 1, status: 'FAILED', message: 'kept result', startedAt: at, finishedAt: at, output: {} }));
-    await service.orchestrator.reconcile();
-    const run = await getRun(runId);
-    expect(started.stages[1]!.jobId).toBe(`${runId}.Build.1`);
-    expect(run.stages[1]).toMatchObject({ status: 'FAILED', message: 'kept result' });
+    const worker = new Worker(QUEUES.source, async (job) => ({
+      v: 1, jobId: job.id, runId, stage: 'Source', stageIndex: 0, attempt: 1, status: 'SUCCEEDED', startedAt: at, finishedAt: at,
+      output: { commit: 'c'.repeat(40), artifact: { key: 'runs/x/Source-1.tar', sha256: '0'.repeat(64), bytes: 1 } },
+    }), { connection: deaf.conn.duplicate(), prefix: deaf.p });
+    const source = deaf.queues.get(QUEUES.source)!;
+    await waitFor(async () => ((await (await source.getJob(`${runId}.Source.1`))?.getState()) === 'completed' ? true : undefined), 'source job to complete');
+    await worker.close();
+    expect((await deaf.runs.get(runId!))!.stages[0]!.status).toBe('RUNNING');
+    expect(await deaf.orchestrator.reconcile()).toEqual({ checked: 1, settled: 1 });
+    const run = (await deaf.runs.get(runId!))!;
+    expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'RUNNING']);
+    // ...and the next stage's job was enqueued, once.
+    expect(await deaf.queues.get(QUEUES.build)!.getJobCountByTypes('waiting')).toBe(1);
+    await deaf.close();
+  });
+
+  it('enqueues a job a crash left in the outbox, and fails a stage whose job failed for good', async () => {
+    const deaf = await deafOrchestrator();
+    const { runId } = await deaf.orchestrator.startRun(deaf.definition, { type: 'manual', ref: 'refs/heads/main' });
+    const source = deaf.queues.get(QUEUES.source)!;
+    // As if the process died between storing the run and enqueueing its job.
+    await (await source.getJob(`${runId}.Source.1`))!.remove();
+    expect(await deaf.orchestrator.reconcile()).toEqual({ checked: 1, settled: 0 });
+    expect(await (await source.getJob(`${runId}.Source.1`))!.getState()).toBe('waiting');
+    const worker = new Worker(QUEUES.source, async () => {
+      throw new UnrecoverableError('malformed source job');
+    }, { connection: deaf.conn.duplicate(), prefix: deaf.p });
+    await waitFor(async () => ((await (await source.getJob(`${runId}.Source.1`))?.getState()) === 'failed' ? true : undefined), 'source job to fail');
+    await worker.close();
+    await deaf.orchestrator.reconcile();
+    const run = (await deaf.runs.get(runId!))!;
+    expect(run.status).toBe('FAILED');
+    expect(run.stages[0]).toMatchObject({ status: 'FAILED', message: 'malformed source job' });
+    await deaf.close();
   });
 });

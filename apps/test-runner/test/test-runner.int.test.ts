@@ -92,7 +92,7 @@ describe('test stage', () => {
   it('a failing command fails the stage and its report is still counted', async () => {
     const result = await runTests(writesReport(junit('<testcase name="a"/>'), ' && exit 1'));
     expect(result.status).toBe('FAILED');
-    expect(result.output.tests.total).toBe(1);
+    expect(result.output.tests!.total).toBe(1);
   });
 
   it('a report group that matches no file, or a file that is not JUnit, fails the stage with the reason', async () => {

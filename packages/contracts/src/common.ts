@@ -40,3 +40,8 @@ export type StageType = z.infer<typeof StageType>;
 export function stageJobId(runId: string, stage: string, attempt: number): string {
   return `${runId}.${stage}.${attempt}`;
 }
+
+/** The run a stage job id belongs to, or undefined when the id is not a stage job id. */
+export function runIdOfJob(jobId: string): string | undefined {
+  return JobId.safeParse(jobId).success ? jobId.slice(0, jobId.indexOf('.')) : undefined;
+}

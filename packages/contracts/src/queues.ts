@@ -9,8 +9,10 @@ export const QUEUES = {
   monitor: 'monitor',
 } as const;
 
-/** Redis stream (consumer group `orchestrator`) on which workers publish StageResults. */
-export const RESULTS_STREAM = 'results';
+/**
+ * A stage job's outcome is its BullMQ return value: a StageResult (v1). The orchestrator reads it from
+ * the queue's event stream, so a stage worker publishes nothing else (ADR 0006).
+ */
 
 export function queueFor(type: StageJob['type']): string {
   return QUEUES[type];

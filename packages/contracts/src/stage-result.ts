@@ -38,7 +38,7 @@ export const StageOutput = z
   .strict();
 export type StageOutput = z.infer<typeof StageOutput>;
 
-/** Returned by a stage worker when its job ends, successfully or not (published on queue `results`). */
+/** What a stage job completes with, successfully or not: its BullMQ return value (ADR 0006). */
 export const StageResult = z
   .object({
     v: z.literal(1),

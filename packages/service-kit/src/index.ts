@@ -8,7 +8,6 @@ export * from './shutdown.js';
 export * from './queues.js';
 export * from './stage-worker.js';
 export * from './log-sink.js';
-export * from './results-stream.js';
 export * from './stage-service.js';
 export * from './lifecycle.js';
 export * from './bearer-auth.js';

@@ -5,7 +5,6 @@ import { buildBaseServer, type App } from './http.js';
 import { createLogger, type Logger } from './logger.js';
 import { createRegistry, type Registry } from './metrics.js';
 import { createRedis, waitReady, type Redis } from './redis.js';
-import { createResultPublisher } from './results-stream.js';
 import { onShutdown, type ShutdownStep } from './shutdown.js';
 import { createStageWorker, type StageHandler } from './stage-worker.js';
 import { closeRedis, closeWorker, logErrors, readinessChecks } from './lifecycle.js';
@@ -50,7 +49,6 @@ export function composeStageService<T extends StageJob['type']>(opts: StageServi
     queueName: opts.queueName,
     connection: redis,
     prefix: env.QUEUE_PREFIX,
-    results: createResultPublisher(redis, env.QUEUE_PREFIX),
     handler: opts.handler(deps),
     logger,
     concurrency: env.WORKER_CONCURRENCY,

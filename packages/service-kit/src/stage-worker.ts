@@ -2,7 +2,6 @@ import { UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type 
 import { StageJob, StageResult, type StageJobOf, type StageOutput } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
-import type { ResultPublisher } from './results-stream.js';
 import { logErrors, SHUTTING_DOWN } from './lifecycle.js';
 import type { Logger } from './logger.js';
 
@@ -28,7 +27,6 @@ export interface StageWorkerOptions<T extends StageJob['type']> {
   queueName: string;
   connection: Redis;
   prefix: string;
-  results: ResultPublisher;
   handler: StageHandler<T>;
   logger: Logger;
   concurrency: number;
@@ -39,26 +37,16 @@ export interface StageWorkerOptions<T extends StageJob['type']> {
   autorun?: boolean;
 }
 
-/** The work is done: a Redis blip while publishing must not make BullMQ run the whole job again. */
-async function publishWithRetry(results: ResultPublisher, result: StageResult): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await results.publish(result);
-    } catch (err) {
-      if (attempt >= 5) throw err;
-      await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
-    }
-  }
-}
-
 function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
 /**
- * The one worker wrapper every stage service uses: parse the StageJob, run the handler, publish the
- * StageResult on the results queue. A PermanentJobError becomes a FAILED result; any other error is
- * retried by BullMQ and becomes a FAILED result on the last attempt.
+ * The one worker wrapper every stage service uses: parse the StageJob, run the handler, and complete
+ * the job with the StageResult as its return value. BullMQ stores it in the same script that completes
+ * the job and appends it to the queue's event stream, where the orchestrator reads it (ADR 0006): the
+ * result and the job's completion are one atomic step. A PermanentJobError becomes a FAILED result;
+ * any other error is retried by BullMQ and becomes a FAILED result on the last attempt.
  */
 export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerOptions<T>): Worker {
   const now = opts.now ?? (() => new Date());
@@ -71,8 +59,9 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
     const job = parsed.data as StageJobOf<T>;
     const logger = opts.logger.child({ runId: job.runId, stage: job.stage, attempt: job.attempt });
     const startedAt = now().toISOString();
-    const finish = async (outcome: StageOutcome): Promise<StageResult> => {
-      const result: StageResult = {
+    const finish = (outcome: StageOutcome): StageResult => {
+      // Parse on publish: a worker never returns a result the orchestrator would refuse.
+      const result = StageResult.parse({
         v: 1,
         jobId: job.jobId,
         runId: job.runId,
@@ -84,8 +73,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
         finishedAt: now().toISOString(),
         ...(outcome.message ? { message: outcome.message.slice(0, 4000) } : {}),
         output: outcome.output ?? {},
-      };
-      await publishWithRetry(opts.results, result);
+      } satisfies StageResult);
       logger.info({ status: result.status }, 'stage job finished');
       return result;
     };
@@ -110,7 +98,8 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
         throw new WaitingError();
       }
       // A job whose lock was lost belongs to another worker now: its verdict, not ours, is the result.
-      throw new Error(`stage job ${job.jobId} was taken from this worker (${String(ctx.signal.reason ?? 'aborted')}); not publishing`);
+      // (Were this worker to complete it anyway, BullMQ would refuse: the lock's token is no longer ours.)
+      throw new Error(`stage job ${job.jobId} was taken from this worker (${String(ctx.signal.reason ?? 'aborted')}); not completing it`);
     }
     return finish(outcome);
   };

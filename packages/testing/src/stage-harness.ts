@@ -1,16 +1,24 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import type { StageJob } from '@conveyor/contracts';
-import { composeStageService, type StageServiceOptions } from '@conveyor/service-kit';
+import { StageResult, type StageJob } from '@conveyor/contracts';
+import { composeStageService, stageEventsKey, type StageServiceOptions } from '@conveyor/service-kit';
+
+/** Every StageResult a queue's jobs completed with, oldest first (read from the queue's event stream). */
+export async function completedResults(redis: Redis, prefix: string, queue: string): Promise<StageResult[]> {
+  const entries = await redis.xrange(stageEventsKey(prefix, queue), '-', '+');
+  return entries.flatMap(([, fields]) => {
+    const at = (name: string) => fields[fields.indexOf(name) + 1];
+    return at('event') === 'completed' ? [StageResult.parse(JSON.parse(at('returnvalue')!))] : [];
+  });
+}
 
 /**
  * Drives a stage worker the way the orchestrator does: add a StageJob to its BullMQ queue, then
- * wait for the StageResult on the results stream.
+ * wait for the StageResult the job completes with.
  */
 export class StageHarness {
   private readonly redis: Redis;
   private readonly queues = new Map<string, Queue>();
-  private lastId = '0-0';
 
   constructor(
     url: string,
@@ -28,16 +36,15 @@ export class StageHarness {
     await q.add(String(job.type ?? queue), job, { jobId: job.jobId, attempts: 2 });
   }
 
-  /** The next StageResult published for `jobId` (read in stream order). */
-  async result(jobId: string, timeoutMs = 60_000): Promise<any> {
+  /** The StageResult the job `jobId` completed with, once it has. */
+  async result(jobId: string, timeoutMs = 60_000): Promise<StageResult> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      const reply = (await this.redis.xread('COUNT', 100, 'BLOCK', 500, 'STREAMS', `${this.prefix}:results`, this.lastId)) as [string, [string, string[]][]][] | null;
-      for (const [id, fields] of reply?.[0]?.[1] ?? []) {
-        this.lastId = id;
-        const result = JSON.parse(fields[1]!);
-        if (result.jobId === jobId) return result;
+      for (const queue of this.queues.keys()) {
+        const found = (await completedResults(this.redis, this.prefix, queue)).find((r) => r.jobId === jobId);
+        if (found) return found;
       }
+      await new Promise((r) => setTimeout(r, 100));
     }
     throw new Error(`no result for ${jobId} within ${timeoutMs} ms`);
   }

@@ -1,19 +1,22 @@
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
-import { StageResult } from '@conveyor/contracts';
-import { resultsStreamKey, type Logger, type Redis } from '@conveyor/service-kit';
-import type { Orchestrator } from '../orchestrator.js';
+import { QUEUES, StageResult, runIdOfJob } from '@conveyor/contracts';
+import { stageEventsKey, type Logger, type Redis } from '@conveyor/service-kit';
+import type { Orchestrator, RunInputFor } from '../orchestrator.js';
 
 export const RESULTS_GROUP = 'orchestrator';
 const MAX_DELIVERIES = 10;
-type Entry = [id: string, fields: string[]];
+type Entry = [id: string, fields: string[] | null];
+type StreamReply = [key: string, entries: Entry[]][];
 
 export interface ResultsConsumerOptions {
   /** A dedicated connection: XREADGROUP BLOCK holds it. */
   redis: Redis;
   prefix: string;
-  orchestrator: Orchestrator;
+  orchestrator: Pick<Orchestrator, 'handleInputs'>;
   logger: Logger;
+  /** Stage queues whose jobs' outcomes are read. Default: all of them. */
+  queues?: readonly string[];
   batch?: number;
   blockMs?: number;
   /** Entries a dead reader left unacknowledged this long are claimed by a live one. */
@@ -22,24 +25,34 @@ export interface ResultsConsumerOptions {
   maxInFlight?: number;
 }
 
+interface Decoded {
+  key: string;
+  id: string;
+  item?: RunInputFor;
+}
+
 /**
- * Reads StageResults from the results stream with a consumer group, applies them (in order within a
- * run, runs in parallel), then acknowledges and deletes them. An entry whose apply failed stays
- * pending and is claimed again after `claimIdleMs`.
+ * A stage job's outcome is its BullMQ return value (a StageResult), which BullMQ writes in the same
+ * script that completes the job and appends to the queue's event stream (ADR 0006). This reads those
+ * streams with a consumer group: `completed` events carry the StageResult, a `failed` event (the job
+ * failed for good: malformed, stalled out) becomes a lost stage. Other events are acknowledged and
+ * skipped. An entry whose apply failed stays pending and is claimed again after `claimIdleMs`; one that
+ * fails 10 times is parked on `<prefix>:results-dead`.
  */
 export class ResultsConsumer {
-  private readonly key: string;
+  private readonly keys: string[];
   private readonly consumer = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   private running = false;
   private loop: Promise<void> | undefined;
   private lastClaim = 0;
-  private claimCursor = '0-0';
+  private lastForget = 0;
+  private readonly claimCursors = new Map<string, string>();
   /** Acks and claims go on their own connection: the reading one is held by XREADGROUP BLOCK. */
   private commands: Redis | undefined;
   private readonly inFlight = new Set<Promise<void>>();
 
   constructor(private readonly opts: ResultsConsumerOptions) {
-    this.key = resultsStreamKey(opts.prefix);
+    this.keys = (opts.queues ?? Object.values(QUEUES)).map((q) => stageEventsKey(opts.prefix, q));
   }
 
   isRunning(): boolean {
@@ -47,12 +60,19 @@ export class ResultsConsumer {
   }
 
   async start(): Promise<void> {
-    await this.opts.redis.xgroup('CREATE', this.key, RESULTS_GROUP, '0', 'MKSTREAM').catch((err: Error) => {
-      if (!/BUSYGROUP/.test(err.message)) throw err;
-    });
+    await this.createGroups();
     this.commands = this.opts.redis.duplicate();
     this.running = true;
     this.loop = this.run();
+  }
+
+  /** From '0': outcomes already in a stream when the group is made are applied (applying is idempotent). */
+  private async createGroups(): Promise<void> {
+    for (const key of this.keys) {
+      await this.opts.redis.xgroup('CREATE', key, RESULTS_GROUP, '0', 'MKSTREAM').catch((err: Error) => {
+        if (!/BUSYGROUP/.test(err.message)) throw err;
+      });
+    }
   }
 
   async stop(): Promise<void> {
@@ -61,26 +81,50 @@ export class ResultsConsumer {
     await Promise.all(this.inFlight);
     // DELCONSUMER drops the consumer's pending entries for good: leave a consumer that still has
     // some, so another reader claims them.
-    const pending = (await this.opts.redis.xpending(this.key, RESULTS_GROUP, '-', '+', 1, this.consumer).catch(() => [1])) as unknown[];
-    if (pending.length === 0) await this.opts.redis.xgroup('DELCONSUMER', this.key, RESULTS_GROUP, this.consumer).catch(() => undefined);
+    for (const key of this.keys) {
+      const pending = (await this.opts.redis.xpending(key, RESULTS_GROUP, '-', '+', 1, this.consumer).catch(() => [1])) as unknown[];
+      if (pending.length === 0) await this.opts.redis.xgroup('DELCONSUMER', key, RESULTS_GROUP, this.consumer).catch(() => undefined);
+    }
     await this.commands?.quit().catch(() => undefined);
   }
 
   private async run(): Promise<void> {
     const { redis, logger } = this.opts;
+    const ids = this.keys.map(() => '>');
     while (this.running) {
       try {
         await this.claimAbandoned();
-        const reply = (await redis.xreadgroup('GROUP', RESULTS_GROUP, this.consumer, 'COUNT', this.opts.batch ?? 500, 'BLOCK', this.opts.blockMs ?? 1000, 'STREAMS', this.key, '>')) as [string, Entry[]][] | null;
-        const entries = reply?.[0]?.[1] ?? [];
+        const reply = (await redis.xreadgroup('GROUP', RESULTS_GROUP, this.consumer, 'COUNT', this.opts.batch ?? 500, 'BLOCK', this.opts.blockMs ?? 1000, 'STREAMS', ...this.keys, ...ids)) as StreamReply | null;
+        const decoded = (reply ?? []).flatMap(([key, entries]) => entries.map((e) => this.decode(key, e)));
         // Read the next batch while this one is applied: a batch waits on its slowest run only.
-        if (entries.length) await this.track(this.process(entries));
+        if (decoded.length) await this.track(this.process(decoded));
       } catch (err) {
         if (!this.running) break;
-        logger.warn({ err }, 'results stream read failed; retrying');
+        // A stream deleted under us (e.g. a queue obliterated) takes its group with it.
+        if (/NOGROUP/.test(String((err as Error).message))) await this.createGroups().catch(() => undefined);
+        else logger.warn({ err }, 'stage event streams read failed; retrying');
         await new Promise((r) => setTimeout(r, 500));
       }
     }
+  }
+
+  /** A stream entry → the run input it carries, if any. */
+  private decode(key: string, [id, fields]: Entry): Decoded {
+    if (!fields) return { key, id };
+    const field = (name: string) => {
+      for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === name) return fields[i + 1];
+      return undefined;
+    };
+    const event = field('event');
+    if (event !== 'completed' && event !== 'failed') return { key, id };
+    const jobId = field('jobId') ?? '';
+    const runId = runIdOfJob(jobId);
+    if (!runId) return { key, id }; // not a stage job of ours
+    if (event === 'failed') return { key, id, item: { runId, input: { type: 'stage-lost', jobId, reason: field('failedReason') || 'the stage job failed' } } };
+    const parsed = StageResult.safeParse(safeJson(field('returnvalue')));
+    if (parsed.success && parsed.data.jobId === jobId) return { key, id, item: { runId, input: { type: 'stage-result', result: parsed.data } } };
+    this.opts.logger.error({ jobId, issues: parsed.success ? 'result for another job' : parsed.error.issues }, 'stage job completed without a valid result');
+    return { key, id, item: { runId, input: { type: 'stage-lost', jobId, reason: 'the stage job completed without a valid result' } } };
   }
 
   private async track(work: Promise<void>): Promise<void> {
@@ -93,52 +137,63 @@ export class ResultsConsumer {
     const idle = this.opts.claimIdleMs ?? 30_000;
     if (Date.now() - this.lastClaim < Math.min(idle, 5000)) return;
     this.lastClaim = Date.now();
-    const reply = (await this.commands!.xautoclaim(this.key, RESULTS_GROUP, this.consumer, idle, this.claimCursor, 'COUNT', 500)) as [string, Entry[], string[]?];
-    this.claimCursor = reply?.[0] ?? '0-0';
-    const entries = (reply?.[1] ?? []).filter((e) => e && e[1]);
-    if (entries.length === 0) return this.forgetIdleConsumers(idle);
-    this.opts.logger.info({ count: entries.length }, 'claimed abandoned results');
-    const poisoned = await this.overDelivered(entries.map(([id]) => id));
-    for (const [id, fields] of entries.filter(([id]) => poisoned.has(id))) {
-      // A result that failed to apply this often will not apply: park it where a person can see it.
-      this.opts.logger.error({ id }, 'result dead-lettered after repeated failures');
-      await this.commands!.multi().xadd(`${this.key}-dead`, '*', ...fields).xack(this.key, RESULTS_GROUP, id).xdel(this.key, id).exec();
+    for (const key of this.keys) {
+      const reply = (await this.commands!.xautoclaim(key, RESULTS_GROUP, this.consumer, idle, this.claimCursors.get(key) ?? '0-0', 'COUNT', 500)) as [string, Entry[], string[]?];
+      this.claimCursors.set(key, reply?.[0] ?? '0-0');
+      const trimmed = reply?.[2] ?? [];
+      // BullMQ trims its event streams; an outcome trimmed before it was applied is settled by the reconciler.
+      if (trimmed.length) this.opts.logger.warn({ stream: key, count: trimmed.length }, 'pending stage events were trimmed before being applied; the reconciler settles them');
+      const entries = (reply?.[1] ?? []).filter((e): e is [string, string[]] => Boolean(e?.[1]));
+      if (entries.length === 0) continue;
+      this.opts.logger.info({ stream: key, count: entries.length }, 'claimed abandoned stage events');
+      const poisoned = await this.overDelivered(key, entries.map(([id]) => id));
+      for (const [id, fields] of entries.filter(([id]) => poisoned.has(id))) {
+        // An outcome that failed to apply this often will not apply: park it where a person can see it.
+        this.opts.logger.error({ stream: key, id }, 'stage event dead-lettered after repeated failures');
+        await this.commands!.multi().xadd(`${this.opts.prefix}:results-dead`, '*', 'stream', key, 'id', id, ...fields).xack(key, RESULTS_GROUP, id).exec();
+      }
+      await this.track(this.process(entries.filter(([id]) => !poisoned.has(id)).map((e) => this.decode(key, e))));
     }
-    await this.track(this.process(entries.filter(([id]) => !poisoned.has(id))));
+    if (Date.now() - this.lastForget > 600_000) {
+      this.lastForget = Date.now();
+      await this.forgetIdleConsumers(idle).catch(() => undefined);
+    }
   }
 
   /** Readers killed without stop() stay in the group; drop those with nothing pending and long idle. */
   private async forgetIdleConsumers(idleMs: number): Promise<void> {
-    const consumers = (await this.commands!.xinfo('CONSUMERS', this.key, RESULTS_GROUP)) as unknown[][];
-    for (const row of consumers) {
-      const info = Object.fromEntries(Array.from({ length: row.length / 2 }, (_, i) => [row[2 * i], row[2 * i + 1]]));
-      if (info.name !== this.consumer && Number(info.pending) === 0 && Number(info.idle) > Math.max(idleMs, 3_600_000)) {
-        await this.commands!.xgroup('DELCONSUMER', this.key, RESULTS_GROUP, String(info.name));
+    for (const key of this.keys) {
+      const consumers = (await this.commands!.xinfo('CONSUMERS', key, RESULTS_GROUP)) as unknown[][];
+      for (const row of consumers) {
+        const info = Object.fromEntries(Array.from({ length: row.length / 2 }, (_, i) => [row[2 * i], row[2 * i + 1]]));
+        if (info.name !== this.consumer && Number(info.pending) === 0 && Number(info.idle) > Math.max(idleMs, 3_600_000)) {
+          await this.commands!.xgroup('DELCONSUMER', key, RESULTS_GROUP, String(info.name));
+        }
       }
     }
   }
 
-  private async overDelivered(ids: string[]): Promise<Set<string>> {
-    const rows = (await this.commands!.xpending(this.key, RESULTS_GROUP, ids[0]!, ids.at(-1)!, ids.length)) as [string, string, number, number][];
+  private async overDelivered(key: string, ids: string[]): Promise<Set<string>> {
+    const rows = (await this.commands!.xpending(key, RESULTS_GROUP, ids[0]!, ids.at(-1)!, ids.length)) as [string, string, number, number][];
     return new Set(rows.filter(([, , , deliveries]) => deliveries > MAX_DELIVERIES).map(([id]) => id));
   }
 
-  private async process(entries: Entry[]): Promise<void> {
-    if (entries.length === 0) return;
-    const results: { id: string; result: StageResult }[] = [];
-    const done: string[] = [];
-    for (const [id, fields] of entries) {
-      const parsed = StageResult.safeParse(safeJson(fields[fields.indexOf('result') + 1]));
-      if (parsed.success) results.push({ id, result: parsed.data });
-      else {
-        this.opts.logger.error({ id, issues: parsed.error.issues }, 'malformed stage result dropped');
-        done.push(id);
-      }
+  private async process(decoded: Decoded[]): Promise<void> {
+    if (decoded.length === 0) return;
+    const items = decoded.flatMap((d) => (d.item ? [d.item] : []));
+    // Inputs that failed to apply stay pending and are claimed again later; everything else is acknowledged.
+    const failed = new Set(items.length ? await this.opts.orchestrator.handleInputs(items) : []);
+    const done = new Map<string, string[]>();
+    for (const d of decoded) {
+      if (d.item && failed.has(d.item)) continue;
+      const ids = done.get(d.key);
+      if (ids) ids.push(d.id);
+      else done.set(d.key, [d.id]);
     }
-    // Results that failed to apply stay pending and are claimed again later.
-    const failed = new Set(await this.opts.orchestrator.handleResults(results.map((r) => r.result)));
-    done.push(...results.filter((r) => !failed.has(r.result)).map((r) => r.id));
-    if (done.length) await this.commands!.multi().xack(this.key, RESULTS_GROUP, ...done).xdel(this.key, ...done).exec();
+    if (done.size === 0) return;
+    const ack = this.commands!.pipeline();
+    for (const [key, ids] of done) ack.xack(key, RESULTS_GROUP, ...ids);
+    await ack.exec();
   }
 }
 
