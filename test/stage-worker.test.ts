@@ -60,6 +60,23 @@ describe('createStageWorker', () => {
     await queue.close();
   });
 
+  it('fails the stage once, without running it again, when the handler returns an invalid result', async () => {
+    const prefix = uniquePrefix('sw');
+    let calls = 0;
+    const w = worker(prefix, async () => {
+      calls++;
+      return { status: 'SUCCEEDED', output: { url: 42 } as never };
+    });
+    const harness = new StageHarness(url, prefix);
+    await harness.enqueue(QUEUES.monitor, job(5));
+    const result = await harness.result(job(5).jobId);
+    expect(result).toMatchObject({ status: 'FAILED', output: {} });
+    expect(result.message).toMatch(/monitor stage produced an invalid result: output\.url/);
+    expect(calls).toBe(1);
+    await w.close();
+    await harness.close();
+  });
+
   it('hands a job that outlasts the shutdown drain back to the queue, unspent and unreported', async () => {
     const prefix = uniquePrefix('sw');
     let started!: () => void;

@@ -1,5 +1,6 @@
-import { StageResult, type PipelineDefinition, type Run, type StageJob, type Trigger } from '@conveyor/contracts';
+import { type PipelineDefinition, type Run, type StageJob, type Trigger } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
+import { completionInput } from './domain/outcome.js';
 import { createRun, step, type RunInput } from './domain/state-machine.js';
 import type { DeliveryDecision, JobDispatcher, RunStore } from './ports.js';
 
@@ -171,9 +172,9 @@ export class Orchestrator {
         await this.deps.jobs.ensure([job]);
         return false;
       case 'completed': {
-        const parsed = StageResult.safeParse(state.result);
-        if (parsed.success) await this.apply(job.runId, { type: 'stage-result', result: parsed.data });
-        else await this.apply(job.runId, { type: 'stage-lost', jobId: job.jobId, reason: 'the stage job completed without a valid result' });
+        const { input, problem } = completionInput(job.jobId, state.result);
+        if (problem) this.deps.logger.error({ jobId: job.jobId, problem }, 'stage job completed without a valid result');
+        await this.apply(job.runId, input);
         return true;
       }
       case 'failed':

@@ -258,6 +258,10 @@ describe('stage outcomes', () => {
     await worker.close();
     workerRedis.disconnect();
     expect(run.stages[1]).toMatchObject({ status: 'FAILED', message: 'worker exploded' });
+    // Only the last attempt's failure reached the run: the retries before it were not outcomes.
+    const build = new Queue(QUEUES.build, { connection: redis, prefix });
+    expect((await build.getJob(`${runId}.Build.1`))!.attemptsMade).toBe(3);
+    await build.close();
   });
 });
 

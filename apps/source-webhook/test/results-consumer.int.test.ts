@@ -1,4 +1,4 @@
-import { UnrecoverableError, Worker } from 'bullmq';
+import { Queue, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QUEUES, type StageResult } from '@conveyor/contracts';
@@ -94,12 +94,50 @@ describe('ResultsConsumer', () => {
     await queue.add('build', { n: 9 }, { jobId: 'run-consumer-9.Build.1' });
     // A job that is not a stage job of ours: read and skipped.
     await queue.add('build', { n: 10 }, { jobId: 'not-a-stage-job' });
-    await until(async () => seen.length === 3 && (await pending(prefix)) === 0);
+    const completed = async (jobId: string) => (await redis.xrange(stageEventsKey(prefix, QUEUES.build), '-', '+')).some(([, f]) => f[1] === 'completed' && f[3] === jobId);
+    await until(async () => seen.length === 3 && (await completed('not-a-stage-job')) && (await pending(prefix)) === 0);
     await c.stop();
+    // The job that is not one of ours was read and acknowledged without becoming an input.
+    expect(seen).toHaveLength(3);
     const byRun = Object.fromEntries(seen.map((s) => [s.runId, s.input]));
     expect(byRun['run-consumer-7']).toEqual({ type: 'stage-lost', jobId: 'run-consumer-7.Build.1', reason: 'malformed build job' });
     expect(byRun['run-consumer-8']).toMatchObject({ type: 'stage-lost', jobId: 'run-consumer-8.Build.1', reason: expect.stringMatching(/without a valid result/) });
     expect(byRun['run-consumer-9']).toMatchObject({ type: 'stage-lost', jobId: 'run-consumer-9.Build.1' });
+  });
+
+  it('applies only the final outcome of a job that failed before it succeeded', async () => {
+    const prefix = uniquePrefix('rc');
+    const seen: RunInputFor[] = [];
+    const c = consumer(prefix, async (item) => void seen.push(item));
+    await c.start();
+    let calls = 0;
+    const queue = buildQueue(prefix, ({ n }) => {
+      if (++calls === 1) throw new Error('transient');
+      return result(n);
+    });
+    await queue.add('build', { n: 12 }, { jobId: 'run-consumer-12.Build.1', attempts: 2, backoff: { type: 'fixed', delay: 10 } });
+    await until(async () => seen.length === 1 && (await pending(prefix)) === 0);
+    await new Promise((r) => setTimeout(r, 300));
+    await c.stop();
+    expect(calls).toBe(2);
+    expect(seen.map((s) => s.input.type)).toEqual(['stage-result']);
+  });
+
+  it('keeps the stage queues\' event retention even when something resets it', async () => {
+    const prefix = uniquePrefix('rc');
+    const meta = `${prefix}:${QUEUES.build}:meta`;
+    // A Queue made without Conveyor's options (a dashboard, a script) writes BullMQ's default.
+    const plain = new Queue(QUEUES.build, { connection: new Redis(url, { maxRetriesPerRequest: null }), prefix });
+    await plain.waitUntilReady();
+    await until(async () => (await redis.hget(meta, 'opts.maxLenEvents')) === '10000');
+    const c = consumer(prefix, async () => undefined);
+    await c.start();
+    expect(await redis.hget(meta, 'opts.maxLenEvents')).toBe(String(STAGE_EVENTS_MAXLEN));
+    await redis.hset(meta, 'opts.maxLenEvents', 10_000);
+    // ...and is set again on the consumer's next maintenance pass (every claimIdleMs here).
+    await until(async () => (await redis.hget(meta, 'opts.maxLenEvents')) === String(STAGE_EVENTS_MAXLEN));
+    await c.stop();
+    await plain.close();
   });
 
   it('takes over what a dead reader left unacknowledged', async () => {
@@ -141,10 +179,37 @@ describe('ResultsConsumer', () => {
     });
     await stuck.start();
     await queue.add('build', { n: 6 }, { jobId: 'run-consumer-6.Build.1' });
-    await until(async () => (await pending(prefix)) === 1);
+    // Wait until the only entry left pending is the completed event that cannot be applied.
+    const key = stageEventsKey(prefix, QUEUES.build);
+    await until(async () => {
+      const done = (await redis.xrange(key, '-', '+')).find(([, f]) => f[1] === 'completed' && f[3] === 'run-consumer-6.Build.1');
+      const rows = (await redis.xpending(key, RESULTS_GROUP, '-', '+', 10)) as [string][];
+      return done !== undefined && rows.length === 1 && rows[0]![0] === done[0];
+    });
     await stuck.stop();
     // Its consumer stays in the group, so a live reader can claim the entry.
     expect(await pending(prefix)).toBe(1);
+  });
+
+  it('drops readers that died with nothing pending, and keeps those that hold entries', async () => {
+    const prefix = uniquePrefix('rc');
+    const key = stageEventsKey(prefix, QUEUES.build);
+    await redis.xgroup('CREATE', key, RESULTS_GROUP, '0', 'MKSTREAM');
+    await redis.xadd(key, '*', 'event', 'added', 'jobId', 'x');
+    await redis.xadd(key, '*', 'event', 'added', 'jobId', 'y');
+    await redis.xreadgroup('GROUP', RESULTS_GROUP, 'dead-holding', 'COUNT', 1, 'STREAMS', key, '>');
+    const read = (await redis.xreadgroup('GROUP', RESULTS_GROUP, 'dead-empty', 'COUNT', 1, 'STREAMS', key, '>')) as [string, [string][]][];
+    await redis.xack(key, RESULTS_GROUP, read[0]![1][0]![0]);
+    await new Promise((r) => setTimeout(r, 100));
+    const names = async () => ((await redis.xinfo('CONSUMERS', key, RESULTS_GROUP)) as string[][]).map((row) => row[1]);
+    expect((await names()).sort()).toEqual(['dead-empty', 'dead-holding']);
+    const orchestrator = { handleInputs: async () => [] };
+    // Claiming waits 60 s, so the entry 'dead-holding' holds stays its own during this test.
+    const c = new ResultsConsumer({ redis: new Redis(url, { maxRetriesPerRequest: null }), prefix, orchestrator, logger, queues: [QUEUES.build], claimIdleMs: 60_000, blockMs: 100, forgetConsumersIdleMs: 50 });
+    await c.start();
+    await until(async () => !(await names()).includes('dead-empty'));
+    expect(await names()).toContain('dead-holding');
+    await c.stop();
   });
 
   it('recreates its group when the stream is deleted under it (a queue obliterated)', async () => {

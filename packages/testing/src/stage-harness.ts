@@ -1,7 +1,7 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { StageResult, type StageJob } from '@conveyor/contracts';
-import { composeStageService, stageEventsKey, type StageServiceOptions } from '@conveyor/service-kit';
+import { composeStageService, createQueue, stageEventsKey, type StageServiceOptions } from '@conveyor/service-kit';
 
 /** Every StageResult a queue's jobs completed with, oldest first (read from the queue's event stream). */
 export async function completedResults(redis: Redis, prefix: string, queue: string): Promise<StageResult[]> {
@@ -30,7 +30,7 @@ export class StageHarness {
   async enqueue(queue: string, job: { jobId: string } & Record<string, unknown>): Promise<void> {
     let q = this.queues.get(queue);
     if (!q) {
-      q = new Queue(queue, { connection: this.redis, prefix: this.prefix });
+      q = createQueue(queue, { connection: this.redis, prefix: this.prefix });
       this.queues.set(queue, q);
     }
     await q.add(String(job.type ?? queue), job, { jobId: job.jobId, attempts: 2 });

@@ -1,13 +1,27 @@
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
-import { QUEUES, StageResult, runIdOfJob } from '@conveyor/contracts';
-import { stageEventsKey, type Logger, type Redis } from '@conveyor/service-kit';
+import { QUEUES, runIdOfJob } from '@conveyor/contracts';
+import { completionInput } from '../domain/outcome.js';
+import { keepStageEvents, stageEventsKey, type Logger, type Redis } from '@conveyor/service-kit';
 import type { Orchestrator, RunInputFor } from '../orchestrator.js';
 
 export const RESULTS_GROUP = 'orchestrator';
 const MAX_DELIVERIES = 10;
 type Entry = [id: string, fields: string[] | null];
 type StreamReply = [key: string, entries: Entry[]][];
+
+const FORGET_IDLE_CONSUMERS = `
+local removed = 0
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
+  if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+`;
 
 export interface ResultsConsumerOptions {
   /** A dedicated connection: XREADGROUP BLOCK holds it. */
@@ -23,6 +37,8 @@ export interface ResultsConsumerOptions {
   claimIdleMs?: number;
   /** Batches applied at once. */
   maxInFlight?: number;
+  /** Readers with nothing pending and idle this long are dropped from the group (default 1 hour). */
+  forgetConsumersIdleMs?: number;
 }
 
 interface Decoded {
@@ -40,6 +56,7 @@ interface Decoded {
  * fails 10 times is parked on `<prefix>:results-dead`.
  */
 export class ResultsConsumer {
+  private readonly queues: readonly string[];
   private readonly keys: string[];
   private readonly consumer = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   private running = false;
@@ -52,7 +69,8 @@ export class ResultsConsumer {
   private readonly inFlight = new Set<Promise<void>>();
 
   constructor(private readonly opts: ResultsConsumerOptions) {
-    this.keys = (opts.queues ?? Object.values(QUEUES)).map((q) => stageEventsKey(opts.prefix, q));
+    this.queues = opts.queues ?? Object.values(QUEUES);
+    this.keys = this.queues.map((q) => stageEventsKey(opts.prefix, q));
   }
 
   isRunning(): boolean {
@@ -68,6 +86,7 @@ export class ResultsConsumer {
 
   /** From '0': outcomes already in a stream when the group is made are applied (applying is idempotent). */
   private async createGroups(): Promise<void> {
+    await this.keepEvents(this.opts.redis);
     for (const key of this.keys) {
       await this.opts.redis.xgroup('CREATE', key, RESULTS_GROUP, '0', 'MKSTREAM').catch((err: Error) => {
         if (!/BUSYGROUP/.test(err.message)) throw err;
@@ -121,10 +140,13 @@ export class ResultsConsumer {
     const runId = runIdOfJob(jobId);
     if (!runId) return { key, id }; // not a stage job of ours
     if (event === 'failed') return { key, id, item: { runId, input: { type: 'stage-lost', jobId, reason: field('failedReason') || 'the stage job failed' } } };
-    const parsed = StageResult.safeParse(safeJson(field('returnvalue')));
-    if (parsed.success && parsed.data.jobId === jobId) return { key, id, item: { runId, input: { type: 'stage-result', result: parsed.data } } };
-    this.opts.logger.error({ jobId, issues: parsed.success ? 'result for another job' : parsed.error.issues }, 'stage job completed without a valid result');
-    return { key, id, item: { runId, input: { type: 'stage-lost', jobId, reason: 'the stage job completed without a valid result' } } };
+    const { input, problem } = completionInput(jobId, safeJson(field('returnvalue')));
+    if (problem) this.opts.logger.error({ jobId, problem }, 'stage job completed without a valid result');
+    return { key, id, item: { runId, input } };
+  }
+
+  private async keepEvents(redis: Redis): Promise<void> {
+    await Promise.all(this.queues.map((q) => keepStageEvents(redis, this.opts.prefix, q)));
   }
 
   private async track(work: Promise<void>): Promise<void> {
@@ -137,6 +159,7 @@ export class ResultsConsumer {
     const idle = this.opts.claimIdleMs ?? 30_000;
     if (Date.now() - this.lastClaim < Math.min(idle, 5000)) return;
     this.lastClaim = Date.now();
+    await this.keepEvents(this.commands!);
     for (const key of this.keys) {
       const reply = (await this.commands!.xautoclaim(key, RESULTS_GROUP, this.consumer, idle, this.claimCursors.get(key) ?? '0-0', 'COUNT', 500)) as [string, Entry[], string[]?];
       this.claimCursors.set(key, reply?.[0] ?? '0-0');
@@ -156,25 +179,27 @@ export class ResultsConsumer {
     }
     if (Date.now() - this.lastForget > 600_000) {
       this.lastForget = Date.now();
-      await this.forgetIdleConsumers(idle).catch(() => undefined);
+      await this.forgetIdleConsumers().catch((err) => this.opts.logger.warn({ err }, 'dropping idle readers failed'));
     }
   }
 
-  /** Readers killed without stop() stay in the group; drop those with nothing pending and long idle. */
-  private async forgetIdleConsumers(idleMs: number): Promise<void> {
+  /**
+   * Readers killed without stop() stay in the group; drop those with nothing pending and long idle.
+   * Checked and dropped in one script, so a reader that takes an entry in between is never dropped
+   * with it (DELCONSUMER discards a consumer's pending entries).
+   */
+  private async forgetIdleConsumers(): Promise<void> {
     for (const key of this.keys) {
-      const consumers = (await this.commands!.xinfo('CONSUMERS', key, RESULTS_GROUP)) as unknown[][];
-      for (const row of consumers) {
-        const info = Object.fromEntries(Array.from({ length: row.length / 2 }, (_, i) => [row[2 * i], row[2 * i + 1]]));
-        if (info.name !== this.consumer && Number(info.pending) === 0 && Number(info.idle) > Math.max(idleMs, 3_600_000)) {
-          await this.commands!.xgroup('DELCONSUMER', key, RESULTS_GROUP, String(info.name));
-        }
-      }
+      await this.commands!.eval(FORGET_IDLE_CONSUMERS, 1, key, RESULTS_GROUP, this.consumer, this.opts.forgetConsumersIdleMs ?? 3_600_000);
     }
   }
 
+  /** The claimed entries delivered more than MAX_DELIVERIES times (asked one by one: a range would also list others). */
   private async overDelivered(key: string, ids: string[]): Promise<Set<string>> {
-    const rows = (await this.commands!.xpending(key, RESULTS_GROUP, ids[0]!, ids.at(-1)!, ids.length)) as [string, string, number, number][];
+    const pipeline = this.commands!.pipeline();
+    for (const id of ids) pipeline.xpending(key, RESULTS_GROUP, id, id, 1);
+    const replies = (await pipeline.exec()) ?? [];
+    const rows = replies.flatMap(([err, rows]) => (err ? [] : (rows as [string, string, number, number][])));
     return new Set(rows.filter(([, , , deliveries]) => deliveries > MAX_DELIVERIES).map(([id]) => id));
   }
 
