@@ -24,6 +24,11 @@ export type JobId = z.infer<typeof JobId>;
 export const CommitSha = z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/, 'not a full commit sha');
 export type CommitSha = z.infer<typeof CommitSha>;
 
+/** A zod error in one line naming each field: `status: Invalid option; output.url: Expected string`. */
+export function describeIssues(error: z.ZodError): string {
+  return error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+}
+
 export const IsoTime = z.iso.datetime({ offset: true });
 
 /** A stored artifact. The key is store-relative; which store (directory, S3) is deployment config. */

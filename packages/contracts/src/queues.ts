@@ -10,10 +10,9 @@ export const QUEUES = {
 } as const;
 
 /**
- * A stage job's outcome is its BullMQ return value: a StageResult (v1). The orchestrator reads it from
- * the queue's event stream, so a stage worker publishes nothing else (ADR 0006).
+ * The queue a stage job goes to. A job's outcome is its BullMQ return value, a StageResult (v1), which
+ * the orchestrator reads from the queue's event stream; a stage worker publishes nothing else (ADR 0006).
  */
-
 export function queueFor(type: StageJob['type']): string {
   return QUEUES[type];
 }

@@ -55,3 +55,26 @@ export const StageResult = z
   })
   .strict();
 export type StageResult = z.infer<typeof StageResult>;
+
+/** The outcome fields a stage decides; the identity fields come from the job (see `stageResultOf`). */
+export type StageOutcomeFields = Pick<StageResult, 'status' | 'startedAt' | 'finishedAt' | 'message'> & { output?: StageOutput };
+
+/** The result of `job`: it echoes the job's identity, so the orchestrator can match it to its stage. */
+export function stageResultOf(
+  job: { jobId: string; runId: string; stage: string; stageIndex: number; attempt: number },
+  outcome: StageOutcomeFields,
+): StageResult {
+  return {
+    v: 1,
+    jobId: job.jobId,
+    runId: job.runId,
+    stage: job.stage,
+    stageIndex: job.stageIndex,
+    attempt: job.attempt,
+    status: outcome.status,
+    startedAt: outcome.startedAt,
+    finishedAt: outcome.finishedAt,
+    ...(outcome.message ? { message: outcome.message } : {}),
+    output: outcome.output ?? {},
+  };
+}

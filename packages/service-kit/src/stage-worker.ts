@@ -1,5 +1,5 @@
 import { UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { StageJob, StageResult, type StageJobOf, type StageOutput } from '@conveyor/contracts';
+import { describeIssues, StageJob, StageResult, stageResultOf, type StageJobOf, type StageOutput } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
 import { logErrors, SHUTTING_DOWN } from './lifecycle.js';
@@ -60,25 +60,14 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
     const logger = opts.logger.child({ runId: job.runId, stage: job.stage, attempt: job.attempt });
     const startedAt = now().toISOString();
     const finish = (outcome: StageOutcome): StageResult => {
-      const build = (o: StageOutcome): StageResult => ({
-        v: 1,
-        jobId: job.jobId,
-        runId: job.runId,
-        stage: job.stage,
-        stageIndex: job.stageIndex,
-        attempt: job.attempt,
-        status: o.status,
-        startedAt,
-        finishedAt: now().toISOString(),
-        ...(o.message ? { message: o.message.slice(0, 4000) } : {}),
-        output: o.output ?? {},
-      });
+      const build = (o: StageOutcome): StageResult =>
+        stageResultOf(job, { status: o.status, startedAt, finishedAt: now().toISOString(), ...(o.message ? { message: o.message.slice(0, 4000) } : {}), ...(o.output ? { output: o.output } : {}) });
       // Parse on publish: a worker never returns a result the orchestrator would refuse. A handler
       // whose output does not fit the contract fails its stage once, instead of running again.
       const parsed = StageResult.safeParse(build(outcome));
       const result = parsed.success
         ? parsed.data
-        : StageResult.parse(build({ status: 'FAILED', message: `the ${opts.type} stage produced an invalid result: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}` }));
+        : StageResult.parse(build({ status: 'FAILED', message: `the ${opts.type} stage produced an invalid result: ${describeIssues(parsed.error)}` }));
       if (!parsed.success) logger.error({ issues: parsed.error.issues }, 'stage handler returned an invalid result');
       logger.info({ status: result.status }, 'stage job finished');
       return result;

@@ -1,4 +1,4 @@
-import { RunEvent } from '@conveyor/contracts';
+import { describeIssues, RunEvent } from '@conveyor/contracts';
 
 export type ParsedEntry = { ok: true; event: RunEvent } | { ok: false; reason: string };
 
@@ -20,7 +20,7 @@ export function parseStreamEntry(fields: readonly string[]): ParsedEntry {
   }
   const parsed = RunEvent.safeParse(value);
   if (!parsed.success) {
-    return { ok: false, reason: parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ') };
+    return { ok: false, reason: describeIssues(parsed.error) };
   }
   return { ok: true, event: parsed.data };
 }

@@ -14,7 +14,7 @@ export class BullJobDispatcher implements JobDispatcher {
 
   async ensure(jobs: readonly StageJob[]): Promise<void> {
     // Parse on publish; BullMQ ignores an add whose job id it already holds. Plain adds issued together
-    // share round trips on an auto-pipelined connection (cheaper than addBulk's MULTI).
+    // share a round trip on the auto-pipelined queue connection; addBulk would wrap them in a MULTI.
     await Promise.all(jobs.map((job) => this.queue(job).add(job.type, StageJob.parse(job), { jobId: job.jobId })));
   }
 

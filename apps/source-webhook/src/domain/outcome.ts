@@ -1,4 +1,4 @@
-import { StageResult } from '@conveyor/contracts';
+import { describeIssues, StageResult } from '@conveyor/contracts';
 import type { RunInput } from './state-machine.js';
 
 /**
@@ -8,6 +8,6 @@ import type { RunInput } from './state-machine.js';
 export function completionInput(jobId: string, returnValue: unknown): { input: RunInput; problem?: string } {
   const parsed = StageResult.safeParse(returnValue);
   if (parsed.success && parsed.data.jobId === jobId) return { input: { type: 'stage-result', result: parsed.data } };
-  const problem = parsed.success ? `the result names job ${parsed.data.jobId}` : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+  const problem = parsed.success ? `the result names job ${parsed.data.jobId}` : describeIssues(parsed.error);
   return { input: { type: 'stage-lost', jobId, reason: 'the stage job completed without a valid result' }, problem };
 }

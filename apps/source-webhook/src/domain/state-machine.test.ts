@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { PipelineDefinition, Run, RunEvent, type StageJob, type StageResult } from '@conveyor/contracts';
+import { PipelineDefinition, Run, RunEvent, stageResultOf, type StageJob, type StageResult } from '@conveyor/contracts';
 import { createRun, step } from './state-machine.js';
 
 const SHA = 'a'.repeat(40);
@@ -19,19 +19,7 @@ const definition = PipelineDefinition.parse({
 });
 
 function result(job: StageJob, status: 'SUCCEEDED' | 'FAILED', output: StageResult['output'] = {}, message?: string): StageResult {
-  return {
-    v: 1,
-    jobId: job.jobId,
-    runId: job.runId,
-    stage: job.stage,
-    stageIndex: job.stageIndex,
-    attempt: job.attempt,
-    status,
-    startedAt: t(1).toISOString(),
-    finishedAt: t(2).toISOString(),
-    output,
-    ...(message ? { message } : {}),
-  };
+  return stageResultOf(job, { status, startedAt: t(1).toISOString(), finishedAt: t(2).toISOString(), output, ...(message ? { message } : {}) });
 }
 
 function fresh(): Run {
