@@ -1,8 +1,8 @@
-import { type PipelineDefinition, type Run, type StageJob, type Trigger } from '@conveyor/contracts';
+import { type PipelineDefinition, type Run, type RunEvent, type StageJob, type Trigger } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
 import { completionInput } from './domain/outcome.js';
 import { createRun, step, type RunInput } from './domain/state-machine.js';
-import type { DeliveryDecision, JobDispatcher, RunStore } from './ports.js';
+import type { DeliveryDecision, JobDispatcher, RunStore, RunUpdate } from './ports.js';
 
 export interface OrchestratorDeps {
   runs: RunStore;
@@ -44,8 +44,8 @@ export class Orchestrator {
     const now = this.clock();
     const { run, events } = createRun({ id: this.deps.newId(), number, definition, trigger }, now);
     const delivery = deliveryKey ? { key: deliveryKey, decision: { outcome: 'run-created' as const, runId: run.id, at: now.toISOString() } } : undefined;
-    const saved = await runs.save(run, 'new', events, delivery);
-    if (!saved.saved) {
+    const saved = await runs.create(run, events, delivery);
+    if (!saved.created) {
       if (saved.seenDecision) return { ...(saved.seenDecision.runId ? { runId: saved.seenDecision.runId } : {}), duplicate: true, decision: saved.seenDecision };
       throw new Error(`run id collision: ${run.id}`);
     }
@@ -55,16 +55,11 @@ export class Orchestrator {
     return { runId: run.id, duplicate: false };
   }
 
-  /** Applies one input to a run, retrying on concurrent updates, and enqueues what it decided. */
-  async apply(runId: string, input: RunInput): Promise<Run | undefined> {
-    const { run, changed } = await this.store(runId, input);
-    if (run && changed) await this.dispatch([run]);
-    return run;
-  }
-
   /**
-   * Applies many inputs (in order within a run, runs in parallel) and enqueues all the jobs they
-   * decided in one go. Returns the inputs that could not be applied (they are retried later).
+   * Applies many inputs and enqueues all the jobs they decided. The inputs of one run are applied in
+   * order and stored as one transition; all runs are stored by one compare-and-set round trip, and
+   * those another writer changed meanwhile are read again and retried. Returns the inputs that could
+   * not be applied (the caller retries them later).
    */
   async handleInputs(items: readonly RunInputFor[]): Promise<RunInputFor[]> {
     const byRun = new Map<string, RunInputFor[]>();
@@ -75,55 +70,75 @@ export class Orchestrator {
     }
     const stored: Run[] = [];
     const failed: RunInputFor[] = [];
-    await Promise.all(
-      [...byRun.values()].map(async (list) => {
-        for (const [i, item] of list.entries()) {
+    let todo = [...byRun.keys()];
+    for (let round = 0; todo.length > 0; round++) {
+      if (round === MAX_CONFLICT_RETRIES) {
+        this.deps.logger.warn({ runs: todo }, 'inputs not applied: too many concurrent updates; they will be retried');
+        for (const id of todo) failed.push(...byRun.get(id)!);
+        break;
+      }
+      const again: string[] = [];
+      const updates: RunUpdate[] = [];
+      const previous: Run[] = [];
+      await Promise.all(
+        todo.map(async (runId) => {
+          const cached = this.cache.get(runId);
+          let run: Run | undefined;
           try {
-            const { run, changed } = await this.store(item.runId, item.input);
-            if (run && changed) stored.push(run);
+            run = cached ?? (await this.deps.runs.get(runId));
           } catch (err) {
-            this.deps.logger.warn({ err, runId: item.runId, input: item.input.type }, 'input not applied; it will be retried');
-            failed.push(...list.slice(i));
+            this.deps.logger.warn({ err, runId }, 'run not readable; its inputs will be retried');
+            failed.push(...byRun.get(runId)!);
             return;
           }
+          if (!run) {
+            this.deps.logger.warn({ runId, inputs: byRun.get(runId)!.map((i) => i.input.type) }, 'inputs for an unknown run ignored');
+            return;
+          }
+          let next = run;
+          const events: RunEvent[] = [];
+          for (const { input } of byRun.get(runId)!) {
+            const tr = step(next, input, this.clock());
+            if (tr.changed) {
+              next = tr.run;
+              events.push(...tr.events);
+            }
+          }
+          if (next === run) {
+            // Nothing changed. A cached copy may be behind the store: only the stored run can say so.
+            if (cached) {
+              this.cache.delete(runId);
+              again.push(runId);
+            }
+            return;
+          }
+          updates.push({ run: { ...next, version: run.version + 1 }, expectedVersion: run.version, events });
+          previous.push(run);
+        }),
+      );
+      let saved: boolean[];
+      try {
+        saved = await this.deps.runs.update(updates);
+      } catch (err) {
+        this.deps.logger.warn({ err, runs: updates.map((u) => u.run.id) }, 'inputs not stored; they will be retried');
+        for (const u of updates) failed.push(...byRun.get(u.run.id)!);
+        saved = [];
+      }
+      saved.forEach((ok, i) => {
+        const { run } = updates[i]!;
+        if (!ok) {
+          this.cache.delete(run.id);
+          again.push(run.id);
+          return;
         }
-      }),
-    );
-    // Only the last stored version of a run says which jobs it waits for.
-    const latest = new Map(stored.map((r) => [r.id, r]));
-    await this.dispatch([...latest.values()]);
-    return failed;
-  }
-
-  /** load (or cached) → step → compare-and-set, retried on conflict. `changed` is false for a no-op input. */
-  private async store(runId: string, input: RunInput): Promise<{ run: Run | undefined; changed: boolean }> {
-    for (let i = 0; i < MAX_CONFLICT_RETRIES; i++) {
-      const cached = this.cache.get(runId);
-      const run = cached ?? (await this.deps.runs.get(runId));
-      if (!run) {
-        this.deps.logger.warn({ runId, input: input.type }, 'input for an unknown run ignored');
-        return { run: undefined, changed: false };
-      }
-      const tr = step(run, input, this.clock());
-      if (!tr.changed) {
-        // A cached copy may be behind the store: only the stored run can say an input is stale.
-        if (cached) {
-          this.cache.delete(runId);
-          continue;
-        }
-        return { run, changed: false };
-      }
-      const next: Run = { ...tr.run, version: run.version + 1 };
-      const saved = await this.deps.runs.save(next, run.version, tr.events);
-      if (!saved.saved) {
-        this.cache.delete(runId);
-        continue;
-      }
-      this.remember(next);
-      if (next.status !== run.status) this.deps.logger.info({ runId, pipeline: run.pipeline, status: next.status }, 'run status changed');
-      return { run: next, changed: true };
+        this.remember(run);
+        stored.push(run);
+        if (run.status !== previous[i]!.status) this.deps.logger.info({ runId: run.id, pipeline: run.pipeline, status: run.status }, 'run status changed');
+      });
+      todo = again;
     }
-    throw new Error(`run ${runId}: too many concurrent updates`);
+    await this.dispatch(stored);
+    return failed;
   }
 
   private remember(run: Run): void {
@@ -165,6 +180,11 @@ export class Orchestrator {
     return { checked: ids.length, settled };
   }
 
+  private async applyOne(runId: string, input: RunInput): Promise<void> {
+    const failed = await this.handleInputs([{ runId, input }]);
+    if (failed.length) throw new Error(`run ${runId}: ${input.type} not applied`);
+  }
+
   private async settle(job: StageJob): Promise<boolean> {
     const state = await this.deps.jobs.inspect(job);
     switch (state.state) {
@@ -174,11 +194,11 @@ export class Orchestrator {
       case 'completed': {
         const { input, problem } = completionInput(job.jobId, state.result);
         if (problem) this.deps.logger.error({ jobId: job.jobId, problem }, 'stage job completed without a valid result');
-        await this.apply(job.runId, input);
+        await this.applyOne(job.runId, input);
         return true;
       }
       case 'failed':
-        await this.apply(job.runId, { type: 'stage-lost', jobId: job.jobId, reason: state.reason ?? 'stage job failed' });
+        await this.applyOne(job.runId, { type: 'stage-lost', jobId: job.jobId, reason: state.reason ?? 'stage job failed' });
         return true;
       case 'pending':
         return false;

@@ -7,13 +7,23 @@ export interface DeliveryDecision {
   decision: { outcome: 'run-created' | 'skipped'; runId?: string; reason?: string; at: string };
 }
 
-export type SaveOutcome = { saved: true } | { saved: false; seenDecision?: DeliveryDecision['decision'] };
+export type CreateOutcome = { created: true } | { created: false; seenDecision?: DeliveryDecision['decision'] };
+
+/** A transition to store: `run` (its version already bumped) replaces the stored run at `expectedVersion`. */
+export interface RunUpdate {
+  run: Run;
+  expectedVersion: number;
+  events: RunEvent[];
+}
 
 /** Durable run records with optimistic concurrency; events are stored with the transition that made them. */
 export interface RunStore {
   nextRunNumber(pipeline: string): Promise<number>;
   get(runId: string): Promise<Run | undefined>;
-  save(run: Run, expectedVersion: number | 'new', events: RunEvent[], delivery?: DeliveryDecision): Promise<SaveOutcome>;
+  /** Stores a new run (refused if its id exists, or if the webhook delivery was already decided). */
+  create(run: Run, events: RunEvent[], delivery?: DeliveryDecision): Promise<CreateOutcome>;
+  /** Compare-and-set of many runs in one round trip; each is stored, or refused (false) when its version moved. */
+  update(updates: readonly RunUpdate[]): Promise<boolean[]>;
   recordDelivery(delivery: DeliveryDecision): Promise<DeliveryDecision['decision'] | undefined>;
   listByPipeline(pipeline: string, limit: number): Promise<Run[]>;
   activeRunIds(): Promise<string[]>;

@@ -17,16 +17,20 @@ export type StageName = z.infer<typeof StageName>;
 export const RunId = z.string().regex(/^[a-z0-9][a-z0-9-]{7,80}$/, 'not a run id');
 export type RunId = z.infer<typeof RunId>;
 
+const JOB_ID = /^[a-z0-9-]+\.[A-Za-z][A-Za-z0-9_-]*\.[0-9]+$/;
 /** Deterministic BullMQ job id: `<runId>.<stage>.<attempt>` (BullMQ forbids `:`). */
-export const JobId = z.string().regex(/^[a-z0-9-]+\.[A-Za-z][A-Za-z0-9_-]*\.[0-9]+$/, 'not a job id');
+export const JobId = z.string().regex(JOB_ID, 'not a job id');
 export type JobId = z.infer<typeof JobId>;
 
 export const CommitSha = z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/, 'not a full commit sha');
 export type CommitSha = z.infer<typeof CommitSha>;
 
-/** A zod error in one line naming each field: `status: Invalid option; output.url: Expected string`. */
-export function describeIssues(error: z.ZodError): string {
-  return error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+/**
+ * A zod error in one line naming each field: `status: Invalid option; output.url: Expected string`.
+ * `at` names where the parsed value sits in a larger one (e.g. `output`).
+ */
+export function describeIssues(error: z.ZodError, at?: string): string {
+  return error.issues.map((i) => `${[...(at ? [at] : []), ...i.path].join('.') || '(root)'}: ${i.message}`).join('; ');
 }
 
 export const IsoTime = z.iso.datetime({ offset: true });
@@ -48,5 +52,5 @@ export function stageJobId(runId: string, stage: string, attempt: number): strin
 
 /** The run a stage job id belongs to, or undefined when the id is not a stage job id. */
 export function runIdOfJob(jobId: string): string | undefined {
-  return JobId.safeParse(jobId).success ? jobId.slice(0, jobId.indexOf('.')) : undefined;
+  return JOB_ID.test(jobId) ? jobId.slice(0, jobId.indexOf('.')) : undefined;
 }

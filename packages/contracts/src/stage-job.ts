@@ -9,7 +9,8 @@ const Base = {
   runId: RunId,
   runNumber: z.number().int().positive(),
   pipeline: PipelineName,
-  stage: z.union([StageName, z.literal('Source')]),
+  /** A StageName; the first stage is always `Source`. */
+  stage: StageName,
   stageIndex: z.number().int().nonnegative(),
   attempt: z.number().int().positive(),
   trigger: Trigger,

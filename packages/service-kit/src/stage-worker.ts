@@ -1,5 +1,5 @@
 import { UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { describeIssues, StageJob, StageResult, stageResultOf, type StageJobOf, type StageOutput } from '@conveyor/contracts';
+import { describeIssues, StageJob, StageOutput, stageResultOf, type StageJobOf, type StageResult } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
 import { logErrors, SHUTTING_DOWN } from './lifecycle.js';
@@ -57,23 +57,39 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       throw new UnrecoverableError(`malformed ${opts.type} job ${bull.id}`);
     }
     const job = parsed.data as StageJobOf<T>;
-    const logger = opts.logger.child({ runId: job.runId, stage: job.stage, attempt: job.attempt });
+    // The handler's logger is made when first used: a child logger serializes its bindings.
+    let child: Logger | undefined;
+    const jobLogger = (): Logger => (child ??= opts.logger.child({ runId: job.runId, stage: job.stage, attempt: job.attempt }));
     const startedAt = now().toISOString();
     const finish = (outcome: StageOutcome): StageResult => {
-      const build = (o: StageOutcome): StageResult =>
-        stageResultOf(job, { status: o.status, startedAt, finishedAt: now().toISOString(), ...(o.message ? { message: o.message.slice(0, 4000) } : {}), ...(o.output ? { output: o.output } : {}) });
-      // Parse on publish: a worker never returns a result the orchestrator would refuse. A handler
-      // whose output does not fit the contract fails its stage once, instead of running again.
-      const parsed = StageResult.safeParse(build(outcome));
-      const result = parsed.success
-        ? parsed.data
-        : StageResult.parse(build({ status: 'FAILED', message: `the ${opts.type} stage produced an invalid result: ${describeIssues(parsed.error)}` }));
-      if (!parsed.success) logger.error({ issues: parsed.error.issues }, 'stage handler returned an invalid result');
-      logger.info({ status: result.status }, 'stage job finished');
+      // Check on publish: a worker never returns a result the orchestrator would refuse, and a handler
+      // whose output does not fit the contract fails its stage once, instead of running again. The
+      // identity and time fields come from the parsed job and this wrapper: only the handler's part
+      // needs checking.
+      const output = StageOutput.safeParse(outcome.output ?? {});
+      const problem = !output.success
+        ? describeIssues(output.error, 'output')
+        : outcome.status !== 'SUCCEEDED' && outcome.status !== 'FAILED'
+          ? `status: must be SUCCEEDED or FAILED, not ${String(outcome.status)}`
+          : undefined;
+      if (problem) jobLogger().error({ problem }, 'stage handler returned an invalid result');
+      const fields = problem ? { status: 'FAILED' as const, message: `the ${opts.type} stage produced an invalid result: ${problem}` } : outcome;
+      const result = stageResultOf(job, {
+        status: fields.status,
+        startedAt,
+        finishedAt: now().toISOString(),
+        ...(fields.message ? { message: fields.message.slice(0, 4000) } : {}),
+        output: output.success && !problem ? output.data : {},
+      });
+      opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt, status: result.status }, 'stage job finished');
       return result;
     };
-    logger.info({ deliveries: bull.attemptsStarted }, 'stage job started');
-    const ctx: StageContext = { logger, signal: signal ?? new AbortController().signal, deliveries: Math.max(0, (bull.attemptsStarted ?? 1) - 1) };
+    opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt, deliveries: bull.attemptsStarted }, 'stage job started');
+    const ctx: StageContext = {
+      get logger() {
+        return jobLogger();
+      },
+      signal: signal ?? new AbortController().signal, deliveries: Math.max(0, (bull.attemptsStarted ?? 1) - 1) };
     let outcome: StageOutcome;
     try {
       outcome = await opts.handler(job, ctx);
@@ -81,7 +97,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       if (err instanceof PermanentJobError) outcome = { status: 'FAILED', message: err.message };
       else {
         const lastAttempt = bull.attemptsMade + 1 >= (bull.opts.attempts ?? 1);
-        logger.warn({ err, lastAttempt }, 'stage job errored');
+        jobLogger().warn({ err, lastAttempt }, 'stage job errored');
         if (!lastAttempt && !ctx.signal.aborted) throw err;
         outcome = { status: 'FAILED', message: `stage errored: ${describe(err)}` };
       }

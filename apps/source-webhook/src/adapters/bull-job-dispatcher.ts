@@ -1,4 +1,4 @@
-import { StageJob, queueFor } from '@conveyor/contracts';
+import { queueFor, type StageJob } from '@conveyor/contracts';
 import type { Queue } from 'bullmq';
 import type { JobDispatcher } from '../ports.js';
 
@@ -13,9 +13,12 @@ export class BullJobDispatcher implements JobDispatcher {
   }
 
   async ensure(jobs: readonly StageJob[]): Promise<void> {
-    // Parse on publish; BullMQ ignores an add whose job id it already holds. Plain adds issued together
-    // share a round trip on the auto-pipelined queue connection; addBulk would wrap them in a MULTI.
-    await Promise.all(jobs.map((job) => this.queue(job).add(job.type, StageJob.parse(job), { jobId: job.jobId })));
+    // BullMQ ignores an add whose job id it already holds. Plain adds issued together share a round trip
+    // on the auto-pipelined queue connection; addBulk would wrap them in a MULTI. Jobs are not parsed
+    // here: the state machine builds them typed (its tests parse every one), and a job that still does
+    // not fit (say, a deployed URL that is no URL) is refused by its worker, failing its stage, where
+    // an error here would leave the run waiting for a job that never comes.
+    await Promise.all(jobs.map((job) => this.queue(job).add(job.type, job, { jobId: job.jobId })));
   }
 
   async inspect(job: StageJob): Promise<{ state: 'pending' | 'completed' | 'failed' | 'missing'; reason?: string; result?: unknown }> {

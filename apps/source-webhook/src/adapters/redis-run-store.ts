@@ -1,45 +1,80 @@
-import { EVENTS_STREAM, Run, type RunEvent } from '@conveyor/contracts';
+import { EVENTS_STREAM, Run, TERMINAL_RUN_STATUSES, type RunEvent } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
-import type { DeliveryDecision, RunStore, SaveOutcome } from '../ports.js';
+import type { CreateOutcome, DeliveryDecision, RunStore, RunUpdate } from '../ports.js';
+
+interface Scripts {
+  conveyorCreateRun(...args: (string | number)[]): Promise<number | string>;
+  conveyorUpdateRuns(...args: (string | number)[]): Promise<number[]>;
+}
 
 const EVENTS_MAXLEN = 10_000;
 const DELIVERY_TTL_SECONDS = 7 * 24 * 3600;
 
 /**
- * Atomically: check the run's version (or that a new run does not exist, or that a webhook delivery
- * was not seen), write the run and its indexes, and append its events to the stream.
- * Returns 1 saved, 0 version conflict / run exists, or the stored decision JSON for a seen delivery.
+ * Atomically: refuse a webhook delivery already decided (returning its decision) or a run id that
+ * exists (0); otherwise write the run, its plan and indexes, append its events, record the decision.
  */
-const SAVE_RUN = `
+const CREATE_RUN = `
 local runKey, activeKey, pipelineRunsKey, eventsKey, deliveryKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local expected, version, json, runId, score, terminal, maxlen, decision, ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local version, json, plan, runId, score, maxlen, decision, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 if decision ~= '' then
   local seen = redis.call('GET', deliveryKey)
   if seen then return seen end
 end
-local current = redis.call('HGET', runKey, 'version')
-if expected < 0 then
-  if current then return 0 end
-elseif tonumber(current) ~= expected then
-  return 0
-end
-redis.call('HSET', runKey, 'version', version, 'json', json)
-if expected < 0 then redis.call('ZADD', pipelineRunsKey, score, runId) end
-if terminal == '1' then redis.call('SREM', activeKey, runId) else redis.call('SADD', activeKey, runId) end
-for i = 10, #ARGV do
+if redis.call('EXISTS', runKey) == 1 then return 0 end
+redis.call('HSET', runKey, 'version', version, 'json', json, 'plan', plan)
+redis.call('ZADD', pipelineRunsKey, score, runId)
+redis.call('SADD', activeKey, runId)
+for i = 9, #ARGV do
   redis.call('XADD', eventsKey, 'MAXLEN', '~', maxlen, '*', 'event', ARGV[i])
 end
 if decision ~= '' then redis.call('SET', deliveryKey, decision, 'EX', ttl) end
 return 1
 `;
 
-/** Run records in Redis: a hash per run (version + JSON), a sorted set per pipeline, a set of active runs. */
+/**
+ * Compare-and-set of many runs at once: KEYS are the active set, the events stream, then one key per
+ * run; ARGV is the events' trim length, then per run: expected version, new version, JSON, id,
+ * terminal flag, event count, events. Each run is written (1) or refused (0) on its own.
+ */
+const UPDATE_RUNS = `
+local activeKey, eventsKey, maxlen = KEYS[1], KEYS[2], ARGV[1]
+local saved = {}
+local a = 2
+for k = 3, #KEYS do
+  local expected, version, json, runId, terminal, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+  a = a + 6
+  if redis.call('HGET', KEYS[k], 'version') == expected then
+    redis.call('HSET', KEYS[k], 'version', version, 'json', json)
+    if terminal == '1' then redis.call('SREM', activeKey, runId) else redis.call('SADD', activeKey, runId) end
+    for i = a, a + n - 1 do
+      redis.call('XADD', eventsKey, 'MAXLEN', '~', maxlen, '*', 'event', ARGV[i])
+    end
+    saved[#saved + 1] = 1
+  else
+    saved[#saved + 1] = 0
+  end
+  a = a + n
+end
+return saved
+`;
+
+/**
+ * Run records in Redis: a hash per run (version, the run's JSON without its plan, and the plan, which
+ * never changes and so is written once), a sorted set per pipeline, a set of active runs.
+ */
 export class RedisRunStore implements RunStore {
   constructor(
     private readonly redis: Redis,
     private readonly prefix: string,
   ) {
-    redis.defineCommand('conveyorSaveRun', { numberOfKeys: 5, lua: SAVE_RUN });
+    redis.defineCommand('conveyorCreateRun', { numberOfKeys: 5, lua: CREATE_RUN });
+    // The key count varies with the batch: it is the first argument.
+    redis.defineCommand('conveyorUpdateRuns', { lua: UPDATE_RUNS });
+  }
+
+  private get scripts(): Scripts {
+    return this.redis as unknown as Scripts;
   }
 
   private key(...parts: string[]): string {
@@ -51,33 +86,43 @@ export class RedisRunStore implements RunStore {
   }
 
   async get(runId: string): Promise<Run | undefined> {
-    const json = await this.redis.hget(this.key('run', runId), 'json');
-    // Never trust what comes out of Redis: parse it.
-    return json ? Run.parse(JSON.parse(json)) : undefined;
+    const [json, plan] = await this.redis.hmget(this.key('run', runId), 'json', 'plan');
+    return parseRun(json ?? null, plan ?? null);
   }
 
-  async save(run: Run, expectedVersion: number | 'new', events: RunEvent[], delivery?: DeliveryDecision): Promise<SaveOutcome> {
-    const terminal = ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(run.status) ? '1' : '0';
-    const reply = await (this.redis as unknown as { conveyorSaveRun: (...args: (string | number)[]) => Promise<number | string> }).conveyorSaveRun(
+  async create(run: Run, events: RunEvent[], delivery?: DeliveryDecision): Promise<CreateOutcome> {
+    const reply = await this.scripts.conveyorCreateRun(
       this.key('run', run.id),
       this.key('runs', 'active'),
       this.key('runs', run.pipeline),
       this.key(EVENTS_STREAM),
       delivery ? this.deliveryKey(delivery.key) : this.key('delivery', '-'),
-      expectedVersion === 'new' ? -1 : expectedVersion,
       run.version,
-      JSON.stringify(run),
+      stateJson(run),
+      JSON.stringify(run.plan),
       run.id,
       Date.parse(run.createdAt),
-      terminal,
       EVENTS_MAXLEN,
       delivery ? JSON.stringify(delivery.decision) : '',
       DELIVERY_TTL_SECONDS,
       ...events.map((e) => JSON.stringify(e)),
     );
-    if (reply === 1) return { saved: true };
-    if (typeof reply === 'string') return { saved: false, seenDecision: JSON.parse(reply) as DeliveryDecision['decision'] };
-    return { saved: false };
+    if (reply === 1) return { created: true };
+    if (typeof reply === 'string') return { created: false, seenDecision: JSON.parse(reply) as DeliveryDecision['decision'] };
+    return { created: false };
+  }
+
+  async update(updates: readonly RunUpdate[]): Promise<boolean[]> {
+    if (updates.length === 0) return [];
+    const keys = [this.key('runs', 'active'), this.key(EVENTS_STREAM)];
+    const args: (string | number)[] = [EVENTS_MAXLEN];
+    for (const { run, expectedVersion, events } of updates) {
+      keys.push(this.key('run', run.id));
+      args.push(expectedVersion, run.version, stateJson(run), run.id, TERMINAL_RUN_STATUSES.includes(run.status) ? '1' : '0', events.length);
+      for (const e of events) args.push(JSON.stringify(e));
+    }
+    const reply = await this.scripts.conveyorUpdateRuns(keys.length, ...keys, ...args);
+    return reply.map((r) => r === 1);
   }
 
   private deliveryKey(key: string): string {
@@ -105,8 +150,23 @@ export class RedisRunStore implements RunStore {
   private async getMany(ids: string[]): Promise<Run[]> {
     if (ids.length === 0) return [];
     const pipeline = this.redis.pipeline();
-    for (const id of ids) pipeline.hget(this.key('run', id), 'json');
+    for (const id of ids) pipeline.hmget(this.key('run', id), 'json', 'plan');
     const replies = (await pipeline.exec()) ?? [];
-    return replies.flatMap(([err, json]) => (err || typeof json !== 'string' ? [] : [Run.parse(JSON.parse(json))]));
+    return replies.flatMap(([err, fields]) => {
+      const run = err ? undefined : parseRun(...(fields as [string | null, string | null]));
+      return run ? [run] : [];
+    });
   }
+}
+
+/** The run as stored on every transition: without its plan, which is written once. */
+function stateJson(run: Run): string {
+  // Spreading then setting a key the run already has stays on V8's fast path; undefined is left out.
+  return JSON.stringify({ ...run, plan: undefined });
+}
+
+/** Never trust what comes out of Redis: parse it. */
+function parseRun(json: string | null, plan: string | null): Run | undefined {
+  if (!json) return undefined;
+  return Run.parse(Object.assign(JSON.parse(json) as object, { plan: plan ? (JSON.parse(plan) as unknown) : undefined }));
 }

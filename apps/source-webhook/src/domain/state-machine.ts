@@ -57,7 +57,7 @@ export function createRun(input: NewRun, now: Date): Transition {
     outbox: [],
   };
   const created: RunEvent = { v: 1, type: 'run.created', at, runId: queued.id, pipeline: queued.pipeline, trigger: queued.trigger.type };
-  const started = startStage({ ...queued, status: 'RUNNING', startedAt: at }, 0, at);
+  const started = startStage(patch(queued, { status: 'RUNNING', startedAt: at }), 0, at);
   return { run: started.run, events: [created, ...started.events], changed: true };
 }
 
@@ -92,12 +92,8 @@ function runningStageIndex(run: Run, jobId: string): number {
 
 function succeedStage(run: Run, i: number, result: StageResult, at: string): Transition {
   const stage = run.stages[i]!;
-  const done: StageRecord = { ...stage, status: 'SUCCEEDED', finishedAt: at, result: result.output };
-  const next: Run = {
-    ...replaceStage(run, i, done),
-    ...(stage.type === 'source' && result.output.commit ? { commit: result.output.commit } : {}),
-    outbox: [],
-  };
+  const done = patch(stage, { status: 'SUCCEEDED', finishedAt: at, result: result.output });
+  const next = patch(replaceStage(run, i, done), stage.type === 'source' && result.output.commit ? { commit: result.output.commit, outbox: [] } : { outbox: [] });
   const finished = stageFinished(next, done, at);
   if (i + 1 >= run.stages.length) {
     const end = finishRun(next, 'SUCCEEDED', undefined, at, 'SKIPPED');
@@ -109,7 +105,7 @@ function succeedStage(run: Run, i: number, result: StageResult, at: string): Tra
 
 function failStage(run: Run, i: number, message: string, at: string, result?: StageResult): Transition {
   const stage = run.stages[i]!;
-  const failed: StageRecord = { ...stage, status: 'FAILED', finishedAt: at, message, ...(result ? { result: result.output } : {}) };
+  const failed = patch(stage, result ? { status: 'FAILED', finishedAt: at, message, result: result.output } : { status: 'FAILED', finishedAt: at, message });
   const next = replaceStage(run, i, failed);
   const end = finishRun(next, 'FAILED', `stage ${stage.name} failed: ${message}`, at, 'SKIPPED');
   return { ...end, events: [stageFinished(next, failed, at), ...end.events] };
@@ -119,13 +115,13 @@ function failStage(run: Run, i: number, message: string, at: string, result?: St
 function finishRun(run: Run, status: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', message: string | undefined, at: string, runningBecomes: 'SKIPPED' | 'CANCELLED'): Transition {
   const events: RunEvent[] = [];
   const stages = run.stages.map((s): StageRecord => {
-    if (s.status === 'PENDING') return { ...s, status: 'SKIPPED' };
+    if (s.status === 'PENDING') return patch(s, { status: 'SKIPPED' });
     if (s.status !== 'RUNNING') return s;
-    const closed: StageRecord = { ...s, status: runningBecomes, finishedAt: at };
+    const closed = patch(s, { status: runningBecomes, finishedAt: at });
     events.push(stageFinished(run, closed, at));
     return closed;
   });
-  const ended: Run = { ...run, status, stages, finishedAt: at, outbox: [], ...(message ? { message } : {}) };
+  const ended = patch(run, message ? { status, stages, finishedAt: at, outbox: [], message } : { status, stages, finishedAt: at, outbox: [] });
   const durationMs = Math.max(0, Date.parse(at) - Date.parse(run.startedAt ?? run.createdAt));
   events.push({ v: 1, type: 'run.finished', at, runId: run.id, pipeline: run.pipeline, status, durationMs });
   return { run: ended, events, changed: true };
@@ -138,11 +134,11 @@ function startStage(run: Run, i: number, at: string): Transition {
   const job = buildJob(run, i, attempt, jobId);
   if ('error' in job) {
     // The plan cannot feed this stage (e.g. no artifact yet): fail it rather than enqueue nonsense.
-    const started = replaceStage(run, i, { ...stage, status: 'RUNNING', attempt, jobId, startedAt: at });
+    const started = replaceStage(run, i, patch(stage, { status: 'RUNNING', attempt, jobId, startedAt: at }));
     return failStage(started, i, job.error, at);
   }
-  const running: StageRecord = { ...stage, status: 'RUNNING', attempt, jobId, startedAt: at };
-  const next: Run = { ...replaceStage(run, i, running), outbox: [job] };
+  const running = patch(stage, { status: 'RUNNING', attempt, jobId, startedAt: at });
+  const next = patch(replaceStage(run, i, running), { outbox: [job] });
   const event: RunEvent = { v: 1, type: 'stage.started', at, runId: run.id, pipeline: run.pipeline, stage: stage.name, stageType: stage.type, attempt };
   return { run: next, events: [event], changed: true };
 }
@@ -160,7 +156,7 @@ function buildJob(run: Run, i: number, attempt: number, jobId: string): StageJob
     attempt,
     trigger: run.trigger,
   };
-  if (i === 0) return { ...base, type: 'source', repository: run.plan.source.repository };
+  if (i === 0) return Object.assign(base, { type: 'source' as const, repository: run.plan.source.repository });
   const def = run.plan.stages[i - 1]!;
   const input = latestArtifact(run, i);
   const commit = run.commit;
@@ -169,14 +165,14 @@ function buildJob(run: Run, i: number, attempt: number, jobId: string): StageJob
     case 'build':
     case 'test':
       if (!input) return { error: `no artifact before stage ${def.name}` };
-      return { ...base, type: def.type, commit, repository: run.plan.source.repository, input, buildspec: def.buildspec, env: { variables: def.env.variables }, timeoutMinutes: def.timeoutMinutes };
+      return Object.assign(base, { type: def.type, commit, repository: run.plan.source.repository, input, buildspec: def.buildspec, env: { variables: def.env.variables }, timeoutMinutes: def.timeoutMinutes });
     case 'deploy':
       if (!input) return { error: `no artifact before stage ${def.name}` };
-      return { ...base, type: 'deploy', commit, input, target: def.target };
+      return Object.assign(base, { type: 'deploy' as const, commit, input, target: def.target });
     case 'monitor': {
       const url = [...run.stages.slice(0, i)].reverse().find((s) => s.type === 'deploy' && s.result?.url)?.result?.url;
       if (!url) return { error: `no deployed URL before stage ${def.name}` };
-      return { ...base, type: 'monitor', url, verify: def.verify };
+      return Object.assign(base, { type: 'monitor' as const, url, verify: def.verify });
     }
     default:
       return assertNever(def);
@@ -192,8 +188,16 @@ function latestArtifact(run: Run, before: number): ArtifactRef | undefined {
   return undefined;
 }
 
+/**
+ * A copy of `obj` with `changes` applied. Not `{ ...obj, key }`: on Node 20 (V8 11.3) a key added
+ * after a spread costs about 1 µs, which made a transition ten times slower (docs/benchmarks.md).
+ */
+function patch<T extends object>(obj: T, changes: Partial<T>): T {
+  return Object.assign({}, obj, changes);
+}
+
 function replaceStage(run: Run, i: number, stage: StageRecord): Run {
-  return { ...run, stages: run.stages.map((s, j) => (j === i ? stage : s)) };
+  return patch(run, { stages: run.stages.map((s, j) => (j === i ? stage : s)) });
 }
 
 function stageFinished(run: Run, stage: StageRecord, at: string): RunEvent {
