@@ -1,7 +1,7 @@
 import { type PipelineDefinition, type Run, type RunEvent, type StageJob, type Trigger } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
 import { completionInput } from './domain/outcome.js';
-import { createRun, step, type RunInput } from './domain/state-machine.js';
+import { createRun, pendingJobs, step, type RunInput } from './domain/state-machine.js';
 import type { DeliveryDecision, JobDispatcher, RunStore, RunUpdate } from './ports.js';
 
 export interface OrchestratorDeps {
@@ -25,7 +25,8 @@ const CACHE_LIMIT = 10_000;
 
 /**
  * The thin adapter around the pure state machine: load → step → store (compare-and-set, with the
- * events) → enqueue the outbox. A crash between store and enqueue is mended by `reconcile`.
+ * events) → enqueue the jobs of its RUNNING stages. A crash between store and enqueue is mended by
+ * `reconcile`.
  */
 export class Orchestrator {
   private readonly clock: () => Date;
@@ -149,12 +150,12 @@ export class Orchestrator {
   }
 
   private async dispatch(runs: readonly Run[]): Promise<void> {
-    const jobs = runs.flatMap((r) => r.outbox);
+    const jobs = runs.flatMap(pendingJobs);
     if (jobs.length === 0) return;
     try {
       await this.deps.jobs.ensure(jobs);
     } catch (err) {
-      // The runs are stored with their outboxes; reconcile() enqueues them later.
+      // The runs are stored with their RUNNING stages; reconcile() enqueues their jobs later.
       this.deps.logger.warn({ err, runs: runs.map((r) => r.id) }, 'enqueue deferred to the reconciler');
     }
   }
@@ -169,7 +170,7 @@ export class Orchestrator {
     for (const id of ids) {
       try {
         const run = await this.deps.runs.get(id);
-        for (const job of run?.outbox ?? []) {
+        for (const job of run ? pendingJobs(run) : []) {
           if (await this.settle(job)) settled++;
         }
       } catch (err) {

@@ -76,9 +76,11 @@ describe('runs and jobs', () => {
     expect(stageJobId('abc-123', 'Build', 2)).toBe('abc-123.Build.2');
   });
 
-  it('the run view hides the outbox, the plan and the version', async () => {
-    const view = toRunView(Run.parse(await load('v1', 'run.json')));
-    expect(Object.keys(view)).not.toEqual(expect.arrayContaining(['outbox']));
+  it('a run stored with an outbox (before jobs were rebuilt from the run) still parses; the view hides the plan and the version', async () => {
+    const stored = (await load('v1', 'run.json')) as Record<string, unknown>;
+    expect(stored).toHaveProperty('outbox');
+    const view = toRunView(Run.parse(stored));
+    expect(view).not.toHaveProperty('outbox');
     expect(view).not.toHaveProperty('plan');
     expect(view).not.toHaveProperty('version');
   });

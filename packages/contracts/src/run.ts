@@ -1,7 +1,6 @@
 import { z } from 'zod';
 import { IsoTime, PipelineName, RunId, StageType } from './common.js';
 import { StageDefinition, SourceConfig } from './pipeline.js';
-import { StageJob } from './stage-job.js';
 import { StageOutput } from './stage-result.js';
 import { Trigger } from './trigger.js';
 
@@ -49,14 +48,12 @@ export const Run = z.object({
   plan: RunPlan,
   /** Optimistic-concurrency version, bumped by every stored transition. */
   version: z.number().int().nonnegative(),
-  /** Jobs decided by a transition and not yet confirmed enqueued (transactional outbox). */
-  outbox: z.array(StageJob).default([]),
 });
 export type Run = z.infer<typeof Run>;
 
 /** The run as the API shows it. */
-export type RunView = Omit<Run, 'outbox' | 'plan' | 'version' | 'v'>;
+export type RunView = Omit<Run, 'plan' | 'version' | 'v'>;
 export function toRunView(run: Run): RunView {
-  const { outbox: _o, plan: _p, version: _v, v: _vv, ...view } = run;
+  const { plan: _p, version: _v, v: _vv, ...view } = run;
   return view;
 }

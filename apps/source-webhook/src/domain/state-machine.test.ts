@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { PipelineDefinition, Run, RunEvent, stageResultOf, type StageJob, type StageResult } from '@conveyor/contracts';
-import { createRun, step } from './state-machine.js';
+import { PipelineDefinition, Run, RunEvent, StageJob, stageResultOf, type StageResult } from '@conveyor/contracts';
+import { createRun, pendingJobs, step } from './state-machine.js';
 
 const SHA = 'a'.repeat(40);
 const ART = { key: 'runs/r/Source-1.tar', sha256: 'b'.repeat(64), bytes: 10 };
@@ -31,7 +31,7 @@ function drive(outcomes: Array<['SUCCEEDED' | 'FAILED', StageResult['output']?]>
   let run = fresh();
   const events: RunEvent[] = [];
   outcomes.forEach(([status, output], n) => {
-    const job = run.outbox[0]!;
+    const job = pendingJobs(run)[0]!;
     const tr = step(run, { type: 'stage-result', result: result(job, status, output) }, t(10 + n));
     run = tr.run;
     events.push(...tr.events);
@@ -42,7 +42,7 @@ function drive(outcomes: Array<['SUCCEEDED' | 'FAILED', StageResult['output']?]>
 const ok = (output: StageResult['output'] = {}) => ['SUCCEEDED', output] as ['SUCCEEDED', StageResult['output']];
 
 describe('createRun', () => {
-  it('starts RUNNING with the Source stage running and its job in the outbox', () => {
+  it('starts RUNNING with the Source stage running and its job pending', () => {
     const { run, events } = createRun({ id: 'run-00000001', number: 7, definition, trigger: { type: 'manual', ref: 'refs/heads/main' } }, t(0));
     expect(Run.parse(run)).toBeTruthy();
     expect(run.status).toBe('RUNNING');
@@ -53,7 +53,7 @@ describe('createRun', () => {
       ['Deploy', 'PENDING'],
       ['Monitor', 'PENDING'],
     ]);
-    expect(run.outbox).toEqual([expect.objectContaining({ type: 'source', jobId: 'run-00000001.Source.1', repository: 'file:///tmp/repo' })]);
+    expect(pendingJobs(run)).toEqual([expect.objectContaining({ type: 'source', jobId: 'run-00000001.Source.1', repository: 'file:///tmp/repo' })]);
     expect(events.map((e) => e.type)).toEqual(['run.created', 'stage.started']);
     expect(JSON.stringify(run)).not.toContain('x'.repeat(20));
   });
@@ -65,13 +65,16 @@ describe('step', () => {
     const jobs: StageJob[] = [];
     const outputs: StageResult['output'][] = [{ commit: SHA, artifact: ART }, { artifact: BUILD_ART }, { tests: { total: 2, passed: 2, failed: 0, skipped: 0 } }, { url: 'http://127.0.0.1:5000' }, {}];
     for (const [n, output] of outputs.entries()) {
-      const job = run.outbox[0]!;
+      const job = pendingJobs(run)[0]!;
+      // The job is rebuilt from the stored run alone: the same after a round trip through JSON, and valid.
+      expect(pendingJobs(Run.parse(JSON.parse(JSON.stringify(run))))).toEqual([job]);
+      expect(StageJob.parse(job)).toEqual(job);
       jobs.push(job);
       run = step(run, { type: 'stage-result', result: result(job, 'SUCCEEDED', output) }, t(10 + n)).run;
     }
     expect(run.status).toBe('SUCCEEDED');
     expect(run.commit).toBe(SHA);
-    expect(run.outbox).toEqual([]);
+    expect(pendingJobs(run)).toEqual([]);
     expect(run.stages.every((s) => s.status === 'SUCCEEDED')).toBe(true);
     expect(jobs.map((j) => j.type)).toEqual(['source', 'build', 'test', 'deploy', 'monitor']);
     expect(jobs[1]).toMatchObject({ input: ART, commit: SHA, buildspec: 'buildspec.yml' });
@@ -92,7 +95,7 @@ describe('step', () => {
 
   it('ignores a duplicate or late result', () => {
     let run = fresh();
-    const job = run.outbox[0]!;
+    const job = pendingJobs(run)[0]!;
     const first = step(run, { type: 'stage-result', result: result(job, 'SUCCEEDED', { commit: SHA, artifact: ART }) }, t(5));
     run = first.run;
     const again = step(run, { type: 'stage-result', result: result(job, 'SUCCEEDED', { commit: SHA, artifact: ART }) }, t(6));
@@ -103,13 +106,13 @@ describe('step', () => {
 
   it('ignores a result for a job id that is not running', () => {
     const run = fresh();
-    const job = { ...run.outbox[0]!, jobId: 'run-00000001.Source.9' } as StageJob;
+    const job = { ...pendingJobs(run)[0]!, jobId: 'run-00000001.Source.9' } as StageJob;
     expect(step(run, { type: 'stage-result', result: result(job, 'SUCCEEDED') }, t(5)).changed).toBe(false);
   });
 
   it('a lost stage job fails the run with the reason', () => {
     const run = fresh();
-    const tr = step(run, { type: 'stage-lost', jobId: run.outbox[0]!.jobId, reason: 'job stalled more than allowable limit' }, t(5));
+    const tr = step(run, { type: 'stage-lost', jobId: pendingJobs(run)[0]!.jobId, reason: 'job stalled more than allowable limit' }, t(5));
     expect(tr.run.status).toBe('FAILED');
     expect(tr.run.stages[0]).toMatchObject({ status: 'FAILED', message: 'job stalled more than allowable limit' });
     expect(tr.run.stages.slice(1).every((s) => s.status === 'SKIPPED')).toBe(true);
@@ -117,7 +120,7 @@ describe('step', () => {
 
   it('cancel cancels the running stage and skips the rest; later inputs change nothing', () => {
     const run = drive([ok({ commit: SHA, artifact: ART })]).run;
-    const buildJob = run.outbox[0]!;
+    const buildJob = pendingJobs(run)[0]!;
     const tr = step(run, { type: 'cancel', reason: 'user' }, t(30));
     expect(tr.run.status).toBe('CANCELLED');
     expect(tr.run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED', 'SKIPPED', 'SKIPPED', 'SKIPPED']);

@@ -34,7 +34,7 @@ export interface NewRun {
 const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
 export const isTerminal = (run: Run): boolean => TERMINAL.has(run.status);
 
-/** Creates a run and starts it: the Source stage is RUNNING and its job sits in the outbox. */
+/** Creates a run and starts it: the Source stage is RUNNING (its job is `pendingJobs(run)`). */
 export function createRun(input: NewRun, now: Date): Transition {
   const at = now.toISOString();
   const { webhookSecret: _secret, triggers: _triggers, ...source } = input.definition.source;
@@ -54,7 +54,6 @@ export function createRun(input: NewRun, now: Date): Transition {
     stages,
     plan: { source, stages: input.definition.stages },
     version: 0,
-    outbox: [],
   };
   const created: RunEvent = { v: 1, type: 'run.created', at, runId: queued.id, pipeline: queued.pipeline, trigger: queued.trigger.type };
   const started = startStage(patch(queued, { status: 'RUNNING', startedAt: at }), 0, at);
@@ -93,7 +92,7 @@ function runningStageIndex(run: Run, jobId: string): number {
 function succeedStage(run: Run, i: number, result: StageResult, at: string): Transition {
   const stage = run.stages[i]!;
   const done = patch(stage, { status: 'SUCCEEDED', finishedAt: at, result: result.output });
-  const next = patch(replaceStage(run, i, done), stage.type === 'source' && result.output.commit ? { commit: result.output.commit, outbox: [] } : { outbox: [] });
+  const next = stage.type === 'source' && result.output.commit ? patch(replaceStage(run, i, done), { commit: result.output.commit }) : replaceStage(run, i, done);
   const finished = stageFinished(next, done, at);
   if (i + 1 >= run.stages.length) {
     const end = finishRun(next, 'SUCCEEDED', undefined, at, 'SKIPPED');
@@ -121,7 +120,7 @@ function finishRun(run: Run, status: 'SUCCEEDED' | 'FAILED' | 'CANCELLED', messa
     events.push(stageFinished(run, closed, at));
     return closed;
   });
-  const ended = patch(run, message ? { status, stages, finishedAt: at, outbox: [], message } : { status, stages, finishedAt: at, outbox: [] });
+  const ended = patch(run, message ? { status, stages, finishedAt: at, message } : { status, stages, finishedAt: at });
   const durationMs = Math.max(0, Date.parse(at) - Date.parse(run.startedAt ?? run.createdAt));
   events.push({ v: 1, type: 'run.finished', at, runId: run.id, pipeline: run.pipeline, status, durationMs });
   return { run: ended, events, changed: true };
@@ -137,10 +136,24 @@ function startStage(run: Run, i: number, at: string): Transition {
     const started = replaceStage(run, i, patch(stage, { status: 'RUNNING', attempt, jobId, startedAt: at }));
     return failStage(started, i, job.error, at);
   }
-  const running = patch(stage, { status: 'RUNNING', attempt, jobId, startedAt: at });
-  const next = patch(replaceStage(run, i, running), { outbox: [job] });
+  const next = replaceStage(run, i, patch(stage, { status: 'RUNNING', attempt, jobId, startedAt: at }));
   const event: RunEvent = { v: 1, type: 'stage.started', at, runId: run.id, pipeline: run.pipeline, stage: stage.name, stageType: stage.type, attempt };
   return { run: next, events: [event], changed: true };
+}
+
+/**
+ * The jobs a run waits for: one per RUNNING stage. They are not stored with the run: a job is rebuilt
+ * from the run alone (its plan and what earlier, finished stages produced), and comes out the same
+ * every time, so the stored run is its own transactional outbox (ADR 0002).
+ */
+export function pendingJobs(run: Run): StageJob[] {
+  const jobs: StageJob[] = [];
+  run.stages.forEach((stage, i) => {
+    if (stage.status !== 'RUNNING' || !stage.jobId) return;
+    const job = buildJob(run, i, stage.attempt, stage.jobId);
+    if (!('error' in job)) jobs.push(job);
+  });
+  return jobs;
 }
 
 /** The job for stage i, fed by what earlier stages produced. */
