@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { Queue, Worker, type ConnectionOptions } from 'bullmq';
 import { Redis } from 'ioredis';
-import { PipelineDefinition, QUEUES, type StageJob } from '@conveyor/contracts';
+import { PipelineDefinition, QUEUES, stageResultOf, type StageJob } from '@conveyor/contracts';
 import { createLogger, createQueue, createRedis, createStageWorker, waitReady, type StageOutcome } from '@conveyor/service-kit';
-import { BullJobDispatcher, Orchestrator, RedisRunStore, ResultsConsumer } from '@conveyor/source-webhook';
+import { BullJobDispatcher, createRun, Orchestrator, pendingJobs, RedisRunStore, ResultsConsumer, step } from '@conveyor/source-webhook';
 
 export interface HopBenchResult {
   runs: number;
@@ -87,6 +87,17 @@ export async function rawCoordinated(url: string, runs: number, concurrency: num
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
 }
 
+const BENCH_PIPELINE = PipelineDefinition.parse({
+  name: 'bench',
+  source: { provider: 'generic', repository: 'file:///dev/null' },
+  stages: [
+    { name: 'Build', type: 'build' },
+    { name: 'Test', type: 'test' },
+    { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'true' } },
+    { name: 'Monitor', type: 'monitor' },
+  ],
+});
+
 const FAKE_ARTIFACT = { key: 'runs/bench/x.tar', sha256: '0'.repeat(64), bytes: 0 };
 const noop = async (job: StageJob): Promise<StageOutcome> => {
   switch (job.type) {
@@ -99,7 +110,7 @@ const noop = async (job: StageJob): Promise<StageOutcome> => {
   }
 };
 
-/** Conveyor: runs through the real orchestrator (CAS store, outbox, outcomes read from the queues' event streams) with no-op stage workers. */
+/** Conveyor: runs through the real orchestrator (run records by compare-and-set, outcomes read from the queues' event streams) with no-op stage workers. */
 export async function orchestrated(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
   const prefix = `cvbench${randomUUID().slice(0, 8)}`;
   const logger = createLogger('bench', 'silent');
@@ -116,18 +127,8 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   const results = new ResultsConsumer({ redis: conn(url), prefix, orchestrator, logger });
   await results.start();
   await Promise.all(stageWorkers.map((w) => w.waitUntilReady()));
-  const definition = PipelineDefinition.parse({
-    name: 'bench',
-    source: { provider: 'generic', repository: 'file:///dev/null' },
-    stages: [
-      { name: 'Build', type: 'build' },
-      { name: 'Test', type: 'test' },
-      { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'true' } },
-      { name: 'Monitor', type: 'monitor' },
-    ],
-  });
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: runs }, () => orchestrator.startRun(definition, { type: 'manual', ref: 'refs/heads/main' })));
+  await Promise.all(Array.from({ length: runs }, () => orchestrator.startRun(BENCH_PIPELINE, { type: 'manual', ref: 'refs/heads/main' })));
   // SCARD, not SMEMBERS: watching must not load the system it measures.
   while ((await producer.scard(`${prefix}:runs:active`)) > 0) await new Promise((r) => setTimeout(r, 5));
   const seconds = (performance.now() - t0) / 1000;
@@ -141,5 +142,71 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   if (keys.length) await producer.del(...keys);
   producer.disconnect();
   queueConn.disconnect();
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
+}
+
+/**
+ * The floor of Conveyor's design, for reference (BENCH_FLOOR=1): Conveyor's own stage workers and job
+ * payloads, and a reader of the queues' event streams that enqueues each next job, with no run record:
+ * no compare-and-set, no validation of results, no run events. What Conveyor spends above this is the
+ * price of its run state.
+ */
+export async function statelessReader(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
+  const prefix = `flbench${randomUUID().slice(0, 8)}`;
+  const logger = createLogger('bench', 'silent');
+  const queueConn = createRedis(url, 'worker', { enableAutoPipelining: true });
+  const queues = STAGE_TYPES.map((t) => createQueue(QUEUES[t], { connection: queueConn, prefix }));
+  // The five jobs of one run, as the state machine builds them; each run swaps in its own ids.
+  let run = createRun({ id: 'template-run', number: 1, definition: BENCH_PIPELINE, trigger: { type: 'manual', ref: 'refs/heads/main' } }, new Date()).run;
+  const template: StageJob[] = [];
+  for (let i = 0; i < 5; i++) {
+    const job = pendingJobs(run)[0]!;
+    template.push(job);
+    const at = new Date().toISOString();
+    run = step(run, { type: 'stage-result', result: stageResultOf(job, { status: 'SUCCEEDED', startedAt: at, finishedAt: at, output: (await noop(job)).output ?? {} }) }, new Date()).run;
+  }
+  const jobFor = (runId: string, i: number): StageJob => ({ ...template[i]!, runId, jobId: `${runId}.${template[i]!.stage}.1` });
+  let done = 0;
+  const stageWorkers = STAGE_TYPES.map((type) =>
+    createStageWorker({ type, queueName: QUEUES[type], connection: conn(url), prefix, handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
+  );
+  await Promise.all(stageWorkers.map((w) => w.waitUntilReady()));
+  const reader = conn(url);
+  const keys = STAGE_TYPES.map((t) => `${prefix}:${QUEUES[t]}:events`);
+  for (const k of keys) await reader.xgroup('CREATE', k, 'g', '0', 'MKSTREAM');
+  const acker = conn(url);
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: runs }, (_, n) => {
+      const job = jobFor(`floor-run-${n}`, 0);
+      return queues[0]!.add(job.type, job, { jobId: job.jobId });
+    }),
+  );
+  while (done < runs) {
+    const reply = (await reader.xreadgroup('GROUP', 'g', 'c', 'COUNT', 500, 'BLOCK', 1000, 'STREAMS', ...keys, ...keys.map(() => '>'))) as [string, [string, string[]][]][] | null;
+    const adds: Promise<unknown>[] = [];
+    const ack = acker.pipeline();
+    for (const [key, entries] of reply ?? []) {
+      const i = keys.indexOf(key);
+      for (const [, fields] of entries) {
+        // BullMQ writes: event completed jobId <id> returnvalue <json> prev active
+        if (fields[1] !== 'completed') continue;
+        const jobId = fields[3]!;
+        if ((JSON.parse(fields[5]!) as { status: string }).status !== 'SUCCEEDED') throw new Error(`${jobId} failed`);
+        const next = queues[i + 1];
+        if (!next) done++;
+        else {
+          const job = jobFor(jobId.slice(0, jobId.indexOf('.')), i + 1);
+          adds.push(next.add(job.type, job, { jobId: job.jobId }));
+        }
+      }
+      ack.xack(key, 'g', ...entries.map(([id]) => id));
+    }
+    await Promise.all([...adds, ack.exec()]);
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  await Promise.all(stageWorkers.map((w) => w.close()));
+  await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
+  for (const c of [queueConn, reader, acker]) c.disconnect();
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
 }

@@ -1,5 +1,5 @@
 import { startRedisServer } from '@conveyor/testing';
-import { orchestrated, rawChain, rawCoordinated, type HopBenchResult } from './orchestrator-bench.js';
+import { orchestrated, rawChain, rawCoordinated, statelessReader, type HopBenchResult } from './orchestrator-bench.js';
 import { pipelineVsBash } from './pipeline-bench.js';
 
 // A benchmark prints for a person: stdout is its interface.
@@ -10,6 +10,8 @@ const fmt = (r: HopBenchResult) => `${r.hopsPerSecond.toFixed(0)} transitions/s 
 const RUNS = Number(process.env.BENCH_RUNS ?? 1000);
 const CONCURRENCIES = (process.env.BENCH_CONCURRENCY ?? '4,16,64').split(',').map(Number);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+/** Also measure the floor of the design (Conveyor's stage workers and a stateless event reader). */
+const FLOOR = process.env.BENCH_FLOOR === '1';
 
 async function main() {
   const redis = await startRedisServer();
@@ -21,24 +23,30 @@ async function main() {
     for (let i = 0; i < 2; i++) {
       await rawChain(redis.url, RUNS, 16);
       await rawCoordinated(redis.url, RUNS, 16);
+      if (FLOOR) await statelessReader(redis.url, RUNS, 16);
       await orchestrated(redis.url, RUNS, 16);
     }
     for (const concurrency of CONCURRENCIES) {
       const raw: number[] = [];
       const coord: number[] = [];
       const conveyor: number[] = [];
+      const floor: number[] = [];
       for (let i = 0; i < ROUNDS; i++) {
         const r = await rawChain(redis.url, RUNS, concurrency);
         const k = await rawCoordinated(redis.url, RUNS, concurrency);
+        const f = FLOOR ? await statelessReader(redis.url, RUNS, concurrency) : undefined;
         const c = await orchestrated(redis.url, RUNS, concurrency);
         raw.push(r.hopsPerSecond);
         coord.push(k.hopsPerSecond);
+        if (f) floor.push(f.hopsPerSecond);
         conveyor.push(c.hopsPerSecond);
-        print(`  concurrency ${concurrency}, round ${i + 1}: raw chain ${r.hopsPerSecond.toFixed(0)}/s | raw + coordinator ${k.hopsPerSecond.toFixed(0)}/s | Conveyor ${fmt(c)}`);
+        const floorText = f ? ` | stateless reader ${f.hopsPerSecond.toFixed(0)}/s` : '';
+        print(`  concurrency ${concurrency}, round ${i + 1}: raw chain ${r.hopsPerSecond.toFixed(0)}/s | raw + coordinator ${k.hopsPerSecond.toFixed(0)}/s${floorText} | Conveyor ${fmt(c)}`);
       }
       const strict = median(conveyor) / median(raw);
       const like = median(conveyor) / median(coord);
-      print(`  RATIO (a) at worker concurrency ${concurrency}: Conveyor ÷ raw chain = ${strict.toFixed(2)} (target ≥ 0.5: ${strict >= 0.5 ? 'met' : 'NOT met'}); Conveyor ÷ raw + coordinator = ${like.toFixed(2)}`);
+      const floorText = FLOOR ? `; stateless reader ÷ raw chain = ${(median(floor) / median(raw)).toFixed(2)}` : '';
+      print(`  RATIO (a) at worker concurrency ${concurrency}: Conveyor ÷ raw chain = ${strict.toFixed(2)} (target ≥ 0.5: ${strict >= 0.5 ? 'met' : 'NOT met'}); Conveyor ÷ raw + coordinator = ${like.toFixed(2)}${floorText}`);
     }
     print('');
     print('(b) wall time of a 5-stage pipeline whose commands are `true`, vs bash running the same steps');

@@ -77,6 +77,23 @@ describe('createStageWorker', () => {
     await harness.close();
   });
 
+  it('fails the stage once when the handler returns a status the contract does not know', async () => {
+    const prefix = uniquePrefix('sw');
+    let calls = 0;
+    const w = worker(prefix, async () => {
+      calls++;
+      return { status: 'DONE', output: { url: 'http://127.0.0.1:1/' } } as never;
+    });
+    const harness = new StageHarness(url, prefix);
+    await harness.enqueue(QUEUES.monitor, job(6));
+    const result = await harness.result(job(6).jobId);
+    expect(result).toMatchObject({ status: 'FAILED', output: {} });
+    expect(result.message).toMatch(/monitor stage produced an invalid result: status: must be SUCCEEDED or FAILED, not DONE/);
+    expect(calls).toBe(1);
+    await w.close();
+    await harness.close();
+  });
+
   it('hands a job that outlasts the shutdown drain back to the queue, unspent and unreported', async () => {
     const prefix = uniquePrefix('sw');
     let started!: () => void;

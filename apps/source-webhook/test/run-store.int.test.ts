@@ -1,0 +1,188 @@
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EVENTS_STREAM, PipelineDefinition, QUEUES, stageResultOf, type Run, type StageJob } from '@conveyor/contracts';
+import { createLogger, createQueue } from '@conveyor/service-kit';
+import { testRedis, uniquePrefix } from '@conveyor/testing';
+import { BullJobDispatcher } from '../src/adapters/bull-job-dispatcher.js';
+import { RedisRunStore } from '../src/adapters/redis-run-store.js';
+import { createRun, pendingJobs, step } from '../src/domain/state-machine.js';
+import { Orchestrator } from '../src/orchestrator.js';
+
+let url: string;
+let redis: Redis;
+const logger = createLogger('test', 'silent');
+const definition = PipelineDefinition.parse({
+  name: 'store',
+  source: { provider: 'generic', repository: 'file:///nowhere.git' },
+  stages: [
+    { name: 'Build', type: 'build' },
+    { name: 'Test', type: 'test' },
+  ],
+});
+const trigger = { type: 'manual' as const, ref: 'refs/heads/main' };
+const SOURCE_OUTPUT = { commit: 'c'.repeat(40), artifact: { key: 'runs/x/Source-1.tar', sha256: '0'.repeat(64), bytes: 1 } };
+
+const succeeded = (job: StageJob, output = {}) => {
+  const at = new Date().toISOString();
+  return { type: 'stage-result' as const, result: stageResultOf(job, { status: 'SUCCEEDED', startedAt: at, finishedAt: at, output }) };
+};
+
+/** A stored run (version 0) and the transition that moves its Source stage on, as an update. */
+async function storedRun(store: RedisRunStore): Promise<Run> {
+  const { run, events } = createRun({ id: randomUUID(), number: 1, definition, trigger }, new Date());
+  expect(await store.create(run, events)).toEqual({ created: true });
+  return run;
+}
+
+beforeAll(async () => {
+  url = (await testRedis()).url;
+  redis = new Redis(url);
+});
+afterAll(async () => {
+  redis.disconnect();
+  await (await testRedis()).stop();
+});
+
+describe('RedisRunStore', () => {
+  it('writes the plan once, at creation, and reads the run back whole', async () => {
+    const prefix = uniquePrefix('store');
+    const store = new RedisRunStore(redis, prefix);
+    const run = await storedRun(store);
+    const stored = await redis.hgetall(`${prefix}:run:${run.id}`);
+    expect(JSON.parse(stored.plan!)).toEqual(run.plan);
+    expect(JSON.parse(stored.json!)).not.toHaveProperty('plan');
+    expect(await store.get(run.id)).toEqual(run);
+    // A transition rewrites the run's state, not its plan.
+    const tr = step(run, succeeded(pendingJobs(run)[0]!, SOURCE_OUTPUT), new Date());
+    await redis.hset(`${prefix}:run:${run.id}`, 'plan', JSON.stringify({ ...run.plan, stages: [] }));
+    expect(await store.update([{ run: { ...tr.run, version: 1 }, expectedVersion: 0, events: tr.events }])).toEqual([true]);
+    expect(JSON.parse((await redis.hget(`${prefix}:run:${run.id}`, 'plan'))!).stages).toEqual([]);
+  });
+
+  it('refuses to create a run whose id exists', async () => {
+    const store = new RedisRunStore(redis, uniquePrefix('store'));
+    const run = await storedRun(store);
+    expect(await store.create(run, [])).toEqual({ created: false });
+  });
+
+  it('stores a batch of transitions by compare-and-set: each run on its own, events only for those stored', async () => {
+    const prefix = uniquePrefix('store');
+    const store = new RedisRunStore(redis, prefix);
+    const [a, b, c] = [await storedRun(store), await storedRun(store), await storedRun(store)];
+    const eventsBefore = await redis.xlen(`${prefix}:${EVENTS_STREAM}`);
+    const moved = (run: Run) => step(run, succeeded(pendingJobs(run)[0]!, SOURCE_OUTPUT), new Date());
+    const [ta, tb, tc] = [moved(a), moved(b), moved(c)];
+    // b was changed by another writer meanwhile: its version is no longer 0.
+    await redis.hset(`${prefix}:run:${b.id}`, 'version', 1);
+    const saved = await store.update([
+      { run: { ...ta.run, version: 1 }, expectedVersion: 0, events: ta.events },
+      { run: { ...tb.run, version: 1 }, expectedVersion: 0, events: tb.events },
+      { run: { ...tc.run, version: 1 }, expectedVersion: 0, events: tc.events },
+    ]);
+    expect(saved).toEqual([true, false, true]);
+    expect((await store.get(a.id))!.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'RUNNING', 'PENDING']);
+    expect((await store.get(b.id))!.stages.map((s) => s.status)).toEqual(['RUNNING', 'PENDING', 'PENDING']);
+    expect(await redis.xlen(`${prefix}:${EVENTS_STREAM}`)).toBe(eventsBefore + ta.events.length + tc.events.length);
+    expect(await store.update([])).toEqual([]);
+  });
+
+  it('removes a finished run from the active set', async () => {
+    const prefix = uniquePrefix('store');
+    const store = new RedisRunStore(redis, prefix);
+    const run = await storedRun(store);
+    expect(await store.activeRunIds()).toEqual([run.id]);
+    const ended = step(run, { type: 'cancel', reason: 'test' }, new Date());
+    expect(await store.update([{ run: { ...ended.run, version: 1 }, expectedVersion: 0, events: ended.events }])).toEqual([true]);
+    expect(await store.activeRunIds()).toEqual([]);
+  });
+});
+
+describe('Orchestrator.handleInputs', () => {
+  it('two orchestrators with their own caches apply a stream of inputs to the same runs exactly once', async () => {
+    const prefix = uniquePrefix('race');
+    const conn = new Redis(url, { maxRetriesPerRequest: null });
+    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
+    const make = () => new Orchestrator({ runs: new RedisRunStore(redis, prefix), jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const [one, two] = [make(), make()];
+    const ids = await Promise.all(Array.from({ length: 10 }, async () => (await one.startRun(definition, trigger)).runId!));
+    const store = new RedisRunStore(redis, prefix);
+    // Drive every run through its three stages; each outcome is delivered to both orchestrators at once,
+    // so for every input one of them finds its cached run behind the store and must read it again.
+    for (const output of [SOURCE_OUTPUT, { artifact: { ...SOURCE_OUTPUT.artifact, key: 'runs/x/Build-1.tar' } }, {}]) {
+      const items = await Promise.all(ids.map(async (runId) => ({ runId, input: succeeded(pendingJobs((await store.get(runId))!)[0]!, output) })));
+      const [failedOne, failedTwo] = await Promise.all([one.handleInputs(items), two.handleInputs(items)]);
+      expect([...failedOne, ...failedTwo]).toEqual([]);
+    }
+    for (const id of ids) {
+      const run = (await store.get(id))!;
+      expect(run.status).toBe('SUCCEEDED');
+      // Three transitions, each stored once: created at 0, then 1, 2, 3.
+      expect(run.version).toBe(3);
+    }
+    const events = (await redis.xrange(`${prefix}:${EVENTS_STREAM}`, '-', '+')).map(([, f]) => JSON.parse(f[1]!) as { type: string; runId: string });
+    for (const id of ids) expect(events.filter((e) => e.runId === id && e.type === 'run.finished')).toHaveLength(1);
+    // Every stage's job was enqueued once (BullMQ refuses a second add of the same id).
+    expect(await queues.get(QUEUES.test)!.getJobCountByTypes('waiting')).toBe(10);
+    await Promise.all([...queues.values()].map((q) => q.close()));
+    conn.disconnect();
+  });
+
+  it('an orchestrator whose cached run is behind the store reads it again before calling an input stale', async () => {
+    const prefix = uniquePrefix('stale');
+    const conn = new Redis(url, { maxRetriesPerRequest: null });
+    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
+    const store = new RedisRunStore(redis, prefix);
+    const make = () => new Orchestrator({ runs: new RedisRunStore(redis, prefix), jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const [one, two] = [make(), make()];
+    const { runId } = await one.startRun(definition, trigger); // one caches the run with Source RUNNING
+    const source = pendingJobs((await store.get(runId!))!)[0]!;
+    expect(await two.handleInputs([{ runId: runId!, input: succeeded(source, SOURCE_OUTPUT) }])).toEqual([]);
+    const build = pendingJobs((await store.get(runId!))!)[0]!;
+    // To one's cached copy the Build job is not running: only the stored run shows it is.
+    expect(await one.handleInputs([{ runId: runId!, input: succeeded(build, { artifact: { ...SOURCE_OUTPUT.artifact, key: 'runs/x/Build-1.tar' } }) }])).toEqual([]);
+    expect((await store.get(runId!))!.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'RUNNING']);
+    await Promise.all([...queues.values()].map((q) => q.close()));
+    conn.disconnect();
+  });
+
+  it('applies several inputs for one run, in order, as one stored transition', async () => {
+    const prefix = uniquePrefix('fold');
+    const conn = new Redis(url, { maxRetriesPerRequest: null });
+    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
+    const orchestrator = new Orchestrator({ runs: new RedisRunStore(redis, prefix), jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const { runId } = await orchestrator.startRun(definition, trigger);
+    const store = new RedisRunStore(redis, prefix);
+    const source = pendingJobs((await store.get(runId!))!)[0]!;
+    const failed = await orchestrator.handleInputs([
+      { runId: runId!, input: succeeded(source, SOURCE_OUTPUT) },
+      { runId: runId!, input: succeeded(source, SOURCE_OUTPUT) }, // a duplicate: no change
+      { runId: runId!, input: { type: 'stage-lost', jobId: `${runId}.Build.1`, reason: 'stalled' } },
+    ]);
+    expect(failed).toEqual([]);
+    const run = (await store.get(runId!))!;
+    expect(run.version).toBe(1);
+    expect(run.status).toBe('FAILED');
+    expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'FAILED', 'SKIPPED']);
+    await Promise.all([...queues.values()].map((q) => q.close()));
+    conn.disconnect();
+  });
+
+  it('returns the inputs it could not store, and ignores those for unknown runs', async () => {
+    const prefix = uniquePrefix('down');
+    const conn = new Redis(url, { maxRetriesPerRequest: null });
+    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
+    const runs = new RedisRunStore(redis, prefix);
+    const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const { runId } = await orchestrator.startRun(definition, trigger);
+    const source = pendingJobs((await runs.get(runId!))!)[0]!;
+    const broken = Object.assign(Object.create(runs) as RedisRunStore, { update: async () => Promise.reject(new Error('redis went away')) });
+    const failing = new Orchestrator({ runs: broken, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const item = { runId: runId!, input: succeeded(source, SOURCE_OUTPUT) };
+    const unknown = { runId: 'no-such-run-0000', input: succeeded({ ...source, runId: 'no-such-run-0000', jobId: 'no-such-run-0000.Source.1' }, SOURCE_OUTPUT) };
+    expect(await failing.handleInputs([item, unknown])).toEqual([item]);
+    expect((await runs.get(runId!))!.version).toBe(0);
+    await Promise.all([...queues.values()].map((q) => q.close()));
+    conn.disconnect();
+  });
+});
