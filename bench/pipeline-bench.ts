@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ConveyorClient, startStack } from '@conveyor/launcher';
-import { commitFiles, freePort, initRepo } from '@conveyor/testing';
+import { commitFiles, freePortRange, initRepo } from '@conveyor/testing';
 
 const exec = promisify(execFile);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -38,7 +38,7 @@ export async function pipelineVsBash(redisUrl: string, rounds: number) {
   const home = await mkdtemp(join(tmpdir(), 'cv-bench-'));
   const repo = await initRepo(join(home, 'repo'));
   const commit = await commitFiles(repo, { 'buildspec.yml': BUILDSPEC, 'app.txt': 'x\n' });
-  const stack = await startStack({ home, portBase: await freePort(), env: { ...process.env, REDIS_URL: redisUrl, QUEUE_PREFIX: `bench${Date.now()}`, LOG_LEVEL: 'warn' } });
+  const stack = await startStack({ home, portBase: await freePortRange(5), env: { ...process.env, REDIS_URL: redisUrl, QUEUE_PREFIX: `bench${Date.now()}`, LOG_LEVEL: 'warn' } });
   try {
     const client = new ConveyorClient(stack.urls['source-webhook'], stack.apiToken);
     await client.registerPipeline(`name: bench-true\nsource: { provider: generic, repository: "file://${repo}" }\nstages:\n  - { name: Build, type: build }\n  - { name: Test, type: test }\n  - { name: Package, type: build }\n  - { name: Verify, type: test }\n`);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConveyorClient, examplePipelineYaml, prepareExampleRepo, startStack, watchRun, type ExampleRepo, type Stack } from '@conveyor/launcher';
-import { commitFiles, freePort, git, testRedis } from '@conveyor/testing';
+import { commitFiles, freePort, freePortRange, git, testRedis } from '@conveyor/testing';
 
 /**
  * The whole system as a user runs it: the launcher's five service processes, real Redis, a real git
@@ -38,7 +38,7 @@ beforeAll(async () => {
   const redis = await testRedis();
   stack = await startStack({
     home,
-    portBase: 20000 + Math.floor(Math.random() * 20000),
+    portBase: await freePortRange(5),
     env: { ...process.env, REDIS_URL: redis.url, QUEUE_PREFIX: PREFIX, LOG_LEVEL: 'info' },
     // Short BullMQ locks so a killed worker's job is picked up again within seconds.
     serviceEnv: { WORKER_LOCK_MS: '3000', WORKER_STALLED_MS: '2000', RECONCILE_INTERVAL_MS: '2000' },

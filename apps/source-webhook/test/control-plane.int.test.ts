@@ -301,7 +301,7 @@ describe('reconciler', () => {
     await deaf.close();
   });
 
-  it('enqueues a job a crash left in the outbox, and fails a stage whose job failed for good', async () => {
+  it('enqueues the pending job a crash left unsent, and fails a stage whose job failed for good', async () => {
     const deaf = await deafOrchestrator();
     const { runId } = await deaf.orchestrator.startRun(deaf.definition, { type: 'manual', ref: 'refs/heads/main' });
     const source = deaf.queues.get(QUEUES.source)!;

@@ -15,3 +15,26 @@ export async function freePort(): Promise<number> {
     });
   });
 }
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * The first of `count` consecutive loopback ports nobody listens on, below Linux's ephemeral range
+ * (32768 and up), so that no outgoing connection takes one of them before the caller binds it.
+ */
+export async function freePortRange(count: number, random: () => number = Math.random): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(random() * (12_000 - count));
+    let free = true;
+    for (let i = 0; i < count && free; i++) free = await canListen(base + i);
+    if (free) return base;
+  }
+  throw new Error(`no ${count} consecutive free ports found between 20000 and 32000`);
+}

@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { freePort } from '@conveyor/service-kit';
+import { freePort, freePortRange } from '@conveyor/service-kit';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 
-export { freePort };
+export { freePort, freePortRange };
 
 export interface RedisServer {
   url: string;
