@@ -1,7 +1,7 @@
 import { type PipelineDefinition, type Run, type RunEvent, type StageJob, type Trigger } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
 import { completionInput } from './domain/outcome.js';
-import { createRun, pendingJobs, step, type RunInput } from './domain/state-machine.js';
+import { createRun, pendingWork, step, type RunInput } from './domain/state-machine.js';
 import type { DeliveryDecision, JobDispatcher, RunStore, RunUpdate } from './ports.js';
 
 export interface OrchestratorDeps {
@@ -70,6 +70,7 @@ export class Orchestrator {
       else byRun.set(item.runId, [item]);
     }
     const stored: Run[] = [];
+    const unchanged: Run[] = [];
     const failed: RunInputFor[] = [];
     let todo = [...byRun.keys()];
     for (let round = 0; todo.length > 0; round++) {
@@ -83,38 +84,32 @@ export class Orchestrator {
       const previous: Run[] = [];
       await Promise.all(
         todo.map(async (runId) => {
+          const inputs = byRun.get(runId)!;
           const cached = this.cache.get(runId);
-          let run: Run | undefined;
           try {
-            run = cached ?? (await this.deps.runs.get(runId));
-          } catch (err) {
-            this.deps.logger.warn({ err, runId }, 'run not readable; its inputs will be retried');
-            failed.push(...byRun.get(runId)!);
-            return;
-          }
-          if (!run) {
-            this.deps.logger.warn({ runId, inputs: byRun.get(runId)!.map((i) => i.input.type) }, 'inputs for an unknown run ignored');
-            return;
-          }
-          let next = run;
-          const events: RunEvent[] = [];
-          for (const { input } of byRun.get(runId)!) {
-            const tr = step(next, input, this.clock());
-            if (tr.changed) {
-              next = tr.run;
-              events.push(...tr.events);
+            const run = cached ?? (await this.deps.runs.get(runId));
+            if (!run) {
+              this.deps.logger.warn({ runId, inputs: inputs.map((i) => i.input.type) }, 'inputs for an unknown run ignored');
+              return;
             }
-          }
-          if (next === run) {
-            // Nothing changed. A cached copy may be behind the store: only the stored run can say so.
-            if (cached) {
+            const { next, events } = this.fold(run, inputs);
+            if (next !== run) {
+              updates.push({ run: { ...next, version: run.version + 1 }, expectedVersion: run.version, events });
+              previous.push(run);
+            } else if (cached) {
+              // Nothing changed. A cached copy may be behind the store: only the stored run can say so.
               this.cache.delete(runId);
               again.push(runId);
+            } else {
+              // Stale or repeated, by the stored run. Its jobs are sent again (BullMQ keeps one per id):
+              // this input may be a redelivery after a store whose reply was lost.
+              unchanged.push(run);
             }
-            return;
+          } catch (err) {
+            // Unreadable, or an input the state machine cannot take: only this run's inputs wait.
+            this.deps.logger.warn({ err, runId }, 'inputs not applied; they will be retried');
+            failed.push(...inputs);
           }
-          updates.push({ run: { ...next, version: run.version + 1 }, expectedVersion: run.version, events });
-          previous.push(run);
         }),
       );
       let saved: boolean[];
@@ -138,8 +133,22 @@ export class Orchestrator {
       });
       todo = again;
     }
-    await this.dispatch(stored);
+    await this.dispatch([...stored, ...unchanged]);
     return failed;
+  }
+
+  /** A run's inputs applied in order: the last run and every event on the way (the same run if none changed it). */
+  private fold(run: Run, inputs: readonly RunInputFor[]): { next: Run; events: RunEvent[] } {
+    let next = run;
+    const events: RunEvent[] = [];
+    for (const { input } of inputs) {
+      const tr = step(next, input, this.clock());
+      if (tr.changed) {
+        next = tr.run;
+        events.push(...tr.events);
+      }
+    }
+    return { next, events };
   }
 
   private remember(run: Run): void {
@@ -150,10 +159,10 @@ export class Orchestrator {
   }
 
   private async dispatch(runs: readonly Run[]): Promise<void> {
-    const jobs = runs.flatMap(pendingJobs);
-    if (jobs.length === 0) return;
+    if (runs.length === 0) return;
     try {
-      await this.deps.jobs.ensure(jobs);
+      const jobs = runs.flatMap((run) => pendingWork(run).jobs);
+      if (jobs.length) await this.deps.jobs.ensure(jobs);
     } catch (err) {
       // The runs are stored with their RUNNING stages; reconcile() enqueues their jobs later.
       this.deps.logger.warn({ err, runs: runs.map((r) => r.id) }, 'enqueue deferred to the reconciler');
@@ -170,8 +179,15 @@ export class Orchestrator {
     for (const id of ids) {
       try {
         const run = await this.deps.runs.get(id);
-        for (const job of run ? pendingJobs(run) : []) {
+        if (!run) continue;
+        const { jobs, unbuildable } = pendingWork(run);
+        for (const job of jobs) {
           if (await this.settle(job)) settled++;
+        }
+        // A RUNNING stage whose job cannot be rebuilt would wait for ever: it fails.
+        for (const { jobId, reason } of unbuildable) {
+          await this.applyOne(id, { type: 'stage-lost', jobId, reason: `its job cannot be rebuilt: ${reason}` });
+          settled++;
         }
       } catch (err) {
         // One unreadable run must not stop the others from being settled.

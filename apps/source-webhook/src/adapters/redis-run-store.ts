@@ -87,7 +87,13 @@ export class RedisRunStore implements RunStore {
 
   async get(runId: string): Promise<Run | undefined> {
     const [json, plan] = await this.redis.hmget(this.key('run', runId), 'json', 'plan');
-    return parseRun(json ?? null, plan ?? null);
+    if (!json) return undefined;
+    const run = parseRun(json, plan ?? null);
+    // A run stored before the plan had a field of its own carries it in its JSON: give it the field
+    // now, before a transition rewrites the JSON without it. Every update follows a read like this
+    // one (the orchestrator caches only runs it stored itself).
+    if (!plan) await this.redis.hsetnx(this.key('run', runId), 'plan', JSON.stringify(run.plan));
+    return run;
   }
 
   async create(run: Run, events: RunEvent[], delivery?: DeliveryDecision): Promise<CreateOutcome> {
@@ -153,8 +159,8 @@ export class RedisRunStore implements RunStore {
     for (const id of ids) pipeline.hmget(this.key('run', id), 'json', 'plan');
     const replies = (await pipeline.exec()) ?? [];
     return replies.flatMap(([err, fields]) => {
-      const run = err ? undefined : parseRun(...(fields as [string | null, string | null]));
-      return run ? [run] : [];
+      const [json, plan] = fields as [string | null, string | null];
+      return err || !json ? [] : [parseRun(json, plan)];
     });
   }
 }
@@ -165,8 +171,11 @@ function stateJson(run: Run): string {
   return JSON.stringify({ ...run, plan: undefined });
 }
 
-/** Never trust what comes out of Redis: parse it. */
-function parseRun(json: string | null, plan: string | null): Run | undefined {
-  if (!json) return undefined;
-  return Run.parse(Object.assign(JSON.parse(json) as object, { plan: plan ? (JSON.parse(plan) as unknown) : undefined }));
+/**
+ * Never trust what comes out of Redis: parse it. The plan has its own field; a run stored before
+ * that (and before jobs were rebuilt from the run) has it in its JSON, with an `outbox` that is ignored.
+ */
+function parseRun(json: string, plan: string | null): Run {
+  const stored = JSON.parse(json) as Record<string, unknown>;
+  return Run.parse(plan ? Object.assign(stored, { plan: JSON.parse(plan) as unknown }) : stored);
 }

@@ -144,16 +144,24 @@ function startStage(run: Run, i: number, at: string): Transition {
 /**
  * The jobs a run waits for: one per RUNNING stage. They are not stored with the run: a job is rebuilt
  * from the run alone (its plan and what earlier, finished stages produced), and comes out the same
- * every time, so the stored run is its own transactional outbox (ADR 0002).
+ * every time, so the stored run is its own transactional outbox (ADR 0002). A RUNNING stage whose job
+ * cannot be rebuilt (which `startStage` never lets happen) is listed apart, for the reconciler to fail.
  */
-export function pendingJobs(run: Run): StageJob[] {
+export function pendingWork(run: Run): { jobs: StageJob[]; unbuildable: { jobId: string; reason: string }[] } {
   const jobs: StageJob[] = [];
+  const unbuildable: { jobId: string; reason: string }[] = [];
   run.stages.forEach((stage, i) => {
     if (stage.status !== 'RUNNING' || !stage.jobId) return;
     const job = buildJob(run, i, stage.attempt, stage.jobId);
-    if (!('error' in job)) jobs.push(job);
+    if ('error' in job) unbuildable.push({ jobId: stage.jobId, reason: job.error });
+    else jobs.push(job);
   });
-  return jobs;
+  return { jobs, unbuildable };
+}
+
+/** The jobs of a run's RUNNING stages (see `pendingWork`). */
+export function pendingJobs(run: Run): StageJob[] {
+  return pendingWork(run).jobs;
 }
 
 /** The job for stage i, fed by what earlier stages produced. */
