@@ -8,6 +8,7 @@ import { BullJobDispatcher } from '../src/adapters/bull-job-dispatcher.js';
 import { RedisRunStore } from '../src/adapters/redis-run-store.js';
 import { createRun, pendingJobs, step } from '../src/domain/state-machine.js';
 import { Orchestrator } from '../src/orchestrator.js';
+import type { RunStore } from '../src/ports.js';
 
 let url: string;
 let redis: Redis;
@@ -35,19 +36,34 @@ async function storedRun(store: RedisRunStore): Promise<Run> {
   return run;
 }
 
+const worlds: (() => Promise<void>)[] = [];
+/** A fresh prefix with its stage queues and run store; `make` gives an orchestrator over them, each with its own cache. */
+function world(name: string) {
+  const prefix = uniquePrefix(name);
+  const conn = new Redis(url, { maxRetriesPerRequest: null });
+  const queues = new Map(Object.values(QUEUES).map((q) => [q, createQueue(q, { connection: conn, prefix })]));
+  const runs = new RedisRunStore(redis, prefix);
+  const make = (store: RunStore = runs) => new Orchestrator({ runs: store, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+  worlds.push(async () => {
+    await Promise.all([...queues.values()].map((q) => q.close()));
+    conn.disconnect();
+  });
+  return { prefix, queues, runs, make };
+}
+
 beforeAll(async () => {
   url = (await testRedis()).url;
   redis = new Redis(url);
 });
 afterAll(async () => {
+  for (const close of worlds) await close();
   redis.disconnect();
   await (await testRedis()).stop();
 });
 
 describe('RedisRunStore', () => {
   it('writes the plan once, at creation, and reads the run back whole', async () => {
-    const prefix = uniquePrefix('store');
-    const store = new RedisRunStore(redis, prefix);
+    const { prefix, runs: store } = world('store');
     const run = await storedRun(store);
     const stored = await redis.hgetall(`${prefix}:run:${run.id}`);
     expect(JSON.parse(stored.plan!)).toEqual(run.plan);
@@ -67,8 +83,7 @@ describe('RedisRunStore', () => {
   });
 
   it('stores a batch of transitions by compare-and-set: each run on its own, events only for those stored', async () => {
-    const prefix = uniquePrefix('store');
-    const store = new RedisRunStore(redis, prefix);
+    const { prefix, runs: store } = world('store');
     const [a, b, c] = [await storedRun(store), await storedRun(store), await storedRun(store)];
     const eventsBefore = await redis.xlen(`${prefix}:${EVENTS_STREAM}`);
     const moved = (run: Run) => step(run, succeeded(pendingJobs(run)[0]!, SOURCE_OUTPUT), new Date());
@@ -88,8 +103,7 @@ describe('RedisRunStore', () => {
   });
 
   it('removes a finished run from the active set', async () => {
-    const prefix = uniquePrefix('store');
-    const store = new RedisRunStore(redis, prefix);
+    const { runs: store } = world('store');
     const run = await storedRun(store);
     expect(await store.activeRunIds()).toEqual([run.id]);
     const ended = step(run, { type: 'cancel', reason: 'test' }, new Date());
@@ -100,13 +114,9 @@ describe('RedisRunStore', () => {
 
 describe('Orchestrator.handleInputs', () => {
   it('two orchestrators with their own caches apply a stream of inputs to the same runs exactly once', async () => {
-    const prefix = uniquePrefix('race');
-    const conn = new Redis(url, { maxRetriesPerRequest: null });
-    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
-    const make = () => new Orchestrator({ runs: new RedisRunStore(redis, prefix), jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const { prefix, make, runs: store } = world('race');
     const [one, two] = [make(), make()];
     const ids = await Promise.all(Array.from({ length: 10 }, async () => (await one.startRun(definition, trigger)).runId!));
-    const store = new RedisRunStore(redis, prefix);
     // Drive every run through its three stages; each outcome is delivered to both orchestrators at once,
     // so for every input one of them finds its cached run behind the store and must read it again.
     for (const output of [SOURCE_OUTPUT, { artifact: { ...SOURCE_OUTPUT.artifact, key: 'runs/x/Build-1.tar' } }, {}]) {
@@ -126,16 +136,10 @@ describe('Orchestrator.handleInputs', () => {
       const types = events.filter((e) => e.runId === id).map((e) => e.type);
       expect(types.sort()).toEqual(['run.created', 'run.finished', ...Array(3).fill('stage.finished'), ...Array(3).fill('stage.started')].sort());
     }
-    await Promise.all([...queues.values()].map((q) => q.close()));
-    conn.disconnect();
   });
 
   it('an orchestrator whose cached run is behind the store reads it again before calling an input stale', async () => {
-    const prefix = uniquePrefix('stale');
-    const conn = new Redis(url, { maxRetriesPerRequest: null });
-    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
-    const store = new RedisRunStore(redis, prefix);
-    const make = () => new Orchestrator({ runs: new RedisRunStore(redis, prefix), jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const { make, runs: store } = world('stale');
     const [one, two] = [make(), make()];
     const { runId } = await one.startRun(definition, trigger); // one caches the run with Source RUNNING
     const source = pendingJobs((await store.get(runId!))!)[0]!;
@@ -144,17 +148,12 @@ describe('Orchestrator.handleInputs', () => {
     // To one's cached copy the Build job is not running: only the stored run shows it is.
     expect(await one.handleInputs([{ runId: runId!, input: succeeded(build, { artifact: { ...SOURCE_OUTPUT.artifact, key: 'runs/x/Build-1.tar' } }) }])).toEqual([]);
     expect((await store.get(runId!))!.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'RUNNING']);
-    await Promise.all([...queues.values()].map((q) => q.close()));
-    conn.disconnect();
   });
 
   it('applies several inputs for one run, in order, as one stored transition', async () => {
-    const prefix = uniquePrefix('fold');
-    const conn = new Redis(url, { maxRetriesPerRequest: null });
-    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
-    const orchestrator = new Orchestrator({ runs: new RedisRunStore(redis, prefix), jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const { make, runs: store } = world('fold');
+    const orchestrator = make();
     const { runId } = await orchestrator.startRun(definition, trigger);
-    const store = new RedisRunStore(redis, prefix);
     const source = pendingJobs((await store.get(runId!))!)[0]!;
     const failed = await orchestrator.handleInputs([
       { runId: runId!, input: succeeded(source, SOURCE_OUTPUT) },
@@ -166,16 +165,11 @@ describe('Orchestrator.handleInputs', () => {
     expect(run.version).toBe(1);
     expect(run.status).toBe('FAILED');
     expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'FAILED', 'SKIPPED']);
-    await Promise.all([...queues.values()].map((q) => q.close()));
-    conn.disconnect();
   });
 
   it('an input the state machine cannot take holds back only its own run', async () => {
-    const prefix = uniquePrefix('poison');
-    const conn = new Redis(url, { maxRetriesPerRequest: null });
-    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
-    const runs = new RedisRunStore(redis, prefix);
-    const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const { queues, runs, make } = world('poison');
+    const orchestrator = make();
     const [a, b] = [(await orchestrator.startRun(definition, trigger)).runId!, (await orchestrator.startRun(definition, trigger)).runId!];
     const poison = { runId: a, input: { type: 'no-such-input' } as never };
     const good = { runId: b, input: succeeded(pendingJobs((await runs.get(b))!)[0]!, SOURCE_OUTPUT) };
@@ -183,40 +177,30 @@ describe('Orchestrator.handleInputs', () => {
     expect((await runs.get(b))!.stages[1]!.status).toBe('RUNNING');
     // ...and the job of the run that moved on was sent.
     expect(await queues.get(QUEUES.build)!.getJob(`${b}.Build.1`)).toBeTruthy();
-    await Promise.all([...queues.values()].map((q) => q.close()));
-    conn.disconnect();
   });
 
   it('returns the inputs it could not store, and ignores those for unknown runs', async () => {
-    const prefix = uniquePrefix('down');
-    const conn = new Redis(url, { maxRetriesPerRequest: null });
-    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
-    const runs = new RedisRunStore(redis, prefix);
-    const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const { runs, make } = world('down');
+    const orchestrator = make();
     const { runId } = await orchestrator.startRun(definition, trigger);
     const source = pendingJobs((await runs.get(runId!))!)[0]!;
     const broken = Object.assign(Object.create(runs) as RedisRunStore, { update: async () => Promise.reject(new Error('redis went away')) });
-    const failing = new Orchestrator({ runs: broken, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const failing = make(broken);
     const item = { runId: runId!, input: succeeded(source, SOURCE_OUTPUT) };
     const unknown = { runId: 'no-such-run-0000', input: succeeded({ ...source, runId: 'no-such-run-0000', jobId: 'no-such-run-0000.Source.1' }, SOURCE_OUTPUT) };
     expect(await failing.handleInputs([item, unknown])).toEqual([item]);
     expect((await runs.get(runId!))!.version).toBe(0);
-    await Promise.all([...queues.values()].map((q) => q.close()));
-    conn.disconnect();
   });
 });
 
 describe('runs stored by earlier versions', () => {
   it('a run whose JSON holds its plan and an outbox is read, moved on, and keeps its plan', async () => {
-    const prefix = uniquePrefix('legacy');
-    const conn = new Redis(url, { maxRetriesPerRequest: null });
-    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
+    const { prefix, queues, runs, make } = world('legacy');
     const { run } = createRun({ id: randomUUID(), number: 1, definition, trigger }, new Date());
     // As the store wrote it before: one JSON with the plan and the outbox, no plan field.
     await redis.hset(`${prefix}:run:${run.id}`, 'version', 0, 'json', JSON.stringify({ ...run, outbox: pendingJobs(run) }));
     await redis.sadd(`${prefix}:runs:active`, run.id);
-    const runs = new RedisRunStore(redis, prefix);
-    const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const orchestrator = make();
     expect(await orchestrator.reconcile()).toEqual({ checked: 1, settled: 0 }); // re-sends its Source job
     expect(await queues.get(QUEUES.source)!.getJob(`${run.id}.Source.1`)).toBeTruthy();
     expect(await orchestrator.handleInputs([{ runId: run.id, input: succeeded(pendingJobs(run)[0]!, SOURCE_OUTPUT) }])).toEqual([]);
@@ -224,18 +208,13 @@ describe('runs stored by earlier versions', () => {
     expect(moved.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'RUNNING', 'PENDING']);
     expect(moved.plan).toEqual(run.plan);
     expect(JSON.parse((await redis.hget(`${prefix}:run:${run.id}`, 'json'))!)).not.toHaveProperty('outbox');
-    await Promise.all([...queues.values()].map((q) => q.close()));
-    conn.disconnect();
   });
 });
 
 describe('reconciler', () => {
   it('fails a RUNNING stage whose job cannot be rebuilt from the run', async () => {
-    const prefix = uniquePrefix('unbuildable');
-    const conn = new Redis(url, { maxRetriesPerRequest: null });
-    const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix })]));
-    const runs = new RedisRunStore(redis, prefix);
-    const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+    const { runs, make } = world('unbuildable');
+    const orchestrator = make();
     const { runId } = await orchestrator.startRun(definition, trigger);
     const created = (await runs.get(runId!))!;
     const moved = step(created, succeeded(pendingJobs(created)[0]!, SOURCE_OUTPUT), new Date());
@@ -246,7 +225,5 @@ describe('reconciler', () => {
     const run = (await runs.get(runId!))!;
     expect(run.status).toBe('FAILED');
     expect(run.stages[1]).toMatchObject({ status: 'FAILED', message: 'its job cannot be rebuilt: the Source stage resolved no commit' });
-    await Promise.all([...queues.values()].map((q) => q.close()));
-    conn.disconnect();
   });
 });
