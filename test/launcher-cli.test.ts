@@ -3,7 +3,7 @@ import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freePort, testRedis } from '@conveyor/testing';
+import { freePortRange, testRedis } from '@conveyor/testing';
 
 const ROOT = join(import.meta.dirname, '..');
 
@@ -21,7 +21,7 @@ describe('pnpm start', () => {
     const redis = await testRedis();
     const child = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', 'run-example', '--once'], {
       cwd: ROOT,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cli${Date.now()}`, CONVEYOR_HOME: home, CONVEYOR_PORT_BASE: String(await freePort()) },
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cli${Date.now()}`, CONVEYOR_HOME: home, CONVEYOR_PORT_BASE: String(await freePortRange(5)) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
