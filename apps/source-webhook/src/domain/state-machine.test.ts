@@ -60,6 +60,25 @@ describe('createRun', () => {
 });
 
 describe('step', () => {
+  it('never changes the run it is given (the orchestrator keeps runs in memory between transitions)', () => {
+    const freeze = <T>(value: T): T => {
+      if (value && typeof value === 'object') {
+        Object.values(value).forEach(freeze);
+        Object.freeze(value);
+      }
+      return value;
+    };
+    let run = freeze(fresh());
+    const outputs: StageResult['output'][] = [{ commit: SHA, artifact: ART }, { artifact: BUILD_ART }, { tests: { total: 1, passed: 1, failed: 0, skipped: 0 } }, { url: 'http://127.0.0.1:5000' }, {}];
+    for (const [n, output] of outputs.entries()) {
+      const before = JSON.stringify(run);
+      const next = step(run, { type: 'stage-result', result: result(pendingJobs(run)[0]!, 'SUCCEEDED', output) }, t(10 + n)).run;
+      expect(JSON.stringify(run)).toBe(before);
+      run = freeze(next);
+    }
+    expect(run.status).toBe('SUCCEEDED');
+  });
+
   it('walks every stage to SUCCEEDED, feeding each job from earlier outputs', () => {
     let run = fresh();
     const jobs: StageJob[] = [];
