@@ -60,35 +60,21 @@ describe('createStageWorker', () => {
     await queue.close();
   });
 
-  it('fails the stage once, without running it again, when the handler returns an invalid result', async () => {
+  it.each([
+    ['an output that does not fit the contract', 5, { status: 'SUCCEEDED', output: { url: 42 } }, /monitor stage produced an invalid result: output\.url/],
+    ['a status the contract does not know', 6, { status: 'DONE', output: { url: 'http://127.0.0.1:1/' } }, /monitor stage produced an invalid result: status: must be SUCCEEDED or FAILED, not DONE/],
+  ])('fails the stage once, without running it again, when the handler returns %s', async (_case, n, returned, message) => {
     const prefix = uniquePrefix('sw');
     let calls = 0;
     const w = worker(prefix, async () => {
       calls++;
-      return { status: 'SUCCEEDED', output: { url: 42 } as never };
+      return returned as never;
     });
     const harness = new StageHarness(url, prefix);
-    await harness.enqueue(QUEUES.monitor, job(5));
-    const result = await harness.result(job(5).jobId);
+    await harness.enqueue(QUEUES.monitor, job(n));
+    const result = await harness.result(job(n).jobId);
     expect(result).toMatchObject({ status: 'FAILED', output: {} });
-    expect(result.message).toMatch(/monitor stage produced an invalid result: output\.url/);
-    expect(calls).toBe(1);
-    await w.close();
-    await harness.close();
-  });
-
-  it('fails the stage once when the handler returns a status the contract does not know', async () => {
-    const prefix = uniquePrefix('sw');
-    let calls = 0;
-    const w = worker(prefix, async () => {
-      calls++;
-      return { status: 'DONE', output: { url: 'http://127.0.0.1:1/' } } as never;
-    });
-    const harness = new StageHarness(url, prefix);
-    await harness.enqueue(QUEUES.monitor, job(6));
-    const result = await harness.result(job(6).jobId);
-    expect(result).toMatchObject({ status: 'FAILED', output: {} });
-    expect(result.message).toMatch(/monitor stage produced an invalid result: status: must be SUCCEEDED or FAILED, not DONE/);
+    expect(result.message).toMatch(message);
     expect(calls).toBe(1);
     await w.close();
     await harness.close();

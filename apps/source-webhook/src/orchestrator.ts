@@ -1,4 +1,4 @@
-import { type PipelineDefinition, type Run, type RunEvent, type StageJob, type Trigger } from '@conveyor/contracts';
+import { isTerminalRun, type PipelineDefinition, type Run, type RunEvent, type StageJob, type Trigger } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
 import { completionInput } from './domain/outcome.js';
 import { createRun, pendingWork, step, type RunInput } from './domain/state-machine.js';
@@ -80,8 +80,7 @@ export class Orchestrator {
         break;
       }
       const again: string[] = [];
-      const updates: RunUpdate[] = [];
-      const previous: Run[] = [];
+      const updates: (RunUpdate & { from: Run['status'] })[] = [];
       await Promise.all(
         todo.map(async (runId) => {
           const inputs = byRun.get(runId)!;
@@ -94,8 +93,7 @@ export class Orchestrator {
             }
             const { next, events } = this.fold(run, inputs);
             if (next !== run) {
-              updates.push({ run: { ...next, version: run.version + 1 }, expectedVersion: run.version, events });
-              previous.push(run);
+              updates.push({ run: { ...next, version: run.version + 1 }, expectedVersion: run.version, events, from: run.status });
             } else if (cached) {
               // Nothing changed. A cached copy may be behind the store: only the stored run can say so.
               this.cache.delete(runId);
@@ -121,7 +119,7 @@ export class Orchestrator {
         saved = [];
       }
       saved.forEach((ok, i) => {
-        const { run } = updates[i]!;
+        const { run, from } = updates[i]!;
         if (!ok) {
           this.cache.delete(run.id);
           again.push(run.id);
@@ -129,7 +127,7 @@ export class Orchestrator {
         }
         this.remember(run);
         stored.push(run);
-        if (run.status !== previous[i]!.status) this.deps.logger.info({ runId: run.id, pipeline: run.pipeline, status: run.status }, 'run status changed');
+        if (run.status !== from) this.deps.logger.info({ runId: run.id, pipeline: run.pipeline, status: run.status }, 'run status changed');
       });
       todo = again;
     }
@@ -153,7 +151,7 @@ export class Orchestrator {
 
   private remember(run: Run): void {
     this.cache.delete(run.id);
-    if (['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(run.status)) return;
+    if (isTerminalRun(run)) return;
     this.cache.set(run.id, run);
     if (this.cache.size > CACHE_LIMIT) this.cache.delete(this.cache.keys().next().value!);
   }

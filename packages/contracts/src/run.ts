@@ -10,6 +10,8 @@ export const StageStatus = z.enum(['PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 
 export type StageStatus = z.infer<typeof StageStatus>;
 
 export const TERMINAL_RUN_STATUSES: readonly RunStatus[] = ['SUCCEEDED', 'FAILED', 'CANCELLED'];
+/** A run in one of these states never changes again. */
+export const isTerminalRun = (run: { status: RunStatus }): boolean => TERMINAL_RUN_STATUSES.includes(run.status);
 
 export const StageRecord = z.object({
   name: z.string(),

@@ -37,6 +37,23 @@ export interface StageWorkerOptions<T extends StageJob['type']> {
   autorun?: boolean;
 }
 
+/**
+ * Check on publish: a worker never returns a result the orchestrator would refuse, and a handler whose
+ * output or status does not fit the contract fails its stage once (with the fault named) instead of
+ * running again. The identity and time fields come from the parsed job and the wrapper: only the
+ * handler's part needs checking.
+ */
+function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED' | 'FAILED'; message?: string; output: StageOutput; problem?: string } {
+  const output = StageOutput.safeParse(outcome.output ?? {});
+  const problem = !output.success
+    ? describeIssues(output.error, 'output')
+    : outcome.status !== 'SUCCEEDED' && outcome.status !== 'FAILED'
+      ? `status: must be SUCCEEDED or FAILED, not ${String(outcome.status)}`
+      : undefined;
+  if (problem !== undefined || !output.success) return { status: 'FAILED', message: `the ${type} stage produced an invalid result: ${problem}`, output: {}, problem };
+  return { status: outcome.status, ...(outcome.message ? { message: outcome.message } : {}), output: output.data };
+}
+
 function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -62,24 +79,14 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
     const jobLogger = (): Logger => (child ??= opts.logger.child({ runId: job.runId, stage: job.stage, attempt: job.attempt }));
     const startedAt = now().toISOString();
     const finish = (outcome: StageOutcome): StageResult => {
-      // Check on publish: a worker never returns a result the orchestrator would refuse, and a handler
-      // whose output does not fit the contract fails its stage once, instead of running again. The
-      // identity and time fields come from the parsed job and this wrapper: only the handler's part
-      // needs checking.
-      const output = StageOutput.safeParse(outcome.output ?? {});
-      const problem = !output.success
-        ? describeIssues(output.error, 'output')
-        : outcome.status !== 'SUCCEEDED' && outcome.status !== 'FAILED'
-          ? `status: must be SUCCEEDED or FAILED, not ${String(outcome.status)}`
-          : undefined;
-      if (problem) jobLogger().error({ problem }, 'stage handler returned an invalid result');
-      const fields = problem ? { status: 'FAILED' as const, message: `the ${opts.type} stage produced an invalid result: ${problem}` } : outcome;
+      const checked = checkOutcome(opts.type, outcome);
+      if (checked.problem) jobLogger().error({ problem: checked.problem }, 'stage handler returned an invalid result');
       const result = stageResultOf(job, {
-        status: fields.status,
+        status: checked.status,
         startedAt,
         finishedAt: now().toISOString(),
-        ...(fields.message ? { message: fields.message.slice(0, 4000) } : {}),
-        output: output.success && !problem ? output.data : {},
+        ...(checked.message ? { message: checked.message.slice(0, 4000) } : {}),
+        output: checked.output,
       });
       opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt, status: result.status }, 'stage job finished');
       return result;
@@ -89,7 +96,9 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       get logger() {
         return jobLogger();
       },
-      signal: signal ?? new AbortController().signal, deliveries: Math.max(0, (bull.attemptsStarted ?? 1) - 1) };
+      signal: signal ?? new AbortController().signal,
+      deliveries: Math.max(0, (bull.attemptsStarted ?? 1) - 1),
+    };
     let outcome: StageOutcome;
     try {
       outcome = await opts.handler(job, ctx);

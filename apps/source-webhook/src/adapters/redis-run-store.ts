@@ -1,4 +1,4 @@
-import { EVENTS_STREAM, Run, TERMINAL_RUN_STATUSES, type RunEvent } from '@conveyor/contracts';
+import { EVENTS_STREAM, isTerminalRun, Run, type RunEvent } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import type { CreateOutcome, DeliveryDecision, RunStore, RunUpdate } from '../ports.js';
 
@@ -124,7 +124,7 @@ export class RedisRunStore implements RunStore {
     const args: (string | number)[] = [EVENTS_MAXLEN];
     for (const { run, expectedVersion, events } of updates) {
       keys.push(this.key('run', run.id));
-      args.push(expectedVersion, run.version, stateJson(run), run.id, TERMINAL_RUN_STATUSES.includes(run.status) ? '1' : '0', events.length);
+      args.push(expectedVersion, run.version, stateJson(run), run.id, isTerminalRun(run) ? '1' : '0', events.length);
       for (const e of events) args.push(JSON.stringify(e));
     }
     const reply = await this.scripts.conveyorUpdateRuns(keys.length, ...keys, ...args);

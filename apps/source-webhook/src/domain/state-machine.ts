@@ -1,4 +1,5 @@
 import {
+  isTerminalRun,
   stageJobId,
   type ArtifactRef,
   type PipelineDefinition,
@@ -31,8 +32,6 @@ export interface NewRun {
   trigger: Trigger;
 }
 
-const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
-export const isTerminal = (run: Run): boolean => TERMINAL.has(run.status);
 
 /** Creates a run and starts it: the Source stage is RUNNING (its job is `pendingJobs(run)`). */
 export function createRun(input: NewRun, now: Date): Transition {
@@ -63,7 +62,7 @@ export function createRun(input: NewRun, now: Date): Transition {
 /** The pure transition function: (run, input, now) → (run', events). */
 export function step(run: Run, input: RunInput, now: Date): Transition {
   const unchanged: Transition = { run, events: [], changed: false };
-  if (isTerminal(run)) return unchanged;
+  if (isTerminalRun(run)) return unchanged;
   const at = now.toISOString();
   switch (input.type) {
     case 'stage-result': {
