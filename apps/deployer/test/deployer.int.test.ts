@@ -9,6 +9,7 @@ import { FsArtifactStore, artifactKey } from '@conveyor/artifacts';
 import { DeployJob, QUEUES, StageResult, stageJobId } from '@conveyor/contracts';
 import { createQueue, stageLogKey } from '@conveyor/service-kit';
 import { completedResults, testRedis, uniquePrefix } from '@conveyor/testing';
+import { processStartTime } from '../src/adapters/process-group.js';
 import { stopAllDeployments } from '../src/stop-all.js';
 import { alive, getJson, processesWithEnv, startService, type RunningService } from './service.js';
 
@@ -198,6 +199,15 @@ describe('deployer', () => {
     expect(await redis.get(stageLogKey(prefix, job.jobId))).toContain('nothing started');
   });
 
+  it('a healthy deploy also stops a version left running that current.json does not name', async () => {
+    const v1 = await deploy(await makeJob('shop', 'v1'));
+    // As after a last attempt that failed once its process was up: running, but not the current one.
+    await rm(join(deployDir, 'shop', 'current.json'));
+    const v2 = await deploy(await makeJob('shop', 'v2'));
+    expect(await getJson(v2.output.url!)).toMatchObject({ status: 200, body: { version: 'v2' } });
+    expect(await getJson(v1.output.url!)).toMatchObject({ error: expect.stringContaining('ECONNREFUSED') });
+  });
+
   it('leaves deployments running when it stops; stopAllDeployments stops them', async () => {
     const result = await deploy(await makeJob('shop', 'v1'));
     expect(await service.stop()).toBe(0);
@@ -211,7 +221,10 @@ describe('deployer', () => {
     const bystander = spawn('sleep', ['600'], { detached: true, stdio: 'ignore' });
     bystander.unref();
     try {
-      const forged = JSON.stringify({ pipeline: 'shop', runId: 'run-forged-0001', attempt: 1, pid: bystander.pid, pgid: bystander.pid, port: 1, url: 'http://127.0.0.1:1', commit: 'x', startedAt: new Date().toISOString() });
+      // With the bystander's real start time: a record the deployer would act on, were it read from there.
+      const procStart = await processStartTime(bystander.pid!);
+      expect(procStart).toBeTruthy();
+      const forged = JSON.stringify({ pipeline: 'shop', runId: 'run-forged-0001', attempt: 1, pid: bystander.pid, pgid: bystander.pid, procStart, port: 1, url: 'http://127.0.0.1:1', commit: 'x', startedAt: new Date().toISOString() });
       const job = await makeJob('shop', 'v-forged', {}, { '.conveyor-process.json': forged, 'current.json': forged });
       await deployQueue.add('deploy', job, { jobId: job.jobId });
       expect((await waitResult(job.jobId)).status).toBe('SUCCEEDED');

@@ -94,12 +94,15 @@ export class LocalProcessTarget implements DeployTarget {
     // Record first, then stop the old one: a crash in between leaves current.json naming a healthy version.
     await files.writeCurrent(record);
     ctx.log(`healthy after ${outcome.afterMs} ms; ${record.url} now serves ${job.pipeline}`);
-    if (current && current.pgid !== record.pgid) await this.stopPrevious(current, ctx);
+    await this.stopOthers(job.pipeline, record, ctx);
     await this.prune(job.pipeline, dir);
     return { status: 'deployed', url: record.url };
   }
 
-  /** After a crash between recording the new version and stopping the old one, the old one still runs. */
+  /**
+   * Stops every version of the pipeline but `keep`: the one it replaces, and any a crash or a failed
+   * last attempt left running (the deploy lock makes this the only deploy of the pipeline under way).
+   */
   private async stopOthers(pipeline: string, keep: DeploymentRecord, ctx: DeployContext): Promise<void> {
     for (const v of await this.opts.files.versions(pipeline)) {
       const rec = await this.opts.files.readVersionRecord(join(this.opts.files.pipelineDir(pipeline), v.name));
