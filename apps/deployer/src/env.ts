@@ -1,7 +1,5 @@
 import { z } from 'zod';
-import { BaseEnv, parseEnv } from '@conveyor/service-kit';
-
-const optionalSecret = z.preprocess((v) => (v === '' ? undefined : v), z.string().min(16, 'at least 16 characters').optional());
+import { BaseEnv, OptionalSecret, parseEnv } from '@conveyor/service-kit';
 
 export const DeployerEnv = BaseEnv.extend({
   PORT: z.coerce.number().int().min(0).max(65_535).default(7004),
@@ -10,7 +8,7 @@ export const DeployerEnv = BaseEnv.extend({
   DEPLOY_STOP_GRACE_SECONDS: z.coerce.number().min(0).max(600).default(10),
   DEPLOY_KEEP_VERSIONS: z.coerce.number().int().min(1).max(1000).default(5),
   /** When set, `GET /api/v1/deployments` requires `Authorization: Bearer <token>`. */
-  CONVEYOR_API_TOKEN: optionalSecret,
+  CONVEYOR_API_TOKEN: OptionalSecret,
 });
 export type DeployerEnv = z.infer<typeof DeployerEnv>;
 

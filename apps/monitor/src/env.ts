@@ -1,12 +1,10 @@
 import { z } from 'zod';
-import { BaseEnv, parseEnv } from '@conveyor/service-kit';
-
-const optionalSecret = z.preprocess((v) => (v === '' ? undefined : v), z.string().min(16, 'at least 16 characters').optional());
+import { BaseEnv, OptionalSecret, parseEnv } from '@conveyor/service-kit';
 
 export const MonitorEnv = BaseEnv.extend({
   PORT: z.coerce.number().int().min(0).max(65_535).default(7005),
   /** When set, `GET /api/v1/history` requires `Authorization: Bearer <token>`. */
-  CONVEYOR_API_TOKEN: optionalSecret,
+  CONVEYOR_API_TOKEN: OptionalSecret,
   /** Finished runs kept in Redis, overall and per pipeline. */
   MONITOR_HISTORY_MAX: z.coerce.number().int().min(1).max(1_000_000).default(1000),
   /** A stream entry pending this long (its consumer died) is claimed by another monitor. */

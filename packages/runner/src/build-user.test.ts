@@ -41,10 +41,13 @@ phases:
     const refused = await resolveBuildUser(join(locked, 'work'));
     expect(refused.user).toBeUndefined();
     expect(refused.warning).toContain(locked);
+    // Asked for by BUILD_UID, the same refusal stops the service instead of falling back.
+    await expect(resolveBuildUser(join(locked, 'work'), 1234)).rejects.toThrow(/BUILD_UID=1234 cannot be used: user 1234 cannot reach/);
   });
 
   it.runIf(!isRoot)('a worker that is not root says builds run as itself', async () => {
     const { root } = dirs();
     expect((await resolveBuildUser(join(root, 'work'))).warning).toMatch(/own user/);
+    await expect(resolveBuildUser(join(root, 'work'), 1234)).rejects.toThrow(/needs the service to run as root/);
   });
 });

@@ -28,15 +28,20 @@ export interface BuildspecJobDeps {
 /**
  * Who builds run as. A build running as the worker's own user can read the worker's environment
  * (`/proc/$PPID/environ`: Redis password, API token), so a root worker runs them as `nobody`
- * (65534) unless told otherwise; a non-root worker cannot switch users and runs them as itself.
+ * (65534) unless told otherwise; a non-root worker cannot switch users and runs them as itself, with
+ * a warning. A BUILD_UID that cannot be honoured is an error, never a silent fall-back.
  */
 export async function resolveBuildUser(workDir: string, uid?: number, gid?: number): Promise<{ user?: BuildUser; warning?: string }> {
   const asSelf = 'builds run as this service\'s own user and can read its environment';
+  const refuse = (why: string) => {
+    if (uid !== undefined) throw new Error(`BUILD_UID=${uid} cannot be used: ${why}`);
+    return { warning: `${asSelf}: ${why}` };
+  };
   const user = uid !== undefined ? { uid, gid: gid ?? uid } : process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : undefined;
   if (!user) return { warning: `${asSelf}; run the service as root (builds then run as nobody) or set BUILD_UID` };
-  if (process.getuid?.() !== 0) return { warning: `${asSelf}: BUILD_UID needs the service to run as root` };
+  if (process.getuid?.() !== 0) return refuse('switching users needs the service to run as root');
   const blocked = await untraversable(resolve(workDir), user);
-  if (blocked) return { warning: `${asSelf}: user ${user.uid} cannot reach ${blocked}; put WORK_DIR where it can` };
+  if (blocked) return refuse(`user ${user.uid} cannot reach ${blocked}; put WORK_DIR where it can`);
   return { user };
 }
 

@@ -18,6 +18,9 @@ export const BaseEnv = z.object({
 });
 export type BaseEnv = z.infer<typeof BaseEnv>;
 
+/** An optional secret such as an API token: unset or empty means off; set, it must be 16+ characters. */
+export const OptionalSecret = z.preprocess((v) => (v === '' ? undefined : v), z.string().min(16, 'at least 16 characters').optional());
+
 /** Parses the environment once at start-up; a bad value stops the process naming the variable. */
 export function parseEnv<S extends z.ZodType>(schema: S, source: NodeJS.ProcessEnv = process.env): z.infer<S> {
   const parsed = schema.safeParse(source);

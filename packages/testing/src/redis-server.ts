@@ -21,6 +21,8 @@ export async function startRedisServer(extraArgs: string[] = []): Promise<RedisS
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...extraArgs], {
     stdio: 'ignore',
   });
+  let spawnError: Error | undefined;
+  child.once('error', (err) => (spawnError = err));
   const url = `redis://127.0.0.1:${port}`;
   const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
   probe.on('error', () => undefined); // refused while the server starts: expected, retried below
@@ -32,6 +34,7 @@ export async function startRedisServer(extraArgs: string[] = []): Promise<RedisS
       break;
     } catch (err) {
       probe.disconnect();
+      if (spawnError) throw new Error(`redis-server could not be started (${spawnError.message}): install Redis 7 so that redis-server is on PATH`);
       if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start: ${String(err)}`);
       await new Promise((r) => setTimeout(r, 50));
     }

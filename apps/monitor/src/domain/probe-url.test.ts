@@ -5,6 +5,7 @@ describe('probeUrl', () => {
   it('joins the deployed URL and the health path', () => {
     expect(probeUrl('http://127.0.0.1:4100', '/healthz')).toBe('http://127.0.0.1:4100/healthz');
     expect(probeUrl('https://shop.example.com/app/', '/up?deep=1')).toBe('https://shop.example.com/app/up?deep=1');
+    expect(probeUrl('http://h:1/app?x=1#top', '/healthz')).toBe('http://h:1/app/healthz');
   });
 
   it.each([

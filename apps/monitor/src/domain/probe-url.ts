@@ -9,13 +9,17 @@ export class UnsafeProbeUrlError extends Error {
  */
 export function probeUrl(base: string, healthPath: string): string {
   let baseUrl: URL;
-  let full: URL;
   try {
     baseUrl = new URL(base);
-    full = new URL(`${base.replace(/\/+$/, '')}${healthPath}`);
   } catch {
     throw new UnsafeProbeUrlError(`not a URL: ${base}`);
   }
+  // The health path (and its query) goes after the base's path; the base's query and fragment go.
+  const full = new URL(baseUrl);
+  const q = healthPath.indexOf('?');
+  full.pathname = `${baseUrl.pathname.replace(/\/+$/, '')}${q < 0 ? healthPath : healthPath.slice(0, q)}`;
+  full.search = q < 0 ? '' : healthPath.slice(q);
+  full.hash = '';
   if (baseUrl.protocol !== 'http:' && baseUrl.protocol !== 'https:') {
     throw new UnsafeProbeUrlError(`refusing to probe ${baseUrl.protocol} URL: only http and https are probed`);
   }
