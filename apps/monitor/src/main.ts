@@ -1,15 +1,12 @@
-import { hostname } from 'node:os';
-import { randomUUID } from 'node:crypto';
 import { EVENTS_STREAM, QUEUES } from '@conveyor/contracts';
-import { closeQueue, closeRedis, closeWorker, createLogger, createQueue, createRedis, createRegistry, createStageWorker, logErrors, onShutdown, readinessChecks } from '@conveyor/service-kit';
+import { closeQueue, closeRedis, closeWorker, createLogger, createQueue, createRedis, createRegistry, createStageWorker, logErrors, onShutdown, readinessChecks, StreamGroupConsumer } from '@conveyor/service-kit';
 import { HttpProber } from './adapters/http-prober.js';
 import { PrometheusRunMetrics, registerQueueDepth } from './adapters/prometheus-metrics.js';
-import { RedisEventConsumer } from './adapters/redis-event-consumer.js';
 import { RedisHistoryStore } from './adapters/redis-history-store.js';
 import { loadEnv } from './env.js';
 import { buildServer } from './http/server.js';
 import { createMonitorHandler } from './jobs/monitor.js';
-import { createRunEventHandler } from './jobs/run-events.js';
+import { createRunEventHandler, handleEventEntries } from './jobs/run-events.js';
 
 const env = loadEnv();
 const logger = createLogger('monitor', env.LOG_LEVEL);
@@ -40,17 +37,20 @@ const worker = createStageWorker({
   lockDuration: env.WORKER_LOCK_MS,
   stalledInterval: env.WORKER_STALLED_MS,
 });
-const events = new RedisEventConsumer({
-  redis,
-  blocking,
-  stream: `${prefix}:${EVENTS_STREAM}`,
+// At least once, in order (one batch at a time); an entry that keeps failing goes to `events-dead`.
+const events = new StreamGroupConsumer({
+  redis: blocking,
+  streams: [`${prefix}:${EVENTS_STREAM}`],
   group: 'monitor',
-  consumer: `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`,
-  handle: createRunEventHandler({ metrics: new PrometheusRunMetrics(registry), history }),
+  name: 'run events',
+  deadLetterStream: `${prefix}:monitor-events-dead`,
   logger,
+  batch: 100,
+  maxInFlight: 1,
   claimIdleMs: env.EVENTS_CLAIM_IDLE_MS,
+  handle: handleEventEntries(createRunEventHandler({ metrics: new PrometheusRunMetrics(registry), history }), logger),
 });
-events.start();
+await events.start();
 
 const app = buildServer({
   logger,
@@ -70,7 +70,7 @@ onShutdown(
     { name: 'http', run: () => app.close() },
     { name: 'workers', run: () => Promise.all([closeWorker(worker, env.SHUTDOWN_DRAIN_SECONDS * 1000, logger), events.stop()]) },
     { name: 'queues', run: () => Promise.all(watched.map((q) => closeQueue(q))) },
-    { name: 'redis', run: () => Promise.all([redis, api].map((c) => closeRedis(c))) },
+    { name: 'redis', run: () => Promise.all([redis, blocking, api].map((c) => closeRedis(c))) },
   ],
   logger,
 );

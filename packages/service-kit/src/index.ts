@@ -12,3 +12,4 @@ export * from './stage-service.js';
 export * from './lifecycle.js';
 export * from './bearer-auth.js';
 export * from './net.js';
+export * from './stream-group-consumer.js';

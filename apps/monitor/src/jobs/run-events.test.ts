@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { HistoryEntry } from '../domain/history.js';
 import type { HistoryStore, RunMetrics } from '../ports.js';
-import { createRunEventHandler } from './run-events.js';
+import { createLogger } from '@conveyor/service-kit';
+import { createRunEventHandler, handleEventEntries } from './run-events.js';
 
 function fakes() {
   const runs: string[] = [];
@@ -36,5 +37,22 @@ describe('run event handler', () => {
     await f.handle({ ...base, type: 'run.created', trigger: 'manual' });
     await f.handle({ ...base, type: 'stage.started', stage: 'Build', stageType: 'build', attempt: 1 });
     expect([...f.runs, ...f.stages, ...f.recorded]).toEqual([]);
+  });
+});
+
+describe('handleEventEntries', () => {
+  const logger = createLogger('test', 'silent');
+  const entry = (id: string, fields: string[]) => ({ stream: 'p:events', id, fields });
+  const event = (runId: string) => JSON.stringify({ ...base, runId, type: 'run.finished', status: 'SUCCEEDED', durationMs: 1 });
+
+  it('hands each entry on in order, skips malformed ones, and returns those whose handling failed', async () => {
+    const seen: string[] = [];
+    const handle = handleEventEntries(async (e) => {
+      if (e.runId === 'run-00000002') throw new Error('history store down');
+      seen.push(e.runId);
+    }, logger);
+    const entries = [entry('1-0', ['event', event('run-00000001')]), entry('2-0', ['event', 'not json']), entry('3-0', ['event', event('run-00000002')]), entry('4-0', ['event', event('run-00000003')])];
+    expect(await handle(entries)).toEqual([entries[2]]);
+    expect(seen).toEqual(['run-00000001', 'run-00000003']);
   });
 });
