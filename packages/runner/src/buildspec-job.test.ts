@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cleanAbandonedJobs } from './buildspec-job.js';
+import { currentOwner, type ProcessOwner } from './orphans.js';
 
 let work: string;
 beforeEach(async () => {
@@ -13,11 +14,11 @@ afterEach(() => rm(work, { recursive: true, force: true }));
 
 const exists = (p: string) => stat(p).then(() => true, () => false);
 
-async function jobDir(name: string, ownerPid: number): Promise<string> {
+async function jobDir(name: string, owner: ProcessOwner): Promise<string> {
   const dir = join(work, name);
   await mkdir(join(dir, 'src'), { recursive: true });
   await writeFile(join(dir, 'src', 'file'), 'x');
-  await writeFile(`${dir}.owner`, JSON.stringify({ pid: ownerPid }));
+  await writeFile(`${dir}.owner`, JSON.stringify(owner));
   return dir;
 }
 
@@ -26,8 +27,8 @@ describe('cleanAbandonedJobs', () => {
     const dead = spawnSync('true').pid!;
     const live = spawn('sleep', ['30'], { stdio: 'ignore' });
     try {
-      const abandoned = await jobDir('run-a.Build.1-aaaa', dead);
-      const running = await jobDir('run-b.Build.1-bbbb', live.pid!);
+      const abandoned = await jobDir('run-a.Build.1-aaaa', { pid: dead });
+      const running = await jobDir('run-b.Build.1-bbbb', { pid: live.pid! });
       const report = await cleanAbandonedJobs(work);
       expect(report.removed).toEqual([abandoned]);
       expect(await exists(abandoned)).toBe(false);
@@ -36,5 +37,15 @@ describe('cleanAbandonedJobs', () => {
     } finally {
       live.kill('SIGKILL');
     }
+  });
+
+  it('removes the directory of an earlier worker that had this very pid (a restarted container), keeps its own', async () => {
+    const me = currentOwner();
+    const mine = await jobDir('run-c.Build.1-cccc', me);
+    // Same pid, another process: the worker before a container restart, whose node was PID 1 too.
+    const earlier = await jobDir('run-d.Build.1-dddd', { ...me, startTime: me.startTime === undefined ? undefined : `${me.startTime}0` });
+    const report = await cleanAbandonedJobs(work);
+    if (me.startTime !== undefined) expect(report.removed).toEqual([earlier]);
+    expect(await exists(join(mine, 'src', 'file'))).toBe(true);
   });
 });

@@ -8,7 +8,7 @@ import type { BuildJob, TestJob } from '@conveyor/contracts';
 import { runPhases, type PhasesResult, type RunnerEvent } from './bash-session.js';
 import { BuildspecError, MAX_BUILDSPEC_BYTES, notices, parseBuildspec, unsupportedFeatures, type Buildspec } from './buildspec.js';
 import { codebuildEnv } from './codebuild-env.js';
-import { reapOrphans } from './orphans.js';
+import { currentOwner, ownerIsAlive, reapOrphans, type ProcessOwner } from './orphans.js';
 import type { BuildUser } from './shell-process.js';
 
 const exec = promisify(execFile);
@@ -45,16 +45,6 @@ export async function resolveBuildUser(workDir: string, uid?: number, gid?: numb
   return { user };
 }
 
-function pidAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 1) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** The first ancestor of `dir` (created if missing) that `user` may not enter, if any. */
 async function untraversable(dir: string, user: BuildUser): Promise<string | undefined> {
   await mkdir(dir, { recursive: true });
@@ -85,7 +75,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
   const workspace = join(dir, 'src');
   // Names the live worker that owns the job directory, so a successor can tell an abandoned one.
   await mkdir(resolve(deps.workDir), { recursive: true });
-  await writeFile(`${dir}.owner`, JSON.stringify({ pid: process.pid }));
+  await writeFile(`${dir}.owner`, JSON.stringify(currentOwner()));
   await mkdir(workspace, { recursive: true });
   try {
     deps.log(`[conveyor] ${job.type} ${job.pipeline}/${job.stage} attempt ${job.attempt}, commit ${job.commit}${deps.user ? `, as uid ${deps.user.uid}` : ''}\n`);
@@ -149,8 +139,8 @@ export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: num
   // directory then has no shell record, only the owner file.
   for (const name of await readdir(root).catch(() => [] as string[])) {
     if (!name.endsWith('.owner')) continue;
-    const owner = await readFile(join(root, name), 'utf8').then((t) => Number(JSON.parse(t).pid), () => NaN);
-    if (owner === process.pid || pidAlive(owner)) continue;
+    const owner = await readFile(join(root, name), 'utf8').then((t) => JSON.parse(t) as ProcessOwner, () => ({ pid: NaN }));
+    if (ownerIsAlive(owner)) continue;
     const jobDir = join(root, name.slice(0, -'.owner'.length));
     await Promise.all([rm(jobDir, { recursive: true, force: true }), rm(`${jobDir}.ctl`, { recursive: true, force: true })]);
     await rm(join(root, name), { force: true });

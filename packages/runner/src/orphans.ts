@@ -82,10 +82,33 @@ export async function writeShellRecord(controlDir: string, index: number, pid: n
   return path;
 }
 
+/** A process that owns something on disk, told apart from a later process given the same pid. */
+export interface ProcessOwner {
+  pid: number;
+  startTime?: string;
+  bootId?: string;
+}
+
+/** This process, as an owner. */
+export function currentOwner(): ProcessOwner {
+  return { pid: process.pid, startTime: processStartTime(process.pid), bootId: bootId() };
+}
+
+/**
+ * Whether the owner still runs: same boot, its pid alive, and (on Linux) the same process, not a
+ * later one given its pid (in a container that restarts, the new worker has the old one's pid).
+ * Records without start time or boot id fall back to the pid check.
+ */
+export function ownerIsAlive(owner: ProcessOwner): boolean {
+  const boot = bootId();
+  if (owner.bootId !== undefined && boot !== undefined && owner.bootId !== boot) return false;
+  if (!Number.isInteger(owner.pid) || owner.pid <= 0 || !isAlive(owner.pid)) return false;
+  const now = processStartTime(owner.pid);
+  return owner.startTime === undefined || now === undefined || now === owner.startTime;
+}
+
 function ownerAlive(r: ShellRecord): boolean {
-  if (!isAlive(r.ownerPid)) return false;
-  const now = processStartTime(r.ownerPid);
-  return r.ownerStartTime === undefined || now === undefined || now === r.ownerStartTime;
+  return ownerIsAlive({ pid: r.ownerPid, startTime: r.ownerStartTime, bootId: r.bootId });
 }
 
 /** The group is still the one we started: same boot, and its leader (if alive) is the same process. */
