@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { closeRedis, closeWorker, createLogger, createRedis, createRegistry, createStageWorker, logErrors, onShutdown, readinessChecks } from '@conveyor/service-kit';
+import { closeRedis, closeWorker, createLogger, createRedis, createRegistry, countStageJobs, createStageWorker, logErrors, onShutdown, readinessChecks } from '@conveyor/service-kit';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
 import { LocalProcessTarget } from './adapters/local-process-target.js';
@@ -38,6 +38,7 @@ const worker = createStageWorker({
   lockDuration: env.WORKER_LOCK_MS,
   stalledInterval: env.WORKER_STALLED_MS,
 });
+countStageJobs(worker, registry, 'deploy');
 
 const app = buildServer({
   logger,

@@ -145,6 +145,14 @@ describe('deployer', () => {
     expect(denied.status).toBe(401);
     const listed = await fetch(`${service.url}/api/v1/deployments`, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(await listed.json()).toEqual({ deployments: [expect.objectContaining({ pipeline: 'shop', runId: job.runId, running: true })] });
+    // The job metrics every stage service exports.
+    const counted = /^conveyor_stage_jobs_total\{type="deploy",status="SUCCEEDED",service="deployer"\} 1$/m;
+    let metrics = '';
+    for (let i = 0; i < 50 && !counted.test(metrics); i++) {
+      if (i) await new Promise((r) => setTimeout(r, 100)); // counted as the worker's completed event fires
+      metrics = await (await fetch(`${service.url}/metrics`)).text();
+    }
+    expect(metrics).toMatch(counted);
   });
 
   it('replaces the previous version: the new one answers, the old process is gone', async () => {

@@ -1,5 +1,5 @@
 import { EVENTS_STREAM, QUEUES } from '@conveyor/contracts';
-import { closeQueue, closeRedis, closeWorker, createLogger, createQueue, createRedis, createRegistry, createStageWorker, logErrors, onShutdown, readinessChecks, StreamGroupConsumer } from '@conveyor/service-kit';
+import { closeQueue, closeRedis, closeWorker, createLogger, createQueue, createRedis, createRegistry, countStageJobs, createStageWorker, logErrors, onShutdown, readinessChecks, StreamGroupConsumer } from '@conveyor/service-kit';
 import { HttpProber } from './adapters/http-prober.js';
 import { PrometheusRunMetrics, registerQueueDepth } from './adapters/prometheus-metrics.js';
 import { RedisHistoryStore } from './adapters/redis-history-store.js';
@@ -37,6 +37,7 @@ const worker = createStageWorker({
   lockDuration: env.WORKER_LOCK_MS,
   stalledInterval: env.WORKER_STALLED_MS,
 });
+countStageJobs(worker, registry, 'monitor');
 // At least once, in order (one batch at a time); an entry that keeps failing goes to `events-dead`.
 const events = new StreamGroupConsumer({
   redis: blocking,

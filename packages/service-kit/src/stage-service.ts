@@ -1,3 +1,4 @@
+import type { Worker } from 'bullmq';
 import { Counter, Histogram } from 'prom-client';
 import type { StageJob, StageResult } from '@conveyor/contracts';
 import type { BaseEnv } from './env.js';
@@ -27,6 +28,27 @@ export interface StageServiceOptions<T extends StageJob['type']> {
 }
 
 /**
+ * Every stage service's job metrics: `conveyor_stage_jobs_total` and
+ * `conveyor_stage_job_duration_seconds`, by stage type and result, from the StageResult each job
+ * completes with.
+ */
+export function countStageJobs(worker: Worker, registry: Registry, type: StageJob['type']): void {
+  const jobs = new Counter({ name: 'conveyor_stage_jobs_total', help: 'Stage jobs finished, by result', labelNames: ['type', 'status'], registers: [registry] });
+  const durations = new Histogram({
+    name: 'conveyor_stage_job_duration_seconds',
+    help: 'Time from a stage job starting to its result',
+    labelNames: ['type', 'status'],
+    buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800],
+    registers: [registry],
+  });
+  worker.on('completed', (_job, result: StageResult | undefined) => {
+    if (!result) return;
+    jobs.inc({ type, status: result.status });
+    durations.observe({ type, status: result.status }, (Date.parse(result.finishedAt) - Date.parse(result.startedAt)) / 1000);
+  });
+}
+
+/**
  * The composition every plain stage worker service shares: one worker connection, the stage worker,
  * job metrics, an HTTP server with /healthz /readyz /metrics, and ordered shutdown.
  */
@@ -36,14 +58,6 @@ export function composeStageService<T extends StageJob['type']>(opts: StageServi
   const redis = createRedis(env.REDIS_URL, 'worker');
   const registry = createRegistry(opts.service);
   const deps: StageServiceDeps = { redis, prefix: env.QUEUE_PREFIX, logger, registry };
-  const jobs = new Counter({ name: 'conveyor_stage_jobs_total', help: 'Stage jobs finished, by result', labelNames: ['type', 'status'], registers: [registry] });
-  const durations = new Histogram({
-    name: 'conveyor_stage_job_duration_seconds',
-    help: 'Time from a stage job starting to its result',
-    labelNames: ['type', 'status'],
-    buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800],
-    registers: [registry],
-  });
   const worker = createStageWorker({
     type: opts.type,
     queueName: opts.queueName,
@@ -56,11 +70,7 @@ export function composeStageService<T extends StageJob['type']>(opts: StageServi
     stalledInterval: env.WORKER_STALLED_MS,
     autorun: false,
   });
-  worker.on('completed', (_job, result: StageResult | undefined) => {
-    if (!result) return;
-    jobs.inc({ type: opts.type, status: result.status });
-    durations.observe({ type: opts.type, status: result.status }, (Date.parse(result.finishedAt) - Date.parse(result.startedAt)) / 1000);
-  });
+  countStageJobs(worker, registry, opts.type);
   const app: App = buildBaseServer({
     logger,
     registry,
