@@ -44,7 +44,10 @@ export class LocalProcessTarget implements DeployTarget {
     const target = job.target;
     if (target.kind !== 'local') throw new Error(`LocalProcessTarget cannot deploy to ${target.kind}`);
     const pipelineDir = this.opts.files.pipelineDir(job.pipeline);
-    return withPipelineLock(pipelineDir, () => this.deployLocked(job, target, ctx), ctx.signal);
+    return withPipelineLock(pipelineDir, () => this.deployLocked(job, target, ctx), {
+      signal: ctx.signal,
+      onWait: (holder) => ctx.log(`waiting for the deploy lock of ${job.pipeline}${holder ? `, held by pid ${holder}` : ''}`),
+    });
   }
 
   private async deployLocked(job: DeployJob, target: LocalTargetConfig, ctx: DeployContext): Promise<DeployOutcome> {

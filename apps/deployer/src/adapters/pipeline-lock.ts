@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pidAlive } from './process-group.js';
+import { pidAlive, processStartTime } from './process-group.js';
 
 const LOCK_FILE = '.lock';
 /** Tokens of the locks this process holds: a lock file naming our pid but another token is a previous incarnation's. */
@@ -10,6 +10,8 @@ const local = new Map<string, Promise<unknown>>();
 
 interface LockContent {
   pid: number;
+  /** The owner's start time (Linux): a later process given the same pid is not the owner. */
+  procStart?: string;
   token: string;
 }
 
@@ -24,14 +26,17 @@ async function isStale(path: string): Promise<boolean> {
   }
   if (typeof content?.pid !== 'number') return true;
   if (content.pid === process.pid) return !held.has(content.token);
-  return !(await pidAlive(content.pid));
+  if (!(await pidAlive(content.pid))) return true;
+  const now = await processStartTime(content.pid);
+  return content.procStart !== undefined && now !== undefined && now !== content.procStart;
 }
 
-async function tryAcquire(path: string, token: string): Promise<boolean> {
+/** Taken (true), or held by someone else: then the holder's pid, when the lock file names one. */
+async function tryAcquire(path: string, token: string): Promise<true | { holder?: number }> {
   try {
     const fh = await open(path, 'wx');
     try {
-      await fh.writeFile(JSON.stringify({ pid: process.pid, token } satisfies LockContent));
+      await fh.writeFile(JSON.stringify({ pid: process.pid, procStart: await processStartTime(process.pid), token } satisfies LockContent));
     } finally {
       await fh.close();
     }
@@ -39,7 +44,8 @@ async function tryAcquire(path: string, token: string): Promise<boolean> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     if (await isStale(path)) await rm(path, { force: true });
-    return false;
+    const holder = await readFile(path, 'utf8').then((t) => (JSON.parse(t) as LockContent).pid, () => undefined);
+    return { holder };
   }
 }
 
@@ -56,9 +62,11 @@ function abortError(signal: AbortSignal): Error {
 /**
  * Runs `fn` holding the pipeline's deploy lock: one deploy of a pipeline at a time, within this process
  * (a promise chain) and between deployer processes sharing DEPLOY_DIR (an O_EXCL lock file naming its
- * owner, taken over when the owner is dead). Waits as long as it takes, or until `signal` aborts.
+ * owner, taken over when the owner is dead or its pid now names another process). Waits as long as it
+ * takes, or until `signal` aborts; `onWait` hears once whom it waits for.
  */
-export async function withPipelineLock<T>(pipelineDir: string, fn: () => Promise<T>, signal?: AbortSignal, pollMs = 200): Promise<T> {
+export async function withPipelineLock<T>(pipelineDir: string, fn: () => Promise<T>, opts: { signal?: AbortSignal; onWait?: (holder: number | undefined) => void; pollMs?: number } = {}): Promise<T> {
+  const { signal, onWait, pollMs = 200 } = opts;
   const previous = local.get(pipelineDir) ?? Promise.resolve();
   const run = previous.catch(() => undefined).then(async () => {
     await mkdir(pipelineDir, { recursive: true });
@@ -66,7 +74,10 @@ export async function withPipelineLock<T>(pipelineDir: string, fn: () => Promise
     const token = randomUUID();
     held.add(token);
     try {
-      while (!(await tryAcquire(path, token))) {
+      let waited = false;
+      for (let got = await tryAcquire(path, token); got !== true; got = await tryAcquire(path, token)) {
+        if (!waited) onWait?.(got.holder);
+        waited = true;
         if (signal?.aborted) throw abortError(signal);
         await new Promise((r) => setTimeout(r, pollMs));
       }
