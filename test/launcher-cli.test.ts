@@ -9,19 +9,20 @@ const ROOT = join(import.meta.dirname, '..');
 
 /** The README's first command, as a newcomer runs it (with --once so it ends by itself). */
 describe('pnpm start', () => {
-  let home: string;
+  let home: string | undefined;
   afterAll(async () => {
-    await rm(home, { recursive: true, force: true });
+    if (home) await rm(home, { recursive: true, force: true });
     await (await testRedis()).stop();
   });
 
   it('builds, tests, deploys and verifies the example, printing each stage and the URL, then stops everything', async () => {
-    home = await mkdtemp(join(tmpdir(), 'cv-cli-'));
-    await chmod(home, 0o755);
+    const dir = await mkdtemp(join(tmpdir(), 'cv-cli-'));
+    home = dir;
+    await chmod(dir, 0o755);
     const redis = await testRedis();
     const child = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', 'run-example', '--once'], {
       cwd: ROOT,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cli${Date.now()}`, CONVEYOR_HOME: home, CONVEYOR_PORT_BASE: String(await freePortRange(5)) },
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cli${Date.now()}`, CONVEYOR_HOME: dir, CONVEYOR_PORT_BASE: String(await freePortRange(5)) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -37,5 +38,18 @@ describe('pnpm start', () => {
     expect(code).toBe(0);
     // --once stopped what it started, the deployment included.
     await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+  });
+
+  it('refuses a port base that is not a port, saying which variable is wrong', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', 'serve'], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, CONVEYOR_HOME: join(tmpdir(), 'cv-cli-never-made'), CONVEYOR_PORT_BASE: 'seven' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    expect(await new Promise<number | null>((resolve) => child.once('exit', resolve))).toBe(2);
+    expect(out).toContain('CONVEYOR_PORT_BASE must be a port number');
   });
 });

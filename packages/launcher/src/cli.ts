@@ -22,6 +22,10 @@ async function main(argv: string[]): Promise<number> {
   const once = argv.includes('--once');
   const home = process.env.CONVEYOR_HOME ?? join(REPO_ROOT, '.conveyor');
   const portBase = Number(process.env.CONVEYOR_PORT_BASE ?? 7001);
+  if (!Number.isInteger(portBase) || portBase < 1 || portBase > 65_531) {
+    print(`✖ CONVEYOR_PORT_BASE must be a port number (1–65531; the services take it and the next four), not ${process.env.CONVEYOR_PORT_BASE}`);
+    return 2;
+  }
   print(`Conveyor: starting services (data in ${home})`);
   let stack: Stack;
   try {

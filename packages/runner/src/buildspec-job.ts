@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
@@ -24,6 +25,13 @@ export interface BuildspecJobDeps {
   /** Run the build as this user (see resolveBuildUser); the job's files are handed to it first. */
   user?: BuildUser;
 }
+
+/** The variables naming who builds run as, shared by the services that run buildspecs (see resolveBuildUser). */
+export const BuildUserEnv = {
+  /** Linux user (and group) builds run as; default `nobody` when the service runs as root, else its own user. */
+  BUILD_UID: z.coerce.number().int().min(0).optional(),
+  BUILD_GID: z.coerce.number().int().min(0).optional(),
+};
 
 /**
  * Who builds run as. A build running as the worker's own user can read the worker's environment

@@ -25,7 +25,7 @@ export async function startServiceProcess(appDir: string, env: Record<string, st
   const deadline = Date.now() + 30_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`service exited with ${child.exitCode}:\n${output}`);
-    const ok = await fetch(`${url}/readyz`).then((r) => r.status === 200, () => false);
+    const ok = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2000) }).then((r) => r.status === 200, () => false);
     if (ok) break;
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
@@ -43,7 +43,6 @@ export async function startServiceProcess(appDir: string, env: Record<string, st
     },
   };
 }
-
 
 export async function getJson(url: string): Promise<{ status: number; body: any } | { error: string }> {
   try {

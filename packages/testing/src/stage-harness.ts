@@ -7,8 +7,12 @@ import { composeStageService, createQueue, stageEventsKey, type StageServiceOpti
 export async function completedResults(redis: Redis, prefix: string, queue: string): Promise<StageResult[]> {
   const entries = await redis.xrange(stageEventsKey(prefix, queue), '-', '+');
   return entries.flatMap(([, fields]) => {
-    const at = (name: string) => fields[fields.indexOf(name) + 1];
-    return at('event') === 'completed' ? [StageResult.parse(JSON.parse(at('returnvalue')!))] : [];
+    const at = (name: string) => {
+      for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === name) return fields[i + 1];
+      return undefined;
+    };
+    const value = at('returnvalue');
+    return at('event') === 'completed' && value !== undefined ? [StageResult.parse(JSON.parse(value))] : [];
   });
 }
 
