@@ -3,7 +3,7 @@
 # Services run their TypeScript through tsx (see docs/adr/0003-typescript-without-a-build-step.md).
 FROM node:20-bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git bash ca-certificates tar \
+ && apt-get install -y --no-install-recommends git bash ca-certificates tar util-linux \
  && rm -rf /var/lib/apt/lists/* \
  && npm install -g pnpm@12.4.2
 WORKDIR /app

@@ -10,6 +10,13 @@ export interface HopBenchResult {
   hops: number;
   seconds: number;
   hopsPerSecond: number;
+  /** CPU seconds this process spent in the timed window (user + system, all its threads). */
+  cpu: number;
+}
+
+function cpuNow(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
 }
 
 const STAGE_TYPES = ['source', 'build', 'test', 'deploy', 'monitor'] as const;
@@ -37,13 +44,15 @@ export async function rawChain(url: string, runs: number, concurrency: number): 
   );
   await Promise.all(workers.map((w) => w.waitUntilReady()));
   const t0 = performance.now();
+  const c0 = cpuNow();
   await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
   await all;
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuNow() - c0;
   await Promise.all(workers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   redis.disconnect();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
 
 /**
@@ -78,13 +87,15 @@ export async function rawCoordinated(url: string, runs: number, concurrency: num
   );
   await Promise.all([...workers, coordinator].map((w) => w.waitUntilReady()));
   const t0 = performance.now();
+  const c0 = cpuNow();
   await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
   await all;
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuNow() - c0;
   await Promise.all([...workers, coordinator].map((w) => w.close()));
   await Promise.all([...queues, coord].map((q) => q.obliterate({ force: true }).then(() => q.close())));
   redis.disconnect();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
 
 const BENCH_PIPELINE = PipelineDefinition.parse({
@@ -128,10 +139,12 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   await results.start();
   await Promise.all(stageWorkers.map((w) => w.waitUntilReady()));
   const t0 = performance.now();
+  const c0 = cpuNow();
   await Promise.all(Array.from({ length: runs }, () => orchestrator.startRun(BENCH_PIPELINE, { type: 'manual', ref: 'refs/heads/main' })));
   // SCARD, not SMEMBERS: watching must not load the system it measures.
   while ((await producer.scard(`${prefix}:runs:active`)) > 0) await new Promise((r) => setTimeout(r, 5));
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuNow() - c0;
   const finished = await runsStore.listByPipeline('bench', runs);
   const succeeded = finished.filter((r) => r.status === 'SUCCEEDED').length;
   if (succeeded !== runs) throw new Error(`only ${succeeded}/${runs} bench runs succeeded`);
@@ -142,7 +155,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   if (keys.length) await producer.del(...keys);
   producer.disconnect();
   queueConn.disconnect();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
 
 /**
@@ -176,6 +189,7 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
   for (const k of keys) await reader.xgroup('CREATE', k, 'g', '0', 'MKSTREAM');
   const acker = conn(url);
   const t0 = performance.now();
+  const c0 = cpuNow();
   await Promise.all(
     Array.from({ length: runs }, (_, n) => {
       const job = jobFor(`floor-run-${n}`, 0);
@@ -205,8 +219,9 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
     await Promise.all([...adds, ack.exec()]);
   }
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuNow() - c0;
   await Promise.all(stageWorkers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   for (const c of [queueConn, reader, acker]) c.disconnect();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds };
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }

@@ -31,6 +31,9 @@ async function main() {
       const coord: number[] = [];
       const conveyor: number[] = [];
       const floor: number[] = [];
+      // CPU microseconds per transition: steadier than rates on a shared machine (the process is CPU-bound).
+      const cpuRaw: number[] = [];
+      const cpuConveyor: number[] = [];
       for (let i = 0; i < ROUNDS; i++) {
         const r = await rawChain(redis.url, RUNS, concurrency);
         const k = await rawCoordinated(redis.url, RUNS, concurrency);
@@ -40,6 +43,8 @@ async function main() {
         coord.push(k.hopsPerSecond);
         if (f) floor.push(f.hopsPerSecond);
         conveyor.push(c.hopsPerSecond);
+        cpuRaw.push((r.cpu / r.hops) * 1e6);
+        cpuConveyor.push((c.cpu / c.hops) * 1e6);
         const floorText = f ? ` | stateless reader ${f.hopsPerSecond.toFixed(0)}/s` : '';
         print(`  concurrency ${concurrency}, round ${i + 1}: raw chain ${r.hopsPerSecond.toFixed(0)}/s | raw + coordinator ${k.hopsPerSecond.toFixed(0)}/s${floorText} | Conveyor ${fmt(c)}`);
       }
@@ -47,6 +52,7 @@ async function main() {
       const like = median(conveyor) / median(coord);
       const floorText = FLOOR ? `; stateless reader ÷ raw chain = ${(median(floor) / median(raw)).toFixed(2)}` : '';
       print(`  RATIO (a) at worker concurrency ${concurrency}: Conveyor ÷ raw chain = ${strict.toFixed(2)} (target ≥ 0.5: ${strict >= 0.5 ? 'met' : 'NOT met'}); Conveyor ÷ raw + coordinator = ${like.toFixed(2)}${floorText}`);
+      print(`    CPU of this process per transition: Conveyor ${median(cpuConveyor).toFixed(0)} µs, raw chain ${median(cpuRaw).toFixed(0)} µs (${(median(cpuConveyor) / median(cpuRaw)).toFixed(2)}×)`);
     }
     print('');
     print('(b) wall time of a 5-stage pipeline whose commands are `true`, vs bash running the same steps');

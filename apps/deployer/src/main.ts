@@ -5,6 +5,7 @@ import { closeRedis, closeWorker, createLogger, createRedis, createRegistry, cou
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
 import { LocalProcessTarget } from './adapters/local-process-target.js';
+import { checkLockTool } from './adapters/pipeline-lock.js';
 import { loadEnv } from './env.js';
 import { buildServer } from './http/server.js';
 import { createDeployHandler } from './jobs/deploy.js';
@@ -15,6 +16,7 @@ const logger = createLogger('deployer', env.LOG_LEVEL);
 const prefix = env.QUEUE_PREFIX;
 const redis = createRedis(env.REDIS_URL, 'worker');
 logErrors(redis, logger, 'main');
+checkLockTool();
 
 const deployDir = resolve(env.DEPLOY_DIR);
 const files = new DeploymentFiles(deployDir);

@@ -3,8 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { withPipelineLock } from './pipeline-lock.js';
-import { processStartTime } from './process-group.js';
+import { checkLockTool, withPipelineLock } from './pipeline-lock.js';
 
 let dir: string;
 const children: ChildProcess[] = [];
@@ -16,13 +15,23 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** A lock file as another deployer process would have written it. */
-const lockedBy = (pid: number, procStart?: string) => writeFile(join(dir, '.lock'), JSON.stringify({ pid, procStart, token: 'theirs' }));
-const sleeper = () => {
-  const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+const LOCK_MODULE = new URL('./pipeline-lock.ts', import.meta.url).pathname;
+
+/** Another deployer process: takes the lock, says so, and holds it until killed. */
+async function otherDeployer(): Promise<ChildProcess> {
+  const script = `import { withPipelineLock } from ${JSON.stringify(LOCK_MODULE)};
+await withPipelineLock(process.argv[1], async () => { process.stdout.write('held\\n'); await new Promise(() => {}); });`;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
-  return child.pid!;
-};
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (code) => reject(new Error(`the other deployer exited (${code}) before taking the lock`)));
+  });
+  return child;
+}
+
+/** Whether any process holds the kernel lock on the pipeline's lock file now. */
+const lockFree = () => spawnSync('flock', ['--nonblock', '--exclusive', join(dir, '.lock'), 'true']).status === 0;
 
 describe('withPipelineLock', () => {
   it('runs one deploy of a pipeline at a time within a process', async () => {
@@ -35,24 +44,62 @@ describe('withPipelineLock', () => {
     const next = withPipelineLock(dir, async () => void order.push('b'));
     await Promise.all([slow, next]);
     expect(order).toEqual(['a start', 'a end', 'b']);
+    expect(lockFree()).toBe(true);
   });
 
-  it('takes over the lock of a dead owner, and of a pid that now names another process', async () => {
-    await lockedBy(spawnSync('true').pid!, '1');
-    expect(await withPipelineLock(dir, async () => 'dead owner', { pollMs: 10 })).toBe('dead owner');
-    await lockedBy(sleeper(), 'not-its-start-time');
-    expect(await withPipelineLock(dir, async () => 'recycled pid', { pollMs: 10 })).toBe('recycled pid');
+  it('holds the lock against other processes while it runs, and releases it after, even when fn throws', async () => {
+    await expect(
+      withPipelineLock(dir, async () => {
+        expect(lockFree()).toBe(false);
+        throw new Error('deploy failed');
+      }),
+    ).rejects.toThrow('deploy failed');
+    expect(lockFree()).toBe(true);
   });
 
-  it('waits for a live owner, saying whom it waits for once, until aborted', async () => {
-    const owner = sleeper();
-    await lockedBy(owner, await processStartTime(owner));
+  it('ignores a lock file nobody holds (left by a crash, or by an earlier version of the deployer)', async () => {
+    await writeFile(join(dir, '.lock'), JSON.stringify({ pid: 1, procStart: '1', token: 'theirs' }));
+    expect(await withPipelineLock(dir, async () => 'ran')).toBe('ran');
+  });
+
+  it('waits for a live owner in another process, saying whom it waits for once, until aborted', async () => {
+    const owner = await otherDeployer();
     const heard: (number | undefined)[] = [];
     const abort = new AbortController();
-    const waiting = withPipelineLock(dir, async () => 'ran', { pollMs: 10, signal: abort.signal, onWait: (holder) => heard.push(holder) });
-    await new Promise((r) => setTimeout(r, 100));
+    let ran = false;
+    const waiting = withPipelineLock(dir, async () => void (ran = true), { waitNoticeMs: 10, signal: abort.signal, onWait: (holder) => heard.push(holder) });
+    await new Promise((r) => setTimeout(r, 300));
     abort.abort(new Error('shutting down'));
     await expect(waiting).rejects.toThrow('shutting down');
-    expect(heard).toEqual([owner]);
+    expect(ran).toBe(false);
+    expect(heard).toEqual([owner.pid]);
+    // The abandoned wait left nothing behind: once the owner is gone, the lock is free.
+    owner.kill('SIGKILL');
+    await new Promise((r) => owner.once('exit', r));
+    await expect.poll(lockFree, { timeout: 5000 }).toBe(true);
+  });
+
+  it('gets the lock as soon as its owner is killed with SIGKILL (no stale lock to judge)', async () => {
+    const owner = await otherDeployer();
+    let ran = false;
+    const waiting = withPipelineLock(dir, async () => {
+      ran = true;
+      return 'deployed';
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(ran).toBe(false);
+    owner.kill('SIGKILL');
+    await expect(waiting).resolves.toBe('deployed');
+  });
+
+  it('checks at start that flock(1) can run, and names what is missing when it cannot', () => {
+    expect(() => checkLockTool()).not.toThrow();
+    const path = process.env.PATH;
+    process.env.PATH = dir; // an empty directory: no flock on this PATH
+    try {
+      expect(() => checkLockTool()).toThrow(/flock\(1\).*install util-linux/);
+    } finally {
+      process.env.PATH = path;
+    }
   });
 });

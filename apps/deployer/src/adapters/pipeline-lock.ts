@@ -1,95 +1,114 @@
-import { randomUUID } from 'node:crypto';
-import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pidAlive, processStartTime } from './process-group.js';
 
 const LOCK_FILE = '.lock';
-/** Tokens of the locks this process holds: a lock file naming our pid but another token is a previous incarnation's. */
-const held = new Set<string>();
 const local = new Map<string, Promise<unknown>>();
 
+/** What the holder writes into the lock file once it holds it: for a waiter's log line only. */
 interface LockContent {
   pid: number;
-  /** The owner's start time (Linux): a later process given the same pid is not the owner. */
-  procStart?: string;
-  token: string;
 }
 
-async function isStale(path: string): Promise<boolean> {
-  let content: LockContent;
-  try {
-    content = JSON.parse(await readFile(path, 'utf8')) as LockContent;
-  } catch {
-    // Created but not yet written by its owner, or garbage: stale only once it has been so for a while.
-    const info = await stat(path).catch(() => undefined);
-    return info === undefined || Date.now() - info.mtimeMs > 10_000;
-  }
-  if (typeof content?.pid !== 'number') return true;
-  if (content.pid === process.pid) return !held.has(content.token);
-  if (!(await pidAlive(content.pid))) return true;
-  const now = await processStartTime(content.pid);
-  return content.procStart !== undefined && now !== undefined && now !== content.procStart;
-}
+/**
+ * flock(1) takes the kernel's lock on the file and runs this fixed script, which says so and then waits
+ * for its stdin to close. The lock lives exactly as long as that pipe: released when we close it, and by
+ * the kernel when this process dies, however it dies. No pid, start time or staleness is judged, so two
+ * deployers can never both take over a lock they think is stale.
+ */
+const HOLD = ['--exclusive', '--no-fork'];
+const SCRIPT = 'echo locked; exec cat >/dev/null';
 
-/** Taken (true), or held by someone else: then the holder's pid, when the lock file names one. */
-async function tryAcquire(path: string, token: string): Promise<true | { holder?: number }> {
-  try {
-    const fh = await open(path, 'wx');
-    try {
-      await fh.writeFile(JSON.stringify({ pid: process.pid, procStart: await processStartTime(process.pid), token } satisfies LockContent));
-    } finally {
-      await fh.close();
-    }
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    if (await isStale(path)) await rm(path, { force: true });
-    const holder = await readFile(path, 'utf8').then((t) => (JSON.parse(t) as LockContent).pid, () => undefined);
-    return { holder };
+/** Throws, saying what to install, when flock(1) cannot run here: a deployer without it must not start. */
+export function checkLockTool(): void {
+  const probe = spawnSync('flock', ['--version'], { stdio: 'ignore' });
+  if (probe.error || probe.status !== 0) {
+    throw new Error(`the deployer takes its deploy locks with flock(1), which cannot run here (${probe.error?.message ?? `exit ${probe.status}`}); install util-linux`);
   }
 }
 
-async function release(path: string, token: string): Promise<void> {
-  held.delete(token);
-  const content = await readFile(path, 'utf8').catch(() => '');
-  if (content.includes(token)) await rm(path, { force: true });
-}
-
-function abortError(signal: AbortSignal): Error {
-  return signal.reason instanceof Error ? signal.reason : new Error('aborted while waiting for the pipeline lock');
+/** Resolves once this process holds the lock (the release function), or rejects when `signal` aborts first. */
+function acquire(path: string, signal: AbortSignal | undefined, onWait: () => void, waitNoticeMs: number): Promise<() => Promise<void>> {
+  return new Promise((resolve, reject) => {
+    // --no-fork: flock execs the script itself, so the lock's holder is this one child.
+    const child: ChildProcess = spawn('flock', [...HOLD, path, 'sh', '-c', SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let settled = false;
+    let stderr = '';
+    const notice = setTimeout(onWait, waitNoticeMs);
+    const done = (err?: Error) => {
+      settled = true;
+      clearTimeout(notice);
+      signal?.removeEventListener('abort', onAbort);
+      if (err) {
+        child.kill('SIGKILL');
+        reject(err);
+      }
+    };
+    const onAbort = () => !settled && done(signal!.reason instanceof Error ? signal!.reason : new Error('aborted while waiting for the pipeline lock'));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) return onAbort();
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', (err) => !settled && done(new Error(`cannot run flock for the deploy lock: ${err.message}`)));
+    child.on('exit', (code) => !settled && done(new Error(`flock exited (${code}) before taking the deploy lock: ${stderr.trim() || 'no message'}`)));
+    child.stdout!.once('data', () => {
+      if (settled) return;
+      done();
+      const exited = new Promise<void>((r) => (child.exitCode !== null ? r() : child.once('exit', () => r())));
+      resolve(async () => {
+        child.stdin!.end();
+        await exited;
+      });
+    });
+  });
 }
 
 /**
  * Runs `fn` holding the pipeline's deploy lock: one deploy of a pipeline at a time, within this process
- * (a promise chain) and between deployer processes sharing DEPLOY_DIR (an O_EXCL lock file naming its
- * owner, taken over when the owner is dead or its pid now names another process). Waits as long as it
- * takes, or until `signal` aborts; `onWait` hears once whom it waits for.
+ * (a promise chain) and between deployer processes sharing DEPLOY_DIR (the kernel's lock on
+ * `<pipelineDir>/.lock`, held through flock(1) for as long as this process keeps it and lives). Waits
+ * as long as it takes, or until `signal` aborts; `onWait` hears once whom it waits for.
  */
-export async function withPipelineLock<T>(pipelineDir: string, fn: () => Promise<T>, opts: { signal?: AbortSignal; onWait?: (holder: number | undefined) => void; pollMs?: number } = {}): Promise<T> {
-  const { signal, onWait, pollMs = 200 } = opts;
+export async function withPipelineLock<T>(
+  pipelineDir: string,
+  fn: () => Promise<T>,
+  opts: { signal?: AbortSignal; onWait?: (holder: number | undefined) => void; waitNoticeMs?: number } = {},
+): Promise<T> {
+  const { signal, onWait, waitNoticeMs = 100 } = opts;
   const previous = local.get(pipelineDir) ?? Promise.resolve();
-  const run = previous.catch(() => undefined).then(async () => {
-    await mkdir(pipelineDir, { recursive: true });
-    const path = join(pipelineDir, LOCK_FILE);
-    const token = randomUUID();
-    held.add(token);
-    try {
-      let waited = false;
-      for (let got = await tryAcquire(path, token); got !== true; got = await tryAcquire(path, token)) {
-        if (!waited) onWait?.(got.holder);
-        waited = true;
-        if (signal?.aborted) throw abortError(signal);
-        await new Promise((r) => setTimeout(r, pollMs));
+  const run = previous
+    .catch(() => undefined)
+    .then(async () => {
+      await mkdir(pipelineDir, { recursive: true });
+      const path = join(pipelineDir, LOCK_FILE);
+      const tell = () => {
+        if (!onWait) return;
+        void readFile(path, 'utf8').then(
+          (text) => onWait(holderOf(text)),
+          () => onWait(undefined),
+        );
+      };
+      const release = await acquire(path, signal, tell, waitNoticeMs);
+      try {
+        // Same inode (no O_EXCL, no unlink): the kernel's lock stays on the file we write.
+        await writeFile(path, JSON.stringify({ pid: process.pid } satisfies LockContent));
+        return await fn();
+      } finally {
+        await release();
       }
-      return await fn();
-    } finally {
-      await release(path, token);
-    }
-  });
+    });
   const tail = run.catch(() => undefined);
   local.set(pipelineDir, tail);
   void tail.then(() => {
     if (local.get(pipelineDir) === tail) local.delete(pipelineDir);
   });
   return run;
+}
+
+function holderOf(text: string): number | undefined {
+  try {
+    const pid = (JSON.parse(text) as Partial<LockContent>).pid;
+    return typeof pid === 'number' ? pid : undefined;
+  } catch {
+    return undefined;
+  }
 }

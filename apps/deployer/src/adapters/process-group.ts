@@ -94,15 +94,3 @@ export async function stopGroup(pgid: number, graceMs: number): Promise<'termina
   signalGroup(pgid, 'SIGKILL');
   return (await waitGone(pgid, 5000)) ? 'killed' : 'stuck';
 }
-
-/** Liveness of one pid (not a group), treating zombies as dead. */
-export async function pidAlive(pid: number): Promise<boolean> {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
-  }
-  if (!HAS_PROC) return true;
-  const stat = await procStat(pid);
-  return stat !== undefined && stat.state !== 'Z' && stat.state !== 'X';
-}
