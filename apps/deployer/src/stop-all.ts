@@ -22,7 +22,7 @@ export async function stopAllDeployments(deployDir: string, graceMs = 10_000): P
   for (const rec of await files.allRecords()) byGroup.set(rec.pgid, rec);
   const stopped = await Promise.all(
     [...byGroup.values()].map(async (rec): Promise<StoppedDeployment | undefined> => {
-      if (!(await ownGroupAlive(rec.pgid, rec.procStart))) return undefined;
+      if (!ownGroupAlive(rec.pgid, rec.procStart)) return undefined;
       const result = await stopGroup(rec.pgid, graceMs);
       return { pipeline: rec.pipeline, runId: rec.runId, attempt: rec.attempt, pid: rec.pid, result };
     }),

@@ -9,7 +9,7 @@ import { FsArtifactStore, artifactKey } from '@conveyor/artifacts';
 import { DeployJob, QUEUES, StageResult, stageJobId } from '@conveyor/contracts';
 import { createQueue, stageLogKey } from '@conveyor/service-kit';
 import { completedResults, testRedis, uniquePrefix } from '@conveyor/testing';
-import { processStartTime } from '../src/adapters/process-group.js';
+import { processStartTime } from '@conveyor/procfs';
 import { stopAllDeployments } from '../src/stop-all.js';
 import { alive, getJson, processesWithEnv, startService, type RunningService } from './service.js';
 
@@ -230,7 +230,7 @@ describe('deployer', () => {
     bystander.unref();
     try {
       // With the bystander's real start time: a record the deployer would act on, were it read from there.
-      const procStart = await processStartTime(bystander.pid!);
+      const procStart = processStartTime(bystander.pid!);
       expect(procStart).toBeTruthy();
       const forged = JSON.stringify({ pipeline: 'shop', runId: 'run-forged-0001', attempt: 1, pid: bystander.pid, pgid: bystander.pid, procStart, port: 1, url: 'http://127.0.0.1:1', commit: 'x', startedAt: new Date().toISOString() });
       const job = await makeJob('shop', 'v-forged', {}, { '.conveyor-process.json': forged, 'current.json': forged });

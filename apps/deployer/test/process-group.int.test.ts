@@ -1,15 +1,16 @@
 import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { groupAlive, ownGroupAlive, processStartTime, stopGroup } from '../src/adapters/process-group.js';
+import { groupAlive, processStartTime } from '@conveyor/procfs';
+import { ownGroupAlive, stopGroup } from '../src/adapters/process-group.js';
 
 describe('process groups', () => {
   it('stops every process of a group, escalating to SIGKILL for one that ignores SIGTERM', async () => {
     const child = spawn('bash', ['-c', "trap '' TERM; sleep 60 & sleep 60 & wait"], { detached: true, stdio: 'ignore' });
     const pgid = child.pid!;
     await new Promise((r) => setTimeout(r, 200));
-    expect(await groupAlive(pgid)).toBe(true);
+    expect(groupAlive(pgid)).toBe(true);
     expect(await stopGroup(pgid, 300)).toBe('killed');
-    expect(await groupAlive(pgid)).toBe(false);
+    expect(groupAlive(pgid)).toBe(false);
     expect(await stopGroup(pgid, 300)).toBe('not-running');
   });
 
@@ -22,10 +23,10 @@ describe('process groups', () => {
   it('does not take a recycled pid for the process it recorded', async () => {
     const child = spawn('sleep', ['60'], { detached: true, stdio: 'ignore' });
     const pid = child.pid!;
-    const start = await processStartTime(pid);
+    const start = processStartTime(pid);
     expect(start).toMatch(/^\d+$/);
-    expect(await ownGroupAlive(pid, start)).toBe(true);
-    expect(await ownGroupAlive(pid, `${start}0`)).toBe(false);
+    expect(ownGroupAlive(pid, start)).toBe(true);
+    expect(ownGroupAlive(pid, `${start}0`)).toBe(false);
     await stopGroup(pid, 1000);
   });
 });

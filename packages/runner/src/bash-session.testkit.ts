@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { pidAlive } from '@conveyor/procfs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,11 +34,4 @@ export async function runYaml(ws: string, yaml: string, opts: Partial<RunPhasesO
 }
 
 /** Alive and not a zombie (a zombie has exited; only its parent has not collected it yet). */
-export function isRunning(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
-  } catch {
-    return false;
-  }
-}
+export const isRunning = pidAlive;

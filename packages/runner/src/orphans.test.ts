@@ -4,7 +4,8 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { groupExists, processStartTime, reapOrphans, type ShellRecord } from './orphans.js';
+import { groupAlive, processStartTime } from '@conveyor/procfs';
+import { reapOrphans, type ShellRecord } from './orphans.js';
 
 let root: string;
 const started: number[] = [];
@@ -45,8 +46,8 @@ async function writeRecord(dir: string, record: ShellRecord): Promise<void> {
 }
 
 async function waitGone(pgid: number): Promise<boolean> {
-  for (let i = 0; i < 40 && groupExists(pgid); i += 1) await new Promise((r) => setTimeout(r, 25));
-  return !groupExists(pgid);
+  for (let i = 0; i < 40 && groupAlive(pgid); i += 1) await new Promise((r) => setTimeout(r, 25));
+  return !groupAlive(pgid);
 }
 
 describe('reapOrphans', () => {
@@ -54,7 +55,7 @@ describe('reapOrphans', () => {
     const pgid = await startGroup();
     const ctl = join(root, 'job-1.ctl');
     await writeRecord(ctl, { pid: pgid, pgid, ownerPid: await deadPid(), startTime: processStartTime(pgid) });
-    expect(groupExists(pgid)).toBe(true);
+    expect(groupAlive(pgid)).toBe(true);
     const report = await reapOrphans(root);
     expect(report.killed).toEqual([pgid]);
     expect(report.removed).toEqual([ctl]);
@@ -68,7 +69,7 @@ describe('reapOrphans', () => {
     await writeRecord(ctl, { pid: pgid, pgid, ownerPid: process.pid, ownerStartTime: processStartTime(process.pid) });
     const report = await reapOrphans(root);
     expect(report).toEqual({ killed: [], removed: [] });
-    expect(groupExists(pgid)).toBe(true);
+    expect(groupAlive(pgid)).toBe(true);
     expect(existsSync(join(ctl, 'shell-0.json'))).toBe(true);
   });
 
@@ -77,14 +78,14 @@ describe('reapOrphans', () => {
     await writeRecord(join(root, 'job-3.ctl'), { pid: pgid, pgid, ownerPid: await deadPid(), startTime: '1' });
     const report = await reapOrphans(root);
     expect(report.killed).toEqual([]);
-    expect(groupExists(pgid)).toBe(true);
+    expect(groupAlive(pgid)).toBe(true);
   });
 
   it('does not kill anything recorded before a reboot', async () => {
     const pgid = await startGroup();
     await writeRecord(join(root, 'job-4.ctl'), { pid: pgid, pgid, ownerPid: await deadPid(), bootId: 'another-boot' });
     expect((await reapOrphans(root)).killed).toEqual([]);
-    expect(groupExists(pgid)).toBe(true);
+    expect(groupAlive(pgid)).toBe(true);
   });
 
   it('ignores a missing root and unreadable records', async () => {

@@ -1,6 +1,6 @@
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { bootId, groupAlive, pidAlive, processStartTime } from '@conveyor/procfs';
 
 /**
  * One record per shell a session starts, kept in the session's control directory while the shell
@@ -18,55 +18,6 @@ export interface ShellRecord {
 }
 
 const RECORD = /^shell-\d+\.json$/;
-
-function readProc(path: string): string | undefined {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
-
-/** Field 22 of /proc/<pid>/stat (start time in clock ticks since boot); undefined off Linux or when gone. */
-export function processStartTime(pid: number): string | undefined {
-  const stat = readProc(`/proc/${pid}/stat`);
-  if (stat === undefined) return undefined;
-  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-}
-
-function bootId(): string | undefined {
-  return readProc('/proc/sys/kernel/random/boot_id')?.trim();
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/**
- * Whether any process of the group still runs. Zombies do not count: where PID 1 does not reap
- * (a container whose init is node or a supervisor), killed grandchildren linger as zombies
- * forever, and waiting for them would only ever end at the grace deadline.
- */
-export function groupExists(pgid: number): boolean {
-  if (!isAlive(-pgid)) return false;
-  let pids: string[];
-  try {
-    pids = readdirSync('/proc').filter((n) => /^\d+$/.test(n));
-  } catch {
-    return true; // no /proc: the signal check is all there is
-  }
-  return pids.some((pid) => {
-    const stat = readProc(`/proc/${pid}/stat`);
-    if (stat === undefined) return false;
-    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(pgrp) === pgid && state !== 'Z' && state !== 'X';
-  });
-}
 
 export async function writeShellRecord(controlDir: string, index: number, pid: number): Promise<string> {
   const record: ShellRecord = {
@@ -102,7 +53,7 @@ export function currentOwner(): ProcessOwner {
 export function ownerIsAlive(owner: ProcessOwner): boolean {
   const boot = bootId();
   if (owner.bootId !== undefined && boot !== undefined && owner.bootId !== boot) return false;
-  if (!Number.isInteger(owner.pid) || owner.pid <= 0 || !isAlive(owner.pid)) return false;
+  if (!pidAlive(owner.pid)) return false;
   const now = processStartTime(owner.pid);
   return owner.startTime === undefined || now === undefined || now === owner.startTime;
 }
@@ -115,7 +66,7 @@ function ownerAlive(r: ShellRecord): boolean {
 function groupIsOurs(r: ShellRecord): boolean {
   const boot = bootId();
   if (r.bootId !== undefined && boot !== undefined && boot !== r.bootId) return false;
-  if (!groupExists(r.pgid)) return false;
+  if (!groupAlive(r.pgid)) return false;
   const leaderStart = processStartTime(r.pgid);
   return leaderStart === undefined || r.startTime === undefined || leaderStart === r.startTime;
 }

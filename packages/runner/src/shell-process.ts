@@ -2,7 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
-import { groupExists, writeShellRecord } from './orphans.js';
+import { groupAlive } from '@conveyor/procfs';
+import { writeShellRecord } from './orphans.js';
 
 /*
  * The one piece of shell text we write. It never changes and never contains user text: it reads
@@ -197,11 +198,11 @@ export class ShellProcess {
         // group already gone
       }
     };
-    if (groupExists(this.pid)) {
+    if (groupAlive(this.pid)) {
       signal('SIGTERM');
       const deadline = Date.now() + graceMs;
-      while (groupExists(this.pid) && Date.now() < deadline) await delay(25);
-      if (groupExists(this.pid)) signal('SIGKILL');
+      while (groupAlive(this.pid) && Date.now() < deadline) await delay(25);
+      if (groupAlive(this.pid)) signal('SIGKILL');
     }
     await Promise.race([this.exited, delay(1000)]);
   }

@@ -13,7 +13,8 @@ import type { DeployContext, DeployOutcome, DeployTarget } from '../ports.js';
 import type { DeploymentFiles } from './deployment-files.js';
 import { probeHealth } from './http-health.js';
 import { withPipelineLock } from './pipeline-lock.js';
-import { ownGroupAlive, processStartTime, stopGroup } from './process-group.js';
+import { processStartTime } from '@conveyor/procfs';
+import { ownGroupAlive, stopGroup } from './process-group.js';
 
 type LocalTargetConfig = Extract<DeployJob['target'], { kind: 'local' }>;
 
@@ -53,7 +54,7 @@ export class LocalProcessTarget implements DeployTarget {
   private async deployLocked(job: DeployJob, target: LocalTargetConfig, ctx: DeployContext): Promise<DeployOutcome> {
     const { files, logger } = this.opts;
     const current = await files.readCurrent(job.pipeline);
-    if (current && isSameVersion(current, job.runId, job.attempt) && (await ownGroupAlive(current.pgid, current.procStart))) {
+    if (current && isSameVersion(current, job.runId, job.attempt) && ownGroupAlive(current.pgid, current.procStart)) {
       // A re-delivery after the swap was recorded: this version is live. A failed probe now is the
       // monitor stage's business, not a reason to restart what serves.
       const healthy = await probeHealth(`${current.url}${target.healthPath}`, 2000);
@@ -91,7 +92,7 @@ export class LocalProcessTarget implements DeployTarget {
     }
     // A 200 from a command that has already exited came from someone else (a daemonised copy, or
     // another process on the port): a deployment is a process group Conveyor can see and stop.
-    if (!(await ownGroupAlive(record.pgid, record.procStart))) {
+    if (!ownGroupAlive(record.pgid, record.procStart)) {
       return { status: 'unhealthy', message: `the command's process group ended after ${target.healthPath} answered; a deployed command must keep running in the foreground; the previous version keeps serving` };
     }
     // Record first, then stop the old one: a crash in between leaves current.json naming a healthy version.
@@ -116,7 +117,7 @@ export class LocalProcessTarget implements DeployTarget {
   /** A previous delivery of this job may have started a process and died before recording it: stop it, start clean. */
   private async discardEarlierDelivery(dir: string, ctx: DeployContext): Promise<void> {
     const leftover = await this.opts.files.readVersionRecord(dir);
-    if (leftover && (await ownGroupAlive(leftover.pgid, leftover.procStart))) {
+    if (leftover && ownGroupAlive(leftover.pgid, leftover.procStart)) {
       ctx.log(`stopping pid ${leftover.pid} left by an earlier delivery of this job`);
       await stopGroup(leftover.pgid, this.opts.stopGraceMs);
     }
@@ -154,14 +155,14 @@ export class LocalProcessTarget implements DeployTarget {
       url: localUrl(port),
       commit: job.commit,
       startedAt: (this.opts.now?.() ?? new Date()).toISOString(),
-      procStart: await processStartTime(pid),
+      procStart: processStartTime(pid),
     };
     await this.opts.files.writeVersionRecord(dir, record);
     return { record, exited: () => exit };
   }
 
   private async stopPrevious(previous: DeploymentRecord, ctx: DeployContext): Promise<void> {
-    if (!(await ownGroupAlive(previous.pgid, previous.procStart))) return;
+    if (!ownGroupAlive(previous.pgid, previous.procStart)) return;
     const result = await stopGroup(previous.pgid, this.opts.stopGraceMs);
     ctx.log(`stopped the previous version (run ${previous.runId}, attempt ${previous.attempt}, pid ${previous.pid}): ${result}`);
     this.opts.logger.info({ pipeline: previous.pipeline, pid: previous.pid, result }, 'stopped previous version');
@@ -174,7 +175,7 @@ export class LocalProcessTarget implements DeployTarget {
     for (const v of versions) {
       const dir = join(files.pipelineDir(pipeline), v.name);
       const rec = await files.readVersionRecord(dir);
-      if (dir === keepDir || (rec && (await ownGroupAlive(rec.pgid, rec.procStart)))) protect.add(v.name);
+      if (dir === keepDir || (rec && ownGroupAlive(rec.pgid, rec.procStart))) protect.add(v.name);
     }
     for (const name of versionsToPrune(versions, this.opts.keepVersions, protect)) {
       await rm(join(files.pipelineDir(pipeline), name), { recursive: true, force: true });

@@ -1,0 +1,80 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { afterEach, describe, expect, it } from 'vitest';
+import { bootId, groupAlive, parseProcStat, pidAlive, processStartTime, readProcStat } from './procfs.js';
+
+const children: ChildProcess[] = [];
+const killGroup = (pgid: number) => {
+  try {
+    process.kill(-pgid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+};
+afterEach(() => {
+  for (const c of children.splice(0)) if (c.pid && c.pid > 1) killGroup(c.pid);
+});
+
+/** A process group of its own: a leader shell and one sleeping child. */
+function group(script: string): number {
+  const child = spawn('bash', ['-c', script], { detached: true, stdio: 'ignore' });
+  children.push(child);
+  return child.pid!;
+}
+
+const until = async (check: () => boolean) => {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 10));
+  return check();
+};
+
+describe('parseProcStat', () => {
+  it('reads state, process group and start time, even with odd command names', () => {
+    const line = '4242 (my (weird) app) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200';
+    expect(parseProcStat(line)).toEqual({ state: 'S', pgrp: 4242, startTime: '987654' });
+  });
+
+  it('refuses truncated input', () => {
+    expect(parseProcStat('4242 (x) S 1')).toBeUndefined();
+    expect(parseProcStat('garbage')).toBeUndefined();
+  });
+});
+
+describe.runIf(process.platform === 'linux')('on Linux', () => {
+  it('names this process: its stat, a start time that stays the same, a boot id', () => {
+    expect(readProcStat(process.pid)?.state).toMatch(/^[RS]$/);
+    expect(processStartTime(process.pid)).toMatch(/^\d+$/);
+    expect(processStartTime(process.pid)).toBe(processStartTime(process.pid));
+    expect(bootId()).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it('tells a living pid from a gone one, and refuses pids that are not one process', () => {
+    expect(pidAlive(process.pid)).toBe(true);
+    expect(pidAlive(spawnSync('true').pid!)).toBe(false);
+    for (const pid of [0, -1, 1.5, Number.NaN]) expect(pidAlive(pid)).toBe(false);
+    expect(processStartTime(spawnSync('true').pid!)).toBeUndefined();
+  });
+
+  it('sees a group alive while any member runs, after its leader has gone', async () => {
+    // The leader exits at once; its background sleep keeps the group (leader's pid = pgid) alive.
+    const pgid = group('sleep 30 & exit 0');
+    expect(await until(() => readProcStat(pgid)?.state === undefined || readProcStat(pgid)?.state === 'Z')).toBe(true);
+    expect(groupAlive(pgid)).toBe(true);
+    killGroup(pgid);
+    expect(await until(() => !groupAlive(pgid))).toBe(true);
+  });
+
+  it('does not count a zombie as running', async () => {
+    // A child in a group of its own exits; its parent (which execs sleep) never reaps it: a zombie for ever.
+    const parent = spawn('bash', ['-c', 'setsid sleep 0.01 & echo $!; exec sleep 30'], { detached: true, stdio: ['ignore', 'pipe', 'ignore'] });
+    children.push(parent);
+    const zombie = Number(await new Promise<string>((r) => parent.stdout!.once('data', (d: Buffer) => r(d.toString().trim()))));
+    expect(await until(() => readProcStat(zombie)?.state === 'Z')).toBe(true);
+    expect(readProcStat(zombie)?.pgrp).toBe(zombie);
+    expect(groupAlive(zombie)).toBe(false);
+    expect(pidAlive(zombie)).toBe(false);
+  });
+
+  it('never treats pgid 0 or 1 as a group of ours (kill(0) and kill(-1) would reach everyone)', () => {
+    expect(groupAlive(0)).toBe(false);
+    expect(groupAlive(1)).toBe(false);
+  });
+});

@@ -1,0 +1,93 @@
+import { readdirSync, readFileSync } from 'node:fs';
+
+/**
+ * What Linux's /proc tells of a process, for telling a process we started from a later one given the
+ * same pid, and for knowing whether a process group still runs. Off Linux the answers fall back to
+ * signal checks (and start times and boot ids are undefined). Reads are synchronous: /proc is in memory.
+ */
+export interface ProcStat {
+  /** R, S, D, Z (zombie), X (dead), … */
+  state: string;
+  pgrp: number;
+  /** Clock ticks since boot at which the process started: with the pid (and the boot), its identity. */
+  startTime: string;
+}
+
+const HAS_PROC = process.platform === 'linux';
+
+/** Parses `/proc/<pid>/stat`; the command name may hold spaces and parentheses, so split after the last `)`. */
+export function parseProcStat(text: string): ProcStat | undefined {
+  const close = text.lastIndexOf(')');
+  if (close < 0) return undefined;
+  const fields = text.slice(close + 2).trim().split(/\s+/);
+  const [state, , pgrp] = fields;
+  const startTime = fields[19];
+  if (!state || !pgrp || !startTime) return undefined;
+  return { state, pgrp: Number(pgrp), startTime };
+}
+
+function read(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** The stat of `pid`, or undefined when it is gone (or off Linux). */
+export function readProcStat(pid: number | string): ProcStat | undefined {
+  if (!HAS_PROC) return undefined;
+  const text = read(`/proc/${pid}/stat`);
+  return text === undefined ? undefined : parseProcStat(text);
+}
+
+/** Kernel start time of `pid`: record it at spawn to recognise the process later. */
+export function processStartTime(pid: number): string | undefined {
+  return readProcStat(pid)?.startTime;
+}
+
+/** This boot's id: a pid or start time recorded before a reboot names nothing now. */
+export function bootId(): string | undefined {
+  return HAS_PROC ? read('/proc/sys/kernel/random/boot_id')?.trim() : undefined;
+}
+
+/** Signal 0: whether `pid` (or, negative, a process group) exists; EPERM means it does, as someone else's. */
+export function signalReaches(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+const running = (stat: ProcStat | undefined): stat is ProcStat => stat !== undefined && stat.state !== 'Z' && stat.state !== 'X';
+
+/** Whether `pid` runs, zombies counting as dead. */
+export function pidAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0 || !signalReaches(pid)) return false;
+  return !HAS_PROC || running(readProcStat(pid));
+}
+
+/**
+ * Whether any process of group `pgid` still runs. Zombies do not count: where PID 1 does not reap (a
+ * container whose init is node or a supervisor), killed grandchildren linger as zombies for ever, and
+ * waiting for them would only end at a deadline.
+ */
+export function groupAlive(pgid: number): boolean {
+  if (!Number.isInteger(pgid) || pgid <= 1 || !signalReaches(-pgid)) return false;
+  if (!HAS_PROC) return true;
+  const leader = readProcStat(pgid);
+  if (running(leader) && leader.pgrp === pgid) return true;
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc');
+  } catch {
+    return true; // /proc unreadable: the signal check is all there is
+  }
+  return pids.some((pid) => {
+    if (!/^\d+$/.test(pid)) return false;
+    const stat = readProcStat(pid);
+    return running(stat) && stat.pgrp === pgid;
+  });
+}
