@@ -1,5 +1,6 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
+import { pidAlive } from '@conveyor/procfs';
 import { startServiceProcess, type RunningService } from '@conveyor/testing';
 
 export { getJson, type RunningService } from '@conveyor/testing';
@@ -25,12 +26,6 @@ export async function processesWithEnv(entry: string): Promise<number[]> {
   return pids;
 }
 
-export async function alive(pid: number): Promise<boolean> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
+/** Alive and not a zombie. */
+export const alive = async (pid: number): Promise<boolean> => pidAlive(pid);
 

@@ -25,6 +25,20 @@ export interface StageServiceOptions<T extends StageJob['type']> {
   handler: (deps: StageServiceDeps) => StageHandler<T>;
   /** Runs before the worker starts taking jobs (e.g. reaping what a crashed predecessor left). */
   beforeStart?: (deps: StageServiceDeps) => Promise<void>;
+  /** What this service has beyond its stage worker. */
+  extras?: (deps: StageServiceDeps) => StageServiceExtras;
+}
+
+/** A stage service's own parts: API routes, readiness checks, background work with its own connections. */
+export interface StageServiceExtras {
+  /** Adds the service's routes to the base server (/healthz, /readyz, /metrics). */
+  routes?: (app: App) => void;
+  /** More checks for /readyz, next to Redis and the worker. */
+  readiness?: Record<string, () => Promise<void> | void>;
+  /** Starts background work once Redis is ready, before the worker takes jobs. */
+  start?: () => Promise<void>;
+  /** Shutdown steps run after the worker has drained and before its Redis connection closes. */
+  stop?: ShutdownStep[];
 }
 
 /**
@@ -49,8 +63,9 @@ export function countStageJobs(worker: Worker, registry: Registry, type: StageJo
 }
 
 /**
- * The composition every plain stage worker service shares: one worker connection, the stage worker,
- * job metrics, an HTTP server with /healthz /readyz /metrics, and ordered shutdown.
+ * The composition every stage service shares: one worker connection, the stage worker, job metrics,
+ * an HTTP server with /healthz /readyz /metrics (and the service's own routes), and ordered shutdown:
+ * HTTP, then the worker (drained), then the service's own parts, then Redis.
  */
 export function composeStageService<T extends StageJob['type']>(opts: StageServiceOptions<T>) {
   const { env } = opts;
@@ -71,18 +86,21 @@ export function composeStageService<T extends StageJob['type']>(opts: StageServi
     autorun: false,
   });
   countStageJobs(worker, registry, opts.type);
+  const extras = opts.extras?.(deps) ?? {};
   const app: App = buildBaseServer({
     logger,
     registry,
-    readiness: readinessChecks(redis, worker),
+    readiness: { ...readinessChecks(redis, worker), ...extras.readiness },
   });
+  extras.routes?.(app);
   logErrors(redis, logger, 'worker');
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
     { name: 'worker', run: () => closeWorker(worker, env.SHUTDOWN_DRAIN_SECONDS * 1000, logger) },
+    ...(extras.stop ?? []),
     { name: 'redis', run: () => closeRedis(redis) },
   ];
-  return { app, worker, deps, logger, shutdown };
+  return { app, worker, deps, logger, shutdown, start: extras.start ?? (async () => undefined) };
 }
 
 /** Composes, starts and serves a stage service until SIGTERM. */
@@ -91,6 +109,7 @@ export async function runStageService<T extends StageJob['type']>(opts: StageSer
   onShutdown(service.shutdown, service.logger);
   await waitReady(service.deps.redis, 30_000);
   await opts.beforeStart?.(service.deps);
+  await service.start();
   void service.worker.run().catch((err) => service.logger.error({ err }, 'worker stopped'));
   await service.app.listen({ port: opts.env.PORT, host: opts.env.HOST });
   service.logger.info({ port: opts.env.PORT, queue: opts.queueName }, `${opts.service} listening`);

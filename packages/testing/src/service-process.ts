@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { get } from 'node:http';
 import { freePort } from './redis-server.js';
 
 export interface RunningService {
@@ -44,11 +45,28 @@ export async function startServiceProcess(appDir: string, env: Record<string, st
   };
 }
 
-export async function getJson(url: string): Promise<{ status: number; body: any } | { error: string }> {
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(3000) });
-    return { status: res.status, body: await res.json().catch(() => undefined) };
-  } catch (err) {
-    return { error: String((err as Error).cause ?? err) };
-  }
+/**
+ * GET over a new connection every time (no keep-alive pool): a probe must see what serves the port now,
+ * not meet a pooled socket whose server has since gone (a reset, where a fresh connection is refused).
+ */
+export function getJson(url: string): Promise<{ status: number; body: any } | { error: string }> {
+  return new Promise((resolve) => {
+    const req = get(url, { agent: false, timeout: 3000 }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => {
+        let body: unknown;
+        try {
+          body = JSON.parse(text);
+        } catch {
+          body = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, body });
+      });
+      res.on('error', (err) => resolve({ error: String(err) }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out after 3000 ms')));
+    req.on('error', (err) => resolve({ error: String(err) }));
+  });
 }

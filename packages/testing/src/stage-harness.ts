@@ -66,7 +66,7 @@ export class StageHarness {
 /** A stage service composed in this process (real worker, real Redis) with a harness to drive it. */
 export function inProcessStageService<T extends StageJob['type']>(opts: StageServiceOptions<T>) {
   const service = composeStageService(opts);
-  void service.worker.run();
+  void service.start().then(() => service.worker.run());
   const harness = new StageHarness(opts.env.REDIS_URL, opts.env.QUEUE_PREFIX);
   return {
     harness,

@@ -1,8 +1,8 @@
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createLogger } from '@conveyor/service-kit';
+import { buildBaseServer, createLogger, type App } from '@conveyor/service-kit';
 import type { DeploymentView } from '../ports.js';
-import { buildServer } from './server.js';
+import { deploymentRoutes } from './server.js';
 
 const deployment: DeploymentView = {
   pipeline: 'shop',
@@ -18,15 +18,14 @@ const deployment: DeploymentView = {
 };
 
 const TOKEN = 'a-token-of-enough-length';
-const apps: ReturnType<typeof buildServer>[] = [];
+const apps: App[] = [];
 function server(apiToken?: string, ready = true) {
-  const app = buildServer({
+  const app = buildBaseServer({
     logger: createLogger('deployer-test', 'silent'),
     registry: new Registry(),
     readiness: { redis: () => { if (!ready) throw new Error('redis down'); } },
-    catalog: { list: async () => [deployment] },
-    apiToken,
   });
+  deploymentRoutes({ catalog: { list: async () => [deployment] }, apiToken })(app);
   apps.push(app);
   return app;
 }

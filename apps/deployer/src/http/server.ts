@@ -1,21 +1,17 @@
-import type { Registry } from 'prom-client';
-import { bearerAuth, buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
+import { bearerAuth, type App } from '@conveyor/service-kit';
 import type { DeploymentCatalog } from '../ports.js';
 
-export interface ServerDeps {
-  logger: Logger;
-  registry: Registry;
-  readiness: Record<string, () => Promise<void> | void>;
+export interface RouteDeps {
   catalog: DeploymentCatalog;
   /** CONVEYOR_API_TOKEN; undefined leaves the API open (one-machine use). */
   apiToken?: string;
 }
 
-/** /healthz, /readyz, /metrics and the read-only deployments API. Builds, never listens. */
-export function buildServer(deps: ServerDeps): App {
-  const app = buildBaseServer({ logger: deps.logger, registry: deps.registry, readiness: deps.readiness });
-  app.get('/api/v1/deployments', { preHandler: bearerAuth(deps.apiToken) }, async () => ({
-    deployments: await deps.catalog.list(),
-  }));
-  return app;
+/** The read-only deployments API, added to the stage service's base server. */
+export function deploymentRoutes(deps: RouteDeps): (app: App) => void {
+  return (app) => {
+    app.get('/api/v1/deployments', { preHandler: bearerAuth(deps.apiToken) }, async () => ({
+      deployments: await deps.catalog.list(),
+    }));
+  };
 }

@@ -1,8 +1,8 @@
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createLogger } from '@conveyor/service-kit';
+import { buildBaseServer, createLogger, type App } from '@conveyor/service-kit';
 import type { HistoryEntry } from '../domain/history.js';
-import { buildServer } from './server.js';
+import { historyRoutes } from './server.js';
 
 const TOKEN = 'a-token-of-enough-length';
 const entries: HistoryEntry[] = [
@@ -10,13 +10,11 @@ const entries: HistoryEntry[] = [
   { runId: 'run-00000001', pipeline: 'blog', status: 'SUCCEEDED', durationMs: 20, finishedAt: '2025-01-01T00:00:01.000Z' },
 ];
 const queries: unknown[] = [];
-const apps: ReturnType<typeof buildServer>[] = [];
+const apps: App[] = [];
 
 function server(apiToken?: string) {
-  const app = buildServer({
-    logger: createLogger('monitor-test', 'silent'),
-    registry: new Registry(),
-    readiness: {},
+  const app = buildBaseServer({ logger: createLogger('monitor-test', 'silent'), registry: new Registry(), readiness: {} });
+  historyRoutes({
     history: {
       record: async () => {},
       recent: async (q) => {
@@ -25,7 +23,7 @@ function server(apiToken?: string) {
       },
     },
     apiToken,
-  });
+  })(app);
   apps.push(app);
   return app;
 }

@@ -1,13 +1,9 @@
-import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import { PipelineName } from '@conveyor/contracts';
-import { bearerAuth, buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
+import { bearerAuth, type App } from '@conveyor/service-kit';
 import type { HistoryStore } from '../ports.js';
 
-export interface ServerDeps {
-  logger: Logger;
-  registry: Registry;
-  readiness: Record<string, () => Promise<void> | void>;
+export interface RouteDeps {
   history: HistoryStore;
   /** CONVEYOR_API_TOKEN; undefined leaves the API open (one-machine use). */
   apiToken?: string;
@@ -20,12 +16,12 @@ export const HistoryQuery = z
   })
   .strict();
 
-/** /healthz, /readyz, /metrics and the run history API. Builds, never listens. */
-export function buildServer(deps: ServerDeps): App {
-  const app = buildBaseServer({ logger: deps.logger, registry: deps.registry, readiness: deps.readiness });
-  app.get('/api/v1/history', { preHandler: bearerAuth(deps.apiToken), schema: { querystring: HistoryQuery } }, async (request) => {
-    const { pipeline, limit } = request.query;
-    return { runs: await deps.history.recent({ pipeline, limit }) };
-  });
-  return app;
+/** The run history API, added to the stage service's base server. */
+export function historyRoutes(deps: RouteDeps): (app: App) => void {
+  return (app) => {
+    app.get('/api/v1/history', { preHandler: bearerAuth(deps.apiToken), schema: { querystring: HistoryQuery } }, async (request) => {
+      const { pipeline, limit } = request.query;
+      return { runs: await deps.history.recent({ pipeline, limit }) };
+    });
+  };
 }
