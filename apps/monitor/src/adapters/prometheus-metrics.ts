@@ -6,11 +6,26 @@ import type { RunMetrics } from '../ports.js';
 /** Stage durations run from seconds (a quick deploy) to hours (a long build). */
 const STAGE_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200];
 
+/** The label value that stands for every pipeline or stage beyond the series limit. */
+export const OTHER = '_other';
+
+/**
+ * Run and stage metrics from run events. Pipeline and stage names are users' words, and pipelines come
+ * and go while a monitor lives for months: at most `maxSeries` distinct (pipeline, stage) pairs get
+ * series of their own; later ones are counted under `_other` (and counted in
+ * `conveyor_metric_series_folded_total`), so a scrape never grows without bound.
+ */
 export class PrometheusRunMetrics implements RunMetrics {
   private readonly runs: Counter<'pipeline' | 'status'>;
   private readonly stages: Histogram<'pipeline' | 'stage' | 'type' | 'status'>;
+  private readonly folded: Counter;
+  private readonly pipelines = new Set<string>();
+  private readonly pairs = new Set<string>();
 
-  constructor(registry: Registry) {
+  constructor(
+    registry: Registry,
+    private readonly maxSeries = 2000,
+  ) {
     this.runs = new Counter({
       name: 'conveyor_runs_total',
       help: 'Finished pipeline runs, by pipeline and final status (since this monitor started)',
@@ -24,14 +39,31 @@ export class PrometheusRunMetrics implements RunMetrics {
       buckets: STAGE_BUCKETS,
       registers: [registry],
     });
+    this.folded = new Counter({
+      name: 'conveyor_metric_series_folded_total',
+      help: 'Observations counted under pipeline/stage "_other" because the series limit was reached',
+      registers: [registry],
+    });
   }
 
   runFinished(pipeline: string, status: string): void {
-    this.runs.inc({ pipeline, status });
+    this.runs.inc({ pipeline: this.admit(this.pipelines, pipeline) ? pipeline : OTHER, status });
   }
 
   stageFinished(labels: { pipeline: string; stage: string; type: string; status: string }, seconds: number): void {
-    this.stages.observe(labels, seconds);
+    const own = this.admit(this.pairs, `${labels.pipeline}\u0000${labels.stage}`);
+    this.stages.observe(own ? labels : { ...labels, pipeline: OTHER, stage: OTHER }, seconds);
+  }
+
+  /** Whether `key` has (or may now have) series of its own. */
+  private admit(seen: Set<string>, key: string): boolean {
+    if (seen.has(key)) return true;
+    if (seen.size >= this.maxSeries) {
+      this.folded.inc();
+      return false;
+    }
+    seen.add(key);
+    return true;
   }
 }
 
