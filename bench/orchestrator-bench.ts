@@ -131,7 +131,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   const queues = new Map(Object.values(QUEUES).map((n) => [n, createQueue(n, { connection: queueConn, prefix })]));
   await waitReady(producer);
   const runsStore = new RedisRunStore(producer, prefix);
-  const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+  const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues, { redis: queueConn, prefix }), logger, newId: randomUUID });
   const stageWorkers = STAGE_TYPES.map((type) =>
     createStageWorker({ type, queueName: QUEUES[type], connection: conn(url), prefix, handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
   );

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConveyorClient, examplePipelineYaml, prepareExampleRepo, startStack, watchRun, type ExampleRepo, type Stack } from '@conveyor/launcher';
+import { pidAlive } from '@conveyor/procfs';
 import { commitFiles, freePort, freePortRange, git, testRedis } from '@conveyor/testing';
 
 /**
@@ -160,6 +161,42 @@ describe('a build service killed mid-build', () => {
     // The log shows the build was delivered twice: before and after the kill.
     const log = await client.logs(runId, 'Build');
     expect(log.split('\n').filter((line) => line === 'build starting')).toHaveLength(2);
+  });
+});
+
+describe('a run cancelled mid-build', () => {
+  it('ends CANCELLED at once, its build shell is stopped, and nothing after it runs', async () => {
+    const cancelRepo = join(home, 'repos', 'cancel');
+    await git(home, 'init', '-q', '-b', 'main', cancelRepo);
+    const commit = await commitFiles(cancelRepo, {
+      'buildspec.yml': 'version: 0.2\nphases:\n  build:\n    commands:\n      - sleep 120 & echo "sleeper $!"; wait\nartifacts:\n  files:\n    - buildspec.yml\n',
+    });
+    const yaml = `name: cancel-me\nsource:\n  provider: generic\n  repository: "file://${cancelRepo}"\nstages:\n  - { name: Build, type: build }\n  - { name: Deploy, type: deploy, target: { kind: local, command: "sleep 600", healthPath: /healthz } }\n`;
+    await client.registerPipeline(yaml);
+    const runId = (await client.request('POST', '/api/v1/pipelines/cancel-me/runs', JSON.stringify({ commit }))).json.runId;
+
+    let sleeper = 0;
+    const deadline = Date.now() + 60_000;
+    while (!sleeper) {
+      if (Date.now() > deadline) throw new Error('build never started');
+      sleeper = Number(/sleeper (\d+)/.exec(await client.logs(runId, 'Build'))?.[1] ?? 0);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(pidAlive(sleeper)).toBe(true);
+
+    const cancelled = await client.request('POST', `/api/v1/runs/${runId}/cancel`, JSON.stringify({ reason: 'not this one' }));
+    expect(cancelled.status).toBe(202);
+    expect(cancelled.json).toMatchObject({ status: 'CANCELLED', message: 'not this one' });
+    expect(cancelled.json.stages.map((s: { status: string }) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED', 'SKIPPED']);
+
+    // The build service hears the notice and stops the build's process group.
+    const stopBy = Date.now() + 15_000;
+    while (pidAlive(sleeper) && Date.now() < stopBy) await new Promise((r) => setTimeout(r, 100));
+    expect(pidAlive(sleeper)).toBe(false);
+    const run = (await client.request('GET', `/api/v1/runs/${runId}`)).json;
+    expect(run).toMatchObject({ status: 'CANCELLED' });
+    expect(run.stages.map((s: { status: string }) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED', 'SKIPPED']);
+    expect((await client.request('POST', `/api/v1/runs/${runId}/cancel`, '{}')).status).toBe(202);
   });
 });
 

@@ -1,9 +1,9 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QUEUES, StageResult, type StageJob } from '@conveyor/contracts';
+import { cancelChannel, QUEUES, StageResult, type StageJob } from '@conveyor/contracts';
 import { StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
-import { closeWorker, createLogger, createStageWorker, PermanentJobError, stageEventsKey, type StageHandler } from '@conveyor/service-kit';
+import { closeWorker, createLogger, createStageWorker, PermanentJobError, RUN_CANCELLED, stageEventsKey, type StageHandler } from '@conveyor/service-kit';
 
 let url: string;
 const logger = createLogger('test', 'silent');
@@ -75,6 +75,64 @@ describe('createStageWorker', () => {
     const result = await harness.result(job(n).jobId);
     expect(result).toMatchObject({ status: 'FAILED', output: {} });
     expect(result.message).toMatch(message);
+    expect(calls).toBe(1);
+    await w.close();
+    await harness.close();
+  });
+
+  /** Resolves once the worker's cancel listener is subscribed. */
+  async function listening(prefix: string) {
+    const redis = conn();
+    for (let i = 0; i < 200; i++) {
+      const [, count] = (await redis.pubsub('NUMSUB', cancelChannel(prefix))) as [string, number];
+      if (Number(count) > 0) return redis;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw new Error('the worker never listened for cancel notices');
+  }
+
+  it('stops the job whose run was cancelled: the handler is aborted, and the job completes once, FAILED, not retried', async () => {
+    const prefix = uniquePrefix('sw');
+    let calls = 0;
+    let reason: unknown;
+    let started!: () => void;
+    const running = new Promise<void>((r) => (started = r));
+    const w = worker(prefix, async (_job, ctx) => {
+      calls++;
+      started();
+      await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
+      reason = ctx.signal.reason;
+      throw new Error('aborted build');
+    });
+    const publisher = await listening(prefix);
+    const harness = new StageHarness(url, prefix);
+    await harness.enqueue(QUEUES.monitor, job(7));
+    await running;
+    await publisher.publish(cancelChannel(prefix), job(7).jobId);
+    expect(await harness.result(job(7).jobId)).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
+    expect(reason).toBe(RUN_CANCELLED);
+    expect(calls).toBe(1);
+    await w.close();
+    await harness.close();
+  });
+
+  it('does not start a job whose cancel notice came before the worker took it', async () => {
+    const prefix = uniquePrefix('sw');
+    let calls = 0;
+    const w = worker(prefix, async () => {
+      calls++;
+      return { status: 'SUCCEEDED', output: {} };
+    });
+    const publisher = await listening(prefix);
+    // Another job's notice too: a notice for a job this worker never sees must not stop anything else.
+    await publisher.publish(cancelChannel(prefix), job(8).jobId);
+    await publisher.publish(cancelChannel(prefix), 'run-elsewhere.Monitor.1');
+    const harness = new StageHarness(url, prefix);
+    await new Promise((r) => setTimeout(r, 50)); // the notices reach the worker before its job does
+    await harness.enqueue(QUEUES.monitor, job(8));
+    await harness.enqueue(QUEUES.monitor, job(9));
+    expect(await harness.result(job(8).jobId)).toMatchObject({ status: 'FAILED', message: 'not started: the run was cancelled' });
+    expect(await harness.result(job(9).jobId)).toMatchObject({ status: 'SUCCEEDED' });
     expect(calls).toBe(1);
     await w.close();
     await harness.close();

@@ -6,14 +6,21 @@ export type TargetKind = DeployJob['target']['kind'];
 export interface DeployContext {
   /** Appends a line to the stage log the API shows. */
   log(line: string): void;
-  /** Aborted when the worker loses the job or shuts down. */
+  /** Aborted when the worker loses the job, shuts down, or the run is cancelled. */
   signal: AbortSignal;
+  /**
+   * Whether the run was cancelled, asked of the store (not only of the signal, whose notice can be missed):
+   * a target asks it just before the step it cannot take back, replacing what serves.
+   */
+  cancelled(): Promise<boolean>;
 }
 
 export type DeployOutcome =
   | { status: 'deployed'; url: string }
   /** Re-delivery of a job whose version is already serving: nothing was started. */
   | { status: 'already-deployed'; url: string }
+  /** The run was cancelled before the new version replaced the live one: it was stopped; the previous one keeps serving. */
+  | { status: 'cancelled'; message: string }
   /** The new version never became healthy; the previous one keeps serving. */
   | { status: 'unhealthy'; message: string };
 

@@ -6,7 +6,7 @@ import type { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FsArtifactStore, artifactKey } from '@conveyor/artifacts';
-import { DeployJob, QUEUES, StageResult, stageJobId } from '@conveyor/contracts';
+import { cancelChannel, cancelledJobKey, DeployJob, QUEUES, StageResult, stageJobId } from '@conveyor/contracts';
 import { createQueue, stageLogKey } from '@conveyor/service-kit';
 import { completedResults, testRedis, uniquePrefix } from '@conveyor/testing';
 import { processStartTime } from '@conveyor/procfs';
@@ -214,6 +214,35 @@ describe('deployer', () => {
     const v2 = await deploy(await makeJob('shop', 'v2'));
     expect(await getJson(v2.output.url!)).toMatchObject({ status: 200, body: { version: 'v2' } });
     expect(await getJson(v1.output.url!)).toMatchObject({ error: expect.stringContaining('ECONNREFUSED') });
+  });
+
+  it('a cancelled run never replaces what serves: marked before going live, or told while waiting for health', async () => {
+    const v1 = await deploy(await makeJob('shop', 'v1'));
+    expect(v1.status).toBe('SUCCEEDED');
+
+    // Marked cancelled, with no notice heard (as if the notice was missed): checked before the swap.
+    const marked = await makeJob('shop', 'v2');
+    await redis.set(cancelledJobKey(prefix, marked.jobId), '1', 'EX', 60);
+    const refused = await deploy(marked);
+    expect(refused).toMatchObject({ status: 'FAILED' });
+    expect(refused.message).toContain('the run was cancelled before this version went live');
+
+    // Told while it waits for health (the app only listens after 3 s): the new version is stopped.
+    const slow = await makeJob('shop', 'v3', { command: 'sleep 3 && exec node server.mjs' });
+    await deployQueue.add('deploy', slow, { jobId: slow.jobId });
+    const deadline = Date.now() + 20_000;
+    while (!(await redis.get(stageLogKey(prefix, slow.jobId)))?.includes('waiting for /healthz')) {
+      if (Date.now() > deadline) throw new Error(`the deploy never started; service output:\n${service.output()}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await redis.publish(cancelChannel(prefix), slow.jobId);
+    expect(await waitResult(slow.jobId)).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
+
+    expect(await getJson(v1.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
+    const current = JSON.parse(await readFile(join(deployDir, 'shop', 'current.json'), 'utf8'));
+    expect(current.runId).toBe(v1.runId);
+    expect(await processesWithEnv(`CONVEYOR_RUN_ID=${marked.runId}`)).toEqual([]);
+    expect(await processesWithEnv(`CONVEYOR_RUN_ID=${slow.runId}`)).toEqual([]);
   });
 
   it('leaves deployments running when it stops; stopAllDeployments stops them', async () => {

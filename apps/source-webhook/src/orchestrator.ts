@@ -18,6 +18,8 @@ export interface RunInputFor {
   input: RunInput;
 }
 
+export type CancelOutcome = { outcome: 'cancelled'; run: Run } | { outcome: 'ended'; run: Run } | { outcome: 'not-found' };
+
 export type StartOutcome = { runId: string; duplicate: false } | { runId?: string; duplicate: true; decision: DeliveryDecision['decision'] };
 
 const MAX_CONFLICT_RETRIES = 50;
@@ -133,6 +135,23 @@ export class Orchestrator {
     }
     await this.dispatch([...stored, ...unchanged]);
     return failed;
+  }
+
+  /**
+   * Cancels a run that has not ended: its RUNNING stage becomes CANCELLED and the later ones SKIPPED, then
+   * the work in flight is stopped (the job dropped from its queue, or its worker told to abort). Cancelling
+   * a cancelled run sends the stop notices again; a run that ended otherwise is left as it is.
+   */
+  async cancelRun(runId: string, reason: string): Promise<CancelOutcome> {
+    const before = await this.deps.runs.get(runId);
+    if (!before) return { outcome: 'not-found' };
+    if (!isTerminalRun(before)) await this.applyOne(runId, { type: 'cancel', reason });
+    const run = isTerminalRun(before) ? before : await this.deps.runs.get(runId);
+    if (!run || run.status !== 'CANCELLED') return run ? { outcome: 'ended', run } : { outcome: 'not-found' };
+    const stopping = run.stages.filter((s) => s.status === 'CANCELLED' && s.jobId).map((s) => ({ type: s.type, jobId: s.jobId! }));
+    await this.deps.jobs.cancel(stopping);
+    if (!isTerminalRun(before)) this.deps.logger.info({ runId, pipeline: run.pipeline, stopping: stopping.map((j) => j.jobId), reason }, 'run cancelled');
+    return { outcome: 'cancelled', run };
   }
 
   /** A run's inputs applied in order: the last run and every event on the way (the same run if none changed it). */

@@ -41,6 +41,16 @@ export interface JobDispatcher {
   ensure(jobs: readonly StageJob[]): Promise<void>;
   /** The state of a stage job: what the reconciler needs to notice a job that ended without a result. */
   inspect(job: StageJob): Promise<{ state: 'pending' | 'completed' | 'failed' | 'missing'; reason?: string; result?: unknown }>;
+  /**
+   * Stops cancelled stage jobs: marks each cancelled (durably), drops it from its queue if no worker has
+   * it yet, and tells the worker that has it to abort.
+   */
+  cancel(jobs: readonly CancelledJob[]): Promise<void>;
+}
+
+export interface CancelledJob {
+  type: StageJob['type'];
+  jobId: string;
 }
 
 /** Resolves a ref or commit of a repository and snapshots it as a tar artifact. */

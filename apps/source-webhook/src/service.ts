@@ -24,7 +24,7 @@ export function composeService(env: Env, logger: Logger) {
   const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: queueRedis, prefix })]));
   const runs = new RedisRunStore(redis, prefix);
   const pipelines = new RedisPipelineStore(redis, prefix);
-  const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+  const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues, { redis: queueRedis, prefix }), logger, newId: randomUUID });
   const intake = new WebhookIntake({ pipelines, runs, orchestrator, logger });
   const artifacts = new FsArtifactStore(env.ARTIFACT_DIR);
   const repository = new GitSourceRepository(env.SOURCE_CACHE_DIR, artifacts);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Queue, UnrecoverableError, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
-import { PipelineDefinition, QUEUES, type RunView, type StageJob } from '@conveyor/contracts';
+import { cancelChannel, cancelledJobKey, PipelineDefinition, QUEUES, type RunView, type StageJob } from '@conveyor/contracts';
 import { createLogger, createQueue } from '@conveyor/service-kit';
 import { commitFiles, initRepo, testRedis, uniquePrefix } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
@@ -178,6 +178,61 @@ describe('runs', () => {
   });
 });
 
+describe('cancel', () => {
+  const cancel = (runId: string, payload: unknown = {}, headers: Record<string, string> = auth) =>
+    service.app.inject({ method: 'POST', url: `/api/v1/runs/${runId}/cancel`, headers, payload: payload as object });
+
+  it('ends a run whose build waits: the stage CANCELLED, its job dropped, marked and announced; again is 202', async () => {
+    const notices: string[] = [];
+    const listener = new Redis(redisUrl);
+    await listener.subscribe(cancelChannel(prefix));
+    listener.on('message', (_channel: string, jobId: string) => notices.push(jobId));
+    try {
+      const { runId } = (await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} })).json();
+      await waitFor(async () => ((await getRun(runId)).stages[1]!.status === 'RUNNING' ? true : undefined), 'build stage to start');
+      const jobId = `${runId}.Build.1`;
+      const build = new Queue(QUEUES.build, { connection: redis, prefix });
+      expect(await build.getJob(jobId)).toBeDefined();
+
+      const res = await cancel(runId, { reason: 'wrong commit' });
+      expect(res.statusCode).toBe(202);
+      expect(res.json()).toMatchObject({ id: runId, status: 'CANCELLED', message: 'wrong commit' });
+      const run = await getRun(runId);
+      expect(run.status).toBe('CANCELLED');
+      expect(run.finishedAt).toBeTruthy();
+      expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED']);
+      expect(await build.getJob(jobId)).toBeUndefined();
+      expect(await redis.exists(cancelledJobKey(prefix, jobId))).toBe(1);
+      await waitFor(async () => (notices.includes(jobId) ? true : undefined), 'the cancel notice');
+      await build.close();
+
+      // Idempotent: the notices go out again, the run stays as it is.
+      const again = await cancel(runId);
+      expect(again.statusCode).toBe(202);
+      expect(again.json()).toMatchObject({ status: 'CANCELLED', message: 'wrong commit' });
+      await waitFor(async () => (notices.filter((n) => n === jobId).length === 2 ? true : undefined), 'the repeated notice');
+    } finally {
+      listener.disconnect();
+    }
+  });
+
+  it('refuses to cancel a run that ended (409), an unknown run (404), a bad reason (400), and without the token (401)', async () => {
+    const { runId } = (await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { ref: 'no-such-branch' } })).json();
+    await waitFor(async () => ((await getRun(runId)).status === 'FAILED' ? true : undefined), 'run to fail');
+    const ended = await cancel(runId);
+    expect(ended.statusCode).toBe(409);
+    expect(ended.headers['content-type']).toContain('application/problem+json');
+    expect(ended.json().detail).toContain('already ended FAILED');
+    expect((await getRun(runId)).status).toBe('FAILED');
+
+    expect((await cancel('run-that-does-not-exist')).statusCode).toBe(404);
+    const bad = await cancel(runId, { reason: 5 });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json().errors[0].path).toBe('body.reason');
+    expect((await cancel(runId, {}, {})).statusCode).toBe(401);
+  });
+});
+
 describe('GitHub webhooks', () => {
   it('a signed push creates one run; the same delivery again creates none', async () => {
     const before = await runCount();
@@ -272,7 +327,7 @@ describe('reconciler', () => {
     const conn = new Redis(redisUrl, { maxRetriesPerRequest: null });
     const queues = new Map(Object.values(QUEUES).map((name) => [name, createQueue(name, { connection: conn, prefix: p })]));
     const runs = new RedisRunStore(redis, p);
-    const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues), logger: createLogger('test', 'silent'), newId: randomUUID });
+    const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues, { redis: conn, prefix: p }), logger: createLogger('test', 'silent'), newId: randomUUID });
     const definition = PipelineDefinition.parse({ name: 'deaf', source: { provider: 'generic', repository: 'file:///nowhere.git' }, stages: [{ name: 'Build', type: 'build' }] });
     const close = async () => {
       await Promise.all([...queues.values()].map((q) => q.close()));

@@ -43,7 +43,7 @@ function world(name: string) {
   const conn = new Redis(url, { maxRetriesPerRequest: null });
   const queues = new Map(Object.values(QUEUES).map((q) => [q, createQueue(q, { connection: conn, prefix })]));
   const runs = new RedisRunStore(redis, prefix);
-  const make = (store: RunStore = runs) => new Orchestrator({ runs: store, jobs: new BullJobDispatcher(queues), logger, newId: randomUUID });
+  const make = (store: RunStore = runs) => new Orchestrator({ runs: store, jobs: new BullJobDispatcher(queues, { redis: conn, prefix }), logger, newId: randomUUID });
   worlds.push(async () => {
     await Promise.all([...queues.values()].map((q) => q.close()));
     conn.disconnect();

@@ -19,3 +19,18 @@ export function queueFor(type: StageJob['type']): string {
 
 /** Redis stream carrying RunEvents. */
 export const EVENTS_STREAM = 'events';
+
+/**
+ * Cancelling a run (ADR 0007): the orchestrator publishes, on this channel, the job id of each stage job
+ * it cancelled; the stage worker holding that job aborts it.
+ */
+export function cancelChannel(prefix: string): string {
+  return `${prefix}:cancel`;
+}
+
+/** A durable mark of a cancelled stage job, for the checks a stage makes before a step it cannot take back. */
+export function cancelledJobKey(prefix: string, jobId: string): string {
+  return `${prefix}:cancelled:${jobId}`;
+}
+
+export const CANCELLED_MARK_TTL_SECONDS = 7 * 24 * 3600;

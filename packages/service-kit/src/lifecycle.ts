@@ -4,6 +4,8 @@ import type { Redis } from './redis.js';
 
 /** The abort reason closeWorker gives running jobs when a shutdown outlasts its drain time. */
 export const SHUTTING_DOWN = 'shutting down';
+/** The abort reason of a stage job whose run was cancelled. */
+export const RUN_CANCELLED = 'run cancelled';
 
 /** Rejects when `promise` has not settled within `ms` (a readiness check must answer, not hang). */
 export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {

@@ -95,6 +95,12 @@ export class LocalProcessTarget implements DeployTarget {
     if (!ownGroupAlive(record.pgid, record.procStart)) {
       return { status: 'unhealthy', message: `the command's process group ended after ${target.healthPath} answered; a deployed command must keep running in the foreground; the previous version keeps serving` };
     }
+    // The last moment to stop: past it, the new version replaces the live one.
+    if (await ctx.cancelled()) {
+      const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
+      logger.info({ pipeline: job.pipeline, pid: record.pid, stopped }, 'run cancelled before its version went live');
+      return { status: 'cancelled', message: 'the run was cancelled before this version went live; it was stopped and the previous version keeps serving' };
+    }
     // Record first, then stop the old one: a crash in between leaves current.json naming a healthy version.
     await files.writeCurrent(record);
     ctx.log(`healthy after ${outcome.afterMs} ms; ${record.url} now serves ${job.pipeline}`);

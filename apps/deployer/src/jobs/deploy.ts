@@ -1,4 +1,5 @@
 import type { Counter } from 'prom-client';
+import { cancelledJobKey } from '@conveyor/contracts';
 import { openStageLog, PermanentJobError, type Redis, type StageHandler } from '@conveyor/service-kit';
 import type { DeployResult } from '../metrics.js';
 import type { DeployTarget } from '../ports.js';
@@ -18,7 +19,11 @@ export function createDeployHandler(deps: DeployHandlerDeps): StageHandler<'depl
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
     const count = (result: DeployResult) => deps.deploys.inc({ pipeline: job.pipeline, result });
     try {
-      const outcome = await target.deploy(job, { log: (line) => log.write(`${line}\n`), signal: ctx.signal });
+      const outcome = await target.deploy(job, {
+        log: (line) => log.write(`${line}\n`),
+        signal: ctx.signal,
+        cancelled: async () => ctx.signal.aborted || (await deps.redis.exists(cancelledJobKey(deps.prefix, job.jobId))) === 1,
+      });
       count(outcome.status);
       switch (outcome.status) {
         case 'deployed':
@@ -26,6 +31,9 @@ export function createDeployHandler(deps: DeployHandlerDeps): StageHandler<'depl
           return { status: 'SUCCEEDED', message: `deployed at ${outcome.url}`, output: { url: outcome.url } };
         case 'unhealthy':
           log.write(`deploy failed: ${outcome.message}\n`);
+          return { status: 'FAILED', message: outcome.message };
+        case 'cancelled':
+          log.write(`deploy stopped: ${outcome.message}\n`);
           return { status: 'FAILED', message: outcome.message };
         default: {
           const never: never = outcome;

@@ -1,12 +1,17 @@
-import { queueFor, type StageJob } from '@conveyor/contracts';
+import { CANCELLED_MARK_TTL_SECONDS, cancelChannel, cancelledJobKey, queueFor, type StageJob } from '@conveyor/contracts';
 import type { Queue } from 'bullmq';
-import type { JobDispatcher } from '../ports.js';
+import type { Redis } from 'ioredis';
+import type { CancelledJob, JobDispatcher } from '../ports.js';
 
 /** Stage jobs on BullMQ queues, one per stage type, with the deterministic job id as BullMQ id. */
 export class BullJobDispatcher implements JobDispatcher {
-  constructor(private readonly queues: ReadonlyMap<string, Queue>) {}
+  constructor(
+    private readonly queues: ReadonlyMap<string, Queue>,
+    /** For the cancel marks and notices: a connection and the queues' prefix. */
+    private readonly control: { redis: Redis; prefix: string },
+  ) {}
 
-  private queue(job: StageJob): Queue {
+  private queue(job: Pick<StageJob, 'type'>): Queue {
     const q = this.queues.get(queueFor(job.type));
     if (!q) throw new Error(`no queue for stage type ${job.type}`);
     return q;
@@ -29,5 +34,23 @@ export class BullJobDispatcher implements JobDispatcher {
     if (state === 'completed') return { state: 'completed', result: found.returnvalue };
     if (state === 'failed') return { state: 'failed', reason: found.failedReason || 'job failed' };
     return { state: 'pending' };
+  }
+
+  async cancel(jobs: readonly CancelledJob[]): Promise<void> {
+    if (jobs.length === 0) return;
+    const { redis, prefix } = this.control;
+    // Mark first: a worker that takes the job after this can see it is cancelled.
+    const marks = redis.pipeline();
+    for (const { jobId } of jobs) marks.set(cancelledJobKey(prefix, jobId), '1', 'EX', CANCELLED_MARK_TTL_SECONDS);
+    await marks.exec();
+    await Promise.all(
+      jobs.map(async (job) => {
+        // Removed if waiting; a job a worker holds is locked and stays (the notice below stops it).
+        await this.queue(job)
+          .remove(job.jobId)
+          .catch(() => 0);
+        await redis.publish(cancelChannel(prefix), job.jobId);
+      }),
+    );
   }
 }

@@ -1,9 +1,11 @@
 import { z } from 'zod';
 import { toRunView } from '@conveyor/contracts';
-import { NotFoundError, stageLogKey, type App } from '@conveyor/service-kit';
+import { ConflictError, InputError, issuesFromZod, NotFoundError, stageLogKey, type App } from '@conveyor/service-kit';
 import type { ServerDeps } from './server.js';
 
 const RunParams = z.object({ runId: z.string().regex(/^[a-z0-9][a-z0-9-]{7,80}$/, 'not a run id') });
+
+const CancelBody = z.object({ reason: z.string().trim().min(1).max(500).optional() }).strict();
 
 export const runRoutes = (deps: ServerDeps) => async (app: App) => {
   const load = async (runId: string) => {
@@ -20,5 +22,15 @@ export const runRoutes = (deps: ServerDeps) => async (app: App) => {
     if (!stage) throw new NotFoundError(`run ${run.id} has no stage ${req.params.stage}`);
     const text = stage.jobId ? await deps.redis.get(stageLogKey(deps.prefix, stage.jobId)) : null;
     return reply.type('text/plain; charset=utf-8').send(text ?? '');
+  });
+
+  // Like CodePipeline's StopPipelineExecution with abandon: the run ends now; work in flight is stopped.
+  app.post('/runs/:runId/cancel', { schema: { params: RunParams } }, async (req, reply) => {
+    const body = CancelBody.safeParse(req.body ?? {});
+    if (!body.success) throw new InputError('invalid cancel request', issuesFromZod(body.error, 'body'));
+    const done = await deps.orchestrator.cancelRun(req.params.runId, body.data.reason ?? 'cancelled through the API');
+    if (done.outcome === 'not-found') throw new NotFoundError(`run ${req.params.runId} not found`);
+    if (done.outcome === 'ended') throw new ConflictError(`run ${req.params.runId} already ended ${done.run.status}; only a run that has not ended can be cancelled`);
+    return reply.code(202).send(toRunView(done.run));
   });
 };
