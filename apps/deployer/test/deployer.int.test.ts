@@ -216,33 +216,41 @@ describe('deployer', () => {
     expect(await getJson(v1.output.url!)).toMatchObject({ error: expect.stringContaining('ECONNREFUSED') });
   });
 
-  it('a cancelled run never replaces what serves: marked before going live, or told while waiting for health', async () => {
+  it('a cancelled run never replaces what serves: not started, stopped on notice, or refused at the swap', async () => {
     const v1 = await deploy(await makeJob('shop', 'v1'));
     expect(v1.status).toBe('SUCCEEDED');
+    /** Enqueues a deploy whose app listens only after 2 s, and resolves once it waits for health. */
+    const waitingForHealth = async (version: string) => {
+      const job = await makeJob('shop', version, { command: 'sleep 2 && exec node server.mjs' });
+      await deployQueue.add('deploy', job, { jobId: job.jobId });
+      const deadline = Date.now() + 20_000;
+      while (!(await redis.get(stageLogKey(prefix, job.jobId)))?.includes('waiting for /healthz')) {
+        if (Date.now() > deadline) throw new Error(`the deploy never started; service output:\n${service.output()}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return job;
+    };
 
-    // Marked cancelled, with no notice heard (as if the notice was missed): checked before the swap.
+    // Marked before a worker took it: never started.
     const marked = await makeJob('shop', 'v2');
     await redis.set(cancelledJobKey(prefix, marked.jobId), '1', 'EX', 60);
-    const refused = await deploy(marked);
-    expect(refused).toMatchObject({ status: 'FAILED' });
+    expect(await deploy(marked)).toMatchObject({ status: 'FAILED', message: 'not started: the run was cancelled' });
+
+    // Told while it waits for health: the new version is stopped at once.
+    const told = await waitingForHealth('v3');
+    await redis.publish(cancelChannel(prefix), told.jobId);
+    expect(await waitResult(told.jobId)).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
+
+    // Marked while it waits, the notice missed: the check before the swap stops it.
+    const missed = await waitingForHealth('v4');
+    await redis.set(cancelledJobKey(prefix, missed.jobId), '1', 'EX', 60);
+    const refused = await waitResult(missed.jobId);
+    expect(refused.status).toBe('FAILED');
     expect(refused.message).toContain('the run was cancelled before this version went live');
 
-    // Told while it waits for health (the app only listens after 3 s): the new version is stopped.
-    const slow = await makeJob('shop', 'v3', { command: 'sleep 3 && exec node server.mjs' });
-    await deployQueue.add('deploy', slow, { jobId: slow.jobId });
-    const deadline = Date.now() + 20_000;
-    while (!(await redis.get(stageLogKey(prefix, slow.jobId)))?.includes('waiting for /healthz')) {
-      if (Date.now() > deadline) throw new Error(`the deploy never started; service output:\n${service.output()}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    await redis.publish(cancelChannel(prefix), slow.jobId);
-    expect(await waitResult(slow.jobId)).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
-
     expect(await getJson(v1.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
-    const current = JSON.parse(await readFile(join(deployDir, 'shop', 'current.json'), 'utf8'));
-    expect(current.runId).toBe(v1.runId);
-    expect(await processesWithEnv(`CONVEYOR_RUN_ID=${marked.runId}`)).toEqual([]);
-    expect(await processesWithEnv(`CONVEYOR_RUN_ID=${slow.runId}`)).toEqual([]);
+    expect(JSON.parse(await readFile(join(deployDir, 'shop', 'current.json'), 'utf8')).runId).toBe(v1.runId);
+    for (const job of [marked, told, missed]) expect(await processesWithEnv(`CONVEYOR_RUN_ID=${job.runId}`)).toEqual([]);
   });
 
   it('leaves deployments running when it stops; stopAllDeployments stops them', async () => {

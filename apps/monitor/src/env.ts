@@ -7,8 +7,8 @@ export const MonitorEnv = BaseEnv.extend({
   CONVEYOR_API_TOKEN: OptionalSecret,
   /** Finished runs kept in Redis, overall and per pipeline. */
   MONITOR_HISTORY_MAX: z.coerce.number().int().min(1).max(1_000_000).default(1000),
-  /** Distinct pipelines, and (pipeline, stage) pairs, with metric series of their own; the rest count as `_other`. */
-  MONITOR_METRIC_SERIES_MAX: z.coerce.number().int().min(1).max(100_000).default(2000),
+  /** Pipelines, and as many (pipeline, stage) pairs, with metric series; beyond it the least recently updated are removed. */
+  MONITOR_METRIC_KEYS_MAX: z.coerce.number().int().min(1).max(100_000).default(2000),
   /** A stream entry pending this long (its consumer died) is claimed by another monitor. */
   EVENTS_CLAIM_IDLE_MS: z.coerce.number().int().min(1000).default(60_000),
 });

@@ -39,7 +39,7 @@ await runStageService({
       batch: 100,
       maxInFlight: 1,
       claimIdleMs: env.EVENTS_CLAIM_IDLE_MS,
-      handle: handleEventEntries(createRunEventHandler({ metrics: new PrometheusRunMetrics(registry, env.MONITOR_METRIC_SERIES_MAX), history }), logger),
+      handle: handleEventEntries(createRunEventHandler({ metrics: new PrometheusRunMetrics(registry, env.MONITOR_METRIC_KEYS_MAX), history }), logger),
     });
     return {
       routes: historyRoutes({ history, apiToken: env.CONVEYOR_API_TOKEN }),

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EVENTS_STREAM, PipelineDefinition, QUEUES, stageResultOf, type Run, type StageJob } from '@conveyor/contracts';
+import { cancelledJobKey, EVENTS_STREAM, PipelineDefinition, QUEUES, stageResultOf, type Run, type StageJob } from '@conveyor/contracts';
 import { createLogger, createQueue } from '@conveyor/service-kit';
 import { testRedis, uniquePrefix } from '@conveyor/testing';
 import { BullJobDispatcher } from '../src/adapters/bull-job-dispatcher.js';
@@ -109,6 +109,35 @@ describe('RedisRunStore', () => {
     const ended = step(run, { type: 'cancel', reason: 'test' }, new Date());
     expect(await store.update([{ run: { ...ended.run, version: 1 }, expectedVersion: 0, events: ended.events }])).toEqual([true]);
     expect(await store.activeRunIds()).toEqual([]);
+  });
+});
+
+describe('Orchestrator.cancelRun', () => {
+  it('racing a stage result on another orchestrator, ends every run CANCELLED with no unmarked job left waiting', async () => {
+    const { prefix, queues, make, runs: store } = world('cancel');
+    const [worker, api] = [make(), make()];
+    const ids = await Promise.all(Array.from({ length: 20 }, async () => (await worker.startRun(definition, trigger)).runId!));
+    const items = await Promise.all(ids.map(async (runId) => ({ runId, input: succeeded(pendingJobs((await store.get(runId))!)[0]!, SOURCE_OUTPUT) })));
+    await queues.get(QUEUES.source)!.drain(); // the Source jobs were taken: these are their results
+    // The Source results and the cancels land at the same moment, on two orchestrators.
+    const [failed, outcomes] = await Promise.all([worker.handleInputs(items), Promise.all(ids.map((id) => api.cancelRun(id, 'race')))]);
+    expect(failed).toEqual([]);
+    expect(outcomes.map((o) => o.outcome)).toEqual(ids.map(() => 'cancelled'));
+    for (const id of ids) {
+      const run = (await store.get(id))!;
+      expect(run.status).toBe('CANCELLED');
+      expect(run.stages.filter((s) => s.status === 'RUNNING')).toEqual([]);
+      expect(await store.activeRunIds()).not.toContain(id);
+      // Whatever job of this run is still queued can never start: it carries its cancel mark.
+      for (const queue of queues.values()) {
+        for (const job of await queue.getJobs(['waiting', 'prioritized', 'delayed'])) {
+          if (job.data.runId === id) expect(await redis.exists(cancelledJobKey(prefix, job.id!))).toBe(1);
+        }
+      }
+    }
+    // Results that arrive after the cancel change nothing.
+    expect(await worker.handleInputs(items)).toEqual([]);
+    for (const id of ids) expect((await store.get(id))!.status).toBe('CANCELLED');
   });
 });
 

@@ -1,5 +1,5 @@
 import { UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { cancelChannel, describeIssues, StageJob, StageOutput, stageResultOf, type StageJobOf, type StageResult } from '@conveyor/contracts';
+import { cancelChannel, cancelledJobKey, describeIssues, StageJob, StageOutput, stageResultOf, type StageJobOf, type StageResult } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
 import { logErrors, RUN_CANCELLED, SHUTTING_DOWN } from './lifecycle.js';
@@ -54,30 +54,17 @@ function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED
   return { status: outcome.status, ...(outcome.message ? { message: outcome.message } : {}), output: output.data };
 }
 
-/** How long a cancel notice for a job this worker does not hold (yet) is remembered. */
-const NOTICE_MEMORY_MS = 10 * 60_000;
-
 /**
- * Listens for cancel notices (ADR 0007) on a connection of its own: aborts the job a notice names if this
- * worker holds it, and remembers the others for a while, so a job taken just after its notice passed
- * is not run either. Closed with the worker.
+ * Listens for cancel notices (ADR 0007) on a connection of its own, and aborts the job a notice names if
+ * this worker holds it. A job not yet taken is caught by its durable mark when it starts. Closed with
+ * the worker.
  */
-function listenForCancels(worker: Worker, connection: Redis, prefix: string, logger: Logger): { noticed(jobId: string): boolean } {
-  const unheld = new Map<string, number>();
+function listenForCancels(worker: Worker, connection: Redis, prefix: string, logger: Logger): void {
   const subscriber = connection.duplicate();
   logErrors(subscriber, logger, 'cancel notices');
-  subscriber.on('message', (_channel: string, jobId: string) => {
-    if (worker.cancelJob(jobId, RUN_CANCELLED)) return;
-    const now = Date.now();
-    unheld.set(jobId, now);
-    for (const [id, at] of unheld) {
-      if (now - at < NOTICE_MEMORY_MS) break;
-      unheld.delete(id);
-    }
-  });
+  subscriber.on('message', (_channel: string, jobId: string) => void worker.cancelJob(jobId, RUN_CANCELLED));
   subscriber.subscribe(cancelChannel(prefix)).catch((err: unknown) => logger.warn({ err }, 'cannot listen for cancel notices'));
   worker.on('closed', () => subscriber.disconnect());
-  return { noticed: (jobId) => unheld.delete(jobId) };
 }
 
 function describe(err: unknown): string {
@@ -117,7 +104,8 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt, status: result.status }, 'stage job finished');
       return result;
     };
-    if (cancels.noticed(job.jobId)) {
+    // Marked before its notice was sent: a job taken after that (by any worker, a restarted one too) sees it.
+    if ((await opts.connection.exists(cancelledJobKey(opts.prefix, job.jobId))) === 1) {
       opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt }, 'stage job not started: its run was cancelled');
       return finish({ status: 'FAILED', message: 'not started: the run was cancelled' });
     }
@@ -130,9 +118,11 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       deliveries: Math.max(0, (bull.attemptsStarted ?? 1) - 1),
     };
     let outcome: StageOutcome;
+    let stoppedEarly = false;
     try {
       outcome = await opts.handler(job, ctx);
     } catch (err) {
+      stoppedEarly = true;
       if (err instanceof PermanentJobError) outcome = { status: 'FAILED', message: err.message };
       else {
         const lastAttempt = bull.attemptsMade + 1 >= (bull.opts.attempts ?? 1);
@@ -142,8 +132,9 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       }
     }
     if (ctx.signal.aborted) {
-      // The run was cancelled: the job ends here, once (its result is no news to the orchestrator).
-      if (ctx.signal.reason === RUN_CANCELLED) return finish({ status: 'FAILED', message: 'stopped: the run was cancelled' });
+      // The run was cancelled: the job ends here, once (its result is no news to the orchestrator). A
+      // handler that finished anyway (the notice came too late to stop it) reports what it did.
+      if (ctx.signal.reason === RUN_CANCELLED) return finish(stoppedEarly ? { status: 'FAILED', message: 'stopped: the run was cancelled' } : outcome);
       // Cancelled by our own shutdown: hand the job back untouched, without spending an attempt.
       if (ctx.signal.reason === SHUTTING_DOWN && token) {
         await bull.moveToWait(token);
@@ -164,7 +155,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
     maxStalledCount: 2,
     autorun: opts.autorun ?? true,
   });
-  const cancels = listenForCancels(worker, opts.connection, opts.prefix, opts.logger);
+  listenForCancels(worker, opts.connection, opts.prefix, opts.logger);
   // A worker that cannot renew a lock no longer owns the job: stop working on it, another worker will.
   worker.on('lockRenewalFailed', (ids: string[]) => ids.forEach((id) => worker.cancelJob(id, 'lock lost')));
   // While Redis is away BullMQ reports every retry: one line per 10 s is enough.

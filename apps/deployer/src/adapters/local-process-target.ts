@@ -12,7 +12,7 @@ import { tailLines } from '../domain/tail.js';
 import type { DeployContext, DeployOutcome, DeployTarget } from '../ports.js';
 import type { DeploymentFiles } from './deployment-files.js';
 import { probeHealth } from './http-health.js';
-import { withPipelineLock } from './pipeline-lock.js';
+import { withPipelineLock, type HeldLock } from './pipeline-lock.js';
 import { processStartTime } from '@conveyor/procfs';
 import { ownGroupAlive, stopGroup } from './process-group.js';
 
@@ -45,13 +45,13 @@ export class LocalProcessTarget implements DeployTarget {
     const target = job.target;
     if (target.kind !== 'local') throw new Error(`LocalProcessTarget cannot deploy to ${target.kind}`);
     const pipelineDir = this.opts.files.pipelineDir(job.pipeline);
-    return withPipelineLock(pipelineDir, () => this.deployLocked(job, target, ctx), {
+    return withPipelineLock(pipelineDir, (lock) => this.deployLocked(job, target, ctx, lock), {
       signal: ctx.signal,
       onWait: (holder) => ctx.log(`waiting for the deploy lock of ${job.pipeline}${holder ? `, held by pid ${holder}` : ''}`),
     });
   }
 
-  private async deployLocked(job: DeployJob, target: LocalTargetConfig, ctx: DeployContext): Promise<DeployOutcome> {
+  private async deployLocked(job: DeployJob, target: LocalTargetConfig, ctx: DeployContext, lock: HeldLock): Promise<DeployOutcome> {
     const { files, logger } = this.opts;
     const current = await files.readCurrent(job.pipeline);
     if (current && isSameVersion(current, job.runId, job.attempt) && ownGroupAlive(current.pgid, current.procStart)) {
@@ -96,6 +96,11 @@ export class LocalProcessTarget implements DeployTarget {
       return { status: 'unhealthy', message: `the command's process group ended after ${target.healthPath} answered; a deployed command must keep running in the foreground; the previous version keeps serving` };
     }
     // The last moment to stop: past it, the new version replaces the live one.
+    if (lock.lost()) {
+      const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
+      logger.error({ pipeline: job.pipeline, pid: record.pid, stopped }, 'deploy lock lost before the swap');
+      return { status: 'unhealthy', message: 'the deploy lock was lost (its holder process ended) before this version went live; it was stopped and the previous version keeps serving' };
+    }
     if (await ctx.cancelled()) {
       const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
       logger.info({ pipeline: job.pipeline, pid: record.pid, stopped }, 'run cancelled before its version went live');

@@ -92,6 +92,22 @@ describe('withPipelineLock', () => {
     await expect(waiting).resolves.toBe('deployed');
   });
 
+  it('keeps the lock through SIGINT/SIGTERM/SIGHUP to its holder, and says when the holder is killed for good', async () => {
+    // flock execs the holding script, which execs cat: the holder is our child named cat.
+    const holderPid = () => Number(spawnSync('pgrep', ['-P', String(process.pid), '-x', 'cat'], { encoding: 'utf8' }).stdout.trim().split('\n')[0]);
+    await withPipelineLock(dir, async (lock) => {
+      const holder = holderPid();
+      expect(holder).toBeGreaterThan(1);
+      for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.kill(holder, sig);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(lockFree()).toBe(false);
+      expect(lock.lost()).toBe(false);
+      process.kill(holder, 'SIGKILL');
+      await expect.poll(() => lock.lost(), { timeout: 5000 }).toBe(true);
+    });
+    expect(lockFree()).toBe(true);
+  });
+
   it('checks at start that flock(1) can run, and names what is missing when it cannot', () => {
     expect(() => checkLockTool()).not.toThrow();
     const path = process.env.PATH;

@@ -17,21 +17,31 @@ interface LockContent {
  * deployers can never both take over a lock they think is stale.
  */
 const HOLD = ['--exclusive', '--no-fork'];
-const SCRIPT = 'echo locked; exec cat >/dev/null';
+// Signals sent to a terminal's or a service manager's process group must not end the lock before its
+// owner is done: the holder runs in a group of its own and ignores them (ignored signals stay ignored
+// across exec). The pipe still ends it with its owner.
+const SCRIPT = "trap '' INT TERM HUP; echo locked; exec cat >/dev/null";
 
 /** Throws, saying what to install, when flock(1) cannot run here: a deployer without it must not start. */
 export function checkLockTool(): void {
-  const probe = spawnSync('flock', ['--version'], { stdio: 'ignore' });
+  const probe = spawnSync('flock', [...HOLD, '/dev/null', 'true'], { stdio: 'ignore' });
   if (probe.error || probe.status !== 0) {
     throw new Error(`the deployer takes its deploy locks with flock(1), which cannot run here (${probe.error?.message ?? `exit ${probe.status}`}); install util-linux`);
   }
 }
 
-/** Resolves once this process holds the lock (the release function), or rejects when `signal` aborts first. */
-function acquire(path: string, signal: AbortSignal | undefined, onWait: () => void, waitNoticeMs: number): Promise<() => Promise<void>> {
+/** A lock this process holds. */
+export interface HeldLock {
+  /** True once the lock's holder process has ended before its release: another deployer may hold it now. */
+  lost(): boolean;
+}
+
+/** Resolves once this process holds the lock, or rejects when `signal` aborts first. */
+function acquire(path: string, signal: AbortSignal | undefined, onWait: () => void, waitNoticeMs: number): Promise<HeldLock & { release(): Promise<void> }> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason instanceof Error ? signal.reason : new Error('aborted while waiting for the pipeline lock'));
     // --no-fork: flock execs the script itself, so the lock's holder is this one child.
-    const child: ChildProcess = spawn('flock', [...HOLD, path, 'sh', '-c', SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child: ChildProcess = spawn('flock', [...HOLD, path, 'sh', '-c', SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     let settled = false;
     let stderr = '';
     const notice = setTimeout(onWait, waitNoticeMs);
@@ -46,17 +56,23 @@ function acquire(path: string, signal: AbortSignal | undefined, onWait: () => vo
     };
     const onAbort = () => !settled && done(signal!.reason instanceof Error ? signal!.reason : new Error('aborted while waiting for the pipeline lock'));
     signal?.addEventListener('abort', onAbort, { once: true });
-    if (signal?.aborted) return onAbort();
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', (err) => !settled && done(new Error(`cannot run flock for the deploy lock: ${err.message}`)));
     child.on('exit', (code) => !settled && done(new Error(`flock exited (${code}) before taking the deploy lock: ${stderr.trim() || 'no message'}`)));
     child.stdout!.once('data', () => {
       if (settled) return;
       done();
+      let releasing = false;
+      let lost = false;
       const exited = new Promise<void>((r) => (child.exitCode !== null ? r() : child.once('exit', () => r())));
-      resolve(async () => {
-        child.stdin!.end();
-        await exited;
+      void exited.then(() => (lost = !releasing));
+      resolve({
+        lost: () => lost,
+        async release() {
+          releasing = true;
+          child.stdin!.end();
+          await exited;
+        },
       });
     });
   });
@@ -70,7 +86,7 @@ function acquire(path: string, signal: AbortSignal | undefined, onWait: () => vo
  */
 export async function withPipelineLock<T>(
   pipelineDir: string,
-  fn: () => Promise<T>,
+  fn: (lock: HeldLock) => Promise<T>,
   opts: { signal?: AbortSignal; onWait?: (holder: number | undefined) => void; waitNoticeMs?: number } = {},
 ): Promise<T> {
   const { signal, onWait, waitNoticeMs = 100 } = opts;
@@ -87,13 +103,15 @@ export async function withPipelineLock<T>(
           () => onWait(undefined),
         );
       };
-      const release = await acquire(path, signal, tell, waitNoticeMs);
+      const lock = await acquire(path, signal, tell, waitNoticeMs);
       try {
         // Same inode (no O_EXCL, no unlink): the kernel's lock stays on the file we write.
         await writeFile(path, JSON.stringify({ pid: process.pid } satisfies LockContent));
-        return await fn();
+        return await fn(lock);
       } finally {
-        await release();
+        // Emptied first: a waiter's notice must not name a holder that has gone.
+        await writeFile(path, '').catch(() => undefined);
+        await lock.release();
       }
     });
   const tail = run.catch(() => undefined);

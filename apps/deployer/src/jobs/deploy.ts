@@ -1,6 +1,6 @@
 import type { Counter } from 'prom-client';
 import { cancelledJobKey } from '@conveyor/contracts';
-import { openStageLog, PermanentJobError, type Redis, type StageHandler } from '@conveyor/service-kit';
+import { openStageLog, PermanentJobError, RUN_CANCELLED, type Redis, type StageHandler } from '@conveyor/service-kit';
 import type { DeployResult } from '../metrics.js';
 import type { DeployTarget } from '../ports.js';
 
@@ -22,7 +22,7 @@ export function createDeployHandler(deps: DeployHandlerDeps): StageHandler<'depl
       const outcome = await target.deploy(job, {
         log: (line) => log.write(`${line}\n`),
         signal: ctx.signal,
-        cancelled: async () => ctx.signal.aborted || (await deps.redis.exists(cancelledJobKey(deps.prefix, job.jobId))) === 1,
+        cancelled: async () => ctx.signal.reason === RUN_CANCELLED || (await deps.redis.exists(cancelledJobKey(deps.prefix, job.jobId))) === 1,
       });
       count(outcome.status);
       switch (outcome.status) {

@@ -6,26 +6,48 @@ import type { RunMetrics } from '../ports.js';
 /** Stage durations run from seconds (a quick deploy) to hours (a long build). */
 const STAGE_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200];
 
-/** The label value that stands for every pipeline or stage beyond the series limit. */
-export const OTHER = '_other';
+type Labels = Record<string, string>;
+
+/**
+ * The label sets of the keys (pipelines, or pipeline/stage pairs) that have series, least recently used
+ * first. Beyond `max` keys the least recently used one's series are removed: a pipeline deleted or a
+ * stage renamed stops costing scrape space, and a new one always gets series of its own.
+ */
+class SeriesBudget {
+  private readonly used = new Map<string, Map<string, Labels>>();
+  constructor(
+    private readonly max: number,
+    private readonly drop: (labels: Labels) => void,
+    private readonly evicted: Counter,
+  ) {}
+
+  touch(key: string, labels: Labels): void {
+    const seen = this.used.get(key) ?? new Map<string, Labels>();
+    this.used.delete(key);
+    seen.set(JSON.stringify(labels), labels);
+    this.used.set(key, seen);
+    while (this.used.size > this.max) {
+      const [oldest, sets] = this.used.entries().next().value!;
+      this.used.delete(oldest);
+      for (const set of sets.values()) this.drop(set);
+      this.evicted.inc();
+    }
+  }
+}
 
 /**
  * Run and stage metrics from run events. Pipeline and stage names are users' words, and pipelines come
- * and go while a monitor lives for months: at most `maxSeries` distinct (pipeline, stage) pairs get
- * series of their own; later ones are counted under `_other` (and counted in
- * `conveyor_metric_series_folded_total`), so a scrape never grows without bound.
+ * and go while a monitor lives for months: at most `maxKeys` pipelines, and as many (pipeline, stage)
+ * pairs, have series; the least recently updated beyond that are removed (counted in
+ * `conveyor_metric_series_evicted_total`), so a scrape never grows without bound.
  */
 export class PrometheusRunMetrics implements RunMetrics {
   private readonly runs: Counter<'pipeline' | 'status'>;
   private readonly stages: Histogram<'pipeline' | 'stage' | 'type' | 'status'>;
-  private readonly folded: Counter;
-  private readonly pipelines = new Set<string>();
-  private readonly pairs = new Set<string>();
+  private readonly runKeys: SeriesBudget;
+  private readonly stageKeys: SeriesBudget;
 
-  constructor(
-    registry: Registry,
-    private readonly maxSeries = 2000,
-  ) {
+  constructor(registry: Registry, maxKeys = 2000) {
     this.runs = new Counter({
       name: 'conveyor_runs_total',
       help: 'Finished pipeline runs, by pipeline and final status (since this monitor started)',
@@ -39,31 +61,23 @@ export class PrometheusRunMetrics implements RunMetrics {
       buckets: STAGE_BUCKETS,
       registers: [registry],
     });
-    this.folded = new Counter({
-      name: 'conveyor_metric_series_folded_total',
-      help: 'Observations counted under pipeline/stage "_other" because the series limit was reached',
+    const evicted = new Counter({
+      name: 'conveyor_metric_series_evicted_total',
+      help: 'Pipelines and pipeline/stage pairs whose series were removed, least recently updated first, to keep the scrape bounded',
       registers: [registry],
     });
+    this.runKeys = new SeriesBudget(maxKeys, (labels) => this.runs.remove(labels), evicted);
+    this.stageKeys = new SeriesBudget(maxKeys, (labels) => this.stages.remove(labels), evicted);
   }
 
   runFinished(pipeline: string, status: string): void {
-    this.runs.inc({ pipeline: this.admit(this.pipelines, pipeline) ? pipeline : OTHER, status });
+    this.runs.inc({ pipeline, status });
+    this.runKeys.touch(pipeline, { pipeline, status });
   }
 
   stageFinished(labels: { pipeline: string; stage: string; type: string; status: string }, seconds: number): void {
-    const own = this.admit(this.pairs, `${labels.pipeline}\u0000${labels.stage}`);
-    this.stages.observe(own ? labels : { ...labels, pipeline: OTHER, stage: OTHER }, seconds);
-  }
-
-  /** Whether `key` has (or may now have) series of its own. */
-  private admit(seen: Set<string>, key: string): boolean {
-    if (seen.has(key)) return true;
-    if (seen.size >= this.maxSeries) {
-      this.folded.inc();
-      return false;
-    }
-    seen.add(key);
-    return true;
+    this.stages.observe(labels, seconds);
+    this.stageKeys.touch(`${labels.pipeline}\u0000${labels.stage}`, labels);
   }
 }
 

@@ -42,7 +42,7 @@ export class BullJobDispatcher implements JobDispatcher {
     // Mark first: a worker that takes the job after this can see it is cancelled.
     const marks = redis.pipeline();
     for (const { jobId } of jobs) marks.set(cancelledJobKey(prefix, jobId), '1', 'EX', CANCELLED_MARK_TTL_SECONDS);
-    await marks.exec();
+    for (const [err] of (await marks.exec()) ?? []) if (err) throw err;
     await Promise.all(
       jobs.map(async (job) => {
         // Removed if waiting; a job a worker holds is locked and stays (the notice below stops it).
