@@ -20,12 +20,25 @@ function cpuNow(): number {
 }
 
 const STAGE_TYPES = ['source', 'build', 'test', 'deploy', 'monitor'] as const;
-const conn = (url: string) => new Redis(url, { maxRetriesPerRequest: null });
+/** Connections a measurement opens, closed together at its end (BullMQ leaves a passed-in connection open). */
+class Connections {
+  private readonly open: Redis[] = [];
+  constructor(private readonly url: string) {}
+  make(): Redis {
+    const c = new Redis(this.url, { maxRetriesPerRequest: null });
+    this.open.push(c);
+    return c;
+  }
+  closeAll(): void {
+    for (const c of this.open.splice(0)) c.disconnect();
+  }
+}
 
 /** Baseline: the same 5 hops as a raw BullMQ chain — each worker adds the next job, nothing else. */
 export async function rawChain(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
+  const conns = new Connections(url);
   const prefix = `rawbench${randomUUID().slice(0, 8)}`;
-  const redis = conn(url);
+  const redis = conns.make();
   const queues = STAGE_TYPES.map((t) => new Queue(t, { connection: redis as unknown as ConnectionOptions, prefix }));
   let done = 0;
   let resolveAll!: () => void;
@@ -39,7 +52,7 @@ export async function rawChain(url: string, runs: number, concurrency: number): 
           if (next) await next.add(STAGE_TYPES[i + 1]!, job.data, { jobId: `${job.data.run}.${i + 1}.1`, removeOnComplete: true });
           else if (++done === runs) resolveAll();
         },
-        { connection: conn(url) as unknown as ConnectionOptions, prefix, concurrency },
+        { connection: conns.make() as unknown as ConnectionOptions, prefix, concurrency },
       ),
   );
   await Promise.all(workers.map((w) => w.waitUntilReady()));
@@ -52,6 +65,7 @@ export async function rawChain(url: string, runs: number, concurrency: number): 
   await Promise.all(workers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   redis.disconnect();
+  conns.closeAll();
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
 
@@ -61,8 +75,9 @@ export async function rawChain(url: string, runs: number, concurrency: number): 
  * validation, no run record, no events: the bare plumbing of an orchestrated pipeline.
  */
 export async function rawCoordinated(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
+  const conns = new Connections(url);
   const prefix = `rawcoord${randomUUID().slice(0, 8)}`;
-  const redis = conn(url);
+  const redis = conns.make();
   const queues = STAGE_TYPES.map((t) => new Queue(t, { connection: redis as unknown as ConnectionOptions, prefix }));
   const coord = new Queue('coord', { connection: redis as unknown as ConnectionOptions, prefix });
   let done = 0;
@@ -71,7 +86,7 @@ export async function rawCoordinated(url: string, runs: number, concurrency: num
   const workers = STAGE_TYPES.map(
     (t, i) =>
       new Worker(t, async (job) => void (await coord.add('result', { run: job.data.run, stage: i }, { jobId: `${job.data.run}.r${i}`, removeOnComplete: true })), {
-        connection: conn(url) as unknown as ConnectionOptions,
+        connection: conns.make() as unknown as ConnectionOptions,
         prefix,
         concurrency,
       }),
@@ -83,7 +98,7 @@ export async function rawCoordinated(url: string, runs: number, concurrency: num
       if (next) await next.add(STAGE_TYPES[job.data.stage + 1]!, { run: job.data.run }, { jobId: `${job.data.run}.${job.data.stage + 1}.1`, removeOnComplete: true });
       else if (++done === runs) resolveAll();
     },
-    { connection: conn(url) as unknown as ConnectionOptions, prefix, concurrency },
+    { connection: conns.make() as unknown as ConnectionOptions, prefix, concurrency },
   );
   await Promise.all([...workers, coordinator].map((w) => w.waitUntilReady()));
   const t0 = performance.now();
@@ -95,6 +110,7 @@ export async function rawCoordinated(url: string, runs: number, concurrency: num
   await Promise.all([...workers, coordinator].map((w) => w.close()));
   await Promise.all([...queues, coord].map((q) => q.obliterate({ force: true }).then(() => q.close())));
   redis.disconnect();
+  conns.closeAll();
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
 
@@ -123,6 +139,7 @@ const noop = async (job: StageJob): Promise<StageOutcome> => {
 
 /** Conveyor: runs through the real orchestrator (run records by compare-and-set, outcomes read from the queues' event streams) with no-op stage workers. */
 export async function orchestrated(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
+  const conns = new Connections(url);
   const prefix = `cvbench${randomUUID().slice(0, 8)}`;
   const logger = createLogger('bench', 'silent');
   // The same connections source-webhook makes (service.ts).
@@ -133,9 +150,9 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   const runsStore = new RedisRunStore(producer, prefix);
   const orchestrator = new Orchestrator({ runs: runsStore, jobs: new BullJobDispatcher(queues, { redis: queueConn, prefix }), logger, newId: randomUUID });
   const stageWorkers = STAGE_TYPES.map((type) =>
-    createStageWorker({ type, queueName: QUEUES[type], connection: conn(url), prefix, handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
+    createStageWorker({ type, queueName: QUEUES[type], connection: conns.make(), prefix, handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
   );
-  const results = new ResultsConsumer({ redis: conn(url), prefix, orchestrator, logger });
+  const results = new ResultsConsumer({ redis: conns.make(), prefix, orchestrator, logger });
   await results.start();
   await Promise.all(stageWorkers.map((w) => w.waitUntilReady()));
   const t0 = performance.now();
@@ -155,6 +172,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   if (keys.length) await producer.del(...keys);
   producer.disconnect();
   queueConn.disconnect();
+  conns.closeAll();
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
 
@@ -165,6 +183,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
  * price of its run state.
  */
 export async function statelessReader(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
+  const conns = new Connections(url);
   const prefix = `flbench${randomUUID().slice(0, 8)}`;
   const logger = createLogger('bench', 'silent');
   const queueConn = createRedis(url, 'worker', { enableAutoPipelining: true });
@@ -181,13 +200,13 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
   const jobFor = (runId: string, i: number): StageJob => ({ ...template[i]!, runId, jobId: `${runId}.${template[i]!.stage}.1` });
   let done = 0;
   const stageWorkers = STAGE_TYPES.map((type) =>
-    createStageWorker({ type, queueName: QUEUES[type], connection: conn(url), prefix, handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
+    createStageWorker({ type, queueName: QUEUES[type], connection: conns.make(), prefix, handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
   );
   await Promise.all(stageWorkers.map((w) => w.waitUntilReady()));
-  const reader = conn(url);
+  const reader = conns.make();
   const keys = STAGE_TYPES.map((t) => `${prefix}:${QUEUES[t]}:events`);
   for (const k of keys) await reader.xgroup('CREATE', k, 'g', '0', 'MKSTREAM');
-  const acker = conn(url);
+  const acker = conns.make();
   const t0 = performance.now();
   const c0 = cpuNow();
   await Promise.all(
@@ -223,5 +242,6 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
   await Promise.all(stageWorkers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   for (const c of [queueConn, reader, acker]) c.disconnect();
+  conns.closeAll();
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }

@@ -1,7 +1,7 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cancelChannel, cancelledJobKey, QUEUES, StageResult, type StageJob } from '@conveyor/contracts';
+import { cancelChannel, QUEUES, StageResult, type StageJob } from '@conveyor/contracts';
 import { StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
 import { closeWorker, createLogger, createStageWorker, PermanentJobError, RUN_CANCELLED, stageEventsKey, type StageHandler } from '@conveyor/service-kit';
 
@@ -116,20 +116,32 @@ describe('createStageWorker', () => {
     await harness.close();
   });
 
-  it('does not start a job marked cancelled before a worker took it, and runs the others', async () => {
+  it('does not start a job whose cancel notice came before a worker took it, and runs the others', async () => {
     const prefix = uniquePrefix('sw');
     const ran: string[] = [];
-    const w = worker(prefix, async (j) => {
+    let started!: () => void;
+    const blocking = new Promise<void>((r) => (started = r));
+    const blocker = job(11);
+    const w = worker(prefix, async (j, ctx) => {
       ran.push(j.jobId);
-      return { status: 'SUCCEEDED', output: {} };
+      if (j.jobId !== blocker.jobId) return { status: 'SUCCEEDED', output: {} };
+      started();
+      await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
+      throw new Error('stopped');
     });
-    await conn().set(cancelledJobKey(prefix, job(8).jobId), '1', 'EX', 60);
+    const publisher = await listening(prefix);
     const harness = new StageHarness(url, prefix);
+    await harness.enqueue(QUEUES.monitor, blocker);
+    await blocking;
+    // Notices arrive in order on one connection: once the blocker's is heard, job 8's was heard before it.
+    await publisher.publish(cancelChannel(prefix), job(8).jobId);
+    await publisher.publish(cancelChannel(prefix), blocker.jobId);
+    expect(await harness.result(blocker.jobId)).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
     await harness.enqueue(QUEUES.monitor, job(8));
     await harness.enqueue(QUEUES.monitor, job(9));
     expect(await harness.result(job(8).jobId)).toMatchObject({ status: 'FAILED', message: 'not started: the run was cancelled' });
     expect(await harness.result(job(9).jobId)).toMatchObject({ status: 'SUCCEEDED' });
-    expect(ran).toEqual([job(9).jobId]);
+    expect(ran).toEqual([blocker.jobId, job(9).jobId]);
     await w.close();
     await harness.close();
   });

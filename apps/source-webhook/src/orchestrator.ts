@@ -24,6 +24,8 @@ export type StartOutcome = { runId: string; duplicate: false } | { runId?: strin
 
 const MAX_CONFLICT_RETRIES = 50;
 const CACHE_LIMIT = 10_000;
+/** When the jobs of a cancelled run are dropped and announced again (after the first time, at once). */
+const CANCEL_SWEEPS_MS = [1000, 10_000];
 
 /**
  * The thin adapter around the pure state machine: load → step → store (compare-and-set, with the
@@ -150,6 +152,11 @@ export class Orchestrator {
     if (!run || run.status !== 'CANCELLED') return run ? { outcome: 'ended', run } : { outcome: 'not-found' };
     const stopping = run.stages.filter((s) => s.status === 'CANCELLED' && s.jobId).map((s) => ({ type: s.type, jobId: s.jobId! }));
     await this.deps.jobs.cancel(stopping);
+    // The orchestrator that stored the transition starting a stage enqueues its job just after: if the
+    // cancel came in between, that job arrives after the first sweep. Sweep again, later.
+    for (const ms of CANCEL_SWEEPS_MS) {
+      setTimeout(() => void this.deps.jobs.cancel(stopping).catch((err: unknown) => this.deps.logger.warn({ err, runId }, 'cancel sweep failed')), ms).unref();
+    }
     if (!isTerminalRun(before)) this.deps.logger.info({ runId, pipeline: run.pipeline, stopping: stopping.map((j) => j.jobId), reason }, 'run cancelled');
     return { outcome: 'cancelled', run };
   }

@@ -135,6 +135,13 @@ describe('Orchestrator.cancelRun', () => {
         }
       }
     }
+    // A job enqueued just after its run's cancel is dropped by the next sweep.
+    const waiting = async () => {
+      let n = 0;
+      for (const queue of queues.values()) for (const job of await queue.getJobs(['waiting', 'prioritized', 'delayed'])) if (ids.includes(job.data.runId)) n++;
+      return n;
+    };
+    await expect.poll(waiting, { timeout: 5000, interval: 100 }).toBe(0);
     // Results that arrive after the cancel change nothing.
     expect(await worker.handleInputs(items)).toEqual([]);
     for (const id of ids) expect((await store.get(id))!.status).toBe('CANCELLED');

@@ -1,5 +1,5 @@
 import { UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { cancelChannel, cancelledJobKey, describeIssues, StageJob, StageOutput, stageResultOf, type StageJobOf, type StageResult } from '@conveyor/contracts';
+import { cancelChannel, describeIssues, StageJob, StageOutput, stageResultOf, type StageJobOf, type StageResult } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
 import { logErrors, RUN_CANCELLED, SHUTTING_DOWN } from './lifecycle.js';
@@ -54,17 +54,31 @@ function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED
   return { status: outcome.status, ...(outcome.message ? { message: outcome.message } : {}), output: output.data };
 }
 
+/** How long a cancel notice for a job this worker does not hold (yet) is remembered. */
+const NOTICE_MEMORY_MS = 10 * 60_000;
+
 /**
- * Listens for cancel notices (ADR 0007) on a connection of its own, and aborts the job a notice names if
- * this worker holds it. A job not yet taken is caught by its durable mark when it starts. Closed with
- * the worker.
+ * Listens for cancel notices (ADR 0007) on a connection of its own: aborts the job a notice names if this
+ * worker holds it, and remembers the others for a while, so a job taken after its notice went out (one
+ * the orchestrator enqueued just after the cancel) is not started. Closed with the worker.
  */
-function listenForCancels(worker: Worker, connection: Redis, prefix: string, logger: Logger): void {
+function listenForCancels(worker: Worker, connection: Redis, prefix: string, logger: Logger): { noticed(jobId: string): boolean } {
+  const unheld = new Map<string, number>();
   const subscriber = connection.duplicate();
   logErrors(subscriber, logger, 'cancel notices');
-  subscriber.on('message', (_channel: string, jobId: string) => void worker.cancelJob(jobId, RUN_CANCELLED));
+  subscriber.on('message', (_channel: string, jobId: string) => {
+    if (worker.cancelJob(jobId, RUN_CANCELLED)) return;
+    const now = Date.now();
+    unheld.delete(jobId); // re-inserted last: the map stays in notice order
+    unheld.set(jobId, now);
+    for (const [id, at] of unheld) {
+      if (now - at < NOTICE_MEMORY_MS) break;
+      unheld.delete(id);
+    }
+  });
   subscriber.subscribe(cancelChannel(prefix)).catch((err: unknown) => logger.warn({ err }, 'cannot listen for cancel notices'));
   worker.on('closed', () => subscriber.disconnect());
+  return { noticed: (jobId) => unheld.delete(jobId) };
 }
 
 function describe(err: unknown): string {
@@ -104,8 +118,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt, status: result.status }, 'stage job finished');
       return result;
     };
-    // Marked before its notice was sent: a job taken after that (by any worker, a restarted one too) sees it.
-    if ((await opts.connection.exists(cancelledJobKey(opts.prefix, job.jobId))) === 1) {
+    if (cancels.noticed(job.jobId)) {
       opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt }, 'stage job not started: its run was cancelled');
       return finish({ status: 'FAILED', message: 'not started: the run was cancelled' });
     }
@@ -155,7 +168,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
     maxStalledCount: 2,
     autorun: opts.autorun ?? true,
   });
-  listenForCancels(worker, opts.connection, opts.prefix, opts.logger);
+  const cancels = listenForCancels(worker, opts.connection, opts.prefix, opts.logger);
   // A worker that cannot renew a lock no longer owns the job: stop working on it, another worker will.
   worker.on('lockRenewalFailed', (ids: string[]) => ids.forEach((id) => worker.cancelJob(id, 'lock lost')));
   // While Redis is away BullMQ reports every retry: one line per 10 s is enough.
