@@ -6,7 +6,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConveyorClient, examplePipelineYaml, prepareExampleRepo, startStack, watchRun, type ExampleRepo, type Stack } from '@conveyor/launcher';
 import { pidAlive } from '@conveyor/procfs';
-import { commitFiles, freePort, freePortRange, git, testRedis } from '@conveyor/testing';
+import { commitFiles, completedResults, freePort, freePortRange, git, testRedis } from '@conveyor/testing';
 
 /**
  * The whole system as a user runs it: the launcher's five service processes, real Redis, a real git
@@ -197,6 +197,21 @@ describe('a run cancelled mid-build', () => {
     expect(run).toMatchObject({ status: 'CANCELLED' });
     expect(run.stages.map((s: { status: string }) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED', 'SKIPPED']);
     expect((await client.request('POST', `/api/v1/runs/${runId}/cancel`, '{}')).status).toBe(202);
+    // The build job ended once, as stopped, and stored no artifact.
+    const redis = new Redis(stack.redis.url);
+    try {
+      const buildJob = `${runId}.Build.1`;
+      let results: Awaited<ReturnType<typeof completedResults>> = [];
+      for (let i = 0; i < 100 && results.length === 0; i++) {
+        results = (await completedResults(redis, PREFIX, 'build')).filter((r) => r.jobId === buildJob);
+        if (results.length === 0) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(results).toHaveLength(1);
+      expect(results[0]).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
+      expect(results[0]!.output.artifact).toBeUndefined();
+    } finally {
+      redis.disconnect();
+    }
   });
 });
 

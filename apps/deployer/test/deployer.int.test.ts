@@ -219,9 +219,9 @@ describe('deployer', () => {
   it('a cancelled run never replaces what serves: stopped on notice, or refused at the swap when the notice was missed', async () => {
     const v1 = await deploy(await makeJob('shop', 'v1'));
     expect(v1.status).toBe('SUCCEEDED');
-    /** Enqueues a deploy whose app listens only after 2 s, and resolves once it waits for health. */
+    /** Enqueues a deploy whose command never answers, and resolves once the deploy waits for its health. */
     const waitingForHealth = async (version: string) => {
-      const job = await makeJob('shop', version, { command: 'sleep 2 && exec node server.mjs' });
+      const job = await makeJob('shop', version, { command: 'exec sleep 600' });
       await deployQueue.add('deploy', job, { jobId: job.jobId });
       const deadline = Date.now() + 20_000;
       while (!(await redis.get(stageLogKey(prefix, job.jobId)))?.includes('waiting for /healthz')) {

@@ -10,6 +10,8 @@ export interface OrchestratorDeps {
   logger: Logger;
   clock?: () => Date;
   newId: () => string;
+  /** When a cancel's removal and notices are sent again (default 1 s and 10 s after the first). */
+  cancelRepeatsMs?: readonly number[];
 }
 
 /** An input addressed to a run. */
@@ -24,8 +26,7 @@ export type StartOutcome = { runId: string; duplicate: false } | { runId?: strin
 
 const MAX_CONFLICT_RETRIES = 50;
 const CACHE_LIMIT = 10_000;
-/** When the jobs of a cancelled run are dropped and announced again (after the first time, at once). */
-const CANCEL_SWEEPS_MS = [1000, 10_000];
+const CANCEL_REPEATS_MS = [1000, 10_000];
 
 /**
  * The thin adapter around the pure state machine: load → step → store (compare-and-set, with the
@@ -39,6 +40,8 @@ export class Orchestrator {
    * and a parse per transition without risking a lost update.
    */
   private readonly cache = new Map<string, Run>();
+  /** Pending repeats of cancels, cleared by close(). */
+  private readonly repeats = new Set<NodeJS.Timeout>();
   constructor(private readonly deps: OrchestratorDeps) {
     this.clock = deps.clock ?? (() => new Date());
   }
@@ -151,14 +154,26 @@ export class Orchestrator {
     const run = isTerminalRun(before) ? before : await this.deps.runs.get(runId);
     if (!run || run.status !== 'CANCELLED') return run ? { outcome: 'ended', run } : { outcome: 'not-found' };
     const stopping = run.stages.filter((s) => s.status === 'CANCELLED' && s.jobId).map((s) => ({ type: s.type, jobId: s.jobId! }));
-    await this.deps.jobs.cancel(stopping);
     // The orchestrator that stored the transition starting a stage enqueues its job just after: if the
-    // cancel came in between, that job arrives after the first sweep. Sweep again, later.
-    for (const ms of CANCEL_SWEEPS_MS) {
-      setTimeout(() => void this.deps.jobs.cancel(stopping).catch((err: unknown) => this.deps.logger.warn({ err, runId }, 'cancel sweep failed')), ms).unref();
+    // cancel came in between, that job arrives after the first removal. Both are repeated later (in this
+    // process: a restart within those seconds drops them), and so are they when the first attempt fails.
+    for (const ms of this.deps.cancelRepeatsMs ?? CANCEL_REPEATS_MS) {
+      const timer = setTimeout(() => {
+        this.repeats.delete(timer);
+        this.deps.jobs.cancel(stopping).catch((err: unknown) => this.deps.logger.warn({ err, runId }, 'repeated cancel failed'));
+      }, ms);
+      timer.unref();
+      this.repeats.add(timer);
     }
+    await this.deps.jobs.cancel(stopping);
     if (!isTerminalRun(before)) this.deps.logger.info({ runId, pipeline: run.pipeline, stopping: stopping.map((j) => j.jobId), reason }, 'run cancelled');
     return { outcome: 'cancelled', run };
+  }
+
+  /** Drops the pending repeats of cancels (on shutdown, before the queues close). */
+  close(): void {
+    for (const timer of this.repeats) clearTimeout(timer);
+    this.repeats.clear();
   }
 
   /** A run's inputs applied in order: the last run and every event on the way (the same run if none changed it). */

@@ -78,7 +78,7 @@ export function composeService(env: Env, logger: Logger) {
 
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
-    { name: 'reconciler', run: () => ((stopped = true), clearTimeout(reconciler)) },
+    { name: 'reconciler', run: () => ((stopped = true), clearTimeout(reconciler), orchestrator.close()) },
     { name: 'workers', run: () => Promise.all([closeWorker(sourceWorker, env.SHUTDOWN_DRAIN_SECONDS * 1000, logger), within(results.stop(), 5000, 'results consumer').catch(() => undefined)]) },
     { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => closeQueue(q))) },
     { name: 'redis', run: () => Promise.all([redis, workerRedis, queueRedis, resultsRedis].map((c) => closeRedis(c))) },

@@ -182,7 +182,7 @@ describe('cancel', () => {
   const cancel = (runId: string, payload: unknown = {}, headers: Record<string, string> = auth) =>
     service.app.inject({ method: 'POST', url: `/api/v1/runs/${runId}/cancel`, headers, payload: payload as object });
 
-  it('ends a run whose build waits: the stage CANCELLED, its job dropped, marked and announced; again is 202', async () => {
+  it('ends a run whose build waits: the stage CANCELLED, its job dropped, marked and announced; again is 202 and changes nothing', async () => {
     const notices: string[] = [];
     const listener = new Redis(redisUrl);
     await listener.subscribe(cancelChannel(prefix));
@@ -206,12 +206,10 @@ describe('cancel', () => {
       await waitFor(async () => (notices.includes(jobId) ? true : undefined), 'the cancel notice');
       await build.close();
 
-      // Idempotent: the notices go out again, the run stays as it is.
-      const heard = notices.length;
+      // Idempotent: the run stays as it is (that the notices go out again is shown in run-store.int.test.ts).
       const again = await cancel(runId);
       expect(again.statusCode).toBe(202);
       expect(again.json()).toMatchObject({ status: 'CANCELLED', message: 'wrong commit' });
-      await waitFor(async () => (notices.slice(heard).includes(jobId) ? true : undefined), 'the repeated notice');
     } finally {
       listener.disconnect();
     }

@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cancelledJobKey, EVENTS_STREAM, PipelineDefinition, QUEUES, stageResultOf, type Run, type StageJob } from '@conveyor/contracts';
+import { cancelChannel, cancelledJobKey, EVENTS_STREAM, PipelineDefinition, QUEUES, stageResultOf, type Run, type StageJob } from '@conveyor/contracts';
 import { createLogger, createQueue } from '@conveyor/service-kit';
 import { testRedis, uniquePrefix } from '@conveyor/testing';
 import { BullJobDispatcher } from '../src/adapters/bull-job-dispatcher.js';
 import { RedisRunStore } from '../src/adapters/redis-run-store.js';
 import { createRun, pendingJobs, step } from '../src/domain/state-machine.js';
-import { Orchestrator } from '../src/orchestrator.js';
-import type { RunStore } from '../src/ports.js';
+import { Orchestrator, type OrchestratorDeps } from '../src/orchestrator.js';
+import type { JobDispatcher, RunStore } from '../src/ports.js';
 
 let url: string;
 let redis: Redis;
@@ -43,12 +43,19 @@ function world(name: string) {
   const conn = new Redis(url, { maxRetriesPerRequest: null });
   const queues = new Map(Object.values(QUEUES).map((q) => [q, createQueue(q, { connection: conn, prefix })]));
   const runs = new RedisRunStore(redis, prefix);
-  const make = (store: RunStore = runs) => new Orchestrator({ runs: store, jobs: new BullJobDispatcher(queues, { redis: conn, prefix }), logger, newId: randomUUID });
+  const dispatcher = new BullJobDispatcher(queues, { redis: conn, prefix });
+  const made: Orchestrator[] = [];
+  const make = (store: RunStore = runs, extra: Partial<OrchestratorDeps> = {}) => {
+    const orchestrator = new Orchestrator({ runs: store, jobs: dispatcher, logger, newId: randomUUID, ...extra });
+    made.push(orchestrator);
+    return orchestrator;
+  };
   worlds.push(async () => {
+    for (const o of made) o.close();
     await Promise.all([...queues.values()].map((q) => q.close()));
     conn.disconnect();
   });
-  return { prefix, queues, runs, make };
+  return { prefix, queues, runs, make, dispatcher };
 }
 
 beforeAll(async () => {
@@ -115,7 +122,7 @@ describe('RedisRunStore', () => {
 describe('Orchestrator.cancelRun', () => {
   it('racing a stage result on another orchestrator, ends every run CANCELLED with no unmarked job left waiting', async () => {
     const { prefix, queues, make, runs: store } = world('cancel');
-    const [worker, api] = [make(), make()];
+    const [worker, api] = [make(), make(store, { cancelRepeatsMs: [200] })];
     const ids = await Promise.all(Array.from({ length: 20 }, async () => (await worker.startRun(definition, trigger)).runId!));
     const items = await Promise.all(ids.map(async (runId) => ({ runId, input: succeeded(pendingJobs((await store.get(runId))!)[0]!, SOURCE_OUTPUT) })));
     await queues.get(QUEUES.source)!.drain(); // the Source jobs were taken: these are their results
@@ -145,6 +152,62 @@ describe('Orchestrator.cancelRun', () => {
     // Results that arrive after the cancel change nothing.
     expect(await worker.handleInputs(items)).toEqual([]);
     for (const id of ids) expect((await store.get(id))!.status).toBe('CANCELLED');
+  });
+});
+
+describe('Orchestrator.cancelRun, step by step', () => {
+  it('a job enqueued just after its run was cancelled carries its mark, and the repeat drops it', async () => {
+    const { prefix, queues, make, runs: store, dispatcher } = world('late');
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let holding = false;
+    // The orchestrator applying the Source result stores Build RUNNING, then stalls before enqueueing its job.
+    const stalling: JobDispatcher = { ensure: async (jobs) => (holding && (await held), dispatcher.ensure(jobs)), inspect: (j) => dispatcher.inspect(j), cancel: (j) => dispatcher.cancel(j) };
+    const worker = make(store, { jobs: stalling });
+    const api = make(store, { cancelRepeatsMs: [300] });
+    const { runId } = await worker.startRun(definition, trigger);
+    await queues.get(QUEUES.source)!.drain();
+    const source = pendingJobs((await store.get(runId!))!)[0]!;
+    holding = true;
+    const applying = worker.handleInputs([{ runId: runId!, input: succeeded(source, SOURCE_OUTPUT) }]);
+    await expect.poll(async () => (await store.get(runId!))!.stages[1]!.status, { timeout: 5000, interval: 10 }).toBe('RUNNING');
+    expect((await api.cancelRun(runId!, 'late')).outcome).toBe('cancelled');
+    release();
+    expect(await applying).toEqual([]);
+    const build = queues.get(QUEUES.build)!;
+    const jobId = `${runId}.Build.1`;
+    expect(await build.getJob(jobId)).toBeDefined(); // enqueued after the first removal
+    expect(await redis.exists(cancelledJobKey(prefix, jobId))).toBe(1);
+    await expect.poll(async () => (await build.getJob(jobId)) === undefined, { timeout: 5000, interval: 50 }).toBe(true);
+    expect((await store.get(runId!))!.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED', 'SKIPPED']);
+  });
+
+  it('cancelling a cancelled run sends its notices again; one that ended otherwise is left as it is', async () => {
+    const { prefix, make, runs: store } = world('again');
+    const api = make(store, { cancelRepeatsMs: [] });
+    const listener = new Redis(url);
+    const notices: string[] = [];
+    await listener.subscribe(cancelChannel(prefix));
+    listener.on('message', (_channel: string, jobId: string) => notices.push(jobId));
+    try {
+      const { runId } = await api.startRun(definition, trigger);
+      const jobId = `${runId}.Source.1`;
+      expect((await api.cancelRun(runId!, 'once')).outcome).toBe('cancelled');
+      await expect.poll(() => notices.length).toBe(1);
+      const again = await api.cancelRun(runId!, 'twice');
+      expect(again).toMatchObject({ outcome: 'cancelled', run: { status: 'CANCELLED', message: 'once' } });
+      await expect.poll(() => notices).toEqual([jobId, jobId]);
+
+      const other = (await api.startRun(definition, trigger)).runId!;
+      const failed = pendingJobs((await store.get(other))!)[0]!;
+      const at = new Date().toISOString();
+      await api.handleInputs([{ runId: other, input: { type: 'stage-result', result: stageResultOf(failed, { status: 'FAILED', startedAt: at, finishedAt: at, message: 'no', output: {} }) } }]);
+      expect(await api.cancelRun(other, 'too late')).toMatchObject({ outcome: 'ended', run: { status: 'FAILED' } });
+      expect(await api.cancelRun('no-such-run', 'x')).toEqual({ outcome: 'not-found' });
+      expect(notices).toHaveLength(2);
+    } finally {
+      listener.disconnect();
+    }
   });
 });
 

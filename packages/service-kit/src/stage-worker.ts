@@ -59,7 +59,7 @@ const NOTICE_MEMORY_MS = 10 * 60_000;
 
 /**
  * Listens for cancel notices (ADR 0007) on a connection of its own: aborts the job a notice names if this
- * worker holds it, and remembers the others for a while, so a job taken after its notice went out (one
+ * worker holds it, and remembers every notice for a while, so a job taken after its notice went out (one
  * the orchestrator enqueued just after the cancel) is not started. Closed with the worker.
  */
 function listenForCancels(worker: Worker, connection: Redis, prefix: string, logger: Logger): { noticed(jobId: string): boolean } {
@@ -67,7 +67,8 @@ function listenForCancels(worker: Worker, connection: Redis, prefix: string, log
   const subscriber = connection.duplicate();
   logErrors(subscriber, logger, 'cancel notices');
   subscriber.on('message', (_channel: string, jobId: string) => {
-    if (worker.cancelJob(jobId, RUN_CANCELLED)) return;
+    // Remembered even when held: a job stopped for another reason and run again here must not start.
+    worker.cancelJob(jobId, RUN_CANCELLED);
     const now = Date.now();
     unheld.delete(jobId); // re-inserted last: the map stays in notice order
     unheld.set(jobId, now);
@@ -147,7 +148,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
     if (ctx.signal.aborted) {
       // The run was cancelled: the job ends here, once (its result is no news to the orchestrator). A
       // handler that finished anyway (the notice came too late to stop it) reports what it did.
-      if (ctx.signal.reason === RUN_CANCELLED) return finish(stoppedEarly ? { status: 'FAILED', message: 'stopped: the run was cancelled' } : outcome);
+      if (ctx.signal.reason === RUN_CANCELLED) return finish(stoppedEarly || outcome.status === 'FAILED' ? { status: 'FAILED', message: 'stopped: the run was cancelled' } : outcome);
       // Cancelled by our own shutdown: hand the job back untouched, without spending an attempt.
       if (ctx.signal.reason === SHUTTING_DOWN && token) {
         await bull.moveToWait(token);

@@ -21,18 +21,20 @@ export const buildJobHandler =
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
     if (ctx.deliveries > 0) log.write(`[conveyor] delivery ${ctx.deliveries + 1} of this job (an earlier worker stopped before finishing)\n`);
     try {
-      return await runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(deps.user ? { user: deps.user } : {}) }, (run) => finishBuild(job, run, deps, (t) => log.write(t)));
+      return await runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(deps.user ? { user: deps.user } : {}) }, (run) => finishBuild(job, run, deps, (t) => log.write(t), ctx.signal));
     } finally {
       await log.close();
     }
   };
 
-async function finishBuild(job: BuildJob, run: BuildspecRun, deps: BuildDeps, log: (t: string) => void): Promise<StageOutcome> {
+async function finishBuild(job: BuildJob, run: BuildspecRun, deps: BuildDeps, log: (t: string) => void, signal: AbortSignal): Promise<StageOutcome> {
   const output: StageOutcome['output'] = {
     ...(run.phases ? { phases: run.phases.phases } : {}),
     ...(run.phases && Object.keys(run.phases.exportedVariables).length ? { exportedVariables: run.phases.exportedVariables } : {}),
   };
   const section = run.spec?.artifacts;
+  // Stopped (cancelled, or the job taken from this worker): nothing is worth storing.
+  if (signal.aborted) return { status: 'FAILED', message: run.message ?? 'the build was stopped', output };
   if (!section) return { status: run.status, ...(run.message ? { message: run.message } : {}), output };
   try {
     const files = await resolveFiles(run.workspace, { ...fileSelection(section, 'artifacts'), allowEmpty: run.status === 'FAILED' });

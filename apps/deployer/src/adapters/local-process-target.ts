@@ -101,7 +101,15 @@ export class LocalProcessTarget implements DeployTarget {
       logger.error({ pipeline: job.pipeline, pid: record.pid, stopped }, 'deploy lock lost before the swap');
       return { status: 'unhealthy', message: 'the deploy lock was lost (its holder process ended) before this version went live; it was stopped and the previous version keeps serving' };
     }
-    if (await ctx.cancelled()) {
+    let cancelled: boolean;
+    try {
+      cancelled = await ctx.cancelled();
+    } catch (err) {
+      // Unknown whether to go live: the new version must not be left running unrecorded.
+      await stopGroup(record.pgid, this.opts.stopGraceMs);
+      throw err;
+    }
+    if (cancelled) {
       const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
       logger.info({ pipeline: job.pipeline, pid: record.pid, stopped }, 'run cancelled before its version went live');
       return { status: 'cancelled', message: 'the run was cancelled before this version went live; it was stopped and the previous version keeps serving' };

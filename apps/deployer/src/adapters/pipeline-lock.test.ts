@@ -93,8 +93,9 @@ describe('withPipelineLock', () => {
   });
 
   it('keeps the lock through SIGINT/SIGTERM/SIGHUP to its holder, and says when the holder is killed for good', async () => {
-    // flock execs the holding script, which execs cat: the holder is our child named cat.
-    const holderPid = () => Number(spawnSync('pgrep', ['-P', String(process.pid), '-x', 'cat'], { encoding: 'utf8' }).stdout.trim().split('\n')[0]);
+    // flock (our child) runs the holding script, which execs cat: the holder is flock's child named cat.
+    const childOf = (parent: number, name: string) => Number(spawnSync('pgrep', ['-P', String(parent), '-x', name], { encoding: 'utf8' }).stdout.trim().split('\n')[0]);
+    const holderPid = () => childOf(childOf(process.pid, 'flock'), 'cat');
     await withPipelineLock(dir, async (lock) => {
       const holder = holderPid();
       expect(holder).toBeGreaterThan(1);

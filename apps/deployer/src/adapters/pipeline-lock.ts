@@ -16,10 +16,10 @@ interface LockContent {
  * the kernel when this process dies, however it dies. No pid, start time or staleness is judged, so two
  * deployers can never both take over a lock they think is stale.
  */
-const HOLD = ['--exclusive', '--no-fork'];
+const HOLD = ['--exclusive'];
 // Signals sent to a terminal's or a service manager's process group must not end the lock before its
-// owner is done: the holder runs in a group of its own and ignores them (ignored signals stay ignored
-// across exec). The pipe still ends it with its owner.
+// owner is done: flock and its script run in a group of their own, and the script ignores them (ignored
+// signals stay ignored across exec). The pipe still ends it with its owner.
 const SCRIPT = "trap '' INT TERM HUP; echo locked; exec cat >/dev/null";
 
 /** Throws, saying what to install, when flock(1) cannot run here: a deployer without it must not start. */
@@ -40,7 +40,7 @@ export interface HeldLock {
 function acquire(path: string, signal: AbortSignal | undefined, onWait: () => void, waitNoticeMs: number): Promise<HeldLock & { release(): Promise<void> }> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason instanceof Error ? signal.reason : new Error('aborted while waiting for the pipeline lock'));
-    // --no-fork: flock execs the script itself, so the lock's holder is this one child.
+    // flock keeps the lock and runs the script, which inherits it: the lock ends when both have ended.
     const child: ChildProcess = spawn('flock', [...HOLD, path, 'sh', '-c', SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     let settled = false;
     let stderr = '';
@@ -109,8 +109,9 @@ export async function withPipelineLock<T>(
         await writeFile(path, JSON.stringify({ pid: process.pid } satisfies LockContent));
         return await fn(lock);
       } finally {
-        // Emptied first: a waiter's notice must not name a holder that has gone.
-        await writeFile(path, '').catch(() => undefined);
+        // Emptied first: a waiter's notice must not name a holder that has gone (unless the lock was lost:
+        // the pid in the file may be the next holder's).
+        if (!lock.lost()) await writeFile(path, '').catch(() => undefined);
         await lock.release();
       }
     });
