@@ -7,6 +7,8 @@ export const DeployerEnv = BaseEnv.extend({
   DEPLOY_DIR: z.string().min(1).default('.conveyor/deployments'),
   DEPLOY_STOP_GRACE_SECONDS: z.coerce.number().min(0).max(600).default(10),
   DEPLOY_KEEP_VERSIONS: z.coerce.number().int().min(1).max(1000).default(5),
+  /** A deployed command's `.conveyor-output.log` above this size is copied to `.1` and emptied (checked every 30 s). */
+  DEPLOY_OUTPUT_MAX_BYTES: z.coerce.number().int().min(64 * 1024).default(10 * 1024 * 1024),
   /** When set, `GET /api/v1/deployments` requires `Authorization: Bearer <token>`. */
   CONVEYOR_API_TOKEN: OptionalSecret,
 });

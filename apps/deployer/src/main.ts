@@ -5,11 +5,14 @@ import { runStageService } from '@conveyor/service-kit';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
 import { LocalProcessTarget } from './adapters/local-process-target.js';
+import { rotateOutputLogs } from './adapters/output-rotation.js';
 import { checkLockTool } from './adapters/pipeline-lock.js';
 import { loadEnv } from './env.js';
 import { deploymentRoutes } from './http/server.js';
 import { createDeployHandler } from './jobs/deploy.js';
 import { deployCounter } from './metrics.js';
+
+const OUTPUT_CHECK_MS = 30_000;
 
 const env = loadEnv();
 checkLockTool();
@@ -32,6 +35,22 @@ await runStageService({
     });
     return createDeployHandler({ targets: [local], redis, prefix, deploys: deployCounter(registry) });
   },
-  extras: () => ({ routes: deploymentRoutes({ catalog: new FsDeploymentCatalog(files), apiToken: env.CONVEYOR_API_TOKEN }) }),
+  extras: ({ logger }) => {
+    // Deployed commands write their output for as long as they run: keep each log under its limit.
+    let rotation: NodeJS.Timeout | undefined;
+    const rotate = () =>
+      rotateOutputLogs(files, env.DEPLOY_OUTPUT_MAX_BYTES).then(
+        (logs) => logs.length > 0 && logger.info({ logs }, 'rotated deployed output logs'),
+        (err: unknown) => logger.warn({ err }, 'could not rotate deployed output logs'),
+      );
+    return {
+      routes: deploymentRoutes({ catalog: new FsDeploymentCatalog(files), apiToken: env.CONVEYOR_API_TOKEN }),
+      start: async () => {
+        rotation = setInterval(() => void rotate(), OUTPUT_CHECK_MS);
+        rotation.unref();
+      },
+      stop: [{ name: 'log rotation', run: () => clearInterval(rotation) }],
+    };
+  },
   beforeStart: async ({ logger }) => logger.info({ deployDir }, 'deploying local targets into this directory'),
 });
