@@ -31,6 +31,16 @@ function worker(prefix: string, handler: StageHandler<'monitor'>) {
   return createStageWorker({ type: 'monitor', queueName: QUEUES.monitor, connection: conn(), prefix, handler, logger, concurrency: 1, lockDuration: 30_000, stalledInterval: 30_000 });
 }
 
+/** A signal's abort, as a promise. */
+const aborted = (signal: AbortSignal) => new Promise((r) => signal.addEventListener('abort', r, { once: true }));
+
+/** A promise that resolves once `mark()` is called: "the handler has started". */
+function latch() {
+  let mark!: () => void;
+  const reached = new Promise<void>((r) => (mark = r));
+  return { mark, reached };
+}
+
 describe('createStageWorker', () => {
   it('turns a PermanentJobError into a FAILED result with its message', async () => {
     const prefix = uniquePrefix('sw');
@@ -95,12 +105,11 @@ describe('createStageWorker', () => {
     const prefix = uniquePrefix('sw');
     let calls = 0;
     let reason: unknown;
-    let started!: () => void;
-    const running = new Promise<void>((r) => (started = r));
+    const { mark: started, reached: running } = latch();
     const w = worker(prefix, async (_job, ctx) => {
       calls++;
       started();
-      await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
+      await aborted(ctx.signal);
       reason = ctx.signal.reason;
       throw new Error('aborted build');
     });
@@ -119,14 +128,13 @@ describe('createStageWorker', () => {
   it('does not start a job whose cancel notice came before a worker took it, and runs the others', async () => {
     const prefix = uniquePrefix('sw');
     const ran: string[] = [];
-    let started!: () => void;
-    const blocking = new Promise<void>((r) => (started = r));
+    const { mark: started, reached: blocking } = latch();
     const blocker = job(11);
     const w = worker(prefix, async (j, ctx) => {
       ran.push(j.jobId);
       if (j.jobId !== blocker.jobId) return { status: 'SUCCEEDED', output: {} };
       started();
-      await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
+      await aborted(ctx.signal);
       throw new Error('stopped');
     });
     const publisher = await listening(prefix);
@@ -148,12 +156,11 @@ describe('createStageWorker', () => {
 
   it('reports what a handler did when it completed although the notice came (too late to stop it)', async () => {
     const prefix = uniquePrefix('sw');
-    let started!: () => void;
-    const running = new Promise<void>((r) => (started = r));
+    const { mark: started, reached: running } = latch();
     const w = worker(prefix, async (_job, ctx) => {
       started();
       // Past its point of no return: it hears the abort and completes all the same.
-      await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
+      await aborted(ctx.signal);
       return { status: 'SUCCEEDED', output: { url: 'http://127.0.0.1:1/' } };
     });
     const publisher = await listening(prefix);
@@ -168,11 +175,10 @@ describe('createStageWorker', () => {
 
   it('hands a job that outlasts the shutdown drain back to the queue, unspent and unreported', async () => {
     const prefix = uniquePrefix('sw');
-    let started!: () => void;
-    const running = new Promise<void>((r) => (started = r));
+    const { mark: started, reached: running } = latch();
     const w = worker(prefix, async (_job, ctx) => {
       started();
-      await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
+      await aborted(ctx.signal);
       return { status: 'FAILED', message: 'stopped' };
     });
     const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
