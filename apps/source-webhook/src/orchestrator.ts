@@ -20,7 +20,12 @@ export interface RunInputFor {
   input: RunInput;
 }
 
-export type CancelOutcome = { outcome: 'cancelled'; run: Run } | { outcome: 'ended'; run: Run } | { outcome: 'not-found' };
+export type CancelOutcome =
+  | { outcome: 'cancelled'; run: Run }
+  /** A waiting cancel was taken: the running stage finishes, then the run ends. */
+  | { outcome: 'stopping'; run: Run }
+  | { outcome: 'ended'; run: Run }
+  | { outcome: 'not-found' };
 
 export type StartOutcome = { runId: string; duplicate: false } | { runId?: string; duplicate: true; decision: DeliveryDecision['decision'] };
 
@@ -143,16 +148,19 @@ export class Orchestrator {
   }
 
   /**
-   * Cancels a run that has not ended: its RUNNING stage becomes CANCELLED and the later ones SKIPPED, then
-   * the work in flight is stopped (the job dropped from its queue, or its worker told to abort). Cancelling
-   * a cancelled run sends the stop notices again; a run that ended otherwise is left as it is.
+   * Cancels a run that has not ended. `abandon`: its RUNNING stage becomes CANCELLED and the later ones
+   * SKIPPED, then the work in flight is stopped (the job dropped from its queue, or its worker told to
+   * abort); cancelling a cancelled run sends the stop notices again. `wait`: the running stage goes on,
+   * and the run ends CANCELLED when it has finished. A run that ended otherwise is left as it is.
    */
-  async cancelRun(runId: string, reason: string): Promise<CancelOutcome> {
+  async cancelRun(runId: string, reason: string, mode: 'abandon' | 'wait' = 'abandon'): Promise<CancelOutcome> {
     const before = await this.deps.runs.get(runId);
     if (!before) return { outcome: 'not-found' };
-    if (!isTerminalRun(before)) await this.applyOne(runId, { type: 'cancel', reason });
+    if (!isTerminalRun(before)) await this.applyOne(runId, { type: 'cancel', reason, mode });
     const run = isTerminalRun(before) ? before : await this.deps.runs.get(runId);
-    if (!run || run.status !== 'CANCELLED') return run ? { outcome: 'ended', run } : { outcome: 'not-found' };
+    if (!run) return { outcome: 'not-found' };
+    if (run.status === 'RUNNING' && run.stopRequested) return { outcome: 'stopping', run };
+    if (run.status !== 'CANCELLED') return { outcome: 'ended', run };
     const stopping = run.stages.filter((s) => s.status === 'CANCELLED' && s.jobId).map((s) => ({ type: s.type, jobId: s.jobId! }));
     // The orchestrator that stored the transition starting a stage enqueues its job just after: if the
     // cancel came in between, that job arrives after the first removal. Both are repeated later (in this

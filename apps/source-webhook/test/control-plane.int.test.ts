@@ -215,6 +215,18 @@ describe('cancel', () => {
     }
   });
 
+  it('with mode wait, answers 202 with the run still RUNNING and its stop requested, leaving the build job queued', async () => {
+    const { runId } = (await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} })).json();
+    await waitFor(async () => ((await getRun(runId)).stages[1]!.status === 'RUNNING' ? true : undefined), 'build stage to start');
+    const res = await cancel(runId, { reason: 'after this build', mode: 'wait' });
+    expect(res.statusCode).toBe(202);
+    expect(res.json()).toMatchObject({ status: 'RUNNING', stopRequested: { reason: 'after this build' } });
+    expect(res.json().stages.map((s: { status: string }) => s.status)).toEqual(['SUCCEEDED', 'RUNNING']);
+    const build = new Queue(QUEUES.build, { connection: redis, prefix });
+    expect(await build.getJob(`${runId}.Build.1`)).toBeDefined();
+    await build.close();
+  });
+
   it('refuses to cancel a run that ended (409), an unknown run (404), a bad reason (400), and without the token (401)', async () => {
     const { runId } = (await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { ref: 'no-such-branch' } })).json();
     await waitFor(async () => ((await getRun(runId)).status === 'FAILED' ? true : undefined), 'run to fail');
@@ -225,6 +237,9 @@ describe('cancel', () => {
     expect((await getRun(runId)).status).toBe('FAILED');
 
     expect((await cancel('run-that-does-not-exist')).statusCode).toBe(404);
+    const badMode = await cancel(runId, { mode: 'later' });
+    expect(badMode.statusCode).toBe(400);
+    expect(badMode.json().errors[0].path).toBe('body.mode');
     const bad = await cancel(runId, { reason: 5 });
     expect(bad.statusCode).toBe(400);
     expect(bad.json().errors[0].path).toBe('body.reason');

@@ -182,6 +182,35 @@ describe('Orchestrator.cancelRun, step by step', () => {
     expect((await store.get(runId!))!.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED', 'SKIPPED']);
   });
 
+  it('a waiting cancel lets the running stage finish, stops nothing, and ends the run before the next stage', async () => {
+    const { prefix, queues, make, runs: store } = world('wait');
+    const api = make(store, { cancelRepeatsMs: [] });
+    const listener = new Redis(url);
+    const notices: string[] = [];
+    await listener.subscribe(cancelChannel(prefix));
+    listener.on('message', (_channel: string, jobId: string) => notices.push(jobId));
+    try {
+      const { runId } = await api.startRun(definition, trigger);
+      const sourceJob = pendingJobs((await store.get(runId!))!)[0]!;
+      const asked = await api.cancelRun(runId!, 'freeze', 'wait');
+      expect(asked).toMatchObject({ outcome: 'stopping', run: { status: 'RUNNING', stopRequested: { reason: 'freeze' } } });
+      expect(await queues.get(QUEUES.source)!.getJob(sourceJob.jobId)).toBeDefined(); // the running stage goes on
+      expect(await redis.exists(cancelledJobKey(prefix, sourceJob.jobId))).toBe(0);
+      expect((await api.cancelRun(runId!, 'again', 'wait')).outcome).toBe('stopping');
+
+      expect(await api.handleInputs([{ runId: runId!, input: succeeded(sourceJob, SOURCE_OUTPUT) }])).toEqual([]);
+      const run = (await store.get(runId!))!;
+      expect(run).toMatchObject({ status: 'CANCELLED', message: 'stopped after Source: freeze' });
+      expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SKIPPED', 'SKIPPED']);
+      expect(await queues.get(QUEUES.build)!.getJobs(['waiting', 'prioritized', 'delayed'])).toEqual([]);
+      expect(await store.activeRunIds()).not.toContain(runId);
+      await redis.ping(); // a round trip after the last publish could have reached the listener
+      expect(notices).toEqual([]);
+    } finally {
+      listener.disconnect();
+    }
+  });
+
   it('cancelling a cancelled run sends its notices again; one that ended otherwise is left as it is', async () => {
     const { prefix, make, runs: store } = world('again');
     const api = make(store, { cancelRepeatsMs: [] });

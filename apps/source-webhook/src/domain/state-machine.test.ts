@@ -148,6 +148,39 @@ describe('step', () => {
     expect(step(tr.run, { type: 'cancel', reason: 'again' }, t(31)).changed).toBe(false);
   });
 
+  it('cancel with wait lets the running stage finish, then ends the run CANCELLED instead of starting the next', () => {
+    const run = drive([ok({ commit: SHA, artifact: ART })]).run;
+    const buildJob = pendingJobs(run)[0]!;
+    const asked = step(run, { type: 'cancel', reason: 'release freeze', mode: 'wait' }, t(30));
+    expect(asked.changed).toBe(true);
+    expect(asked.events).toEqual([]);
+    expect(asked.run).toMatchObject({ status: 'RUNNING', stopRequested: { reason: 'release freeze', at: t(30).toISOString() } });
+    expect(pendingJobs(asked.run)).toEqual([buildJob]); // the running stage goes on
+    expect(step(asked.run, { type: 'cancel', reason: 'again', mode: 'wait' }, t(31)).changed).toBe(false);
+
+    const done = step(asked.run, { type: 'stage-result', result: result(buildJob, 'SUCCEEDED', { artifact: BUILD_ART }) }, t(40));
+    expect(done.run.status).toBe('CANCELLED');
+    expect(done.run.message).toBe('stopped after Build: release freeze');
+    expect(done.run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'SKIPPED', 'SKIPPED', 'SKIPPED']);
+    expect(done.run.stages[1]!.result).toEqual({ artifact: BUILD_ART });
+    expect(pendingJobs(done.run)).toEqual([]);
+    expect(done.events.map((e) => e.type)).toEqual(['stage.finished', 'run.finished']);
+  });
+
+  it('after a waiting cancel: a failing stage still fails the run, an abandoning cancel ends it at once, a last stage just finishes', () => {
+    const waiting = step(drive([ok({ commit: SHA, artifact: ART })]).run, { type: 'cancel', reason: 'r', mode: 'wait' }, t(30)).run;
+    const buildJob = pendingJobs(waiting)[0]!;
+    expect(step(waiting, { type: 'stage-result', result: result(buildJob, 'FAILED', {}, 'exit 2') }, t(40)).run.status).toBe('FAILED');
+    const abandoned = step(waiting, { type: 'cancel', reason: 'now' }, t(41)).run;
+    expect(abandoned).toMatchObject({ status: 'CANCELLED', message: 'now' });
+    expect(abandoned.stages[1]!.status).toBe('CANCELLED');
+
+    let last = drive([ok({ commit: SHA, artifact: ART }), ok({ artifact: BUILD_ART }), ok(), ok({ url: 'http://127.0.0.1:1' })]).run;
+    last = step(last, { type: 'cancel', reason: 'r', mode: 'wait' }, t(50)).run;
+    const monitorJob = pendingJobs(last)[0]!;
+    expect(step(last, { type: 'stage-result', result: result(monitorJob, 'SUCCEEDED') }, t(60)).run.status).toBe('SUCCEEDED');
+  });
+
   it('fails a stage whose input is missing instead of enqueuing it', () => {
     const { run } = drive([ok({ commit: SHA })]);
     expect(run.status).toBe('FAILED');

@@ -16,7 +16,11 @@ export type RunInput =
   | { type: 'stage-result'; result: StageResult }
   /** The stage's job ended without a result (stalled past its limit, malformed, removed). */
   | { type: 'stage-lost'; jobId: string; reason: string }
-  | { type: 'cancel'; reason: string };
+  /**
+   * `abandon` (the default): the run ends now, its running stage CANCELLED. `wait`: the running stage
+   * finishes, then the run ends CANCELLED instead of starting the next one (a last stage just finishes).
+   */
+  | { type: 'cancel'; reason: string; mode?: 'abandon' | 'wait' };
 
 export interface Transition {
   run: Run;
@@ -78,7 +82,8 @@ export function step(run: Run, input: RunInput, now: Date): Transition {
       return failStage(run, i, input.reason, at);
     }
     case 'cancel':
-      return finishRun(run, 'CANCELLED', input.reason, at, 'CANCELLED');
+      if (input.mode !== 'wait') return finishRun(run, 'CANCELLED', input.reason, at, 'CANCELLED');
+      return run.stopRequested ? unchanged : { run: patch(run, { stopRequested: { reason: input.reason, at } }), events: [], changed: true };
     default:
       return assertNever(input);
   }
@@ -95,6 +100,10 @@ function succeedStage(run: Run, i: number, result: StageResult, at: string): Tra
   const finished = stageFinished(next, done, at);
   if (i + 1 >= run.stages.length) {
     const end = finishRun(next, 'SUCCEEDED', undefined, at, 'SKIPPED');
+    return { ...end, events: [finished, ...end.events] };
+  }
+  if (run.stopRequested) {
+    const end = finishRun(next, 'CANCELLED', `stopped after ${stage.name}: ${run.stopRequested.reason}`, at, 'SKIPPED');
     return { ...end, events: [finished, ...end.events] };
   }
   const started = startStage(next, i + 1, at);

@@ -5,7 +5,7 @@ import type { ServerDeps } from './server.js';
 
 const RunParams = z.object({ runId: z.string().regex(/^[a-z0-9][a-z0-9-]{7,80}$/, 'not a run id') });
 
-const CancelBody = z.object({ reason: z.string().trim().min(1).max(500).optional() }).strict();
+const CancelBody = z.object({ reason: z.string().trim().min(1).max(500).optional(), mode: z.enum(['abandon', 'wait']).default('abandon') }).strict();
 
 export const runRoutes = (deps: ServerDeps) => async (app: App) => {
   const load = async (runId: string) => {
@@ -24,11 +24,12 @@ export const runRoutes = (deps: ServerDeps) => async (app: App) => {
     return reply.type('text/plain; charset=utf-8').send(text ?? '');
   });
 
-  // Like CodePipeline's StopPipelineExecution with abandon: the run ends now; work in flight is stopped.
+  // Like CodePipeline's StopPipelineExecution: `abandon` ends the run now and stops the work in flight;
+  // `wait` lets the running stage finish and ends the run before the next one.
   app.post('/runs/:runId/cancel', { schema: { params: RunParams } }, async (req, reply) => {
     const body = CancelBody.safeParse(req.body ?? {});
     if (!body.success) throw new InputError('invalid cancel request', issuesFromZod(body.error, 'body'));
-    const done = await deps.orchestrator.cancelRun(req.params.runId, body.data.reason ?? 'cancelled through the API');
+    const done = await deps.orchestrator.cancelRun(req.params.runId, body.data.reason ?? 'cancelled through the API', body.data.mode);
     if (done.outcome === 'not-found') throw new NotFoundError(`run ${req.params.runId} not found`);
     if (done.outcome === 'ended') throw new ConflictError(`run ${req.params.runId} already ended ${done.run.status}; only a run that has not ended can be cancelled`);
     return reply.code(202).send(toRunView(done.run));
