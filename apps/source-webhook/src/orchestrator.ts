@@ -159,7 +159,12 @@ export class Orchestrator {
     if (!isTerminalRun(before)) await this.applyOne(runId, { type: 'cancel', reason, mode });
     const run = isTerminalRun(before) ? before : await this.deps.runs.get(runId);
     if (!run) return { outcome: 'not-found' };
-    if (run.status === 'RUNNING' && run.stopRequested) return { outcome: 'stopping', run };
+    if (mode === 'wait') {
+      if (isTerminalRun(before)) return { outcome: 'ended', run };
+      // Taken and stored; the run may have moved on since (the reply shows where it is now).
+      this.deps.logger.info({ runId, pipeline: run.pipeline, reason }, 'run stop requested: it ends after its running stage');
+      return { outcome: 'stopping', run };
+    }
     if (run.status !== 'CANCELLED') return { outcome: 'ended', run };
     const stopping = run.stages.filter((s) => s.status === 'CANCELLED' && s.jobId).map((s) => ({ type: s.type, jobId: s.jobId! }));
     // The orchestrator that stored the transition starting a stage enqueues its job just after: if the

@@ -184,7 +184,7 @@ describe('Orchestrator.cancelRun, step by step', () => {
 
   it('a waiting cancel lets the running stage finish, stops nothing, and ends the run before the next stage', async () => {
     const { prefix, queues, make, runs: store } = world('wait');
-    const api = make(store, { cancelRepeatsMs: [] });
+    const api = make(store, { cancelRepeatsMs: [50] });
     const listener = new Redis(url);
     const notices: string[] = [];
     await listener.subscribe(cancelChannel(prefix));
@@ -204,11 +204,23 @@ describe('Orchestrator.cancelRun, step by step', () => {
       expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SKIPPED', 'SKIPPED']);
       expect(await queues.get(QUEUES.build)!.getJobs(['waiting', 'prioritized', 'delayed'])).toEqual([]);
       expect(await store.activeRunIds()).not.toContain(runId);
-      await redis.ping(); // a round trip after the last publish could have reached the listener
+      await new Promise((r) => setTimeout(r, 200)); // past any repeat a cancel would have scheduled
       expect(notices).toEqual([]);
     } finally {
       listener.disconnect();
     }
+  });
+
+  it('a waiting cancel stored by one orchestrator is seen by another applying the stage result from its stale copy', async () => {
+    const { make, runs: store } = world('wait-race');
+    const [worker, api] = [make(), make(store, { cancelRepeatsMs: [] })];
+    const { runId } = await worker.startRun(definition, trigger); // the worker caches the run it created
+    const sourceJob = pendingJobs((await store.get(runId!))!)[0]!;
+    expect((await api.cancelRun(runId!, 'freeze', 'wait')).outcome).toBe('stopping');
+    expect(await worker.handleInputs([{ runId: runId!, input: succeeded(sourceJob, SOURCE_OUTPUT) }])).toEqual([]);
+    const run = (await store.get(runId!))!;
+    expect(run).toMatchObject({ status: 'CANCELLED', message: 'stopped after Source: freeze', version: 2 });
+    expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SKIPPED', 'SKIPPED']);
   });
 
   it('cancelling a cancelled run sends its notices again; one that ended otherwise is left as it is', async () => {
