@@ -115,6 +115,16 @@ async function waitResult(jobId: string, nth = 1, ms = 60_000): Promise<StageRes
   throw new Error(`no StageResult #${nth} for ${jobId} within ${ms} ms; service output:\n${service.output()}`);
 }
 
+/**
+ * Nothing of ours answers at `url` any more. Usually the connection is refused; but the port is free
+ * again, and a test running alongside may have bound it meanwhile, so any answer but our app's counts.
+ */
+async function expectNotServing(url: string): Promise<void> {
+  const got = await getJson(url);
+  if ('error' in got) expect(got.error).toMatch(/ECONNREFUSED|ECONNRESET|socket hang up/);
+  else expect(got.body?.runId).toBeUndefined();
+}
+
 async function deploy(job: DeployJob, bullJobId = job.jobId, nth = 1): Promise<StageResult> {
   await deployQueue.add('deploy', job, { jobId: bullJobId });
   return waitResult(job.jobId, nth);
@@ -163,7 +173,7 @@ describe('deployer', () => {
     expect(second.output.url).not.toBe(first.output.url);
     expect(await getJson(second.output.url!)).toMatchObject({ status: 200, body: { version: 'v2' } });
     expect(await alive(firstPid)).toBe(false);
-    expect(await getJson(first.output.url!)).toMatchObject({ error: expect.stringContaining('ECONNREFUSED') });
+    await expectNotServing(first.output.url!);
     expect((await currentRecord('shop')).url).toBe(second.output.url);
   });
 
@@ -213,7 +223,7 @@ describe('deployer', () => {
     await rm(join(deployDir, 'shop', 'current.json'));
     const v2 = await deploy(await makeJob('shop', 'v2'));
     expect(await getJson(v2.output.url!)).toMatchObject({ status: 200, body: { version: 'v2' } });
-    expect(await getJson(v1.output.url!)).toMatchObject({ error: expect.stringContaining('ECONNREFUSED') });
+    await expectNotServing(v1.output.url!);
   });
 
   it('a cancelled run never replaces what serves: stopped on notice, or refused at the swap when the notice was missed', async () => {
@@ -254,7 +264,7 @@ describe('deployer', () => {
     expect(await getJson(result.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
     const stopped = await stopAllDeployments(deployDir, 2000);
     expect(stopped).toEqual([expect.objectContaining({ pipeline: 'shop', result: 'terminated' })]);
-    expect(await getJson(result.output.url!)).toMatchObject({ error: expect.stringContaining('ECONNREFUSED') });
+    await expectNotServing(result.output.url!);
   });
   it('never trusts a process record that comes inside the artifact', async () => {
     // A bystander process group the forged record points at.
