@@ -176,6 +176,70 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
 
+/** The five jobs of one bench run, as the state machine builds them; a run swaps in its own ids. */
+async function templateJobs(): Promise<StageJob[]> {
+  let run = createRun({ id: 'template-run', number: 1, definition: BENCH_PIPELINE, trigger: { type: 'manual', ref: 'refs/heads/main' } }, new Date()).run;
+  const template: StageJob[] = [];
+  for (let i = 0; i < 5; i++) {
+    const job = pendingJobs(run)[0]!;
+    template.push(job);
+    const at = new Date().toISOString();
+    run = step(run, { type: 'stage-result', result: stageResultOf(job, { status: 'SUCCEEDED', startedAt: at, finishedAt: at, output: (await noop(job)).output ?? {} }) }, new Date()).run;
+  }
+  return template;
+}
+
+/**
+ * Third baseline (BENCH_FLOOR=1): the raw chain asked what Conveyor asks of BullMQ — its job payloads,
+ * its job options (retries, retention of completed jobs) and event-stream length, and each worker
+ * completing its job with a result of Conveyor's size — but still each worker adding the next job
+ * itself: no validation, no orchestrator, no run record.
+ */
+export async function rawChainLikeForLike(url: string, runs: number, concurrency: number): Promise<HopBenchResult> {
+  const conns = new Connections(url);
+  const prefix = `rawlike${randomUUID().slice(0, 8)}`;
+  const redis = conns.make();
+  const queues = STAGE_TYPES.map((t) => createQueue(QUEUES[t], { connection: redis, prefix }));
+  const template = await templateJobs();
+  const jobFor = (runId: string, i: number): StageJob => ({ ...template[i]!, runId, jobId: `${runId}.${template[i]!.stage}.1` });
+  let done = 0;
+  let resolveAll!: () => void;
+  const all = new Promise<void>((r) => (resolveAll = r));
+  const workers = STAGE_TYPES.map(
+    (type, i) =>
+      new Worker(
+        QUEUES[type],
+        async (bull) => {
+          const job = bull.data as StageJob;
+          const next = queues[i + 1];
+          if (next) {
+            const nextJob = jobFor(job.runId, i + 1);
+            await next.add(nextJob.type, nextJob, { jobId: nextJob.jobId });
+          } else if (++done === runs) resolveAll();
+          const at = new Date().toISOString();
+          return stageResultOf(job, { status: 'SUCCEEDED', startedAt: at, finishedAt: at, output: (await noop(job)).output ?? {} });
+        },
+        { connection: conns.make() as unknown as ConnectionOptions, prefix, concurrency },
+      ),
+  );
+  await Promise.all(workers.map((w) => w.waitUntilReady()));
+  const t0 = performance.now();
+  const c0 = cpuNow();
+  await Promise.all(
+    Array.from({ length: runs }, (_, n) => {
+      const job = jobFor(`like-run-${n}`, 0);
+      return queues[0]!.add(job.type, job, { jobId: job.jobId });
+    }),
+  );
+  await all;
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuNow() - c0;
+  await Promise.all(workers.map((w) => w.close()));
+  await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
+  conns.closeAll();
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
+}
+
 /**
  * The floor of Conveyor's design, for reference (BENCH_FLOOR=1): Conveyor's own stage workers and job
  * payloads, and a reader of the queues' event streams that enqueues each next job, with no run record:
@@ -188,15 +252,7 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
   const logger = createLogger('bench', 'silent');
   const queueConn = createRedis(url, 'worker', { enableAutoPipelining: true });
   const queues = STAGE_TYPES.map((t) => createQueue(QUEUES[t], { connection: queueConn, prefix }));
-  // The five jobs of one run, as the state machine builds them; each run swaps in its own ids.
-  let run = createRun({ id: 'template-run', number: 1, definition: BENCH_PIPELINE, trigger: { type: 'manual', ref: 'refs/heads/main' } }, new Date()).run;
-  const template: StageJob[] = [];
-  for (let i = 0; i < 5; i++) {
-    const job = pendingJobs(run)[0]!;
-    template.push(job);
-    const at = new Date().toISOString();
-    run = step(run, { type: 'stage-result', result: stageResultOf(job, { status: 'SUCCEEDED', startedAt: at, finishedAt: at, output: (await noop(job)).output ?? {} }) }, new Date()).run;
-  }
+  const template = await templateJobs();
   const jobFor = (runId: string, i: number): StageJob => ({ ...template[i]!, runId, jobId: `${runId}.${template[i]!.stage}.1` });
   let done = 0;
   const stageWorkers = STAGE_TYPES.map((type) =>

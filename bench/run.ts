@@ -1,5 +1,5 @@
 import { startRedisServer } from '@conveyor/testing';
-import { orchestrated, rawChain, rawCoordinated, statelessReader, type HopBenchResult } from './orchestrator-bench.js';
+import { orchestrated, rawChain, rawChainLikeForLike, rawCoordinated, statelessReader, type HopBenchResult } from './orchestrator-bench.js';
 import { pipelineVsBash } from './pipeline-bench.js';
 
 // A benchmark prints for a person: stdout is its interface.
@@ -10,7 +10,7 @@ const fmt = (r: HopBenchResult) => `${r.hopsPerSecond.toFixed(0)} transitions/s 
 const RUNS = Number(process.env.BENCH_RUNS ?? 1000);
 const CONCURRENCIES = (process.env.BENCH_CONCURRENCY ?? '4,16,64').split(',').map(Number);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-/** Also measure the floor of the design (Conveyor's stage workers and a stateless event reader). */
+/** Also measure the floor of the design (Conveyor's stage workers and a stateless event reader) and the raw chain with Conveyor's payloads and job options. */
 const FLOOR = process.env.BENCH_FLOOR === '1';
 
 async function main() {
@@ -24,6 +24,7 @@ async function main() {
       await rawChain(redis.url, RUNS, 16);
       await rawCoordinated(redis.url, RUNS, 16);
       if (FLOOR) await statelessReader(redis.url, RUNS, 16);
+      if (FLOOR) await rawChainLikeForLike(redis.url, RUNS, 16);
       await orchestrated(redis.url, RUNS, 16);
     }
     for (const concurrency of CONCURRENCIES) {
@@ -31,6 +32,7 @@ async function main() {
       const coord: number[] = [];
       const conveyor: number[] = [];
       const floor: number[] = [];
+      const likeForLike: number[] = [];
       // CPU microseconds per transition: steadier than rates on a shared machine (the process is CPU-bound).
       const cpuRaw: number[] = [];
       const cpuConveyor: number[] = [];
@@ -38,19 +40,23 @@ async function main() {
         const r = await rawChain(redis.url, RUNS, concurrency);
         const k = await rawCoordinated(redis.url, RUNS, concurrency);
         const f = FLOOR ? await statelessReader(redis.url, RUNS, concurrency) : undefined;
+        const l = FLOOR ? await rawChainLikeForLike(redis.url, RUNS, concurrency) : undefined;
         const c = await orchestrated(redis.url, RUNS, concurrency);
         raw.push(r.hopsPerSecond);
         coord.push(k.hopsPerSecond);
         if (f) floor.push(f.hopsPerSecond);
+        if (l) likeForLike.push(l.hopsPerSecond);
         conveyor.push(c.hopsPerSecond);
         cpuRaw.push((r.cpu / r.hops) * 1e6);
         cpuConveyor.push((c.cpu / c.hops) * 1e6);
-        const floorText = f ? ` | stateless reader ${f.hopsPerSecond.toFixed(0)}/s` : '';
+        const floorText = f && l ? ` | stateless reader ${f.hopsPerSecond.toFixed(0)}/s | raw chain, Conveyor's payloads ${l.hopsPerSecond.toFixed(0)}/s` : '';
         print(`  concurrency ${concurrency}, round ${i + 1}: raw chain ${r.hopsPerSecond.toFixed(0)}/s | raw + coordinator ${k.hopsPerSecond.toFixed(0)}/s${floorText} | Conveyor ${fmt(c)}`);
       }
       const strict = median(conveyor) / median(raw);
       const like = median(conveyor) / median(coord);
-      const floorText = FLOOR ? `; stateless reader ÷ raw chain = ${(median(floor) / median(raw)).toFixed(2)}` : '';
+      const floorText = FLOOR
+        ? `; stateless reader ÷ raw chain = ${(median(floor) / median(raw)).toFixed(2)}; Conveyor ÷ raw chain with Conveyor's payloads and job options = ${(median(conveyor) / median(likeForLike)).toFixed(2)}`
+        : '';
       print(`  RATIO (a) at worker concurrency ${concurrency}: Conveyor ÷ raw chain = ${strict.toFixed(2)} (target ≥ 0.5: ${strict >= 0.5 ? 'met' : 'NOT met'}); Conveyor ÷ raw + coordinator = ${like.toFixed(2)}${floorText}`);
       print(`    CPU of this process per transition: Conveyor ${median(cpuConveyor).toFixed(0)} µs, raw chain ${median(cpuRaw).toFixed(0)} µs (${(median(cpuConveyor) / median(cpuRaw)).toFixed(2)}×)`);
     }
