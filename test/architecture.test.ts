@@ -1,5 +1,5 @@
 import { readdir, readFile } from 'node:fs/promises';
-import { join, relative } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 /**
@@ -43,7 +43,10 @@ describe('architecture rules', () => {
       for (const m of text.matchAll(/from '@conveyor\/(source-webhook|build|test-runner|deployer|monitor)'/g)) {
         if (m[1] !== app) offenders.push(`${relative(ROOT, f)} imports @conveyor/${m[1]}`);
       }
-      if (/\.\.\/\.\.\/\.\.\/apps\//.test(text)) offenders.push(`${relative(ROOT, f)} reaches into another app by path`);
+      for (const m of text.matchAll(/from '(\.{1,2}\/[^']+)'/g)) {
+        const target = relative(join(ROOT, 'apps'), resolve(dirname(f), m[1]!));
+        if (!target.startsWith('..') && target.split('/')[0] !== app) offenders.push(`${relative(ROOT, f)} reaches into another app by path (${m[1]})`);
+      }
     }
     expect(offenders).toEqual([]);
   });

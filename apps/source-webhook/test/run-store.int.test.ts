@@ -120,6 +120,7 @@ describe('RedisRunStore', () => {
 });
 
 describe('Orchestrator.cancelRun', () => {
+  // A stress test of the compare-and-set under a real race; the late-enqueue case is forced in the next describe.
   it('racing a stage result on another orchestrator, ends every run CANCELLED with no unmarked job left waiting', async () => {
     const { prefix, queues, make, runs: store } = world('cancel');
     const [worker, api] = [make(), make(store, { cancelRepeatsMs: [200] })];
@@ -204,8 +205,10 @@ describe('Orchestrator.cancelRun, step by step', () => {
       expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SKIPPED', 'SKIPPED']);
       expect(await queues.get(QUEUES.build)!.getJobs(['waiting', 'prioritized', 'delayed'])).toEqual([]);
       expect(await store.activeRunIds()).not.toContain(runId);
-      await new Promise((r) => setTimeout(r, 200)); // past any repeat a cancel would have scheduled
-      expect(notices).toEqual([]);
+      await new Promise((r) => setTimeout(r, 200)); // past any repeat a cancel would have scheduled (50 ms)
+      await redis.publish(cancelChannel(prefix), 'sentinel');
+      await expect.poll(() => notices.at(-1)).toBe('sentinel');
+      expect(notices).toEqual(['sentinel']);
     } finally {
       listener.disconnect();
     }
@@ -245,7 +248,10 @@ describe('Orchestrator.cancelRun, step by step', () => {
       await api.handleInputs([{ runId: other, input: { type: 'stage-result', result: stageResultOf(failed, { status: 'FAILED', startedAt: at, finishedAt: at, message: 'no', output: {} }) } }]);
       expect(await api.cancelRun(other, 'too late')).toMatchObject({ outcome: 'ended', run: { status: 'FAILED' } });
       expect(await api.cancelRun('no-such-run', 'x')).toEqual({ outcome: 'not-found' });
-      expect(notices).toHaveLength(2);
+      // Notices arrive in order: once a sentinel sent now is heard, any sent before it would have been.
+      await redis.publish(cancelChannel(prefix), 'sentinel');
+      await expect.poll(() => notices.at(-1)).toBe('sentinel');
+      expect(notices).toEqual([jobId, jobId, 'sentinel']);
     } finally {
       listener.disconnect();
     }
