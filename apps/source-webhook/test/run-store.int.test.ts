@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cancelChannel, cancelledJobKey, EVENTS_STREAM, PipelineDefinition, QUEUES, stageResultOf, type Run, type StageJob } from '@conveyor/contracts';
+import { cancelledJobKey, EVENTS_STREAM, PipelineDefinition, QUEUES, stageResultOf, type Run, type StageJob } from '@conveyor/contracts';
 import { createLogger, createQueue } from '@conveyor/service-kit';
-import { testRedis, uniquePrefix } from '@conveyor/testing';
+import { recordCancelNotices, testRedis, uniquePrefix } from '@conveyor/testing';
 import { BullJobDispatcher } from '../src/adapters/bull-job-dispatcher.js';
 import { RedisRunStore } from '../src/adapters/redis-run-store.js';
 import { createRun, pendingJobs, step } from '../src/domain/state-machine.js';
@@ -186,10 +186,7 @@ describe('Orchestrator.cancelRun, step by step', () => {
   it('a waiting cancel lets the running stage finish, stops nothing, and ends the run before the next stage', async () => {
     const { prefix, queues, make, runs: store } = world('wait');
     const api = make(store, { cancelRepeatsMs: [50] });
-    const listener = new Redis(url);
-    const notices: string[] = [];
-    await listener.subscribe(cancelChannel(prefix));
-    listener.on('message', (_channel: string, jobId: string) => notices.push(jobId));
+    const cancels = await recordCancelNotices(url, prefix);
     try {
       const { runId } = await api.startRun(definition, trigger);
       const sourceJob = pendingJobs((await store.get(runId!))!)[0]!;
@@ -206,11 +203,9 @@ describe('Orchestrator.cancelRun, step by step', () => {
       expect(await queues.get(QUEUES.build)!.getJobs(['waiting', 'prioritized', 'delayed'])).toEqual([]);
       expect(await store.activeRunIds()).not.toContain(runId);
       await new Promise((r) => setTimeout(r, 200)); // past any repeat a cancel would have scheduled (50 ms)
-      await redis.publish(cancelChannel(prefix), 'sentinel');
-      await expect.poll(() => notices.at(-1)).toBe('sentinel');
-      expect(notices).toEqual(['sentinel']);
+      expect(await cancels.settled()).toEqual([]);
     } finally {
-      listener.disconnect();
+      cancels.close();
     }
   });
 
@@ -229,18 +224,15 @@ describe('Orchestrator.cancelRun, step by step', () => {
   it('cancelling a cancelled run sends its notices again; one that ended otherwise is left as it is', async () => {
     const { prefix, make, runs: store } = world('again');
     const api = make(store, { cancelRepeatsMs: [] });
-    const listener = new Redis(url);
-    const notices: string[] = [];
-    await listener.subscribe(cancelChannel(prefix));
-    listener.on('message', (_channel: string, jobId: string) => notices.push(jobId));
+    const cancels = await recordCancelNotices(url, prefix);
     try {
       const { runId } = await api.startRun(definition, trigger);
       const jobId = `${runId}.Source.1`;
       expect((await api.cancelRun(runId!, 'once')).outcome).toBe('cancelled');
-      await expect.poll(() => notices.length).toBe(1);
+      expect(await cancels.settled()).toEqual([jobId]);
       const again = await api.cancelRun(runId!, 'twice');
       expect(again).toMatchObject({ outcome: 'cancelled', run: { status: 'CANCELLED', message: 'once' } });
-      await expect.poll(() => notices).toEqual([jobId, jobId]);
+      expect(await cancels.settled()).toEqual([jobId, jobId]);
 
       const other = (await api.startRun(definition, trigger)).runId!;
       const failed = pendingJobs((await store.get(other))!)[0]!;
@@ -248,12 +240,9 @@ describe('Orchestrator.cancelRun, step by step', () => {
       await api.handleInputs([{ runId: other, input: { type: 'stage-result', result: stageResultOf(failed, { status: 'FAILED', startedAt: at, finishedAt: at, message: 'no', output: {} }) } }]);
       expect(await api.cancelRun(other, 'too late')).toMatchObject({ outcome: 'ended', run: { status: 'FAILED' } });
       expect(await api.cancelRun('no-such-run', 'x')).toEqual({ outcome: 'not-found' });
-      // Notices arrive in order: once a sentinel sent now is heard, any sent before it would have been.
-      await redis.publish(cancelChannel(prefix), 'sentinel');
-      await expect.poll(() => notices.at(-1)).toBe('sentinel');
-      expect(notices).toEqual([jobId, jobId, 'sentinel']);
+      expect(await cancels.settled()).toEqual([jobId, jobId]);
     } finally {
-      listener.disconnect();
+      cancels.close();
     }
   });
 });

@@ -2,3 +2,4 @@ export * from './redis-server.js';
 export * from './git.js';
 export * from './stage-harness.js';
 export * from './service-process.js';
+export * from './cancel-notices.js';
