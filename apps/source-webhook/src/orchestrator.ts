@@ -1,5 +1,5 @@
 import { isTerminalRun, type PipelineDefinition, type Run, type RunEvent, type StageJob, type Trigger } from '@conveyor/contracts';
-import type { Logger } from '@conveyor/service-kit';
+import { UnavailableError, type Logger } from '@conveyor/service-kit';
 import { completionInput } from './domain/outcome.js';
 import { createRun, pendingWork, step, type RunInput } from './domain/state-machine.js';
 import type { DeliveryDecision, JobDispatcher, RunStore, RunUpdate } from './ports.js';
@@ -160,7 +160,8 @@ export class Orchestrator {
     const run = isTerminalRun(before) ? before : await this.deps.runs.get(runId);
     if (!run) return { outcome: 'not-found' };
     if (mode === 'wait') {
-      if (isTerminalRun(before)) return { outcome: 'ended', run };
+      // Ended on its own before the request was stored (the state machine ignored it): too late.
+      if (isTerminalRun(run) && !run.stopRequested) return { outcome: 'ended', run };
       // Taken and stored; the run may have moved on since (the reply shows where it is now).
       this.deps.logger.info({ runId, pipeline: run.pipeline, reason }, 'run stop requested: it ends after its running stage');
       return { outcome: 'stopping', run };
@@ -251,7 +252,8 @@ export class Orchestrator {
 
   private async applyOne(runId: string, input: RunInput): Promise<void> {
     const failed = await this.handleInputs([{ runId, input }]);
-    if (failed.length) throw new Error(`run ${runId}: ${input.type} not applied`);
+    // The store refused or failed (logged by handleInputs): a caller may try again (the API answers 503).
+    if (failed.length) throw new UnavailableError(`run ${runId}: ${input.type} could not be stored now; try again`);
   }
 
   private async settle(job: StageJob): Promise<boolean> {

@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -37,6 +37,23 @@ describe('cleanAbandonedJobs', () => {
     } finally {
       live.kill('SIGKILL');
     }
+  });
+
+  it('removes the directory of a worker whose owner file is truncated or not a record, and does not stop on it', async () => {
+    const old = new Date(Date.now() - 60_000);
+    const dirs = [];
+    for (const [name, text] of [['run-e.Build.1-eeee', ''], ['run-f.Build.1-ffff', 'null'], ['run-g.Build.1-gggg', '{"pid":"x"}']] as const) {
+      const dir = await jobDir(name, { pid: 0 });
+      await writeFile(`${dir}.owner`, text);
+      await utimes(`${dir}.owner`, old, old);
+      dirs.push(dir);
+    }
+    // Truncated but just written: a live worker may be writing it; left alone.
+    const fresh = await jobDir('run-h.Build.1-hhhh', { pid: 0 });
+    await writeFile(`${fresh}.owner`, '');
+    const report = await cleanAbandonedJobs(work);
+    expect([...report.removed].sort()).toEqual(dirs.sort());
+    expect(await exists(join(fresh, 'src', 'file'))).toBe(true);
   });
 
   it('removes the directory of an earlier worker that had this very pid (a restarted container), keeps its own', async () => {

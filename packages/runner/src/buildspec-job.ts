@@ -147,14 +147,30 @@ export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: num
   // directory then has no shell record, only the owner file.
   for (const name of await readdir(root).catch(() => [] as string[])) {
     if (!name.endsWith('.owner')) continue;
-    const owner = await readFile(join(root, name), 'utf8').then((t) => JSON.parse(t) as ProcessOwner, () => ({ pid: NaN }));
-    if (ownerIsAlive(owner)) continue;
+    const owner = await readOwner(join(root, name));
+    // Unreadable: a worker killed while writing it (gone), or one writing it right now (leave it be).
+    if (owner === undefined ? await writtenWithin(join(root, name), 10_000) : ownerIsAlive(owner)) continue;
     const jobDir = join(root, name.slice(0, -'.owner'.length));
     await Promise.all([rm(jobDir, { recursive: true, force: true }), rm(`${jobDir}.ctl`, { recursive: true, force: true })]);
     await rm(join(root, name), { force: true });
     removed.push(jobDir);
   }
   return { killed: report.killed, removed };
+}
+
+/** An owner file's owner, or undefined when the file is missing, truncated or not an owner record. */
+async function readOwner(path: string): Promise<ProcessOwner | undefined> {
+  try {
+    const owner = JSON.parse(await readFile(path, 'utf8')) as Partial<ProcessOwner> | null;
+    return Number.isInteger(owner?.pid) ? (owner as ProcessOwner) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function writtenWithin(path: string, ms: number): Promise<boolean> {
+  const info = await stat(path).catch(() => undefined);
+  return info !== undefined && Date.now() - info.mtimeMs < ms;
 }
 
 async function loadBuildspec(workspace: string, path: string): Promise<{ spec: Buildspec } | { error: string }> {
