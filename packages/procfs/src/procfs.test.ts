@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { bootId, groupAlive, parseProcStat, pidAlive, processStartTime, readProcStat } from './procfs.js';
+import { bootId, groupAlive, groupIsOurs, parseProcStat, pidAlive, processIsOurs, processStartTime, readProcStat } from './procfs.js';
 
 const children: ChildProcess[] = [];
 const killGroup = (pgid: number) => {
@@ -71,6 +71,22 @@ describe.runIf(process.platform === 'linux')('on Linux', () => {
     expect(readProcStat(zombie)?.pgrp).toBe(zombie);
     expect(groupAlive(zombie)).toBe(false);
     expect(pidAlive(zombie)).toBe(false);
+  });
+
+  it('tells the recorded process and its group from a later one given the same pid, or one of another boot', async () => {
+    const pgid = group('exec sleep 30');
+    await until(() => processStartTime(pgid) !== undefined);
+    const me = { pid: pgid, startTime: processStartTime(pgid), bootId: bootId() };
+    expect(processIsOurs(me)).toBe(true);
+    expect(groupIsOurs(me, { strict: true })).toBe(true);
+    expect(processIsOurs({ ...me, startTime: `${me.startTime}0` })).toBe(false);
+    expect(groupIsOurs({ ...me, startTime: `${me.startTime}0` })).toBe(false);
+    expect(processIsOurs({ ...me, bootId: '00000000-0000-0000-0000-000000000000' })).toBe(false);
+    // No start time recorded: trusted unless strict.
+    expect(groupIsOurs({ pid: pgid })).toBe(true);
+    expect(groupIsOurs({ pid: pgid }, { strict: true })).toBe(false);
+    killGroup(pgid);
+    expect(await until(() => !processIsOurs(me) && !groupIsOurs(me))).toBe(true);
   });
 
   it('never treats pgid 0 or 1 as a group of ours (kill(0) and kill(-1) would reach everyone)', () => {

@@ -91,3 +91,38 @@ export function groupAlive(pgid: number): boolean {
     return running(stat) && stat.pgrp === pgid;
   });
 }
+
+/** A process as recorded when it started: enough to tell it from a later process given the same pid. */
+export interface ProcessIdentity {
+  pid: number;
+  /** `processStartTime(pid)` then; off Linux undefined. */
+  startTime?: string;
+  /** `bootId()` then. */
+  bootId?: string;
+}
+
+/**
+ * Whether the record can still name what runs at its pid: same boot, and the same start time when the
+ * process is there to ask. A record without a start time is trusted only when `strict` is off (or off
+ * Linux, where there is none to record).
+ */
+function identityHolds(id: ProcessIdentity, strict: boolean): boolean {
+  const boot = bootId();
+  if (id.bootId !== undefined && boot !== undefined && id.bootId !== boot) return false;
+  if (id.startTime === undefined) return !(strict && HAS_PROC);
+  const now = readProcStat(id.pid);
+  return now === undefined || now.state === 'Z' || now.startTime === id.startTime;
+}
+
+/** The recorded process still runs: alive, and not a later process given its pid. */
+export function processIsOurs(id: ProcessIdentity, opts: { strict?: boolean } = {}): boolean {
+  return pidAlive(id.pid) && identityHolds(id, opts.strict ?? false);
+}
+
+/**
+ * The process group the recorded process leads (pgid = its pid) still runs: a member is alive, and the
+ * leader, if still there, is the recorded process and not a later one given its pid.
+ */
+export function groupIsOurs(id: ProcessIdentity, opts: { strict?: boolean } = {}): boolean {
+  return groupAlive(id.pid) && identityHolds(id, opts.strict ?? false);
+}

@@ -9,7 +9,8 @@ import type { BuildJob, TestJob } from '@conveyor/contracts';
 import { runPhases, type PhasesResult, type RunnerEvent } from './bash-session.js';
 import { BuildspecError, MAX_BUILDSPEC_BYTES, notices, parseBuildspec, unsupportedFeatures, type Buildspec } from './buildspec.js';
 import { codebuildEnv } from './codebuild-env.js';
-import { currentOwner, ownerIsAlive, reapOrphans, type ProcessOwner } from './orphans.js';
+import { processIsOurs } from '@conveyor/procfs';
+import { currentOwner, reapOrphans, type ProcessOwner } from './orphans.js';
 import type { BuildUser } from './shell-process.js';
 
 const exec = promisify(execFile);
@@ -149,7 +150,7 @@ export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: num
     if (!name.endsWith('.owner')) continue;
     const owner = await readOwner(join(root, name));
     // Unreadable: a worker killed while writing it (gone), or one writing it right now (leave it be).
-    if (owner === undefined ? await writtenWithin(join(root, name), 10_000) : ownerIsAlive(owner)) continue;
+    if (owner === undefined ? await writtenWithin(join(root, name), 10_000) : processIsOurs(owner)) continue;
     const jobDir = join(root, name.slice(0, -'.owner'.length));
     await Promise.all([rm(jobDir, { recursive: true, force: true }), rm(`${jobDir}.ctl`, { recursive: true, force: true })]);
     await rm(join(root, name), { force: true });

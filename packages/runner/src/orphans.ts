@@ -1,6 +1,6 @@
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { bootId, groupAlive, pidAlive, processStartTime } from '@conveyor/procfs';
+import { bootId, groupIsOurs, processIsOurs, processStartTime, type ProcessIdentity } from '@conveyor/procfs';
 
 /**
  * One record per shell a session starts, kept in the session's control directory while the shell
@@ -34,41 +34,20 @@ export async function writeShellRecord(controlDir: string, index: number, pid: n
 }
 
 /** A process that owns something on disk, told apart from a later process given the same pid. */
-export interface ProcessOwner {
-  pid: number;
-  startTime?: string;
-  bootId?: string;
-}
+export type ProcessOwner = ProcessIdentity;
 
 /** This process, as an owner. */
 export function currentOwner(): ProcessOwner {
   return { pid: process.pid, startTime: processStartTime(process.pid), bootId: bootId() };
 }
 
-/**
- * Whether the owner still runs: same boot, its pid alive, and (on Linux) the same process, not a
- * later one given its pid (in a container that restarts, the new worker has the old one's pid).
- * Records without start time or boot id fall back to the pid check.
- */
-export function ownerIsAlive(owner: ProcessOwner): boolean {
-  const boot = bootId();
-  if (owner.bootId !== undefined && boot !== undefined && owner.bootId !== boot) return false;
-  if (!pidAlive(owner.pid)) return false;
-  const now = processStartTime(owner.pid);
-  return owner.startTime === undefined || now === undefined || now === owner.startTime;
-}
-
 function ownerAlive(r: ShellRecord): boolean {
-  return ownerIsAlive({ pid: r.ownerPid, startTime: r.ownerStartTime, bootId: r.bootId });
+  return processIsOurs({ pid: r.ownerPid, startTime: r.ownerStartTime, bootId: r.bootId });
 }
 
 /** The group is still the one we started: same boot, and its leader (if alive) is the same process. */
-function groupIsOurs(r: ShellRecord): boolean {
-  const boot = bootId();
-  if (r.bootId !== undefined && boot !== undefined && boot !== r.bootId) return false;
-  if (!groupAlive(r.pgid)) return false;
-  const leaderStart = processStartTime(r.pgid);
-  return leaderStart === undefined || r.startTime === undefined || leaderStart === r.startTime;
+function groupStillOurs(r: ShellRecord): boolean {
+  return groupIsOurs({ pid: r.pgid, startTime: r.startTime, bootId: r.bootId });
 }
 
 async function recordsIn(dir: string): Promise<string[]> {
@@ -113,7 +92,7 @@ export async function reapOrphans(controlRoot: string): Promise<ReapReport> {
         ownerGone = false;
         continue;
       }
-      if (r && groupIsOurs(r)) {
+      if (r && groupStillOurs(r)) {
         try {
           process.kill(-r.pgid, 'SIGKILL');
           report.killed.push(r.pgid);

@@ -1,29 +1,20 @@
-import { groupAlive, readProcStat } from '@conveyor/procfs';
+import { groupAlive, groupIsOurs } from '@conveyor/procfs';
 
-const HAS_PROC = process.platform === 'linux';
-
-function signalGroup(pgid: number, signal: NodeJS.Signals | 0): boolean {
+function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(-pgid, signal);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  } catch {
+    // gone already, or not ours to signal: waitGone says which
   }
 }
 
 /**
- * Whether the group recorded as (`pgid`, leader start time `procStart`) is still the one we started:
- * a living leader with another start time means the pid was recycled and the group is someone else's.
+ * Whether the group recorded as (`pgid`, leader start time `procStart`) is still the one we started.
+ * Strict: on Linux a record without the leader's start time is not trusted (a recycled pid could be
+ * anyone's).
  */
 export function ownGroupAlive(pgid: number, procStart: string | undefined): boolean {
-  if (pgid <= 1) return false;
-  if (HAS_PROC) {
-    // On Linux a record must name the leader's start time: without it, a recycled pid could be anyone's.
-    if (procStart === undefined) return false;
-    const leader = readProcStat(pgid);
-    if (leader && leader.state !== 'Z' && leader.startTime !== procStart) return false;
-  }
-  return groupAlive(pgid);
+  return groupIsOurs({ pid: pgid, startTime: procStart }, { strict: true });
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
