@@ -64,7 +64,6 @@ export async function rawChain(url: string, runs: number, concurrency: number): 
   const cpu = cpuNow() - c0;
   await Promise.all(workers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
-  redis.disconnect();
   conns.closeAll();
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
@@ -109,7 +108,6 @@ export async function rawCoordinated(url: string, runs: number, concurrency: num
   const cpu = cpuNow() - c0;
   await Promise.all([...workers, coordinator].map((w) => w.close()));
   await Promise.all([...queues, coord].map((q) => q.obliterate({ force: true }).then(() => q.close())));
-  redis.disconnect();
   conns.closeAll();
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
@@ -176,8 +174,8 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
 }
 
-/** The five jobs of one bench run, as the state machine builds them; a run swaps in its own ids. */
-async function templateJobs(): Promise<StageJob[]> {
+/** The five jobs of one bench run, as the state machine builds them: `jobFor(runId, i)` is stage i's for that run. */
+async function templateJobs(): Promise<(runId: string, i: number) => StageJob> {
   let run = createRun({ id: 'template-run', number: 1, definition: BENCH_PIPELINE, trigger: { type: 'manual', ref: 'refs/heads/main' } }, new Date()).run;
   const template: StageJob[] = [];
   for (let i = 0; i < 5; i++) {
@@ -186,7 +184,7 @@ async function templateJobs(): Promise<StageJob[]> {
     const at = new Date().toISOString();
     run = step(run, { type: 'stage-result', result: stageResultOf(job, { status: 'SUCCEEDED', startedAt: at, finishedAt: at, output: (await noop(job)).output ?? {} }) }, new Date()).run;
   }
-  return template;
+  return (runId, i) => ({ ...template[i]!, runId, jobId: `${runId}.${template[i]!.stage}.1` });
 }
 
 /**
@@ -200,8 +198,7 @@ export async function rawChainLikeForLike(url: string, runs: number, concurrency
   const prefix = `rawlike${randomUUID().slice(0, 8)}`;
   const redis = conns.make();
   const queues = STAGE_TYPES.map((t) => createQueue(QUEUES[t], { connection: redis, prefix }));
-  const template = await templateJobs();
-  const jobFor = (runId: string, i: number): StageJob => ({ ...template[i]!, runId, jobId: `${runId}.${template[i]!.stage}.1` });
+  const jobFor = await templateJobs();
   let done = 0;
   let resolveAll!: () => void;
   const all = new Promise<void>((r) => (resolveAll = r));
@@ -252,8 +249,7 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
   const logger = createLogger('bench', 'silent');
   const queueConn = createRedis(url, 'worker', { enableAutoPipelining: true });
   const queues = STAGE_TYPES.map((t) => createQueue(QUEUES[t], { connection: queueConn, prefix }));
-  const template = await templateJobs();
-  const jobFor = (runId: string, i: number): StageJob => ({ ...template[i]!, runId, jobId: `${runId}.${template[i]!.stage}.1` });
+  const jobFor = await templateJobs();
   let done = 0;
   const stageWorkers = STAGE_TYPES.map((type) =>
     createStageWorker({ type, queueName: QUEUES[type], connection: conns.make(), prefix, handler: noop as never, logger, concurrency, lockDuration: 30_000, stalledInterval: 30_000 }),
@@ -279,9 +275,10 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
       const i = keys.indexOf(key);
       for (const [, fields] of entries) {
         // BullMQ writes: event completed jobId <id> returnvalue <json> prev active
-        if (fields[1] !== 'completed') continue;
-        const jobId = fields[3]!;
-        if ((JSON.parse(fields[5]!) as { status: string }).status !== 'SUCCEEDED') throw new Error(`${jobId} failed`);
+        const field = (name: string) => fields[fields.indexOf(name) + 1];
+        if (field('event') !== 'completed') continue;
+        const jobId = field('jobId')!;
+        if ((JSON.parse(field('returnvalue')!) as { status: string }).status !== 'SUCCEEDED') throw new Error(`${jobId} failed`);
         const next = queues[i + 1];
         if (!next) done++;
         else {

@@ -46,11 +46,11 @@ await runStageService({
     return {
       routes: deploymentRoutes({ catalog: new FsDeploymentCatalog(files), apiToken: env.CONVEYOR_API_TOKEN }),
       start: async () => {
+        logger.info({ deployDir }, 'deploying local targets into this directory');
         rotation = setInterval(() => void rotate(), OUTPUT_CHECK_MS);
         rotation.unref();
       },
       stop: [{ name: 'log rotation', run: () => clearInterval(rotation) }],
     };
   },
-  beforeStart: async ({ logger }) => logger.info({ deployDir }, 'deploying local targets into this directory'),
 });

@@ -30,7 +30,12 @@ export type CommitSha = z.infer<typeof CommitSha>;
  * `at` names where the parsed value sits in a larger one (e.g. `output`).
  */
 export function describeIssues(error: z.ZodError, at?: string): string {
-  return error.issues.map((i) => `${[...(at ? [at] : []), ...i.path].join('.') || '(root)'}: ${i.message}`).join('; ');
+  return error.issues.map((i) => `${issuePath(i.path, at)}: ${i.message}`).join('; ');
+}
+
+/** Where an issue is, dotted (`body.stages.0.name`), under `at` when given; `(root)` for the value itself. */
+export function issuePath(path: readonly PropertyKey[], at?: string): string {
+  return [at, ...path.map(String)].filter(Boolean).join('.') || '(root)';
 }
 
 export const IsoTime = z.iso.datetime({ offset: true });

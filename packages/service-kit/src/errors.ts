@@ -1,3 +1,4 @@
+import { issuePath } from '@conveyor/contracts';
 /** The one error taxonomy. Domain errors carry no HTTP status: http.ts and worker.ts map them. */
 export class ConveyorError extends Error {
   override name = 'ConveyorError';
@@ -34,7 +35,7 @@ export class PermanentJobError extends ConveyorError {
 /** Turns zod issues into field issues with dotted paths. */
 export function issuesFromZod(error: { issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }> }, prefix = ''): FieldIssue[] {
   return error.issues.map((i) => ({
-    path: [prefix, ...i.path.map(String)].filter(Boolean).join('.') || '(root)',
+    path: issuePath(i.path, prefix),
     message: i.message,
   }));
 }

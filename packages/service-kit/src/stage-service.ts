@@ -46,7 +46,7 @@ export interface StageServiceExtras {
  * `conveyor_stage_job_duration_seconds`, by stage type and result, from the StageResult each job
  * completes with.
  */
-export function countStageJobs(worker: Worker, registry: Registry, type: StageJob['type']): void {
+function countStageJobs(worker: Worker, registry: Registry, type: StageJob['type']): void {
   const jobs = new Counter({ name: 'conveyor_stage_jobs_total', help: 'Stage jobs finished, by result', labelNames: ['type', 'status'], registers: [registry] });
   const durations = new Histogram({
     name: 'conveyor_stage_job_duration_seconds',
