@@ -138,13 +138,11 @@ function startStage(run: Run, i: number, at: string): Transition {
   const stage = run.stages[i]!;
   const attempt = stage.attempt + 1;
   const jobId = stageJobId(run.id, stage.name, attempt);
-  const job = buildJob(run, i, attempt, jobId);
-  if ('error' in job) {
-    // The plan cannot feed this stage (e.g. no artifact yet): fail it rather than enqueue nonsense.
-    const started = replaceStage(run, i, patch(stage, { status: 'RUNNING', attempt, jobId, startedAt: at }));
-    return failStage(started, i, job.error, at);
-  }
   const next = replaceStage(run, i, patch(stage, { status: 'RUNNING', attempt, jobId, startedAt: at }));
+  // Built here only to know it can be (the job itself is rebuilt from the run when sent: pendingJobs).
+  const job = buildJob(run, i, attempt, jobId);
+  // The plan cannot feed this stage (e.g. no artifact yet): fail it rather than enqueue nonsense.
+  if ('error' in job) return failStage(next, i, job.error, at);
   const event: RunEvent = { v: 1, type: 'stage.started', at, runId: run.id, pipeline: run.pipeline, stage: stage.name, stageType: stage.type, attempt };
   return { run: next, events: [event], changed: true };
 }
