@@ -12,11 +12,20 @@ export interface HopBenchResult {
   hopsPerSecond: number;
   /** CPU seconds this process spent in the timed window (user + system, all its threads). */
   cpu: number;
+  /** CPU seconds redis-server spent in the timed window (INFO cpu: user + system, all its threads). */
+  redisCpu: number;
 }
 
 function cpuNow(): number {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1e6;
+}
+
+/** CPU seconds redis-server has used so far. */
+async function redisCpuNow(redis: Redis): Promise<number> {
+  const info = await redis.info('cpu');
+  const field = (name: string) => Number(new RegExp(`^${name}:([0-9.]+)`, 'm').exec(info)?.[1] ?? NaN);
+  return field('used_cpu_user') + field('used_cpu_sys');
 }
 
 const STAGE_TYPES = ['source', 'build', 'test', 'deploy', 'monitor'] as const;
@@ -56,16 +65,18 @@ export async function rawChain(url: string, runs: number, concurrency: number): 
       ),
   );
   await Promise.all(workers.map((w) => w.waitUntilReady()));
+  const r0 = await redisCpuNow(redis);
   const t0 = performance.now();
   const c0 = cpuNow();
   await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
   await all;
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpuNow() - c0;
+  const redisCpu = (await redisCpuNow(redis)) - r0;
   await Promise.all(workers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
 }
 
 /**
@@ -100,16 +111,18 @@ export async function rawCoordinated(url: string, runs: number, concurrency: num
     { connection: conns.make() as unknown as ConnectionOptions, prefix, concurrency },
   );
   await Promise.all([...workers, coordinator].map((w) => w.waitUntilReady()));
+  const r0 = await redisCpuNow(redis);
   const t0 = performance.now();
   const c0 = cpuNow();
   await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
   await all;
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpuNow() - c0;
+  const redisCpu = (await redisCpuNow(redis)) - r0;
   await Promise.all([...workers, coordinator].map((w) => w.close()));
   await Promise.all([...queues, coord].map((q) => q.obliterate({ force: true }).then(() => q.close())));
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
 }
 
 const BENCH_PIPELINE = PipelineDefinition.parse({
@@ -153,6 +166,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   const results = new ResultsConsumer({ redis: conns.make(), prefix, orchestrator, logger });
   await results.start();
   await Promise.all(stageWorkers.map((w) => w.waitUntilReady()));
+  const r0 = await redisCpuNow(producer);
   const t0 = performance.now();
   const c0 = cpuNow();
   await Promise.all(Array.from({ length: runs }, () => orchestrator.startRun(BENCH_PIPELINE, { type: 'manual', ref: 'refs/heads/main' })));
@@ -160,6 +174,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   while ((await producer.scard(`${prefix}:runs:active`)) > 0) await new Promise((r) => setTimeout(r, 5));
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpuNow() - c0;
+  const redisCpu = (await redisCpuNow(producer)) - r0;
   const finished = await runsStore.listByPipeline('bench', runs);
   const succeeded = finished.filter((r) => r.status === 'SUCCEEDED').length;
   if (succeeded !== runs) throw new Error(`only ${succeeded}/${runs} bench runs succeeded`);
@@ -171,7 +186,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   producer.disconnect();
   queueConn.disconnect();
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
 }
 
 /** The five jobs of one bench run, as the state machine builds them: `jobFor(runId, i)` is stage i's for that run. */
@@ -220,6 +235,7 @@ export async function rawChainLikeForLike(url: string, runs: number, concurrency
       ),
   );
   await Promise.all(workers.map((w) => w.waitUntilReady()));
+  const r0 = await redisCpuNow(redis);
   const t0 = performance.now();
   const c0 = cpuNow();
   await Promise.all(
@@ -231,10 +247,11 @@ export async function rawChainLikeForLike(url: string, runs: number, concurrency
   await all;
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpuNow() - c0;
+  const redisCpu = (await redisCpuNow(redis)) - r0;
   await Promise.all(workers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
 }
 
 /**
@@ -259,6 +276,7 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
   const keys = STAGE_TYPES.map((t) => `${prefix}:${QUEUES[t]}:events`);
   for (const k of keys) await reader.xgroup('CREATE', k, 'g', '0', 'MKSTREAM');
   const acker = conns.make();
+  const r0 = await redisCpuNow(acker);
   const t0 = performance.now();
   const c0 = cpuNow();
   await Promise.all(
@@ -292,9 +310,10 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
   }
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpuNow() - c0;
+  const redisCpu = (await redisCpuNow(acker)) - r0;
   await Promise.all(stageWorkers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   for (const c of [queueConn, reader, acker]) c.disconnect();
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu };
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
 }

@@ -36,6 +36,9 @@ async function main() {
       // CPU microseconds per transition: steadier than rates on a shared machine (the process is CPU-bound).
       const cpuRaw: number[] = [];
       const cpuConveyor: number[] = [];
+      // redis-server's CPU per transition: on two cores the two processes share, what limits both sides is their sum.
+      const redisRaw: number[] = [];
+      const redisConveyor: number[] = [];
       for (let i = 0; i < ROUNDS; i++) {
         const r = await rawChain(redis.url, RUNS, concurrency);
         const k = await rawCoordinated(redis.url, RUNS, concurrency);
@@ -49,6 +52,8 @@ async function main() {
         conveyor.push(c.hopsPerSecond);
         cpuRaw.push((r.cpu / r.hops) * 1e6);
         cpuConveyor.push((c.cpu / c.hops) * 1e6);
+        redisRaw.push((r.redisCpu / r.hops) * 1e6);
+        redisConveyor.push((c.redisCpu / c.hops) * 1e6);
         const floorText = f && l ? ` | stateless reader ${f.hopsPerSecond.toFixed(0)}/s | raw chain, Conveyor's payloads ${l.hopsPerSecond.toFixed(0)}/s` : '';
         print(`  concurrency ${concurrency}, round ${i + 1}: raw chain ${r.hopsPerSecond.toFixed(0)}/s | raw + coordinator ${k.hopsPerSecond.toFixed(0)}/s${floorText} | Conveyor ${fmt(c)}`);
       }
@@ -59,6 +64,11 @@ async function main() {
         : '';
       print(`  RATIO (a) at worker concurrency ${concurrency}: Conveyor ÷ raw chain = ${strict.toFixed(2)} (target ≥ 0.5: ${strict >= 0.5 ? 'met' : 'NOT met'}); Conveyor ÷ raw + coordinator = ${like.toFixed(2)}${floorText}`);
       print(`    CPU of this process per transition: Conveyor ${median(cpuConveyor).toFixed(0)} µs, raw chain ${median(cpuRaw).toFixed(0)} µs (${(median(cpuConveyor) / median(cpuRaw)).toFixed(2)}×)`);
+      const totalConveyor = median(cpuConveyor) + median(redisConveyor);
+      const totalRaw = median(cpuRaw) + median(redisRaw);
+      print(
+        `    + redis-server's: Conveyor ${median(redisConveyor).toFixed(0)} µs, raw chain ${median(redisRaw).toFixed(0)} µs; together ${totalConveyor.toFixed(0)} vs ${totalRaw.toFixed(0)} µs, so by CPU the ratio would be ${(totalRaw / totalConveyor).toFixed(2)}`,
+      );
     }
     print('');
     print('(b) wall time of a 5-stage pipeline whose commands are `true`, vs bash running the same steps');
