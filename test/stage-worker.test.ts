@@ -1,15 +1,16 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cancelChannel, QUEUES, StageResult, type StageJob } from '@conveyor/contracts';
+import { cancelChannel, cancelledJobKey, QUEUES, StageResult, type StageJob } from '@conveyor/contracts';
+import { BullJobDispatcher } from '@conveyor/source-webhook';
 import { StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
 import { closeWorker, createLogger, createStageWorker, PermanentJobError, RUN_CANCELLED, stageEventsKey, type StageHandler } from '@conveyor/service-kit';
 
 let url: string;
 const logger = createLogger('test', 'silent');
 const conns: Redis[] = [];
-const conn = () => {
-  const r = new Redis(url, { maxRetriesPerRequest: null });
+const conn = (connectionName?: string) => {
+  const r = new Redis(url, { maxRetriesPerRequest: null, ...(connectionName ? { connectionName } : {}) });
   conns.push(r);
   return r;
 };
@@ -27,8 +28,9 @@ const job = (n: number): StageJob => ({
   trigger: { type: 'manual', ref: 'refs/heads/main' }, url: 'http://127.0.0.1:1/', verify: { healthPath: '/', durationSeconds: 1, intervalSeconds: 1, maxFailures: 0, timeoutMs: 100 },
 });
 
+/** A monitor stage worker; its connections (the cancel listener's included) are named `prefix`. */
 function worker(prefix: string, handler: StageHandler<'monitor'>) {
-  return createStageWorker({ type: 'monitor', queueName: QUEUES.monitor, connection: conn(), prefix, handler, logger, concurrency: 1, lockDuration: 30_000, stalledInterval: 30_000 });
+  return createStageWorker({ type: 'monitor', queueName: QUEUES.monitor, connection: conn(prefix), prefix, handler, logger, concurrency: 1, lockDuration: 30_000, stalledInterval: 30_000 });
 }
 
 /** A signal's abort, as a promise. */
@@ -150,6 +152,74 @@ describe('createStageWorker', () => {
     expect(await harness.result(job(8).jobId)).toMatchObject({ status: 'FAILED', message: 'not started: the run was cancelled' });
     expect(await harness.result(job(9).jobId)).toMatchObject({ status: 'SUCCEEDED' });
     expect(ran).toEqual([blocker.jobId, job(9).jobId]);
+    await w.close();
+    await harness.close();
+  });
+
+  it('does not start a job cancelled before the worker was listening (the notices log, or the mark until the log is read)', async () => {
+    const prefix = uniquePrefix('sw');
+    const redis = conn();
+    const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
+    // The orchestrator cancels the job (mark, log, removal, notice: heard by nobody); an enqueue racing the
+    // cancel then puts it in the queue again, and a worker started later takes it.
+    await new BullJobDispatcher(new Map([[QUEUES.monitor, queue]]), { redis, prefix }).cancel([{ type: 'monitor', jobId: job(12).jobId }]);
+    const harness = new StageHarness(url, prefix);
+    await harness.enqueue(QUEUES.monitor, job(12));
+    let calls = 0;
+    const w = worker(prefix, async () => {
+      calls++;
+      return { status: 'SUCCEEDED', output: {} };
+    });
+    expect(await harness.result(job(12).jobId)).toMatchObject({ status: 'FAILED', message: 'not started: the run was cancelled' });
+    expect(calls).toBe(0);
+    await w.close();
+    await harness.close();
+    await queue.close();
+  });
+
+  it('stops the job it holds when the notice was published while its listening connection was down', async () => {
+    const prefix = uniquePrefix('sw');
+    const redis = conn();
+    const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
+    const { mark: started, reached: running } = latch();
+    const w = worker(prefix, async (_job, ctx) => {
+      started();
+      await aborted(ctx.signal);
+      throw new Error('stopped');
+    });
+    await listening(prefix);
+    const harness = new StageHarness(url, prefix);
+    await harness.enqueue(QUEUES.monitor, job(13));
+    await running;
+    // Cut the listener's connection (the one of the worker's connections that is subscribed): once
+    // CLIENT KILL answers, Redis has dropped its subscription, and the client waits before reconnecting.
+    const clients = (await redis.call('CLIENT', 'LIST', 'TYPE', 'pubsub')) as string;
+    const listener = clients.split('\n').find((line) => line.includes(` name=${prefix} `));
+    expect(listener).toBeDefined();
+    await redis.client('KILL', 'ID', /id=(\d+)/.exec(listener!)![1]!);
+    await new BullJobDispatcher(new Map([[QUEUES.monitor, queue]]), { redis, prefix }).cancel([{ type: 'monitor', jobId: job(13).jobId }]);
+    expect(await harness.result(job(13).jobId, 15_000)).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
+    await w.close();
+    await harness.close();
+    await queue.close();
+  });
+
+  it('does not run again a redelivered job whose run was cancelled meanwhile (the durable mark, read on redelivery)', async () => {
+    const prefix = uniquePrefix('sw');
+    const redis = conn();
+    let calls = 0;
+    const w = worker(prefix, async () => {
+      calls++;
+      // The run is cancelled while this attempt runs, and its notice is lost (only the mark remains);
+      // then the attempt fails, to be delivered again.
+      await redis.set(cancelledJobKey(prefix, job(14).jobId), '1');
+      throw new Error('transient failure');
+    });
+    const harness = new StageHarness(url, prefix);
+    // Two attempts (the harness's), the second after the queue's 1 s backoff.
+    await harness.enqueue(QUEUES.monitor, job(14));
+    expect(await harness.result(job(14).jobId)).toMatchObject({ status: 'FAILED', message: 'not started: the run was cancelled' });
+    expect(calls).toBe(1);
     await w.close();
     await harness.close();
   });

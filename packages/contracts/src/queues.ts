@@ -34,3 +34,14 @@ export function cancelledJobKey(prefix: string, jobId: string): string {
 }
 
 export const CANCELLED_MARK_TTL_SECONDS = 7 * 24 * 3600;
+
+/**
+ * The recent cancel notices, a sorted set of job ids scored by when they were sent, kept for
+ * `CANCEL_NOTICE_WINDOW_MS`: a stage worker that starts listening (at start-up, or again after a lost
+ * connection) reads it, so a notice published while it was not listening still reaches it.
+ */
+export function cancelNoticesKey(prefix: string): string {
+  return `${prefix}:cancel-notices`;
+}
+
+export const CANCEL_NOTICE_WINDOW_MS = 10 * 60_000;

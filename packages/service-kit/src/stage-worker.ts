@@ -1,5 +1,5 @@
 import { UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { cancelChannel, describeIssues, StageJob, StageOutput, stageResultOf, type StageJobOf, type StageResult } from '@conveyor/contracts';
+import { CANCEL_NOTICE_WINDOW_MS, cancelChannel, cancelledJobKey, cancelNoticesKey, describeIssues, StageJob, StageOutput, stageResultOf, type StageJobOf, type StageResult } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
 import { logErrors, RUN_CANCELLED, SHUTTING_DOWN } from './lifecycle.js';
@@ -54,32 +54,50 @@ function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED
   return { status: outcome.status, ...(outcome.message ? { message: outcome.message } : {}), output: output.data };
 }
 
-/** How long a cancel notice for a job this worker does not hold (yet) is remembered. */
-const NOTICE_MEMORY_MS = 10 * 60_000;
-
 /**
  * Listens for cancel notices (ADR 0007) on a connection of its own: aborts the job a notice names if this
  * worker holds it, and remembers every notice for a while, so a job taken after its notice went out (one
- * the orchestrator enqueued just after the cancel) is not started. Closed with the worker.
+ * the orchestrator enqueued just after the cancel) is not started. Each time it starts listening (at
+ * start-up, and again after a lost connection) it also reads the notices sent in the last
+ * CANCEL_NOTICE_WINDOW_MS, so one published while it was not listening still stops the job it holds, or
+ * keeps it from starting; until it has read them, `listening()` is false and each job is checked against
+ * the durable mark before it starts. Closed with the worker.
  */
-function listenForCancels(worker: Worker, connection: Redis, prefix: string, logger: Logger): { noticed(jobId: string): boolean } {
+function listenForCancels(worker: Worker, connection: Redis, prefix: string, logger: Logger): { noticed(jobId: string): boolean; listening(): boolean } {
   const unheld = new Map<string, number>();
+  /** Caught up and still subscribed. Each connection and each loss of it starts a new generation. */
+  let listening = false;
+  let generation = 0;
   const subscriber = connection.duplicate();
   logErrors(subscriber, logger, 'cancel notices');
-  subscriber.on('message', (_channel: string, jobId: string) => {
+  const notice = (jobId: string) => {
     // Remembered even when held: a job stopped for another reason and run again here must not start.
     worker.cancelJob(jobId, RUN_CANCELLED);
     const now = Date.now();
     unheld.delete(jobId); // re-inserted last: the map stays in notice order
     unheld.set(jobId, now);
     for (const [id, at] of unheld) {
-      if (now - at < NOTICE_MEMORY_MS) break;
+      if (now - at < CANCEL_NOTICE_WINDOW_MS) break;
       unheld.delete(id);
     }
+  };
+  subscriber.on('message', (_channel: string, jobId: string) => notice(jobId));
+  // 'ready' comes on every (re)connection. Subscribed first, then the log read: a notice is in the log
+  // (written before it is published) or heard, or both (hearing one twice is harmless).
+  const catchUp = async () => {
+    const current = ++generation;
+    await subscriber.subscribe(cancelChannel(prefix));
+    const recent = await connection.zrange(cancelNoticesKey(prefix), 0, -1);
+    for (const jobId of recent) notice(jobId);
+    listening = current === generation;
+  };
+  subscriber.on('ready', () => void catchUp().catch((err: unknown) => logger.warn({ err }, 'cannot listen for cancel notices')));
+  subscriber.on('close', () => {
+    generation++;
+    listening = false;
   });
-  subscriber.subscribe(cancelChannel(prefix)).catch((err: unknown) => logger.warn({ err }, 'cannot listen for cancel notices'));
   worker.on('closed', () => subscriber.disconnect());
-  return { noticed: (jobId) => unheld.delete(jobId) };
+  return { noticed: (jobId) => unheld.delete(jobId), listening: () => listening };
 }
 
 function describe(err: unknown): string {
@@ -119,7 +137,11 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt, status: result.status }, 'stage job finished');
       return result;
     };
-    if (cancels.noticed(job.jobId)) {
+    // The durable mark is asked (one read) when notices may have been missed: for a job delivered again
+    // (its worker died, or it is retried), cancelled perhaps long ago, and for any job while this worker
+    // is not listening (starting, or its connection lost) or has not yet read the recent notices.
+    const unsure = (bull.attemptsStarted ?? 1) > 1 || !cancels.listening();
+    if (cancels.noticed(job.jobId) || (unsure && (await opts.connection.exists(cancelledJobKey(opts.prefix, job.jobId))) === 1)) {
       opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt }, 'stage job not started: its run was cancelled');
       return finish({ status: 'FAILED', message: 'not started: the run was cancelled' });
     }

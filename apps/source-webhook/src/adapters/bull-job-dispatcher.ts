@@ -1,4 +1,4 @@
-import { CANCELLED_MARK_TTL_SECONDS, cancelChannel, cancelledJobKey, queueFor, type StageJob } from '@conveyor/contracts';
+import { CANCEL_NOTICE_WINDOW_MS, CANCELLED_MARK_TTL_SECONDS, cancelChannel, cancelledJobKey, cancelNoticesKey, queueFor, type StageJob } from '@conveyor/contracts';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { CancelledJob, JobDispatcher } from '../ports.js';
@@ -39,9 +39,12 @@ export class BullJobDispatcher implements JobDispatcher {
   async cancel(jobs: readonly CancelledJob[]): Promise<void> {
     if (jobs.length === 0) return;
     const { redis, prefix } = this.control;
-    // Mark first: a worker that takes the job after this can see it is cancelled.
+    // Mark and log first: a worker that takes the job, or starts listening, after this can see it is cancelled.
     const marks = redis.pipeline();
-    for (const { jobId } of jobs) marks.set(cancelledJobKey(prefix, jobId), '1', 'EX', CANCELLED_MARK_TTL_SECONDS);
+    const now = Date.now();
+    const log = cancelNoticesKey(prefix);
+    for (const { jobId } of jobs) marks.set(cancelledJobKey(prefix, jobId), '1', 'EX', CANCELLED_MARK_TTL_SECONDS).zadd(log, now, jobId);
+    marks.zremrangebyscore(log, '-inf', now - CANCEL_NOTICE_WINDOW_MS).pexpire(log, CANCEL_NOTICE_WINDOW_MS);
     for (const [err] of (await marks.exec()) ?? []) if (err) throw err;
     await Promise.all(
       jobs.map(async (job) => {
