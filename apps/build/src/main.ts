@@ -1,24 +1,27 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { cleanAbandonedJobs, resolveBuildUser } from '@conveyor/runner';
+import { cleanAbandonedJobs, resolveBuildUsers } from '@conveyor/runner';
 import { runStageService } from '@conveyor/service-kit';
 import { loadEnv } from './env.js';
 import { buildJobHandler } from './jobs/build-job.js';
 
 const env = loadEnv();
 const workDir = resolve(env.WORK_DIR);
-const { user, warning } = await resolveBuildUser(workDir, env.BUILD_UID, env.BUILD_GID);
+const { users, warning } = await resolveBuildUsers(workDir, env, env.WORKER_CONCURRENCY);
 
 await runStageService({
   service: 'build',
   type: 'build',
   queueName: QUEUES.build,
   env,
-  handler: ({ redis, prefix }) => buildJobHandler({ artifacts: new FsArtifactStore(env.ARTIFACT_DIR), redis, prefix, workDir, ...(user ? { user } : {}) }),
+  handler: ({ redis, prefix }) => buildJobHandler({ artifacts: new FsArtifactStore(env.ARTIFACT_DIR), redis, prefix, workDir, users }),
   // A build service killed mid-build leaves its shells running: stop them before taking jobs again.
+  // After the worker drained: the builds' users are free for another service of this host.
+  extras: () => ({ stop: [{ name: 'build users', run: () => users.close() }] }),
   beforeStart: async ({ logger }) => {
     logger.info(await cleanAbandonedJobs(workDir), 'cleaned up after earlier workers');
     if (warning) logger.warn({ workDir }, warning);
+    else logger.info({ workDir }, users.summary);
   },
 });

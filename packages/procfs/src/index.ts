@@ -1,1 +1,2 @@
 export * from './procfs.js';
+export * from './file-lock.js';

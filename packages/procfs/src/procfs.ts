@@ -92,6 +92,27 @@ export function groupAlive(pgid: number): boolean {
   });
 }
 
+/**
+ * The running processes (zombies excluded) whose real, effective or saved user id is `uid`: those a
+ * process of that user may signal. Linux only (empty elsewhere).
+ */
+export function processesOfUser(uid: number): number[] {
+  if (!HAS_PROC) return [];
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc');
+  } catch {
+    return [];
+  }
+  return pids.flatMap((pid) => {
+    if (!/^\d+$/.test(pid)) return [];
+    const status = read(`/proc/${pid}/status`);
+    const ids = status && /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status);
+    if (!ids || !ids.slice(1, 4).some((id) => Number(id) === uid)) return [];
+    return running(readProcStat(pid)) ? [Number(pid)] : [];
+  });
+}
+
 /** A process as recorded when it started: enough to tell it from a later process given the same pid. */
 export interface ProcessIdentity {
   pid: number;

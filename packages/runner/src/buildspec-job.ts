@@ -1,9 +1,8 @@
-import { z } from 'zod';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
-import { mkdir, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
-import { dirname, join, relative, resolve, sep } from 'node:path';
+import { chmod, mkdir, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { join, relative, resolve, sep } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob, TestJob } from '@conveyor/contracts';
 import { runPhases, type PhasesResult, type RunnerEvent } from './bash-session.js';
@@ -23,46 +22,8 @@ export interface BuildspecJobDeps {
   signal: AbortSignal;
   now?: () => Date;
   home?: string;
-  /** Run the build as this user (see resolveBuildUser); the job's files are handed to it first. */
+  /** Run the build as this user (see resolveBuildUsers); the job's files are handed to it first, and no other user may enter them. */
   user?: BuildUser;
-}
-
-/** The variables naming who builds run as, shared by the services that run buildspecs (see resolveBuildUser). */
-export const BuildUserEnv = {
-  /** Linux user (and group) builds run as; default `nobody` when the service runs as root, else its own user. */
-  BUILD_UID: z.coerce.number().int().min(0).optional(),
-  BUILD_GID: z.coerce.number().int().min(0).optional(),
-};
-
-/**
- * Who builds run as. A build running as the worker's own user can read the worker's environment
- * (`/proc/$PPID/environ`: Redis password, API token), so a root worker runs them as `nobody`
- * (65534) unless told otherwise; a non-root worker cannot switch users and runs them as itself, with
- * a warning. A BUILD_UID that cannot be honoured is an error, never a silent fall-back.
- */
-export async function resolveBuildUser(workDir: string, uid?: number, gid?: number): Promise<{ user?: BuildUser; warning?: string }> {
-  const asSelf = 'builds run as this service\'s own user and can read its environment';
-  const refuse = (why: string) => {
-    if (uid !== undefined) throw new Error(`BUILD_UID=${uid} cannot be used: ${why}`);
-    return { warning: `${asSelf}: ${why}` };
-  };
-  const user = uid !== undefined ? { uid, gid: gid ?? uid } : process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : undefined;
-  if (!user) return { warning: `${asSelf}; run the service as root (builds then run as nobody) or set BUILD_UID` };
-  if (process.getuid?.() !== 0) return refuse('switching users needs the service to run as root');
-  const blocked = await untraversable(resolve(workDir), user);
-  if (blocked) return refuse(`user ${user.uid} cannot reach ${blocked}; put WORK_DIR where it can`);
-  return { user };
-}
-
-/** The first ancestor of `dir` (created if missing) that `user` may not enter, if any. */
-async function untraversable(dir: string, user: BuildUser): Promise<string | undefined> {
-  await mkdir(dir, { recursive: true });
-  for (let d = dir; ; d = dirname(d)) {
-    const info = await stat(d);
-    const bit = info.uid === user.uid ? 0o100 : info.gid === user.gid ? 0o010 : 0o001;
-    if ((info.mode & bit) === 0) return d;
-    if (dirname(d) === d) return undefined;
-  }
 }
 
 /** A buildspec job that ran (or could not start: then `spec`/`phases` are absent and `message` says why). */
@@ -93,6 +54,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
     if (deps.user) {
       await mkdir(home);
       await exec('chown', ['-R', '--no-dereference', `${deps.user.uid}:${deps.user.gid}`, dir]);
+      await chmod(dir, 0o700);
     }
     const spec = await loadBuildspec(workspace, job.buildspec);
     if ('error' in spec) {

@@ -6,4 +6,5 @@ export * from './globs.js';
 export * from './junit.js';
 export * from './codebuild-env.js';
 export * from './buildspec-job.js';
+export * from './build-users.js';
 export type { BuildUser } from './shell-process.js';

@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { artifactKey, type ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob } from '@conveyor/contracts';
 import { fileSelection, resolveFiles, runBuildspecJob, type BuildspecRun } from '@conveyor/runner';
-import type { BuildUser } from '@conveyor/runner';
+import type { BuildUser, BuildUsers } from '@conveyor/runner';
 import { openStageLog, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
 export interface BuildDeps {
@@ -11,7 +11,8 @@ export interface BuildDeps {
   redis: Redis;
   prefix: string;
   workDir: string;
-  user?: BuildUser;
+  /** Who each build runs as (default: this service's own user). */
+  users?: BuildUsers;
 }
 
 /** The build stage: run the buildspec, then store `artifacts.files` (attempted even after a failure, as CodeBuild does). */
@@ -21,7 +22,9 @@ export const buildJobHandler =
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
     if (ctx.deliveries > 0) log.write(`[conveyor] delivery ${ctx.deliveries + 1} of this job (an earlier worker stopped before finishing)\n`);
     try {
-      return await runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(deps.user ? { user: deps.user } : {}) }, (run) => finishBuild(job, run, deps, (t) => log.write(t), ctx.signal));
+      const runAs = (user: BuildUser | undefined) =>
+        runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}) }, (run) => finishBuild(job, run, deps, (t) => log.write(t), ctx.signal));
+      return await (deps.users ? deps.users.withUser(runAs) : runAs(undefined));
     } finally {
       await log.close();
     }

@@ -1,6 +1,8 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { checkLockTool as checkFlock, holdFileLock, type HeldLock } from '@conveyor/procfs';
+
+export type { HeldLock };
 
 const LOCK_FILE = '.lock';
 const local = new Map<string, Promise<unknown>>();
@@ -10,72 +12,9 @@ interface LockContent {
   pid: number;
 }
 
-/**
- * flock(1) takes the kernel's lock on the file and runs this fixed script, which says so and then waits
- * for its stdin to close. The lock lives exactly as long as that pipe: released when we close it, and by
- * the kernel when this process dies, however it dies. No pid, start time or staleness is judged, so two
- * deployers can never both take over a lock they think is stale.
- */
-const HOLD = ['--exclusive'];
-// Signals sent to a terminal's or a service manager's process group must not end the lock before its
-// owner is done: flock and its script run in a group of their own, and the script ignores them (ignored
-// signals stay ignored across exec). The pipe still ends it with its owner.
-const SCRIPT = "trap '' INT TERM HUP; echo locked; exec cat >/dev/null";
-
 /** Throws, saying what to install, when flock(1) cannot run here: a deployer without it must not start. */
 export function checkLockTool(): void {
-  const probe = spawnSync('flock', [...HOLD, '/dev/null', 'true'], { stdio: 'ignore' });
-  if (probe.error || probe.status !== 0) {
-    throw new Error(`the deployer takes its deploy locks with flock(1), which cannot run here (${probe.error?.message ?? `exit ${probe.status}`}); install util-linux`);
-  }
-}
-
-/** A lock this process holds. */
-export interface HeldLock {
-  /** True once the lock's holder process has ended before its release: another deployer may hold it now. */
-  lost(): boolean;
-}
-
-/** Resolves once this process holds the lock, or rejects when `signal` aborts first. */
-function acquire(path: string, signal: AbortSignal | undefined, onWait: () => void, waitNoticeMs: number): Promise<HeldLock & { release(): Promise<void> }> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason instanceof Error ? signal.reason : new Error('aborted while waiting for the pipeline lock'));
-    // flock keeps the lock and runs the script, which inherits it: the lock ends when both have ended.
-    const child: ChildProcess = spawn('flock', [...HOLD, path, 'sh', '-c', SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
-    let settled = false;
-    let stderr = '';
-    const notice = setTimeout(onWait, waitNoticeMs);
-    const done = (err?: Error) => {
-      settled = true;
-      clearTimeout(notice);
-      signal?.removeEventListener('abort', onAbort);
-      if (err) {
-        child.kill('SIGKILL');
-        reject(err);
-      }
-    };
-    const onAbort = () => !settled && done(signal!.reason instanceof Error ? signal!.reason : new Error('aborted while waiting for the pipeline lock'));
-    signal?.addEventListener('abort', onAbort, { once: true });
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', (err) => !settled && done(new Error(`cannot run flock for the deploy lock: ${err.message}`)));
-    child.on('exit', (code) => !settled && done(new Error(`flock exited (${code}) before taking the deploy lock: ${stderr.trim() || 'no message'}`)));
-    child.stdout!.once('data', () => {
-      if (settled) return;
-      done();
-      let releasing = false;
-      let lost = false;
-      const exited = new Promise<void>((r) => (child.exitCode !== null ? r() : child.once('exit', () => r())));
-      void exited.then(() => (lost = !releasing));
-      resolve({
-        lost: () => lost,
-        async release() {
-          releasing = true;
-          child.stdin!.end();
-          await exited;
-        },
-      });
-    });
-  });
+  checkFlock('the deployer');
 }
 
 /**
@@ -103,7 +42,7 @@ export async function withPipelineLock<T>(
           () => onWait(undefined),
         );
       };
-      const lock = await acquire(path, signal, tell, waitNoticeMs);
+      const lock = await holdFileLock(path, { ...(signal ? { signal } : {}), onWait: tell, waitNoticeMs });
       try {
         // Same inode (no O_EXCL, no unlink): the kernel's lock stays on the file we write.
         await writeFile(path, JSON.stringify({ pid: process.pid } satisfies LockContent));

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { StageOutput } from '@conveyor/contracts';
 import { fileSelection, MAX_JUNIT_BYTES, parseJUnit, resolveFiles, runBuildspecJob, type BuildspecRun } from '@conveyor/runner';
-import type { BuildUser } from '@conveyor/runner';
+import type { BuildUser, BuildUsers } from '@conveyor/runner';
 import { openStageLog, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
 export interface TestDeps {
@@ -11,7 +11,8 @@ export interface TestDeps {
   redis: Redis;
   prefix: string;
   workDir: string;
-  user?: BuildUser;
+  /** Who each build runs as (default: this service's own user). */
+  users?: BuildUsers;
 }
 
 /** The test stage: run the test buildspec on the build artifact, read its JUnit reports, and gate on them. */
@@ -20,7 +21,9 @@ export const testJobHandler =
   async (job, ctx) => {
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
     try {
-      return await runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(deps.user ? { user: deps.user } : {}) }, (run) => readReports(run, (t) => log.write(t)));
+      const runAs = (user: BuildUser | undefined) =>
+        runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}) }, (run) => readReports(run, (t) => log.write(t)));
+      return await (deps.users ? deps.users.withUser(runAs) : runAs(undefined));
     } finally {
       await log.close();
     }

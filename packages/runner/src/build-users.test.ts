@@ -1,0 +1,193 @@
+import { spawn } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FsArtifactStore } from '@conveyor/artifacts';
+import { BuildJob } from '@conveyor/contracts';
+import { pidAlive, processesOfUser } from '@conveyor/procfs';
+import { z } from 'zod';
+import { BuildUserEnv, killUserProcesses, openBuildUserPool, resolveBuildUsers, type BuildUserConfig } from './build-users.js';
+import { runBuildspecJob, type BuildspecRun } from './buildspec-job.js';
+import { runYaml, useWorkspace } from './bash-session.testkit.js';
+
+const isRoot = process.getuid?.() === 0;
+const NOBODY = { uid: 65534, gid: 65534 };
+const BUILD_JOB = JSON.parse(await readFile(new URL('../../contracts/fixtures/v1/stage-job.build.json', import.meta.url), 'utf8')) as unknown;
+
+let root: string;
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), 'cv-users-'));
+  await chmod(root, 0o755); // mkdtemp makes it 0700: the builds' users could not enter it
+});
+afterEach(() => rm(root, { recursive: true, force: true }));
+
+/** A block of user ids no other test file uses at the same time. */
+const range = (size: number): [number, number] => {
+  const first = 2_100_000_000 + Math.floor(Math.random() * 1_000_000) * 10;
+  return [first, first + size - 1];
+};
+const config = (over: Partial<BuildUserConfig> = {}): BuildUserConfig => ({ BUILD_UIDS: range(8), BUILD_UID_LOCK_DIR: join(root, 'locks'), ...over });
+
+/** A process detached from everything (its own session, no mark), running as `uid` until killed. */
+function strayAs(uid: number): number {
+  const child = spawn('setsid', ['sleep', '300'], { uid, gid: uid, cwd: '/', stdio: 'ignore', detached: true });
+  child.unref();
+  return child.pid!;
+}
+
+describe('build users: the settings', () => {
+  it('reads BUILD_UIDS as a range, and refuses one that is not', () => {
+    const env = z.object(BuildUserEnv);
+    expect(env.parse({}).BUILD_UIDS).toEqual([2_000_000_000, 2_000_000_999]);
+    expect(env.parse({ BUILD_UIDS: '5000-5003' }).BUILD_UIDS).toEqual([5000, 5003]);
+    expect(() => env.parse({ BUILD_UIDS: '5003-5000' })).toThrow(/first ≤ last/);
+    expect(() => env.parse({ BUILD_UIDS: '0-10' })).toThrow(/first ≤ last/);
+    expect(() => env.parse({ BUILD_UIDS: 'many' })).toThrow(/first-last/);
+  });
+
+  it.runIf(!isRoot)('a service that is not root runs builds as itself, with a warning; BUILD_UID is refused', async () => {
+    const resolved = await resolveBuildUsers(join(root, 'work'), config(), 2);
+    expect(resolved.warning).toMatch(/own user/);
+    expect(await resolved.users.withUser(async (user) => user)).toBeUndefined();
+    await expect(resolveBuildUsers(join(root, 'work'), config({ BUILD_UID: 1234 }), 2)).rejects.toThrow(/needs the service to run as root/);
+  });
+});
+
+describe.runIf(isRoot)('build users, for a root service', () => {
+  const dirs = useWorkspace();
+
+  it('a build as another user cannot read the service\'s environment', async () => {
+    const { root: wsRoot, ws } = dirs();
+    await chmod(wsRoot, 0o755);
+    const { chown } = await import('node:fs/promises');
+    await chown(ws, NOBODY.uid, NOBODY.gid);
+    const run = await runYaml(ws, 'version: 0.2\nenv:\n  exported-variables: [WHO]\nphases:\n  build:\n    commands:\n      - WHO=$(id -u)\n      - cat /proc/$PPID/environ > stolen.txt\n', {
+      user: NOBODY,
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    });
+    expect(run.exportedVariables.WHO).toBe('65534');
+    expect(run.status).toBe('FAILED');
+    expect(run.output).toMatch(/Permission denied/);
+  });
+
+  it('by default each concurrent build gets a user of its own from the range; BUILD_UID makes them share one', async () => {
+    const cfg = config();
+    const { users, warning } = await resolveBuildUsers(join(root, 'work'), cfg, 3);
+    expect(warning).toBeUndefined();
+    try {
+      const seen: number[] = [];
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const builds = [0, 1, 2].map(() =>
+        users.withUser(async (user) => {
+          seen.push(user!.uid);
+          if (seen.length === 3) release();
+          await gate;
+        }),
+      );
+      await Promise.all(builds);
+      expect(new Set(seen).size).toBe(3);
+      for (const uid of seen) expect(uid).toBeGreaterThanOrEqual(cfg.BUILD_UIDS[0]);
+    } finally {
+      await users.close();
+    }
+    const shared = await resolveBuildUsers(join(root, 'work'), config({ BUILD_UID: 1234 }), 3);
+    expect(await shared.users.withUser(async (user) => user)).toEqual({ uid: 1234, gid: 1234 });
+  });
+
+  it('refuses a work directory the builds\' users cannot reach', async () => {
+    const locked = join(root, 'locked');
+    await mkdir(locked, { mode: 0o700 });
+    await expect(resolveBuildUsers(join(locked, 'work'), config(), 2)).rejects.toThrow(new RegExp(`cannot reach ${locked}`));
+    await expect(resolveBuildUsers(join(locked, 'work'), config({ BUILD_UID: 1234 }), 2)).rejects.toThrow(/BUILD_UID=1234 cannot be used: user 1234 cannot reach/);
+  });
+
+  it('two services of one host take different user ids; one that cannot get enough says so; closing frees them', async () => {
+    const [first] = range(3);
+    const lockDir = join(root, 'locks');
+    const a = await openBuildUserPool({ first, last: first + 2, size: 2, lockDir });
+    await expect(openBuildUserPool({ first, last: first + 2, size: 2, lockDir })).rejects.toThrow(/1 of the 2 user ids this service needs/);
+    const b = await openBuildUserPool({ first, last: first + 2, size: 1, lockDir });
+    const uidOf = (pool: typeof a) => pool.withUser(async (user) => user!.uid);
+    expect([await uidOf(a), await uidOf(b)]).not.toContain(undefined);
+    expect(await uidOf(b)).toBe(first + 2);
+    await a.close();
+    const c = await openBuildUserPool({ first, last: first + 2, size: 2, lockDir });
+    expect(await uidOf(c)).toBe(first);
+    await Promise.all([b.close(), c.close()]);
+  });
+
+  it('kills what a build left running as its user, detached or not, when the build ends; and what a dead holder left, when taking the ids', async () => {
+    const [first] = range(1);
+    const leftover = strayAs(first);
+    const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks') });
+    try {
+      expect(pidAlive(leftover)).toBe(false);
+      let stray = 0;
+      await pool.withUser(async (user) => {
+        stray = strayAs(user!.uid);
+        expect(pidAlive(stray)).toBe(true);
+      });
+      expect(pidAlive(stray)).toBe(false);
+      expect(processesOfUser(first)).toEqual([]);
+    } finally {
+      await pool.close();
+      await killUserProcesses({ uid: first, gid: first });
+    }
+  });
+
+  it('builds running at once cannot read each other\'s environment or workspace, nor keep a process running after they end', async () => {
+    const [first] = range(2);
+    const pool = await openBuildUserPool({ first, last: first + 1, size: 2, lockDir: join(root, 'locks') });
+    const shared = join(root, 'shared');
+    await mkdir(shared);
+    await chmod(shared, 0o1777);
+    const artifacts = new FsArtifactStore(join(root, 'artifacts'));
+    const source = async (name: string, commands: string[], exported: string[]) => {
+      const dir = join(root, `src-${name}`);
+      await mkdir(dir);
+      const yaml = ['version: 0.2', 'env:', '  variables:', `    SECRET: secret-of-${name}`, `  exported-variables: [${exported.join(', ')}]`, 'phases:', '  build:', '    commands:', ...commands.map((c) => `      - ${JSON.stringify(c)}`)].join('\n');
+      await writeFile(join(dir, 'buildspec.yml'), yaml);
+      return artifacts.putFiles(`src-${name}.tar`, dir, ['buildspec.yml']);
+    };
+    const inputA = await source(
+      'a',
+      [
+        `echo $$ > ${shared}/a.pid`,
+        `echo $CODEBUILD_SRC_DIR > ${shared}/a.ws`,
+        `setsid sleep 300 < /dev/null > /dev/null 2>&1 & echo $! > ${shared}/a.stray`,
+        `for i in $(seq 200); do [ -e ${shared}/b.done ] && break; sleep 0.1; done`,
+      ],
+      [],
+    );
+    const inputB = await source(
+      'b',
+      [
+        `for i in $(seq 200); do [ -s ${shared}/a.ws ] && break; sleep 0.1; done`,
+        `ENVIRON=$(cat /proc/$(cat ${shared}/a.pid)/environ 2>/dev/null | tr '\\0' '\\n' | grep -c secret-of-a || true)`,
+        `LISTING=$(ls $(cat ${shared}/a.ws) 2>&1 || true)`,
+        `SIGNAL=$(kill -0 $(cat ${shared}/a.pid) 2>/dev/null && echo reached || echo refused)`,
+        `touch ${shared}/b.done`,
+      ],
+      ['ENVIRON', 'LISTING', 'SIGNAL'],
+    );
+    const job = (n: number, input: typeof inputA) => BuildJob.parse({ ...(BUILD_JOB as object), jobId: `isolation-run-${n}.Build.1`, runId: `isolation-run-${n}`, input });
+    const build = (n: number, input: typeof inputA) =>
+      pool.withUser((user) =>
+        runBuildspecJob(job(n, input), { artifacts, workDir: join(root, 'work'), log: () => undefined, signal: new AbortController().signal, ...(user ? { user } : {}) }, async (run: BuildspecRun) => run),
+      );
+    try {
+      const [a, b] = await Promise.all([build(1, inputA), build(2, inputB)]);
+      expect(a.status).toBe('SUCCEEDED');
+      expect(b.status).toBe('SUCCEEDED');
+      expect(b.phases!.exportedVariables).toMatchObject({ ENVIRON: '0', SIGNAL: 'refused' });
+      expect(b.phases!.exportedVariables.LISTING).toMatch(/Permission denied/);
+      const stray = Number(await readFile(join(shared, 'a.stray'), 'utf8'));
+      expect(stray).toBeGreaterThan(0);
+      expect(pidAlive(stray)).toBe(false);
+    } finally {
+      await pool.close();
+    }
+  });
+});
