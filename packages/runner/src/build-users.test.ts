@@ -156,6 +156,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       [
         `echo $$ > ${shared}/a.pid`,
         `echo $CODEBUILD_SRC_DIR > ${shared}/a.ws`,
+        `echo secret-of-a > $(mktemp) && dirname $(mktemp) > ${shared}/a.tmp`,
         `setsid sleep 300 < /dev/null > /dev/null 2>&1 & echo $! > ${shared}/a.stray`,
         `for i in $(seq 200); do [ -e ${shared}/b.done ] && break; sleep 0.1; done`,
       ],
@@ -167,10 +168,11 @@ describe.runIf(isRoot)('build users, for a root service', () => {
         `for i in $(seq 200); do [ -s ${shared}/a.ws ] && break; sleep 0.1; done`,
         `ENVIRON=$(cat /proc/$(cat ${shared}/a.pid)/environ 2>/dev/null | tr '\\0' '\\n' | grep -c secret-of-a || true)`,
         `LISTING=$(ls $(cat ${shared}/a.ws) 2>&1 || true)`,
+        `TEMP=$(grep -rs secret-of-a $(cat ${shared}/a.tmp) 2>/dev/null | wc -l)`,
         `SIGNAL=$(kill -0 $(cat ${shared}/a.pid) 2>/dev/null && echo reached || echo refused)`,
         `touch ${shared}/b.done`,
       ],
-      ['ENVIRON', 'LISTING', 'SIGNAL'],
+      ['ENVIRON', 'LISTING', 'SIGNAL', 'TEMP'],
     );
     const job = (n: number, input: typeof inputA) => BuildJob.parse({ ...(BUILD_JOB as object), jobId: `isolation-run-${n}.Build.1`, runId: `isolation-run-${n}`, input });
     const build = (n: number, input: typeof inputA) =>
@@ -181,7 +183,9 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       const [a, b] = await Promise.all([build(1, inputA), build(2, inputB)]);
       expect(a.status).toBe('SUCCEEDED');
       expect(b.status).toBe('SUCCEEDED');
-      expect(b.phases!.exportedVariables).toMatchObject({ ENVIRON: '0', SIGNAL: 'refused' });
+      expect(b.phases!.exportedVariables).toMatchObject({ ENVIRON: '0', SIGNAL: 'refused', TEMP: '0' });
+      // A's temporary files were made in its own TMPDIR, not in /tmp.
+      expect(await readFile(join(shared, 'a.tmp'), 'utf8')).toMatch(/isolation-run-1\.Build\.1-[0-9a-f]+\/tmp/);
       expect(b.phases!.exportedVariables.LISTING).toMatch(/Permission denied/);
       const stray = Number(await readFile(join(shared, 'a.stray'), 'utf8'));
       expect(stray).toBeGreaterThan(0);

@@ -51,8 +51,12 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
     deps.log(`[conveyor] ${job.type} ${job.pipeline}/${job.stage} attempt ${job.attempt}, commit ${job.commit}${deps.user ? `, as uid ${deps.user.uid}` : ''}\n`);
     await deps.artifacts.extractTo(job.input, workspace);
     const home = deps.user ? join(dir, 'home') : (deps.home ?? process.env.HOME ?? dir);
+    // A build with a user of its own gets its own HOME and TMPDIR too, out of other builds' reach (a
+    // file made in the shared /tmp is readable by all, with the usual umask).
+    const tmpDir = deps.user ? join(dir, 'tmp') : undefined;
     if (deps.user) {
       await mkdir(home);
+      await mkdir(tmpDir!);
       await exec('chown', ['-R', '--no-dereference', `${deps.user.uid}:${deps.user.gid}`, dir]);
       await chmod(dir, 0o700);
     }
@@ -74,6 +78,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
       trigger: job.trigger,
       srcDir: workspace,
       home,
+      ...(tmpDir ? { tmpDir } : {}),
       startTime: now().getTime(),
       uuid: randomUUID(),
       buildspecVariables: spec.spec.env?.variables ?? {},

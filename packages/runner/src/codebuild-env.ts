@@ -15,6 +15,8 @@ export interface CodebuildEnvInput {
   /** Where the source is: CODEBUILD_SRC_DIR. */
   srcDir: string;
   home: string;
+  /** TMPDIR, when the build has a temporary directory of its own. */
+  tmpDir?: string;
   /** Unix time in milliseconds. */
   startTime: number;
   /** Makes the build id unique: `<project>:<uuid>`. */
@@ -76,13 +78,14 @@ function withoutReserved(vars: Record<string, string> | undefined): Record<strin
 }
 
 /**
- * The environment a buildspec sees. Precedence, lowest first: defaults (HOME, AWS_REGION),
+ * The environment a buildspec sees. Precedence, lowest first: defaults (HOME, TMPDIR, AWS_REGION),
  * buildspec env.variables, the pipeline stage's variables, then the CODEBUILD_* variables, which
  * are fixed (names starting CODEBUILD_ are reserved, as on CodeBuild). Values are passed to the
  * shell as environment, never as shell text, so a branch named `$(…)` stays a string.
  */
 export function codebuildEnv(input: CodebuildEnvInput): Record<string, string> {
   const defaults: Record<string, string> = { HOME: input.home };
+  if (input.tmpDir !== undefined) defaults.TMPDIR = input.tmpDir;
   if (input.region !== undefined) {
     defaults.AWS_REGION = input.region;
     defaults.AWS_DEFAULT_REGION = input.region;
