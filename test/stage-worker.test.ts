@@ -1,5 +1,5 @@
 import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cancelChannel, cancelledJobKey, QUEUES, StageResult, type StageJob } from '@conveyor/contracts';
 import { BullJobDispatcher } from '@conveyor/source-webhook';
@@ -9,8 +9,8 @@ import { closeWorker, createLogger, createStageWorker, PermanentJobError, RUN_CA
 let url: string;
 const logger = createLogger('test', 'silent');
 const conns: Redis[] = [];
-const conn = (connectionName?: string) => {
-  const r = new Redis(url, { maxRetriesPerRequest: null, ...(connectionName ? { connectionName } : {}) });
+const conn = (connectionName?: string, options: RedisOptions = {}) => {
+  const r = new Redis(url, { maxRetriesPerRequest: null, ...(connectionName ? { connectionName } : {}), ...options });
   conns.push(r);
   return r;
 };
@@ -29,8 +29,8 @@ const job = (n: number): StageJob => ({
 });
 
 /** A monitor stage worker; its connections (the cancel listener's included) are named `prefix`. */
-function worker(prefix: string, handler: StageHandler<'monitor'>) {
-  return createStageWorker({ type: 'monitor', queueName: QUEUES.monitor, connection: conn(prefix), prefix, handler, logger, concurrency: 1, lockDuration: 30_000, stalledInterval: 30_000 });
+function worker(prefix: string, handler: StageHandler<'monitor'>, options: RedisOptions = {}) {
+  return createStageWorker({ type: 'monitor', queueName: QUEUES.monitor, connection: conn(prefix, options), prefix, handler, logger, concurrency: 1, lockDuration: 30_000, stalledInterval: 30_000 });
 }
 
 /** A signal's abort, as a promise. */
@@ -182,11 +182,16 @@ describe('createStageWorker', () => {
     const redis = conn();
     const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
     const { mark: started, reached: running } = latch();
-    const w = worker(prefix, async (_job, ctx) => {
-      started();
-      await aborted(ctx.signal);
-      throw new Error('stopped');
-    });
+    // Reconnecting after 500 ms (not ioredis's 50): the cancel below surely lands while it is away.
+    const w = worker(
+      prefix,
+      async (_job, ctx) => {
+        started();
+        await aborted(ctx.signal);
+        throw new Error('stopped');
+      },
+      { retryStrategy: () => 500 },
+    );
     await listening(prefix);
     const harness = new StageHarness(url, prefix);
     await harness.enqueue(QUEUES.monitor, job(13));
@@ -197,6 +202,8 @@ describe('createStageWorker', () => {
     const listener = clients.split('\n').find((line) => line.includes(` name=${prefix} `));
     expect(listener).toBeDefined();
     await redis.client('KILL', 'ID', /id=(\d+)/.exec(listener!)![1]!);
+    const [, subscribers] = (await redis.pubsub('NUMSUB', cancelChannel(prefix))) as [string, number];
+    expect(Number(subscribers)).toBe(0);
     await new BullJobDispatcher(new Map([[QUEUES.monitor, queue]]), { redis, prefix }).cancel([{ type: 'monitor', jobId: job(13).jobId }]);
     expect(await harness.result(job(13).jobId, 15_000)).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
     await w.close();

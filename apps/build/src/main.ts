@@ -2,13 +2,14 @@ import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
 import { cleanAbandonedJobs, resolveBuildUsers } from '@conveyor/runner';
-import { runStageService } from '@conveyor/service-kit';
+import { createLogger, runStageService } from '@conveyor/service-kit';
 import { loadEnv } from './env.js';
 import { buildJobHandler } from './jobs/build-job.js';
 
 const env = loadEnv();
 const workDir = resolve(env.WORK_DIR);
-const { users, warning } = await resolveBuildUsers(workDir, env, env.WORKER_CONCURRENCY);
+const usersLog = createLogger('build', env.LOG_LEVEL);
+const { users, warning } = await resolveBuildUsers(workDir, env, env.WORKER_CONCURRENCY, (message) => usersLog.warn(message));
 
 await runStageService({
   service: 'build',

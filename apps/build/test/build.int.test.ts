@@ -1,9 +1,10 @@
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES, type BuildJob } from '@conveyor/contracts';
+import type { BuildUsers } from '@conveyor/runner';
 import { inProcessStageService, StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
 import { buildJobHandler } from '../src/jobs/build-job.js';
@@ -14,6 +15,11 @@ let harness: StageHarness;
 let service: ReturnType<typeof inProcessStageService<'build'>>;
 let n = 0;
 
+const isRoot = process.getuid?.() === 0;
+/** Who the next build runs as: the service itself, or nobody (as a root service runs each build as a user of its own). */
+let users: BuildUsers | undefined;
+const asNobody: BuildUsers = { withUser: (fn) => fn({ uid: 65534, gid: 65534 }, async () => undefined), close: async () => undefined, summary: 'builds run as nobody' };
+
 async function sourceArtifact(files: Record<string, string>) {
   const src = join(dir, `src-${++n}`);
   for (const [path, content] of Object.entries(files)) {
@@ -23,7 +29,7 @@ async function sourceArtifact(files: Record<string, string>) {
   return store.putFiles(`runs/test/src-${n}.tar`, src, Object.keys(files));
 }
 
-async function build(files: Record<string, string>, over: Partial<BuildJob> = {}) {
+async function build(files: Record<string, string>, over: Partial<BuildJob> = {}, as: { nobody?: boolean } = {}) {
   const runId = `run-build-${n + 1}-0000`;
   const job: BuildJob = {
     v: 1,
@@ -44,12 +50,18 @@ async function build(files: Record<string, string>, over: Partial<BuildJob> = {}
     timeoutMinutes: 5,
     ...over,
   };
-  await harness.enqueue(QUEUES.build, job);
-  return { job, result: await harness.result(job.jobId), log: () => harness.log(job.jobId) };
+  users = as.nobody ? asNobody : undefined;
+  try {
+    await harness.enqueue(QUEUES.build, job);
+    return { job, result: await harness.result(job.jobId), log: () => harness.log(job.jobId) };
+  } finally {
+    users = undefined;
+  }
 }
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'cv-build-'));
+  await chmod(dir, 0o755); // mkdtemp makes it 0700: a build's user could not reach the work directory
   const redis = await testRedis();
   const prefix = uniquePrefix('build');
   const env = loadEnv({ REDIS_URL: redis.url, QUEUE_PREFIX: prefix, ARTIFACT_DIR: join(dir, 'artifacts'), WORK_DIR: join(dir, 'work'), LOG_LEVEL: 'silent' });
@@ -59,7 +71,10 @@ beforeAll(async () => {
     type: 'build',
     queueName: QUEUES.build,
     env,
-    handler: ({ redis: r, prefix: p }) => buildJobHandler({ artifacts: store, redis: r, prefix: p, workDir: env.WORK_DIR }),
+    handler:
+      ({ redis: r, prefix: p }) =>
+      (job, ctx) =>
+        buildJobHandler({ artifacts: store, redis: r, prefix: p, workDir: env.WORK_DIR, ...(users ? { users } : {}) })(job, ctx),
   });
   harness = service.harness;
 });
@@ -143,5 +158,62 @@ artifacts:
     const { result } = await build({ 'buildspec.yml': "version: 0.2\nphases: { build: { commands: [ 'true' ] } }\nartifacts: { files: [ 'dist/**/*' ] }\n" });
     expect(result.status).toBe('FAILED');
     expect(result.message).toMatch(/artifact upload failed/);
+  });
+});
+
+/*
+ * A build running as another user owns its job directory (`<work>/<job>-<hex>/`, the workspace is its
+ * `src/`), and may leave symlinks there for root to follow when it stores the artifact.
+ */
+describe.runIf(isRoot)('build stage, for a build running as another user', () => {
+  /** A root-only directory holding a file, as /etc holds /etc/shadow. */
+  async function rootOnly(name: string, file: string, text: string): Promise<string> {
+    const path = join(dir, name);
+    await mkdir(path, { mode: 0o700 });
+    await writeFile(join(path, file), text);
+    return path;
+  }
+
+  it('stores a discard-paths artifact from a staging directory of its own: root does not copy through the build\'s artifact-staging symlink', async () => {
+    const victim = await rootOnly('victim-1', 'a.txt', 'original\n');
+    const { result } = await build(
+      {
+        'buildspec.yml': `version: 0.2
+phases:
+  build:
+    commands:
+      - mkdir -p out/sub && echo built > out/sub/a.txt && ln -s a.txt out/link.txt
+      - ln -s "$VICTIM_DIR" ../artifact-staging
+artifacts:
+  files: ['out/**/*']
+  discard-paths: yes
+`,
+      },
+      { env: { variables: { VICTIM_DIR: victim } } },
+      { nobody: true },
+    );
+    expect(await readFile(join(victim, 'a.txt'), 'utf8')).toBe('original\n');
+    expect((await readdir(victim)).sort()).toEqual(['a.txt']);
+    expect(result.status).toBe('SUCCEEDED');
+    const unpacked = join(dir, 'unpacked-staging');
+    await store.extractTo(result.output.artifact!, unpacked);
+    expect(await readFile(join(unpacked, 'a.txt'), 'utf8')).toBe('built\n');
+    expect(await readFile(join(unpacked, 'link.txt'), 'utf8')).toBe('built\n');
+    // The staging directory went with the job.
+    expect((await readdir(join(dir, 'work'))).filter((f) => f.endsWith('.staging'))).toEqual([]);
+  });
+
+  it('does not pack what a workspace the build replaced with a symlink leads to', async () => {
+    const secret = await rootOnly('secret-1', 'secret.txt', 'TOPSECRET\n');
+    const { result, log } = await build(
+      { 'buildspec.yml': "version: 0.2\nphases:\n  build:\n    commands:\n      - cd .. && mv src src.old && ln -s \"$SECRET_DIR\" src\nartifacts:\n  files: ['secret.txt']\n" },
+      { env: { variables: { SECRET_DIR: secret } } },
+      { nobody: true },
+    );
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toMatch(/^artifact upload failed: artifacts: the workspace .*src was replaced by a symlink; nothing is read from it$/);
+    expect(result.output.artifact).toBeUndefined();
+    expect(await log()).not.toContain('stored artifact');
+    expect((await stat(join(secret, 'secret.txt'))).uid).toBe(0);
   });
 });

@@ -1,9 +1,10 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES, type TestJob } from '@conveyor/contracts';
+import type { BuildUsers } from '@conveyor/runner';
 import { inProcessStageService, StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
 import { testJobHandler } from '../src/jobs/test-job.js';
@@ -14,9 +15,14 @@ let harness: StageHarness;
 let service: ReturnType<typeof inProcessStageService<'test'>>;
 let n = 0;
 
+const isRoot = process.getuid?.() === 0;
+/** Who the next build runs as: the service itself, or nobody (as a root service runs each build as a user of its own). */
+let users: BuildUsers | undefined;
+const asNobody: BuildUsers = { withUser: (fn) => fn({ uid: 65534, gid: 65534 }, async () => undefined), close: async () => undefined, summary: 'builds run as nobody' };
+
 const junit = (cases: string) => `<?xml version="1.0"?>\n<testsuites><testsuite name="s">${cases}</testsuite></testsuites>\n`;
 
-async function runTests(files: Record<string, string>) {
+async function runTests(files: Record<string, string>, as: { nobody?: boolean; variables?: Record<string, string> } = {}) {
   n += 1;
   const src = join(dir, `src-${n}`);
   for (const [path, content] of Object.entries(files)) {
@@ -39,11 +45,16 @@ async function runTests(files: Record<string, string>) {
     repository: 'file:///repo',
     input: await store.putFiles(`runs/${runId}/in.tar`, src, Object.keys(files)),
     buildspec: 'buildspec.yml',
-    env: { variables: {} },
+    env: { variables: as.variables ?? {} },
     timeoutMinutes: 5,
   };
-  await harness.enqueue(QUEUES.test, job);
-  return harness.result(job.jobId);
+  users = as.nobody ? asNobody : undefined;
+  try {
+    await harness.enqueue(QUEUES.test, job);
+    return await harness.result(job.jobId);
+  } finally {
+    users = undefined;
+  }
 }
 
 /** A buildspec whose command writes the given report, as a test tool would. */
@@ -54,6 +65,7 @@ const writesReport = (xml: string, extra = '') => ({
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'cv-test-'));
+  await chmod(dir, 0o755); // mkdtemp makes it 0700: a build's user could not reach the work directory
   const redis = await testRedis();
   const prefix = uniquePrefix('tr');
   const env = loadEnv({ REDIS_URL: redis.url, QUEUE_PREFIX: prefix, ARTIFACT_DIR: join(dir, 'artifacts'), WORK_DIR: join(dir, 'work'), LOG_LEVEL: 'silent' });
@@ -63,7 +75,10 @@ beforeAll(async () => {
     type: 'test',
     queueName: QUEUES.test,
     env,
-    handler: ({ redis: r, prefix: p }) => testJobHandler({ artifacts: store, redis: r, prefix: p, workDir: env.WORK_DIR }),
+    handler:
+      ({ redis: r, prefix: p }) =>
+      (job, ctx) =>
+        testJobHandler({ artifacts: store, redis: r, prefix: p, workDir: env.WORK_DIR, ...(users ? { users } : {}) })(job, ctx),
   });
   harness = service.harness;
 });
@@ -101,5 +116,45 @@ describe('test stage', () => {
     expect(none.message).toMatch(/reports\.unit/);
     const junk = await runTests(writesReport('this is not xml <<<'));
     expect(junk.status).toBe('FAILED');
+  });
+});
+
+/* A build running as another user owns its workspace, and the directory around it, when root reads its reports. */
+describe.runIf(isRoot)('test stage, for a build running as another user', () => {
+  it('a report that leads to a FIFO fails its group instead of blocking the runner; the other groups are counted', async () => {
+    const result = await runTests(
+      {
+        'report.xml.in': junit('<testcase name="a"/><testcase name="b"/>'),
+        'buildspec.yml': `version: 0.2
+phases:
+  build:
+    commands:
+      - mkdir reports ok && mkfifo reports/pipe && ln -s pipe reports/junit.xml
+      - cp report.xml.in ok/junit.xml && ln -s junit.xml ok/alias.xml
+reports:
+  unit:
+    files: [ 'reports/*.xml' ]
+  ok:
+    files: [ 'ok/*.xml' ]
+`,
+      },
+      { nobody: true },
+    );
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toBe('reports/junit.xml is a FIFO, not a regular file; it is not read');
+    expect(result.output.tests).toEqual({ total: 4, passed: 4, failed: 0, skipped: 0 });
+  }, 30_000);
+
+  it('does not read the reports of a workspace the build replaced with a symlink', async () => {
+    const secret = join(dir, 'secret-1');
+    await mkdir(secret, { mode: 0o700 });
+    await writeFile(join(secret, 'secret.xml'), junit('<testcase name="TOPSECRET"><failure message="TOPSECRET"/></testcase>'));
+    const result = await runTests(
+      { 'buildspec.yml': "version: 0.2\nphases:\n  build:\n    commands:\n      - cd .. && mv src src.old && ln -s \"$SECRET_DIR\" src\nreports:\n  unit:\n    files: [ '*.xml' ]\n" },
+      { nobody: true, variables: { SECRET_DIR: secret } },
+    );
+    expect(result.status).toBe('FAILED');
+    expect(result.message).toMatch(/^reports\.unit: the workspace .*src was replaced by a symlink; nothing is read from it$/);
+    expect(JSON.stringify(result)).not.toContain('TOPSECRET');
   });
 });

@@ -48,6 +48,9 @@ export class FsArtifactStore implements ArtifactStore {
 
   private async tmpFor(key: string): Promise<string> {
     const final = this.pathFor(key);
+    // The store is the services' alone: builds running as other users must not read other pipelines'
+    // sources and artifacts through it (the services reach it as their own user, or as root).
+    await mkdir(this.root, { recursive: true, mode: 0o700 });
     await mkdir(dirname(final), { recursive: true });
     return `${final}.${randomUUID()}.tmp`;
   }

@@ -94,13 +94,13 @@ export function groupAlive(pgid: number): boolean {
 
 /**
  * The running processes (zombies excluded) whose real, effective or saved user id is `uid`: those a
- * process of that user may signal. Linux only (empty elsewhere).
+ * process of that user may signal. All of them, or those of `among`. Linux only (empty elsewhere).
  */
-export function processesOfUser(uid: number): number[] {
+export function processesOfUser(uid: number, among?: readonly number[]): number[] {
   if (!HAS_PROC) return [];
   let pids: string[];
   try {
-    pids = readdirSync('/proc');
+    pids = among ? among.map(String) : readdirSync('/proc');
   } catch {
     return [];
   }

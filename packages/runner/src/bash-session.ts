@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { chown, mkdir, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { chmod, mkdir, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { PhaseOutcome } from '@conveyor/contracts';
 import { PHASE_NAMES, type Buildspec, type PhaseName } from './buildspec-schema.js';
 import { ControlFiles } from './control-files.js';
@@ -34,11 +34,14 @@ export interface RunPhasesOptions {
   timeoutMs?: number;
   /** Aborting stops the build: the process group is killed and the result is STOPPED. */
   signal?: AbortSignal;
-  /** Private directory for the control files; default `<workspace>.ctl` beside the workspace. Must not exist yet. */
+  /**
+   * Private directory for the control files; default `<workspace>.ctl` beside the workspace. Must not
+   * exist yet, nor be inside a directory the build's user may write (its job directory, say).
+   */
   controlDir?: string;
   /**
    * Run the shells as this user (the worker must be root). The workspace must already belong to it;
-   * the control directory is handed over here.
+   * the control directory stays the worker's, and the user is given the files in it one by one.
    */
   user?: BuildUser;
   /** Time between SIGTERM and SIGKILL when stopping a process group. Default 5000. */
@@ -247,7 +250,13 @@ class BuildSession {
     const shell = await this.liveShell();
     const query = await this.files.exportQuery(names);
     const r = await shell.send(query.path);
-    return r.kind === 'status' && r.code === 0 ? query.read() : {};
+    if (r.kind !== 'status' || r.code !== 0) return {};
+    try {
+      return await query.read();
+    } catch (err) {
+      this.emit({ type: 'notice', message: `env.exported-variables not captured: ${(err as Error).message}` });
+      return {};
+    }
   }
 
   async close(): Promise<void> {
@@ -259,20 +268,38 @@ class BuildSession {
   }
 }
 
+/** The first of `dir` and its ancestors whose entries `user` may rename or replace, if any. */
+async function replaceableBy(dir: string, user: BuildUser): Promise<string | undefined> {
+  for (let d = dir; ; d = dirname(d)) {
+    const info = await stat(d);
+    const sticky = (info.mode & 0o1000) !== 0;
+    const writable = info.uid === user.uid || (!sticky && ((info.mode & 0o002) !== 0 || (info.gid === user.gid && (info.mode & 0o020) !== 0)));
+    if (writable) return d;
+    if (dirname(d) === d) return undefined;
+  }
+}
+
+/**
+ * The control directory belongs to the worker, mode 0711: the build's user may open the files it is
+ * given by name, but cannot list, add, rename or replace any. So nothing the worker (root) creates
+ * or reads there can be a symlink or FIFO the build planted, and a shell record there is ours.
+ * Nor may the user replace the directory itself: it must not sit where the user can write.
+ */
 async function prepareControlDir(opts: RunPhasesOptions): Promise<string> {
   const info = await stat(opts.workspace).catch(() => undefined);
   if (!info?.isDirectory()) throw new Error(`workspace ${opts.workspace} is not a directory`);
   const dir = opts.controlDir ?? join(dirname(opts.workspace), `${basename(opts.workspace)}.ctl`);
+  const exposed = opts.user ? await replaceableBy(dirname(resolve(dir)), opts.user) : undefined;
+  if (exposed) throw new Error(`control directory ${dir}: uid ${opts.user!.uid} may write ${exposed}, so it could replace the directory; put it elsewhere`);
   try {
-    await mkdir(dir, { mode: 0o700 });
+    await mkdir(dir, { mode: 0o711 });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
       throw new Error(`control directory ${dir} already exists: another build uses this workspace, or a crashed one left it (see reapOrphans)`);
     }
     throw err;
   }
-  // The shell writes its answers (exported variables) here.
-  if (opts.user) await chown(dir, opts.user.uid, opts.user.gid);
+  await chmod(dir, 0o711); // whatever the umask: the shell must be able to reach its files
   return dir;
 }
 

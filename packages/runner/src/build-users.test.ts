@@ -1,11 +1,11 @@
-import { spawn } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { BuildJob } from '@conveyor/contracts';
-import { pidAlive, processesOfUser } from '@conveyor/procfs';
+import { pidAlive, processesOfUser, tryHoldFileLock } from '@conveyor/procfs';
 import { z } from 'zod';
 import { BuildUserEnv, killUserProcesses, openBuildUserPool, resolveBuildUsers, type BuildUserConfig } from './build-users.js';
 import { runBuildspecJob, type BuildspecRun } from './buildspec-job.js';
@@ -29,9 +29,9 @@ const range = (size: number): [number, number] => {
 };
 const config = (over: Partial<BuildUserConfig> = {}): BuildUserConfig => ({ BUILD_UIDS: range(8), BUILD_UID_LOCK_DIR: join(root, 'locks'), ...over });
 
-/** A process detached from everything (its own session, no mark), running as `uid` until killed. */
-function strayAs(uid: number): number {
-  const child = spawn('setsid', ['sleep', '300'], { uid, gid: uid, cwd: '/', stdio: 'ignore', detached: true });
+/** A process detached from everything (its own session, no mark), running as `uid` until killed: its pid. */
+function strayAs(uid: number, command = ['sleep', '300']): number {
+  const child = spawn(command[0]!, command.slice(1), { uid, gid: uid, cwd: '/', env: {}, stdio: 'ignore', detached: true });
   child.unref();
   return child.pid!;
 }
@@ -118,9 +118,10 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     await Promise.all([b.close(), c.close()]);
   });
 
-  it('kills what a build left running as its user, detached or not, when the build ends; and what a dead holder left, when taking the ids', async () => {
+  it('kills what a dead holder left running as its ids when it takes them, and what a build left, detached or not, when it ends', async () => {
     const [first] = range(1);
     const leftover = strayAs(first);
+    expect(pidAlive(leftover)).toBe(true);
     const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks') });
     try {
       expect(pidAlive(leftover)).toBe(false);
@@ -135,6 +136,83 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       await pool.close();
       await killUserProcesses({ uid: first, gid: first });
     }
+  });
+
+  it('kills processes that fight the kill (stopping every process of their user, in a loop)', async () => {
+    const [first] = range(1);
+    const fighters = [0, 1].map(() => strayAs(first, ['/bin/sh', '-c', 'while :; do kill -STOP -1 2>/dev/null; done']));
+    try {
+      const { found, survivors } = await killUserProcesses({ uid: first, gid: first });
+      expect(found).toBeGreaterThanOrEqual(2);
+      expect(survivors).toEqual([]);
+      for (const pid of fighters) expect(pidAlive(pid)).toBe(false);
+    } finally {
+      for (const pid of fighters) spawnSync('kill', ['-KILL', String(pid)]);
+    }
+  });
+
+  it('deletes what a build left in the shared temporary directories (a setuid copy of a shell, say)', async () => {
+    const [first] = range(1);
+    const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks') });
+    const planted = join(tmpdir(), `cv-planted-${first}`);
+    try {
+      await pool.withUser(async (user) => {
+        const made = spawnSync('/bin/sh', ['-c', `cp /bin/sh ${planted} && chmod 4755 ${planted}`], { uid: user!.uid, gid: user!.gid, cwd: '/' });
+        expect(made.status).toBe(0);
+        expect((await stat(planted)).uid).toBe(user!.uid);
+      });
+      await expect(stat(planted)).rejects.toThrow(/ENOENT/);
+    } finally {
+      await rm(planted, { force: true });
+      await pool.close();
+    }
+  });
+
+  it('never lends an id whose lock another process took after losing it, nor kills that holder\'s processes', async () => {
+    const [first] = range(2);
+    const lockDir = join(root, 'locks');
+    const pool = await openBuildUserPool({ first, last: first + 1, size: 1, lockDir });
+    let other: Awaited<ReturnType<typeof tryHoldFileLock>>;
+    let theirs = 0;
+    try {
+      // The pool's holder of the lock on `first` dies (an administrator, the OOM killer); another service takes it and builds.
+      const holder = spawnSync('pgrep', ['-f', `uid-${first}.lock`], { encoding: 'utf8' }).stdout.trim().split('\n').map(Number);
+      expect(holder.length).toBeGreaterThan(0);
+      for (const pid of holder) process.kill(pid, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 100));
+      other = await tryHoldFileLock(join(lockDir, `uid-${first}.lock`));
+      expect(other).toBeDefined();
+      theirs = strayAs(first);
+      expect(await pool.withUser(async (user) => user!.uid)).toBe(first + 1);
+      expect(pidAlive(theirs)).toBe(true);
+    } finally {
+      await pool.close();
+      await other?.release();
+      await killUserProcesses({ uid: first, gid: first });
+    }
+  });
+
+  it('refuses a lock directory others may write to, and ids the system knows as users', async () => {
+    const open = join(root, 'open-locks');
+    await mkdir(open, { mode: 0o777 });
+    await chmod(open, 0o777);
+    await expect(openBuildUserPool({ first: range(1)[0], last: range(1)[0], size: 1, lockDir: open })).rejects.toThrow(/nobody else may write to/);
+    await expect(openBuildUserPool({ first: NOBODY.uid, last: NOBODY.uid, size: 1, lockDir: join(root, 'locks') })).rejects.toThrow(/users of this system/);
+  });
+
+  it('closing waits for the builds still running before it frees their ids', async () => {
+    const [first] = range(1);
+    const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks') });
+    let finish!: () => void;
+    const build = pool.withUser(() => new Promise<void>((r) => (finish = r)));
+    await new Promise((r) => setTimeout(r, 20));
+    let closed = false;
+    const closing = pool.close().then(() => (closed = true));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(closed).toBe(false);
+    finish();
+    await Promise.all([build, closing]);
+    expect(closed).toBe(true);
   });
 
   it('builds running at once cannot read each other\'s environment or workspace, nor keep a process running after they end', async () => {
@@ -157,7 +235,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
         `echo $$ > ${shared}/a.pid`,
         `echo $CODEBUILD_SRC_DIR > ${shared}/a.ws`,
         `echo secret-of-a > $(mktemp) && dirname $(mktemp) > ${shared}/a.tmp`,
-        `setsid sleep 300 < /dev/null > /dev/null 2>&1 & echo $! > ${shared}/a.stray`,
+        `env -u CONVEYOR_BUILD_MARK setsid -f sleep 300 < /dev/null > /dev/null 2>&1; pgrep -n -u $(id -u) -x sleep > ${shared}/a.stray`,
         `for i in $(seq 200); do [ -e ${shared}/b.done ] && break; sleep 0.1; done`,
       ],
       [],
@@ -170,25 +248,37 @@ describe.runIf(isRoot)('build users, for a root service', () => {
         `LISTING=$(ls $(cat ${shared}/a.ws) 2>&1 || true)`,
         `TEMP=$(grep -rs secret-of-a $(cat ${shared}/a.tmp) 2>/dev/null | wc -l)`,
         `SIGNAL=$(kill -0 $(cat ${shared}/a.pid) 2>/dev/null && echo reached || echo refused)`,
-        `touch ${shared}/b.done`,
       ],
       ['ENVIRON', 'LISTING', 'SIGNAL', 'TEMP'],
     );
     const job = (n: number, input: typeof inputA) => BuildJob.parse({ ...(BUILD_JOB as object), jobId: `isolation-run-${n}.Build.1`, runId: `isolation-run-${n}`, input });
+    // A's files in the shared directory (under /tmp) are deleted when A ends: read what is needed before.
+    let stray = 0;
+    let aTmp = '';
+    let strayDuringThen: boolean | undefined;
     const build = (n: number, input: typeof inputA) =>
-      pool.withUser((user) =>
-        runBuildspecJob(job(n, input), { artifacts, workDir: join(root, 'work'), log: () => undefined, signal: new AbortController().signal, ...(user ? { user } : {}) }, async (run: BuildspecRun) => run),
+      pool.withUser((user, stopUserProcesses) =>
+        runBuildspecJob(job(n, input), { artifacts, workDir: join(root, 'work'), log: () => undefined, signal: new AbortController().signal, ...(user ? { user } : {}), stopUserProcesses }, async (run: BuildspecRun) => {
+          // Root reads the job's files only once nothing of the build runs.
+          if (n === 1) {
+            stray = Number(await readFile(join(shared, 'a.stray'), 'utf8'));
+            aTmp = await readFile(join(shared, 'a.tmp'), 'utf8');
+            strayDuringThen = pidAlive(stray);
+          }
+          return run;
+        }),
       );
     try {
-      const [a, b] = await Promise.all([build(1, inputA), build(2, inputB)]);
+      // A waits for B to be done (told by root: B's own files in /tmp go when B ends).
+      const [a, b] = await Promise.all([build(1, inputA), build(2, inputB).finally(() => writeFile(join(shared, 'b.done'), ''))]);
       expect(a.status).toBe('SUCCEEDED');
       expect(b.status).toBe('SUCCEEDED');
       expect(b.phases!.exportedVariables).toMatchObject({ ENVIRON: '0', SIGNAL: 'refused', TEMP: '0' });
       // A's temporary files were made in its own TMPDIR, not in /tmp.
-      expect(await readFile(join(shared, 'a.tmp'), 'utf8')).toMatch(/isolation-run-1\.Build\.1-[0-9a-f]+\/tmp/);
+      expect(aTmp.trim()).toMatch(new RegExp(`^${join(root, 'work')}/t-[0-9a-f]{8}$`));
       expect(b.phases!.exportedVariables.LISTING).toMatch(/Permission denied/);
-      const stray = Number(await readFile(join(shared, 'a.stray'), 'utf8'));
       expect(stray).toBeGreaterThan(0);
+      expect(strayDuringThen).toBe(false);
       expect(pidAlive(stray)).toBe(false);
     } finally {
       await pool.close();

@@ -1,5 +1,6 @@
-import { spawn } from 'node:child_process';
-import { mkdir, stat } from 'node:fs/promises';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, lstat, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
@@ -36,9 +37,11 @@ export interface BuildUserConfig {
 export interface BuildUsers {
   /**
    * Runs `fn` with the user its build runs as (undefined: this service's own user), then makes sure
-   * nothing the build started still runs as that user, if the user is the build's alone.
+   * nothing the build started still runs as that user, if the user is the build's alone. `stopAll`
+   * kills everything running as the user now (a no-op for a shared user): the build calls it once its
+   * shell has ended, before root touches its files.
    */
-  withUser<T>(fn: (user: BuildUser | undefined) => Promise<T>): Promise<T>;
+  withUser<T>(fn: (user: BuildUser | undefined, stopAll: () => Promise<void>) => Promise<T>): Promise<T>;
   /** Frees what is held for the builds (the pool's locks). */
   close(): Promise<void>;
   /** For the start-up log line. */
@@ -56,7 +59,12 @@ export interface BuildUsers {
  * - a service that is not root runs builds as itself (they can read its environment), with a warning.
  * A setting that cannot be honoured is an error, never a silent fall-back.
  */
-export async function resolveBuildUsers(workDir: string, config: BuildUserConfig, concurrency: number): Promise<{ users: BuildUsers; warning?: string }> {
+export async function resolveBuildUsers(
+  workDir: string,
+  config: BuildUserConfig,
+  concurrency: number,
+  warn?: (message: string) => void,
+): Promise<{ users: BuildUsers; warning?: string }> {
   const root = process.getuid?.() === 0;
   if (config.BUILD_UID !== undefined) {
     const user = { uid: config.BUILD_UID, gid: config.BUILD_GID ?? config.BUILD_UID };
@@ -73,11 +81,13 @@ export async function resolveBuildUsers(workDir: string, config: BuildUserConfig
   const [first, last] = config.BUILD_UIDS;
   const blocked = await untraversable(resolve(workDir), { uid: first, gid: first });
   if (blocked) throw new Error(`the builds' users (BUILD_UIDS) cannot be used: ${blocked}`);
-  return { users: await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR }) };
+  // Builds may enter the work directory (to reach their own), not list it: the other builds' names are theirs.
+  await chmod(resolve(workDir), 0o711);
+  return { users: await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }) };
 }
 
 function sharedUser(user: BuildUser | undefined, summary: string): BuildUsers {
-  return { withUser: (fn) => fn(user), close: async () => undefined, summary };
+  return { withUser: (fn) => fn(user, async () => undefined), close: async () => undefined, summary };
 }
 
 /** Why `user` cannot reach `dir` (the first ancestor, created if missing, it may not enter), if it cannot. */
@@ -97,90 +107,225 @@ export interface BuildUserPoolOptions {
   /** How many user ids to hold: one per concurrent build. */
   size: number;
   lockDir: string;
+  /** Where problems go (a uid set aside, a lock lost); the service passes its logger. */
+  warn?: (message: string) => void;
 }
+
+/** Directories anyone may write to, where a build's user can leave files that outlive its build. */
+const SHARED_WRITABLE = ['/tmp', '/var/tmp', '/dev/shm'];
 
 /**
  * Takes `size` user ids of `first..last` that no other process on the host holds (the kernel's lock on
- * `<lockDir>/uid-<id>.lock`, kept while this process lives), kills what a dead holder's builds left
- * running as them, and lends one to each build at a time.
+ * `<lockDir>/uid-<id>.lock`, kept while this process lives) and that the system does not know as a user,
+ * clears what a dead holder's builds left behind as them, and lends one to each build at a time. After
+ * each build everything running as its id is killed and the files it owns in /tmp, /var/tmp and
+ * /dev/shm are deleted; an id whose processes survive that, or whose lock was lost, is set aside and
+ * another taken from the range.
  */
 export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<BuildUsers> {
   checkLockTool('the build user pool');
-  await mkdir(opts.lockDir, { recursive: true });
+  await trustedLockDir(opts.lockDir);
+  const warn = opts.warn ?? (() => undefined);
   const locks = new Map<number, FileLock>();
+  /** Ids of the range this pool will not try again: held elsewhere, known users, set aside. */
+  const passed = new Set<number>();
   const lockPath = (uid: number) => join(opts.lockDir, `uid-${uid}.lock`);
-  try {
-    for (let uid = opts.first; uid <= opts.last && locks.size < opts.size; uid++) {
+  /** Takes the next usable id of the range, cleared of what a previous holder left; undefined if none is left. */
+  const takeAnother = async (): Promise<number | undefined> => {
+    for (let uid = opts.first; uid <= opts.last; uid++) {
+      if (locks.has(uid) || passed.has(uid)) continue;
+      passed.add(uid);
+      if (knownUser(uid)) {
+        warn(`build user id ${uid} belongs to a user of this system: skipped`);
+        continue;
+      }
       const lock = await tryHoldFileLock(lockPath(uid));
-      if (lock) locks.set(uid, lock);
+      if (!lock) continue;
+      if (!(await clear(uid))) {
+        await lock.release();
+        continue;
+      }
+      locks.set(uid, lock);
+      return uid;
     }
-    if (locks.size < opts.size) {
-      throw new Error(
-        `BUILD_UIDS ${opts.first}-${opts.last}: ${locks.size} of the ${opts.size} user ids this service needs (one per concurrent build) are free; ` +
-          `other services of this host hold the others (locks in ${opts.lockDir}). Give it a wider range, or lower WORKER_CONCURRENCY`,
-      );
+    return undefined;
+  };
+  /** Kills every process of `uid` and deletes its files in shared directories; false (said) if some survive. */
+  const clear = async (uid: number): Promise<boolean> => {
+    const { survivors } = await killUserProcesses({ uid, gid: uid });
+    if (survivors.length) {
+      warn(`build user id ${uid} set aside: processes ${survivors.join(', ')} survive SIGKILL`);
+      return false;
     }
-    // A service that held these and died may have left builds running.
-    for (const uid of locks.keys()) await killUserProcesses({ uid, gid: uid });
+    await deleteFilesOf(uid);
+    return true;
+  };
+  try {
+    while (locks.size < opts.size) {
+      if ((await takeAnother()) === undefined) {
+        throw new Error(
+          `BUILD_UIDS ${opts.first}-${opts.last}: ${locks.size} of the ${opts.size} user ids this service needs (one per concurrent build) are free; ` +
+            `other services of this host hold others (locks in ${opts.lockDir}), or they are users of this system. Give it a wider range, or lower WORKER_CONCURRENCY`,
+        );
+      }
+    }
   } catch (err) {
     await Promise.all([...locks.values()].map((l) => l.release()));
     throw err;
   }
+
   const free: number[] = [...locks.keys()];
-  const waiting: ((uid: number) => void)[] = [];
-  const take = () => (free.length ? Promise.resolve(free.shift()!) : new Promise<number>((r) => waiting.push(r)));
+  const waiting: { resolve: (uid: number) => void; reject: (err: Error) => void }[] = [];
+  let lent = 0;
+  const inFlight = new Set<Promise<unknown>>();
+  const take = (): Promise<number> => {
+    if (free.length) return Promise.resolve(free.shift()!);
+    if (lent === 0) return Promise.reject(new Error(`no build user id is left in BUILD_UIDS ${opts.first}-${opts.last}: every one was set aside`));
+    return new Promise((resolve, reject) => waiting.push({ resolve, reject }));
+  };
   const give = (uid: number) => {
     const next = waiting.shift();
-    if (next) next(uid);
+    if (next) next.resolve(uid);
     else free.push(uid);
+  };
+  /** An id that cannot be lent again: its lock released (if still ours) and another taken in its place. */
+  const setAside = async (uid: number) => {
+    const lock = locks.get(uid);
+    locks.delete(uid);
+    if (lock && !lock.lost()) await lock.release();
+    const replacement = await takeAnother().catch(() => undefined);
+    if (replacement !== undefined) give(replacement);
+    else if (lent === 0 && free.length === 0) for (const w of waiting.splice(0)) w.reject(new Error(`no build user id is left in BUILD_UIDS ${opts.first}-${opts.last}`));
+  };
+  /** Whether the lock on `uid` is (again) ours. A lost one is taken again if nobody else took it. */
+  const stillOurs = async (uid: number): Promise<boolean> => {
+    if (!locks.get(uid)!.lost()) return true;
+    const again = await tryHoldFileLock(lockPath(uid));
+    if (!again) return false;
+    locks.set(uid, again);
+    return true;
+  };
+  const lend = async <T>(fn: (user: BuildUser | undefined, stopAll: () => Promise<void>) => Promise<T>): Promise<T> => {
+    let uid = await take();
+    // A lock lost while the id was free (its holder process killed): another service may lend it now.
+    while (!(await stillOurs(uid))) {
+      warn(`the lock on build user id ${uid} was lost and another process holds it: that id is set aside`);
+      locks.delete(uid);
+      const replacement = await takeAnother();
+      if (replacement === undefined) throw new Error(`no build user id is left in BUILD_UIDS ${opts.first}-${opts.last}`);
+      uid = replacement;
+    }
+    lent++;
+    const user = { uid, gid: uid };
+    const stopAll = async () => {
+      const { survivors } = await killUserProcesses(user);
+      if (survivors.length) warn(`processes ${survivors.join(', ')} of build user id ${uid} survive SIGKILL`);
+    };
+    try {
+      return await fn(user, stopAll);
+    } finally {
+      lent--;
+      // Killing as an id whose lock went to someone else would kill their builds: never.
+      if (!(await stillOurs(uid))) {
+        warn(`the lock on build user id ${uid} was lost during a build and another process holds it: that id is set aside, and what the build left running is not killed`);
+        locks.delete(uid);
+        void setAside(uid);
+      } else if (await clear(uid)) give(uid);
+      else void setAside(uid);
+    }
   };
   const uids = [...locks.keys()];
   return {
     summary: `each build runs as a user of its own: uids ${uids[0]}…${uids[uids.length - 1]} (${uids.length}, locked in ${opts.lockDir})`,
-    async withUser(fn) {
-      const uid = await take();
-      const user = { uid, gid: uid };
-      try {
-        // The lock's holder process died (killed by hand): take the lock again, or lend no user that
-        // another service may be lending too.
-        if (locks.get(uid)!.lost()) {
-          const again = await tryHoldFileLock(lockPath(uid));
-          if (!again) throw new Error(`the lock on build user ${uid} was lost and another process holds it now`);
-          locks.set(uid, again);
-        }
-        return await fn(user);
-      } finally {
-        try {
-          await killUserProcesses(user);
-        } finally {
-          give(uid);
-        }
-      }
+    withUser(fn) {
+      const p = lend(fn);
+      inFlight.add(p);
+      void p.then(
+        () => inFlight.delete(p),
+        () => inFlight.delete(p),
+      );
+      return p;
     },
     async close() {
+      // Only once no build runs: released earlier, an id could be lent by another service while one of
+      // our builds still runs as it.
+      await Promise.allSettled([...inFlight]);
+      for (const uid of locks.keys()) if (await stillOurs(uid)) await clear(uid);
       await Promise.all([...locks.values()].map((l) => l.release()));
+      locks.clear();
     },
   };
 }
 
 /**
- * Kills every process running as `user`: kill(-1, SIGKILL) sent as that user reaches exactly the
- * processes it may signal (its own), in one pass of the kernel that a fork cannot slip through; then
- * /proc is read to confirm, and again after a pause for processes in uninterruptible sleep. Returns
- * how many were running. Never used for a user a build does not have to itself.
+ * The lock directory decides which ids are whose: only root may write to it. Made 0700 if missing; an
+ * existing one that is a symlink, not root's, or writable by others is refused (in a 1777 /run/lock,
+ * anyone could have made it first).
  */
-export async function killUserProcesses(user: BuildUser, waitMs = 5000): Promise<number> {
-  const found = processesOfUser(user.uid).length;
-  const deadline = Date.now() + waitMs;
-  while (processesOfUser(user.uid).length > 0) {
-    if (Date.now() > deadline) throw new Error(`processes of uid ${user.uid} outlived SIGKILL: ${processesOfUser(user.uid).join(', ')}`);
-    await new Promise<void>((done) => {
-      // stdin ignored: bash with a socket there would read ~/.bashrc. No environment: it needs none.
-      const killer = spawn('/bin/bash', ['-c', 'kill -KILL -1 2>/dev/null; exit 0'], { uid: user.uid, gid: user.gid, cwd: '/', env: {}, stdio: 'ignore' });
-      killer.on('exit', () => done());
-      killer.on('error', () => done());
-    });
-    if (processesOfUser(user.uid).length > 0) await new Promise((r) => setTimeout(r, 20));
+async function trustedLockDir(dir: string): Promise<void> {
+  await mkdir(dirname(dir), { recursive: true });
+  await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EEXIST') throw err;
+  });
+  const info = await lstat(dir);
+  if (!info.isDirectory() || info.uid !== process.getuid?.() || (info.mode & 0o022) !== 0) {
+    throw new Error(`BUILD_UID_LOCK_DIR ${dir} must be a directory of this service's user that nobody else may write to (it decides which build user ids are whose)`);
   }
-  return found;
+}
+
+/** Whether the system knows `uid` as a user (passwd, LDAP, SSSD…): such an id is never lent, nor its processes killed. */
+function knownUser(uid: number): boolean {
+  return spawnSync('getent', ['passwd', String(uid)], { stdio: 'ignore' }).status === 0;
+}
+
+/** Deletes what `uid` owns in the directories anyone may write to: files a build left there (a setuid copy of a shell, say) must not outlive it. */
+async function deleteFilesOf(uid: number): Promise<void> {
+  const dirs = SHARED_WRITABLE.filter((d) => existsSync(d));
+  if (dirs.length === 0) return;
+  // find does not follow symlinks (-P) and stays on each directory's file system (-xdev).
+  await new Promise<void>((done) => {
+    const find = spawn('find', ['-P', ...dirs, '-xdev', '-mindepth', '1', '-user', String(uid), '-delete'], { stdio: 'ignore' });
+    find.on('exit', () => done());
+    find.on('error', () => done());
+  });
+}
+
+/**
+ * Kills every process running as `user`. First kill(-1, SIGKILL) sent *as that user*: it reaches exactly
+ * its processes, in one pass of the kernel that a fork cannot slip through. Its processes can still fight
+ * back (stop or kill that killer first, or exhaust their process limit so it cannot start), so the killer
+ * gets `killerMs`, and then root sweeps: SIGSTOP to each process /proc shows as the user's (a stopped
+ * process cannot fork), then SIGKILL, until none is left or `waitMs` has passed. Returns how many ran,
+ * and the pids still running at the end (in uninterruptible sleep, say). Never used for a user a build
+ * does not have to itself.
+ */
+export async function killUserProcesses(user: BuildUser, waitMs = 5000, killerMs = 1000): Promise<{ found: number; survivors: number[] }> {
+  const found = processesOfUser(user.uid).length;
+  if (found === 0) return { found, survivors: [] };
+  await new Promise<void>((done) => {
+    // stdin ignored: bash with a socket there would read ~/.bashrc. No environment: it needs none.
+    const killer = spawn('/bin/sh', ['-c', 'kill -KILL -1 2>/dev/null; exit 0'], { uid: user.uid, gid: user.gid, cwd: '/', env: {}, stdio: 'ignore' });
+    const timer = setTimeout(() => killer.kill('SIGKILL'), killerMs);
+    const end = () => (clearTimeout(timer), done());
+    killer.on('exit', end);
+    killer.on('error', end);
+  });
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const left = processesOfUser(user.uid);
+    if (left.length === 0 || Date.now() > deadline) return { found, survivors: left };
+    for (const signal of ['SIGSTOP', 'SIGKILL'] as const) {
+      for (const pid of left) {
+        // Still the user's (a pid that ended may have been given to another process since the scan).
+        if (processesOfUser(user.uid, [pid]).length === 1) {
+          try {
+            process.kill(pid, signal);
+          } catch {
+            // gone meanwhile
+          }
+        }
+      }
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }

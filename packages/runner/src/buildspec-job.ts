@@ -1,11 +1,12 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
-import { chmod, mkdir, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob, TestJob } from '@conveyor/contracts';
 import { runPhases, type PhasesResult, type RunnerEvent } from './bash-session.js';
+import { fileOwner, readOwnedFile, UntrustedFileError } from './safe-files.js';
 import { BuildspecError, MAX_BUILDSPEC_BYTES, notices, parseBuildspec, unsupportedFeatures, type Buildspec } from './buildspec.js';
 import { codebuildEnv } from './codebuild-env.js';
 import { processIsOurs } from '@conveyor/procfs';
@@ -24,6 +25,8 @@ export interface BuildspecJobDeps {
   home?: string;
   /** Run the build as this user (see resolveBuildUsers); the job's files are handed to it first, and no other user may enter them. */
   user?: BuildUser;
+  /** Kills everything still running as `user` (BuildUsers' `stopAll`): called once the shell has ended, before root reads or removes the job's files. */
+  stopUserProcesses?: () => Promise<void>;
 }
 
 /** A buildspec job that ran (or could not start: then `spec`/`phases` are absent and `message` says why). */
@@ -41,7 +44,10 @@ export interface BuildspecRun {
  * workspace before it is removed (artifact upload, reports), even when the phases failed.
  */
 export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: BuildspecJobDeps, then: (run: BuildspecRun) => Promise<T>): Promise<T> {
-  const dir = join(resolve(deps.workDir), `${job.jobId}-${randomUUID().slice(0, 8)}`);
+  const suffix = randomUUID().slice(0, 8);
+  const dir = join(resolve(deps.workDir), `${job.jobId}-${suffix}`);
+  // TMPDIR is kept short: a Unix socket's path (Python's multiprocessing makes some there) has ~107 bytes.
+  const tmpDir = deps.user ? tmpDirOf(resolve(deps.workDir), suffix) : undefined;
   const workspace = join(dir, 'src');
   // Names the live worker that owns the job directory, so a successor can tell an abandoned one.
   await mkdir(resolve(deps.workDir), { recursive: true });
@@ -53,14 +59,14 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
     const home = deps.user ? join(dir, 'home') : (deps.home ?? process.env.HOME ?? dir);
     // A build with a user of its own gets its own HOME and TMPDIR too, out of other builds' reach (a
     // file made in the shared /tmp is readable by all, with the usual umask).
-    const tmpDir = deps.user ? join(dir, 'tmp') : undefined;
     if (deps.user) {
       await mkdir(home);
-      await mkdir(tmpDir!);
       await exec('chown', ['-R', '--no-dereference', `${deps.user.uid}:${deps.user.gid}`, dir]);
       await chmod(dir, 0o700);
+      await mkdir(tmpDir!, { mode: 0o700 });
+      await chown(tmpDir!, deps.user.uid, deps.user.gid);
     }
-    const spec = await loadBuildspec(workspace, job.buildspec);
+    const spec = await loadBuildspec(workspace, job.buildspec, deps.user);
     if ('error' in spec) {
       deps.log(`[conveyor] ${spec.error}\n`);
       return await then({ status: 'FAILED', message: spec.error, workspace });
@@ -94,13 +100,27 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
       controlDir: `${dir}.ctl`,
       ...(deps.user ? { user: deps.user } : {}),
     });
+    // Nothing of the build's may run on while root reads, copies and removes its files (swapping a path
+    // for a symlink under root's feet).
+    await deps.stopUserProcesses?.();
     const status = phases.status === 'SUCCEEDED' ? 'SUCCEEDED' : 'FAILED';
     deps.log(`[conveyor] phases ${phases.status}${phases.message ? `: ${phases.message}` : ''}\n`);
     return await then({ status, ...(phases.message ? { message: phases.message } : {}), workspace, spec: spec.spec, phases });
   } finally {
-    await Promise.all([rm(dir, { recursive: true, force: true }), rm(`${dir}.ctl`, { recursive: true, force: true })]);
+    // GNU rm, not a path walk of ours: it does not follow a symlink a build's process swaps in meanwhile.
+    await Promise.all([removeTree(dir), removeTree(`${dir}.ctl`), removeTree(tmpDirOf(resolve(deps.workDir), suffix))]);
     await rm(`${dir}.owner`, { force: true });
   }
+}
+
+/** Removes a directory tree a build's user may own, staying on its file system and never following a symlink. */
+async function removeTree(path: string): Promise<void> {
+  await exec('rm', ['-rf', '--one-file-system', '--', path]);
+}
+
+/** A job's TMPDIR: `<workDir>/t-<the job directory's suffix>`. */
+function tmpDirOf(workDir: string, suffix: string): string {
+  return join(workDir, `t-${suffix}`);
 }
 
 /**
@@ -119,7 +139,7 @@ export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: num
     // Unreadable: a worker killed while writing it (gone), or one writing it right now (leave it be).
     if (owner === undefined ? await writtenWithin(join(root, name), 10_000) : processIsOurs(owner)) continue;
     const jobDir = join(root, name.slice(0, -'.owner'.length));
-    await Promise.all([rm(jobDir, { recursive: true, force: true }), rm(`${jobDir}.ctl`, { recursive: true, force: true })]);
+    await Promise.all([removeTree(jobDir), removeTree(`${jobDir}.ctl`), removeTree(`${jobDir}.staging`), removeTree(tmpDirOf(root, jobDir.slice(-8)))]);
     await rm(join(root, name), { force: true });
     removed.push(jobDir);
   }
@@ -141,7 +161,7 @@ async function writtenWithin(path: string, ms: number): Promise<boolean> {
   return info !== undefined && Date.now() - info.mtimeMs < ms;
 }
 
-async function loadBuildspec(workspace: string, path: string): Promise<{ spec: Buildspec } | { error: string }> {
+async function loadBuildspec(workspace: string, path: string, user: BuildUser | undefined): Promise<{ spec: Buildspec } | { error: string }> {
   const file = resolve(workspace, path);
   if (relative(workspace, file).startsWith('..') || !file.startsWith(workspace + sep)) return { error: `buildspec path ${path} is outside the source` };
   const info = await stat(file).catch(() => undefined);
@@ -151,12 +171,15 @@ async function loadBuildspec(workspace: string, path: string): Promise<{ spec: B
   if (!real.startsWith((await realpath(workspace)) + sep)) return { error: `buildspec ${path} links outside the source` };
   if (info.size > MAX_BUILDSPEC_BYTES) return { error: `buildspec ${path} is larger than 1 MiB` };
   try {
-    const spec = parseBuildspec(await readFile(real, 'utf8'));
+    // Read as a file of the build's user, never through a symlink or FIFO swapped in meanwhile.
+    const text = (await readOwnedFile(real, { owner: fileOwner(user), maxBytes: MAX_BUILDSPEC_BYTES, name: `buildspec ${path}` })).toString('utf8');
+    const spec = parseBuildspec(text);
     const unsupported = unsupportedFeatures(spec);
     if (unsupported.length) return { error: `buildspec ${path} uses what Conveyor does not support yet: ${unsupported.join('; ')}` };
     return { spec };
   } catch (err) {
     if (err instanceof BuildspecError) return { error: `buildspec ${path} is invalid: ${err.message}` };
+    if (err instanceof UntrustedFileError) return { error: err.message };
     throw err;
   }
 }

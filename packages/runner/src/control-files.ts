@@ -1,12 +1,19 @@
-import { chown, readFile, writeFile } from 'node:fs/promises';
 import type { BuildUser } from './shell-process.js';
 import { join } from 'node:path';
+import { createFile, fileOwner, readOwnedFile } from './safe-files.js';
 
 /*
  * Files the session hands to the shell. A user command goes into a file of its own, byte for
  * byte; everything else we source is one of the constant scripts below. No user text is ever
  * pasted into shell text of ours.
+ *
+ * The control directory is the service's (see prepareControlDir): the build's user can open the
+ * files it is given but cannot add or replace any, so none of them can be a symlink or FIFO it
+ * planted. Each is created afresh (createFile refuses an existing path) and handed to the user.
  */
+
+/** Far above what a pipeline variable should hold; the answer is read into memory. */
+export const MAX_EXPORT_BYTES = 1024 * 1024;
 
 const SUCCEEDING = {
   '1': 'export CODEBUILD_BUILD_SUCCEEDING=1\n',
@@ -36,10 +43,9 @@ export class ControlFiles {
     private readonly user?: BuildUser,
   ) {}
 
-  /** Writes a control file the build's shell (possibly another user) can read, and nobody else. */
-  private async write(path: string, text: string): Promise<void> {
-    await writeFile(path, text, { mode: 0o600 });
-    if (this.user) await chown(path, this.user.uid, this.user.gid);
+  /** Creates a control file the build's shell (possibly another user) can read, and nobody else. */
+  private write(path: string, text: string): Promise<void> {
+    return createFile(path, text, this.user);
   }
 
   private next(suffix: string): string {
@@ -62,13 +68,22 @@ export class ControlFiles {
     return path;
   }
 
-  /** The export query with its input (the names); `read` parses the answer once the shell ran it. */
+  /**
+   * The export query with its input (the names) and the empty file for its answer: the shell may not
+   * create files here, so it writes into this one. `read` parses the answer once the shell ran it;
+   * it throws if the answer is not that file any more, or is too big.
+   */
   async exportQuery(names: readonly string[]): Promise<{ path: string; read: () => Promise<Record<string, string>> }> {
     const path = this.next('export.query.sh');
     const stem = path.slice(0, -'.sh'.length);
     await this.write(path, EXPORT_QUERY);
     await this.write(`${stem}.in`, names.map((n) => `${n}\n`).join(''));
-    return { path, read: async () => parseNulPairs(await readFile(`${stem}.out`, 'utf8').catch(() => '')) };
+    await this.write(`${stem}.out`, '');
+    const read = async () => {
+      const answer = await readOwnedFile(`${stem}.out`, { owner: fileOwner(this.user), maxBytes: MAX_EXPORT_BYTES });
+      return parseNulPairs(answer.toString('utf8'));
+    };
+    return { path, read };
   }
 }
 

@@ -1,8 +1,13 @@
-import { mkdir, mkdtemp, realpath, rm, symlink, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { chown, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { fileSelection, FileSelectionError, resolveFiles, type FileSelection } from './globs.js';
+import { fileSelection, FileSelectionError, readSelectedFile, resolveFiles, stageFiles, type FileSelection } from './globs.js';
+
+const isRoot = process.getuid?.() === 0;
+const NOBODY = { uid: 65534, gid: 65534 };
+const mkfifo = (path: string) => execFileSync('mkfifo', [path]);
 
 let root: string;
 let ws: string;
@@ -135,5 +140,87 @@ describe('resolveFiles: confined to the workspace', () => {
     const r = await resolve({ files: ['**/*.ts'] });
     expect(r.files).toEqual(['src/a.ts', 'src/b.ts', 'src/nested/c.ts']);
     expect(await failure({ files: ['outdir/*'] })).toMatch(/outdir resolves to .*outside, outside the workspace/);
+  });
+});
+
+describe('resolveFiles: what a build may leave in its workspace', () => {
+  it('refuses a selected FIFO, as it refuses a symlink leaving the workspace', async () => {
+    mkfifo(join(ws, 'reports', 'pipe.xml'));
+    expect(await failure({ files: ['reports/*.xml'], label: 'reports.unit' })).toMatch(/^reports\.unit\.files: reports\/pipe\.xml is a FIFO, not a regular file; remove it or list it in exclude-paths$/);
+    expect((await resolve({ files: ['reports/*.xml'], excludePaths: ['reports/pipe.xml'] })).files).toEqual(['reports/unit.xml']);
+  });
+
+  it('refuses a workspace the build replaced with a symlink (it owns the directory around it)', async () => {
+    await rename(ws, `${ws}.old`);
+    await symlink(join(root, 'outside'), ws);
+    expect(await failure({ files: ['secret'] })).toMatch(/^artifacts: the workspace .*ws was replaced by a symlink; nothing is read from it$/);
+  });
+});
+
+/*
+ * What a build changes after the listing, from a process it left running: the readers check what
+ * they open, not what was listed.
+ */
+describe('reading and staging the selected files', () => {
+  it('readSelectedFile reads through a symlink inside the workspace; refuses, without blocking, a FIFO or a way out swapped in', async () => {
+    await symlink('unit.xml', join(ws, 'reports', 'alias.xml'));
+    const files = await resolve({ files: ['reports/*.xml'] });
+    expect(files.files).toEqual(['reports/alias.xml', 'reports/unit.xml']);
+    expect((await readSelectedFile(files, 'reports/alias.xml', { maxBytes: 1000 })).toString()).toBe('reports/unit.xml');
+    await expect(readSelectedFile(files, 'reports/unit.xml', { maxBytes: 5 })).rejects.toThrow(/unit\.xml is larger than 5 bytes/);
+
+    await rm(join(ws, 'reports', 'unit.xml'));
+    mkfifo(join(ws, 'reports', 'unit.xml'));
+    await expect(readSelectedFile(files, 'reports/unit.xml', { maxBytes: 1000 })).rejects.toThrow(/^reports\/unit\.xml is a FIFO, not a regular file; it is not read$/);
+
+    await rm(join(ws, 'reports', 'alias.xml'));
+    await symlink(join(root, 'outside', 'secret'), join(ws, 'reports', 'alias.xml'));
+    await expect(readSelectedFile(files, 'reports/alias.xml', { maxBytes: 1000 })).rejects.toThrow(/leads to .*outside\/secret, outside the workspace/);
+
+    // A directory on the way swapped for a link to one holding a file of the same name.
+    await rename(join(ws, 'reports'), join(ws, 'reports.old'));
+    await writeFile(join(root, 'outside', 'unit.xml'), 'outside');
+    await symlink(join(root, 'outside'), join(ws, 'reports'));
+    await expect(readSelectedFile(files, 'reports/unit.xml', { maxBytes: 1000 })).rejects.toThrow(/outside the workspace/);
+  });
+
+  it.runIf(isRoot)('readSelectedFile refuses a file that is not the build user\'s (one its user could not read)', async () => {
+    const files = await resolve({ files: ['reports/*.xml'] });
+    await expect(readSelectedFile(files, 'reports/unit.xml', { user: NOBODY, maxBytes: 1000 })).rejects.toThrow(/belongs to uid 0, not to the build's user \(uid 65534\)/);
+    await chown(join(ws, 'reports', 'unit.xml'), NOBODY.uid, NOBODY.gid);
+    expect((await readSelectedFile(files, 'reports/unit.xml', { user: NOBODY, maxBytes: 1000 })).toString()).toBe('reports/unit.xml');
+  });
+
+  it('stageFiles lays the files out under their artifact names, symlinks as links; refuses a FIFO swapped in', async () => {
+    await symlink('app.js', join(ws, 'dist', 'alias.js'));
+    const files = await resolve({ files: ['dist/**/*.js'], discardPaths: true });
+    const staging = join(root, 'staging');
+    await mkdir(staging);
+    await stageFiles(files, staging);
+    expect(await readFile(join(staging, 'util.js'), 'utf8')).toBe('dist/lib/util.js');
+    expect(await readlink(join(staging, 'alias.js'))).toBe('app.js');
+
+    await rm(staging, { recursive: true });
+    await mkdir(staging);
+    await rm(join(ws, 'dist', 'app.js'));
+    mkfifo(join(ws, 'dist', 'app.js'));
+    await expect(stageFiles(files, staging)).rejects.toThrow(/^dist\/app\.js is not a regular file any more; it is not stored$/);
+  });
+
+  it.runIf(isRoot)('stageFiles refuses what a directory swapped on the way leads to, if the build\'s user does not own it', async () => {
+    for (const f of TREE) await chown(join(ws, f), NOBODY.uid, NOBODY.gid);
+    const files = await resolve({ files: ['src/**/*.ts'] });
+    const staging = join(root, 'staging');
+    await mkdir(staging);
+    await stageFiles(files, staging, NOBODY);
+    expect((await lstat(join(staging, 'src', 'a.ts'))).uid).toBe(NOBODY.uid);
+
+    await rm(staging, { recursive: true });
+    await mkdir(staging);
+    await rename(join(ws, 'src'), join(ws, 'src.old'));
+    await mkdir(join(root, 'outside', 'nested'));
+    for (const f of ['a.ts', 'b.ts', 'nested/c.ts']) await writeFile(join(root, 'outside', f), 'root only');
+    await symlink(join(root, 'outside'), join(ws, 'src'));
+    await expect(stageFiles(files, staging, NOBODY)).rejects.toThrow(/^src\/a\.ts now leads to a file of uid 0, not of the build's user \(uid 65534\); it is not stored$/);
   });
 });

@@ -1,6 +1,8 @@
-import { lstat, readdir, readlink, realpath } from 'node:fs/promises';
+import { link, lstat, mkdir, readdir, readlink, realpath } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, posix, relative, resolve, sep } from 'node:path';
 import picomatch from 'picomatch';
+import { fileOwner, readOwnedFile } from './safe-files.js';
+import type { BuildUser } from './shell-process.js';
 
 /** Which files an `artifacts` or `reports` section selects (camel-cased buildspec keys). */
 export interface FileSelection {
@@ -15,6 +17,8 @@ export interface FileSelection {
 }
 
 export interface ResolvedFiles {
+  /** Real path of the workspace. */
+  workspace: string;
   /** Real path of the base directory (the workspace, or base-directory inside it). */
   base: string;
   /** Matched files relative to `base`, POSIX separators, sorted. Symlinks are listed, never followed. */
@@ -69,6 +73,15 @@ interface Found {
   rel: string;
   symlink: boolean;
   dir: boolean;
+  /** What it is when it is none of a file, a directory or a symlink (a FIFO, say). */
+  other?: string;
+}
+
+function otherKind(e: { isFIFO(): boolean; isSocket(): boolean; isBlockDevice(): boolean; isCharacterDevice(): boolean }): string | undefined {
+  if (e.isFIFO()) return 'a FIFO';
+  if (e.isSocket()) return 'a socket';
+  if (e.isBlockDevice() || e.isCharacterDevice()) return 'a device';
+  return undefined;
 }
 
 /** Lists everything under `start` (relative to root) without following symlinks. */
@@ -82,7 +95,10 @@ async function walk(root: string, starts: readonly string[]): Promise<Found[]> {
       const rel = dir ? `${dir}/${e.name}` : e.name;
       if (found.length >= MAX_ENTRIES) throw new FileSelectionError(`more than ${MAX_ENTRIES} entries to search; narrow the patterns`);
       if (e.isDirectory()) stack.push(rel);
-      if (e.isDirectory() || e.isFile() || e.isSymbolicLink()) found.push({ rel, symlink: e.isSymbolicLink(), dir: e.isDirectory() });
+      const other = otherKind(e);
+      if (e.isDirectory() || e.isFile() || e.isSymbolicLink() || other) {
+        found.push({ rel, symlink: e.isSymbolicLink(), dir: e.isDirectory(), ...(other ? { other } : {}) });
+      }
     }
   }
   return found;
@@ -149,10 +165,13 @@ function flatten(files: readonly string[], discard: boolean, field: string): Res
  * Resolves an artifacts/reports section the way CodeBuild reads it (`**\/*` is everything, dot
  * files included; patterns match files, not directories), confined to the workspace: nothing
  * outside it is listed, symlinked directories are not descended into, and a selected symlink
- * pointing outside it is an error rather than a silent omission.
+ * pointing outside it is an error rather than a silent omission, as is a selected FIFO, socket or
+ * device. Lists only: read the files with readSelectedFile or stageFiles, which check what they open.
  */
 export async function resolveFiles(workspace: string, selection: FileSelection): Promise<ResolvedFiles> {
   const label = selection.label ?? 'artifacts';
+  // The build owns the directory around its workspace: it may have put a symlink to anywhere in its place.
+  if ((await lstat(workspace)).isSymbolicLink()) throw new FileSelectionError(`${label}: the workspace ${workspace} was replaced by a symlink; nothing is read from it`);
   const root = await realpath(workspace);
   const base = await resolveBase(root, selection.baseDirectory, `${label}.base-directory`);
   const patterns = selection.files.map((p) => normalisePattern(p, `${label}.files`));
@@ -161,10 +180,53 @@ export async function resolveFiles(workspace: string, selection: FileSelection):
   const isExcluded = excludes.length > 0 ? picomatch(excludes, { dot: true }) : () => false;
   const starts = await existingStarts(root, base, walkStarts(patterns), `${label}.files`);
   const found = (await walk(base, starts)).filter((f) => !f.dir && isMatch(f.rel) && !isExcluded(f.rel));
-  for (const f of found) if (f.symlink) await checkSymlink(root, base, f.rel, `${label}.files`);
+  for (const f of found) {
+    if (f.other) throw new FileSelectionError(`${label}.files: ${f.rel} is ${f.other}, not a regular file; remove it or list it in exclude-paths`);
+    if (f.symlink) await checkSymlink(root, base, f.rel, `${label}.files`);
+  }
   const files = found.map((f) => f.rel).sort();
   if (files.length === 0 && !selection.allowEmpty) {
     throw new FileSelectionError(`${label}.files: no files matched ${patterns.map((p) => `"${p}"`).join(', ')}`);
   }
-  return { base, files, entries: flatten(files, selection.discardPaths ?? false, label) };
+  return { workspace: root, base, files, entries: flatten(files, selection.discardPaths ?? false, label) };
+}
+
+/*
+ * The build's user may still change its workspace while the service reads it: a process it left
+ * running can swap a checked file, or a directory on its path, for a symlink or a FIFO. What the
+ * two functions below open is checked on the open file itself (see readOwnedFile): a regular file
+ * of the build's user, which it could read anyway.
+ */
+
+/**
+ * Reads one of the selected files (a report). A symlink is followed only to a file inside the
+ * workspace; what is opened must be a regular file of `user` (default: this process's user) no
+ * larger than `maxBytes`.
+ */
+export async function readSelectedFile(files: ResolvedFiles, rel: string, opts: { user?: BuildUser; maxBytes: number }): Promise<Buffer> {
+  const real = await realpath(join(files.base, rel));
+  if (!isInside(files.workspace, real)) throw new FileSelectionError(`${rel} leads to ${real}, outside the workspace; it is not read`);
+  return readOwnedFile(real, { owner: fileOwner(opts.user), maxBytes: opts.maxBytes, name: rel });
+}
+
+/**
+ * Lays the selected files out under their artifact names in `dir`, a directory of the service's that
+ * the build cannot write, for the artifact store to pack from there rather than from the workspace.
+ * Each is hard-linked, not copied: link(2) does not follow a symlink (it stays a link, as in the
+ * artifact), and the link, in our directory, is checked: anything but a symlink must be a regular
+ * file of `user` (default: this process's user), never a FIFO for the packer to block on.
+ */
+export async function stageFiles(files: ResolvedFiles, dir: string, user?: BuildUser): Promise<void> {
+  const owner = fileOwner(user);
+  for (const e of files.entries) {
+    const to = join(dir, e.name);
+    await mkdir(dirname(to), { recursive: true });
+    await link(join(files.base, e.path), to);
+    const info = await lstat(to);
+    if (info.isSymbolicLink()) continue;
+    if (!info.isFile()) throw new FileSelectionError(`${e.path} is not a regular file any more; it is not stored`);
+    if (owner !== undefined && info.uid !== owner) {
+      throw new FileSelectionError(`${e.path} now leads to a file of uid ${info.uid}, not of the build's user (uid ${owner}); it is not stored`);
+    }
+  }
 }

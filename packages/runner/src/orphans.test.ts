@@ -1,11 +1,13 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { groupAlive, processStartTime } from '@conveyor/procfs';
+import { bootId, groupAlive, processStartTime } from '@conveyor/procfs';
 import { reapOrphans, type ShellRecord } from './orphans.js';
+
+const isRoot = process.getuid?.() === 0;
 
 let root: string;
 const started: number[] = [];
@@ -85,6 +87,21 @@ describe('reapOrphans', () => {
     const pgid = await startGroup();
     await writeRecord(join(root, 'job-4.ctl'), { pid: pgid, pgid, ownerPid: await deadPid(), bootId: 'another-boot' });
     expect((await reapOrphans(root)).killed).toEqual([]);
+    expect(groupAlive(pgid)).toBe(true);
+  });
+
+  it.runIf(isRoot)('believes no record a build wrote: one forged in its job directory kills nothing', async () => {
+    const pgid = await startGroup();
+    // A job directory belongs to the build's user; the worker that ran it died.
+    await chmod(root, 0o755);
+    const job = join(root, 'run-1.Build.1-abcd1234');
+    await mkdir(job);
+    await chown(job, 65534, 65534);
+    // The build names a process group that is not its own, with all it takes to pass for ours.
+    const forged: ShellRecord = { pid: pgid, pgid, ownerPid: await deadPid(), startTime: processStartTime(pgid), bootId: bootId() };
+    const wrote = spawnSync('sh', ['-c', 'printf %s "$1" > "$2"', 'sh', JSON.stringify(forged), join(job, 'shell-0.json')], { uid: 65534, gid: 65534 });
+    expect(wrote.status).toBe(0);
+    expect(await reapOrphans(root)).toEqual({ killed: [], removed: [] });
     expect(groupAlive(pgid)).toBe(true);
   });
 

@@ -1,12 +1,14 @@
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { lstat, readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { bootId, groupIsOurs, processIsOurs, processStartTime, type ProcessIdentity } from '@conveyor/procfs';
+import { createFile, readOwnedFile } from './safe-files.js';
 
 /**
  * One record per shell a session starts, kept in the session's control directory while the shell
  * may live: `{pid, pgid, ownerPid}` plus what it takes to tell a recycled pid from ours (boot id
  * and process start times, Linux only). A worker that crashed leaves them behind; reapOrphans
- * kills those process groups at the next start-up.
+ * kills those process groups at the next start-up. A record is the worker's own file (0600) in its
+ * own control directory, out of the build's reach: it names a process group to kill, as root.
  */
 export interface ShellRecord {
   pid: number;
@@ -29,7 +31,7 @@ export async function writeShellRecord(controlDir: string, index: number, pid: n
     bootId: bootId(),
   };
   const path = join(controlDir, `shell-${index}.json`);
-  await writeFile(path, JSON.stringify(record), { mode: 0o600 });
+  await createFile(path, JSON.stringify(record));
   return path;
 }
 
@@ -50,14 +52,27 @@ function groupStillOurs(r: ShellRecord): boolean {
   return groupIsOurs({ pid: r.pgid, startTime: r.startTime, bootId: r.bootId });
 }
 
+/**
+ * Whether records in `dir` may be believed: a directory (not a symlink) of this process's user that
+ * others cannot write. Anything else, a build's job directory above all (its user owns it), may hold
+ * a forged record naming any process group.
+ */
+async function trusted(dir: string): Promise<boolean> {
+  const info = await lstat(dir).catch(() => undefined);
+  const me = process.getuid?.();
+  return info !== undefined && info.isDirectory() && (me === undefined || info.uid === me) && (info.mode & 0o002) === 0;
+}
+
 async function recordsIn(dir: string): Promise<string[]> {
+  if (!(await trusted(dir))) return [];
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
   return entries.filter((e) => e.isFile() && RECORD.test(e.name)).map((e) => join(dir, e.name));
 }
 
+/** A record is a small regular file of this process's user, read without following a symlink. */
 async function readRecord(path: string): Promise<ShellRecord | undefined> {
   try {
-    const r = JSON.parse(await readFile(path, 'utf8')) as ShellRecord;
+    const r = JSON.parse((await readOwnedFile(path, { owner: process.getuid?.(), maxBytes: 64 * 1024 })).toString('utf8')) as ShellRecord;
     return Number.isInteger(r.pid) && Number.isInteger(r.pgid) && r.pgid > 1 && Number.isInteger(r.ownerPid) ? r : undefined;
   } catch {
     return undefined;
@@ -74,8 +89,9 @@ export interface ReapReport {
 /**
  * Kills the process groups left by sessions whose owner process is dead, and removes their
  * control directories. Looks at `controlRoot` itself and its direct subdirectories (a worker
- * keeps `<root>/<job>/` workspaces next to `<root>/<job>.ctl/` control dirs). Call it at
- * worker start-up, before taking jobs.
+ * keeps `<root>/<job>/` workspaces next to `<root>/<job>.ctl/` control dirs), believing only
+ * directories and records of this process's user (see trusted). Call it at worker start-up,
+ * before taking jobs.
  */
 export async function reapOrphans(controlRoot: string): Promise<ReapReport> {
   const report: ReapReport = { killed: [], removed: [] };

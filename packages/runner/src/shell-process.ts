@@ -11,15 +11,17 @@ import { writeShellRecord } from './orphans.js';
  * commands run with stdin from /dev/null and with fds 3 and 4 closed, so they can neither eat nor
  * forge control traffic. `command` keeps a user function named `read`, `printf` or `.` from
  * hijacking the loop. A `*.query.sh` file (our own constant scripts) gets `<name>.in` as stdin and
- * writes its answer to `<name>.out`. A user's `set -x` is switched off while the loop itself runs
- * and back on for the next command, so the trace shows their commands, not our plumbing.
+ * writes its answer into `<name>.out`, which the session made for it: the shell cannot create files
+ * in the control directory (`>|`: a user's `set -C` must not refuse the existing file). A user's
+ * `set -x` is switched off while the loop itself runs and back on for the next command, so the
+ * trace shows their commands, not our plumbing.
  * Each status names the file it answers: a stray write to a saved copy of fd 4 (bash keeps them at
  * fds 10+) cannot shift statuses onto the wrong command; it ends the shell as a broken protocol.
  */
 export const BOOTSTRAP = `__cv_o=
 while IFS= command read -r __cv_f <&3; do
   case $__cv_f in
-    *.query.sh) command . "$__cv_f" <"\${__cv_f%.sh}.in" >"\${__cv_f%.sh}.out" 3<&- 4>&-
+    *.query.sh) command . "$__cv_f" <"\${__cv_f%.sh}.in" >|"\${__cv_f%.sh}.out" 3<&- 4>&-
       __cv_rc=$? ;;
     *-cmd.sh) case $__cv_o in *x*) set -x ;; esac
       command . "$__cv_f" </dev/null 3<&- 4>&-

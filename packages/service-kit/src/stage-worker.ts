@@ -54,6 +54,8 @@ function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED
   return { status: outcome.status, ...(outcome.message ? { message: outcome.message } : {}), output: output.data };
 }
 
+const LOG_REREAD_MS = 30_000;
+
 /**
  * Listens for cancel notices (ADR 0007) on a connection of its own: aborts the job a notice names if this
  * worker holds it, and remembers every notice for a while, so a job taken after its notice went out (one
@@ -61,7 +63,7 @@ function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED
  * start-up, and again after a lost connection) it also reads the notices sent in the last
  * CANCEL_NOTICE_WINDOW_MS, so one published while it was not listening still stops the job it holds, or
  * keeps it from starting; until it has read them, `listening()` is false and each job is checked against
- * the durable mark before it starts. Closed with the worker.
+ * the durable mark before it starts. The log is also read every 30 s. Closed with the worker.
  */
 function listenForCancels(worker: Worker, connection: Redis, prefix: string, logger: Logger): { noticed(jobId: string): boolean; listening(): boolean } {
   const unheld = new Map<string, number>();
@@ -84,19 +86,28 @@ function listenForCancels(worker: Worker, connection: Redis, prefix: string, log
   subscriber.on('message', (_channel: string, jobId: string) => notice(jobId));
   // 'ready' comes on every (re)connection. Subscribed first, then the log read: a notice is in the log
   // (written before it is published) or heard, or both (hearing one twice is harmless).
+  const readLog = async () => {
+    for (const jobId of await connection.zrange(cancelNoticesKey(prefix), 0, -1)) notice(jobId);
+  };
   const catchUp = async () => {
     const current = ++generation;
     await subscriber.subscribe(cancelChannel(prefix));
-    const recent = await connection.zrange(cancelNoticesKey(prefix), 0, -1);
-    for (const jobId of recent) notice(jobId);
-    listening = current === generation;
+    await readLog();
+    if (current === generation) listening = true;
   };
   subscriber.on('ready', () => void catchUp().catch((err: unknown) => logger.warn({ err }, 'cannot listen for cancel notices')));
   subscriber.on('close', () => {
     generation++;
     listening = false;
   });
-  worker.on('closed', () => subscriber.disconnect());
+  // The log is read again every LOG_REREAD_MS: a connection that died without a word (no FIN: the
+  // subscriber only reads, so nothing notices for as long as TCP keepalive takes) still hears notices.
+  const reread = setInterval(() => void readLog().catch(() => undefined), LOG_REREAD_MS);
+  reread.unref();
+  worker.on('closed', () => {
+    clearInterval(reread);
+    subscriber.disconnect();
+  });
   return { noticed: (jobId) => unheld.delete(jobId), listening: () => listening };
 }
 

@@ -71,7 +71,8 @@ export class GitSourceRepository implements SourceRepository {
   }
 
   private async refresh(repository: string, mirror: string, log: (line: string) => void): Promise<void> {
-    await mkdir(resolve(this.cacheDir), { recursive: true });
+    // Mirrors of every pipeline's repository: the services' alone, out of builds' reach (mode on creation).
+    await mkdir(resolve(this.cacheDir), { recursive: true, mode: 0o700 });
     const exists = await stat(join(mirror, 'HEAD')).then(() => true, () => false);
     if (!exists) {
       log(`[source] cloning ${repository}\n`);

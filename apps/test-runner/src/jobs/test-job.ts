@@ -1,8 +1,6 @@
-import { readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { StageOutput } from '@conveyor/contracts';
-import { fileSelection, MAX_JUNIT_BYTES, parseJUnit, resolveFiles, runBuildspecJob, type BuildspecRun } from '@conveyor/runner';
+import { fileSelection, MAX_JUNIT_BYTES, parseJUnit, readSelectedFile, resolveFiles, runBuildspecJob, type BuildspecRun } from '@conveyor/runner';
 import type { BuildUser, BuildUsers } from '@conveyor/runner';
 import { openStageLog, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
@@ -21,9 +19,9 @@ export const testJobHandler =
   async (job, ctx) => {
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
     try {
-      const runAs = (user: BuildUser | undefined) =>
-        runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}) }, (run) => readReports(run, (t) => log.write(t)));
-      return await (deps.users ? deps.users.withUser(runAs) : runAs(undefined));
+      const runAs = (user: BuildUser | undefined, stopUserProcesses: () => Promise<void>) =>
+        runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}), stopUserProcesses }, (run) => readReports(run, (t) => log.write(t), user));
+      return await (deps.users ? deps.users.withUser(runAs) : runAs(undefined, async () => undefined));
     } finally {
       await log.close();
     }
@@ -32,8 +30,12 @@ export const testJobHandler =
 type Totals = NonNullable<StageOutput['tests']>;
 type Failure = NonNullable<StageOutput['failedTests']>[number];
 
-/** Sums every report group's JUnit files. A group that matches no file, or a file that is not JUnit, fails the stage. */
-export async function readReports(run: BuildspecRun, log: (t: string) => void): Promise<StageOutcome> {
+/**
+ * Sums every report group's JUnit files. A group that matches no file, or a file that is not JUnit, fails the stage.
+ * The files are the build's (`user`: the user it ran as), read with readSelectedFile: a symlink leaving the
+ * workspace, a FIFO, or a file the build's user does not own is a problem of its group, not read.
+ */
+export async function readReports(run: BuildspecRun, log: (t: string) => void, user?: BuildUser): Promise<StageOutcome> {
   const phases = run.phases ? { phases: run.phases.phases } : {};
   const groups = Object.entries(run.spec?.reports ?? {});
   if (!run.spec || groups.length === 0) return { status: run.status, ...(run.message ? { message: run.message } : {}), output: phases };
@@ -44,9 +46,7 @@ export async function readReports(run: BuildspecRun, log: (t: string) => void): 
     try {
       const files = await resolveFiles(run.workspace, fileSelection(report, `reports.${group}`));
       for (const file of files.files) {
-        const path = join(files.base, file);
-        if ((await stat(path)).size > MAX_JUNIT_BYTES) throw new Error(`${file} is larger than ${MAX_JUNIT_BYTES} bytes`);
-        const summary = parseJUnit(await readFile(path, 'utf8'));
+        const summary = parseJUnit((await readSelectedFile(files, file, { ...(user ? { user } : {}), maxBytes: MAX_JUNIT_BYTES })).toString('utf8'));
         tests.total += summary.total;
         tests.passed += summary.passed;
         tests.failed += summary.failed;
