@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConveyorClient, startStack } from '@conveyor/launcher';
@@ -48,6 +48,8 @@ async function pollUntilDone(client: ConveyorClient, runId: string): Promise<any
 /** (b): Source + 4 stages of `true` through the five real service processes, against bash doing the same steps. */
 export async function pipelineVsBash(redisUrl: string, rounds: number) {
   const home = await mkdtemp(join(tmpdir(), 'cv-bench-'));
+  // mkdtemp makes it 0700: the builds' own users (under a root service) could not reach their work directories.
+  await chmod(home, 0o755);
   const repo = await initRepo(join(home, 'repo'));
   const commit = await commitFiles(repo, { 'buildspec.yml': BUILDSPEC, 'app.txt': 'x\n' });
   const stack = await startStack({ home, portBase: await freePortRange(5), env: { ...process.env, REDIS_URL: redisUrl, QUEUE_PREFIX: `bench${Date.now()}`, LOG_LEVEL: 'warn' } });

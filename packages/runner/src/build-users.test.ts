@@ -39,7 +39,7 @@ function strayAs(uid: number, command = ['sleep', '300']): number {
 describe('build users: the settings', () => {
   it('reads BUILD_UIDS as a range, and refuses one that is not', () => {
     const env = z.object(BuildUserEnv);
-    expect(env.parse({}).BUILD_UIDS).toEqual([2_000_000_000, 2_000_000_999]);
+    expect(env.parse({}).BUILD_UIDS).toBeUndefined();
     expect(env.parse({ BUILD_UIDS: '5000-5003' }).BUILD_UIDS).toEqual([5000, 5003]);
     expect(() => env.parse({ BUILD_UIDS: '5003-5000' })).toThrow(/first ≤ last/);
     expect(() => env.parse({ BUILD_UIDS: '0-10' })).toThrow(/first ≤ last/);
@@ -88,7 +88,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       );
       await Promise.all(builds);
       expect(new Set(seen).size).toBe(3);
-      for (const uid of seen) expect(uid).toBeGreaterThanOrEqual(cfg.BUILD_UIDS[0]);
+      for (const uid of seen) expect(uid).toBeGreaterThanOrEqual(cfg.BUILD_UIDS![0]);
     } finally {
       await users.close();
     }
@@ -96,10 +96,14 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(await shared.users.withUser(async (user) => user)).toEqual({ uid: 1234, gid: 1234 });
   });
 
-  it('refuses a work directory the builds\' users cannot reach', async () => {
+  it('refuses a work directory the builds\' users cannot reach, or, with the default range, runs builds as itself and says so', async () => {
     const locked = join(root, 'locked');
     await mkdir(locked, { mode: 0o700 });
-    await expect(resolveBuildUsers(join(locked, 'work'), config(), 2)).rejects.toThrow(new RegExp(`cannot reach ${locked}`));
+    await expect(resolveBuildUsers(join(locked, 'work'), config(), 2)).rejects.toThrow(new RegExp(`BUILD_UIDS cannot be used: user \\d+ cannot reach ${locked}`));
+    // Not asked for (the default range): builds run as the service itself, and it says so.
+    const fallback = await resolveBuildUsers(join(locked, 'work'), config({ BUILD_UIDS: undefined }), 2);
+    expect(fallback.warning).toMatch(new RegExp(`own user .*cannot reach ${locked}`));
+    expect(await fallback.users.withUser(async (user) => user)).toBeUndefined();
     await expect(resolveBuildUsers(join(locked, 'work'), config({ BUILD_UID: 1234 }), 2)).rejects.toThrow(/BUILD_UID=1234 cannot be used: user 1234 cannot reach/);
   });
 

@@ -15,21 +15,25 @@ export const BuildUserEnv = {
    * `first-last`: the user ids a root service gives its builds, one per concurrent build (group id =
    * user id). Each is locked host-wide while the service lives, so services sharing a host take
    * different ones. The ids need no /etc/passwd entry (`whoami` then has no name to print).
+   * Default DEFAULT_BUILD_UIDS.
    */
   BUILD_UIDS: z
     .string()
     .regex(/^\d+-\d+$/, 'must be first-last, e.g. 2000000000-2000000999')
     .transform((text) => text.split('-').map(Number) as [number, number])
     .refine(([first, last]) => first > 0 && first <= last && last < 2 ** 31, 'must be 1 ≤ first ≤ last < 2^31')
-    .default([2_000_000_000, 2_000_000_999]),
+    .optional(),
   /** Where the host-wide locks on BUILD_UIDS live: one directory for every service of the host. */
   BUILD_UID_LOCK_DIR: z.string().default('/run/lock/conveyor'),
 };
 
+/** Above systemd's ranges for dynamic and container users, below 2^31. */
+export const DEFAULT_BUILD_UIDS: readonly [number, number] = [2_000_000_000, 2_000_000_999];
+
 export interface BuildUserConfig {
   BUILD_UID?: number;
   BUILD_GID?: number;
-  BUILD_UIDS: [number, number];
+  BUILD_UIDS?: [number, number] | undefined;
   BUILD_UID_LOCK_DIR: string;
 }
 
@@ -78,9 +82,15 @@ export async function resolveBuildUsers(
       warning: "builds run as this service's own user and can read its environment; run the service as root (each build then runs as a user of its own) or set BUILD_UID",
     };
   }
-  const [first, last] = config.BUILD_UIDS;
+  const [first, last] = config.BUILD_UIDS ?? DEFAULT_BUILD_UIDS;
   const blocked = await untraversable(resolve(workDir), { uid: first, gid: first });
-  if (blocked) throw new Error(`the builds' users (BUILD_UIDS) cannot be used: ${blocked}`);
+  if (blocked && config.BUILD_UIDS) throw new Error(`BUILD_UIDS cannot be used: ${blocked}`);
+  if (blocked) {
+    return {
+      users: sharedUser(undefined, "builds run as this service's own user"),
+      warning: `builds run as this service's own user and can read its environment: the builds' own users cannot be used, ${blocked}`,
+    };
+  }
   // Builds may enter the work directory (to reach their own), not list it: the other builds' names are theirs.
   await chmod(resolve(workDir), 0o711);
   return { users: await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }) };
