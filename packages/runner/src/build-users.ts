@@ -187,7 +187,16 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   const free: number[] = [...locks.keys()];
   const waiting: { resolve: (uid: number) => void; reject: (err: Error) => void }[] = [];
   let lent = 0;
+  /** Builds and the clearing of their ids, which close() waits for. */
   const inFlight = new Set<Promise<unknown>>();
+  const track = <T>(p: Promise<T>): Promise<T> => {
+    inFlight.add(p);
+    void p.then(
+      () => inFlight.delete(p),
+      () => inFlight.delete(p),
+    );
+    return p;
+  };
   const take = (): Promise<number> => {
     if (free.length) return Promise.resolve(free.shift()!);
     if (lent === 0) return Promise.reject(new Error(`no build user id is left in BUILD_UIDS ${opts.first}-${opts.last}: every one was set aside`));
@@ -231,35 +240,36 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
       const { survivors } = await killUserProcesses(user);
       if (survivors.length) warn(`processes ${survivors.join(', ')} of build user id ${uid} survive SIGKILL`);
     };
+    // The id counts as lent until it is cleared.
+    const giveBack = async () => {
+      // Killing as an id whose lock went to someone else would kill their builds: never.
+      const ours = await stillOurs(uid);
+      if (!ours) {
+        warn(`the lock on build user id ${uid} was lost during a build and another process holds it: that id is set aside, and what the build left running is not killed`);
+        locks.delete(uid);
+      }
+      const cleared = ours && (await clear(uid));
+      lent--;
+      if (cleared) give(uid);
+      else await setAside(uid);
+    };
     try {
       return await fn(user, stopAll);
     } finally {
-      lent--;
-      // Killing as an id whose lock went to someone else would kill their builds: never.
-      if (!(await stillOurs(uid))) {
-        warn(`the lock on build user id ${uid} was lost during a build and another process holds it: that id is set aside, and what the build left running is not killed`);
-        locks.delete(uid);
-        void setAside(uid);
-      } else if (await clear(uid)) give(uid);
-      else void setAside(uid);
+      // The build's outcome goes out now; the id is cleared meanwhile, and lent again only after that.
+      track(giveBack().catch((err: unknown) => warn(`build user id ${uid} could not be given back: ${(err as Error).message}`)));
     }
   };
   const uids = [...locks.keys()];
   return {
     summary: `each build runs as a user of its own: uids ${uids[0]}…${uids[uids.length - 1]} (${uids.length}, locked in ${opts.lockDir})`,
     withUser(fn) {
-      const p = lend(fn);
-      inFlight.add(p);
-      void p.then(
-        () => inFlight.delete(p),
-        () => inFlight.delete(p),
-      );
-      return p;
+      return track(lend(fn));
     },
     async close() {
-      // Only once no build runs: released earlier, an id could be lent by another service while one of
-      // our builds still runs as it.
-      await Promise.allSettled([...inFlight]);
+      // Only once no build runs and every id is cleared: released earlier, an id could be lent by another
+      // service while one of our builds still runs as it.
+      while (inFlight.size) await Promise.allSettled([...inFlight]);
       for (const uid of locks.keys()) if (await stillOurs(uid)) await clear(uid);
       await Promise.all([...locks.values()].map((l) => l.release()));
       locks.clear();

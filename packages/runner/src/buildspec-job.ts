@@ -108,14 +108,14 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
     return await then({ status, ...(phases.message ? { message: phases.message } : {}), workspace, spec: spec.spec, phases });
   } finally {
     // GNU rm, not a path walk of ours: it does not follow a symlink a build's process swaps in meanwhile.
-    await Promise.all([removeTree(dir), removeTree(`${dir}.ctl`), removeTree(tmpDirOf(resolve(deps.workDir), suffix))]);
+    await removeTrees(dir, `${dir}.ctl`, tmpDirOf(resolve(deps.workDir), suffix));
     await rm(`${dir}.owner`, { force: true });
   }
 }
 
-/** Removes a directory tree a build's user may own, staying on its file system and never following a symlink. */
-async function removeTree(path: string): Promise<void> {
-  await exec('rm', ['-rf', '--one-file-system', '--', path]);
+/** Removes directory trees a build's user may own, staying on their file system and never following a symlink. */
+async function removeTrees(...paths: string[]): Promise<void> {
+  await exec('rm', ['-rf', '--one-file-system', '--', ...paths]);
 }
 
 /** A job's TMPDIR: `<workDir>/t-<the job directory's suffix>`. */
@@ -139,7 +139,7 @@ export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: num
     // Unreadable: a worker killed while writing it (gone), or one writing it right now (leave it be).
     if (owner === undefined ? await writtenWithin(join(root, name), 10_000) : processIsOurs(owner)) continue;
     const jobDir = join(root, name.slice(0, -'.owner'.length));
-    await Promise.all([removeTree(jobDir), removeTree(`${jobDir}.ctl`), removeTree(`${jobDir}.staging`), removeTree(tmpDirOf(root, jobDir.slice(-8)))]);
+    await removeTrees(jobDir, `${jobDir}.ctl`, `${jobDir}.staging`, tmpDirOf(root, jobDir.slice(-8)));
     await rm(join(root, name), { force: true });
     removed.push(jobDir);
   }
