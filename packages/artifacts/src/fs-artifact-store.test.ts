@@ -27,6 +27,15 @@ describe('FsArtifactStore', () => {
     expect(await readFile(join(dir, 'out', 'sub', 'b.txt'), 'utf8')).toBe('B');
   });
 
+  it('unpacks no setuid or setgid bit (extracted by root, such a file would be root\'s), and keeps the store private', async () => {
+    const { chmod } = await import('node:fs/promises');
+    await chmod(join(dir, 'src', 'a.txt'), 0o6755);
+    const ref = await store.putFiles(artifactKey('run-3', 'Build', 1), join(dir, 'src'), ['a.txt']);
+    await store.extractTo(ref, join(dir, 'out'));
+    expect((await stat(join(dir, 'out', 'a.txt'))).mode & 0o7777).toBe(0o755);
+    expect((await stat(join(dir, 'store'))).mode & 0o777).toBe(0o700);
+  });
+
   it('keys are write-once: a second put keeps the first artifact', async () => {
     const first = await store.putFiles('k/x.tar', join(dir, 'src'), ['a.txt']);
     const second = await store.putFiles('k/x.tar', join(dir, 'src'), ['a.txt', 'sub/b.txt']);

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { copyFile, link, mkdir, rm, stat } from 'node:fs/promises';
+import { chmod, copyFile, link, mkdir, rm, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { create, extract } from 'tar';
 import type { ArtifactRef } from '@conveyor/contracts';
@@ -17,6 +17,8 @@ async function sha256File(path: string): Promise<string> {
 /** Artifacts as tar files under one local directory. The default store on one machine. */
 export class FsArtifactStore implements ArtifactStore {
   readonly root: string;
+  /** The root has been made the services' alone (0700) by this process. */
+  private private = false;
   constructor(root: string) {
     this.root = resolve(root);
   }
@@ -50,7 +52,11 @@ export class FsArtifactStore implements ArtifactStore {
     const final = this.pathFor(key);
     // The store is the services' alone: builds running as other users must not read other pipelines'
     // sources and artifacts through it (the services reach it as their own user, or as root).
-    await mkdir(this.root, { recursive: true, mode: 0o700 });
+    if (!this.private) {
+      await mkdir(this.root, { recursive: true });
+      await chmod(this.root, 0o700);
+      this.private = true;
+    }
     await mkdir(dirname(final), { recursive: true });
     return `${final}.${randomUUID()}.tmp`;
   }
@@ -87,7 +93,19 @@ export class FsArtifactStore implements ArtifactStore {
     if (actual !== ref.sha256) throw new Error(`artifact ${ref.key} is corrupt: sha256 ${actual} != ${ref.sha256}`);
     await mkdir(dir, { recursive: true });
     // node-tar strips absolute paths and `..` (preservePaths false) and refuses to write through symlinks.
-    await extract({ file: path, cwd: dir, strict: true, preservePaths: false, noChmod: false, preserveOwner: false });
+    // No setuid or setgid bit comes out of an artifact: extracted by root, such a file would be root's.
+    await extract({
+      file: path,
+      cwd: dir,
+      strict: true,
+      preservePaths: false,
+      noChmod: false,
+      preserveOwner: false,
+      filter: (_path, entry) => {
+        if ('mode' in entry && typeof entry.mode === 'number') entry.mode &= 0o1777;
+        return true;
+      },
+    });
   }
 }
 

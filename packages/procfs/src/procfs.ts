@@ -109,7 +109,9 @@ export function processesOfUser(uid: number, among?: readonly number[]): number[
     const status = read(`/proc/${pid}/status`);
     const ids = status && /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status);
     if (!ids || !ids.slice(1, 4).some((id) => Number(id) === uid)) return [];
-    return running(readProcStat(pid)) ? [Number(pid)] : [];
+    // A main thread that exited while other threads run shows the process as a zombie: it still runs.
+    const threads = Number(/^Threads:\s+(\d+)/m.exec(status)?.[1] ?? 1);
+    return running(readProcStat(pid)) || threads > 1 ? [Number(pid)] : [];
   });
 }
 

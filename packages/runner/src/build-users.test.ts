@@ -162,10 +162,45 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     }
   });
 
+  it.runIf(process.arch === 'x64')('sees, and kills, a process whose main thread exited while another thread runs (it looks like a zombie)', async () => {
+    const [first] = range(1);
+    // SYS_exit (60 on x86-64) ends the main thread only; the sleeping thread goes on.
+    const script = 'import ctypes, threading, time\nthreading.Thread(target=lambda: time.sleep(300)).start()\ntime.sleep(0.1)\nctypes.CDLL(None).syscall(60, 0)';
+    const pid = strayAs(first, ['/usr/bin/python3', '-c', script]);
+    try {
+      await new Promise((r) => setTimeout(r, 500));
+      expect(processesOfUser(first)).toEqual([pid]);
+      const { found, survivors } = await killUserProcesses({ uid: first, gid: first });
+      expect(found).toBe(1);
+      expect(survivors).toEqual([]);
+      await eventually(() => processesOfUser(first).length === 0);
+    } finally {
+      spawnSync('kill', ['-KILL', String(pid)]);
+    }
+  });
+
+  it('runs builds with no_new_privs: a setuid file does not lend them its owner\'s rights', async () => {
+    const { root: wsRoot, ws } = dirs();
+    await chmod(wsRoot, 0o755);
+    const [first] = range(1);
+    const { chown, copyFile } = await import('node:fs/promises');
+    await chown(ws, first, first);
+    // A setuid-root copy of id, as a build that got one planted or extracted would find it.
+    const setuidId = join(wsRoot, 'id');
+    await copyFile('/usr/bin/id', setuidId);
+    await chmod(setuidId, 0o4755);
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [EUID_SEEN]\nphases:\n  build:\n    commands:\n      - EUID_SEEN=$(${setuidId} -u)\n`, {
+      user: { uid: first, gid: first },
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    });
+    expect(run.status).toBe('SUCCEEDED');
+    expect(run.exportedVariables.EUID_SEEN).toBe(String(first));
+  });
+
   it('deletes what a build left in the shared temporary directories (a setuid copy of a shell, say)', async () => {
     const [first] = range(1);
     const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks') });
-    const planted = join(tmpdir(), `cv-planted-${first}`);
+    const planted = `/tmp/cv-planted-${first}`;
     try {
       await pool.withUser(async (user) => {
         const made = spawnSync('/bin/sh', ['-c', `cp /bin/sh ${planted} && chmod 4755 ${planted}`], { uid: user!.uid, gid: user!.gid, cwd: '/' });

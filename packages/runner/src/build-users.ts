@@ -72,7 +72,7 @@ export async function resolveBuildUsers(
   const root = process.getuid?.() === 0;
   if (config.BUILD_UID !== undefined) {
     const user = { uid: config.BUILD_UID, gid: config.BUILD_GID ?? config.BUILD_UID };
-    const why = !root ? 'switching users needs the service to run as root' : await untraversable(resolve(workDir), user);
+    const why = !root ? 'switching users needs the service to run as root' : ((await untraversable(resolve(workDir), user)) ?? (await writableBy(resolve(workDir), user)));
     if (why) throw new Error(`BUILD_UID=${user.uid} cannot be used: ${why}`);
     return { users: sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds`) };
   }
@@ -94,6 +94,17 @@ export async function resolveBuildUsers(
   // Builds may enter the work directory (to reach their own), not list it: the other builds' names are theirs.
   await chmod(resolve(workDir), 0o711);
   return { users: await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }) };
+}
+
+/** Why `user` may not have WORK_DIR: it could rename or replace entries root creates there. */
+async function writableBy(dir: string, user: BuildUser): Promise<string | undefined> {
+  for (let d = dir; ; d = dirname(d)) {
+    const info = await stat(d);
+    const sticky = (info.mode & 0o1000) !== 0;
+    const writable = info.uid === user.uid || (!sticky && ((info.mode & 0o002) !== 0 || (info.gid === user.gid && (info.mode & 0o020) !== 0)));
+    if (writable) return `user ${user.uid} may write ${d}, where the service keeps the builds' directories; put WORK_DIR where it cannot`;
+    if (dirname(d) === d) return undefined;
+  }
 }
 
 function sharedUser(user: BuildUser | undefined, summary: string): BuildUsers {
@@ -187,6 +198,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   const free: number[] = [...locks.keys()];
   const waiting: { resolve: (uid: number) => void; reject: (err: Error) => void }[] = [];
   let lent = 0;
+  let closed = false;
   /** Builds and the clearing of their ids, which close() waits for. */
   const inFlight = new Set<Promise<unknown>>();
   const track = <T>(p: Promise<T>): Promise<T> => {
@@ -214,7 +226,6 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
     if (lock && !lock.lost()) await lock.release();
     const replacement = await takeAnother().catch(() => undefined);
     if (replacement !== undefined) give(replacement);
-    else if (lent === 0 && free.length === 0) for (const w of waiting.splice(0)) w.reject(new Error(`no build user id is left in BUILD_UIDS ${opts.first}-${opts.last}`));
   };
   /** Whether the lock on `uid` is (again) ours. A lost one is taken again if nobody else took it. */
   const stillOurs = async (uid: number): Promise<boolean> => {
@@ -240,18 +251,23 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
       const { survivors } = await killUserProcesses(user);
       if (survivors.length) warn(`processes ${survivors.join(', ')} of build user id ${uid} survive SIGKILL`);
     };
-    // The id counts as lent until it is cleared.
+    // The id counts as lent until it is cleared, or set aside (and replaced, if the range allows).
     const giveBack = async () => {
-      // Killing as an id whose lock went to someone else would kill their builds: never.
-      const ours = await stillOurs(uid);
-      if (!ours) {
-        warn(`the lock on build user id ${uid} was lost during a build and another process holds it: that id is set aside, and what the build left running is not killed`);
-        locks.delete(uid);
+      let cleared = false;
+      try {
+        // Killing as an id whose lock went to someone else would kill their builds: never.
+        const ours = await stillOurs(uid).catch(() => false);
+        if (!ours) {
+          warn(`the lock on build user id ${uid} was lost during a build and another process holds it: that id is set aside, and what the build left running is not killed`);
+          locks.delete(uid);
+        }
+        cleared = ours && (await clear(uid).catch(() => false));
+        if (!cleared) await setAside(uid).catch((err: unknown) => warn(`no build user id replaces ${uid}: ${(err as Error).message}`));
+      } finally {
+        lent--;
+        if (cleared) give(uid);
+        else if (lent === 0 && free.length === 0) for (const w of waiting.splice(0)) w.reject(new Error(`no build user id is left in BUILD_UIDS ${opts.first}-${opts.last}`));
       }
-      const cleared = ours && (await clear(uid));
-      lent--;
-      if (cleared) give(uid);
-      else await setAside(uid);
     };
     try {
       return await fn(user, stopAll);
@@ -264,9 +280,11 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   return {
     summary: `each build runs as a user of its own: uids ${uids[0]}…${uids[uids.length - 1]} (${uids.length}, locked in ${opts.lockDir})`,
     withUser(fn) {
+      if (closed) return Promise.reject(new Error('the build user pool is closed'));
       return track(lend(fn));
     },
     async close() {
+      closed = true;
       // Only once no build runs and every id is cleared: released earlier, an id could be lent by another
       // service while one of our builds still runs as it.
       while (inFlight.size) await Promise.allSettled([...inFlight]);

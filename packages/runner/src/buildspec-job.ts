@@ -52,7 +52,10 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
   // Names the live worker that owns the job directory, so a successor can tell an abandoned one.
   await mkdir(resolve(deps.workDir), { recursive: true });
   await writeFile(`${dir}.owner`, JSON.stringify(currentOwner()));
-  await mkdir(workspace, { recursive: true });
+  // 0700 from the start: nobody but root (and, once handed over, the build's user) enters it, even
+  // while root extracts the input and hands it over.
+  await mkdir(dir, { mode: 0o700 });
+  await mkdir(workspace);
   try {
     deps.log(`[conveyor] ${job.type} ${job.pipeline}/${job.stage} attempt ${job.attempt}, commit ${job.commit}${deps.user ? `, as uid ${deps.user.uid}` : ''}\n`);
     await deps.artifacts.extractTo(job.input, workspace);
@@ -115,7 +118,8 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
 
 /** Removes directory trees a build's user may own, staying on their file system and never following a symlink. */
 async function removeTrees(...paths: string[]): Promise<void> {
-  await exec('rm', ['-rf', '--one-file-system', '--', ...paths]);
+  // What rm cannot remove (a mount point the build made) stays: it must not replace the job's outcome.
+  await exec('rm', ['-rf', '--one-file-system', '--', ...paths]).catch(() => undefined);
 }
 
 /** A job's TMPDIR: `<workDir>/t-<the job directory's suffix>`. */

@@ -1,4 +1,4 @@
-import { link, lstat, mkdir, readdir, readlink, realpath } from 'node:fs/promises';
+import { cp, link, lstat, mkdir, readdir, readlink, realpath } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, posix, relative, resolve, sep } from 'node:path';
 import picomatch from 'picomatch';
 import { fileOwner, readOwnedFile } from './safe-files.js';
@@ -214,14 +214,19 @@ export async function readSelectedFile(files: ResolvedFiles, rel: string, opts: 
  * the build cannot write, for the artifact store to pack from there rather than from the workspace.
  * Each is hard-linked, not copied: link(2) does not follow a symlink (it stays a link, as in the
  * artifact), and the link, in our directory, is checked: anything but a symlink must be a regular
- * file of `user` (default: this process's user), never a FIFO for the packer to block on.
+ * file of `user` (any owner when the build runs as the service), never a FIFO for the packer to block on.
  */
 export async function stageFiles(files: ResolvedFiles, dir: string, user?: BuildUser): Promise<void> {
   const owner = fileOwner(user);
   for (const e of files.entries) {
     const to = join(dir, e.name);
     await mkdir(dirname(to), { recursive: true });
-    await link(join(files.base, e.path), to);
+    await link(join(files.base, e.path), to).catch(async (err: NodeJS.ErrnoException) => {
+      // Builds running as the service: a file it may not hard-link (someone else's, under
+      // protected_hardlinks) or on another file system is copied, a symlink as a symlink.
+      if (user || (err.code !== 'EPERM' && err.code !== 'EXDEV')) throw err;
+      await cp(join(files.base, e.path), to, { verbatimSymlinks: true });
+    });
     const info = await lstat(to);
     if (info.isSymbolicLink()) continue;
     if (!info.isFile()) throw new FileSelectionError(`${e.path} is not a regular file any more; it is not stored`);

@@ -33,9 +33,12 @@ export class UntrustedFileError extends Error {
   override name = 'UntrustedFileError';
 }
 
-/** The uid a build's files belong to: its user's, or this process's when the build runs as the service itself. */
+/**
+ * The uid a build's files must belong to: its user's. None when the build runs as the service itself:
+ * there is no boundary to keep then, and files a build made through sudo or a container are its own.
+ */
 export function fileOwner(user?: BuildUser): number | undefined {
-  return user ? user.uid : process.getuid?.();
+  return user?.uid;
 }
 
 export interface ReadOwnedOptions {

@@ -84,7 +84,11 @@ export class ShellProcess {
 
   static async start(opts: ShellProcessOptions): Promise<ShellProcess> {
     const args = opts.shell === 'bash' ? ['--noprofile', '--norc', '-c', BOOTSTRAP] : ['-c', BOOTSTRAP];
-    const child = spawn(opts.shell, args, {
+    // As another user, the shell and everything it starts run with no_new_privs: no setuid or setgid
+    // file (one a build left, or extracted) grants them another user's rights. setpriv execs the shell:
+    // same pid, same process group.
+    const [file, argv] = opts.user ? ['setpriv', ['--no-new-privs', '--', opts.shell, ...args]] : [opts.shell, args];
+    const child = spawn(file, argv, {
       cwd: opts.cwd,
       env: opts.env,
       detached: true,

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { ArtifactStore } from '@conveyor/artifacts';
@@ -71,8 +71,10 @@ export class GitSourceRepository implements SourceRepository {
   }
 
   private async refresh(repository: string, mirror: string, log: (line: string) => void): Promise<void> {
-    // Mirrors of every pipeline's repository: the services' alone, out of builds' reach (mode on creation).
-    await mkdir(resolve(this.cacheDir), { recursive: true, mode: 0o700 });
+    // Mirrors of every pipeline's repository: the services' alone, out of builds' reach. (A mode given to
+    // a recursive mkdir would also close every parent it creates, such as WORK_DIR's.)
+    await mkdir(resolve(this.cacheDir), { recursive: true });
+    await chmod(resolve(this.cacheDir), 0o700);
     const exists = await stat(join(mirror, 'HEAD')).then(() => true, () => false);
     if (!exists) {
       log(`[source] cloning ${repository}\n`);
