@@ -254,7 +254,8 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     await new Promise((r) => setTimeout(r, 20));
     let closed = false;
     const closing = pool.close().then(() => (closed = true));
-    await new Promise((r) => setTimeout(r, 100));
+    // Long enough for a close that does not wait to have ended (clearing an idle id takes milliseconds).
+    await new Promise((r) => setTimeout(r, 1000));
     expect(closed).toBe(false);
     finish();
     await Promise.all([build, closing]);
