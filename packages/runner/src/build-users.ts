@@ -278,7 +278,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   };
   const uids = [...locks.keys()];
   return {
-    summary: `each build runs as a user of its own: uids ${uids[0]}…${uids[uids.length - 1]} (${uids.length}, locked in ${opts.lockDir})`,
+    summary: `each build runs as a user of its own: uids ${uids.length <= 16 ? uids.join(', ') : `${uids.slice(0, 16).join(', ')}…`} (${uids.length}, locked in ${opts.lockDir})`,
     withUser(fn) {
       if (closed) return Promise.reject(new Error('the build user pool is closed'));
       return track(lend(fn));
