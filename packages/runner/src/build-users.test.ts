@@ -189,9 +189,13 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     const setuidId = join(wsRoot, 'id');
     await copyFile('/usr/bin/id', setuidId);
     await chmod(setuidId, 0o4755);
+    // The build's PATH (a buildspec sets it) leads first to a fake setpriv that would drop the flag.
+    const fakes = join(wsRoot, 'fakes');
+    await mkdir(fakes);
+    await writeFile(join(fakes, 'setpriv'), '#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n', { mode: 0o755 });
     const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [EUID_SEEN]\nphases:\n  build:\n    commands:\n      - EUID_SEEN=$(${setuidId} -u)\n`, {
       user: { uid: first, gid: first },
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      env: { PATH: `${fakes}:${process.env.PATH ?? '/usr/bin:/bin'}` },
     });
     expect(run.status).toBe('SUCCEEDED');
     expect(run.exportedVariables.EUID_SEEN).toBe(String(first));

@@ -1,9 +1,20 @@
+import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import { groupAlive } from '@conveyor/procfs';
 import { writeShellRecord } from './orphans.js';
+
+/**
+ * setpriv's absolute path, found on the service's own PATH: spawn would look a bare name up on the
+ * build's PATH, which a buildspec sets (a fake `setpriv` there would run the build without
+ * no_new_privs).
+ */
+const SETPRIV = ((process.env.PATH ?? '').split(':').concat(['/usr/bin', '/bin'])
+  .map((dir) => (dir.startsWith('/') ? join(dir, 'setpriv') : ''))
+  .find((path) => path && existsSync(path))) ?? '/usr/bin/setpriv';
 
 /*
  * The one piece of shell text we write. It never changes and never contains user text: it reads
@@ -87,7 +98,7 @@ export class ShellProcess {
     // As another user, the shell and everything it starts run with no_new_privs: no setuid or setgid
     // file (one a build left, or extracted) grants them another user's rights. setpriv execs the shell:
     // same pid, same process group.
-    const [file, argv] = opts.user ? ['setpriv', ['--no-new-privs', '--', opts.shell, ...args]] : [opts.shell, args];
+    const [file, argv] = opts.user ? [SETPRIV, ['--no-new-privs', '--', opts.shell, ...args]] : [opts.shell, args];
     const child = spawn(file, argv, {
       cwd: opts.cwd,
       env: opts.env,
@@ -222,3 +233,5 @@ export class ShellProcess {
     if (this.recordPath) await rm(this.recordPath, { force: true });
   }
 }
+
+
