@@ -17,8 +17,6 @@ async function sha256File(path: string): Promise<string> {
 /** Artifacts as tar files under one local directory. The default store on one machine. */
 export class FsArtifactStore implements ArtifactStore {
   readonly root: string;
-  /** The root has been made the services' alone (0700) by this process. */
-  private private = false;
   constructor(root: string) {
     this.root = resolve(root);
   }
@@ -52,11 +50,8 @@ export class FsArtifactStore implements ArtifactStore {
     const final = this.pathFor(key);
     // The store is the services' alone: builds running as other users must not read other pipelines'
     // sources and artifacts through it (the services reach it as their own user, or as root).
-    if (!this.private) {
-      await mkdir(this.root, { recursive: true });
-      await chmod(this.root, 0o700);
-      this.private = true;
-    }
+    await mkdir(this.root, { recursive: true });
+    await chmod(this.root, 0o700);
     await mkdir(dirname(final), { recursive: true });
     return `${final}.${randomUUID()}.tmp`;
   }
@@ -99,7 +94,6 @@ export class FsArtifactStore implements ArtifactStore {
       cwd: dir,
       strict: true,
       preservePaths: false,
-      noChmod: false,
       preserveOwner: false,
       filter: (_path, entry) => {
         if ('mode' in entry && typeof entry.mode === 'number') entry.mode &= 0o1777;

@@ -107,6 +107,11 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     const locked = join(root, 'locked');
     await mkdir(locked, { mode: 0o700 });
     await expect(resolveBuildUsers(join(locked, 'work'), config(), 2)).rejects.toThrow(new RegExp(`BUILD_UIDS cannot be used: user \\d+ cannot reach ${locked}`));
+    // A parent anyone may write: a build could rename the work directory away and put its own in place.
+    const open = join(root, 'open');
+    await mkdir(open);
+    await chmod(open, 0o777);
+    await expect(resolveBuildUsers(join(open, 'work'), config(), 2)).rejects.toThrow(new RegExp(`may write ${open}, where the service keeps`));
     // Not asked for (the default range): builds run as the service itself, and it says so.
     const fallback = await resolveBuildUsers(join(locked, 'work'), config({ BUILD_UIDS: undefined }), 2);
     expect(fallback.warning).toMatch(new RegExp(`own user .*cannot reach ${locked}`));

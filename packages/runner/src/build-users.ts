@@ -4,7 +4,7 @@ import { chmod, lstat, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
-import type { BuildUser } from './shell-process.js';
+import { checkSetpriv, type BuildUser } from './shell-process.js';
 
 /** The variables naming who builds run as, shared by the services that run buildspecs (see resolveBuildUsers). */
 export const BuildUserEnv = {
@@ -93,6 +93,9 @@ export async function resolveBuildUsers(
   }
   // Builds may enter the work directory (to reach their own), not list it: the other builds' names are theirs.
   await chmod(resolve(workDir), 0o711);
+  // Nor may they rename it or a parent. Checked as any one of the ids: to all, these are someone else's.
+  const exposed = await writableBy(resolve(workDir), { uid: first, gid: first });
+  if (exposed) throw new Error(`the builds' users cannot be given their directories: ${exposed}`);
   return { users: await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }) };
 }
 
@@ -100,7 +103,8 @@ export async function resolveBuildUsers(
 async function writableBy(dir: string, user: BuildUser): Promise<string | undefined> {
   for (let d = dir; ; d = dirname(d)) {
     const info = await stat(d);
-    const sticky = (info.mode & 0o1000) !== 0;
+    // The sticky bit protects others' entries, not the directory's own: WORK_DIR itself gets no pass.
+    const sticky = d !== dir && (info.mode & 0o1000) !== 0;
     const writable = info.uid === user.uid || (!sticky && ((info.mode & 0o002) !== 0 || (info.gid === user.gid && (info.mode & 0o020) !== 0)));
     if (writable) return `user ${user.uid} may write ${d}, where the service keeps the builds' directories; put WORK_DIR where it cannot`;
     if (dirname(d) === d) return undefined;
@@ -145,6 +149,7 @@ const SHARED_WRITABLE = ['/tmp', '/var/tmp', '/dev/shm'];
  */
 export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<BuildUsers> {
   checkLockTool('the build user pool');
+  checkSetpriv();
   await trustedLockDir(opts.lockDir);
   const warn = opts.warn ?? (() => undefined);
   const locks = new Map<number, FileLock>();
@@ -342,7 +347,13 @@ export async function killUserProcesses(user: BuildUser, waitMs = 5000, killerMs
   if (found === 0) return { found, survivors: [] };
   await new Promise<void>((done) => {
     // stdin ignored: bash with a socket there would read ~/.bashrc. No environment: it needs none.
-    const killer = spawn('/bin/sh', ['-c', 'kill -KILL -1 2>/dev/null; exit 0'], { uid: user.uid, gid: user.gid, cwd: '/', env: {}, stdio: 'ignore' });
+    // Started as root (setpriv switches to the user itself): a spawn made as the user would wait, in
+    // Node's main thread, for an exec that the user's processes can stop from happening.
+    const killer = spawn(checkSetpriv(), [`--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--', '/bin/sh', '-c', 'kill -KILL -1 2>/dev/null; exit 0'], {
+      cwd: '/',
+      env: {},
+      stdio: 'ignore',
+    });
     const timer = setTimeout(() => killer.kill('SIGKILL'), killerMs);
     const end = () => (clearTimeout(timer), done());
     killer.on('exit', end);

@@ -111,15 +111,18 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
     return await then({ status, ...(phases.message ? { message: phases.message } : {}), workspace, spec: spec.spec, phases });
   } finally {
     // GNU rm, not a path walk of ours: it does not follow a symlink a build's process swaps in meanwhile.
-    await removeTrees(dir, `${dir}.ctl`, tmpDirOf(resolve(deps.workDir), suffix));
-    await rm(`${dir}.owner`, { force: true });
+    if (await removeTrees(dir, `${dir}.ctl`, tmpDirOf(resolve(deps.workDir), suffix))) await rm(`${dir}.owner`, { force: true });
   }
 }
 
 /** Removes directory trees a build's user may own, staying on their file system and never following a symlink. */
-async function removeTrees(...paths: string[]): Promise<void> {
-  // What rm cannot remove (a mount point the build made) stays: it must not replace the job's outcome.
-  await exec('rm', ['-rf', '--one-file-system', '--', ...paths]).catch(() => undefined);
+async function removeTrees(...paths: string[]): Promise<boolean> {
+  // What rm cannot remove (a mount point the build made) stays, and must not replace the job's outcome:
+  // false, and the caller keeps the owner file, so a later start-up tries again.
+  return exec('rm', ['-rf', '--one-file-system', '--', ...paths]).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** A job's TMPDIR: `<workDir>/t-<the job directory's suffix>`. */
@@ -143,7 +146,7 @@ export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: num
     // Unreadable: a worker killed while writing it (gone), or one writing it right now (leave it be).
     if (owner === undefined ? await writtenWithin(join(root, name), 10_000) : processIsOurs(owner)) continue;
     const jobDir = join(root, name.slice(0, -'.owner'.length));
-    await removeTrees(jobDir, `${jobDir}.ctl`, `${jobDir}.staging`, tmpDirOf(root, jobDir.slice(-8)));
+    if (!(await removeTrees(jobDir, `${jobDir}.ctl`, `${jobDir}.staging`, tmpDirOf(root, jobDir.slice(-8))))) continue;
     await rm(join(root, name), { force: true });
     removed.push(jobDir);
   }

@@ -225,7 +225,9 @@ export async function stageFiles(files: ResolvedFiles, dir: string, user?: Build
       // Builds running as the service: a file it may not hard-link (someone else's, under
       // protected_hardlinks) or on another file system is copied, a symlink as a symlink.
       if (user || (err.code !== 'EPERM' && err.code !== 'EXDEV')) throw err;
-      await cp(join(files.base, e.path), to, { verbatimSymlinks: true });
+      const from = await lstat(join(files.base, e.path));
+      if (!from.isFile() && !from.isSymbolicLink()) throw new FileSelectionError(`${e.path} is not a regular file; it is not stored`);
+      await cp(join(files.base, e.path), to, { verbatimSymlinks: true, preserveTimestamps: true });
     });
     const info = await lstat(to);
     if (info.isSymbolicLink()) continue;

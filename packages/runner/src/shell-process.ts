@@ -1,5 +1,4 @@
-import { join } from 'node:path';
-import { existsSync } from 'node:fs';
+import { lstatSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
@@ -8,13 +7,24 @@ import { groupAlive } from '@conveyor/procfs';
 import { writeShellRecord } from './orphans.js';
 
 /**
- * setpriv's absolute path, found on the service's own PATH: spawn would look a bare name up on the
- * build's PATH, which a buildspec sets (a fake `setpriv` there would run the build without
- * no_new_privs).
+ * setpriv by absolute path, and only a root-owned one nobody else may replace: spawn would look a bare
+ * name up on the build's PATH, which a buildspec sets (a fake there would run builds without
+ * no_new_privs). Undefined when this host has none (checkSetpriv says so at start-up).
  */
-const SETPRIV = ((process.env.PATH ?? '').split(':').concat(['/usr/bin', '/bin'])
-  .map((dir) => (dir.startsWith('/') ? join(dir, 'setpriv') : ''))
-  .find((path) => path && existsSync(path))) ?? '/usr/bin/setpriv';
+export const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((path) => {
+  try {
+    const info = lstatSync(path);
+    return info.isFile() && info.uid === 0 && (info.mode & 0o022) === 0;
+  } catch {
+    return false;
+  }
+});
+
+/** Throws, saying what to install, when builds cannot be run as other users here. */
+export function checkSetpriv(): string {
+  if (!SETPRIV) throw new Error('builds run as other users through setpriv(1), which is not in /usr/bin or /bin here (root-owned); install util-linux');
+  return SETPRIV;
+}
 
 /*
  * The one piece of shell text we write. It never changes and never contains user text: it reads
@@ -98,7 +108,7 @@ export class ShellProcess {
     // As another user, the shell and everything it starts run with no_new_privs: no setuid or setgid
     // file (one a build left, or extracted) grants them another user's rights. setpriv execs the shell:
     // same pid, same process group.
-    const [file, argv] = opts.user ? [SETPRIV, ['--no-new-privs', '--', opts.shell, ...args]] : [opts.shell, args];
+    const [file, argv] = opts.user ? [checkSetpriv(), ['--no-new-privs', '--', opts.shell, ...args]] : [opts.shell, args];
     const child = spawn(file, argv, {
       cwd: opts.cwd,
       env: opts.env,
