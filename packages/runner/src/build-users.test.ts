@@ -247,6 +247,43 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     }
   });
 
+  it('sets aside an id whose processes will not die: it keeps the id\'s lock, lends another, and sweeps it again until it is clear', async () => {
+    const [first] = range(2);
+    const lockDir = join(root, 'locks');
+    // Stands in for processes that outlive the sweep (a fork bomb, uninterruptible sleep): the first
+    // build leaves some that two sweeps cannot kill.
+    let stubborn = 0;
+    const warnings: string[] = [];
+    const pool = await openBuildUserPool({
+      first,
+      last: first + 1,
+      size: 1,
+      lockDir,
+      sweepAgainMs: 50,
+      warn: (message) => warnings.push(message),
+      kill: async (user) => (user.uid === first && stubborn-- > 0 ? { found: 1, survivors: [424242] } : { found: 0, survivors: [] }),
+    });
+    try {
+      expect(
+        await pool.withUser(async (user) => {
+          stubborn = 2;
+          return user!.uid;
+        }),
+      ).toBe(first);
+      // Its clearing failed (the first stubborn sweep): the next build gets the replacement.
+      expect(await pool.withUser(async (user) => user!.uid)).toBe(first + 1);
+      // Meanwhile no other service may take `first`; once a later sweep finds it clear, it is free again.
+      expect(await tryHoldFileLock(join(lockDir, `uid-${first}.lock`))).toBeUndefined();
+      let freed: Awaited<ReturnType<typeof tryHoldFileLock>>;
+      await eventually(async () => (freed = await tryHoldFileLock(join(lockDir, `uid-${first}.lock`))) !== undefined);
+      expect(stubborn).toBeLessThanOrEqual(0);
+      await freed!.release();
+    } finally {
+      await pool.close();
+    }
+    expect(warnings).toEqual([`build user id ${first} set aside: processes 424242 survive SIGKILL`]);
+  });
+
   it('refuses a lock directory others may write to, and ids the system knows as users', async () => {
     const open = join(root, 'open-locks');
     await mkdir(open, { mode: 0o777 });

@@ -134,6 +134,10 @@ export interface BuildUserPoolOptions {
   lockDir: string;
   /** Where problems go (a uid set aside, a lock lost); the service passes its logger. */
   warn?: (message: string) => void;
+  /** How an id's processes are killed (tests stand in processes that will not die). Default killUserProcesses. */
+  kill?: (user: BuildUser) => Promise<{ found: number; survivors: number[] }>;
+  /** How often an id set aside with processes still running is swept again. Default 10 s. */
+  sweepAgainMs?: number;
 }
 
 /** Directories anyone may write to, where a build's user can leave files that outlive its build. */
@@ -156,6 +160,27 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   /** Ids of the range this pool will not try again: held elsewhere, known users, set aside. */
   const passed = new Set<number>();
   const lockPath = (uid: number) => join(opts.lockDir, `uid-${uid}.lock`);
+  const kill = opts.kill ?? ((user: BuildUser) => killUserProcesses(user));
+  let closed = false;
+  /**
+   * An id set aside with processes still running (a fork bomb that outran the sweep, a process stuck in
+   * uninterruptible sleep) keeps its lock, so no other service lends it, and is swept again every
+   * `sweepAgainMs` until nothing of it runs; then its lock is released.
+   */
+  const sweeping = new Map<number, { timer: NodeJS.Timeout; lock: FileLock }>();
+  const sweepUntilClear = (uid: number, lock: FileLock) => {
+    const timer = setTimeout(() => {
+      sweeping.delete(uid);
+      void (async () => {
+        const { survivors } = await kill({ uid, gid: uid });
+        if (survivors.length && !closed) return sweepUntilClear(uid, lock);
+        if (!survivors.length) await deleteFilesOf(uid);
+        await lock.release();
+      })().catch(() => lock.release());
+    }, opts.sweepAgainMs ?? 10_000);
+    timer.unref();
+    sweeping.set(uid, { timer, lock });
+  };
   /** Takes the next usable id of the range, cleared of what a previous holder left; undefined if none is left. */
   const takeAnother = async (): Promise<number | undefined> => {
     for (let uid = opts.first; uid <= opts.last; uid++) {
@@ -168,7 +193,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
       const lock = await tryHoldFileLock(lockPath(uid));
       if (!lock) continue;
       if (!(await clear(uid))) {
-        await lock.release();
+        sweepUntilClear(uid, lock);
         continue;
       }
       locks.set(uid, lock);
@@ -178,7 +203,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   };
   /** Kills every process of `uid` and deletes its files in shared directories; false (said) if some survive. */
   const clear = async (uid: number): Promise<boolean> => {
-    const { survivors } = await killUserProcesses({ uid, gid: uid });
+    const { survivors } = await kill({ uid, gid: uid });
     if (survivors.length) {
       warn(`build user id ${uid} set aside: processes ${survivors.join(', ')} survive SIGKILL`);
       return false;
@@ -203,7 +228,6 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   const free: number[] = [...locks.keys()];
   const waiting: { resolve: (uid: number) => void; reject: (err: Error) => void }[] = [];
   let lent = 0;
-  let closed = false;
   /** Builds and the clearing of their ids, which close() waits for. */
   const inFlight = new Set<Promise<unknown>>();
   const track = <T>(p: Promise<T>): Promise<T> => {
@@ -228,7 +252,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   const setAside = async (uid: number) => {
     const lock = locks.get(uid);
     locks.delete(uid);
-    if (lock && !lock.lost()) await lock.release();
+    if (lock && !lock.lost()) sweepUntilClear(uid, lock);
     const replacement = await takeAnother().catch(() => undefined);
     if (replacement !== undefined) give(replacement);
   };
@@ -253,7 +277,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
     lent++;
     const user = { uid, gid: uid };
     const stopAll = async () => {
-      const { survivors } = await killUserProcesses(user);
+      const { survivors } = await kill(user);
       if (survivors.length) warn(`processes ${survivors.join(', ')} of build user id ${uid} survive SIGKILL`);
     };
     // The id counts as lent until it is cleared, or set aside (and replaced, if the range allows).
@@ -293,6 +317,11 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
       // Only once no build runs and every id is cleared: released earlier, an id could be lent by another
       // service while one of our builds still runs as it.
       while (inFlight.size) await Promise.allSettled([...inFlight]);
+      for (const { timer, lock } of sweeping.values()) {
+        clearTimeout(timer);
+        await lock.release();
+      }
+      sweeping.clear();
       for (const uid of locks.keys()) if (await stillOurs(uid)) await clear(uid);
       await Promise.all([...locks.values()].map((l) => l.release()));
       locks.clear();
