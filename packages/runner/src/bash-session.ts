@@ -4,6 +4,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { PhaseOutcome } from '@conveyor/contracts';
 import { PHASE_NAMES, type Buildspec, type PhaseName } from './buildspec-schema.js';
 import { ControlFiles } from './control-files.js';
+import { replaceableBy } from './safe-files.js';
 import { matchesWithin, parseOnFailure, type OnFailurePolicy } from './on-failure.js';
 import { ShellProcess, type BuildUser, type ShellKind } from './shell-process.js';
 import { killMarked } from './orphans.js';
@@ -265,17 +266,6 @@ class BuildSession {
     // A daemon started with setsid left the process group; it still carries the build's mark.
     const killed = await killMarked(BUILD_MARK, this.mark);
     if (killed > 0) this.emit({ type: 'notice', message: `stopped ${killed} process(es) the build left running outside its process group` });
-  }
-}
-
-/** The first of `dir` and its ancestors whose entries `user` may rename or replace, if any. */
-async function replaceableBy(dir: string, user: BuildUser): Promise<string | undefined> {
-  for (let d = dir; ; d = dirname(d)) {
-    const info = await stat(d);
-    const sticky = (info.mode & 0o1000) !== 0;
-    const writable = info.uid === user.uid || (!sticky && ((info.mode & 0o002) !== 0 || (info.gid === user.gid && (info.mode & 0o020) !== 0)));
-    if (writable) return d;
-    if (dirname(d) === d) return undefined;
   }
 }
 

@@ -4,6 +4,7 @@ import { chmod, lstat, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
+import { replaceableBy } from './safe-files.js';
 import { checkSetpriv, type BuildUser } from './shell-process.js';
 
 /** The variables naming who builds run as, shared by the services that run buildspecs (see resolveBuildUsers). */
@@ -99,16 +100,10 @@ export async function resolveBuildUsers(
   return { users: await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }) };
 }
 
-/** Why `user` may not have WORK_DIR: it could rename or replace entries root creates there. */
+/** Why `user` may not have WORK_DIR: it could rename or replace it, or entries root creates there. */
 async function writableBy(dir: string, user: BuildUser): Promise<string | undefined> {
-  for (let d = dir; ; d = dirname(d)) {
-    const info = await stat(d);
-    // The sticky bit protects others' entries, not the directory's own: WORK_DIR itself gets no pass.
-    const sticky = d !== dir && (info.mode & 0o1000) !== 0;
-    const writable = info.uid === user.uid || (!sticky && ((info.mode & 0o002) !== 0 || (info.gid === user.gid && (info.mode & 0o020) !== 0)));
-    if (writable) return `user ${user.uid} may write ${d}, where the service keeps the builds' directories; put WORK_DIR where it cannot`;
-    if (dirname(d) === d) return undefined;
-  }
+  const d = await replaceableBy(dir, user);
+  return d && `user ${user.uid} may write ${d}, where the service keeps the builds' directories; put WORK_DIR where it cannot`;
 }
 
 function sharedUser(user: BuildUser | undefined, summary: string): BuildUsers {

@@ -1,5 +1,6 @@
 import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { BuildUser } from './shell-process.js';
 
 /*
@@ -83,5 +84,20 @@ export async function readOwnedFile(path: string, opts: ReadOwnedOptions): Promi
     return Buffer.concat(chunks);
   } finally {
     await file.close();
+  }
+}
+
+/**
+ * The first of `dir` and its ancestors in which `user` may rename or replace entries (so could swap
+ * `dir`, or what root makes in it, for a symlink), if any. A sticky ancestor protects others' entries;
+ * `dir` itself gets no such pass: its own entries are what root makes.
+ */
+export async function replaceableBy(dir: string, user: BuildUser): Promise<string | undefined> {
+  for (let d = dir; ; d = dirname(d)) {
+    const info = await stat(d);
+    const sticky = d !== dir && (info.mode & 0o1000) !== 0;
+    const writable = info.uid === user.uid || (!sticky && ((info.mode & 0o002) !== 0 || (info.gid === user.gid && (info.mode & 0o020) !== 0)));
+    if (writable) return d;
+    if (dirname(d) === d) return undefined;
   }
 }
