@@ -21,6 +21,21 @@ function cpuNow(): number {
   return (u.user + u.system) / 1e6;
 }
 
+/**
+ * Runs `work` (the measured part: `runs` runs of 5 transitions) and says how long it took and what CPU
+ * this process and redis-server (read through `redis`) spent meanwhile.
+ */
+async function timed(redis: Redis, runs: number, work: () => Promise<void>): Promise<HopBenchResult> {
+  const r0 = await redisCpuNow(redis);
+  const t0 = performance.now();
+  const c0 = cpuNow();
+  await work();
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuNow() - c0;
+  const redisCpu = (await redisCpuNow(redis)) - r0;
+  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
+}
+
 /** CPU seconds redis-server has used so far. */
 async function redisCpuNow(redis: Redis): Promise<number> {
   const info = await redis.info('cpu');
@@ -65,18 +80,14 @@ export async function rawChain(url: string, runs: number, concurrency: number): 
       ),
   );
   await Promise.all(workers.map((w) => w.waitUntilReady()));
-  const r0 = await redisCpuNow(redis);
-  const t0 = performance.now();
-  const c0 = cpuNow();
-  await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
-  await all;
-  const seconds = (performance.now() - t0) / 1000;
-  const cpu = cpuNow() - c0;
-  const redisCpu = (await redisCpuNow(redis)) - r0;
+  const result = await timed(redis, runs, async () => {
+    await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
+    await all;
+  });
   await Promise.all(workers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
+  return result;
 }
 
 /**
@@ -111,18 +122,14 @@ export async function rawCoordinated(url: string, runs: number, concurrency: num
     { connection: conns.make() as unknown as ConnectionOptions, prefix, concurrency },
   );
   await Promise.all([...workers, coordinator].map((w) => w.waitUntilReady()));
-  const r0 = await redisCpuNow(redis);
-  const t0 = performance.now();
-  const c0 = cpuNow();
-  await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
-  await all;
-  const seconds = (performance.now() - t0) / 1000;
-  const cpu = cpuNow() - c0;
-  const redisCpu = (await redisCpuNow(redis)) - r0;
+  const result = await timed(redis, runs, async () => {
+    await queues[0]!.addBulk(Array.from({ length: runs }, (_, n) => ({ name: 'source', data: { run: `r${n}` }, opts: { jobId: `r${n}.0.1`, removeOnComplete: true } })));
+    await all;
+  });
   await Promise.all([...workers, coordinator].map((w) => w.close()));
   await Promise.all([...queues, coord].map((q) => q.obliterate({ force: true }).then(() => q.close())));
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
+  return result;
 }
 
 const BENCH_PIPELINE = PipelineDefinition.parse({
@@ -166,15 +173,11 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   const results = new ResultsConsumer({ redis: conns.make(), prefix, orchestrator, logger });
   await results.start();
   await Promise.all(stageWorkers.map((w) => w.waitUntilReady()));
-  const r0 = await redisCpuNow(producer);
-  const t0 = performance.now();
-  const c0 = cpuNow();
-  await Promise.all(Array.from({ length: runs }, () => orchestrator.startRun(BENCH_PIPELINE, { type: 'manual', ref: 'refs/heads/main' })));
-  // SCARD, not SMEMBERS: watching must not load the system it measures.
-  while ((await producer.scard(`${prefix}:runs:active`)) > 0) await new Promise((r) => setTimeout(r, 5));
-  const seconds = (performance.now() - t0) / 1000;
-  const cpu = cpuNow() - c0;
-  const redisCpu = (await redisCpuNow(producer)) - r0;
+  const result = await timed(producer, runs, async () => {
+    await Promise.all(Array.from({ length: runs }, () => orchestrator.startRun(BENCH_PIPELINE, { type: 'manual', ref: 'refs/heads/main' })));
+    // SCARD, not SMEMBERS: watching must not load the system it measures.
+    while ((await producer.scard(`${prefix}:runs:active`)) > 0) await new Promise((r) => setTimeout(r, 5));
+  });
   const finished = await runsStore.listByPipeline('bench', runs);
   const succeeded = finished.filter((r) => r.status === 'SUCCEEDED').length;
   if (succeeded !== runs) throw new Error(`only ${succeeded}/${runs} bench runs succeeded`);
@@ -186,7 +189,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   producer.disconnect();
   queueConn.disconnect();
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
+  return result;
 }
 
 /** The five jobs of one bench run, as the state machine builds them: `jobFor(runId, i)` is stage i's for that run. */
@@ -235,23 +238,19 @@ export async function rawChainLikeForLike(url: string, runs: number, concurrency
       ),
   );
   await Promise.all(workers.map((w) => w.waitUntilReady()));
-  const r0 = await redisCpuNow(redis);
-  const t0 = performance.now();
-  const c0 = cpuNow();
-  await Promise.all(
-    Array.from({ length: runs }, (_, n) => {
-      const job = jobFor(`like-run-${n}`, 0);
-      return queues[0]!.add(job.type, job, { jobId: job.jobId });
-    }),
-  );
-  await all;
-  const seconds = (performance.now() - t0) / 1000;
-  const cpu = cpuNow() - c0;
-  const redisCpu = (await redisCpuNow(redis)) - r0;
+  const result = await timed(redis, runs, async () => {
+    await Promise.all(
+      Array.from({ length: runs }, (_, n) => {
+        const job = jobFor(`like-run-${n}`, 0);
+        return queues[0]!.add(job.type, job, { jobId: job.jobId });
+      }),
+    );
+    await all;
+  });
   await Promise.all(workers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
+  return result;
 }
 
 /**
@@ -276,44 +275,40 @@ export async function statelessReader(url: string, runs: number, concurrency: nu
   const keys = STAGE_TYPES.map((t) => `${prefix}:${QUEUES[t]}:events`);
   for (const k of keys) await reader.xgroup('CREATE', k, 'g', '0', 'MKSTREAM');
   const acker = conns.make();
-  const r0 = await redisCpuNow(acker);
-  const t0 = performance.now();
-  const c0 = cpuNow();
-  await Promise.all(
-    Array.from({ length: runs }, (_, n) => {
-      const job = jobFor(`floor-run-${n}`, 0);
-      return queues[0]!.add(job.type, job, { jobId: job.jobId });
-    }),
-  );
-  while (done < runs) {
-    const reply = (await reader.xreadgroup('GROUP', 'g', 'c', 'COUNT', 500, 'BLOCK', 1000, 'STREAMS', ...keys, ...keys.map(() => '>'))) as [string, [string, string[]][]][] | null;
-    const adds: Promise<unknown>[] = [];
-    const ack = acker.pipeline();
-    for (const [key, entries] of reply ?? []) {
-      const i = keys.indexOf(key);
-      for (const [, fields] of entries) {
-        // BullMQ writes: event completed jobId <id> returnvalue <json> prev active
-        const field = (name: string) => fields[fields.indexOf(name) + 1];
-        if (field('event') !== 'completed') continue;
-        const jobId = field('jobId')!;
-        if ((JSON.parse(field('returnvalue')!) as { status: string }).status !== 'SUCCEEDED') throw new Error(`${jobId} failed`);
-        const next = queues[i + 1];
-        if (!next) done++;
-        else {
-          const job = jobFor(jobId.slice(0, jobId.indexOf('.')), i + 1);
-          adds.push(next.add(job.type, job, { jobId: job.jobId }));
+  const result = await timed(acker, runs, async () => {
+    await Promise.all(
+      Array.from({ length: runs }, (_, n) => {
+        const job = jobFor(`floor-run-${n}`, 0);
+        return queues[0]!.add(job.type, job, { jobId: job.jobId });
+      }),
+    );
+    while (done < runs) {
+      const reply = (await reader.xreadgroup('GROUP', 'g', 'c', 'COUNT', 500, 'BLOCK', 1000, 'STREAMS', ...keys, ...keys.map(() => '>'))) as [string, [string, string[]][]][] | null;
+      const adds: Promise<unknown>[] = [];
+      const ack = acker.pipeline();
+      for (const [key, entries] of reply ?? []) {
+        const i = keys.indexOf(key);
+        for (const [, fields] of entries) {
+          // BullMQ writes: event completed jobId <id> returnvalue <json> prev active
+          const field = (name: string) => fields[fields.indexOf(name) + 1];
+          if (field('event') !== 'completed') continue;
+          const jobId = field('jobId')!;
+          if ((JSON.parse(field('returnvalue')!) as { status: string }).status !== 'SUCCEEDED') throw new Error(`${jobId} failed`);
+          const next = queues[i + 1];
+          if (!next) done++;
+          else {
+            const job = jobFor(jobId.slice(0, jobId.indexOf('.')), i + 1);
+            adds.push(next.add(job.type, job, { jobId: job.jobId }));
+          }
         }
+        ack.xack(key, 'g', ...entries.map(([id]) => id));
       }
-      ack.xack(key, 'g', ...entries.map(([id]) => id));
+      await Promise.all([...adds, ack.exec()]);
     }
-    await Promise.all([...adds, ack.exec()]);
-  }
-  const seconds = (performance.now() - t0) / 1000;
-  const cpu = cpuNow() - c0;
-  const redisCpu = (await redisCpuNow(acker)) - r0;
+  });
   await Promise.all(stageWorkers.map((w) => w.close()));
   await Promise.all(queues.map((q) => q.obliterate({ force: true }).then(() => q.close())));
   for (const c of [queueConn, reader, acker]) c.disconnect();
   conns.closeAll();
-  return { runs, hops: runs * 5, seconds, hopsPerSecond: (runs * 5) / seconds, cpu, redisCpu };
+  return result;
 }

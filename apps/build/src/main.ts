@@ -17,9 +17,9 @@ await runStageService({
   queueName: QUEUES.build,
   env,
   handler: ({ redis, prefix }) => buildJobHandler({ artifacts: new FsArtifactStore(env.ARTIFACT_DIR), redis, prefix, workDir, users }),
-  // A build service killed mid-build leaves its shells running: stop them before taking jobs again.
   // After the worker drained: the builds' users are free for another service of this host.
   extras: () => ({ stop: [{ name: 'build users', run: () => users.close() }] }),
+  // A build service killed mid-build leaves its shells running: stop them before taking jobs again.
   beforeStart: async ({ logger }) => {
     logger.info(await cleanAbandonedJobs(workDir), 'cleaned up after earlier workers');
     if (warning) logger.warn({ workDir }, warning);

@@ -1,10 +1,10 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, lstat, mkdir, stat } from 'node:fs/promises';
+import { chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
-import { replaceableBy } from './safe-files.js';
+import { ownPrivateDir, replaceableBy } from './safe-files.js';
 import { checkSetpriv, type BuildUser } from './shell-process.js';
 
 /** The variables naming who builds run as, shared by the services that run buildspecs (see resolveBuildUsers). */
@@ -61,8 +61,9 @@ export interface BuildUsers {
  *   running as its user is killed, including those that detached and dropped CONVEYOR_BUILD_MARK.
  * - BUILD_UID: every build runs as that one user. It cannot read the service's environment, but builds
  *   running at once share the user.
- * - a service that is not root runs builds as itself (they can read its environment), with a warning.
- * A setting that cannot be honoured is an error, never a silent fall-back.
+ * - a service that is not root runs builds as itself (they can read its environment), with a warning;
+ *   so does a root service whose WORK_DIR the default range's ids cannot reach.
+ * A setting given explicitly that cannot be honoured is an error, never a fall-back.
  */
 export async function resolveBuildUsers(
   workDir: string,
@@ -143,8 +144,8 @@ const SHARED_WRITABLE = ['/tmp', '/var/tmp', '/dev/shm'];
  * `<lockDir>/uid-<id>.lock`, kept while this process lives) and that the system does not know as a user,
  * clears what a dead holder's builds left behind as them, and lends one to each build at a time. After
  * each build everything running as its id is killed and the files it owns in /tmp, /var/tmp and
- * /dev/shm are deleted; an id whose processes survive that, or whose lock was lost, is set aside and
- * another taken from the range.
+ * /dev/shm are deleted; an id whose processes survive that (swept again until clear), or whose lock was
+ * lost, is set aside and another taken from the range.
  */
 export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<BuildUsers> {
   checkLockTool('the build user pool');
@@ -243,7 +244,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
     if (next) next.resolve(uid);
     else free.push(uid);
   };
-  /** An id that cannot be lent again: its lock released (if still ours) and another taken in its place. */
+  /** An id that cannot be lent now: swept until clear if its lock is still ours, and another taken in its place. */
   const setAside = async (uid: number) => {
     const lock = locks.get(uid);
     locks.delete(uid);
@@ -334,8 +335,7 @@ async function trustedLockDir(dir: string): Promise<void> {
   await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'EEXIST') throw err;
   });
-  const info = await lstat(dir);
-  if (!info.isDirectory() || info.uid !== process.getuid?.() || (info.mode & 0o022) !== 0) {
+  if (!(await ownPrivateDir(dir))) {
     throw new Error(`BUILD_UID_LOCK_DIR ${dir} must be a directory of this service's user that nobody else may write to (it decides which build user ids are whose)`);
   }
 }
@@ -370,9 +370,9 @@ export async function killUserProcesses(user: BuildUser, waitMs = 5000, killerMs
   const found = processesOfUser(user.uid).length;
   if (found === 0) return { found, survivors: [] };
   await new Promise<void>((done) => {
-    // stdin ignored: bash with a socket there would read ~/.bashrc. No environment: it needs none.
     // Started as root (setpriv switches to the user itself): a spawn made as the user would wait, in
-    // Node's main thread, for an exec that the user's processes can stop from happening.
+    // Node's main thread, for an exec that the user's processes can stop from happening. No
+    // environment: it needs none.
     const killer = spawn(checkSetpriv(), [`--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--', '/bin/sh', '-c', 'kill -KILL -1 2>/dev/null; exit 0'], {
       cwd: '/',
       env: {},

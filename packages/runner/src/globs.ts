@@ -200,8 +200,8 @@ export async function resolveFiles(workspace: string, selection: FileSelection):
 
 /**
  * Reads one of the selected files (a report). A symlink is followed only to a file inside the
- * workspace; what is opened must be a regular file of `user` (default: this process's user) no
- * larger than `maxBytes`.
+ * workspace; what is opened must be a regular file of `user` (any owner when the build runs as the
+ * service) no larger than `maxBytes`.
  */
 export async function readSelectedFile(files: ResolvedFiles, rel: string, opts: { user?: BuildUser; maxBytes: number }): Promise<Buffer> {
   const real = await realpath(join(files.base, rel));

@@ -1,7 +1,7 @@
-import { lstat, readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { bootId, groupIsOurs, processIsOurs, processStartTime, type ProcessIdentity } from '@conveyor/procfs';
-import { createFile, readOwnedFile } from './safe-files.js';
+import { createFile, ownPrivateDir, readOwnedFile } from './safe-files.js';
 
 /**
  * One record per shell a session starts, kept in the session's control directory while the shell
@@ -52,19 +52,10 @@ function groupStillOurs(r: ShellRecord): boolean {
   return groupIsOurs({ pid: r.pgid, startTime: r.startTime, bootId: r.bootId });
 }
 
-/**
- * Whether records in `dir` may be believed: a directory (not a symlink) of this process's user that
- * others cannot write. Anything else, a build's job directory above all (its user owns it), may hold
- * a forged record naming any process group.
- */
-async function trusted(dir: string): Promise<boolean> {
-  const info = await lstat(dir).catch(() => undefined);
-  const me = process.getuid?.();
-  return info !== undefined && info.isDirectory() && (me === undefined || info.uid === me) && (info.mode & 0o002) === 0;
-}
-
 async function recordsIn(dir: string): Promise<string[]> {
-  if (!(await trusted(dir))) return [];
+  // Believed only from a directory of this process's own: a build's job directory (its user owns it)
+  // may hold a forged record naming any process group.
+  if (!(await ownPrivateDir(dir))) return [];
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
   return entries.filter((e) => e.isFile() && RECORD.test(e.name)).map((e) => join(dir, e.name));
 }
@@ -90,7 +81,7 @@ export interface ReapReport {
  * Kills the process groups left by sessions whose owner process is dead, and removes their
  * control directories. Looks at `controlRoot` itself and its direct subdirectories (a worker
  * keeps `<root>/<job>/` workspaces next to `<root>/<job>.ctl/` control dirs), believing only
- * directories and records of this process's user (see trusted). Call it at worker start-up,
+ * directories and records of this process's user (ownPrivateDir). Call it at worker start-up,
  * before taking jobs.
  */
 export async function reapOrphans(controlRoot: string): Promise<ReapReport> {

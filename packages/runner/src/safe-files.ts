@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { lstat, open, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { BuildUser } from './shell-process.js';
 
@@ -100,4 +100,14 @@ export async function replaceableBy(dir: string, user: BuildUser): Promise<strin
     if (writable) return d;
     if (dirname(d) === d) return undefined;
   }
+}
+
+/**
+ * Whether `dir` is this process's own: a directory (not a symlink) of its user that no one else may
+ * write. What such a directory holds was put there by this user (or root) alone.
+ */
+export async function ownPrivateDir(dir: string): Promise<boolean> {
+  const info = await lstat(dir).catch(() => undefined);
+  const me = process.getuid?.();
+  return info !== undefined && info.isDirectory() && (me === undefined || info.uid === me) && (info.mode & 0o022) === 0;
 }
