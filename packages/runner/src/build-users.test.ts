@@ -9,6 +9,7 @@ import { pidAlive, processesOfUser, tryHoldFileLock } from '@conveyor/procfs';
 import { z } from 'zod';
 import { BuildUserEnv, killUserProcesses, openBuildUserPool, resolveBuildUsers, type BuildUserConfig } from './build-users.js';
 import { runBuildspecJob, type BuildspecRun } from './buildspec-job.js';
+import { checkSetpriv } from './shell-process.js';
 import { runYaml, useWorkspace } from './bash-session.testkit.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -36,10 +37,14 @@ const range = (size: number): [number, number] => {
 };
 const config = (over: Partial<BuildUserConfig> = {}): BuildUserConfig => ({ BUILD_UIDS: range(8), BUILD_UID_LOCK_DIR: join(root, 'locks'), ...over });
 
-/** A process detached from everything (its own session, no mark), running as `uid` until killed: its pid. */
-function strayAs(uid: number, command = ['sleep', '300']): number {
-  const child = spawn(command[0]!, command.slice(1), { uid, gid: uid, cwd: '/', env: {}, stdio: 'ignore', detached: true });
+/** A process detached from everything (its own session, no mark), running as `uid` until killed: its pid, once it runs as `uid`. */
+async function strayAs(uid: number, command = ['sleep', '300']): Promise<number> {
+  // Started by root through setpriv, not spawned as the user: a spawn as the user waits for its exec,
+  // which a stray already running (one stopping every process of its user) could hold up for ever.
+  const child = spawn(checkSetpriv(), [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', ...command], { cwd: '/', env: {}, stdio: 'ignore', detached: true });
   child.unref();
+  // Running as the user once setpriv has switched to it.
+  await eventually(() => processesOfUser(uid, [child.pid!]).length === 1);
   return child.pid!;
 }
 
@@ -136,14 +141,14 @@ describe.runIf(isRoot)('build users, for a root service', () => {
 
   it('kills what a dead holder left running as its ids when it takes them, and what a build left, detached or not, when it ends', async () => {
     const [first] = range(1);
-    const leftover = strayAs(first);
+    const leftover = await strayAs(first);
     expect(pidAlive(leftover)).toBe(true);
     const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks') });
     try {
       expect(pidAlive(leftover)).toBe(false);
       let stray = 0;
       await pool.withUser(async (user) => {
-        stray = strayAs(user!.uid);
+        stray = await strayAs(user!.uid);
         expect(pidAlive(stray)).toBe(true);
       });
       await eventually(() => !pidAlive(stray));
@@ -156,7 +161,8 @@ describe.runIf(isRoot)('build users, for a root service', () => {
 
   it('kills processes that fight the kill (stopping every process of their user, in a loop)', async () => {
     const [first] = range(1);
-    const fighters = [0, 1].map(() => strayAs(first, ['/bin/sh', '-c', 'while :; do kill -STOP -1 2>/dev/null; done']));
+    const fighters: number[] = [];
+    for (let i = 0; i < 2; i++) fighters.push(await strayAs(first, ['/bin/sh', '-c', 'while :; do kill -STOP -1 2>/dev/null; done']));
     try {
       const { found, survivors } = await killUserProcesses({ uid: first, gid: first });
       expect(found).toBeGreaterThanOrEqual(2);
@@ -171,7 +177,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     const [first] = range(1);
     // SYS_exit (60 on x86-64) ends the main thread only; the sleeping thread goes on.
     const script = 'import ctypes, threading, time\nthreading.Thread(target=lambda: time.sleep(300)).start()\ntime.sleep(0.1)\nctypes.CDLL(None).syscall(60, 0)';
-    const pid = strayAs(first, ['/usr/bin/python3', '-c', script]);
+    const pid = await strayAs(first, ['/usr/bin/python3', '-c', script]);
     try {
       await new Promise((r) => setTimeout(r, 500));
       expect(processesOfUser(first)).toEqual([pid]);
@@ -237,7 +243,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       await new Promise((r) => setTimeout(r, 100));
       other = await tryHoldFileLock(join(lockDir, `uid-${first}.lock`));
       expect(other).toBeDefined();
-      theirs = strayAs(first);
+      theirs = await strayAs(first);
       expect(await pool.withUser(async (user) => user!.uid)).toBe(first + 1);
       expect(pidAlive(theirs)).toBe(true);
     } finally {

@@ -105,16 +105,19 @@ export class ShellProcess {
 
   static async start(opts: ShellProcessOptions): Promise<ShellProcess> {
     const args = opts.shell === 'bash' ? ['--noprofile', '--norc', '-c', BOOTSTRAP] : ['-c', BOOTSTRAP];
-    // As another user, the shell and everything it starts run with no_new_privs: no setuid or setgid
-    // file (one a build left, or extracted) grants them another user's rights. setpriv execs the shell:
-    // same pid, same process group.
-    const [file, argv] = opts.user ? [checkSetpriv(), ['--no-new-privs', '--', opts.shell, ...args]] : [opts.shell, args];
+    // As another user, setpriv (started by root) switches to it and sets no_new_privs, then execs the
+    // shell: same pid, same process group. No setuid or setgid file (one a build left, or extracted)
+    // grants the build another user's rights. Not Node's own uid switch: a spawn made as the user waits,
+    // in Node's main thread, for an exec that the build's processes (a second shell's, after an `exit`)
+    // could stop from happening.
+    const [file, argv] = opts.user
+      ? [checkSetpriv(), [`--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', opts.shell, ...args]]
+      : [opts.shell, args];
     const child = spawn(file, argv, {
       cwd: opts.cwd,
       env: opts.env,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
-      ...(opts.user ? { uid: opts.user.uid, gid: opts.user.gid } : {}),
     });
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
