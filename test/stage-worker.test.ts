@@ -211,6 +211,40 @@ describe('createStageWorker', () => {
     await queue.close();
   });
 
+  it('does not start a job that waited in its queue longer than the notices are kept, when its run was cancelled (the durable mark, read for old jobs)', async () => {
+    const prefix = uniquePrefix('sw');
+    const redis = conn();
+    const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
+    const ran: string[] = [];
+    const w = worker(prefix, async (j) => {
+      ran.push(j.jobId);
+      return { status: 'SUCCEEDED', output: {} };
+    });
+    await listening(prefix);
+    const harness = new StageHarness(url, prefix);
+    // Caught up: a fresh job with a mark but no notice runs (a caught-up worker does not read marks for
+    // fresh first deliveries). Until the worker has read the notices log it asks the mark for every job,
+    // so each probe is a new job until one runs.
+    let probe = 0;
+    for (;;) {
+      const p = job(100 + probe++);
+      await redis.set(cancelledJobKey(prefix, p.jobId), '1');
+      await harness.enqueue(QUEUES.monitor, p);
+      if ((await harness.result(p.jobId)).status === 'SUCCEEDED') break;
+      if (probe > 50) throw new Error('the worker never caught up with the notices log');
+    }
+    // A job enqueued 11 minutes ago whose run was cancelled then: its notice and its log entry are gone,
+    // only the mark remains.
+    const old = job(15);
+    await redis.set(cancelledJobKey(prefix, old.jobId), '1');
+    await queue.add(old.type, old, { jobId: old.jobId, timestamp: Date.now() - 11 * 60_000 });
+    expect(await harness.result(old.jobId)).toMatchObject({ status: 'FAILED', message: 'not started: the run was cancelled' });
+    expect(ran).not.toContain(old.jobId);
+    await w.close();
+    await harness.close();
+    await queue.close();
+  });
+
   it('does not run again a redelivered job whose run was cancelled meanwhile (the durable mark, read on redelivery)', async () => {
     const prefix = uniquePrefix('sw');
     const redis = conn();

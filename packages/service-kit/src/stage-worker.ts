@@ -55,6 +55,12 @@ function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED
 }
 
 const LOG_REREAD_MS = 30_000;
+/**
+ * A job created longer ago than this may have been cancelled before the notices this worker remembers
+ * (and the log) began: the durable mark is asked before it starts. Half the notices' window, so that
+ * clocks of the orchestrator's host (which stamps the job) and this one may disagree by minutes.
+ */
+const OLD_JOB_MS = CANCEL_NOTICE_WINDOW_MS / 2;
 
 /**
  * Listens for cancel notices (ADR 0007) on a connection of its own: aborts the job a notice names if this
@@ -149,9 +155,10 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       return result;
     };
     // The durable mark is asked (one read) when notices may have been missed: for a job delivered again
-    // (its worker died, or it is retried), cancelled perhaps long ago, and for any job while this worker
-    // is not listening (starting, or its connection lost) or has not yet read the recent notices.
-    const unsure = (bull.attemptsStarted ?? 1) > 1 || !cancels.listening();
+    // (its worker died, or it is retried), cancelled perhaps long ago; for a job that waited in its queue
+    // for minutes (its cancel may be older than the notices remembered); and for any job while this
+    // worker is not listening (starting, or its connection lost) or has not yet read the recent notices.
+    const unsure = (bull.attemptsStarted ?? 1) > 1 || Date.now() - bull.timestamp > OLD_JOB_MS || !cancels.listening();
     if (cancels.noticed(job.jobId) || (unsure && (await opts.connection.exists(cancelledJobKey(opts.prefix, job.jobId))) === 1)) {
       opts.logger.info({ runId: job.runId, stage: job.stage, attempt: job.attempt }, 'stage job not started: its run was cancelled');
       return finish({ status: 'FAILED', message: 'not started: the run was cancelled' });
