@@ -39,6 +39,9 @@ async function main() {
       // redis-server's CPU per transition: on two cores the two processes share, what limits both sides is their sum.
       const redisRaw: number[] = [];
       const redisConveyor: number[] = [];
+      // Cores each side kept busy (CPU seconds per second): which of the two processes limits it.
+      const coresRaw: [number, number][] = [];
+      const coresConveyor: [number, number][] = [];
       for (let i = 0; i < ROUNDS; i++) {
         const r = await rawChain(redis.url, RUNS, concurrency);
         const k = await rawCoordinated(redis.url, RUNS, concurrency);
@@ -54,6 +57,8 @@ async function main() {
         cpuConveyor.push((c.cpu / c.hops) * 1e6);
         redisRaw.push((r.redisCpu / r.hops) * 1e6);
         redisConveyor.push((c.redisCpu / c.hops) * 1e6);
+        coresRaw.push([r.cpu / r.seconds, r.redisCpu / r.seconds]);
+        coresConveyor.push([c.cpu / c.seconds, c.redisCpu / c.seconds]);
         const floorText = f && l ? ` | stateless reader ${f.hopsPerSecond.toFixed(0)}/s | raw chain, Conveyor's payloads ${l.hopsPerSecond.toFixed(0)}/s` : '';
         print(`  concurrency ${concurrency}, round ${i + 1}: raw chain ${r.hopsPerSecond.toFixed(0)}/s | raw + coordinator ${k.hopsPerSecond.toFixed(0)}/s${floorText} | Conveyor ${fmt(c)}`);
       }
@@ -69,6 +74,8 @@ async function main() {
       print(
         `    + redis-server's: Conveyor ${median(redisConveyor).toFixed(0)} µs, raw chain ${median(redisRaw).toFixed(0)} µs; together ${totalConveyor.toFixed(0)} vs ${totalRaw.toFixed(0)} µs, so by CPU the ratio would be ${(totalRaw / totalConveyor).toFixed(2)}`,
       );
+      const cores = (xs: [number, number][]) => `this process ${median(xs.map((x) => x[0])).toFixed(2)}, redis-server ${median(xs.map((x) => x[1])).toFixed(2)}`;
+      print(`    cores kept busy: Conveyor: ${cores(coresConveyor)}; raw chain: ${cores(coresRaw)}`);
     }
     print('');
     print('(b) wall time of a 5-stage pipeline whose commands are `true`, vs bash running the same steps');

@@ -9,6 +9,7 @@ import { pidAlive, processesOfUser, tryHoldFileLock } from '@conveyor/procfs';
 import { z } from 'zod';
 import { BuildUserEnv, killUserProcesses, openBuildUserPool, resolveBuildUsers, type BuildUserConfig } from './build-users.js';
 import { runBuildspecJob, type BuildspecRun } from './buildspec-job.js';
+import { BUILD_USER_NAME, namingSupport } from './build-user-names.js';
 import { checkSetpriv } from './shell-process.js';
 import { runYaml, useWorkspace } from './bash-session.testkit.js';
 
@@ -210,6 +211,37 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     });
     expect(run.status).toBe('SUCCEEDED');
     expect(run.exportedVariables.EUID_SEEN).toBe(String(first));
+  });
+
+  it.runIf(namingSupport().ok)('gives a build user a name (with the build\'s HOME) in the build alone: whoami, os.userInfo(), getent work; the host\'s files are untouched', async () => {
+    const { root: wsRoot, ws } = dirs();
+    await chmod(wsRoot, 0o755);
+    const [first] = range(1);
+    const { chown } = await import('node:fs/promises');
+    await chown(ws, first, first);
+    const hostPasswd = await readFile('/etc/passwd', 'utf8');
+    const home = join(wsRoot, 'home');
+    await mkdir(home);
+    await chown(home, first, first);
+    const commands = [
+      'WHO=$(whoami)',
+      `NODE_NAME=$(${process.execPath} -e 'process.stdout.write(require("os").userInfo().username)')`,
+      'ENTRY=$(getent passwd $(id -u))',
+      'GROUP=$(id -gn)',
+      'ENV_USER=$USER',
+      // A bind mount needs CAP_SYS_ADMIN: the build cannot undo it.
+      'UNDO=$(umount /etc/passwd >/dev/null 2>&1 && echo undone || echo refused)',
+    ];
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [WHO, NODE_NAME, ENTRY, GROUP, ENV_USER, UNDO]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
+      user: { uid: first, gid: first },
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home },
+    });
+    expect(run.status).toBe('SUCCEEDED');
+    expect(run.exportedVariables).toMatchObject({ WHO: BUILD_USER_NAME, NODE_NAME: BUILD_USER_NAME, GROUP: BUILD_USER_NAME, ENV_USER: BUILD_USER_NAME, UNDO: 'refused' });
+    expect(run.exportedVariables.ENTRY).toBe(`${BUILD_USER_NAME}:x:${first}:${first}:Conveyor build:${home}:/bin/bash`);
+    // Nothing reached the host: its passwd, and its mounts.
+    expect(await readFile('/etc/passwd', 'utf8')).toBe(hostPasswd);
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).not.toMatch(/ \/etc\/passwd /);
   });
 
   it('deletes what a build left in the shared temporary directories (a setuid copy of a shell, say)', async () => {

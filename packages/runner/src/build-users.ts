@@ -4,6 +4,7 @@ import { chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
+import { BUILD_USER_NAME, namingSupport } from './build-user-names.js';
 import { ownPrivateDir, replaceableBy } from './safe-files.js';
 import { checkSetpriv, type BuildUser } from './shell-process.js';
 
@@ -76,7 +77,7 @@ export async function resolveBuildUsers(
     const user = { uid: config.BUILD_UID, gid: config.BUILD_GID ?? config.BUILD_UID };
     const why = !root ? 'switching users needs the service to run as root' : ((await untraversable(resolve(workDir), user)) ?? (await writableBy(resolve(workDir), user)));
     if (why) throw new Error(`BUILD_UID=${user.uid} cannot be used: ${why}`);
-    return { users: sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds`) };
+    return named(sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds`), knownUser(user.uid));
   }
   if (!root) {
     return {
@@ -98,7 +99,15 @@ export async function resolveBuildUsers(
   // Nor may they rename it or a parent. Checked as any one of the ids: to all, these are someone else's.
   const exposed = await writableBy(resolve(workDir), { uid: first, gid: first });
   if (exposed) throw new Error(`the builds' users cannot be given their directories: ${exposed}`);
-  return { users: await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }) };
+  return named(await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }), false);
+}
+
+/** The builds' users, and whether they have a name in the builds (build-user-names.ts): said at start-up. */
+function named(users: BuildUsers, hostNamesThem: boolean): { users: BuildUsers; warning?: string } {
+  if (hostNamesThem) return { users };
+  const support = namingSupport();
+  if (support.ok) return { users: Object.assign(users, { summary: `${users.summary}; in its build, the user is named ${BUILD_USER_NAME}` }) };
+  return { users, warning: `${users.summary}, but without a name: ${support.why}. whoami, ssh (so git over ssh) and os.userInfo() fail in builds` };
 }
 
 /** Why `user` may not have WORK_DIR: it could rename or replace it, or entries root creates there. */

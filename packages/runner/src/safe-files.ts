@@ -16,14 +16,15 @@ const CREATE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | const
 const READ = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
 
 /**
- * Creates `path` (0600) with `text` and, given a user, hands it over through the open descriptor:
- * a chown by path would follow whatever the path leads to by then.
+ * Creates `path` (0600, or `mode`) with `text` and, given a user, hands it over through the open
+ * descriptor: a chown by path would follow whatever the path leads to by then.
  */
-export async function createFile(path: string, text: string, user?: BuildUser): Promise<void> {
+export async function createFile(path: string, text: string, user?: BuildUser, mode = 0o600): Promise<void> {
   const file = await open(path, CREATE, 0o600);
   try {
     await file.writeFile(text);
     if (user) await file.chown(user.uid, user.gid);
+    if (mode !== 0o600) await file.chmod(mode);
   } finally {
     await file.close();
   }

@@ -1,9 +1,9 @@
-import { lstatSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import { groupAlive } from '@conveyor/procfs';
+import { BUILD_USER_NAME, namedCommand, rootTool } from './build-user-names.js';
 import { writeShellRecord } from './orphans.js';
 
 /**
@@ -11,14 +11,7 @@ import { writeShellRecord } from './orphans.js';
  * name up on the build's PATH, which a buildspec sets (a fake there would run builds without
  * no_new_privs). Undefined when this host has none (checkSetpriv says so at start-up).
  */
-export const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((path) => {
-  try {
-    const info = lstatSync(path);
-    return info.isFile() && info.uid === 0 && (info.mode & 0o022) === 0;
-  } catch {
-    return false;
-  }
-});
+export const SETPRIV = rootTool(['/usr/bin/setpriv', '/bin/setpriv']);
 
 /** Throws, saying what to install, when builds cannot be run as other users here. */
 export function checkSetpriv(): string {
@@ -110,12 +103,13 @@ export class ShellProcess {
     // grants the build another user's rights. Not Node's own uid switch: a spawn made as the user waits,
     // in Node's main thread, for an exec that the build's processes (a second shell's, after an `exit`)
     // could stop from happening.
-    const [file, argv] = opts.user
-      ? [checkSetpriv(), [`--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', opts.shell, ...args]]
-      : [opts.shell, args];
-    const child = spawn(file, argv, {
+    // Where it can, the user gets a name too, in a mount namespace of the shell's own (build-user-names.ts).
+    const asUser = opts.user ? [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', opts.shell, ...args] : undefined;
+    const named = opts.user && asUser ? await namedCommand(opts.user, opts.env.HOME ?? '/', opts.controlDir, opts.index, asUser) : undefined;
+    const [file, ...argv] = named ?? asUser ?? [opts.shell, ...args];
+    const child = spawn(file!, argv, {
       cwd: opts.cwd,
-      env: opts.env,
+      env: named ? { USER: BUILD_USER_NAME, LOGNAME: BUILD_USER_NAME, ...opts.env } : opts.env,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
     });
