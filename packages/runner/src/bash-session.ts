@@ -45,6 +45,8 @@ export interface RunPhasesOptions {
    * the control directory stays the worker's, and the user is given the files in it one by one.
    */
   user?: BuildUser;
+  /** With a user: the build's temporary directory (its user's), mounted as its /tmp and /var/tmp where it can be. */
+  tmpDir?: string;
   /** Time between SIGTERM and SIGKILL when stopping a process group. Default 5000. */
   killGraceMs?: number;
 }
@@ -141,6 +143,7 @@ class BuildSession {
       index: this.shells.length,
       onOutput: this.onOutput,
       ...(this.opts.user ? { user: this.opts.user } : {}),
+      ...(this.opts.tmpDir ? { tmpDir: this.opts.tmpDir } : {}),
     });
     this.shells.push(this.shell);
     if (this.stopReason) await this.shell.terminate(0);

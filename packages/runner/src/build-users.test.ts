@@ -2,14 +2,14 @@ import { spawn, spawnSync } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { BuildJob } from '@conveyor/contracts';
 import { pidAlive, processesOfUser, tryHoldFileLock } from '@conveyor/procfs';
 import { z } from 'zod';
 import { BuildUserEnv, killUserProcesses, openBuildUserPool, resolveBuildUsers, type BuildUserConfig } from './build-users.js';
 import { runBuildspecJob, type BuildspecRun } from './buildspec-job.js';
-import { BUILD_USER_NAME, namingSupport } from './build-user-names.js';
+import { BUILD_USER_NAME, namespaceSupport } from './build-namespace.js';
 import { checkSetpriv } from './shell-process.js';
 import { runYaml, useWorkspace } from './bash-session.testkit.js';
 
@@ -81,7 +81,8 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     });
     expect(run.exportedVariables.WHO).toBe('65534');
     expect(run.status).toBe('FAILED');
-    expect(run.output).toMatch(/Permission denied/);
+    // In a namespace of its own the service's process is not even there; in the host's, it is not readable.
+    expect(run.output).toMatch(namespaceSupport().ok ? /No such file or directory/ : /Permission denied/);
   });
 
   it('by default each concurrent build gets a user of its own from the range; BUILD_UID makes them share one', async () => {
@@ -213,7 +214,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(run.exportedVariables.EUID_SEEN).toBe(String(first));
   });
 
-  it.runIf(namingSupport().ok)('gives a build user a name (with the build\'s HOME) in the build alone: whoami, os.userInfo(), getent work; the host\'s files are untouched', async () => {
+  it.runIf(namespaceSupport().ok)('gives a build user a name (with the build\'s HOME) in the build alone: whoami, os.userInfo(), getent work; the host\'s files are untouched', async () => {
     const { root: wsRoot, ws } = dirs();
     await chmod(wsRoot, 0o755);
     const [first] = range(1);
@@ -242,6 +243,62 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     // Nothing reached the host: its passwd, and its mounts.
     expect(await readFile('/etc/passwd', 'utf8')).toBe(hostPasswd);
     expect(await readFile('/proc/self/mountinfo', 'utf8')).not.toMatch(/ \/etc\/passwd /);
+  });
+
+  it.runIf(namespaceSupport().ok)('gives a build its own /proc (its processes only), /tmp and /var/tmp (its TMPDIR), /dev/shm and SysV IPC; nothing of them reaches the host', async () => {
+    // A work directory outside /tmp (as the services' default is): one inside would keep the host's /tmp.
+    const wsRoot = await mkdtemp('/run/cv-ns-');
+    onTestFinished(() => rm(wsRoot, { recursive: true, force: true }));
+    await chmod(wsRoot, 0o755);
+    const ws = join(wsRoot, 'ws');
+    await mkdir(ws);
+    const [first] = range(1);
+    const { chown } = await import('node:fs/promises');
+    await chown(ws, first, first);
+    const tmpDir = join(wsRoot, 't');
+    await mkdir(tmpDir, { mode: 0o700 });
+    await chown(tmpDir, first, first);
+    const marker = `cv-private-${first}`;
+    const commands = [
+      `SERVICE=$([ -e /proc/${process.pid} ] && echo visible || echo hidden)`,
+      'SELF=$([ -e /proc/$$/cmdline ] && echo visible || echo hidden)',
+      `echo x > /tmp/${marker} && echo y > /var/tmp/${marker}.var && echo z > /dev/shm/${marker}`,
+      'SHM_ID=$(ipcmk -M 4096 | grep -o "[0-9]*$")',
+      'SHM_SEEN=$(ipcs -m | grep -c "^0x")',
+    ];
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, SELF, SHM_ID, SHM_SEEN]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
+      user: { uid: first, gid: first },
+      tmpDir,
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    });
+    expect(run.status).toBe('SUCCEEDED');
+    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1' });
+    expect(run.exportedVariables.SHM_ID).toMatch(/^\d+$/);
+    // Its /tmp and /var/tmp were its TMPDIR; the host's saw nothing, nor did its /dev/shm.
+    expect(await readFile(join(tmpDir, marker), 'utf8')).toBe('x\n');
+    expect(await readFile(join(tmpDir, `${marker}.var`), 'utf8')).toBe('y\n');
+    for (const path of [`/tmp/${marker}`, `/var/tmp/${marker}.var`, `/dev/shm/${marker}`]) await expect(stat(path)).rejects.toThrow(/ENOENT/);
+    // The shared memory segment went with the build's namespace: the host has none of its user's.
+    const segments = spawnSync('ipcs', ['-m', '-c'], { encoding: 'utf8' }).stdout;
+    expect(segments.split('\n').filter((line) => line.split(/\s+/).includes(String(first)))).toEqual([]);
+  });
+
+  it.runIf(namespaceSupport().ok)('keeps the host\'s /tmp for a build whose own paths lie there (a WORK_DIR in /tmp), still with its own /proc', async () => {
+    const { root: wsRoot, ws } = dirs();
+    await chmod(wsRoot, 0o755);
+    const [first] = range(1);
+    const { chown } = await import('node:fs/promises');
+    await chown(ws, first, first);
+    const tmpDir = join(wsRoot, 't');
+    await mkdir(tmpDir, { mode: 0o700 });
+    await chown(tmpDir, first, first);
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, WS]\nphases:\n  build:\n    commands:\n      - SERVICE=$([ -e /proc/${process.pid} ] && echo visible || echo hidden)\n      - WS=$(ls -d ${ws})\n`, {
+      user: { uid: first, gid: first },
+      tmpDir,
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    });
+    expect(run.status).toBe('SUCCEEDED');
+    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', WS: ws });
   });
 
   it('deletes what a build left in the shared temporary directories (a setuid copy of a shell, say)', async () => {

@@ -4,7 +4,7 @@ import { chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
-import { BUILD_USER_NAME, namingSupport } from './build-user-names.js';
+import { BUILD_USER_NAME, namespaceSupport } from './build-namespace.js';
 import { ownPrivateDir, replaceableBy } from './safe-files.js';
 import { checkSetpriv, type BuildUser } from './shell-process.js';
 
@@ -102,12 +102,13 @@ export async function resolveBuildUsers(
   return named(await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }), false);
 }
 
-/** The builds' users, and whether they have a name in the builds (build-user-names.ts): said at start-up. */
+/** The builds' users, and whether their shells get namespaces of their own (build-namespace.ts): said at start-up. */
 function named(users: BuildUsers, hostNamesThem: boolean): { users: BuildUsers; warning?: string } {
-  if (hostNamesThem) return { users };
-  const support = namingSupport();
-  if (support.ok) return { users: Object.assign(users, { summary: `${users.summary}; in its build, the user is named ${BUILD_USER_NAME}` }) };
-  return { users, warning: `${users.summary}, but without a name: ${support.why}. whoami, ssh (so git over ssh) and os.userInfo() fail in builds` };
+  const support = namespaceSupport();
+  const own = `; each build shell has its own /proc (its processes only), /tmp, /dev/shm and SysV IPC${hostNamesThem ? '' : `, where its user is named ${BUILD_USER_NAME}`}`;
+  if (support.ok) return { users: Object.assign(users, { summary: `${users.summary}${own}` }) };
+  const nameless = hostNamesThem ? '' : ', and without a name: whoami, ssh (so git over ssh) and os.userInfo() fail in builds';
+  return { users, warning: `${users.summary}, but in this host's namespaces (${support.why}): builds see each other's processes, /tmp and SysV IPC${nameless}` };
 }
 
 /** Why `user` may not have WORK_DIR: it could rename or replace it, or entries root creates there. */

@@ -102,6 +102,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
       signal: deps.signal,
       controlDir: `${dir}.ctl`,
       ...(deps.user ? { user: deps.user } : {}),
+      ...(tmpDir ? { tmpDir } : {}),
     });
     // Nothing of the build's may run on while root reads, copies and removes its files (swapping a path
     // for a symlink under root's feet).

@@ -3,7 +3,7 @@ import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import { groupAlive } from '@conveyor/procfs';
-import { BUILD_USER_NAME, namedCommand, rootTool } from './build-user-names.js';
+import { BUILD_USER_NAME, inBuildNamespace, rootTool } from './build-namespace.js';
 import { writeShellRecord } from './orphans.js';
 
 /**
@@ -59,6 +59,8 @@ export interface ShellProcessOptions {
   onOutput: (chunk: string) => void;
   /** Run the shell as this user (needs a root worker). */
   user?: BuildUser;
+  /** With a user: its temporary directory, which is its /tmp and /var/tmp where namespaces can be made. */
+  tmpDir?: string;
 }
 
 /** The Linux user builds run as, so they cannot read the worker's memory or environment. */
@@ -103,13 +105,27 @@ export class ShellProcess {
     // grants the build another user's rights. Not Node's own uid switch: a spawn made as the user waits,
     // in Node's main thread, for an exec that the build's processes (a second shell's, after an `exit`)
     // could stop from happening.
-    // Where it can, the user gets a name too, in a mount namespace of the shell's own (build-user-names.ts).
+    // Where it can, root first puts the shell in namespaces of its own: a name for its user, its own
+    // /proc, /tmp, /dev/shm and SysV IPC (build-namespace.ts).
     const asUser = opts.user ? [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', opts.shell, ...args] : undefined;
-    const named = opts.user && asUser ? await namedCommand(opts.user, opts.env.HOME ?? '/', opts.controlDir, opts.index, asUser) : undefined;
-    const [file, ...argv] = named ?? asUser ?? [opts.shell, ...args];
+    const isolated =
+      opts.user && asUser
+        ? await inBuildNamespace(
+            {
+              user: opts.user,
+              home: opts.env.HOME ?? '/',
+              controlDir: opts.controlDir,
+              index: opts.index,
+              ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}),
+              reaches: [opts.cwd, opts.controlDir, ...(opts.env.HOME ? [opts.env.HOME] : [])],
+            },
+            asUser,
+          )
+        : undefined;
+    const [file, ...argv] = isolated?.argv ?? asUser ?? [opts.shell, ...args];
     const child = spawn(file!, argv, {
       cwd: opts.cwd,
-      env: named ? { USER: BUILD_USER_NAME, LOGNAME: BUILD_USER_NAME, ...opts.env } : opts.env,
+      env: isolated?.named ? { USER: BUILD_USER_NAME, LOGNAME: BUILD_USER_NAME, ...opts.env } : opts.env,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
     });

@@ -1,0 +1,149 @@
+import { spawnSync } from 'node:child_process';
+import { lstatSync, realpathSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { release } from 'node:os';
+import { join } from 'node:path';
+import { createFile } from './safe-files.js';
+import type { BuildUser } from './shell-process.js';
+
+/*
+ * The namespaces of a build shell run as a user of its own (ADR 0008). Root starts the shell in a mount
+ * and an IPC namespace of its own (unshare), mounts there what the build alone sees, then switches to
+ * the user (setpriv). The build cannot mount, so it cannot undo any of it, and nothing of it reaches
+ * the host; the namespaces end with the build's last process.
+ * - A name: the pool's ids are in no passwd database, and a uid without a name breaks tools (`whoami`;
+ *   ssh says "No user exists for uid", so git over ssh fails; Node's os.userInfo(), Python's getpass).
+ *   /etc/passwd and /etc/group are copies of the host's with one more line: the build's user, named
+ *   BUILD_USER_NAME, with the build's HOME. The copies are root's (0644) in its control directory.
+ * - /proc mounted again with hidepid=invisible: the build sees its own processes only, not other builds'
+ *   command lines or the service's.
+ * - /tmp and /var/tmp: its own temporary directory (the one TMPDIR names). /dev/shm: an empty tmpfs.
+ *   Not where the build's own paths lie under them (a WORK_DIR in /tmp): they would be hidden.
+ * - SysV IPC (shared memory, semaphores, message queues): its own, gone with it.
+ */
+
+export const BUILD_USER_NAME = 'conveyor-build';
+
+/**
+ * A root-owned program none but root may replace, by absolute path (never looked up on a build's PATH):
+ * the first of `paths` that is one, resolved (/bin/sh is a link to dash or bash).
+ */
+export function rootTool(paths: readonly string[]): string | undefined {
+  for (const path of paths) {
+    try {
+      const real = realpathSync(path);
+      const info = lstatSync(real);
+      if (info.isFile() && info.uid === 0 && (info.mode & 0o022) === 0) return real;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+const UNSHARE = rootTool(['/usr/bin/unshare', '/bin/unshare']);
+const MOUNT = rootTool(['/usr/bin/mount', '/bin/mount']);
+const SH = rootTool(['/bin/sh', '/usr/bin/sh']);
+
+/**
+ * Run by /bin/sh as root in the new namespaces: the mounts, then exec of the rest of its arguments
+ * (setpriv and the shell). Constant text: the paths come as arguments ($1 mount, $2 and $3 the passwd
+ * and group copies or empty, $4 the temporary directory or empty, $5 `shm` or empty).
+ */
+const SETUP_SCRIPT = `m=$1 passwd=$2 group=$3 tmp=$4 shm=$5
+shift 5
+fail() { echo "[conveyor] the build's namespace could not be set up: $1" >&2; exit 125; }
+if [ -n "$passwd" ]; then "$m" --bind "$passwd" /etc/passwd && "$m" --bind "$group" /etc/group || fail "its user's name"; fi
+"$m" -t proc -o hidepid=invisible proc /proc || fail "a /proc of its own"
+if [ -n "$tmp" ]; then
+  "$m" --bind "$tmp" /tmp || fail "a /tmp of its own"
+  if [ -d /var/tmp ]; then "$m" --bind "$tmp" /var/tmp || fail "a /var/tmp of its own"; fi
+fi
+if [ -n "$shm" ] && [ -d /dev/shm ]; then "$m" -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm || fail "a /dev/shm of its own"; fi
+exec "$@"`;
+
+const unshare = (): string[] => [UNSHARE!, '--mount', '--ipc', '--propagation', 'private', '--', SH!, '-c', SETUP_SCRIPT, 'conveyor-namespace', MOUNT!];
+
+let probed: { ok: true } | { ok: false; why: string } | undefined;
+
+/** Linux 5.8 gave each mount of /proc its own options; before, hidepid on ours would change the host's. */
+function kernelAtLeast(major: number, minor: number): boolean {
+  const [a = 0, b = 0] = release().split('.').map((n) => parseInt(n, 10));
+  return a > major || (a === major && b >= minor);
+}
+
+/**
+ * Whether builds get namespaces here: a root service on Linux 5.8 or later, with unshare(1) and mount(1),
+ * that may make mount and IPC namespaces (a container without CAP_SYS_ADMIN may not). Asked once, by
+ * setting one up (without a name or temporary directory) around `true`.
+ */
+export function namespaceSupport(): { ok: true } | { ok: false; why: string } {
+  if (probed) return probed;
+  if (process.getuid?.() !== 0) probed = { ok: false, why: 'the service is not root' };
+  else if (!kernelAtLeast(5, 8)) probed = { ok: false, why: `Linux ${release()} is older than 5.8 (a /proc of a build's own needs 5.8)` };
+  else if (!UNSHARE || !MOUNT || !SH) probed = { ok: false, why: 'unshare(1), mount(1) or /bin/sh is missing (root-owned, in /usr/bin or /bin); install util-linux and mount' };
+  else {
+    const TRUE = rootTool(['/usr/bin/true', '/bin/true']) ?? '/bin/true';
+    const [file, ...args] = [...unshare(), '', '', '', 'shm', TRUE];
+    const r = spawnSync(file!, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', timeout: 10_000 });
+    probed = r.status === 0 ? { ok: true } : { ok: false, why: `namespaces cannot be made here (${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()}); in a container this needs CAP_SYS_ADMIN` };
+  }
+  return probed;
+}
+
+/** Whether a passwd or group file's text has an entry for `id` (its third field). */
+function hasId(text: string, id: number): boolean {
+  return text.split('\n').some((line) => line.split(':')[2] === String(id));
+}
+
+export interface BuildNamespaceOptions {
+  user: BuildUser;
+  /** The HOME its passwd entry gives the user. */
+  home: string;
+  /** Root's directory for the passwd and group copies (`passwd.<index>`, `group.<index>`). */
+  controlDir: string;
+  index: number;
+  /** The build's temporary directory (its user's), to be its /tmp and /var/tmp. */
+  tmpDir?: string;
+  /**
+   * Paths the build must reach (its workspace, control directory, HOME): /tmp, /var/tmp and /dev/shm are
+   * left the host's when one of them lies there (a WORK_DIR under /tmp), or they would be hidden.
+   */
+  reaches: readonly string[];
+}
+
+/** Whether `path` (resolved) is `dir` or inside it. */
+function inside(path: string, dir: string): boolean {
+  let real = path;
+  try {
+    real = realpathSync(path);
+  } catch {
+    // not there (yet): as given
+  }
+  return real === dir || real.startsWith(`${dir}/`);
+}
+
+/**
+ * The program and arguments that run `command` (setpriv and the shell) in namespaces of its own, and
+ * whether the user was given a name there (not when the host already names it). Undefined where
+ * namespaces cannot be made: the build then runs in the host's.
+ */
+export async function inBuildNamespace(opts: BuildNamespaceOptions, command: readonly string[]): Promise<{ argv: string[]; named: boolean } | undefined> {
+  if (!namespaceSupport().ok) return undefined;
+  const { user, controlDir, index } = opts;
+  const [passwd, group] = await Promise.all([readFile('/etc/passwd', 'utf8'), readFile('/etc/group', 'utf8')]);
+  let copies: [string, string] = ['', ''];
+  const named = !hasId(passwd, user.uid);
+  if (named) {
+    const line = (text: string, entry: string) => `${text}${text.endsWith('\n') || text === '' ? '' : '\n'}${entry}\n`;
+    // A HOME with a colon or newline would break the file's format: such a build's entry says `/`.
+    const home = /[:\n]/.test(opts.home) ? '/' : opts.home;
+    copies = [join(controlDir, `passwd.${index}`), join(controlDir, `group.${index}`)];
+    await createFile(copies[0], line(passwd, `${BUILD_USER_NAME}:x:${user.uid}:${user.gid}:Conveyor build:${home}:/bin/bash`), undefined, 0o644);
+    await createFile(copies[1], hasId(group, user.gid) ? group : line(group, `${BUILD_USER_NAME}:x:${user.gid}:`), undefined, 0o644);
+  }
+  const reached = [...opts.reaches, ...(opts.tmpDir ? [opts.tmpDir] : [])];
+  const ownTmp = opts.tmpDir && !reached.some((p) => ['/tmp', '/var/tmp'].some((dir) => inside(p, dir))) ? opts.tmpDir : '';
+  const ownShm = reached.some((p) => inside(p, '/dev/shm')) ? '' : 'shm';
+  return { argv: [...unshare(), ...copies, ownTmp, ownShm, ...command], named };
+}
