@@ -301,6 +301,22 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', WS: ws });
   });
 
+  it('without CAP_SYS_ADMIN (a container\'s root) builds still run as their user, in the host\'s namespaces, and the service knows it', async () => {
+    const { root: wsRoot, ws } = dirs();
+    await chmod(wsRoot, 0o755);
+    const [first] = range(1);
+    const { chown } = await import('node:fs/promises');
+    await chown(ws, first, first);
+    const fixture = new URL('./build-namespace.fixture.ts', import.meta.url).pathname;
+    const repo = new URL('../../..', import.meta.url).pathname;
+    const r = spawnSync(checkSetpriv(), ['--bounding-set=-sys_admin', '--', process.execPath, '--import', 'tsx', fixture, ws, String(first)], { cwd: repo, encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { support: { ok: boolean; why?: string }; status: string; exported: Record<string, string> };
+    expect(out.support).toMatchObject({ ok: false, why: expect.stringMatching(/CAP_SYS_ADMIN/) });
+    expect(out.status).toBe('SUCCEEDED');
+    expect(out.exported).toMatchObject({ WHO: String(first), ONE: 'visible' });
+  });
+
   it('deletes what a build left in the shared temporary directories (a setuid copy of a shell, say)', async () => {
     const [first] = range(1);
     const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks') });
