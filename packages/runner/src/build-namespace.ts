@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { lstatSync, realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { release } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createFile } from './safe-files.js';
 import type { BuildUser } from './shell-process.js';
 
@@ -15,11 +15,14 @@ import type { BuildUser } from './shell-process.js';
  *   ssh says "No user exists for uid", so git over ssh fails; Node's os.userInfo(), Python's getpass).
  *   /etc/passwd and /etc/group are copies of the host's with one more line: the build's user, named
  *   BUILD_USER_NAME, with the build's HOME. The copies are root's (0644) in its control directory.
- * - /proc mounted again with hidepid=invisible: the build sees its own processes only, not other builds'
- *   command lines or the service's.
- * - /tmp and /var/tmp: its own temporary directory (the one TMPDIR names). /dev/shm: an empty tmpfs.
- *   Not where the build's own paths lie under them (a WORK_DIR in /tmp): they would be hidden.
+ * - /proc mounted again with hidepid=invisible: the build sees its user's processes only, not other
+ *   builds' command lines or the service's (with a shared BUILD_UID, the other builds are its user's).
+ * - /tmp and /var/tmp: its own temporary directory (the one TMPDIR names). /dev/shm: an empty tmpfs of
+ *   256 MiB. Not where WORK_DIR lies under them: the build's own files would be hidden.
  * - SysV IPC (shared memory, semaphores, message queues): its own, gone with it.
+ * Each shell of a build gets its own: after an `exit`, the next shell's /dev/shm and IPC are new (its
+ * /tmp is the same directory).
+ * Root's programs here never see the build's environment nor enter its directories (shell-process.ts).
  */
 
 export const BUILD_USER_NAME = 'conveyor-build';
@@ -46,20 +49,29 @@ const MOUNT = rootTool(['/usr/bin/mount', '/bin/mount']);
 const SH = rootTool(['/bin/sh', '/usr/bin/sh']);
 
 /**
- * Run by /bin/sh as root in the new namespaces: the mounts, then exec of the rest of its arguments
- * (setpriv and the shell). Constant text: the paths come as arguments ($1 mount, $2 and $3 the passwd
- * and group copies or empty, $4 the temporary directory or empty, $5 `shm` or empty).
+ * A build's /dev/shm: memory the OOM killer cannot take back while the build runs, so bounded (Docker
+ * gives containers 64 MiB; headless browsers want more).
+ */
+const SHM_OPTIONS = 'mode=1777,nosuid,nodev,size=256m,nr_inodes=65536';
+
+/**
+ * Run by /bin/sh as root in the new namespaces, with root's environment only (shell-process.ts): the
+ * mounts, then exec of the rest of its arguments (setpriv and the loader). Constant text: the paths come
+ * as arguments ($1 mount, $2 and $3 the passwd and group copies or empty, $4 the temporary directory or
+ * empty, $5 `shm` or empty). /tmp comes last: once it is the user's, a target resolved through it
+ * would be the build's to choose.
  */
 const SETUP_SCRIPT = `m=$1 passwd=$2 group=$3 tmp=$4 shm=$5
 shift 5
 fail() { echo "[conveyor] the build's namespace could not be set up: $1" >&2; exit 125; }
 if [ -n "$passwd" ]; then "$m" --bind "$passwd" /etc/passwd && "$m" --bind "$group" /etc/group || fail "its user's name"; fi
-"$m" -t proc -o hidepid=invisible proc /proc || fail "a /proc of its own"
+"$m" -t proc -o nosuid,nodev,noexec,hidepid=invisible proc /proc || fail "a /proc of its own"
+if [ -d /dev/mqueue ]; then "$m" -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue || fail "a /dev/mqueue of its own"; fi
+if [ -n "$shm" ] && [ -d /dev/shm ]; then "$m" -t tmpfs -o ${SHM_OPTIONS} tmpfs /dev/shm || fail "a /dev/shm of its own"; fi
 if [ -n "$tmp" ]; then
-  "$m" --bind "$tmp" /tmp || fail "a /tmp of its own"
   if [ -d /var/tmp ]; then "$m" --bind "$tmp" /var/tmp || fail "a /var/tmp of its own"; fi
+  "$m" --bind "$tmp" /tmp || fail "a /tmp of its own"
 fi
-if [ -n "$shm" ] && [ -d /dev/shm ]; then "$m" -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm || fail "a /dev/shm of its own"; fi
 exec "$@"`;
 
 const unshare = (): string[] => [UNSHARE!, '--mount', '--ipc', '--propagation', 'private', '--', SH!, '-c', SETUP_SCRIPT, 'conveyor-namespace', MOUNT!];
@@ -96,6 +108,44 @@ function hasId(text: string, id: number): boolean {
   return text.split('\n').some((line) => line.split(':')[2] === String(id));
 }
 
+const named = new Map<number, boolean>();
+/** Whether the host's user database (files, LDAP, SSSD: getent) names `uid`. Asked once per uid. */
+function hostNames(uid: number): boolean {
+  let known = named.get(uid);
+  if (known === undefined) {
+    known = spawnSync('getent', ['passwd', String(uid)], { stdio: 'ignore' }).status === 0;
+    named.set(uid, known);
+  }
+  return known;
+}
+
+/** `path` resolved, or as given if it is not there. */
+function real(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return path;
+  }
+}
+
+/** Whether `path` is `dir` or inside it, both resolved. */
+function inside(path: string, dir: string): boolean {
+  const [p, d] = [real(path), real(dir)];
+  return p === d || p.startsWith(`${d}/`);
+}
+
+/**
+ * Which of the shared temporary directories a build gets of its own, given the directories root keeps
+ * its files in (WORK_DIR and the control directory: root's, never the build's to choose): not those
+ * that hold them, which would then be hidden from it.
+ */
+export function privateTemporaries(rootDirs: readonly string[]): { tmp: boolean; shm: boolean } {
+  return {
+    tmp: !rootDirs.some((d) => inside(d, '/tmp') || inside(d, '/var/tmp')),
+    shm: !rootDirs.some((d) => inside(d, '/dev/shm')),
+  };
+}
+
 export interface BuildNamespaceOptions {
   user: BuildUser;
   /** The HOME its passwd entry gives the user. */
@@ -103,24 +153,11 @@ export interface BuildNamespaceOptions {
   /** Root's directory for the passwd and group copies (`passwd.<index>`, `group.<index>`). */
   controlDir: string;
   index: number;
-  /** The build's temporary directory (its user's), to be its /tmp and /var/tmp. */
-  tmpDir?: string;
   /**
-   * Paths the build must reach (its workspace, control directory, HOME): /tmp, /var/tmp and /dev/shm are
-   * left the host's when one of them lies there (a WORK_DIR under /tmp), or they would be hidden.
+   * The build's temporary directory (its user's, in WORK_DIR), to be its /tmp and /var/tmp unless
+   * WORK_DIR or the control directory lies under those (see privateTemporaries).
    */
-  reaches: readonly string[];
-}
-
-/** Whether `path` (resolved) is `dir` or inside it. */
-function inside(path: string, dir: string): boolean {
-  let real = path;
-  try {
-    real = realpathSync(path);
-  } catch {
-    // not there (yet): as given
-  }
-  return real === dir || real.startsWith(`${dir}/`);
+  tmpDir?: string;
 }
 
 /**
@@ -131,10 +168,10 @@ function inside(path: string, dir: string): boolean {
 export async function inBuildNamespace(opts: BuildNamespaceOptions, command: readonly string[]): Promise<{ argv: string[]; named: boolean } | undefined> {
   if (!namespaceSupport().ok) return undefined;
   const { user, controlDir, index } = opts;
-  const [passwd, group] = await Promise.all([readFile('/etc/passwd', 'utf8'), readFile('/etc/group', 'utf8')]);
   let copies: [string, string] = ['', ''];
-  const named = !hasId(passwd, user.uid);
-  if (named) {
+  const give = !hostNames(user.uid);
+  if (give) {
+    const [passwd, group] = await Promise.all([readFile('/etc/passwd', 'utf8'), readFile('/etc/group', 'utf8')]);
     const line = (text: string, entry: string) => `${text}${text.endsWith('\n') || text === '' ? '' : '\n'}${entry}\n`;
     // A HOME with a colon or newline would break the file's format: such a build's entry says `/`.
     const home = /[:\n]/.test(opts.home) ? '/' : opts.home;
@@ -142,8 +179,6 @@ export async function inBuildNamespace(opts: BuildNamespaceOptions, command: rea
     await createFile(copies[0], line(passwd, `${BUILD_USER_NAME}:x:${user.uid}:${user.gid}:Conveyor build:${home}:/bin/bash`), undefined, 0o644);
     await createFile(copies[1], hasId(group, user.gid) ? group : line(group, `${BUILD_USER_NAME}:x:${user.gid}:`), undefined, 0o644);
   }
-  const reached = [...opts.reaches, ...(opts.tmpDir ? [opts.tmpDir] : [])];
-  const ownTmp = opts.tmpDir && !reached.some((p) => ['/tmp', '/var/tmp'].some((dir) => inside(p, dir))) ? opts.tmpDir : '';
-  const ownShm = reached.some((p) => inside(p, '/dev/shm')) ? '' : 'shm';
-  return { argv: [...unshare(), ...copies, ownTmp, ownShm, ...command], named };
+  const own = privateTemporaries([controlDir, ...(opts.tmpDir ? [dirname(opts.tmpDir)] : [])]);
+  return { argv: [...unshare(), ...copies, own.tmp && opts.tmpDir ? opts.tmpDir : '', own.shm ? 'shm' : '', ...command], named: give };
 }

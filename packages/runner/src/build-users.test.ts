@@ -88,7 +88,11 @@ describe.runIf(isRoot)('build users, for a root service', () => {
   it('by default each concurrent build gets a user of its own from the range; BUILD_UID makes them share one', async () => {
     const cfg = config();
     const { users, warning } = await resolveBuildUsers(join(root, 'work'), cfg, 3);
-    expect(warning).toBeUndefined();
+    if (namespaceSupport().ok) {
+      expect(warning).toBeUndefined();
+      // This WORK_DIR is under /tmp: the builds keep the host's.
+      expect(users.summary).toMatch(/each build shell has its own \/proc \(showing its own processes only\), \/dev\/shm, SysV IPC \(\/tmp stays the host's: WORK_DIR is under it\); its user is named conveyor-build there$/);
+    } else expect(warning).toMatch(/in this host's namespaces/);
     try {
       const seen: number[] = [];
       let release!: () => void;
@@ -108,6 +112,9 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     }
     const shared = await resolveBuildUsers(join(root, 'work'), config({ BUILD_UID: 1234 }), 3);
     expect(await shared.users.withUser(async (user) => user)).toEqual({ uid: 1234, gid: 1234 });
+    // A user the host names keeps its name; one shared by all builds sees them all in its /proc.
+    const nobody = await resolveBuildUsers(join(root, 'work'), config({ BUILD_UID: NOBODY.uid }), 3);
+    if (namespaceSupport().ok) expect(nobody.users.summary).toMatch(/the other builds' too, as they share the user\).*WORK_DIR is under it\)$/);
   });
 
   it('refuses a work directory the builds\' users cannot reach, or, with the default range, runs builds as itself and says so', async () => {
@@ -245,7 +252,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(await readFile('/proc/self/mountinfo', 'utf8')).not.toMatch(/ \/etc\/passwd /);
   });
 
-  it.runIf(namespaceSupport().ok)('gives a build its own /proc (its processes only), /tmp and /var/tmp (its TMPDIR), /dev/shm and SysV IPC; nothing of them reaches the host', async () => {
+  it.runIf(namespaceSupport().ok)('gives a build its own /proc (its processes only), /tmp and /var/tmp (its TMPDIR), /dev/shm and SysV IPC, in every shell; nothing of them reaches the host', async () => {
     // A work directory outside /tmp (as the services' default is): one inside would keep the host's /tmp.
     const wsRoot = await mkdtemp('/run/cv-ns-');
     onTestFinished(() => rm(wsRoot, { recursive: true, force: true }));
@@ -258,6 +265,9 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     const tmpDir = join(wsRoot, 't');
     await mkdir(tmpDir, { mode: 0o700 });
     await chown(tmpDir, first, first);
+    // A segment of the host's, which the build must not see.
+    const hostSegment = /(\d+)\s*$/.exec(spawnSync('ipcmk', ['-M', '4096'], { encoding: 'utf8' }).stdout)![1]!;
+    onTestFinished(() => void spawnSync('ipcrm', ['-m', hostSegment]));
     const marker = `cv-private-${first}`;
     const commands = [
       `SERVICE=$([ -e /proc/${process.pid} ] && echo visible || echo hidden)`,
@@ -265,14 +275,21 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       `echo x > /tmp/${marker} && echo y > /var/tmp/${marker}.var && echo z > /dev/shm/${marker}`,
       'SHM_ID=$(ipcmk -M 4096 | grep -o "[0-9]*$")',
       'SHM_SEEN=$(ipcs -m | grep -c "^0x")',
+      // Kept for the end: a fresh shell starts with fresh variables.
+      'printf "SERVICE=%s SELF=%s SHM_ID=%s SHM_SEEN=%s\\n" $SERVICE $SELF $SHM_ID $SHM_SEEN > first.env',
+      // A second shell (the first one exits) starts in namespaces of its own as well.
+      'exit 0',
+      `AGAIN=$([ -e /proc/${process.pid} ] && echo visible || echo hidden)-$(cat /tmp/${marker})-$(whoami)`,
+      '. ./first.env',
     ];
-    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, SELF, SHM_ID, SHM_SEEN]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, SELF, SHM_ID, SHM_SEEN, AGAIN]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
       user: { uid: first, gid: first },
       tmpDir,
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      // A HOME in /tmp does not give the build the host's /tmp: only root's own directories decide that.
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/tmp' },
     });
-    expect(run.status).toBe('SUCCEEDED');
-    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1' });
+    expect(run.status, run.output).toBe('SUCCEEDED');
+    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1', AGAIN: `hidden-x-${BUILD_USER_NAME}` });
     expect(run.exportedVariables.SHM_ID).toMatch(/^\d+$/);
     // Its /tmp and /var/tmp were its TMPDIR; the host's saw nothing, nor did its /dev/shm.
     expect(await readFile(join(tmpDir, marker), 'utf8')).toBe('x\n');
@@ -283,9 +300,12 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(segments.split('\n').filter((line) => line.split(/\s+/).includes(String(first)))).toEqual([]);
   });
 
-  it.runIf(namespaceSupport().ok)('keeps the host\'s /tmp for a build whose own paths lie there (a WORK_DIR in /tmp), still with its own /proc', async () => {
-    const { root: wsRoot, ws } = dirs();
+  it.runIf(namespaceSupport().ok)('keeps the host\'s /tmp for a build whose work directory lies there, still with its own /proc', async () => {
+    const wsRoot = await mkdtemp('/tmp/cv-ns-');
+    onTestFinished(() => rm(wsRoot, { recursive: true, force: true }));
     await chmod(wsRoot, 0o755);
+    const ws = join(wsRoot, 'ws');
+    await mkdir(ws);
     const [first] = range(1);
     const { chown } = await import('node:fs/promises');
     await chown(ws, first, first);
@@ -297,8 +317,89 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       tmpDir,
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
     });
-    expect(run.status).toBe('SUCCEEDED');
+    expect(run.status, run.output).toBe('SUCCEEDED');
     expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', WS: ws });
+  });
+
+  it.runIf(namespaceSupport().ok)('fails a build whose namespace cannot be set up, saying so', async () => {
+    const wsRoot = await mkdtemp('/run/cv-ns-');
+    onTestFinished(() => rm(wsRoot, { recursive: true, force: true }));
+    await chmod(wsRoot, 0o755);
+    const ws = join(wsRoot, 'ws');
+    await mkdir(ws);
+    const [first] = range(1);
+    const { chown } = await import('node:fs/promises');
+    await chown(ws, first, first);
+    const run = await runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - echo never\n', {
+      user: { uid: first, gid: first },
+      tmpDir: join(wsRoot, 'missing'),
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    });
+    expect(run.status).toBe('FAILED');
+    expect(run.output).toMatch(/the build's namespace could not be set up: a \/(var\/)?tmp of its own/);
+    expect(run.output).not.toMatch(/^never$/m);
+  });
+
+  it.runIf(spawnSync('cc', ['--version'], { stdio: 'ignore' }).status === 0)('never hands the build\'s environment to a program root runs (LD_PRELOAD reaches the build\'s own processes only)', async () => {
+    // Not in /run: a tmpfs mounted noexec, where no library can be loaded.
+    const wsRoot = await mkdtemp(join(tmpdir(), 'cv-env-'));
+    onTestFinished(() => rm(wsRoot, { recursive: true, force: true }));
+    await chmod(wsRoot, 0o755);
+    const ws = join(wsRoot, 'ws');
+    await mkdir(ws);
+    const [first] = range(1);
+    const { chown } = await import('node:fs/promises');
+    await chown(ws, first, first);
+    // A library a build could ship in its source: it notes, in a file anyone may write, each process it is
+    // loaded into, and whether that process is root.
+    const seen = join(wsRoot, 'seen');
+    await writeFile(seen, '', { mode: 0o666 });
+    await chmod(seen, 0o666);
+    const source = join(wsRoot, 'preload.c');
+    await writeFile(
+      source,
+      `#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void noted(void) { FILE *f = fopen("${seen}", "a"); if (f) { fprintf(f, "%s\\n", geteuid() == 0 ? "root" : "user"); fclose(f); } }\n`,
+    );
+    const library = join(ws, 'preload.so');
+    const built = spawnSync('cc', ['-shared', '-fPIC', '-o', library, source], { encoding: 'utf8' });
+    expect(built.status, built.stderr).toBe(0);
+    await chmod(library, 0o755);
+    // The build's environment (a buildspec's variables end up in it).
+    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', LD_PRELOAD: library, LIBMOUNT_DEBUG: 'all' };
+    const run = await runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - id -u\n      - exit 0\n      - id -u\n', { user: { uid: first, gid: first }, env });
+    expect(run.status, run.output).toBe('SUCCEEDED');
+    const loads = (await readFile(seen, 'utf8')).split('\n').filter(Boolean);
+    // The build's own processes did get it (its environment is its own), root's never did.
+    expect(loads).toContain('user');
+    expect(loads).not.toContain('root');
+    expect(run.output).not.toMatch(/libmount/);
+  });
+
+  it('starts a build\'s shell in its workspace as its user: a workspace the build swapped for a link to where its user may not go is not entered', async () => {
+    const base = await mkdtemp('/run/cv-cwd-');
+    onTestFinished(() => rm(base, { recursive: true, force: true }));
+    await chmod(base, 0o755);
+    const [first] = range(1);
+    const { chown } = await import('node:fs/promises');
+    // The job directory is the build's (as the service hands it over); the workspace is inside.
+    const job = join(base, 'job');
+    await mkdir(join(job, 'src'), { recursive: true });
+    await chown(job, first, first);
+    await chown(join(job, 'src'), first, first);
+    // Somewhere only root may enter, holding a file anyone could read once there.
+    const closed = join(base, 'closed');
+    await mkdir(closed, { mode: 0o700 });
+    await writeFile(join(closed, 'secret'), 'top secret\n', { mode: 0o644 });
+    const ws = join(job, 'src');
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [LEAK]\nphases:\n  build:\n    commands:\n      - cd / && mv ${ws} ${ws}.orig && ln -s ${closed} ${ws}\n      - exit 0\n      - LEAK=$(cat secret 2>&1 || true)\n`, {
+      user: { uid: first, gid: first },
+      controlDir: join(base, 'ctl'),
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    });
+    expect(run.status).toBe('FAILED');
+    expect(run.output).toMatch(/cannot enter its workspace/);
+    expect(run.output).not.toMatch(/top secret/);
+    expect(run.exportedVariables.LEAK ?? '').not.toMatch(/top secret/);
   });
 
   it('without CAP_SYS_ADMIN (a container\'s root) builds still run as their user, in the host\'s namespaces, and the service knows it', async () => {

@@ -4,7 +4,7 @@ import { chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
-import { BUILD_USER_NAME, namespaceSupport } from './build-namespace.js';
+import { BUILD_USER_NAME, namespaceSupport, privateTemporaries } from './build-namespace.js';
 import { ownPrivateDir, replaceableBy } from './safe-files.js';
 import { checkSetpriv, type BuildUser } from './shell-process.js';
 
@@ -77,7 +77,7 @@ export async function resolveBuildUsers(
     const user = { uid: config.BUILD_UID, gid: config.BUILD_GID ?? config.BUILD_UID };
     const why = !root ? 'switching users needs the service to run as root' : ((await untraversable(resolve(workDir), user)) ?? (await writableBy(resolve(workDir), user)));
     if (why) throw new Error(`BUILD_UID=${user.uid} cannot be used: ${why}`);
-    return named(sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds`), knownUser(user.uid));
+    return withNamespaces(sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds`), workDir, { hostNamesIt: knownUser(user.uid) });
   }
   if (!root) {
     return {
@@ -99,16 +99,27 @@ export async function resolveBuildUsers(
   // Nor may they rename it or a parent. Checked as any one of the ids: to all, these are someone else's.
   const exposed = await writableBy(resolve(workDir), { uid: first, gid: first });
   if (exposed) throw new Error(`the builds' users cannot be given their directories: ${exposed}`);
-  return named(await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }), false);
+  return withNamespaces(await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }), workDir, undefined);
 }
 
-/** The builds' users, and whether their shells get namespaces of their own (build-namespace.ts): said at start-up. */
-function named(users: BuildUsers, hostNamesThem: boolean): { users: BuildUsers; warning?: string } {
+/** The builds' users, and what their shells' namespaces give them (build-namespace.ts): said at start-up. */
+function withNamespaces(users: BuildUsers, workDir: string, shared: { hostNamesIt: boolean } | undefined): { users: BuildUsers; warning?: string } {
   const support = namespaceSupport();
-  const own = `; each build shell has its own /proc (its processes only), /tmp, /dev/shm and SysV IPC${hostNamesThem ? '' : `, where its user is named ${BUILD_USER_NAME}`}`;
-  if (support.ok) return { users: Object.assign(users, { summary: `${users.summary}${own}` }) };
-  const nameless = hostNamesThem ? '' : ', and without a name: whoami, ssh (so git over ssh) and os.userInfo() fail in builds';
-  return { users, warning: `${users.summary}, but in this host's namespaces (${support.why}): builds see each other's processes, /tmp and SysV IPC${nameless}` };
+  const hostNamesThem = shared?.hostNamesIt ?? false;
+  if (!support.ok) {
+    const nameless = hostNamesThem ? '' : ', and without a name: whoami, ssh (so git over ssh) and os.userInfo() fail in builds';
+    return { users, warning: `${users.summary}, but in this host's namespaces (${support.why}): builds see each other's processes, /tmp and SysV IPC${nameless}` };
+  }
+  const own = privateTemporaries([resolve(workDir)]);
+  const parts = [
+    shared ? "/proc (showing its user's processes: the other builds' too, as they share the user)" : '/proc (showing its own processes only)',
+    own.tmp ? '/tmp and /var/tmp (its TMPDIR)' : undefined,
+    own.shm ? '/dev/shm' : undefined,
+    'SysV IPC',
+  ].filter(Boolean);
+  const kept = own.tmp ? '' : ` (/tmp stays the host's: WORK_DIR is under it)`;
+  const name = hostNamesThem ? '' : `; its user is named ${BUILD_USER_NAME} there`;
+  return { users: Object.assign(users, { summary: `${users.summary}; each build shell has its own ${parts.join(', ')}${kept}${name}` }) };
 }
 
 /** Why `user` may not have WORK_DIR: it could rename or replace it, or entries root creates there. */

@@ -13,6 +13,33 @@ import { writeShellRecord } from './orphans.js';
  */
 export const SETPRIV = rootTool(['/usr/bin/setpriv', '/bin/setpriv']);
 
+/** bash by absolute root-owned path, for the loader (see SETPRIV). */
+const BASH = rootTool(['/usr/bin/bash', '/bin/bash']);
+
+function checkBash(): string {
+  if (!BASH) throw new Error('builds run as other users need bash in /usr/bin or /bin (root-owned)');
+  return BASH;
+}
+
+/** The whole environment of the programs root runs to start a user's shell (unshare, sh, mount, setpriv). */
+const ROOT_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+
+/** Names a shell can export: others cannot be handed over by the loader. */
+const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * Run by bash as the build's user, with ROOT_ENV only: enters the workspace as the user (root never
+ * chdirs into a directory the build controls: a symlink there would take the shell where its user could
+ * not go), exports the build's environment from NUL-terminated NAME=VALUE records on fd 5, and execs the
+ * shell. Constant text; the workspace comes as $1, the shell and its arguments after it.
+ */
+export const USER_LOADER = `cd -- "$1" || { echo "[conveyor] the build's user cannot enter its workspace" >&2; exit 123; }
+shift
+while IFS= read -r -d '' __cv_kv <&5; do export -- "$__cv_kv"; done
+exec 5<&-
+unset __cv_kv
+exec "$@"`;
+
 /** Throws, saying what to install, when builds cannot be run as other users here. */
 export function checkSetpriv(): string {
   if (!SETPRIV) throw new Error('builds run as other users through setpriv(1), which is not in /usr/bin or /bin here (root-owned); install util-linux');
@@ -100,35 +127,42 @@ export class ShellProcess {
 
   static async start(opts: ShellProcessOptions): Promise<ShellProcess> {
     const args = opts.shell === 'bash' ? ['--noprofile', '--norc', '-c', BOOTSTRAP] : ['-c', BOOTSTRAP];
-    // As another user, setpriv (started by root) switches to it and sets no_new_privs, then execs the
-    // shell: same pid, same process group. No setuid or setgid file (one a build left, or extracted)
-    // grants the build another user's rights. Not Node's own uid switch: a spawn made as the user waits,
-    // in Node's main thread, for an exec that the build's processes (a second shell's, after an `exit`)
-    // could stop from happening.
+    if (!opts.user) {
+      const child = spawn(opts.shell, args, { cwd: opts.cwd, env: opts.env, detached: true, stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'] });
+      return ShellProcess.started(child, opts);
+    }
+    // As another user, setpriv (started by root) switches to it and sets no_new_privs, then execs
+    // USER_LOADER, which execs the shell: same pid, same process group. No setuid or setgid file (one a
+    // build left, or extracted) grants the build another user's rights. Not Node's own uid switch: a
+    // spawn made as the user waits, in Node's main thread, for an exec that the build's processes (a
+    // second shell's, after an `exit`) could stop from happening.
     // Where it can, root first puts the shell in namespaces of its own: a name for its user, its own
     // /proc, /tmp, /dev/shm and SysV IPC (build-namespace.ts).
-    const asUser = opts.user ? [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', opts.shell, ...args] : undefined;
-    const isolated =
-      opts.user && asUser
-        ? await inBuildNamespace(
-            {
-              user: opts.user,
-              home: opts.env.HOME ?? '/',
-              controlDir: opts.controlDir,
-              index: opts.index,
-              ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}),
-              reaches: [opts.cwd, opts.controlDir, ...(opts.env.HOME ? [opts.env.HOME] : [])],
-            },
-            asUser,
-          )
-        : undefined;
-    const [file, ...argv] = isolated?.argv ?? asUser ?? [opts.shell, ...args];
-    const child = spawn(file!, argv, {
-      cwd: opts.cwd,
-      env: isolated?.named ? { USER: BUILD_USER_NAME, LOGNAME: BUILD_USER_NAME, ...opts.env } : opts.env,
-      detached: true,
-      stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
-    });
+    // Nothing of the build reaches a program root runs: they start in root's control directory with
+    // ROOT_ENV (LD_PRELOAD, BASH_ENV, LIBMOUNT_* … would otherwise run the build's code as root, or
+    // steer it), and the build's environment travels on fd 5 to the loader, which reads it as the user.
+    const asUser = [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', opts.cwd, opts.shell, ...args];
+    const isolated = await inBuildNamespace(
+      { user: opts.user, home: opts.env.HOME ?? '/', controlDir: opts.controlDir, index: opts.index, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}) },
+      asUser,
+    );
+    const [file, ...argv] = isolated?.argv ?? asUser;
+    const env = isolated?.named ? { USER: BUILD_USER_NAME, LOGNAME: BUILD_USER_NAME, ...opts.env } : opts.env;
+    const unexportable = Object.keys(env).filter((name) => !SHELL_NAME.test(name));
+    if (unexportable.length) opts.onOutput(`[conveyor] not passed to the build: ${unexportable.join(', ')} (a shell can only export names of letters, digits and _)\n`);
+    const child = spawn(file!, argv, { cwd: opts.controlDir, env: ROOT_ENV, detached: true, stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'] });
+    const records = (child.stdio as unknown as Writable[])[5]!;
+    records.on('error', () => {}); // EPIPE if the shell died first: its exit reports that
+    records.end(
+      Object.entries(env)
+        .filter(([name]) => SHELL_NAME.test(name))
+        .map(([name, value]) => `${name}=${value}\0`)
+        .join(''),
+    );
+    return ShellProcess.started(child, opts);
+  }
+
+  private static async started(child: ChildProcess, opts: ShellProcessOptions): Promise<ShellProcess> {
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
       child.once('error', reject);
