@@ -301,9 +301,11 @@ async function prepareControlDir(opts: RunPhasesOptions): Promise<string> {
  * variables and the working directory carry from command to command and phase to phase.
  * Does not check unsupportedFeatures: the caller decides what to refuse.
  */
-export async function runPhases(spec: Buildspec, opts: RunPhasesOptions): Promise<PhasesResult> {
+export async function runPhases(spec: Buildspec, given: RunPhasesOptions): Promise<PhasesResult> {
   const started = Date.now();
   shellOf(spec);
+  // Absolute from here on: the shell runs elsewhere than this process, and reads its control files by path.
+  const opts: RunPhasesOptions = { ...given, workspace: resolve(given.workspace), ...(given.controlDir ? { controlDir: resolve(given.controlDir) } : {}) };
   const files = new ControlFiles(await prepareControlDir(opts), opts.user);
   const session = new BuildSession(spec, opts, files);
   const onAbort = () => session.stop('STOPPED');

@@ -17,11 +17,13 @@ import type { BuildUser } from './shell-process.js';
  *   BUILD_USER_NAME, with the build's HOME. The copies are root's (0644) in its control directory.
  * - /proc mounted again with hidepid=invisible: the build sees its user's processes only, not other
  *   builds' command lines or the service's (with a shared BUILD_UID, the other builds are its user's).
- * - /tmp and /var/tmp: its own temporary directory (the one TMPDIR names). /dev/shm: an empty tmpfs of
- *   256 MiB. Not where WORK_DIR lies under them: the build's own files would be hidden.
- * - SysV IPC (shared memory, semaphores, message queues): its own, gone with it.
- * Each shell of a build gets its own: after an `exit`, the next shell's /dev/shm and IPC are new (its
- * /tmp is the same directory).
+ * - /tmp, /var/tmp and /dev/shm: its own temporary directory (the one TMPDIR names), on disk and gone
+ *   with the job. /tmp and /var/tmp stay the host's where WORK_DIR lies under them (the build's own
+ *   files would be hidden).
+ * - SysV IPC (shared memory, semaphores, message queues): its own, at most 256 MiB of shared memory,
+ *   gone with it.
+ * Each shell of a build gets its own: after an `exit`, the next shell's IPC is new (its /tmp and
+ * /dev/shm are the same directory).
  * Root's programs here never see the build's environment nor enter its directories (shell-process.ts).
  */
 
@@ -48,28 +50,37 @@ const UNSHARE = rootTool(['/usr/bin/unshare', '/bin/unshare']);
 const MOUNT = rootTool(['/usr/bin/mount', '/bin/mount']);
 const SH = rootTool(['/bin/sh', '/usr/bin/sh']);
 
+/** /dev/shm for a shell without a temporary directory of its own: small, as Docker's. */
+const SHM_OPTIONS = 'mode=1777,nosuid,nodev,size=64m,nr_inodes=16384';
+
 /**
- * A build's /dev/shm: memory the OOM killer cannot take back while the build runs, so bounded (Docker
- * gives containers 64 MiB; headless browsers want more).
+ * SysV shared memory of a build's IPC namespace (the namespace's own sysctls): at most 256 MiB in all
+ * (shmall, in 4 KiB pages), 64 segments. Memory no process holds, so bounded: the OOM killer could not
+ * take it back from the build.
  */
-const SHM_OPTIONS = 'mode=1777,nosuid,nodev,size=256m,nr_inodes=65536';
+const SYSV_LIMITS = 'shmmax=268435456 shmall=65536 shmmni=64';
 
 /**
  * Run by /bin/sh as root in the new namespaces, with root's environment only (shell-process.ts): the
  * mounts, then exec of the rest of its arguments (setpriv and the loader). Constant text: the paths come
- * as arguments ($1 mount, $2 and $3 the passwd and group copies or empty, $4 the temporary directory or
- * empty, $5 `shm` or empty). /tmp comes last: once it is the user's, a target resolved through it
- * would be the build's to choose.
+ * as arguments ($1 mount, $2 and $3 the passwd and group copies or empty, $4 the build's temporary
+ * directory or empty, $5 `tmp` when it is to be /tmp and /var/tmp, $6 `shm` when /dev/shm is to be the
+ * build's). /dev/shm is its temporary directory too, on disk (memory there could not be taken back
+ * while the build runs), or a small tmpfs without one. Links at /var/tmp or /dev/shm are left alone, and
+ * /tmp comes last: once it is the user's, a target resolved through it would be the build's to choose.
  */
-const SETUP_SCRIPT = `m=$1 passwd=$2 group=$3 tmp=$4 shm=$5
-shift 5
+const SETUP_SCRIPT = `m=$1 passwd=$2 group=$3 tmp=$4 ownTmp=$5 shm=$6
+shift 6
 fail() { echo "[conveyor] the build's namespace could not be set up: $1" >&2; exit 125; }
 if [ -n "$passwd" ]; then "$m" --bind "$passwd" /etc/passwd && "$m" --bind "$group" /etc/group || fail "its user's name"; fi
 "$m" -t proc -o nosuid,nodev,noexec,hidepid=invisible proc /proc || fail "a /proc of its own"
 if [ -d /dev/mqueue ]; then "$m" -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue || fail "a /dev/mqueue of its own"; fi
-if [ -n "$shm" ] && [ -d /dev/shm ]; then "$m" -t tmpfs -o ${SHM_OPTIONS} tmpfs /dev/shm || fail "a /dev/shm of its own"; fi
-if [ -n "$tmp" ]; then
-  if [ -d /var/tmp ]; then "$m" --bind "$tmp" /var/tmp || fail "a /var/tmp of its own"; fi
+for limit in ${SYSV_LIMITS}; do echo "\${limit#*=}" > "/proc/sys/kernel/\${limit%%=*}" || fail "limits on its SysV IPC"; done
+if [ -n "$shm" ] && [ -d /dev/shm ] && [ ! -L /dev/shm ]; then
+  if [ -n "$tmp" ]; then "$m" --bind "$tmp" /dev/shm; else "$m" -t tmpfs -o ${SHM_OPTIONS} tmpfs /dev/shm; fi || fail "a /dev/shm of its own"
+fi
+if [ -n "$tmp" ] && [ -n "$ownTmp" ]; then
+  if [ -d /var/tmp ] && [ ! -L /var/tmp ]; then "$m" --bind "$tmp" /var/tmp || fail "a /var/tmp of its own"; fi
   "$m" --bind "$tmp" /tmp || fail "a /tmp of its own"
 fi
 exec "$@"`;
@@ -96,7 +107,7 @@ export function namespaceSupport(): { ok: true } | { ok: false; why: string } {
   else if (!UNSHARE || !MOUNT || !SH) probed = { ok: false, why: 'unshare(1), mount(1) or /bin/sh is missing (root-owned, in /usr/bin or /bin); install util-linux and mount' };
   else {
     const TRUE = rootTool(['/usr/bin/true', '/bin/true']) ?? '/bin/true';
-    const [file, ...args] = [...unshare(), '', '', '', 'shm', TRUE];
+    const [file, ...args] = [...unshare(), '', '', '', '', 'shm', TRUE];
     const r = spawnSync(file!, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', timeout: 10_000 });
     probed = r.status === 0 ? { ok: true } : { ok: false, why: `namespaces cannot be made here (${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()}); in a container this needs CAP_SYS_ADMIN` };
   }
@@ -113,7 +124,7 @@ const named = new Map<number, boolean>();
 function hostNames(uid: number): boolean {
   let known = named.get(uid);
   if (known === undefined) {
-    known = spawnSync('getent', ['passwd', String(uid)], { stdio: 'ignore' }).status === 0;
+    known = spawnSync('getent', ['passwd', String(uid)], { stdio: 'ignore', timeout: 10_000 }).status === 0;
     named.set(uid, known);
   }
   return known;
@@ -165,20 +176,22 @@ export interface BuildNamespaceOptions {
  * whether the user was given a name there (not when the host already names it). Undefined where
  * namespaces cannot be made: the build then runs in the host's.
  */
-export async function inBuildNamespace(opts: BuildNamespaceOptions, command: readonly string[]): Promise<{ argv: string[]; named: boolean } | undefined> {
+export async function inBuildNamespace(opts: BuildNamespaceOptions, command: readonly string[]): Promise<{ argv: string[]; name?: string } | undefined> {
   if (!namespaceSupport().ok) return undefined;
   const { user, controlDir, index } = opts;
   let copies: [string, string] = ['', ''];
-  const give = !hostNames(user.uid);
-  if (give) {
+  let name: string | undefined;
+  if (!hostNames(user.uid)) {
     const [passwd, group] = await Promise.all([readFile('/etc/passwd', 'utf8'), readFile('/etc/group', 'utf8')]);
+    // A host that has a user of that name already: the build's gets its uid after the name.
+    name = passwd.split('\n').some((line) => line.startsWith(`${BUILD_USER_NAME}:`)) ? `${BUILD_USER_NAME}-${user.uid}` : BUILD_USER_NAME;
     const line = (text: string, entry: string) => `${text}${text.endsWith('\n') || text === '' ? '' : '\n'}${entry}\n`;
     // A HOME with a colon or newline would break the file's format: such a build's entry says `/`.
     const home = /[:\n]/.test(opts.home) ? '/' : opts.home;
     copies = [join(controlDir, `passwd.${index}`), join(controlDir, `group.${index}`)];
-    await createFile(copies[0], line(passwd, `${BUILD_USER_NAME}:x:${user.uid}:${user.gid}:Conveyor build:${home}:/bin/bash`), undefined, 0o644);
-    await createFile(copies[1], hasId(group, user.gid) ? group : line(group, `${BUILD_USER_NAME}:x:${user.gid}:`), undefined, 0o644);
+    await createFile(copies[0], line(passwd, `${name}:x:${user.uid}:${user.gid}:Conveyor build:${home}:/bin/bash`), undefined, 0o644);
+    await createFile(copies[1], hasId(group, user.gid) ? group : line(group, `${name}:x:${user.gid}:`), undefined, 0o644);
   }
   const own = privateTemporaries([controlDir, ...(opts.tmpDir ? [dirname(opts.tmpDir)] : [])]);
-  return { argv: [...unshare(), ...copies, own.tmp && opts.tmpDir ? opts.tmpDir : '', own.shm ? 'shm' : '', ...command], named: give };
+  return { argv: [...unshare(), ...copies, opts.tmpDir ?? '', own.tmp ? 'tmp' : '', own.shm ? 'shm' : '', ...command], ...(name ? { name } : {}) };
 }

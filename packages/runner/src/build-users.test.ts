@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { BuildJob } from '@conveyor/contracts';
@@ -272,29 +272,32 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     const commands = [
       `SERVICE=$([ -e /proc/${process.pid} ] && echo visible || echo hidden)`,
       'SELF=$([ -e /proc/$$/cmdline ] && echo visible || echo hidden)',
-      `echo x > /tmp/${marker} && echo y > /var/tmp/${marker}.var && echo z > /dev/shm/${marker}`,
+      `echo x > /tmp/${marker} && echo y > /var/tmp/${marker}.var && echo z > /dev/shm/${marker}.shm`,
       'SHM_ID=$(ipcmk -M 4096 | grep -o "[0-9]*$")',
       'SHM_SEEN=$(ipcs -m | grep -c "^0x")',
+      // Over the 256 MiB its IPC namespace allows.
+      'SHM_BIG=$(ipcmk -M 300000000 >/dev/null 2>&1 && echo made || echo refused)',
       // Kept for the end: a fresh shell starts with fresh variables.
-      'printf "SERVICE=%s SELF=%s SHM_ID=%s SHM_SEEN=%s\\n" $SERVICE $SELF $SHM_ID $SHM_SEEN > first.env',
+      'printf "SERVICE=%s SELF=%s SHM_ID=%s SHM_SEEN=%s SHM_BIG=%s\\n" $SERVICE $SELF $SHM_ID $SHM_SEEN $SHM_BIG > first.env',
       // A second shell (the first one exits) starts in namespaces of its own as well.
       'exit 0',
       `AGAIN=$([ -e /proc/${process.pid} ] && echo visible || echo hidden)-$(cat /tmp/${marker})-$(whoami)`,
       '. ./first.env',
     ];
-    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, SELF, SHM_ID, SHM_SEEN, AGAIN]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, SELF, SHM_ID, SHM_SEEN, SHM_BIG, AGAIN]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
       user: { uid: first, gid: first },
       tmpDir,
       // A HOME in /tmp does not give the build the host's /tmp: only root's own directories decide that.
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/tmp' },
     });
     expect(run.status, run.output).toBe('SUCCEEDED');
-    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1', AGAIN: `hidden-x-${BUILD_USER_NAME}` });
+    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1', SHM_BIG: 'refused', AGAIN: `hidden-x-${BUILD_USER_NAME}` });
     expect(run.exportedVariables.SHM_ID).toMatch(/^\d+$/);
-    // Its /tmp and /var/tmp were its TMPDIR; the host's saw nothing, nor did its /dev/shm.
+    // Its /tmp, /var/tmp and /dev/shm were its TMPDIR (on disk, gone with the job); the host's saw nothing.
     expect(await readFile(join(tmpDir, marker), 'utf8')).toBe('x\n');
     expect(await readFile(join(tmpDir, `${marker}.var`), 'utf8')).toBe('y\n');
-    for (const path of [`/tmp/${marker}`, `/var/tmp/${marker}.var`, `/dev/shm/${marker}`]) await expect(stat(path)).rejects.toThrow(/ENOENT/);
+    expect(await readFile(join(tmpDir, `${marker}.shm`), 'utf8')).toBe('z\n');
+    for (const path of [`/tmp/${marker}`, `/var/tmp/${marker}.var`, `/dev/shm/${marker}.shm`]) await expect(stat(path)).rejects.toThrow(/ENOENT/);
     // The shared memory segment went with the build's namespace: the host has none of its user's.
     const segments = spawnSync('ipcs', ['-m', '-c'], { encoding: 'utf8' }).stdout;
     expect(segments.split('\n').filter((line) => line.split(/\s+/).includes(String(first)))).toEqual([]);
@@ -336,7 +339,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
     });
     expect(run.status).toBe('FAILED');
-    expect(run.output).toMatch(/the build's namespace could not be set up: a \/(var\/)?tmp of its own/);
+    expect(run.output).toMatch(/the build's namespace could not be set up: a \/(dev\/shm|var\/tmp|tmp) of its own/);
     expect(run.output).not.toMatch(/^never$/m);
   });
 
@@ -373,6 +376,25 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(loads).toContain('user');
     expect(loads).not.toContain('root');
     expect(run.output).not.toMatch(/libmount/);
+  });
+
+  it('hands the build its environment as its user: libmount\'s variables never reach root\'s mount; unexportable names are named, a NUL is refused, POSIXLY_CORRECT and readonly names do not stop the shell', async () => {
+    const { root: wsRoot, ws } = dirs();
+    await chmod(wsRoot, 0o755);
+    const [first] = range(1);
+    const { chown } = await import('node:fs/promises');
+    await chown(ws, first, first);
+    const user = { uid: first, gid: first };
+    const PATH = process.env.PATH ?? '/usr/bin:/bin';
+    // Given relative (to this process), as a caller may.
+    const relativeWs = relative(process.cwd(), ws);
+    const env = { PATH, LIBMOUNT_DEBUG: 'all', 'spring.profile': 'x', POSIXLY_CORRECT: '1', UID: '5', MULTI: 'line one\nline two' };
+    const run = await runYaml(relativeWs, 'version: 0.2\nenv:\n  exported-variables: [SEEN, POSIX, LINES]\nphases:\n  build:\n    commands:\n      - SEEN=$LIBMOUNT_DEBUG\n      - POSIX=$POSIXLY_CORRECT\n      - LINES=$(printf "%s" "$MULTI" | wc -l)\n', { user, env });
+    expect(run.status, run.output).toBe('SUCCEEDED');
+    expect(run.exportedVariables).toMatchObject({ SEEN: 'all', POSIX: '1', LINES: '1' });
+    expect(run.output).not.toMatch(/libmount/);
+    expect(run.output).toMatch(/not passed to the build: spring\.profile/);
+    await expect(runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - "true"\n', { user, env: { PATH, X: 'a\0B=1' } })).rejects.toThrow(/NUL/);
   });
 
   it('starts a build\'s shell in its workspace as its user: a workspace the build swapped for a link to where its user may not go is not entered', async () => {

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
 import { BUILD_USER_NAME, namespaceSupport, privateTemporaries } from './build-namespace.js';
 import { ownPrivateDir, replaceableBy } from './safe-files.js';
-import { checkSetpriv, type BuildUser } from './shell-process.js';
+import { checkBash, checkSetpriv, type BuildUser } from './shell-process.js';
 
 /** The variables naming who builds run as, shared by the services that run buildspecs (see resolveBuildUsers). */
 export const BuildUserEnv = {
@@ -75,6 +75,7 @@ export async function resolveBuildUsers(
   const root = process.getuid?.() === 0;
   if (config.BUILD_UID !== undefined) {
     const user = { uid: config.BUILD_UID, gid: config.BUILD_GID ?? config.BUILD_UID };
+    if (root) checkBash();
     const why = !root ? 'switching users needs the service to run as root' : ((await untraversable(resolve(workDir), user)) ?? (await writableBy(resolve(workDir), user)));
     if (why) throw new Error(`BUILD_UID=${user.uid} cannot be used: ${why}`);
     return withNamespaces(sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds`), workDir, { hostNamesIt: knownUser(user.uid) });
@@ -171,6 +172,7 @@ const SHARED_WRITABLE = ['/tmp', '/var/tmp', '/dev/shm'];
 export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<BuildUsers> {
   checkLockTool('the build user pool');
   checkSetpriv();
+  checkBash();
   await trustedLockDir(opts.lockDir);
   const warn = opts.warn ?? (() => undefined);
   const locks = new Map<number, FileLock>();
@@ -363,7 +365,7 @@ async function trustedLockDir(dir: string): Promise<void> {
 
 /** Whether the system knows `uid` as a user (passwd, LDAP, SSSD…): such an id is never lent, nor its processes killed. */
 function knownUser(uid: number): boolean {
-  return spawnSync('getent', ['passwd', String(uid)], { stdio: 'ignore' }).status === 0;
+  return spawnSync('getent', ['passwd', String(uid)], { stdio: 'ignore', timeout: 10_000 }).status === 0;
 }
 
 /** Deletes what `uid` owns in the directories anyone may write to: files a build left there (a setuid copy of a shell, say) must not outlive it. */

@@ -1,9 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { groupAlive } from '@conveyor/procfs';
-import { BUILD_USER_NAME, inBuildNamespace, rootTool } from './build-namespace.js';
+import { inBuildNamespace, rootTool } from './build-namespace.js';
 import { writeShellRecord } from './orphans.js';
 
 /**
@@ -16,7 +17,7 @@ export const SETPRIV = rootTool(['/usr/bin/setpriv', '/bin/setpriv']);
 /** bash by absolute root-owned path, for the loader (see SETPRIV). */
 const BASH = rootTool(['/usr/bin/bash', '/bin/bash']);
 
-function checkBash(): string {
+export function checkBash(): string {
   if (!BASH) throw new Error('builds run as other users need bash in /usr/bin or /bin (root-owned)');
   return BASH;
 }
@@ -34,11 +35,42 @@ const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
  * shell. Constant text; the workspace comes as $1, the shell and its arguments after it.
  */
 export const USER_LOADER = `cd -- "$1" || { echo "[conveyor] the build's user cannot enter its workspace" >&2; exit 123; }
+unset OLDPWD
 shift
-while IFS= read -r -d '' __cv_kv <&5; do export -- "$__cv_kv"; done
+__cv_all=()
+while IFS= read -r -d '' __cv_kv <&5; do __cv_all+=("$__cv_kv"); done
 exec 5<&-
-unset __cv_kv
+for __cv_kv in "\${__cv_all[@]}"; do
+  case \${__cv_kv%%=*} in
+    POSIXLY_CORRECT) __cv_posix=\${__cv_kv#*=} ;;
+    *) export -- "$__cv_kv" 2>/dev/null ;;
+  esac
+done
+[ -n "\${__cv_posix+set}" ] && export POSIXLY_CORRECT="$__cv_posix"
+unset __cv_all __cv_kv __cv_posix
 exec "$@"`;
+
+/**
+ * Largest environment handed to a build: exec refuses one string over 128 KiB, and the whole with the
+ * arguments over about 2 MiB; the loader reads it a byte at a time (~0.6 s per MiB).
+ */
+const MAX_ENV_ENTRY = 128 * 1024 - 1;
+const MAX_ENV_BYTES = 1024 * 1024;
+
+/** The records the loader reads, or why the environment cannot be handed over. */
+function envRecords(env: Record<string, string>): { records: string; unexportable: string[] } {
+  const unexportable: string[] = [];
+  let records = '';
+  for (const [name, value] of Object.entries(env)) {
+    // A NUL would end a record early: what follows it would become a variable of its own.
+    if (value.includes('\0')) throw new Error(`the build's environment variable ${name} holds a NUL byte`);
+    if (name.length + value.length + 1 > MAX_ENV_ENTRY) throw new Error(`the build's environment variable ${name} is over 128 KiB`);
+    if (!SHELL_NAME.test(name)) unexportable.push(name);
+    else records += `${name}=${value}\0`;
+  }
+  if (Buffer.byteLength(records) > MAX_ENV_BYTES) throw new Error("the build's environment is over 1 MiB");
+  return { records, unexportable };
+}
 
 /** Throws, saying what to install, when builds cannot be run as other users here. */
 export function checkSetpriv(): string {
@@ -141,24 +173,19 @@ export class ShellProcess {
     // Nothing of the build reaches a program root runs: they start in root's control directory with
     // ROOT_ENV (LD_PRELOAD, BASH_ENV, LIBMOUNT_* … would otherwise run the build's code as root, or
     // steer it), and the build's environment travels on fd 5 to the loader, which reads it as the user.
-    const asUser = [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', opts.cwd, opts.shell, ...args];
+    const asUser = [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', resolve(opts.cwd), opts.shell, ...args];
     const isolated = await inBuildNamespace(
       { user: opts.user, home: opts.env.HOME ?? '/', controlDir: opts.controlDir, index: opts.index, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}) },
       asUser,
     );
     const [file, ...argv] = isolated?.argv ?? asUser;
-    const env = isolated?.named ? { USER: BUILD_USER_NAME, LOGNAME: BUILD_USER_NAME, ...opts.env } : opts.env;
-    const unexportable = Object.keys(env).filter((name) => !SHELL_NAME.test(name));
+    const env = isolated?.name ? { USER: isolated.name, LOGNAME: isolated.name, ...opts.env } : opts.env;
+    const { records, unexportable } = envRecords(env);
     if (unexportable.length) opts.onOutput(`[conveyor] not passed to the build: ${unexportable.join(', ')} (a shell can only export names of letters, digits and _)\n`);
     const child = spawn(file!, argv, { cwd: opts.controlDir, env: ROOT_ENV, detached: true, stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'] });
-    const records = (child.stdio as unknown as Writable[])[5]!;
-    records.on('error', () => {}); // EPIPE if the shell died first: its exit reports that
-    records.end(
-      Object.entries(env)
-        .filter(([name]) => SHELL_NAME.test(name))
-        .map(([name, value]) => `${name}=${value}\0`)
-        .join(''),
-    );
+    const fd5 = (child.stdio as unknown as Writable[])[5]!;
+    fd5.on('error', () => {}); // EPIPE if the shell died first: its exit reports that
+    fd5.end(records);
     return ShellProcess.started(child, opts);
   }
 
