@@ -7,7 +7,7 @@ import { FsArtifactStore } from '@conveyor/artifacts';
 import { BuildJob } from '@conveyor/contracts';
 import { pidAlive, processesOfUser, tryHoldFileLock } from '@conveyor/procfs';
 import { z } from 'zod';
-import { BuildUserEnv, killUserProcesses, openBuildUserPool, resolveBuildUsers, type BuildUserConfig } from './build-users.js';
+import { BuildUserEnv, DEFAULT_BUILD_MAX_PROCESSES, killUserProcesses, openBuildUserPool, resolveBuildUsers, type BuildUserConfig } from './build-users.js';
 import { runBuildspecJob, type BuildspecRun } from './buildspec-job.js';
 import { BUILD_USER_NAME, namespaceSupport } from './build-namespace.js';
 import { checkSetpriv } from './shell-process.js';
@@ -111,7 +111,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       await users.close();
     }
     const shared = await resolveBuildUsers(join(root, 'work'), config({ BUILD_UID: 1234 }), 3);
-    expect(await shared.users.withUser(async (user) => user)).toEqual({ uid: 1234, gid: 1234 });
+    expect(await shared.users.withUser(async (user) => user)).toEqual({ uid: 1234, gid: 1234, maxProcesses: DEFAULT_BUILD_MAX_PROCESSES });
     // A user the host names keeps its name; one shared by all builds sees them all in its /proc.
     const nobody = await resolveBuildUsers(join(root, 'work'), config({ BUILD_UID: NOBODY.uid }), 3);
     if (namespaceSupport().ok) expect(nobody.users.summary).toMatch(/the other builds' too, as they share the user\).*WORK_DIR is under it\)$/);
@@ -395,6 +395,34 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(run.output).not.toMatch(/libmount/);
     expect(run.output).toMatch(/not passed to the build: spring\.profile/);
     await expect(runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - "true"\n', { user, env: { PATH, X: 'a\0B=1' } })).rejects.toThrow(/NUL/);
+  });
+
+  it('stops a build\'s fork bomb at its process limit (RLIMIT_NPROC of its user), and the pool lends ids with the limit', async () => {
+    const { root: wsRoot, ws } = dirs();
+    await chmod(wsRoot, 0o755);
+    const [first] = range(1);
+    const { chown } = await import('node:fs/promises');
+    await chown(ws, first, first);
+    // Node reports a refused fork at once (bash would retry it for seconds): spawn 200, count, stop them.
+    const bomb = `let ok = 0, refused = 0; const kids = []; for (let i = 0; i < 200; i++) { try { const c = require('child_process').spawn('sleep', ['30']); c.on('error', () => {}); if (c.pid) { ok++; kids.push(c); } else refused++; } catch { refused++; } } kids.forEach((c) => c.kill('SIGKILL')); process.stdout.write(ok + ' ' + refused);`;
+    await writeFile(join(ws, 'bomb.cjs'), bomb, { mode: 0o644 });
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [COUNTS, LIMIT]\nphases:\n  build:\n    commands:\n      - LIMIT=$(ulimit -Hu)\n      - COUNTS=$(${process.execPath} bomb.cjs)\n`, {
+      user: { uid: first, gid: first, maxProcesses: 64 },
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    });
+    expect(run.status, run.output).toBe('SUCCEEDED');
+    expect(run.exportedVariables.LIMIT).toBe('64');
+    const [ok, refused] = run.exportedVariables.COUNTS!.split(' ').map(Number);
+    expect(ok).toBeGreaterThan(0);
+    expect(ok).toBeLessThan(64);
+    expect(refused).toBeGreaterThan(0);
+    const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks'), maxProcesses: 99 });
+    try {
+      expect(await pool.withUser(async (user) => user)).toEqual({ uid: first, gid: first, maxProcesses: 99 });
+      expect(pool.summary).toMatch(/at most 99 processes each/);
+    } finally {
+      await pool.close();
+    }
   });
 
   it('starts a build\'s shell in its workspace as its user: a workspace the build swapped for a link to where its user may not go is not entered', async () => {

@@ -8,6 +8,9 @@ import { BUILD_USER_NAME, namespaceSupport, privateTemporaries } from './build-n
 import { ownPrivateDir, replaceableBy } from './safe-files.js';
 import { checkBash, checkSetpriv, type BuildUser } from './shell-process.js';
 
+/** Room for parallel compilers, test runners and browsers with their threads; a fork bomb still stops. */
+export const DEFAULT_BUILD_MAX_PROCESSES = 4096;
+
 /** The variables naming who builds run as, shared by the services that run buildspecs (see resolveBuildUsers). */
 export const BuildUserEnv = {
   /** One Linux user (and group) every build runs as, e.g. a named user with the tools' configuration. */
@@ -27,6 +30,11 @@ export const BuildUserEnv = {
     .optional(),
   /** Where the host-wide locks on BUILD_UIDS live: one directory for every service of the host. */
   BUILD_UID_LOCK_DIR: z.string().default('/run/lock/conveyor'),
+  /**
+   * Most processes and threads one build may have at once (RLIMIT_NPROC of its user: with BUILD_UID,
+   * shared by the builds running at once). A fork bomb stops there. Builds run as the service get none.
+   */
+  BUILD_MAX_PROCESSES: z.coerce.number().int().min(16).default(DEFAULT_BUILD_MAX_PROCESSES),
 };
 
 /** Above systemd's ranges for dynamic and container users, below 2^31. */
@@ -37,6 +45,8 @@ export interface BuildUserConfig {
   BUILD_GID?: number;
   BUILD_UIDS?: [number, number] | undefined;
   BUILD_UID_LOCK_DIR: string;
+  /** Default DEFAULT_BUILD_MAX_PROCESSES. */
+  BUILD_MAX_PROCESSES?: number;
 }
 
 /** Who each build runs as. */
@@ -74,11 +84,11 @@ export async function resolveBuildUsers(
 ): Promise<{ users: BuildUsers; warning?: string }> {
   const root = process.getuid?.() === 0;
   if (config.BUILD_UID !== undefined) {
-    const user = { uid: config.BUILD_UID, gid: config.BUILD_GID ?? config.BUILD_UID };
+    const user = { uid: config.BUILD_UID, gid: config.BUILD_GID ?? config.BUILD_UID, maxProcesses: config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES };
     if (root) checkBash();
     const why = !root ? 'switching users needs the service to run as root' : ((await untraversable(resolve(workDir), user)) ?? (await writableBy(resolve(workDir), user)));
     if (why) throw new Error(`BUILD_UID=${user.uid} cannot be used: ${why}`);
-    return withNamespaces(sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds`), workDir, { hostNamesIt: knownUser(user.uid) });
+    return withNamespaces(sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds (at most ${user.maxProcesses} processes together)`), workDir, { hostNamesIt: knownUser(user.uid) });
   }
   if (!root) {
     return {
@@ -100,7 +110,8 @@ export async function resolveBuildUsers(
   // Nor may they rename it or a parent. Checked as any one of the ids: to all, these are someone else's.
   const exposed = await writableBy(resolve(workDir), { uid: first, gid: first });
   if (exposed) throw new Error(`the builds' users cannot be given their directories: ${exposed}`);
-  return withNamespaces(await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, ...(warn ? { warn } : {}) }), workDir, undefined);
+  const pool = await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, maxProcesses: config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES, ...(warn ? { warn } : {}) });
+  return withNamespaces(pool, workDir, undefined);
 }
 
 /** The builds' users, and what their shells' namespaces give them (build-namespace.ts): said at start-up. */
@@ -150,6 +161,8 @@ export interface BuildUserPoolOptions {
   /** How many user ids to hold: one per concurrent build. */
   size: number;
   lockDir: string;
+  /** Each build's process limit (BuildUser.maxProcesses); default none. */
+  maxProcesses?: number;
   /** Where problems go (a uid set aside, a lock lost); the service passes its logger. */
   warn?: (message: string) => void;
   /** How an id's processes are killed (tests stand in processes that will not die). Default killUserProcesses. */
@@ -294,7 +307,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
       uid = replacement;
     }
     lent++;
-    const user = { uid, gid: uid };
+    const user: BuildUser = { uid, gid: uid, ...(opts.maxProcesses ? { maxProcesses: opts.maxProcesses } : {}) };
     const stopAll = async () => {
       const { survivors } = await kill(user);
       if (survivors.length) warn(`processes ${survivors.join(', ')} of build user id ${uid} survive SIGKILL`);
@@ -326,7 +339,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   };
   const uids = [...locks.keys()];
   return {
-    summary: `each build runs as a user of its own: uids ${uids.length <= 16 ? uids.join(', ') : `${uids.slice(0, 16).join(', ')}…`} (${uids.length}, locked in ${opts.lockDir})`,
+    summary: `each build runs as a user of its own: uids ${uids.length <= 16 ? uids.join(', ') : `${uids.slice(0, 16).join(', ')}…`} (${uids.length}, locked in ${opts.lockDir})${opts.maxProcesses ? `, at most ${opts.maxProcesses} processes each` : ''}`,
     withUser(fn) {
       if (closed) return Promise.reject(new Error('the build user pool is closed'));
       return track(lend(fn));

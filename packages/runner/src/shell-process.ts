@@ -31,12 +31,15 @@ const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /**
  * Run by bash as the build's user, with ROOT_ENV only: enters the workspace as the user (root never
  * chdirs into a directory the build controls: a symlink there would take the shell where its user could
- * not go), exports the build's environment from NUL-terminated NAME=VALUE records on fd 5, and execs the
- * shell. Constant text; the workspace comes as $1, the shell and its arguments after it.
+ * not go), lowers its process limit, exports the build's environment from NUL-terminated NAME=VALUE
+ * records on fd 5, and execs the shell. Constant text; the workspace comes as $1, the process limit (or
+ * nothing) as $2, the shell and its arguments after them.
  */
 export const USER_LOADER = `cd -- "$1" || { echo "[conveyor] the build's user cannot enter its workspace" >&2; exit 123; }
 unset OLDPWD
-shift
+# Lowered only: where the limit is already lower, it stays.
+[ -n "$2" ] && { ulimit -u "$2" 2>/dev/null || :; }
+shift 2
 __cv_all=()
 while IFS= read -r -d '' __cv_kv <&5; do __cv_all+=("$__cv_kv"); done
 exec 5<&-
@@ -126,6 +129,11 @@ export interface ShellProcessOptions {
 export interface BuildUser {
   uid: number;
   gid: number;
+  /**
+   * Most processes and threads the user may have at once (RLIMIT_NPROC, set by the loader: a build's
+   * fork bomb stops there). Counted per user, so per build for the pool's ids. Default: no limit set.
+   */
+  maxProcesses?: number;
 }
 
 export type SendResult =
@@ -173,7 +181,7 @@ export class ShellProcess {
     // Nothing of the build reaches a program root runs: they start in root's control directory with
     // ROOT_ENV (LD_PRELOAD, BASH_ENV, LIBMOUNT_* … would otherwise run the build's code as root, or
     // steer it), and the build's environment travels on fd 5 to the loader, which reads it as the user.
-    const asUser = [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', resolve(opts.cwd), opts.shell, ...args];
+    const asUser = [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', resolve(opts.cwd), opts.user.maxProcesses ? String(opts.user.maxProcesses) : '', opts.shell, ...args];
     const isolated = await inBuildNamespace(
       { user: opts.user, home: opts.env.HOME ?? '/', controlDir: opts.controlDir, index: opts.index, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}) },
       asUser,
