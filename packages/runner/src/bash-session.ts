@@ -47,6 +47,8 @@ export interface RunPhasesOptions {
   user?: BuildUser;
   /** With a user: the build's temporary directory (its user's), mounted as its /tmp and /var/tmp where it can be. */
   tmpDir?: string;
+  /** With a user: the build's shared memory directory (its user's), mounted as its /dev/shm where it can be. */
+  shmDir?: string;
   /** Time between SIGTERM and SIGKILL when stopping a process group. Default 5000. */
   killGraceMs?: number;
 }
@@ -144,6 +146,7 @@ class BuildSession {
       onOutput: this.onOutput,
       ...(this.opts.user ? { user: this.opts.user } : {}),
       ...(this.opts.tmpDir ? { tmpDir: this.opts.tmpDir } : {}),
+      ...(this.opts.shmDir ? { shmDir: this.opts.shmDir } : {}),
     });
     this.shells.push(this.shell);
     if (this.stopReason) await this.shell.terminate(0);
@@ -305,7 +308,8 @@ export async function runPhases(spec: Buildspec, given: RunPhasesOptions): Promi
   const started = Date.now();
   shellOf(spec);
   // Absolute from here on: the shell runs elsewhere than this process, and reads its control files by path.
-  const opts: RunPhasesOptions = { ...given, workspace: resolve(given.workspace), ...(given.controlDir ? { controlDir: resolve(given.controlDir) } : {}) };
+  const opts: RunPhasesOptions = { ...given, workspace: resolve(given.workspace) };
+  for (const key of ['controlDir', 'tmpDir', 'shmDir'] as const) if (given[key] !== undefined) opts[key] = resolve(given[key]);
   const files = new ControlFiles(await prepareControlDir(opts), opts.user);
   const session = new BuildSession(spec, opts, files);
   const onAbort = () => session.stop('STOPPED');

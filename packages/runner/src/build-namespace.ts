@@ -17,13 +17,12 @@ import type { BuildUser } from './shell-process.js';
  *   BUILD_USER_NAME, with the build's HOME. The copies are root's (0644) in its control directory.
  * - /proc mounted again with hidepid=invisible: the build sees its user's processes only, not other
  *   builds' command lines or the service's (with a shared BUILD_UID, the other builds are its user's).
- * - /tmp, /var/tmp and /dev/shm: its own temporary directory (the one TMPDIR names), on disk and gone
- *   with the job. /tmp and /var/tmp stay the host's where WORK_DIR lies under them (the build's own
- *   files would be hidden).
- * - SysV IPC (shared memory, semaphores, message queues): its own, at most 256 MiB of shared memory,
- *   gone with it.
+ * - /tmp and /var/tmp: its own temporary directory (the one TMPDIR names); /dev/shm: a directory of its
+ *   own beside it. On disk, gone with the job. /tmp and /var/tmp stay the host's where WORK_DIR lies
+ *   under them (the build's own files would be hidden).
+ * - SysV IPC (shared memory, semaphores, message queues): its own, with limits, gone with it.
  * Each shell of a build gets its own: after an `exit`, the next shell's IPC is new (its /tmp and
- * /dev/shm are the same directory).
+ * /dev/shm are the same directories).
  * Root's programs here never see the build's environment nor enter its directories (shell-process.ts).
  */
 
@@ -53,21 +52,27 @@ const SH = rootTool(['/bin/sh', '/usr/bin/sh']);
 /** /dev/shm for a shell without a temporary directory of its own: small, as Docker's. */
 const SHM_OPTIONS = 'mode=1777,nosuid,nodev,size=64m,nr_inodes=16384';
 
-/**
- * SysV shared memory of a build's IPC namespace (the namespace's own sysctls): at most 256 MiB in all
- * (shmall, in 4 KiB pages), 64 segments. Memory no process holds, so bounded: the OOM killer could not
- * take it back from the build.
+/*
+ * SysV IPC limits of a build's IPC namespace (its own sysctls; a new namespace starts from the kernel's
+ * defaults, which let one build pin tens of GiB in semaphores and message queues). It is memory no
+ * process holds, so the OOM killer could not take it back from the build: 256 MiB of shared memory in
+ * 64 segments, 64 message queues (16 KiB each by default), 128 semaphore sets of 250.
  */
-const SYSV_LIMITS = 'shmmax=268435456 shmall=65536 shmmni=64';
+const SHM_BYTES = 268_435_456;
+const SHM_SEGMENTS = 64;
+const MSG_QUEUES = 64;
+const SEMAPHORES = '250 32000 32 128';
+const SYSV_LIMITS_TEXT = 'shm 256 MiB in 64 segments, 64 message queues, 128 semaphore sets';
 
 /**
  * Run by /bin/sh as root in the new namespaces, with root's environment only (shell-process.ts): the
- * mounts, then exec of the rest of its arguments (setpriv and the loader). Constant text: the paths come
- * as arguments ($1 mount, $2 and $3 the passwd and group copies or empty, $4 the build's temporary
- * directory or empty, $5 `tmp` when it is to be /tmp and /var/tmp, $6 `shm` when /dev/shm is to be the
- * build's). /dev/shm is its temporary directory too, on disk (memory there could not be taken back
- * while the build runs), or a small tmpfs without one. Links at /var/tmp or /dev/shm are left alone, and
- * /tmp comes last: once it is the user's, a target resolved through it would be the build's to choose.
+ * mounts and limits, then exec of the rest of its arguments (setpriv and the loader). Constant text: the
+ * paths come as arguments ($1 mount, $2 and $3 the passwd and group copies or empty, $4 the build's
+ * temporary directory or empty, $5 `tmp` when that is to be /tmp and /var/tmp, $6 the build's shared
+ * memory directory to bind as /dev/shm, or `tmpfs` for a small one, or empty to leave the host's).
+ * /dev/shm is on disk (memory there could not be taken back while the build runs). Links at /var/tmp or
+ * /dev/shm are left alone, and /tmp comes last: once it is the user's, a target resolved through it
+ * would be the build's to choose.
  */
 const SETUP_SCRIPT = `m=$1 passwd=$2 group=$3 tmp=$4 ownTmp=$5 shm=$6
 shift 6
@@ -75,9 +80,14 @@ fail() { echo "[conveyor] the build's namespace could not be set up: $1" >&2; ex
 if [ -n "$passwd" ]; then "$m" --bind "$passwd" /etc/passwd && "$m" --bind "$group" /etc/group || fail "its user's name"; fi
 "$m" -t proc -o nosuid,nodev,noexec,hidepid=invisible proc /proc || fail "a /proc of its own"
 if [ -d /dev/mqueue ]; then "$m" -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue || fail "a /dev/mqueue of its own"; fi
-for limit in ${SYSV_LIMITS}; do echo "\${limit#*=}" > "/proc/sys/kernel/\${limit%%=*}" || fail "limits on its SysV IPC"; done
+# SysV IPC: the namespace's own limits (${SYSV_LIMITS_TEXT}).
+{ echo ${SHM_BYTES} > /proc/sys/kernel/shmmax &&
+  echo $((${SHM_BYTES} / $(getconf PAGESIZE))) > /proc/sys/kernel/shmall &&
+  echo ${SHM_SEGMENTS} > /proc/sys/kernel/shmmni &&
+  echo ${MSG_QUEUES} > /proc/sys/kernel/msgmni &&
+  echo ${SEMAPHORES} > /proc/sys/kernel/sem; } || fail "limits on its SysV IPC"
 if [ -n "$shm" ] && [ -d /dev/shm ] && [ ! -L /dev/shm ]; then
-  if [ -n "$tmp" ]; then "$m" --bind "$tmp" /dev/shm; else "$m" -t tmpfs -o ${SHM_OPTIONS} tmpfs /dev/shm; fi || fail "a /dev/shm of its own"
+  if [ "$shm" = tmpfs ]; then "$m" -t tmpfs -o ${SHM_OPTIONS} tmpfs /dev/shm; else "$m" --bind "$shm" /dev/shm; fi || fail "a /dev/shm of its own"
 fi
 if [ -n "$tmp" ] && [ -n "$ownTmp" ]; then
   if [ -d /var/tmp ] && [ ! -L /var/tmp ]; then "$m" --bind "$tmp" /var/tmp || fail "a /var/tmp of its own"; fi
@@ -107,7 +117,7 @@ export function namespaceSupport(): { ok: true } | { ok: false; why: string } {
   else if (!UNSHARE || !MOUNT || !SH) probed = { ok: false, why: 'unshare(1), mount(1) or /bin/sh is missing (root-owned, in /usr/bin or /bin); install util-linux and mount' };
   else {
     const TRUE = rootTool(['/usr/bin/true', '/bin/true']) ?? '/bin/true';
-    const [file, ...args] = [...unshare(), '', '', '', '', 'shm', TRUE];
+    const [file, ...args] = [...unshare(), '', '', '', '', 'tmpfs', TRUE];
     const r = spawnSync(file!, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', timeout: 10_000 });
     probed = r.status === 0 ? { ok: true } : { ok: false, why: `namespaces cannot be made here (${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()}); in a container this needs CAP_SYS_ADMIN` };
   }
@@ -169,6 +179,8 @@ export interface BuildNamespaceOptions {
    * WORK_DIR or the control directory lies under those (see privateTemporaries).
    */
   tmpDir?: string;
+  /** The build's shared memory directory (its user's, in WORK_DIR), to be its /dev/shm; else a small tmpfs. */
+  shmDir?: string;
 }
 
 /**
@@ -192,6 +204,7 @@ export async function inBuildNamespace(opts: BuildNamespaceOptions, command: rea
     await createFile(copies[0], line(passwd, `${name}:x:${user.uid}:${user.gid}:Conveyor build:${home}:/bin/bash`), undefined, 0o644);
     await createFile(copies[1], hasId(group, user.gid) ? group : line(group, `${name}:x:${user.gid}:`), undefined, 0o644);
   }
-  const own = privateTemporaries([controlDir, ...(opts.tmpDir ? [dirname(opts.tmpDir)] : [])]);
-  return { argv: [...unshare(), ...copies, opts.tmpDir ?? '', own.tmp ? 'tmp' : '', own.shm ? 'shm' : '', ...command], ...(name ? { name } : {}) };
+  const own = privateTemporaries([controlDir, ...[opts.tmpDir, opts.shmDir].filter((d): d is string => d !== undefined).map((d) => dirname(d))]);
+  const shm = !own.shm ? '' : (opts.shmDir ?? 'tmpfs');
+  return { argv: [...unshare(), ...copies, opts.tmpDir ?? '', own.tmp ? 'tmp' : '', shm, ...command], ...(name ? { name } : {}) };
 }

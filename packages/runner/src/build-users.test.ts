@@ -59,6 +59,19 @@ describe('build users: the settings', () => {
     expect(() => env.parse({ BUILD_UIDS: 'many' })).toThrow(/first-last/);
   });
 
+  it('fails a build once, with the reason, whose environment no shell can be given (a NUL in a stage variable)', async () => {
+    const artifacts = new FsArtifactStore(join(root, 'artifacts'));
+    const src = join(root, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'buildspec.yml'), 'version: 0.2\nphases:\n  build:\n    commands:\n      - echo ran\n');
+    const input = await artifacts.putFiles('src.tar', src, ['buildspec.yml']);
+    const job = BuildJob.parse({ ...(BUILD_JOB as object), jobId: 'env-run-0001.Build.1', runId: 'env-run-0001', input, env: { variables: { X: 'a\0B=1' } } });
+    let log = '';
+    const run = await runBuildspecJob(job, { artifacts, workDir: join(root, 'work'), log: (t) => void (log += t), signal: new AbortController().signal }, async (r: BuildspecRun) => r);
+    expect(run).toMatchObject({ status: 'FAILED', message: "the build's environment variable X holds a NUL byte" });
+    expect(log).not.toMatch(/^ran$/m);
+  });
+
   it.runIf(!isRoot)('a service that is not root runs builds as itself, with a warning; BUILD_UID is refused', async () => {
     const resolved = await resolveBuildUsers(join(root, 'work'), config(), 2);
     expect(resolved.warning).toMatch(/own user/);
@@ -263,8 +276,12 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     const { chown } = await import('node:fs/promises');
     await chown(ws, first, first);
     const tmpDir = join(wsRoot, 't');
-    await mkdir(tmpDir, { mode: 0o700 });
-    await chown(tmpDir, first, first);
+    const shmDir = join(wsRoot, 'm');
+    for (const own of [tmpDir, shmDir]) {
+      await mkdir(own, { mode: 0o700 });
+      await chown(own, first, first);
+    }
+    const hostSysctls = await Promise.all(['shmmax', 'msgmni', 'sem'].map((k) => readFile(`/proc/sys/kernel/${k}`, 'utf8')));
     // A segment of the host's, which the build must not see.
     const hostSegment = /(\d+)\s*$/.exec(spawnSync('ipcmk', ['-M', '4096'], { encoding: 'utf8' }).stdout)![1]!;
     onTestFinished(() => void spawnSync('ipcrm', ['-m', hostSegment]));
@@ -275,28 +292,33 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       `echo x > /tmp/${marker} && echo y > /var/tmp/${marker}.var && echo z > /dev/shm/${marker}.shm`,
       'SHM_ID=$(ipcmk -M 4096 | grep -o "[0-9]*$")',
       'SHM_SEEN=$(ipcs -m | grep -c "^0x")',
-      // Over the 256 MiB its IPC namespace allows.
+      // Over the 256 MiB its IPC namespace allows; its queues and semaphores are limited too.
       'SHM_BIG=$(ipcmk -M 300000000 >/dev/null 2>&1 && echo made || echo refused)',
+      'MSGMNI=$(cat /proc/sys/kernel/msgmni)',
+      'SEMMNI=$(awk "{print \\$4}" /proc/sys/kernel/sem)',
       // Kept for the end: a fresh shell starts with fresh variables.
-      'printf "SERVICE=%s SELF=%s SHM_ID=%s SHM_SEEN=%s SHM_BIG=%s\\n" $SERVICE $SELF $SHM_ID $SHM_SEEN $SHM_BIG > first.env',
+      'printf "SERVICE=%s SELF=%s SHM_ID=%s SHM_SEEN=%s SHM_BIG=%s MSGMNI=%s SEMMNI=%s\\n" $SERVICE $SELF $SHM_ID $SHM_SEEN $SHM_BIG $MSGMNI $SEMMNI > first.env',
       // A second shell (the first one exits) starts in namespaces of its own as well.
       'exit 0',
       `AGAIN=$([ -e /proc/${process.pid} ] && echo visible || echo hidden)-$(cat /tmp/${marker})-$(whoami)`,
       '. ./first.env',
     ];
-    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, SELF, SHM_ID, SHM_SEEN, SHM_BIG, AGAIN]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, SELF, SHM_ID, SHM_SEEN, SHM_BIG, MSGMNI, SEMMNI, AGAIN]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
       user: { uid: first, gid: first },
       tmpDir,
+      shmDir,
       // A HOME in /tmp does not give the build the host's /tmp: only root's own directories decide that.
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/tmp' },
     });
     expect(run.status, run.output).toBe('SUCCEEDED');
-    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1', SHM_BIG: 'refused', AGAIN: `hidden-x-${BUILD_USER_NAME}` });
+    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1', SHM_BIG: 'refused', MSGMNI: '64', SEMMNI: '128', AGAIN: `hidden-x-${BUILD_USER_NAME}` });
+    // The limits were the namespace's: the host's are as they were.
+    expect(await Promise.all(['shmmax', 'msgmni', 'sem'].map((k) => readFile(`/proc/sys/kernel/${k}`, 'utf8')))).toEqual(hostSysctls);
     expect(run.exportedVariables.SHM_ID).toMatch(/^\d+$/);
-    // Its /tmp, /var/tmp and /dev/shm were its TMPDIR (on disk, gone with the job); the host's saw nothing.
+    // Its /tmp and /var/tmp were its TMPDIR, its /dev/shm its own directory (on disk); the host's saw nothing.
     expect(await readFile(join(tmpDir, marker), 'utf8')).toBe('x\n');
     expect(await readFile(join(tmpDir, `${marker}.var`), 'utf8')).toBe('y\n');
-    expect(await readFile(join(tmpDir, `${marker}.shm`), 'utf8')).toBe('z\n');
+    expect(await readFile(join(shmDir, `${marker}.shm`), 'utf8')).toBe('z\n');
     for (const path of [`/tmp/${marker}`, `/var/tmp/${marker}.var`, `/dev/shm/${marker}.shm`]) await expect(stat(path)).rejects.toThrow(/ENOENT/);
     // The shared memory segment went with the build's namespace: the host has none of its user's.
     const segments = spawnSync('ipcs', ['-m', '-c'], { encoding: 'utf8' }).stdout;
@@ -395,6 +417,10 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(run.output).not.toMatch(/libmount/);
     expect(run.output).toMatch(/not passed to the build: spring\.profile/);
     await expect(runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - "true"\n', { user, env: { PATH, X: 'a\0B=1' } })).rejects.toThrow(/NUL/);
+    // Counted in bytes: 50,000 euro signs are 150,000 bytes, which exec would refuse.
+    await expect(runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - "true"\n', { user, env: { PATH, X: '€'.repeat(50_000) } })).rejects.toThrow(/over 128 KiB/);
+    const own = await runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - "true"\n', { user, env: { PATH, __cv_all: 'mine' } });
+    expect(own.output).toMatch(/not passed to the build: __cv_all/);
   });
 
   it('stops a build\'s fork bomb at its process limit (RLIMIT_NPROC of its user), and the pool lends ids with the limit', async () => {
@@ -406,16 +432,21 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     // Node reports a refused fork at once (bash would retry it for seconds): spawn 200, count, stop them.
     const bomb = `let ok = 0, refused = 0; const kids = []; for (let i = 0; i < 200; i++) { try { const c = require('child_process').spawn('sleep', ['30']); c.on('error', () => {}); if (c.pid) { ok++; kids.push(c); } else refused++; } catch { refused++; } } kids.forEach((c) => c.kill('SIGKILL')); process.stdout.write(ok + ' ' + refused);`;
     await writeFile(join(ws, 'bomb.cjs'), bomb, { mode: 0o644 });
-    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [COUNTS, LIMIT]\nphases:\n  build:\n    commands:\n      - LIMIT=$(ulimit -Hu)\n      - COUNTS=$(${process.execPath} bomb.cjs)\n`, {
+    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [COUNTS, LIMIT]\nphases:\n  build:\n    commands:\n      - LIMIT=$(ulimit -Su)/$(ulimit -Hu)\n      - COUNTS=$(${process.execPath} bomb.cjs)\n`, {
       user: { uid: first, gid: first, maxProcesses: 64 },
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
     });
     expect(run.status, run.output).toBe('SUCCEEDED');
-    expect(run.exportedVariables.LIMIT).toBe('64');
+    expect(run.exportedVariables.LIMIT).toBe('64/64');
     const [ok, refused] = run.exportedVariables.COUNTS!.split(' ').map(Number);
     expect(ok).toBeGreaterThan(0);
     expect(ok).toBeLessThan(64);
     expect(refused).toBeGreaterThan(0);
+    // A limit that could take most of the host's process ids is said at start-up.
+    const warnings: string[] = [];
+    const huge = await resolveBuildUsers(join(root, 'work'), config({ BUILD_UID: NOBODY.uid, BUILD_MAX_PROCESSES: 10_000_000 }), 3, (m) => warnings.push(m));
+    await huge.users.close();
+    expect(warnings.join('\n')).toMatch(/BUILD_MAX_PROCESSES 10000000 × 3 concurrent builds could take/);
     const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks'), maxProcesses: 99 });
     try {
       expect(await pool.withUser(async (user) => user)).toEqual({ uid: first, gid: first, maxProcesses: 99 });

@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
@@ -9,7 +9,7 @@ import { ownPrivateDir, replaceableBy } from './safe-files.js';
 import { checkBash, checkSetpriv, type BuildUser } from './shell-process.js';
 
 /** Room for parallel compilers, test runners and browsers with their threads; a fork bomb still stops. */
-export const DEFAULT_BUILD_MAX_PROCESSES = 4096;
+export const DEFAULT_BUILD_MAX_PROCESSES = 2048;
 
 /** The variables naming who builds run as, shared by the services that run buildspecs (see resolveBuildUsers). */
 export const BuildUserEnv = {
@@ -83,6 +83,7 @@ export async function resolveBuildUsers(
   warn?: (message: string) => void,
 ): Promise<{ users: BuildUsers; warning?: string }> {
   const root = process.getuid?.() === 0;
+  if (root) checkProcessLimit(config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES, concurrency, warn);
   if (config.BUILD_UID !== undefined) {
     const user = { uid: config.BUILD_UID, gid: config.BUILD_GID ?? config.BUILD_UID, maxProcesses: config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES };
     if (root) checkBash();
@@ -112,6 +113,28 @@ export async function resolveBuildUsers(
   if (exposed) throw new Error(`the builds' users cannot be given their directories: ${exposed}`);
   const pool = await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, maxProcesses: config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES, ...(warn ? { warn } : {}) });
   return withNamespaces(pool, workDir, undefined);
+}
+
+/**
+ * Says (through `warn`) when the process limit cannot hold as set: the service's own hard limit is
+ * lower (the builds inherit it), or the builds at their limits could take most of the host's process ids.
+ */
+function checkProcessLimit(limit: number, concurrency: number, warn: ((message: string) => void) | undefined): void {
+  if (!warn) return;
+  const own = /^Max processes\s+\S+\s+(\S+)/m.exec(readFileOr('/proc/self/limits'))?.[1];
+  if (own && own !== 'unlimited' && Number(own) < limit) warn(`BUILD_MAX_PROCESSES is ${limit}, but this service's own hard limit is ${own}: builds get ${own}`);
+  const pidMax = Number(readFileOr('/proc/sys/kernel/pid_max').trim());
+  if (pidMax > 0 && limit * concurrency > pidMax / 2) {
+    warn(`BUILD_MAX_PROCESSES ${limit} × ${concurrency} concurrent builds could take ${limit * concurrency} of this host's ${pidMax} process ids: lower it, or raise kernel.pid_max`);
+  }
+}
+
+function readFileOr(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 /** The builds' users, and what their shells' namespaces give them (build-namespace.ts): said at start-up. */

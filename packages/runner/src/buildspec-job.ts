@@ -11,7 +11,7 @@ import { BuildspecError, MAX_BUILDSPEC_BYTES, notices, parseBuildspec, unsupport
 import { codebuildEnv } from './codebuild-env.js';
 import { processIsOurs } from '@conveyor/procfs';
 import { currentOwner, reapOrphans, type ProcessOwner } from './orphans.js';
-import type { BuildUser } from './shell-process.js';
+import { environmentProblem, type BuildUser } from './shell-process.js';
 
 const exec = promisify(execFile);
 
@@ -48,6 +48,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
   const dir = join(resolve(deps.workDir), `${job.jobId}-${suffix}`);
   // TMPDIR is kept short: a Unix socket's path (Python's multiprocessing makes some there) has ~107 bytes.
   const tmpDir = deps.user ? tmpDirOf(resolve(deps.workDir), suffix) : undefined;
+  const shmDir = deps.user ? shmDirOf(resolve(deps.workDir), suffix) : undefined;
   const workspace = join(dir, 'src');
   // Names the live worker that owns the job directory, so a successor can tell an abandoned one.
   await mkdir(resolve(deps.workDir), { recursive: true });
@@ -66,8 +67,10 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
       await mkdir(home);
       await exec('chown', ['-R', '--no-dereference', `${deps.user.uid}:${deps.user.gid}`, dir]);
       await chmod(dir, 0o700);
-      await mkdir(tmpDir!, { mode: 0o700 });
-      await chown(tmpDir!, deps.user.uid, deps.user.gid);
+      for (const own of [tmpDir!, shmDir!]) {
+        await mkdir(own, { mode: 0o700 });
+        await chown(own, deps.user.uid, deps.user.gid);
+      }
     }
     const spec = await loadBuildspec(workspace, job.buildspec, deps.user);
     if ('error' in spec) {
@@ -93,6 +96,12 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
       buildspecVariables: spec.spec.env?.variables ?? {},
       stageVariables: job.env.variables,
     });
+    // An environment no shell can be given fails the build once, with the reason (not a retried error).
+    const problem = environmentProblem(env);
+    if (problem) {
+      deps.log(`[conveyor] ${problem}\n`);
+      return await then({ status: 'FAILED', message: problem, workspace });
+    }
     const phases = await runPhases(spec.spec, {
       workspace,
       env,
@@ -103,6 +112,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
       controlDir: `${dir}.ctl`,
       ...(deps.user ? { user: deps.user } : {}),
       ...(tmpDir ? { tmpDir } : {}),
+      ...(shmDir ? { shmDir } : {}),
     });
     // Nothing of the build's may run on while root reads, copies and removes its files (swapping a path
     // for a symlink under root's feet).
@@ -112,7 +122,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
     return await then({ status, ...(phases.message ? { message: phases.message } : {}), workspace, spec: spec.spec, phases });
   } finally {
     // GNU rm, not a path walk of ours: it does not follow a symlink a build's process swaps in meanwhile.
-    if (await removeTrees(dir, `${dir}.ctl`, tmpDirOf(resolve(deps.workDir), suffix))) await rm(`${dir}.owner`, { force: true });
+    if (await removeTrees(dir, `${dir}.ctl`, tmpDirOf(resolve(deps.workDir), suffix), shmDirOf(resolve(deps.workDir), suffix))) await rm(`${dir}.owner`, { force: true });
   }
 }
 
@@ -131,6 +141,11 @@ function tmpDirOf(workDir: string, suffix: string): string {
   return join(workDir, `t-${suffix}`);
 }
 
+/** A job's /dev/shm, where namespaces can be made: `<workDir>/m-<the job directory's suffix>`. */
+function shmDirOf(workDir: string, suffix: string): string {
+  return join(workDir, `m-${suffix}`);
+}
+
 /**
  * After a crash: kill the shells a dead worker left (see reapOrphans) and remove their job
  * directories. Job directories of live workers sharing `workDir` are left alone.
@@ -147,7 +162,7 @@ export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: num
     // Unreadable: a worker killed while writing it (gone), or one writing it right now (leave it be).
     if (owner === undefined ? await writtenWithin(join(root, name), 10_000) : processIsOurs(owner)) continue;
     const jobDir = join(root, name.slice(0, -'.owner'.length));
-    if (!(await removeTrees(jobDir, `${jobDir}.ctl`, `${jobDir}.staging`, tmpDirOf(root, jobDir.slice(-8))))) continue;
+    if (!(await removeTrees(jobDir, `${jobDir}.ctl`, `${jobDir}.staging`, tmpDirOf(root, jobDir.slice(-8)), shmDirOf(root, jobDir.slice(-8))))) continue;
     await rm(join(root, name), { force: true });
     removed.push(jobDir);
   }

@@ -37,20 +37,18 @@ const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
  */
 export const USER_LOADER = `cd -- "$1" || { echo "[conveyor] the build's user cannot enter its workspace" >&2; exit 123; }
 unset OLDPWD
-# Lowered only: where the limit is already lower, it stays.
-[ -n "$2" ] && { ulimit -u "$2" 2>/dev/null || :; }
+# Lowered, never raised: the soft limit first (it may not exceed the hard one), then the hard one.
+if [ -n "$2" ]; then
+  __cv_s=$(ulimit -Su) __cv_h=$(ulimit -Hu)
+  if [ "$__cv_s" = unlimited ] || [ "$__cv_s" -gt "$2" ]; then ulimit -Su "$2"; fi
+  if [ "$__cv_h" = unlimited ] || [ "$__cv_h" -gt "$2" ]; then ulimit -Hu "$2"; fi
+fi
 shift 2
 __cv_all=()
 while IFS= read -r -d '' __cv_kv <&5; do __cv_all+=("$__cv_kv"); done
 exec 5<&-
-for __cv_kv in "\${__cv_all[@]}"; do
-  case \${__cv_kv%%=*} in
-    POSIXLY_CORRECT) __cv_posix=\${__cv_kv#*=} ;;
-    *) export -- "$__cv_kv" 2>/dev/null ;;
-  esac
-done
-[ -n "\${__cv_posix+set}" ] && export POSIXLY_CORRECT="$__cv_posix"
-unset __cv_all __cv_kv __cv_posix
+# POSIXLY_CORRECT comes last (envRecords): posix mode would make a refused export (a read-only UID) fatal.
+for __cv_kv in "\${__cv_all[@]}"; do export -- "$__cv_kv" 2>/dev/null; done
 exec "$@"`;
 
 /**
@@ -60,19 +58,33 @@ exec "$@"`;
 const MAX_ENV_ENTRY = 128 * 1024 - 1;
 const MAX_ENV_BYTES = 1024 * 1024;
 
-/** The records the loader reads, or why the environment cannot be handed over. */
-function envRecords(env: Record<string, string>): { records: string; unexportable: string[] } {
-  const unexportable: string[] = [];
-  let records = '';
+/** Why `env` cannot be handed to a build (too large, a NUL), or undefined. */
+export function environmentProblem(env: Record<string, string>): string | undefined {
+  let total = 0;
   for (const [name, value] of Object.entries(env)) {
     // A NUL would end a record early: what follows it would become a variable of its own.
-    if (value.includes('\0')) throw new Error(`the build's environment variable ${name} holds a NUL byte`);
-    if (name.length + value.length + 1 > MAX_ENV_ENTRY) throw new Error(`the build's environment variable ${name} is over 128 KiB`);
-    if (!SHELL_NAME.test(name)) unexportable.push(name);
-    else records += `${name}=${value}\0`;
+    if (value.includes('\0')) return `the build's environment variable ${name} holds a NUL byte`;
+    const bytes = Buffer.byteLength(name) + Buffer.byteLength(value) + 1;
+    if (bytes > MAX_ENV_ENTRY) return `the build's environment variable ${name} is over 128 KiB`;
+    total += bytes + 1;
   }
-  if (Buffer.byteLength(records) > MAX_ENV_BYTES) throw new Error("the build's environment is over 1 MiB");
-  return { records, unexportable };
+  return total > MAX_ENV_BYTES ? "the build's environment is over 1 MiB" : undefined;
+}
+
+/** The records the loader reads (POSIXLY_CORRECT last), and the names it cannot take. */
+function envRecords(env: Record<string, string>): { records: string; unexportable: string[] } {
+  const problem = environmentProblem(env);
+  if (problem) throw new Error(problem);
+  const unexportable: string[] = [];
+  const records: string[] = [];
+  for (const [name, value] of Object.entries(env)) {
+    // __cv_* are the loader's own variables.
+    if (!SHELL_NAME.test(name) || name.startsWith('__cv_')) unexportable.push(name);
+    else if (name === 'POSIXLY_CORRECT') continue;
+    else records.push(`${name}=${value}\0`);
+  }
+  if (env.POSIXLY_CORRECT !== undefined) records.push(`POSIXLY_CORRECT=${env.POSIXLY_CORRECT}\0`);
+  return { records: records.join(''), unexportable };
 }
 
 /** Throws, saying what to install, when builds cannot be run as other users here. */
@@ -123,6 +135,8 @@ export interface ShellProcessOptions {
   user?: BuildUser;
   /** With a user: its temporary directory, which is its /tmp and /var/tmp where namespaces can be made. */
   tmpDir?: string;
+  /** With a user: its shared memory directory, which is its /dev/shm where namespaces can be made. */
+  shmDir?: string;
 }
 
 /** The Linux user builds run as, so they cannot read the worker's memory or environment. */
@@ -183,13 +197,13 @@ export class ShellProcess {
     // steer it), and the build's environment travels on fd 5 to the loader, which reads it as the user.
     const asUser = [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', resolve(opts.cwd), opts.user.maxProcesses ? String(opts.user.maxProcesses) : '', opts.shell, ...args];
     const isolated = await inBuildNamespace(
-      { user: opts.user, home: opts.env.HOME ?? '/', controlDir: opts.controlDir, index: opts.index, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}) },
+      { user: opts.user, home: opts.env.HOME ?? '/', controlDir: opts.controlDir, index: opts.index, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}), ...(opts.shmDir ? { shmDir: opts.shmDir } : {}) },
       asUser,
     );
     const [file, ...argv] = isolated?.argv ?? asUser;
     const env = isolated?.name ? { USER: isolated.name, LOGNAME: isolated.name, ...opts.env } : opts.env;
     const { records, unexportable } = envRecords(env);
-    if (unexportable.length) opts.onOutput(`[conveyor] not passed to the build: ${unexportable.join(', ')} (a shell can only export names of letters, digits and _)\n`);
+    if (unexportable.length) opts.onOutput(`[conveyor] not passed to the build: ${unexportable.join(', ')} (a shell can only export names of letters, digits and _, and __cv_* are the loader's)\n`);
     const child = spawn(file!, argv, { cwd: opts.controlDir, env: ROOT_ENV, detached: true, stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'] });
     const fd5 = (child.stdio as unknown as Writable[])[5]!;
     fd5.on('error', () => {}); // EPIPE if the shell died first: its exit reports that
