@@ -9,8 +9,10 @@ import type { BuildUser } from './shell-process.js';
 /*
  * The namespaces of a build shell run as a user of its own (ADR 0008). Root starts the shell in a mount
  * and an IPC namespace of its own (unshare), mounts there what the build alone sees, then switches to
- * the user (setpriv). The build cannot mount, so it cannot undo any of it, and nothing of it reaches
- * the host; the namespaces end with the build's last process.
+ * the user (setpriv). Root's mounts are locked: the build cannot undo them, and nothing of them reaches
+ * the host; the namespaces end with the build's last process. (Where unprivileged user namespaces are
+ * on, a build can make namespaces of its own, with the kernel's default IPC limits: see
+ * usersCanMakeUserNamespaces.)
  * - A name: the pool's ids are in no passwd database, and a uid without a name breaks tools (`whoami`;
  *   ssh says "No user exists for uid", so git over ssh fails; Node's os.userInfo(), Python's getpass).
  *   /etc/passwd and /etc/group are copies of the host's with one more line: the build's user, named
@@ -56,13 +58,14 @@ const SHM_OPTIONS = 'mode=1777,nosuid,nodev,size=64m,nr_inodes=16384';
  * SysV IPC limits of a build's IPC namespace (its own sysctls; a new namespace starts from the kernel's
  * defaults, which let one build pin tens of GiB in semaphores and message queues). It is memory no
  * process holds, so the OOM killer could not take it back from the build: 256 MiB of shared memory in
- * 64 segments, 64 message queues (16 KiB each by default), 128 semaphore sets of 250.
+ * 64 segments; 16 message queues (16 KiB of messages each: ~20 MiB of kernel memory at worst, with the
+ * headers of many tiny messages); 128 semaphore sets of 250.
  */
 const SHM_BYTES = 268_435_456;
 const SHM_SEGMENTS = 64;
-const MSG_QUEUES = 64;
-const SEMAPHORES = '250 32000 32 128';
-const SYSV_LIMITS_TEXT = 'shm 256 MiB in 64 segments, 64 message queues, 128 semaphore sets';
+const MSG_QUEUES = 16;
+const SEMAPHORES = '250 32000 500 128';
+const SYSV_LIMITS_TEXT = 'shm 256 MiB in 64 segments, 16 message queues, 128 semaphore sets';
 
 /**
  * Run by /bin/sh as root in the new namespaces, with root's environment only (shell-process.ts): the
@@ -122,6 +125,20 @@ export function namespaceSupport(): { ok: true } | { ok: false; why: string } {
     probed = r.status === 0 ? { ok: true } : { ok: false, why: `namespaces cannot be made here (${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()}); in a container this needs CAP_SYS_ADMIN` };
   }
   return probed;
+}
+
+/**
+ * Whether a build's user could make a user namespace of its own here (unprivileged user namespaces are
+ * on). Inside one it may mount (a tmpfs) and make an IPC namespace with the kernel's default limits, so
+ * the limits above do not bound its memory. Asked once, as `uid`.
+ */
+export function usersCanMakeUserNamespaces(uid: number): boolean {
+  const UNSHARE_ = UNSHARE;
+  const SETPRIV = rootTool(['/usr/bin/setpriv', '/bin/setpriv']);
+  const TRUE = rootTool(['/usr/bin/true', '/bin/true']);
+  if (!UNSHARE_ || !SETPRIV || !TRUE || process.getuid?.() !== 0) return false;
+  const r = spawnSync(SETPRIV, [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--no-new-privs', '--', UNSHARE_, '--user', '--', TRUE], { stdio: 'ignore', cwd: '/', env: {}, timeout: 10_000 });
+  return r.status === 0;
 }
 
 /** Whether a passwd or group file's text has an entry for `id` (its third field). */

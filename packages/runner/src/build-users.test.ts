@@ -9,7 +9,7 @@ import { pidAlive, processesOfUser, tryHoldFileLock } from '@conveyor/procfs';
 import { z } from 'zod';
 import { BuildUserEnv, DEFAULT_BUILD_MAX_PROCESSES, killUserProcesses, openBuildUserPool, resolveBuildUsers, type BuildUserConfig } from './build-users.js';
 import { runBuildspecJob, type BuildspecRun } from './buildspec-job.js';
-import { BUILD_USER_NAME, namespaceSupport } from './build-namespace.js';
+import { BUILD_USER_NAME, namespaceSupport, usersCanMakeUserNamespaces } from './build-namespace.js';
 import { checkSetpriv } from './shell-process.js';
 import { runYaml, useWorkspace } from './bash-session.testkit.js';
 
@@ -311,7 +311,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/tmp' },
     });
     expect(run.status, run.output).toBe('SUCCEEDED');
-    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1', SHM_BIG: 'refused', MSGMNI: '64', SEMMNI: '128', AGAIN: `hidden-x-${BUILD_USER_NAME}` });
+    expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1', SHM_BIG: 'refused', MSGMNI: '16', SEMMNI: '128', AGAIN: `hidden-x-${BUILD_USER_NAME}` });
     // The limits were the namespace's: the host's are as they were.
     expect(await Promise.all(['shmmax', 'msgmni', 'sem'].map((k) => readFile(`/proc/sys/kernel/${k}`, 'utf8')))).toEqual(hostSysctls);
     expect(run.exportedVariables.SHM_ID).toMatch(/^\d+$/);
@@ -444,9 +444,15 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(refused).toBeGreaterThan(0);
     // A limit that could take most of the host's process ids is said at start-up.
     const warnings: string[] = [];
-    const huge = await resolveBuildUsers(join(root, 'work'), config({ BUILD_UID: NOBODY.uid, BUILD_MAX_PROCESSES: 10_000_000 }), 3, (m) => warnings.push(m));
+    const huge = await resolveBuildUsers(join(root, 'work'), config({ BUILD_MAX_PROCESSES: 10_000_000 }), 3, (m) => warnings.push(m));
     await huge.users.close();
-    expect(warnings.join('\n')).toMatch(/BUILD_MAX_PROCESSES 10000000 × 3 concurrent builds could take/);
+    expect(warnings.join('\n')).toMatch(/BUILD_MAX_PROCESSES 10000000 × 3 concurrent builds could take 30000000 of this host's/);
+    // A shared user's limit is shared by its builds: counted once.
+    const sharedWarnings: string[] = [];
+    await resolveBuildUsers(join(root, 'work'), config({ BUILD_UID: NOBODY.uid, BUILD_MAX_PROCESSES: 10_000_000 }), 3, (m) => sharedWarnings.push(m));
+    expect(sharedWarnings.join('\n')).toMatch(/BUILD_MAX_PROCESSES 10000000 could take 10000000 of/);
+    // Where builds could make user namespaces of their own (and so escape the IPC limits), the service says so.
+    expect(warnings.some((m) => /user namespaces of their own/.test(m))).toBe(usersCanMakeUserNamespaces(first));
     const pool = await openBuildUserPool({ first, last: first, size: 1, lockDir: join(root, 'locks'), maxProcesses: 99 });
     try {
       expect(await pool.withUser(async (user) => user)).toEqual({ uid: first, gid: first, maxProcesses: 99 });

@@ -4,9 +4,9 @@ import { chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
-import { BUILD_USER_NAME, namespaceSupport, privateTemporaries } from './build-namespace.js';
+import { BUILD_USER_NAME, namespaceSupport, privateTemporaries, usersCanMakeUserNamespaces } from './build-namespace.js';
 import { ownPrivateDir, replaceableBy } from './safe-files.js';
-import { checkBash, checkSetpriv, type BuildUser } from './shell-process.js';
+import { checkBash, checkSetpriv, ownProcessLimits, type BuildUser } from './shell-process.js';
 
 /** Room for parallel compilers, test runners and browsers with their threads; a fork bomb still stops. */
 export const DEFAULT_BUILD_MAX_PROCESSES = 2048;
@@ -83,12 +83,13 @@ export async function resolveBuildUsers(
   warn?: (message: string) => void,
 ): Promise<{ users: BuildUsers; warning?: string }> {
   const root = process.getuid?.() === 0;
-  if (root) checkProcessLimit(config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES, concurrency, warn);
+  if (root) checkProcessLimit(config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES, concurrency, config.BUILD_UID !== undefined, warn);
   if (config.BUILD_UID !== undefined) {
     const user = { uid: config.BUILD_UID, gid: config.BUILD_GID ?? config.BUILD_UID, maxProcesses: config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES };
     if (root) checkBash();
     const why = !root ? 'switching users needs the service to run as root' : ((await untraversable(resolve(workDir), user)) ?? (await writableBy(resolve(workDir), user)));
     if (why) throw new Error(`BUILD_UID=${user.uid} cannot be used: ${why}`);
+    if (root) warnOfUserNamespaces(user.uid, warn);
     return withNamespaces(sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds (at most ${user.maxProcesses} processes together)`), workDir, { hostNamesIt: knownUser(user.uid) });
   }
   if (!root) {
@@ -112,29 +113,40 @@ export async function resolveBuildUsers(
   const exposed = await writableBy(resolve(workDir), { uid: first, gid: first });
   if (exposed) throw new Error(`the builds' users cannot be given their directories: ${exposed}`);
   const pool = await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, maxProcesses: config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES, ...(warn ? { warn } : {}) });
+  warnOfUserNamespaces(first, warn);
   return withNamespaces(pool, workDir, undefined);
 }
 
 /**
- * Says (through `warn`) when the process limit cannot hold as set: the service's own hard limit is
- * lower (the builds inherit it), or the builds at their limits could take most of the host's process ids.
+ * Says (through `warn`) when the process limit cannot hold as set: the service's own limit is lower
+ * (the builds inherit it; the uid killer, whose switch to a user at the limit then fails, leaves the work
+ * to root's sweep), or the builds at their limits could take most of the host's process ids.
  */
-function checkProcessLimit(limit: number, concurrency: number, warn: ((message: string) => void) | undefined): void {
+function checkProcessLimit(limit: number, concurrency: number, shared: boolean, warn: ((message: string) => void) | undefined): void {
   if (!warn) return;
-  const own = /^Max processes\s+\S+\s+(\S+)/m.exec(readFileOr('/proc/self/limits'))?.[1];
-  if (own && own !== 'unlimited' && Number(own) < limit) warn(`BUILD_MAX_PROCESSES is ${limit}, but this service's own hard limit is ${own}: builds get ${own}`);
-  const pidMax = Number(readFileOr('/proc/sys/kernel/pid_max').trim());
-  if (pidMax > 0 && limit * concurrency > pidMax / 2) {
-    warn(`BUILD_MAX_PROCESSES ${limit} × ${concurrency} concurrent builds could take ${limit * concurrency} of this host's ${pidMax} process ids: lower it, or raise kernel.pid_max`);
+  const own = ownProcessLimits();
+  const lower = Math.min(own.soft ?? Infinity, own.hard ?? Infinity);
+  if (lower < limit) warn(`BUILD_MAX_PROCESSES is ${limit}, but this service's own process limit is ${lower}: builds get ${lower}`);
+  // A shared user's limit is shared by its builds; the pool's ids each have their own.
+  const total = shared ? limit : limit * concurrency;
+  let pidMax = 0;
+  try {
+    pidMax = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim());
+  } catch {
+    // not Linux: nothing to compare with
+  }
+  if (pidMax > 0 && total > pidMax / 2) {
+    warn(`BUILD_MAX_PROCESSES ${limit}${shared ? '' : ` × ${concurrency} concurrent builds`} could take ${total} of this host's ${pidMax} process ids: lower it, or raise kernel.pid_max`);
   }
 }
 
-function readFileOr(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '';
-  }
+/** Says (through `warn`) when builds could make namespaces of their own, where the limits of theirs do not hold. */
+function warnOfUserNamespaces(uid: number, warn: ((message: string) => void) | undefined): void {
+  if (!warn || !namespaceSupport().ok || !usersCanMakeUserNamespaces(uid)) return;
+  warn(
+    'builds can make user namespaces of their own on this host (unprivileged user namespaces are on): in one, a build may mount a tmpfs and make an IPC namespace ' +
+      "with the kernel's default limits, so its memory there is not bounded. On build hosts, turn them off (user.max_user_namespaces=0; on Debian also kernel.unprivileged_userns_clone=0)",
+  );
 }
 
 /** The builds' users, and what their shells' namespaces give them (build-namespace.ts): said at start-up. */

@@ -97,7 +97,7 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
       stageVariables: job.env.variables,
     });
     // An environment no shell can be given fails the build once, with the reason (not a retried error).
-    const problem = environmentProblem(env);
+    const problem = environmentProblem(env, 16 * 1024);
     if (problem) {
       deps.log(`[conveyor] ${problem}\n`);
       return await then({ status: 'FAILED', message: problem, workspace });

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -22,6 +23,34 @@ export function checkBash(): string {
   return BASH;
 }
 
+const PRLIMIT = rootTool(['/usr/bin/prlimit', '/bin/prlimit']);
+
+function checkPrlimit(): string {
+  if (!PRLIMIT) throw new Error('a build process limit needs prlimit(1) in /usr/bin or /bin (root-owned); install util-linux');
+  return PRLIMIT;
+}
+
+/** This process's RLIMIT_NPROC (soft, hard), from /proc/self/limits; undefined where unlimited. */
+export function ownProcessLimits(): { soft?: number; hard?: number } {
+  const row = /^Max processes\s+(\S+)\s+(\S+)/m.exec(readFileOr('/proc/self/limits'));
+  const num = (v: string | undefined) => (v === undefined || v === 'unlimited' ? undefined : Number(v));
+  return { ...(num(row?.[1]) !== undefined ? { soft: num(row?.[1])! } : {}), ...(num(row?.[2]) !== undefined ? { hard: num(row?.[2])! } : {}) };
+}
+
+/** `soft:hard` for prlimit: `limit`, or this process's own where that is lower (lowered, never raised). */
+function lowered(limit: number): string {
+  const own = ownProcessLimits();
+  return `${Math.min(limit, own.soft ?? limit)}:${Math.min(limit, own.hard ?? limit)}`;
+}
+
+function readFileOr(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
 /** The whole environment of the programs root runs to start a user's shell (unshare, sh, mount, setpriv). */
 const ROOT_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
 
@@ -31,19 +60,12 @@ const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /**
  * Run by bash as the build's user, with ROOT_ENV only: enters the workspace as the user (root never
  * chdirs into a directory the build controls: a symlink there would take the shell where its user could
- * not go), lowers its process limit, exports the build's environment from NUL-terminated NAME=VALUE
- * records on fd 5, and execs the shell. Constant text; the workspace comes as $1, the process limit (or
- * nothing) as $2, the shell and its arguments after them.
+ * not go), exports the build's environment from NUL-terminated NAME=VALUE records on fd 5, and execs
+ * the shell. Constant text; the workspace comes as $1, the shell and its arguments after it.
  */
 export const USER_LOADER = `cd -- "$1" || { echo "[conveyor] the build's user cannot enter its workspace" >&2; exit 123; }
 unset OLDPWD
-# Lowered, never raised: the soft limit first (it may not exceed the hard one), then the hard one.
-if [ -n "$2" ]; then
-  __cv_s=$(ulimit -Su) __cv_h=$(ulimit -Hu)
-  if [ "$__cv_s" = unlimited ] || [ "$__cv_s" -gt "$2" ]; then ulimit -Su "$2"; fi
-  if [ "$__cv_h" = unlimited ] || [ "$__cv_h" -gt "$2" ]; then ulimit -Hu "$2"; fi
-fi
-shift 2
+shift
 __cv_all=()
 while IFS= read -r -d '' __cv_kv <&5; do __cv_all+=("$__cv_kv"); done
 exec 5<&-
@@ -58,8 +80,11 @@ exec "$@"`;
 const MAX_ENV_ENTRY = 128 * 1024 - 1;
 const MAX_ENV_BYTES = 1024 * 1024;
 
-/** Why `env` cannot be handed to a build (too large, a NUL), or undefined. */
-export function environmentProblem(env: Record<string, string>): string | undefined {
+/**
+ * Why `env` cannot be handed to a build (too large, a NUL), or undefined. `reserve`: bytes to leave for
+ * what is added later (PATH, LANG, the build mark, USER, LOGNAME: a check before the session starts).
+ */
+export function environmentProblem(env: Record<string, string>, reserve = 0): string | undefined {
   let total = 0;
   for (const [name, value] of Object.entries(env)) {
     // A NUL would end a record early: what follows it would become a variable of its own.
@@ -68,7 +93,7 @@ export function environmentProblem(env: Record<string, string>): string | undefi
     if (bytes > MAX_ENV_ENTRY) return `the build's environment variable ${name} is over 128 KiB`;
     total += bytes + 1;
   }
-  return total > MAX_ENV_BYTES ? "the build's environment is over 1 MiB" : undefined;
+  return total > MAX_ENV_BYTES - reserve ? "the build's environment is over 1 MiB" : undefined;
 }
 
 /** The records the loader reads (POSIXLY_CORRECT last), and the names it cannot take. */
@@ -195,7 +220,10 @@ export class ShellProcess {
     // Nothing of the build reaches a program root runs: they start in root's control directory with
     // ROOT_ENV (LD_PRELOAD, BASH_ENV, LIBMOUNT_* … would otherwise run the build's code as root, or
     // steer it), and the build's environment travels on fd 5 to the loader, which reads it as the user.
-    const asUser = [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', resolve(opts.cwd), opts.user.maxProcesses ? String(opts.user.maxProcesses) : '', opts.shell, ...args];
+    const asUser = [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', resolve(opts.cwd), opts.shell, ...args];
+    // The process limit is set by root (prlimit) on the process that then switches to the user: it is
+    // inherited, and the switch itself fails if the user already has that many (a build at its limit).
+    if (opts.user.maxProcesses) asUser.unshift(checkPrlimit(), `--nproc=${lowered(opts.user.maxProcesses)}`, '--');
     const isolated = await inBuildNamespace(
       { user: opts.user, home: opts.env.HOME ?? '/', controlDir: opts.controlDir, index: opts.index, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}), ...(opts.shmDir ? { shmDir: opts.shmDir } : {}) },
       asUser,
