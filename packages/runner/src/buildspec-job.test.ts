@@ -39,6 +39,30 @@ describe('cleanAbandonedJobs', () => {
     }
   });
 
+  it('removes the temporary and shared memory directories of a dead worker\'s job with it (t-/m-<suffix>), keeps a live one\'s', async () => {
+    const dead = spawnSync('true').pid!;
+    const live = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      const abandoned = await jobDir('run-i.Build.1-0123abcd', { pid: dead });
+      const running = await jobDir('run-j.Build.1-4567cdef', { pid: live.pid! });
+      for (const suffix of ['0123abcd', '4567cdef']) {
+        for (const kind of ['t', 'm']) {
+          await mkdir(join(work, `${kind}-${suffix}`));
+          await writeFile(join(work, `${kind}-${suffix}`, 'left'), 'x');
+        }
+      }
+      const report = await cleanAbandonedJobs(work);
+      expect(report.removed).toEqual([abandoned]);
+      expect(await exists(join(work, 't-0123abcd'))).toBe(false);
+      expect(await exists(join(work, 'm-0123abcd'))).toBe(false);
+      expect(await exists(join(work, 't-4567cdef', 'left'))).toBe(true);
+      expect(await exists(join(work, 'm-4567cdef', 'left'))).toBe(true);
+      expect(await exists(join(running, 'src', 'file'))).toBe(true);
+    } finally {
+      live.kill('SIGKILL');
+    }
+  });
+
   it('removes the directory of a worker whose owner file is truncated or not a record, and does not stop on it', async () => {
     const old = new Date(Date.now() - 60_000);
     const dirs = [];
