@@ -1,6 +1,6 @@
 import { Queue } from 'bullmq';
 import { Redis, type RedisOptions } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { cancelChannel, cancelledJobKey, QUEUES, StageResult, type StageJob } from '@conveyor/contracts';
 import { BullJobDispatcher } from '@conveyor/source-webhook';
 import { StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
@@ -31,6 +31,19 @@ const job = (n: number): StageJob => ({
 /** A monitor stage worker; its connections (the cancel listener's included) are named `prefix`. */
 function worker(prefix: string, handler: StageHandler<'monitor'>, options: RedisOptions = {}) {
   return createStageWorker({ type: 'monitor', queueName: QUEUES.monitor, connection: conn(prefix, options), prefix, handler, logger, concurrency: 1, lockDuration: 30_000, stalledInterval: 30_000 });
+}
+
+/**
+ * A test's prefix, a connection, its monitor queue (closed after the test), and the orchestrator's cancel
+ * of a job: mark, log, removal, notice (BullJobDispatcher.cancel).
+ */
+function cancelling() {
+  const prefix = uniquePrefix('sw');
+  const redis = conn();
+  const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
+  onTestFinished(() => queue.close());
+  const cancel = (jobId: string) => new BullJobDispatcher(new Map([[QUEUES.monitor, queue]]), { redis, prefix }).cancel([{ type: 'monitor', jobId }]);
+  return { prefix, redis, queue, cancel };
 }
 
 /** A signal's abort, as a promise. */
@@ -157,12 +170,10 @@ describe('createStageWorker', () => {
   });
 
   it('does not start a job cancelled before the worker was listening (the notices log, or the mark until the log is read)', async () => {
-    const prefix = uniquePrefix('sw');
-    const redis = conn();
-    const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
+    const { prefix, cancel } = cancelling();
     // The orchestrator cancels the job (mark, log, removal, notice: heard by nobody); an enqueue racing the
     // cancel then puts it in the queue again, and a worker started later takes it.
-    await new BullJobDispatcher(new Map([[QUEUES.monitor, queue]]), { redis, prefix }).cancel([{ type: 'monitor', jobId: job(12).jobId }]);
+    await cancel(job(12).jobId);
     const harness = new StageHarness(url, prefix);
     await harness.enqueue(QUEUES.monitor, job(12));
     let calls = 0;
@@ -174,13 +185,10 @@ describe('createStageWorker', () => {
     expect(calls).toBe(0);
     await w.close();
     await harness.close();
-    await queue.close();
   });
 
   it('stops the job it holds when the notice was published while its listening connection was down', async () => {
-    const prefix = uniquePrefix('sw');
-    const redis = conn();
-    const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
+    const { prefix, redis, cancel } = cancelling();
     const { mark: started, reached: running } = latch();
     // Reconnecting after 500 ms (not ioredis's 50): the cancel below surely lands while it is away.
     const w = worker(
@@ -204,17 +212,14 @@ describe('createStageWorker', () => {
     await redis.client('KILL', 'ID', /id=(\d+)/.exec(listener!)![1]!);
     const [, subscribers] = (await redis.pubsub('NUMSUB', cancelChannel(prefix))) as [string, number];
     expect(Number(subscribers)).toBe(0);
-    await new BullJobDispatcher(new Map([[QUEUES.monitor, queue]]), { redis, prefix }).cancel([{ type: 'monitor', jobId: job(13).jobId }]);
+    await cancel(job(13).jobId);
     expect(await harness.result(job(13).jobId, 15_000)).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
     await w.close();
     await harness.close();
-    await queue.close();
   });
 
   it('does not start a job that waited in its queue longer than the notices are kept, when its run was cancelled (the durable mark, read for old jobs)', async () => {
-    const prefix = uniquePrefix('sw');
-    const redis = conn();
-    const queue = new Queue(QUEUES.monitor, { connection: conn(), prefix });
+    const { prefix, redis, queue } = cancelling();
     const ran: string[] = [];
     const w = worker(prefix, async (j) => {
       ran.push(j.jobId);
@@ -242,7 +247,6 @@ describe('createStageWorker', () => {
     expect(ran).not.toContain(old.jobId);
     await w.close();
     await harness.close();
-    await queue.close();
   });
 
   it('does not run again a redelivered job whose run was cancelled meanwhile (the durable mark, read on redelivery)', async () => {

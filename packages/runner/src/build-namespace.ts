@@ -1,8 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { lstatSync, realpathSync } from 'node:fs';
+import { realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { dirname, join } from 'node:path';
+import { hostKnowsUser, TOOLS } from './host.js';
 import { createFile } from './safe-files.js';
 import type { BuildUser } from './shell-process.js';
 
@@ -30,26 +31,7 @@ import type { BuildUser } from './shell-process.js';
 
 export const BUILD_USER_NAME = 'conveyor-build';
 
-/**
- * A root-owned program none but root may replace, by absolute path (never looked up on a build's PATH):
- * the first of `paths` that is one, resolved (/bin/sh is a link to dash or bash).
- */
-export function rootTool(paths: readonly string[]): string | undefined {
-  for (const path of paths) {
-    try {
-      const real = realpathSync(path);
-      const info = lstatSync(real);
-      if (info.isFile() && info.uid === 0 && (info.mode & 0o022) === 0) return real;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
-const UNSHARE = rootTool(['/usr/bin/unshare', '/bin/unshare']);
-const MOUNT = rootTool(['/usr/bin/mount', '/bin/mount']);
-const SH = rootTool(['/bin/sh', '/usr/bin/sh']);
+const { unshare: UNSHARE, mount: MOUNT, sh: SH } = TOOLS;
 
 /** /dev/shm for a shell without a temporary directory of its own: small, as Docker's. */
 const SHM_OPTIONS = 'mode=1777,nosuid,nodev,size=64m,nr_inodes=16384';
@@ -119,8 +101,7 @@ export function namespaceSupport(): { ok: true } | { ok: false; why: string } {
   else if (!kernelAtLeast(5, 8)) probed = { ok: false, why: `Linux ${release()} is older than 5.8 (a /proc of a build's own needs 5.8)` };
   else if (!UNSHARE || !MOUNT || !SH) probed = { ok: false, why: 'unshare(1), mount(1) or /bin/sh is missing (root-owned, in /usr/bin or /bin); install util-linux and mount' };
   else {
-    const TRUE = rootTool(['/usr/bin/true', '/bin/true']) ?? '/bin/true';
-    const [file, ...args] = [...unshare(), '', '', '', '', 'tmpfs', TRUE];
+    const [file, ...args] = [...unshare(), '', '', '', '', 'tmpfs', TOOLS.true ?? '/bin/true'];
     const r = spawnSync(file!, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', timeout: 10_000 });
     probed = r.status === 0 ? { ok: true } : { ok: false, why: `namespaces cannot be made here (${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()}); in a container this needs CAP_SYS_ADMIN` };
   }
@@ -133,11 +114,9 @@ export function namespaceSupport(): { ok: true } | { ok: false; why: string } {
  * the limits above do not bound its memory. Asked once, as `uid`.
  */
 export function usersCanMakeUserNamespaces(uid: number): boolean {
-  const UNSHARE_ = UNSHARE;
-  const SETPRIV = rootTool(['/usr/bin/setpriv', '/bin/setpriv']);
-  const TRUE = rootTool(['/usr/bin/true', '/bin/true']);
-  if (!UNSHARE_ || !SETPRIV || !TRUE || process.getuid?.() !== 0) return false;
-  const r = spawnSync(SETPRIV, [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--no-new-privs', '--', UNSHARE_, '--user', '--', TRUE], { stdio: 'ignore', cwd: '/', env: {}, timeout: 10_000 });
+  const { setpriv, true: TRUE } = TOOLS;
+  if (!UNSHARE || !setpriv || !TRUE || process.getuid?.() !== 0) return false;
+  const r = spawnSync(setpriv, [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--no-new-privs', '--', UNSHARE, '--user', '--', TRUE], { stdio: 'ignore', cwd: '/', env: {}, timeout: 10_000 });
   return r.status === 0;
 }
 
@@ -147,13 +126,10 @@ function hasId(text: string, id: number): boolean {
 }
 
 const named = new Map<number, boolean>();
-/** Whether the host's user database (files, LDAP, SSSD: getent) names `uid`. Asked once per uid. */
+/** Whether the host names `uid` (hostKnowsUser), asked once per uid: shells start often, getent blocks. */
 function hostNames(uid: number): boolean {
   let known = named.get(uid);
-  if (known === undefined) {
-    known = spawnSync('getent', ['passwd', String(uid)], { stdio: 'ignore', timeout: 10_000 }).status === 0;
-    named.set(uid, known);
-  }
+  if (known === undefined) named.set(uid, (known = hostKnowsUser(uid)));
   return known;
 }
 

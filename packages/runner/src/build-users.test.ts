@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
@@ -14,6 +14,13 @@ import { checkSetpriv } from './shell-process.js';
 import { runYaml, useWorkspace } from './bash-session.testkit.js';
 
 const isRoot = process.getuid?.() === 0;
+const HOST_PATH = process.env.PATH ?? '/usr/bin:/bin';
+
+/** A buildspec whose build phase runs `commands`, exporting `exported`. */
+function buildspec(commands: readonly string[], exported: readonly string[] = []): string {
+  const env = exported.length ? ['env:', `  exported-variables: [${exported.join(', ')}]`] : [];
+  return ['version: 0.2', ...env, 'phases:', '  build:', '    commands:', ...commands.map((c) => `      - ${JSON.stringify(c)}`), ''].join('\n');
+}
 const NOBODY = { uid: 65534, gid: 65534 };
 const BUILD_JOB = JSON.parse(await readFile(new URL('../../contracts/fixtures/v1/stage-job.build.json', import.meta.url), 'utf8')) as unknown;
 
@@ -83,14 +90,42 @@ describe('build users: the settings', () => {
 describe.runIf(isRoot)('build users, for a root service', () => {
   const dirs = useWorkspace();
 
+  /**
+   * A workspace for a build run as a fresh user id of the test range: `ws` is the user's, in `base`,
+   * which the user may traverse. `base` is the test's workspace root, or, given `parent`, a new
+   * directory there (removed after the test), where it matters where it lies. `own(name)` makes a
+   * directory of the user's (0700) in `base`.
+   */
+  async function buildUserWorkspace(parent?: string) {
+    let base: string;
+    let ws: string;
+    if (parent === undefined) ({ root: base, ws } = dirs());
+    else {
+      const made = await mkdtemp(join(parent, 'cv-ws-'));
+      onTestFinished(() => rm(made, { recursive: true, force: true }));
+      base = made;
+      ws = join(base, 'ws');
+      await mkdir(ws);
+    }
+    await chmod(base, 0o755);
+    const [uid] = range(1);
+    await chown(ws, uid, uid);
+    const own = async (name: string) => {
+      const dir = join(base, name);
+      await mkdir(dir, { mode: 0o700 });
+      await chown(dir, uid, uid);
+      return dir;
+    };
+    return { base, ws, uid, own };
+  }
+
   it('a build as another user cannot read the service\'s environment', async () => {
     const { root: wsRoot, ws } = dirs();
     await chmod(wsRoot, 0o755);
-    const { chown } = await import('node:fs/promises');
     await chown(ws, NOBODY.uid, NOBODY.gid);
     const run = await runYaml(ws, 'version: 0.2\nenv:\n  exported-variables: [WHO]\nphases:\n  build:\n    commands:\n      - WHO=$(id -u)\n      - cat /proc/$PPID/environ > stolen.txt\n', {
       user: NOBODY,
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      env: { PATH: HOST_PATH },
     });
     expect(run.exportedVariables.WHO).toBe('65534');
     expect(run.status).toBe('FAILED');
@@ -213,11 +248,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
   });
 
   it('runs builds with no_new_privs: a setuid file does not lend them its owner\'s rights', async () => {
-    const { root: wsRoot, ws } = dirs();
-    await chmod(wsRoot, 0o755);
-    const [first] = range(1);
-    const { chown, copyFile } = await import('node:fs/promises');
-    await chown(ws, first, first);
+    const { base: wsRoot, ws, uid: first } = await buildUserWorkspace();
     // A setuid-root copy of id, as a build that got one planted or extracted would find it.
     const setuidId = join(wsRoot, 'id');
     await copyFile('/usr/bin/id', setuidId);
@@ -228,22 +259,16 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     await writeFile(join(fakes, 'setpriv'), '#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n', { mode: 0o755 });
     const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [EUID_SEEN]\nphases:\n  build:\n    commands:\n      - EUID_SEEN=$(${setuidId} -u)\n`, {
       user: { uid: first, gid: first },
-      env: { PATH: `${fakes}:${process.env.PATH ?? '/usr/bin:/bin'}` },
+      env: { PATH: `${fakes}:${HOST_PATH}` },
     });
     expect(run.status).toBe('SUCCEEDED');
     expect(run.exportedVariables.EUID_SEEN).toBe(String(first));
   });
 
   it.runIf(namespaceSupport().ok)('gives a build user a name (with the build\'s HOME) in the build alone: whoami, os.userInfo(), getent work; the host\'s files are untouched', async () => {
-    const { root: wsRoot, ws } = dirs();
-    await chmod(wsRoot, 0o755);
-    const [first] = range(1);
-    const { chown } = await import('node:fs/promises');
-    await chown(ws, first, first);
+    const { ws, uid: first, own } = await buildUserWorkspace();
     const hostPasswd = await readFile('/etc/passwd', 'utf8');
-    const home = join(wsRoot, 'home');
-    await mkdir(home);
-    await chown(home, first, first);
+    const home = await own('home');
     const commands = [
       'WHO=$(whoami)',
       `NODE_NAME=$(${process.execPath} -e 'process.stdout.write(require("os").userInfo().username)')`,
@@ -253,9 +278,9 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       // A bind mount needs CAP_SYS_ADMIN: the build cannot undo it.
       'UNDO=$(umount /etc/passwd >/dev/null 2>&1 && echo undone || echo refused)',
     ];
-    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [WHO, NODE_NAME, ENTRY, GROUP, ENV_USER, UNDO]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
+    const run = await runYaml(ws, buildspec(commands, ['WHO', 'NODE_NAME', 'ENTRY', 'GROUP', 'ENV_USER', 'UNDO']), {
       user: { uid: first, gid: first },
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home },
+      env: { PATH: HOST_PATH, HOME: home },
     });
     expect(run.status).toBe('SUCCEEDED');
     expect(run.exportedVariables).toMatchObject({ WHO: BUILD_USER_NAME, NODE_NAME: BUILD_USER_NAME, GROUP: BUILD_USER_NAME, ENV_USER: BUILD_USER_NAME, UNDO: 'refused' });
@@ -267,20 +292,9 @@ describe.runIf(isRoot)('build users, for a root service', () => {
 
   it.runIf(namespaceSupport().ok)('gives a build its own /proc (its processes only), /tmp and /var/tmp (its TMPDIR), /dev/shm and SysV IPC, in every shell; nothing of them reaches the host', async () => {
     // A work directory outside /tmp (as the services' default is): one inside would keep the host's /tmp.
-    const wsRoot = await mkdtemp('/run/cv-ns-');
-    onTestFinished(() => rm(wsRoot, { recursive: true, force: true }));
-    await chmod(wsRoot, 0o755);
-    const ws = join(wsRoot, 'ws');
-    await mkdir(ws);
-    const [first] = range(1);
-    const { chown } = await import('node:fs/promises');
-    await chown(ws, first, first);
-    const tmpDir = join(wsRoot, 't');
-    const shmDir = join(wsRoot, 'm');
-    for (const own of [tmpDir, shmDir]) {
-      await mkdir(own, { mode: 0o700 });
-      await chown(own, first, first);
-    }
+    const { ws, uid: first, own } = await buildUserWorkspace('/run');
+    const tmpDir = await own('t');
+    const shmDir = await own('m');
     const hostSysctls = await Promise.all(['shmmax', 'msgmni', 'sem'].map((k) => readFile(`/proc/sys/kernel/${k}`, 'utf8')));
     // A segment of the host's, which the build must not see.
     const hostSegment = /(\d+)\s*$/.exec(spawnSync('ipcmk', ['-M', '4096'], { encoding: 'utf8' }).stdout)![1]!;
@@ -303,12 +317,12 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       `AGAIN=$([ -e /proc/${process.pid} ] && echo visible || echo hidden)-$(cat /tmp/${marker})-$(whoami)`,
       '. ./first.env',
     ];
-    const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, SELF, SHM_ID, SHM_SEEN, SHM_BIG, MSGMNI, SEMMNI, AGAIN]\nphases:\n  build:\n    commands:\n${commands.map((c) => `      - ${JSON.stringify(c)}\n`).join('')}`, {
+    const run = await runYaml(ws, buildspec(commands, ['SERVICE', 'SELF', 'SHM_ID', 'SHM_SEEN', 'SHM_BIG', 'MSGMNI', 'SEMMNI', 'AGAIN']), {
       user: { uid: first, gid: first },
       tmpDir,
       shmDir,
       // A HOME in /tmp does not give the build the host's /tmp: only root's own directories decide that.
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/tmp' },
+      env: { PATH: HOST_PATH, HOME: '/tmp' },
     });
     expect(run.status, run.output).toBe('SUCCEEDED');
     expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', SELF: 'visible', SHM_SEEN: '1', SHM_BIG: 'refused', MSGMNI: '16', SEMMNI: '128', AGAIN: `hidden-x-${BUILD_USER_NAME}` });
@@ -326,39 +340,23 @@ describe.runIf(isRoot)('build users, for a root service', () => {
   });
 
   it.runIf(namespaceSupport().ok)('keeps the host\'s /tmp for a build whose work directory lies there, still with its own /proc', async () => {
-    const wsRoot = await mkdtemp('/tmp/cv-ns-');
-    onTestFinished(() => rm(wsRoot, { recursive: true, force: true }));
-    await chmod(wsRoot, 0o755);
-    const ws = join(wsRoot, 'ws');
-    await mkdir(ws);
-    const [first] = range(1);
-    const { chown } = await import('node:fs/promises');
-    await chown(ws, first, first);
-    const tmpDir = join(wsRoot, 't');
-    await mkdir(tmpDir, { mode: 0o700 });
-    await chown(tmpDir, first, first);
+    const { ws, uid: first, own } = await buildUserWorkspace('/tmp');
+    const tmpDir = await own('t');
     const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [SERVICE, WS]\nphases:\n  build:\n    commands:\n      - SERVICE=$([ -e /proc/${process.pid} ] && echo visible || echo hidden)\n      - WS=$(ls -d ${ws})\n`, {
       user: { uid: first, gid: first },
       tmpDir,
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      env: { PATH: HOST_PATH },
     });
     expect(run.status, run.output).toBe('SUCCEEDED');
     expect(run.exportedVariables).toMatchObject({ SERVICE: 'hidden', WS: ws });
   });
 
   it.runIf(namespaceSupport().ok)('fails a build whose namespace cannot be set up, saying so', async () => {
-    const wsRoot = await mkdtemp('/run/cv-ns-');
-    onTestFinished(() => rm(wsRoot, { recursive: true, force: true }));
-    await chmod(wsRoot, 0o755);
-    const ws = join(wsRoot, 'ws');
-    await mkdir(ws);
-    const [first] = range(1);
-    const { chown } = await import('node:fs/promises');
-    await chown(ws, first, first);
+    const { base: wsRoot, ws, uid: first } = await buildUserWorkspace('/run');
     const run = await runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - echo never\n', {
       user: { uid: first, gid: first },
       tmpDir: join(wsRoot, 'missing'),
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      env: { PATH: HOST_PATH },
     });
     expect(run.status).toBe('FAILED');
     expect(run.output).toMatch(/the build's namespace could not be set up: a \/(dev\/shm|var\/tmp|tmp) of its own/);
@@ -367,14 +365,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
 
   it.runIf(spawnSync('cc', ['--version'], { stdio: 'ignore' }).status === 0)('never hands the build\'s environment to a program root runs (LD_PRELOAD reaches the build\'s own processes only)', async () => {
     // Not in /run: a tmpfs mounted noexec, where no library can be loaded.
-    const wsRoot = await mkdtemp(join(tmpdir(), 'cv-env-'));
-    onTestFinished(() => rm(wsRoot, { recursive: true, force: true }));
-    await chmod(wsRoot, 0o755);
-    const ws = join(wsRoot, 'ws');
-    await mkdir(ws);
-    const [first] = range(1);
-    const { chown } = await import('node:fs/promises');
-    await chown(ws, first, first);
+    const { base: wsRoot, ws, uid: first } = await buildUserWorkspace(tmpdir());
     // A library a build could ship in its source: it notes, in a file anyone may write, each process it is
     // loaded into, and whether that process is root.
     const seen = join(wsRoot, 'seen');
@@ -390,7 +381,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(built.status, built.stderr).toBe(0);
     await chmod(library, 0o755);
     // The build's environment (a buildspec's variables end up in it).
-    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', LD_PRELOAD: library, LIBMOUNT_DEBUG: 'all' };
+    const env = { PATH: HOST_PATH, LD_PRELOAD: library, LIBMOUNT_DEBUG: 'all' };
     const run = await runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - id -u\n      - exit 0\n      - id -u\n', { user: { uid: first, gid: first }, env });
     expect(run.status, run.output).toBe('SUCCEEDED');
     const loads = (await readFile(seen, 'utf8')).split('\n').filter(Boolean);
@@ -401,13 +392,9 @@ describe.runIf(isRoot)('build users, for a root service', () => {
   });
 
   it('hands the build its environment as its user: libmount\'s variables never reach root\'s mount; unexportable names are named, a NUL is refused, POSIXLY_CORRECT and readonly names do not stop the shell', async () => {
-    const { root: wsRoot, ws } = dirs();
-    await chmod(wsRoot, 0o755);
-    const [first] = range(1);
-    const { chown } = await import('node:fs/promises');
-    await chown(ws, first, first);
+    const { ws, uid: first } = await buildUserWorkspace();
     const user = { uid: first, gid: first };
-    const PATH = process.env.PATH ?? '/usr/bin:/bin';
+    const PATH = HOST_PATH;
     // Given relative (to this process), as a caller may.
     const relativeWs = relative(process.cwd(), ws);
     const env = { PATH, LIBMOUNT_DEBUG: 'all', 'spring.profile': 'x', POSIXLY_CORRECT: '1', UID: '5', MULTI: 'line one\nline two' };
@@ -419,22 +406,18 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     await expect(runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - "true"\n', { user, env: { PATH, X: 'a\0B=1' } })).rejects.toThrow(/NUL/);
     // Counted in bytes: 50,000 euro signs are 150,000 bytes, which exec would refuse.
     await expect(runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - "true"\n', { user, env: { PATH, X: '€'.repeat(50_000) } })).rejects.toThrow(/over 128 KiB/);
-    const own = await runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - "true"\n', { user, env: { PATH, __cv_all: 'mine' } });
-    expect(own.output).toMatch(/not passed to the build: __cv_all/);
+    const loaders = await runYaml(ws, 'version: 0.2\nphases:\n  build:\n    commands:\n      - "true"\n', { user, env: { PATH, __cv_all: 'mine' } });
+    expect(loaders.output).toMatch(/not passed to the build: __cv_all/);
   });
 
   it('stops a build\'s fork bomb at its process limit (RLIMIT_NPROC of its user), and the pool lends ids with the limit', async () => {
-    const { root: wsRoot, ws } = dirs();
-    await chmod(wsRoot, 0o755);
-    const [first] = range(1);
-    const { chown } = await import('node:fs/promises');
-    await chown(ws, first, first);
+    const { ws, uid: first } = await buildUserWorkspace();
     // Node reports a refused fork at once (bash would retry it for seconds): spawn 200, count, stop them.
     const bomb = `let ok = 0, refused = 0; const kids = []; for (let i = 0; i < 200; i++) { try { const c = require('child_process').spawn('sleep', ['30']); c.on('error', () => {}); if (c.pid) { ok++; kids.push(c); } else refused++; } catch { refused++; } } kids.forEach((c) => c.kill('SIGKILL')); process.stdout.write(ok + ' ' + refused);`;
     await writeFile(join(ws, 'bomb.cjs'), bomb, { mode: 0o644 });
     const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [COUNTS, LIMIT]\nphases:\n  build:\n    commands:\n      - LIMIT=$(ulimit -Su)/$(ulimit -Hu)\n      - COUNTS=$(${process.execPath} bomb.cjs)\n`, {
       user: { uid: first, gid: first, maxProcesses: 64 },
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      env: { PATH: HOST_PATH },
     });
     expect(run.status, run.output).toBe('SUCCEEDED');
     expect(run.exportedVariables.LIMIT).toBe('64/64');
@@ -467,7 +450,6 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     onTestFinished(() => rm(base, { recursive: true, force: true }));
     await chmod(base, 0o755);
     const [first] = range(1);
-    const { chown } = await import('node:fs/promises');
     // The job directory is the build's (as the service hands it over); the workspace is inside.
     const job = join(base, 'job');
     await mkdir(join(job, 'src'), { recursive: true });
@@ -481,7 +463,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     const run = await runYaml(ws, `version: 0.2\nenv:\n  exported-variables: [LEAK]\nphases:\n  build:\n    commands:\n      - cd / && mv ${ws} ${ws}.orig && ln -s ${closed} ${ws}\n      - exit 0\n      - LEAK=$(cat secret 2>&1 || true)\n`, {
       user: { uid: first, gid: first },
       controlDir: join(base, 'ctl'),
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      env: { PATH: HOST_PATH },
     });
     expect(run.status).toBe('FAILED');
     expect(run.output).toMatch(/cannot enter its workspace/);
@@ -490,11 +472,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
   });
 
   it('without CAP_SYS_ADMIN (a container\'s root) builds still run as their user, in the host\'s namespaces, and the service knows it', async () => {
-    const { root: wsRoot, ws } = dirs();
-    await chmod(wsRoot, 0o755);
-    const [first] = range(1);
-    const { chown } = await import('node:fs/promises');
-    await chown(ws, first, first);
+    const { ws, uid: first } = await buildUserWorkspace();
     const fixture = new URL('./build-namespace.fixture.ts', import.meta.url).pathname;
     const repo = new URL('../../..', import.meta.url).pathname;
     const r = spawnSync(checkSetpriv(), ['--bounding-set=-sys_admin', '--', process.execPath, '--import', 'tsx', fixture, ws, String(first)], { cwd: repo, encoding: 'utf8', timeout: 60_000 });

@@ -1,12 +1,13 @@
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkLockTool, processesOfUser, tryHoldFileLock, type FileLock } from '@conveyor/procfs';
 import { BUILD_USER_NAME, namespaceSupport, privateTemporaries, usersCanMakeUserNamespaces } from './build-namespace.js';
 import { ownPrivateDir, replaceableBy } from './safe-files.js';
-import { checkBash, checkSetpriv, ownProcessLimits, type BuildUser } from './shell-process.js';
+import { hostKnowsUser, ownProcessLimits, readFileOr } from './host.js';
+import { checkBash, checkSetpriv, type BuildUser } from './shell-process.js';
 
 /** Room for parallel compilers, test runners and browsers with their threads; a fork bomb still stops. */
 export const DEFAULT_BUILD_MAX_PROCESSES = 2048;
@@ -90,7 +91,7 @@ export async function resolveBuildUsers(
     const why = !root ? 'switching users needs the service to run as root' : ((await untraversable(resolve(workDir), user)) ?? (await writableBy(resolve(workDir), user)));
     if (why) throw new Error(`BUILD_UID=${user.uid} cannot be used: ${why}`);
     if (root) warnOfUserNamespaces(user.uid, warn);
-    return withNamespaces(sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds (at most ${user.maxProcesses} processes together)`), workDir, { hostNamesIt: knownUser(user.uid) });
+    return withNamespaces(sharedUser(user, `builds run as uid ${user.uid}, shared by concurrent builds (at most ${user.maxProcesses} processes together)`), workDir, { hostNamesIt: hostKnowsUser(user.uid) });
   }
   if (!root) {
     return {
@@ -129,12 +130,7 @@ function checkProcessLimit(limit: number, concurrency: number, shared: boolean, 
   if (lower < limit) warn(`BUILD_MAX_PROCESSES is ${limit}, but this service's own process limit is ${lower}: builds get ${lower}`);
   // A shared user's limit is shared by its builds; the pool's ids each have their own.
   const total = shared ? limit : limit * concurrency;
-  let pidMax = 0;
-  try {
-    pidMax = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim());
-  } catch {
-    // not Linux: nothing to compare with
-  }
+  const pidMax = Number(readFileOr('/proc/sys/kernel/pid_max').trim());
   if (pidMax > 0 && total > pidMax / 2) {
     warn(`BUILD_MAX_PROCESSES ${limit}${shared ? '' : ` × ${concurrency} concurrent builds`} could take ${total} of this host's ${pidMax} process ids: lower it, or raise kernel.pid_max`);
   }
@@ -253,7 +249,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
     for (let uid = opts.first; uid <= opts.last; uid++) {
       if (locks.has(uid) || passed.has(uid)) continue;
       passed.add(uid);
-      if (knownUser(uid)) {
+      if (hostKnowsUser(uid)) {
         warn(`build user id ${uid} belongs to a user of this system: skipped`);
         continue;
       }
@@ -409,11 +405,6 @@ async function trustedLockDir(dir: string): Promise<void> {
   if (!(await ownPrivateDir(dir))) {
     throw new Error(`BUILD_UID_LOCK_DIR ${dir} must be a directory of this service's user that nobody else may write to (it decides which build user ids are whose)`);
   }
-}
-
-/** Whether the system knows `uid` as a user (passwd, LDAP, SSSD…): such an id is never lent, nor its processes killed. */
-function knownUser(uid: number): boolean {
-  return spawnSync('getent', ['passwd', String(uid)], { stdio: 'ignore', timeout: 10_000 }).status === 0;
 }
 
 /** Deletes what `uid` owns in the directories anyone may write to: files a build left there (a setuid copy of a shell, say) must not outlive it. */

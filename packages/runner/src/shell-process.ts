@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { groupAlive } from '@conveyor/procfs';
-import { inBuildNamespace, rootTool } from './build-namespace.js';
+import { inBuildNamespace } from './build-namespace.js';
+import { ownProcessLimits, TOOLS } from './host.js';
 import { writeShellRecord } from './orphans.js';
 
 /**
@@ -13,42 +13,22 @@ import { writeShellRecord } from './orphans.js';
  * name up on the build's PATH, which a buildspec sets (a fake there would run builds without
  * no_new_privs). Undefined when this host has none (checkSetpriv says so at start-up).
  */
-export const SETPRIV = rootTool(['/usr/bin/setpriv', '/bin/setpriv']);
-
-/** bash by absolute root-owned path, for the loader (see SETPRIV). */
-const BASH = rootTool(['/usr/bin/bash', '/bin/bash']);
+export const SETPRIV = TOOLS.setpriv;
 
 export function checkBash(): string {
-  if (!BASH) throw new Error('builds run as other users need bash in /usr/bin or /bin (root-owned)');
-  return BASH;
+  if (!TOOLS.bash) throw new Error('builds run as other users need bash in /usr/bin or /bin (root-owned)');
+  return TOOLS.bash;
 }
-
-const PRLIMIT = rootTool(['/usr/bin/prlimit', '/bin/prlimit']);
 
 function checkPrlimit(): string {
-  if (!PRLIMIT) throw new Error('a build process limit needs prlimit(1) in /usr/bin or /bin (root-owned); install util-linux');
-  return PRLIMIT;
-}
-
-/** This process's RLIMIT_NPROC (soft, hard), from /proc/self/limits; undefined where unlimited. */
-export function ownProcessLimits(): { soft?: number; hard?: number } {
-  const row = /^Max processes\s+(\S+)\s+(\S+)/m.exec(readFileOr('/proc/self/limits'));
-  const num = (v: string | undefined) => (v === undefined || v === 'unlimited' ? undefined : Number(v));
-  return { ...(num(row?.[1]) !== undefined ? { soft: num(row?.[1])! } : {}), ...(num(row?.[2]) !== undefined ? { hard: num(row?.[2])! } : {}) };
+  if (!TOOLS.prlimit) throw new Error('a build process limit needs prlimit(1) in /usr/bin or /bin (root-owned); install util-linux');
+  return TOOLS.prlimit;
 }
 
 /** `soft:hard` for prlimit: `limit`, or this process's own where that is lower (lowered, never raised). */
 function lowered(limit: number): string {
   const own = ownProcessLimits();
   return `${Math.min(limit, own.soft ?? limit)}:${Math.min(limit, own.hard ?? limit)}`;
-}
-
-function readFileOr(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '';
-  }
 }
 
 /** The whole environment of the programs root runs to start a user's shell (unshare, sh, mount, setpriv). */
