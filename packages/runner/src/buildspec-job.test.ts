@@ -2,7 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { cleanAbandonedJobs } from './buildspec-job.js';
 import { currentOwner, type ProcessOwner } from './orphans.js';
 
@@ -14,6 +14,16 @@ afterEach(() => rm(work, { recursive: true, force: true }));
 
 const exists = (p: string) => stat(p).then(() => true, () => false);
 
+/** The pid of a process that has exited: a dead worker's. */
+const deadPid = () => spawnSync('true').pid!;
+
+/** The pid of a process that lives until the test ends: a live worker's. */
+function livePid(): number {
+  const live = spawn('sleep', ['30'], { stdio: 'ignore' });
+  onTestFinished(() => void live.kill('SIGKILL'));
+  return live.pid!;
+}
+
 async function jobDir(name: string, owner: ProcessOwner): Promise<string> {
   const dir = join(work, name);
   await mkdir(join(dir, 'src'), { recursive: true });
@@ -24,43 +34,31 @@ async function jobDir(name: string, owner: ProcessOwner): Promise<string> {
 
 describe('cleanAbandonedJobs', () => {
   it('removes the directories of workers that died, keeps those of live ones', async () => {
-    const dead = spawnSync('true').pid!;
-    const live = spawn('sleep', ['30'], { stdio: 'ignore' });
-    try {
-      const abandoned = await jobDir('run-a.Build.1-aaaa', { pid: dead });
-      const running = await jobDir('run-b.Build.1-bbbb', { pid: live.pid! });
-      const report = await cleanAbandonedJobs(work);
-      expect(report.removed).toEqual([abandoned]);
-      expect(await exists(abandoned)).toBe(false);
-      expect(await exists(`${abandoned}.owner`)).toBe(false);
-      expect(await exists(join(running, 'src', 'file'))).toBe(true);
-    } finally {
-      live.kill('SIGKILL');
-    }
+    const abandoned = await jobDir('run-a.Build.1-aaaa', { pid: deadPid() });
+    const running = await jobDir('run-b.Build.1-bbbb', { pid: livePid() });
+    const report = await cleanAbandonedJobs(work);
+    expect(report.removed).toEqual([abandoned]);
+    expect(await exists(abandoned)).toBe(false);
+    expect(await exists(`${abandoned}.owner`)).toBe(false);
+    expect(await exists(join(running, 'src', 'file'))).toBe(true);
   });
 
   it('removes the temporary and shared memory directories of a dead worker\'s job with it (t-/m-<suffix>), keeps a live one\'s', async () => {
-    const dead = spawnSync('true').pid!;
-    const live = spawn('sleep', ['30'], { stdio: 'ignore' });
-    try {
-      const abandoned = await jobDir('run-i.Build.1-0123abcd', { pid: dead });
-      const running = await jobDir('run-j.Build.1-4567cdef', { pid: live.pid! });
-      for (const suffix of ['0123abcd', '4567cdef']) {
-        for (const kind of ['t', 'm']) {
-          await mkdir(join(work, `${kind}-${suffix}`));
-          await writeFile(join(work, `${kind}-${suffix}`, 'left'), 'x');
-        }
+    const abandoned = await jobDir('run-i.Build.1-0123abcd', { pid: deadPid() });
+    const running = await jobDir('run-j.Build.1-4567cdef', { pid: livePid() });
+    for (const suffix of ['0123abcd', '4567cdef']) {
+      for (const kind of ['t', 'm']) {
+        await mkdir(join(work, `${kind}-${suffix}`));
+        await writeFile(join(work, `${kind}-${suffix}`, 'left'), 'x');
       }
-      const report = await cleanAbandonedJobs(work);
-      expect(report.removed).toEqual([abandoned]);
-      expect(await exists(join(work, 't-0123abcd'))).toBe(false);
-      expect(await exists(join(work, 'm-0123abcd'))).toBe(false);
-      expect(await exists(join(work, 't-4567cdef', 'left'))).toBe(true);
-      expect(await exists(join(work, 'm-4567cdef', 'left'))).toBe(true);
-      expect(await exists(join(running, 'src', 'file'))).toBe(true);
-    } finally {
-      live.kill('SIGKILL');
     }
+    const report = await cleanAbandonedJobs(work);
+    expect(report.removed).toEqual([abandoned]);
+    expect(await exists(join(work, 't-0123abcd'))).toBe(false);
+    expect(await exists(join(work, 'm-0123abcd'))).toBe(false);
+    expect(await exists(join(work, 't-4567cdef', 'left'))).toBe(true);
+    expect(await exists(join(work, 'm-4567cdef', 'left'))).toBe(true);
+    expect(await exists(join(running, 'src', 'file'))).toBe(true);
   });
 
   it('removes the directory of a worker whose owner file is truncated or not a record, and does not stop on it', async () => {
