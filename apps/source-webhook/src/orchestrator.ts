@@ -156,10 +156,15 @@ export class Orchestrator {
   async cancelRun(runId: string, reason: string, mode: 'abandon' | 'wait' = 'abandon'): Promise<CancelOutcome> {
     const before = await this.deps.runs.get(runId);
     if (!before) return { outcome: 'not-found' };
-    if (!isTerminalRun(before)) await this.applyOne(runId, { type: 'cancel', reason, mode });
+    // A wait names the stage running now: if its result is stored first and starts the next stage, the
+    // state machine cancels that one instead of letting the run stop only after it.
+    const after = mode === 'wait' ? before.stages.find((s) => s.status === 'RUNNING')?.name : undefined;
+    if (!isTerminalRun(before)) await this.applyOne(runId, { type: 'cancel', reason, mode, ...(after === undefined ? {} : { after }) });
     const run = isTerminalRun(before) ? before : await this.deps.runs.get(runId);
     if (!run) return { outcome: 'not-found' };
-    if (mode === 'wait') {
+    // A wait that came too late for its stage cancelled the one started since: stop that one's work below.
+    const caughtUp = mode === 'wait' && run.status === 'CANCELLED' && run.stages.some((s) => s.status === 'CANCELLED');
+    if (mode === 'wait' && !caughtUp) {
       // Ended on its own before the request was stored (the state machine ignored it): too late.
       if (isTerminalRun(run) && !run.stopRequested) return { outcome: 'ended', run };
       // Taken and stored; the run may have moved on since (the reply shows where it is now).

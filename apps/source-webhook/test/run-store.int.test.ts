@@ -221,6 +221,38 @@ describe('Orchestrator.cancelRun, step by step', () => {
     expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SKIPPED', 'SKIPPED']);
   });
 
+  it('a waiting cancel asked while Source ran but stored after its result started Build cancels Build', async () => {
+    const { prefix, make, runs: store } = world('wait-late');
+    const worker = make();
+    const { runId } = await worker.startRun(definition, trigger);
+    const sourceJob = pendingJobs((await store.get(runId!))!)[0]!;
+    // The API reads the run (Source RUNNING); the Source result is stored before its cancel is.
+    let first = true;
+    const racing: RunStore = Object.assign(Object.create(store) as RunStore, {
+      get: async (id: string) => {
+        const read = await store.get(id);
+        if (first) {
+          first = false;
+          expect(await worker.handleInputs([{ runId: id, input: succeeded(sourceJob, SOURCE_OUTPUT) }])).toEqual([]);
+        }
+        return read;
+      },
+    });
+    const api = make(racing, { cancelRepeatsMs: [] });
+    const cancels = await recordCancelNotices(url, prefix);
+    try {
+      const asked = await api.cancelRun(runId!, 'freeze', 'wait');
+      expect(asked).toMatchObject({ outcome: 'cancelled', run: { status: 'CANCELLED', message: 'stopped after Source: freeze' } });
+      const run = (await store.get(runId!))!;
+      expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED', 'SKIPPED']);
+      const buildJobId = `${runId}.Build.1`;
+      expect(await cancels.settled()).toEqual([buildJobId]); // the Build started meanwhile is told to stop
+      expect(await redis.exists(cancelledJobKey(prefix, buildJobId))).toBe(1);
+    } finally {
+      cancels.close();
+    }
+  });
+
   it('cancelling a cancelled run sends its notices again; one that ended otherwise is left as it is', async () => {
     const { prefix, make, runs: store } = world('again');
     const api = make(store, { cancelRepeatsMs: [] });

@@ -167,6 +167,18 @@ describe('step', () => {
     expect(done.events.map((e) => e.type)).toEqual(['stage.finished', 'run.finished']);
   });
 
+  it('a waiting cancel naming a stage that has finished cancels the stage started since; naming the running one waits', () => {
+    const run = drive([ok({ commit: SHA, artifact: ART })]).run; // Source done, Build running
+    const late = step(run, { type: 'cancel', reason: 'freeze', mode: 'wait', after: 'Source' }, t(30));
+    expect(late.run).toMatchObject({ status: 'CANCELLED', message: 'stopped after Source: freeze' });
+    expect(late.run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED', 'SKIPPED', 'SKIPPED', 'SKIPPED']);
+    expect(late.events.map((e) => e.type)).toEqual(['stage.finished', 'run.finished']);
+    const onTime = step(run, { type: 'cancel', reason: 'freeze', mode: 'wait', after: 'Build' }, t(30));
+    expect(onTime.run).toMatchObject({ status: 'RUNNING', stopRequested: { reason: 'freeze' } });
+    const unknown = step(run, { type: 'cancel', reason: 'freeze', mode: 'wait', after: 'Nope' }, t(30));
+    expect(unknown.run.status).toBe('RUNNING');
+  });
+
   it('after a waiting cancel: a failing stage still fails the run, an abandoning cancel ends it at once, a last stage just finishes', () => {
     const waiting = step(drive([ok({ commit: SHA, artifact: ART })]).run, { type: 'cancel', reason: 'r', mode: 'wait' }, t(30)).run;
     const buildJob = pendingJobs(waiting)[0]!;

@@ -19,8 +19,11 @@ export type RunInput =
   /**
    * `abandon` (the default): the run ends now, its running stage CANCELLED. `wait`: the running stage
    * finishes, then the run ends CANCELLED instead of starting the next one (a last stage just finishes).
+   * `after` (wait): the stage that was running when the stop was asked for. If it has finished and a
+   * later stage started meanwhile (its result was stored first), that later stage is cancelled now:
+   * the stop means "nothing after `after`", whichever write came first.
    */
-  | { type: 'cancel'; reason: string; mode?: 'abandon' | 'wait' };
+  | { type: 'cancel'; reason: string; mode?: 'abandon' | 'wait'; after?: string };
 
 export interface Transition {
   run: Run;
@@ -83,10 +86,21 @@ export function step(run: Run, input: RunInput, now: Date): Transition {
     }
     case 'cancel':
       if (input.mode !== 'wait') return finishRun(run, 'CANCELLED', input.reason, at, 'CANCELLED');
-      return run.stopRequested ? unchanged : { run: patch(run, { stopRequested: { reason: input.reason, at } }), events: [], changed: true };
+      if (run.stopRequested) return unchanged;
+      if (input.after !== undefined && startedSince(run, input.after)) {
+        return finishRun(run, 'CANCELLED', `stopped after ${input.after}: ${input.reason}`, at, 'CANCELLED');
+      }
+      return { run: patch(run, { stopRequested: { reason: input.reason, at } }), events: [], changed: true };
     default:
       return assertNever(input);
   }
+}
+
+/** Whether the running stage comes after the stage named `after` (which has then finished). */
+function startedSince(run: Run, after: string): boolean {
+  const named = run.stages.findIndex((s) => s.name === after);
+  const running = run.stages.findIndex((s) => s.status === 'RUNNING');
+  return named >= 0 && running > named;
 }
 
 function runningStageIndex(run: Run, jobId: string): number {
