@@ -9,6 +9,19 @@ export const DeployerEnv = BaseEnv.extend({
   DEPLOY_KEEP_VERSIONS: z.coerce.number().int().min(1).max(1000).default(5),
   /** A deployed command's `.conveyor-output.log` above this size is copied to `.1` and emptied (checked every 30 s). */
   DEPLOY_OUTPUT_MAX_BYTES: z.coerce.number().int().min(64 * 1024).default(10 * 1024 * 1024),
+  /**
+   * `first-last`: the user ids a root deployer gives deployed versions, one per version kept on disk
+   * (group id = user id). Default 2000001000-2000009999. Deployers of one host with different
+   * DEPLOY_DIRs need ranges of their own.
+   */
+  DEPLOY_UIDS: z
+    .string()
+    .regex(/^\d+-\d+$/, 'must be first-last, e.g. 2000001000-2000009999')
+    .transform((text) => text.split('-').map(Number) as [number, number])
+    .refine(([first, last]) => first > 0 && first <= last && last < 2 ** 31, 'must be 1 ≤ first ≤ last < 2^31')
+    .optional(),
+  /** Most processes and threads one deployed version may have at once (RLIMIT_NPROC of its user). */
+  DEPLOY_MAX_PROCESSES: z.coerce.number().int().min(16).default(2048),
   /** When set, `GET /api/v1/deployments` requires `Authorization: Bearer <token>`. */
   CONVEYOR_API_TOKEN: OptionalSecret,
 });

@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
 import { runStageService } from '@conveyor/service-kit';
+import { resolveAppUsers } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
 import { LocalProcessTarget } from './adapters/local-process-target.js';
@@ -18,6 +19,7 @@ const env = loadEnv();
 checkLockTool();
 const deployDir = resolve(env.DEPLOY_DIR);
 const files = new DeploymentFiles(deployDir);
+const { users, warning } = await resolveAppUsers({ deployDir, ...(env.DEPLOY_UIDS ? { uids: env.DEPLOY_UIDS } : {}), maxProcesses: env.DEPLOY_MAX_PROCESSES });
 
 // Deployed versions are left running when the deployer stops: they outlive it (the launcher calls stopAllDeployments).
 await runStageService({
@@ -32,6 +34,7 @@ await runStageService({
       logger,
       stopGraceMs: env.DEPLOY_STOP_GRACE_SECONDS * 1000,
       keepVersions: env.DEPLOY_KEEP_VERSIONS,
+      users,
     });
     return createDeployHandler({ targets: [local], redis, prefix, deploys: deployCounter(registry) });
   },
@@ -47,6 +50,8 @@ await runStageService({
       routes: deploymentRoutes({ catalog: new FsDeploymentCatalog(files), apiToken: env.CONVEYOR_API_TOKEN }),
       start: async () => {
         logger.info({ deployDir }, 'deploying local targets into this directory');
+        if (warning) logger.warn({ deployDir }, warning);
+        else logger.info(users.summary);
         rotation = setInterval(() => void rotate(), OUTPUT_CHECK_MS);
         rotation.unref();
       },

@@ -1,4 +1,7 @@
-import { resolve } from 'node:path';
+import { readdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { killUserProcesses } from '@conveyor/runner';
+import { CLAIMS_DIR } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { ownGroupAlive, stopGroup } from './adapters/process-group.js';
 import type { DeploymentRecord } from './domain/deployment-record.js';
@@ -13,8 +16,9 @@ export interface StoppedDeployment {
 
 /**
  * Stops every process recorded under `deployDir` (each pipeline's current version, and any version a
- * crashed deploy left running), SIGTERM then SIGKILL after `graceMs`. For the launcher's shutdown:
- * the deployer itself never stops deployments when it stops. Records stay on disk.
+ * crashed deploy left running), SIGTERM then SIGKILL after `graceMs`, then (as root) whatever still runs
+ * as a version's own user. For the launcher's shutdown: the deployer itself never stops deployments
+ * when it stops. Records stay on disk.
  */
 export async function stopAllDeployments(deployDir: string, graceMs = 10_000): Promise<StoppedDeployment[]> {
   const files = new DeploymentFiles(resolve(deployDir));
@@ -27,5 +31,9 @@ export async function stopAllDeployments(deployDir: string, graceMs = 10_000): P
       return { pipeline: rec.pipeline, runId: rec.runId, attempt: rec.attempt, pid: rec.pid, result };
     }),
   );
+  if (process.getuid?.() === 0) {
+    const claims = await readdir(join(files.root, CLAIMS_DIR)).catch(() => []);
+    for (const name of claims.filter((n) => /^\d+$/.test(n))) await killUserProcesses({ uid: Number(name), gid: Number(name) });
+  }
   return stopped.filter((s): s is StoppedDeployment => s !== undefined);
 }

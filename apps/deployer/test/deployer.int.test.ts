@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Queue } from 'bullmq';
@@ -283,5 +283,71 @@ describe('deployer', () => {
     } finally {
       process.kill(-bystander.pid!, 'SIGKILL');
     }
+  });
+});
+
+// Reports who it runs as, and whether it can read its parent's (the deployer's) environment.
+const WHO = `
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+let parentEnv = 'readable';
+try { readFileSync('/proc/' + process.ppid + '/environ'); } catch (err) { parentEnv = err.code; }
+writeFileSync(process.env.HOME + '/written', 'ok');
+createServer((req, res) => {
+  if (req.url === '/healthz') { res.writeHead(200); res.end('ok'); return; }
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ uid: process.getuid(), gid: process.getgid(), groups: process.getgroups(), home: process.env.HOME, parentEnv, cwd: process.cwd() }));
+}).listen(Number(process.env.PORT), '127.0.0.1');
+`;
+
+describe.skipIf(process.getuid?.() !== 0)('deployer as root', () => {
+  const FIRST = 2_000_008_000;
+  beforeEach(async () => {
+    // Its versions' users must reach DEPLOY_DIR: a 0700 temporary directory would make it fall back.
+    await service.stop();
+    await chmod(root, 0o755);
+    service = await startService({
+      REDIS_URL: redisUrl,
+      QUEUE_PREFIX: prefix,
+      ARTIFACT_DIR: store.root,
+      DEPLOY_DIR: deployDir,
+      DEPLOY_STOP_GRACE_SECONDS: '2',
+      DEPLOY_KEEP_VERSIONS: '1',
+      DEPLOY_UIDS: `${FIRST}-${FIRST + 99}`,
+    });
+  });
+
+  it('runs each version as a user of its own, which cannot read the deployer; what a version leaves running goes with it', async () => {
+    // A daemon that leaves the version's process group (setsid): only its user id still ties it to the version.
+    const command = 'setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $! > daemon.pid; exec node who.mjs';
+    const v1 = await deploy(await makeJob('shop', 'v1', { command }, { 'who.mjs': WHO }));
+    expect(v1.status, v1.message).toBe('SUCCEEDED');
+    const first = (await getJson(v1.output.url!)) as { body: { uid: number; gid: number; groups: number[]; home: string; parentEnv: string; cwd: string } };
+    expect(first.body.uid).toBeGreaterThanOrEqual(FIRST);
+    expect(first.body.uid).toBeLessThanOrEqual(FIRST + 99);
+    expect(first.body.gid).toBe(first.body.uid);
+    expect(first.body.groups.filter((g) => g !== first.body.gid)).toEqual([]);
+    expect(first.body.parentEnv).toBe('EACCES');
+    expect(first.body.home).toBe(join(deployDir, 'shop', `${v1.runId}-1`, 'home'));
+    expect(await readFile(join(first.body.home, 'written'), 'utf8')).toBe('ok');
+    expect((await stat(join(first.body.cwd, 'who.mjs'))).uid).toBe(first.body.uid);
+    const daemon = Number(await readFile(join(first.body.cwd, 'daemon.pid'), 'utf8'));
+    expect(await alive(daemon)).toBe(true);
+    expect(await readdir(join(deployDir, '.uids'))).toEqual([String(first.body.uid)]);
+
+    const v2 = await deploy(await makeJob('shop', 'v2', { command }, { 'who.mjs': WHO }));
+    expect(v2.status, v2.message).toBe('SUCCEEDED');
+    const second = (await getJson(v2.output.url!)) as { body: { uid: number; cwd: string } };
+    expect(second.body.uid).not.toBe(first.body.uid);
+    await expectNotServing(v1.output.url!);
+    expect(await alive(daemon)).toBe(false); // stopped with its version, though it left the group
+    // v1 was pruned (one version kept): its id is free again.
+    expect(await readdir(join(deployDir, '.uids'))).toEqual([String(second.body.uid)]);
+
+    // The launcher's shutdown stops the serving version's daemon too.
+    const daemon2 = Number(await readFile(join(second.body.cwd, 'daemon.pid'), 'utf8'));
+    expect(await alive(daemon2)).toBe(true);
+    await stopAllDeployments(deployDir, 1000);
+    expect(await alive(daemon2)).toBe(false);
   });
 });

@@ -176,7 +176,7 @@ function sharedUser(user: BuildUser | undefined, summary: string): BuildUsers {
 }
 
 /** Why `user` cannot reach `dir` (the first ancestor, created if missing, it may not enter), if it cannot. */
-async function untraversable(dir: string, user: BuildUser): Promise<string | undefined> {
+export async function untraversable(dir: string, user: BuildUser): Promise<string | undefined> {
   await mkdir(dir, { recursive: true });
   for (let d = dir; ; d = dirname(d)) {
     const info = await stat(d);
@@ -408,7 +408,7 @@ async function trustedLockDir(dir: string): Promise<void> {
 }
 
 /** Deletes what `uid` owns in the directories anyone may write to: files a build left there (a setuid copy of a shell, say) must not outlive it. */
-async function deleteFilesOf(uid: number): Promise<void> {
+export async function deleteFilesOf(uid: number): Promise<void> {
   const dirs = SHARED_WRITABLE.filter((d) => existsSync(d));
   if (dirs.length === 0) return;
   // find does not follow symlinks (-P) and stays on each directory's file system (-xdev).

@@ -8,3 +8,6 @@ export * from './codebuild-env.js';
 export * from './buildspec-job.js';
 export * from './build-users.js';
 export type { BuildUser } from './shell-process.js';
+export { asUserArgv, spawnAsUser, checkBash, checkSetpriv, UNEXPORTABLE_WHY } from './shell-process.js';
+export { hostKnowsUser } from './host.js';
+export { ownPrivateDir } from './safe-files.js';

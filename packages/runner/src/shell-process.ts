@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioNull, type StdioPipe } from 'node:child_process';
 import { constants } from 'node:os';
 import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -38,12 +38,12 @@ const ROOT_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
 const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /**
- * Run by bash as the build's user, with ROOT_ENV only: enters the workspace as the user (root never
+ * Run by bash as the build's (or deployed app's) user, with ROOT_ENV only: enters the workspace as the user (root never
  * chdirs into a directory the build controls: a symlink there would take the shell where its user could
  * not go), exports the build's environment from NUL-terminated NAME=VALUE records on fd 5, and execs
  * the shell. Constant text; the workspace comes as $1, the shell and its arguments after it.
  */
-export const USER_LOADER = `cd -- "$1" || { echo "[conveyor] the build's user cannot enter its workspace" >&2; exit 123; }
+export const USER_LOADER = `cd -- "$1" || { echo "[conveyor] user $UID cannot enter its workspace $1" >&2; exit 123; }
 unset OLDPWD
 shift
 __cv_all=()
@@ -90,6 +90,42 @@ function envRecords(env: Record<string, string>): { records: string; unexportabl
   }
   if (env.POSIXLY_CORRECT !== undefined) records.push(`POSIXLY_CORRECT=${env.POSIXLY_CORRECT}\0`);
   return { records: records.join(''), unexportable };
+}
+
+export const UNEXPORTABLE_WHY = "a shell can only export names of letters, digits and _, and __cv_* are the loader's";
+
+/**
+ * The programs root runs to start `program` as `user` in `cwd`: setpriv switches to the user (its ids
+ * only, no_new_privs: no setuid file grants it more), then USER_LOADER enters `cwd` as the user, takes
+ * the environment from fd 5 and execs `program`, all in one process (same pid and process group).
+ * Under prlimit when the user has a process limit. Start it with `spawnAsUser`.
+ */
+export function asUserArgv(user: BuildUser, cwd: string, program: readonly string[]): string[] {
+  const argv = [checkSetpriv(), `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', resolve(cwd), ...program];
+  // The process limit is set by root (prlimit) on the process that then switches to the user: it is
+  // inherited, and the switch itself fails if the user already has that many (a build at its limit).
+  if (user.maxProcesses) argv.unshift(checkPrlimit(), `--nproc=${lowered(user.maxProcesses)}`, '--');
+  return argv;
+}
+
+/**
+ * Spawns `argv` (asUserArgv's, possibly wrapped) detached, as root with ROOT_ENV in `rootCwd` (a
+ * directory of root's), with `stdio` as fds 0-4 and `env` handed to the loader on fd 5. Returns the
+ * names a shell cannot export, which were left out.
+ */
+export function spawnAsUser(
+  argv: readonly string[],
+  env: Record<string, string>,
+  opts: { rootCwd: string; stdio: readonly (StdioNull | StdioPipe | number)[] },
+): { child: ChildProcess; unexportable: string[] } {
+  const { records, unexportable } = envRecords(env);
+  const stdio = [...opts.stdio];
+  while (stdio.length < 5) stdio.push('ignore');
+  const child = spawn(argv[0]!, argv.slice(1), { cwd: opts.rootCwd, env: ROOT_ENV, detached: true, stdio: [...stdio, 'pipe'] });
+  const fd5 = (child.stdio as unknown as Writable[])[5]!;
+  fd5.on('error', () => {}); // EPIPE if the program died first: its exit reports that
+  fd5.end(records);
+  return { child, unexportable };
 }
 
 /** Throws, saying what to install, when builds cannot be run as other users here. */
@@ -200,22 +236,15 @@ export class ShellProcess {
     // Nothing of the build reaches a program root runs: they start in root's control directory with
     // ROOT_ENV (LD_PRELOAD, BASH_ENV, LIBMOUNT_* … would otherwise run the build's code as root, or
     // steer it), and the build's environment travels on fd 5 to the loader, which reads it as the user.
-    const asUser = [checkSetpriv(), `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--clear-groups', '--no-new-privs', '--', checkBash(), '--noprofile', '--norc', '-c', USER_LOADER, 'conveyor-loader', resolve(opts.cwd), opts.shell, ...args];
-    // The process limit is set by root (prlimit) on the process that then switches to the user: it is
-    // inherited, and the switch itself fails if the user already has that many (a build at its limit).
-    if (opts.user.maxProcesses) asUser.unshift(checkPrlimit(), `--nproc=${lowered(opts.user.maxProcesses)}`, '--');
+    const asUser = asUserArgv(opts.user, opts.cwd, [opts.shell, ...args]);
     const isolated = await inBuildNamespace(
       { user: opts.user, home: opts.env.HOME ?? '/', controlDir: opts.controlDir, index: opts.index, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}), ...(opts.shmDir ? { shmDir: opts.shmDir } : {}) },
       asUser,
     );
     const [file, ...argv] = isolated?.argv ?? asUser;
     const env = isolated?.name ? { USER: isolated.name, LOGNAME: isolated.name, ...opts.env } : opts.env;
-    const { records, unexportable } = envRecords(env);
-    if (unexportable.length) opts.onOutput(`[conveyor] not passed to the build: ${unexportable.join(', ')} (a shell can only export names of letters, digits and _, and __cv_* are the loader's)\n`);
-    const child = spawn(file!, argv, { cwd: opts.controlDir, env: ROOT_ENV, detached: true, stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'] });
-    const fd5 = (child.stdio as unknown as Writable[])[5]!;
-    fd5.on('error', () => {}); // EPIPE if the shell died first: its exit reports that
-    fd5.end(records);
+    const { child, unexportable } = spawnAsUser([file!, ...argv], env, { rootCwd: opts.controlDir, stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'] });
+    if (unexportable.length) opts.onOutput(`[conveyor] not passed to the build: ${unexportable.join(', ')} (${UNEXPORTABLE_WHY})\n`);
     return ShellProcess.started(child, opts);
   }
 

@@ -1,11 +1,13 @@
-import { spawn } from 'node:child_process';
-import { open, rm } from 'node:fs/promises';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmod, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { DeployJob } from '@conveyor/contracts';
+import { asUserArgv, checkBash, spawnAsUser, UNEXPORTABLE_WHY, type BuildUser } from '@conveyor/runner';
 import { freePort, type Logger } from '@conveyor/service-kit';
+import { ownUser, type AppUsers } from './app-users.js';
 import { childEnv } from '../domain/child-env.js';
-import { APP_DIR, isSameVersion, localUrl, OUTPUT_FILE, versionName, type DeploymentRecord } from '../domain/deployment-record.js';
+import { APP_DIR, HOME_DIR, isSameVersion, localUrl, OUTPUT_FILE, versionName, type DeploymentRecord } from '../domain/deployment-record.js';
 import { describeHealthFailure, waitHealthy } from '../domain/health-wait.js';
 import { versionsToPrune } from '../domain/prune.js';
 import { tailLines } from '../domain/tail.js';
@@ -27,6 +29,8 @@ export interface LocalProcessTargetOptions {
   /** Version directories kept per pipeline (the serving one is always kept). */
   keepVersions: number;
   hostEnv?: Record<string, string | undefined>;
+  /** Who versions run as (default: the deployer's own user). */
+  users?: AppUsers;
   healthIntervalMs?: number;
   now?: () => Date;
 }
@@ -39,7 +43,10 @@ interface Started {
 /** The deploy target of one machine: each version is a process group started from the unpacked artifact. */
 export class LocalProcessTarget implements DeployTarget {
   readonly kind = 'local' as const;
-  constructor(private readonly opts: LocalProcessTargetOptions) {}
+  private readonly users: AppUsers;
+  constructor(private readonly opts: LocalProcessTargetOptions) {
+    this.users = opts.users ?? ownUser;
+  }
 
   async deploy(job: DeployJob, ctx: DeployContext): Promise<DeployOutcome> {
     const target = job.target;
@@ -62,12 +69,22 @@ export class LocalProcessTarget implements DeployTarget {
       await this.stopOthers(job.pipeline, current, ctx);
       return { status: 'already-deployed', url: current.url };
     }
-    const dir = files.versionDir(job.pipeline, versionName(job.runId, job.attempt));
-    await this.discardEarlierDelivery(dir, ctx);
+    const version = versionName(job.runId, job.attempt);
+    const dir = files.versionDir(job.pipeline, version);
+    await this.discardEarlierDelivery(job.pipeline, version, dir, ctx);
     const appDir = join(dir, APP_DIR);
+    // The directory first, then the claim: a claim without its directory is one a dead deploy left.
+    await mkdir(dir, { recursive: true, mode: 0o711 });
+    const user = await this.users.claim(job.pipeline, version);
     ctx.log(`unpacking artifact ${job.input.key} into ${appDir}`);
     await this.opts.artifacts.extractTo(job.input, appDir);
-    const started = await this.start(job, target, dir);
+    if (user) {
+      // Its user may pass through (not list) the pipeline's and the version's directories to reach its own.
+      await chmod(files.pipelineDir(job.pipeline), 0o711);
+      await chmod(dir, 0o711);
+      await this.users.handOver(appDir, join(dir, HOME_DIR), user);
+    }
+    const started = await this.start(job, target, dir, user, ctx);
     const { record } = started;
     ctx.log(`started \`${target.command}\` as pid ${record.pid} on port ${record.port}; waiting for ${target.healthPath}`);
     const outcome = await waitHealthy(
@@ -83,7 +100,7 @@ export class LocalProcessTarget implements DeployTarget {
     const output = await readTail(join(dir, OUTPUT_FILE), 64 * 1024);
     if (output) ctx.log(`--- output of the deployed command so far ---\n${output.replace(/\n?$/, '')}\n---`);
     if (outcome.kind !== 'healthy') {
-      const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
+      const stopped = await this.stopVersion(record);
       logger.warn({ pipeline: job.pipeline, pid: record.pid, outcome: outcome.kind, stopped }, 'deployed version never became healthy');
       if (outcome.kind === 'aborted') throw ctx.signal.reason instanceof Error ? ctx.signal.reason : new Error('deploy aborted');
       const why = describeHealthFailure(outcome, target.healthTimeoutSeconds, target.healthPath);
@@ -93,11 +110,12 @@ export class LocalProcessTarget implements DeployTarget {
     // A 200 from a command that has already exited came from someone else (a daemonised copy, or
     // another process on the port): a deployment is a process group Conveyor can see and stop.
     if (!ownGroupAlive(record.pgid, record.procStart)) {
+      await this.stopVersion(record);
       return { status: 'unhealthy', message: `the command's process group ended after ${target.healthPath} answered; a deployed command must keep running in the foreground; the previous version keeps serving` };
     }
     // The last moment to stop: past it, the new version replaces the live one.
     if (lock.lost()) {
-      const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
+      const stopped = await this.stopVersion(record);
       logger.error({ pipeline: job.pipeline, pid: record.pid, stopped }, 'deploy lock lost before the swap');
       return { status: 'unhealthy', message: 'the deploy lock was lost (its holder process ended) before this version went live; it was stopped and the previous version keeps serving' };
     }
@@ -106,11 +124,11 @@ export class LocalProcessTarget implements DeployTarget {
       cancelled = await ctx.cancelled();
     } catch (err) {
       // Unknown whether to go live: the new version must not be left running unrecorded.
-      await stopGroup(record.pgid, this.opts.stopGraceMs);
+      await this.stopVersion(record);
       throw err;
     }
     if (cancelled) {
-      const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
+      const stopped = await this.stopVersion(record);
       logger.info({ pipeline: job.pipeline, pid: record.pid, stopped }, 'run cancelled before its version went live');
       return { status: 'cancelled', message: 'the run was cancelled before this version went live; it was stopped and the previous version keeps serving' };
     }
@@ -134,23 +152,43 @@ export class LocalProcessTarget implements DeployTarget {
   }
 
   /** A previous delivery of this job may have started a process and died before recording it: stop it, start clean. */
-  private async discardEarlierDelivery(dir: string, ctx: DeployContext): Promise<void> {
+  private async discardEarlierDelivery(pipeline: string, version: string, dir: string, ctx: DeployContext): Promise<void> {
     const leftover = await this.opts.files.readVersionRecord(dir);
     if (leftover && ownGroupAlive(leftover.pgid, leftover.procStart)) {
       ctx.log(`stopping pid ${leftover.pid} left by an earlier delivery of this job`);
       await stopGroup(leftover.pgid, this.opts.stopGraceMs);
     }
+    // Whatever else of that delivery still runs as the version's user goes too, before root touches its files.
+    await this.users.stopAll(pipeline, version);
     await rm(dir, { recursive: true, force: true });
   }
 
-  private async start(job: DeployJob, target: LocalTargetConfig, dir: string): Promise<Started> {
+  /** Stops a version's process group, then anything else still running as its user (a daemon that left the group). */
+  private async stopVersion(record: DeploymentRecord): Promise<Awaited<ReturnType<typeof stopGroup>>> {
+    const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
+    await this.users.stopAll(record.pipeline, versionName(record.runId, record.attempt));
+    return stopped;
+  }
+
+  private async start(job: DeployJob, target: LocalTargetConfig, dir: string, user: BuildUser | undefined, ctx: DeployContext): Promise<Started> {
     const port = await freePort();
-    const env = childEnv({ host: this.opts.hostEnv ?? process.env, target: target.env, port, runId: job.runId, commit: job.commit });
+    const host = this.opts.hostEnv ?? process.env;
+    // A version with a user of its own gets a home of its own; the deployer's is not its to write.
+    const env = childEnv({ host: user ? { ...host, HOME: join(dir, HOME_DIR) } : host, target: target.env, port, runId: job.runId, commit: job.commit });
+    const appDir = join(dir, APP_DIR);
     const out = await open(join(dir, OUTPUT_FILE), 'a', 0o600);
-    let child;
+    let child: ChildProcess;
     try {
       // The command is the pipeline author's own text, run as written; run values reach it only through env.
-      child = spawn('bash', ['-c', target.command], { cwd: join(dir, APP_DIR), env, detached: true, stdio: ['ignore', out.fd, out.fd] });
+      if (user) {
+        // As its user: root's programs start with PATH alone and the environment reaches the app through
+        // the loader (a target.env LD_PRELOAD must not run in setpriv, as root).
+        const started = spawnAsUser(asUserArgv(user, appDir, [checkBash(), '-c', target.command]), env, { rootCwd: dir, stdio: ['ignore', out.fd, out.fd] });
+        child = started.child;
+        if (started.unexportable.length) ctx.log(`not passed to the deployed command: ${started.unexportable.join(', ')} (${UNEXPORTABLE_WHY})`);
+      } else {
+        child = spawn('bash', ['-c', target.command], { cwd: appDir, env, detached: true, stdio: ['ignore', out.fd, out.fd] });
+      }
     } finally {
       await out.close();
     }
@@ -181,8 +219,12 @@ export class LocalProcessTarget implements DeployTarget {
   }
 
   private async stopPrevious(previous: DeploymentRecord, ctx: DeployContext): Promise<void> {
-    if (!ownGroupAlive(previous.pgid, previous.procStart)) return;
-    const result = await stopGroup(previous.pgid, this.opts.stopGraceMs);
+    if (!ownGroupAlive(previous.pgid, previous.procStart)) {
+      // Its group is gone; a daemon it left running as its user is not.
+      await this.users.stopAll(previous.pipeline, versionName(previous.runId, previous.attempt));
+      return;
+    }
+    const result = await this.stopVersion(previous);
     ctx.log(`stopped the previous version (run ${previous.runId}, attempt ${previous.attempt}, pid ${previous.pid}): ${result}`);
     this.opts.logger.info({ pipeline: previous.pipeline, pid: previous.pid, result }, 'stopped previous version');
   }
@@ -197,7 +239,10 @@ export class LocalProcessTarget implements DeployTarget {
       if (dir === keepDir || (rec && ownGroupAlive(rec.pgid, rec.procStart))) protect.add(v.name);
     }
     for (const name of versionsToPrune(versions, this.opts.keepVersions, protect)) {
+      // Nothing may run as the version's user while root removes what it owns.
+      await this.users.stopAll(pipeline, name);
       await rm(join(files.pipelineDir(pipeline), name), { recursive: true, force: true });
+      await this.users.release(pipeline, name);
     }
   }
 }

@@ -31,6 +31,8 @@ export const CURRENT_FILE = 'current.json';
 export const VERSION_RECORD_FILE = '.conveyor-process.json';
 export const OUTPUT_FILE = '.conveyor-output.log';
 export const APP_DIR = 'app';
+/** A version's home when it runs as a user of its own (the deployer's is not its to write). */
+export const HOME_DIR = 'home';
 
 /** `<runId>-<attempt>`: both parts are validated by the contracts (no `/`, no `..`). */
 export function versionName(runId: string, attempt: number): string {
