@@ -1,5 +1,6 @@
-import { spawn } from 'node:child_process';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -52,4 +53,76 @@ describe('pnpm start', () => {
     expect(await new Promise<number | null>((resolve) => child.once('exit', resolve))).toBe(2);
     expect(out).toContain('CONVEYOR_PORT_BASE must be a port number');
   });
+
+  it('refuses ports already in use, naming the port and the service, before starting anything', async () => {
+    const base = await freePortRange(5);
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(base + 3, '127.0.0.1', () => r()));
+    try {
+      const { code, out } = await runCli(['serve'], { CONVEYOR_HOME: join(tmpdir(), 'cv-cli-busy'), CONVEYOR_PORT_BASE: String(base) });
+      expect(code).toBe(1);
+      expect(out).toContain(`port ${base + 3} (for deployer) is in use`);
+      expect(out).not.toContain('Ready');
+    } finally {
+      squatter.close();
+    }
+  });
+
+  it('serve: starts a service that dies again, and a closed terminal (SIGHUP) stops everything', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cv-cli-serve-'));
+    const base = await freePortRange(5);
+    const redis = await testRedis();
+    const child = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', 'serve'], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cliserve${Date.now()}`, CONVEYOR_HOME: dir, CONVEYOR_PORT_BASE: String(base), WORKER_CONCURRENCY: '3' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    try {
+      await expect.poll(() => out, { timeout: 60_000, interval: 200 }).toContain('Ready.');
+      const deployer = await childOf(child.pid!, 'apps/deployer/src/main.ts');
+      // A documented setting given to the launcher reaches the services.
+      expect((await readFile(`/proc/${deployer}/environ`, 'latin1')).split('\0')).toContain('WORKER_CONCURRENCY=3');
+      process.kill(deployer, 'SIGKILL');
+      await expect.poll(() => out, { timeout: 60_000, interval: 200 }).toContain('✔ deployer is running again');
+      expect(out).toContain('deployer killed by SIGKILL; starting it again');
+      expect((await fetch(`http://127.0.0.1:${base + 3}/readyz`)).status).toBe(200);
+
+      child.kill('SIGHUP');
+      expect(await exited).toBe(129);
+      expect(out).toContain('Conveyor: stopped.');
+      for (let i = 0; i < 5; i++) await expect(fetch(`http://127.0.0.1:${base + i}/healthz`)).rejects.toThrow();
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
+
+async function runCli(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', ...args], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  return { code, out };
+}
+
+/** The pid of `parent`'s child whose command line mentions `script` (Linux /proc). */
+async function childOf(parent: number, script: string): Promise<number> {
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (ppid !== parent) continue;
+    if ((await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '')).includes(script)) return Number(name);
+  }
+  throw new Error(`no child of ${parent} runs ${script}`);
+}

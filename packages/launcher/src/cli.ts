@@ -1,9 +1,10 @@
 #!/usr/bin/env -S node --import tsx
+import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { ConveyorClient } from './api-client.js';
 import { examplePipelineYaml, prepareExampleRepo, watchRun } from './example.js';
 import { redactUrl } from './redis.js';
-import { REPO_ROOT, startStack, type Stack } from './stack.js';
+import { REPO_ROOT, startStack, type ServiceName, type Stack } from './stack.js';
 
 // The launcher is a terminal program: it talks to a person on stdout.
 const print = (line: string) => process.stdout.write(`${line}\n`);
@@ -36,12 +37,22 @@ async function main(argv: string[]): Promise<number> {
   }
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= stack.stop().then(() => void print('Conveyor: stopped.')));
-  process.once('SIGINT', () => void stop().then(() => process.exit(130)));
-  process.once('SIGTERM', () => void stop().then(() => process.exit(143)));
+  const stopAndExit = (code: number) => void stop().then(() => process.exit(code));
+  // Ctrl-C, a kill, and a closed terminal (SIGHUP) all stop what was started: the services run in
+  // process groups of their own, so nothing else would.
+  process.once('SIGINT', () => stopAndExit(130));
+  process.once('SIGTERM', () => stopAndExit(143));
+  process.once('SIGHUP', () => stopAndExit(129));
+  superviseServices(stack, home, () => stopping !== undefined, (why) => {
+    print(`✖ ${why}; stopping everything`);
+    stopAndExit(1);
+  });
 
   print(`  Redis:          ${redactUrl(stack.redis.url)} (${stack.redis.origin})`);
   for (const [name, url] of Object.entries(stack.urls)) print(`  ${name.padEnd(15)} ${url}`);
-  print(`  API token:      in ${join(home, 'api-token')} (or CONVEYOR_API_TOKEN)`);
+  print(`  API token:      ${stack.apiTokenSource === 'CONVEYOR_API_TOKEN' ? 'the value of CONVEYOR_API_TOKEN' : `in ${stack.apiTokenSource}`}`);
+  // The services are the launcher's children, but a restart could leave a moment with none: stay up.
+  setInterval(() => undefined, 1 << 30);
   if (command === 'serve') {
     print('Ready. Press Ctrl-C to stop.');
     return new Promise(() => undefined);
@@ -68,6 +79,38 @@ async function main(argv: string[]): Promise<number> {
   }
   print('Services and the deployment keep running. Press Ctrl-C to stop everything.');
   return new Promise(() => undefined);
+}
+
+const RESTARTS_PER_MINUTE = 5;
+
+/**
+ * A service that exits while the launcher runs is said so and started again (its work is not lost:
+ * the queues and the reconciler pick it up); one that exits RESTARTS_PER_MINUTE times in a minute, or
+ * cannot be started again, ends the launcher through `giveUp`.
+ */
+function superviseServices(stack: Stack, home: string, stopping: () => boolean, giveUp: (why: string) => void): void {
+  const exits = new Map<ServiceName, number[]>();
+  const watch = (name: ServiceName, child: ChildProcess) => {
+    child.once('exit', (code, signal) => {
+      if (stopping()) return;
+      const log = join(home, 'logs', `${name}.log`);
+      const recent = (exits.get(name) ?? []).filter((t) => Date.now() - t < 60_000);
+      recent.push(Date.now());
+      exits.set(name, recent);
+      const how = signal ? `killed by ${signal}` : `exited with code ${code}`;
+      if (recent.length > RESTARTS_PER_MINUTE) return giveUp(`${name} ${how}, the ${recent.length}th time in a minute (see ${log})`);
+      print(`✖ ${name} ${how}; starting it again (see ${log})`);
+      stack.startService(name).then(
+        (again) => {
+          if (stopping()) return;
+          print(`✔ ${name} is running again`);
+          watch(name, again);
+        },
+        (err: Error) => giveUp(`${name} could not be started again: ${err.message}`),
+      );
+    });
+  };
+  for (const [name, child] of stack.processes) watch(name, child);
 }
 
 main(process.argv.slice(2)).then(

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
+import { createServer } from 'node:net';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +26,8 @@ export interface StackOptions {
 export interface Stack {
   redis: ResolvedRedis;
   apiToken: string;
+  /** Where the API token came from. */
+  apiTokenSource: string;
   urls: Record<ServiceName, string>;
   home: string;
   processes: Map<ServiceName, ChildProcess>;
@@ -33,15 +36,53 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
-async function apiToken(home: string, env: NodeJS.ProcessEnv): Promise<string> {
-  if (env.CONVEYOR_API_TOKEN) return env.CONVEYOR_API_TOKEN;
+/** CONVEYOR_API_TOKEN, else the one in `<home>/api-token` (made on first use), with where it came from. */
+async function apiToken(home: string, env: NodeJS.ProcessEnv): Promise<{ token: string; source: string }> {
+  if (env.CONVEYOR_API_TOKEN) return { token: env.CONVEYOR_API_TOKEN, source: 'CONVEYOR_API_TOKEN' };
   const file = join(home, 'api-token');
   const existing = await readFile(file, 'utf8').then((s) => s.trim(), () => '');
-  if (existing.length >= 16) return existing;
+  if (existing.length >= 16) return { token: existing, source: file };
   const token = randomBytes(24).toString('base64url');
   await writeFile(file, `${token}\n`, { mode: 0o600 });
   await chmod(file, 0o600);
-  return token;
+  return { token, source: file };
+}
+
+/**
+ * The services' settings a person may give the launcher (README's table), passed through as they are.
+ * Not the rest of the caller's environment (cloud credentials and the like have no business in the
+ * services), nor what the launcher decides itself: ports, directories under CONVEYOR_HOME, Redis, the token.
+ */
+export const PASSED_THROUGH = [
+  /^WORKER_(CONCURRENCY|LOCK_MS|STALLED_MS)$/,
+  /^SHUTDOWN_DRAIN_SECONDS$/,
+  /^HOST$/,
+  /^LOG_LEVEL$/,
+  /^QUEUE_PREFIX$/,
+  /^WEBHOOK_BODY_LIMIT$/,
+  /^(RECONCILE_INTERVAL_MS|RESULTS_CLAIM_IDLE_MS|EVENTS_CLAIM_IDLE_MS)$/,
+  /^BUILD_(UID|GID|UIDS|UID_LOCK_DIR|MAX_PROCESSES)$/,
+  /^DEPLOY_(UIDS|MAX_PROCESSES|STOP_GRACE_SECONDS|KEEP_VERSIONS|OUTPUT_MAX_BYTES)$/,
+  /^MONITOR_(HISTORY_MAX|METRIC_KEYS_MAX)$/,
+];
+
+/** The variables of `env` the launcher hands to every service as they are. */
+export function passedThrough(env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) if (value !== undefined && PASSED_THROUGH.some((re) => re.test(name))) out[name] = value;
+  return out;
+}
+
+/** Throws naming the first of `ports` something already listens on (another Conveyor, say). */
+async function checkPortsFree(ports: readonly { port: number; name: string }[], host: string): Promise<void> {
+  for (const { port, name } of ports) {
+    const problem = await new Promise<string | undefined>((done) => {
+      const server = createServer();
+      server.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'EADDRINUSE' ? 'in use' : err.message));
+      server.listen(port, host, () => server.close(() => done(undefined)));
+    });
+    if (problem) throw new Error(`port ${port} (for ${name}) is ${problem}: another Conveyor or program listens there; stop it, or set CONVEYOR_PORT_BASE to another free range of five ports`);
+  }
 }
 
 async function waitReady(url: string, child: ChildProcess, name: string, logFile: string): Promise<void> {
@@ -72,18 +113,23 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const env = opts.env ?? process.env;
   const home = resolve(opts.home);
   await mkdir(join(home, 'logs'), { recursive: true });
-  const redis = await resolveRedis(env, join(home, 'redis'));
-  const token = await apiToken(home, env);
   const port = (i: number) => opts.portBase + i;
-  const urls = Object.fromEntries(SERVICES.map((s, i) => [s, `http://127.0.0.1:${port(i)}`])) as Record<ServiceName, string>;
+  const host = env.HOST ?? '127.0.0.1';
+  await checkPortsFree(SERVICES.map((name, i) => ({ port: port(i), name })), host);
+  const redis = await resolveRedis(env, join(home, 'redis'));
+  const { token, source: tokenSource } = await apiToken(home, env);
+  // Where the launcher reaches them: a wildcard address is reached on loopback.
+  const reach = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+  const urls = Object.fromEntries(SERVICES.map((s, i) => [s, `http://${reach}:${port(i)}`])) as Record<ServiceName, string>;
   const common: Record<string, string> = {
     PATH: env.PATH ?? '/usr/bin:/bin',
     HOME: env.HOME ?? home,
+    QUEUE_PREFIX: 'conveyor',
+    LOG_LEVEL: 'info',
+    HOST: host,
+    ...passedThrough(env),
     REDIS_URL: redis.url,
-    QUEUE_PREFIX: env.QUEUE_PREFIX ?? 'conveyor',
     ARTIFACT_DIR: join(home, 'artifacts'),
-    LOG_LEVEL: env.LOG_LEVEL ?? 'info',
-    HOST: '127.0.0.1',
     ...opts.serviceEnv,
   };
   const own: Record<ServiceName, Record<string, string>> = {
@@ -126,5 +172,5 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     await stop();
     throw err;
   }
-  return { redis, apiToken: token, urls, home, processes, startService, stop };
+  return { redis, apiToken: token, apiTokenSource: tokenSource, urls, home, processes, startService, stop };
 }
