@@ -269,6 +269,22 @@ describe('createStageWorker', () => {
     await harness.close();
   });
 
+  it('tells a handler retried after an error why the last delivery failed (not that a worker died)', async () => {
+    const prefix = uniquePrefix('sw');
+    const seen: { deliveries: number; previousError?: string }[] = [];
+    const w = worker(prefix, async (_job, ctx) => {
+      seen.push({ deliveries: ctx.deliveries, ...(ctx.previousError ? { previousError: ctx.previousError } : {}) });
+      if (seen.length === 1) throw new Error('disk full for a moment');
+      return { status: 'SUCCEEDED', output: {} };
+    });
+    const harness = new StageHarness(url, prefix);
+    await harness.enqueue(QUEUES.monitor, job(15));
+    expect(await harness.result(job(15).jobId)).toMatchObject({ status: 'SUCCEEDED' });
+    expect(seen).toEqual([{ deliveries: 0 }, { deliveries: 1, previousError: 'disk full for a moment' }]);
+    await w.close();
+    await harness.close();
+  });
+
   it('reports what a handler did when it completed although the notice came (too late to stop it)', async () => {
     const prefix = uniquePrefix('sw');
     const { mark: started, reached: running } = latch();

@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { artifactKey, FsArtifactStore } from './fs-artifact-store.js';
+import { ArtifactContentError, artifactKey, FsArtifactStore } from './fs-artifact-store.js';
 
 const exec = promisify(execFile);
 let dir: string;
@@ -59,10 +59,33 @@ describe('FsArtifactStore', () => {
     expect(await readlink(join(dir, 'out', 'link'))).toBe('sub/b.txt');
   });
 
-  it('refuses to unpack a link to an absolute path', async () => {
+  it('unpacks links to absolute paths and outside the directory as links, as git checks them out, never writing through them', async () => {
     await symlink('/etc/passwd', join(dir, 'src', 'abs'));
-    const ref = await store.putFiles('k/abs.tar', join(dir, 'src'), ['abs']);
-    await expect(store.extractTo(ref, join(dir, 'out'))).rejects.toThrow(/absolute linkpath/);
+    await symlink('../../../outside', join(dir, 'src', 'sub', 'up'));
+    await mkdir(join(dir, 'src', 'deep'));
+    await symlink('/tmp', join(dir, 'src', 'deep', 'tmp-link'));
+    const ref = await store.putFiles('k/abs.tar', join(dir, 'src'), ['abs', 'sub/b.txt', 'sub/up', 'deep/tmp-link']);
+    await store.extractTo(ref, join(dir, 'out'));
+    expect(await readlink(join(dir, 'out', 'abs'))).toBe('/etc/passwd');
+    expect(await readlink(join(dir, 'out', 'sub', 'up'))).toBe('../../../outside');
+    expect(await readlink(join(dir, 'out', 'deep', 'tmp-link'))).toBe('/tmp');
+    expect(await readFile(join(dir, 'out', 'sub', 'b.txt'), 'utf8')).toBe('B');
+  });
+
+  it('never writes through a link an artifact carries, whatever the order of its entries', async () => {
+    const evil = join(dir, 'evil');
+    await mkdir(join(evil, 'x'), { recursive: true });
+    await writeFile(join(evil, 'x', 'passwd'), 'pwned');
+    const victim = join(dir, 'victim');
+    await mkdir(victim);
+    // A link `x` → victim first, then a file x/passwd: a naive unpacker writes the file into victim.
+    await symlink(victim, join(dir, 'x'));
+    await exec('tar', ['-cf', join(dir, 'evil.tar'), '-C', dir, 'x']);
+    await exec('tar', ['-rf', join(dir, 'evil.tar'), '-C', evil, 'x/passwd']);
+    const ref = await store.putTar('k/evil-link.tar', join(dir, 'evil.tar'));
+    await expect(store.extractTo(ref, join(dir, 'out'))).rejects.toThrow(ArtifactContentError);
+    await expect(stat(join(victim, 'passwd'))).rejects.toThrow();
+    expect((await lstat(join(dir, 'out', 'x'))).isDirectory()).toBe(true); // the file went into a real directory
   });
 
   it('never writes outside the target when a tar carries ../ or absolute paths (zip slip)', async () => {

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, copyFile, link, mkdir, rm, stat } from 'node:fs/promises';
+import { chmod, copyFile, link, lstat, mkdir, rm, stat, symlink } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { create, extract } from 'tar';
 import type { ArtifactRef } from '@conveyor/contracts';
@@ -87,19 +87,61 @@ export class FsArtifactStore implements ArtifactStore {
     const actual = await sha256File(path);
     if (actual !== ref.sha256) throw new Error(`artifact ${ref.key} is corrupt: sha256 ${actual} != ${ref.sha256}`);
     await mkdir(dir, { recursive: true });
-    // node-tar strips absolute paths and `..` (preservePaths false) and refuses to write through symlinks.
-    // No setuid or setgid bit comes out of an artifact: extracted by root, such a file would be root's.
-    await extract({
-      file: path,
-      cwd: dir,
-      strict: true,
-      preservePaths: false,
-      preserveOwner: false,
-      filter: (_path, entry) => {
-        if ('mode' in entry && typeof entry.mode === 'number') entry.mode &= 0o1777;
-        return true;
-      },
-    });
+    // Symbolic links come out as they went in (as `git checkout` makes them: a repository may hold a
+    // link to /usr/bin/env, or to a sibling outside it), but only once everything else is written, so
+    // nothing is ever written through one. Whoever later reads the tree as root must not follow them
+    // (the buildspec and reports are read confined to the workspace; chowns do not dereference).
+    const links: { path: string; linkpath: string }[] = [];
+    try {
+      // node-tar strips absolute paths and `..` (preservePaths false) and refuses to write through symlinks.
+      // No setuid or setgid bit comes out of an artifact: extracted by root, such a file would be root's.
+      await extract({
+        file: path,
+        cwd: dir,
+        strict: true,
+        preservePaths: false,
+        preserveOwner: false,
+        filter: (entryPath, entry) => {
+          if ('type' in entry && entry.type === 'SymbolicLink') {
+            links.push({ path: entryPath, linkpath: String((entry as { linkpath?: string }).linkpath ?? '') });
+            return false;
+          }
+          if ('mode' in entry && typeof entry.mode === 'number') entry.mode &= 0o1777;
+          return true;
+        },
+      });
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code?.startsWith('TAR_')) throw new ArtifactContentError(`artifact ${ref.key} cannot be unpacked: ${(err as Error).message}`);
+      throw err;
+    }
+    for (const link of links) await placeLink(dir, link.path, link.linkpath, ref.key);
+  }
+}
+
+/** An artifact whose content cannot be unpacked as it is: unpacking it again would fail again. */
+export class ArtifactContentError extends Error {
+  override readonly name = 'ArtifactContentError';
+}
+
+/** Makes the link `path` (relative to `dir`, inside it) → `target`, through real directories only. */
+async function placeLink(dir: string, path: string, target: string, key: string): Promise<void> {
+  const parts = path.split('/').filter((p) => p !== '' && p !== '.');
+  if (isAbsolute(path) || parts.length === 0 || parts.includes('..') || target === '' || target.includes('\0')) {
+    throw new ArtifactContentError(`artifact ${key} holds a link entry ${JSON.stringify(path)} that leaves its directory`);
+  }
+  let at = dir;
+  for (const part of parts.slice(0, -1)) {
+    at = join(at, part);
+    const info = await lstat(at).catch(() => undefined);
+    if (!info) await mkdir(at);
+    else if (!info.isDirectory()) throw new ArtifactContentError(`artifact ${key}: the link ${path} would be made through ${relative(dir, at)}, which is not a directory`);
+  }
+  try {
+    await symlink(target, join(at, parts[parts.length - 1]!));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new ArtifactContentError(`artifact ${key} holds ${path} twice (a link and something else)`);
+    throw err;
   }
 }
 

@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { chmod, chown, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
@@ -77,6 +77,33 @@ describe('build users: the settings', () => {
     const run = await runBuildspecJob(job, { artifacts, workDir: join(root, 'work'), log: (t) => void (log += t), signal: new AbortController().signal }, async (r: BuildspecRun) => r);
     expect(run).toMatchObject({ status: 'FAILED', message: "the build's environment variable X holds a NUL byte" });
     expect(log).not.toMatch(/^ran$/m);
+  });
+
+  it('builds a source holding links to absolute paths and out of it, as git checked them out; one that cannot be unpacked fails once, saying why', async () => {
+    const artifacts = new FsArtifactStore(join(root, 'artifacts'));
+    const src = join(root, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'buildspec.yml'), buildspec(['readlink tool', 'readlink shared']));
+    await symlink('/usr/bin/env', join(src, 'tool'));
+    await symlink('../../shared/config', join(src, 'shared'));
+    const input = await artifacts.putFiles('links.tar', src, ['buildspec.yml', 'tool', 'shared']);
+    const job = (name: string, ref: typeof input) => BuildJob.parse({ ...(BUILD_JOB as object), jobId: `${name}.Build.1`, runId: name, input: ref });
+    let log = '';
+    const opts = { artifacts, workDir: join(root, 'work'), log: (t: string) => void (log += t), signal: new AbortController().signal };
+    const run = await runBuildspecJob(job('links-run-0001', input), opts, async (r: BuildspecRun) => r);
+    expect(run.status, log).toBe('SUCCEEDED');
+    expect(log).toMatch(/^\/usr\/bin\/env$/m);
+    expect(log).toMatch(/^\.\.\/\.\.\/shared\/config$/m);
+
+    // A link `x`, then a file under x/: never written through the link, and the build fails once with the reason.
+    await mkdir(join(root, 'evil', 'x'), { recursive: true });
+    await writeFile(join(root, 'evil', 'x', 'f'), 'f');
+    await symlink('/tmp', join(root, 'x'));
+    spawnSync('tar', ['-cf', join(root, 'evil.tar'), '-C', root, 'x']);
+    spawnSync('tar', ['-rf', join(root, 'evil.tar'), '-C', join(root, 'evil'), 'x/f']);
+    const evil = await artifacts.putTar('evil.tar', join(root, 'evil.tar'));
+    const failed = await runBuildspecJob(job('links-run-0002', evil), opts, async (r: BuildspecRun) => r);
+    expect(failed).toMatchObject({ status: 'FAILED', message: 'artifact evil.tar holds x twice (a link and something else)' });
   });
 
   it.runIf(!isRoot)('a service that is not root runs builds as itself, with a warning; BUILD_UID is refused', async () => {

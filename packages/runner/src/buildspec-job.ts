@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
 import { chmod, chown, mkdir, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
-import type { ArtifactStore } from '@conveyor/artifacts';
+import { ArtifactContentError, type ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob, TestJob } from '@conveyor/contracts';
 import { runPhases, type PhasesResult, type RunnerEvent } from './bash-session.js';
 import { fileOwner, readOwnedFile, UntrustedFileError } from './safe-files.js';
@@ -59,7 +59,14 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
   await mkdir(workspace);
   try {
     deps.log(`[conveyor] ${job.type} ${job.pipeline}/${job.stage} attempt ${job.attempt}, commit ${job.commit}${deps.user ? `, as uid ${deps.user.uid}` : ''}\n`);
-    await deps.artifacts.extractTo(job.input, workspace);
+    try {
+      await deps.artifacts.extractTo(job.input, workspace);
+    } catch (err) {
+      // Content that cannot be unpacked fails the stage once, saying why; other errors are retried.
+      if (!(err instanceof ArtifactContentError)) throw err;
+      deps.log(`[conveyor] ${err.message}\n`);
+      return await then({ status: 'FAILED', message: err.message, workspace });
+    }
     const home = deps.user ? join(dir, 'home') : (deps.home ?? process.env.HOME ?? dir);
     // A build with a user of its own gets its own HOME and TMPDIR too, out of other builds' reach (a
     // file made in the shared /tmp is readable by all, with the usual umask).

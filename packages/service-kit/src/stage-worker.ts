@@ -18,6 +18,8 @@ export interface StageContext {
   signal: AbortSignal;
   /** How many times BullMQ has started this job before (0 on the first delivery). */
   deliveries: number;
+  /** Why the last delivery failed, when this one is BullMQ's retry after an error (not after a worker died). */
+  previousError?: string;
 }
 
 export type StageHandler<T extends StageJob['type']> = (job: StageJobOf<T>, ctx: StageContext) => Promise<StageOutcome>;
@@ -170,6 +172,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
       },
       signal: signal ?? new AbortController().signal,
       deliveries: Math.max(0, (bull.attemptsStarted ?? 1) - 1),
+      ...(bull.attemptsMade > 0 && bull.failedReason ? { previousError: bull.failedReason } : {}),
     };
     let outcome: StageOutcome;
     let stoppedEarly = false;

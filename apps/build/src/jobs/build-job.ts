@@ -20,7 +20,8 @@ export const buildJobHandler =
   (deps: BuildDeps): StageHandler<'build'> =>
   async (job, ctx) => {
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
-    if (ctx.deliveries > 0) log.write(`[conveyor] delivery ${ctx.deliveries + 1} of this job (an earlier worker stopped before finishing)\n`);
+    if (ctx.previousError) log.write(`[conveyor] delivery ${ctx.deliveries + 1} of this job: the last one errored (${ctx.previousError})\n`);
+    else if (ctx.deliveries > 0) log.write(`[conveyor] delivery ${ctx.deliveries + 1} of this job (an earlier worker stopped before finishing)\n`);
     try {
       const runAs = (user: BuildUser | undefined, stopUserProcesses: () => Promise<void>) =>
         runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}), stopUserProcesses }, (run) => finishBuild(job, run, deps, (t) => log.write(t), ctx.signal, user));
