@@ -55,5 +55,6 @@ export interface CancelledJob {
 
 /** Resolves a ref or commit of a repository and snapshots it as a tar artifact. */
 export interface SourceRepository {
-  snapshot(input: { repository: string; ref: string; commit?: string; artifactKey: string; log: (line: string) => void }): Promise<{ commit: string; artifact: ArtifactRef }>;
+  /** `commitOnRef`: `commit` must be `ref`'s or one of its ancestors (a manual run's; a push's ref may have moved on since). */
+  snapshot(input: { repository: string; ref: string; commit?: string; commitOnRef?: boolean; artifactKey: string; log: (line: string) => void }): Promise<{ commit: string; artifact: ArtifactRef }>;
 }

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { cancelledJobKey, PipelineDefinition, QUEUES, type RunView, type StageJob } from '@conveyor/contracts';
 import { createLogger, createQueue } from '@conveyor/service-kit';
-import { commitFiles, initRepo, recordCancelNotices, testRedis, uniquePrefix } from '@conveyor/testing';
+import { commitFiles, git, initRepo, recordCancelNotices, testRedis, uniquePrefix } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
 import { composeService } from '../src/service.js';
 import { BullJobDispatcher } from '../src/adapters/bull-job-dispatcher.js';
@@ -130,6 +130,12 @@ stages:
     const got = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/hello', headers: auth });
     expect(got.json().name).toBe('hello');
     expect(got.body).not.toContain(SECRET);
+    // GET, edit, POST: the view's read-only field goes back with it, and the stored secret is kept.
+    const edited = { ...got.json(), stages: [...got.json().stages, { name: 'Test', type: 'test' }] };
+    const roundTrip = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: auth, payload: edited });
+    expect(roundTrip.statusCode, roundTrip.body).toBe(200);
+    expect(roundTrip.json()).toMatchObject({ source: { hasWebhookSecret: true }, stages: [{ name: 'Build' }, { name: 'Test' }] });
+    await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/yaml' }, payload: yaml });
     const bad = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/yaml' }, payload: 'a: [' });
     expect(bad.statusCode).toBe(400);
     const text = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/xml' }, payload: '<name/>' });
@@ -171,10 +177,33 @@ describe('runs', () => {
     expect(run.stages[0]!.message).toContain('refs/heads/no-such-branch not found');
   });
 
+  it("a manual run's commit must be its ref's: another branch's commit fails at Source, saying so; with that branch it runs", async () => {
+    await git(repoDir, 'checkout', '-q', '-b', 'side');
+    const sideCommit = await commitFiles(repoDir, { 'side.txt': 'side\n' });
+    await git(repoDir, 'checkout', '-q', 'main');
+    const settled = async (payload: object) => {
+      const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload });
+      expect(res.statusCode).toBe(202);
+      return waitFor(async () => {
+        const r = await getRun(res.json().runId);
+        return r.stages[0]!.status !== 'RUNNING' && r.stages[0]!.status !== 'PENDING' ? r : undefined;
+      }, 'Source to finish');
+    };
+    const wrong = await settled({ ref: 'main', commit: sideCommit });
+    expect(wrong.stages[0]).toMatchObject({ status: 'FAILED', message: expect.stringContaining(`commit ${sideCommit} is not on refs/heads/main`) });
+    const right = await settled({ ref: 'side', commit: sideCommit });
+    expect(right.stages[0]).toMatchObject({ status: 'SUCCEEDED', result: { commit: sideCommit } });
+    const logs = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${right.id}/stages/Source/logs`, headers: auth });
+    expect(logs.body).toContain(`commit ${sideCommit} (given for refs/heads/side, which holds it)`);
+  });
+
   it('rejects a malformed run request', async () => {
     const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { commit: 'xyz' } });
     expect(res.statusCode).toBe(400);
     expect(res.json().errors[0].path).toBe('body.commit');
+    const ref = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { ref: '--upload-pack=touch /tmp/x' } });
+    expect(ref.statusCode).toBe(400);
+    expect(ref.json().errors[0]).toMatchObject({ path: 'body.ref', message: expect.stringContaining('git ref name') });
   });
 });
 

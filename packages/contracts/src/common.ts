@@ -14,6 +14,29 @@ export const StageName = z
   .regex(/^[A-Za-z][A-Za-z0-9_-]{0,63}$/, 'must match ^[A-Za-z][A-Za-z0-9_-]{0,63}$');
 export type StageName = z.infer<typeof StageName>;
 
+/**
+ * A branch or ref name as `git check-ref-format` takes it (its rules, checked here so a bad one is a 400
+ * naming the field, not a run that fails at Source): no control characters, spaces or ~^:?*[\, no `..`,
+ * `@{`, `//`, no part starting with `.` or ending with `.lock`, not starting with `-` or `/`, not
+ * ending with `/` or `.`, not `@`.
+ */
+export const GitRefName = z
+  .string()
+  .min(1)
+  .max(255)
+  .refine(
+    (r) =>
+      !/[\x00-\x20\x7f~^:?*[\\]/.test(r) &&
+      !r.includes('..') &&
+      !r.includes('@{') &&
+      !r.includes('//') &&
+      !/^[-/]/.test(r) &&
+      !/[/.]$/.test(r) &&
+      r !== '@' &&
+      r.split('/').every((part) => !part.startsWith('.') && !part.endsWith('.lock')),
+    'not a valid git ref name (see git check-ref-format)',
+  );
+
 export const RunId = z.string().regex(/^[a-z0-9][a-z0-9-]{7,80}$/, 'not a run id');
 export type RunId = z.infer<typeof RunId>;
 

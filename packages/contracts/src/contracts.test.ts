@@ -1,7 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { PipelineDefinition, Run, RunEvent, SourceEvent, StageJob, StageResult, stageJobId, toPipelineView, toRunView } from './index.js';
+import { GitRefName, PipelineDefinition, Run, RunEvent, SourceEvent, StageJob, StageResult, StartRunBody, stageJobId, toPipelineView, toRunView } from './index.js';
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures');
 const load = async (version: string, name: string) => JSON.parse(await readFile(join(FIXTURES, version, name), 'utf8'));
@@ -54,8 +54,20 @@ describe('PipelineDefinition', () => {
     [{ ...base, stages: [{ name: 'B', type: 'build', env: { variables: { CODEBUILD_X: '1' } } }] }, 'stages.0.env.variables.CODEBUILD_X'],
     [{ ...base, stages: [{ name: 'D', type: 'deploy', target: { kind: 'local', command: 'x', healthPath: 'nope' } }] }, 'stages.0.target.healthPath'],
     [{ ...base, extra: true }, ''],
+    [{ ...base, source: { ...base.source, branch: '-bad..branch' } }, 'source.branch'],
+    [{ ...base, stages: [{ name: 'B', type: 'build', buildspec: '../../etc/passwd' }] }, 'stages.0.buildspec'],
+    [{ ...base, stages: [{ name: 'B', type: 'build', buildspec: '/etc/passwd' }] }, 'stages.0.buildspec'],
   ])('refuses %j naming %s', (value, path) => {
     expect(issues(value).some((i) => i.startsWith(`${path}:`) || (path === '' && i.includes('extra')))).toBe(true);
+  });
+
+  it('takes ref names as git check-ref-format does', () => {
+    for (const ok of ['main', 'feature/x-1', 'refs/heads/main', 'refs/tags/v1.0', 'release_2026', 'a;b']) expect(GitRefName.safeParse(ok).success, ok).toBe(true);
+    for (const bad of ['-bad', '--upload-pack=touch /tmp/pwned', 'main;rm -rf /', 'a..b', 'x.lock', 'a//b', '@', '.hidden', 'a/.b', 'a/', 'a.', 'a@{1}', 'a b', 'a~1', 'a^', 'a:b', 'a*', 'a\\b', 'tab\there']) {
+      expect(GitRefName.safeParse(bad).success, bad).toBe(false);
+    }
+    expect(StartRunBody.safeParse({ ref: '--upload-pack=x' }).success).toBe(false);
+    expect(PipelineDefinition.parse({ ...base, stages: [{ name: 'B', type: 'build', buildspec: 'ci/buildspec.yml' }] }).stages[0]).toMatchObject({ buildspec: 'ci/buildspec.yml' });
   });
 
   it('accepts ssh and scp-style addresses with a plain user name', () => {

@@ -1,9 +1,9 @@
 import { z } from 'zod';
-import { CommitSha } from './common.js';
+import { CommitSha, GitRefName } from './common.js';
 
 /** Body of `POST /api/v1/pipelines/:name/runs` (all optional). */
 export const StartRunBody = z
-  .object({ ref: z.string().min(1).max(255).optional(), commit: CommitSha.optional() })
+  .object({ ref: GitRefName.optional(), commit: CommitSha.optional() })
   .strict()
   .default({});
 export type StartRunBody = z.infer<typeof StartRunBody>;

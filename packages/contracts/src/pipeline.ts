@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { PipelineName, StageName } from './common.js';
+import { GitRefName, PipelineName, StageName } from './common.js';
 
 const Glob = z.string().min(1).max(255);
 /** include/exclude globs, as CodePipeline V2 trigger filters (at most 8 each). */
@@ -34,7 +34,7 @@ export const SourceConfig = z
   .object({
     provider: z.enum(['github', 'generic']),
     repository: RepositoryUrl,
-    branch: z.string().min(1).max(255).default('main'),
+    branch: GitRefName.default('main'),
     /** Write-only: stored, never returned by the API. */
     webhookSecret: z.string().min(16, 'at least 16 characters').max(256).optional(),
     /** Absent: pushes to `branch` trigger a run, as CodePipeline V2 does by default. */
@@ -50,7 +50,12 @@ export const EnvVariables = z.record(EnvVarName, z.string().max(32_768));
 const BuildLike = {
   name: StageName,
   /** Path of the buildspec inside the stage's input artifact. */
-  buildspec: z.string().min(1).max(1024).default('buildspec.yml'),
+  buildspec: z
+    .string()
+    .min(1)
+    .max(1024)
+    .refine((p) => !p.startsWith('/') && !p.split('/').includes('..') && !p.includes('\0'), 'must be a path inside the source (relative, without ..)')
+    .default('buildspec.yml'),
   /** Overrides the buildspec's env.variables (pipeline definition > buildspec). */
   env: z.object({ variables: EnvVariables.default({}) }).strict().default({ variables: {} }),
   timeoutMinutes: z.number().int().min(1).max(2160).default(60),

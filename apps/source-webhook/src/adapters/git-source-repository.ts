@@ -52,13 +52,13 @@ export class GitSourceRepository implements SourceRepository {
     return next;
   }
 
-  async snapshot(input: { repository: string; ref: string; commit?: string; artifactKey: string; log: (line: string) => void }) {
+  async snapshot(input: { repository: string; ref: string; commit?: string; commitOnRef?: boolean; artifactKey: string; log: (line: string) => void }) {
     const mirror = join(resolve(this.cacheDir), createHash('sha256').update(input.repository).digest('hex').slice(0, 24) + '.git');
     const commit = await this.serialize(mirror, async () => {
       await this.refresh(input.repository, mirror, input.log);
-      return this.resolveCommit(mirror, input.ref, input.commit);
+      return this.resolveCommit(mirror, input.ref, input.commit, input.commitOnRef ?? false);
     });
-    input.log(`[source] resolved ${input.ref} to ${commit}\n`);
+    input.log(input.commit ? `[source] commit ${commit} (given for ${input.ref}${input.commitOnRef ? ', which holds it' : ''})\n` : `[source] resolved ${input.ref} to ${commit}\n`);
     const tmp = join(resolve(this.cacheDir), `archive-${randomUUID()}.tar`);
     try {
       await this.git(['archive', '--format=tar', '-o', tmp, commit], mirror);
@@ -86,18 +86,33 @@ export class GitSourceRepository implements SourceRepository {
     await this.git(['fetch', '--prune', '--quiet', '--', 'origin', '+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*'], mirror);
   }
 
-  private async resolveCommit(mirror: string, ref: string, commit?: string): Promise<string> {
+  /**
+   * The commit to build: `commit` when given (on `ref`, when `onRef`: a manual run's commit must be the
+   * ref's or one before it, or the run would be recorded against a ref that never held it), else the
+   * commit `ref` points at.
+   */
+  private async resolveCommit(mirror: string, ref: string, commit: string | undefined, onRef: boolean): Promise<string> {
     if (commit) {
       if (!SHA.test(commit)) throw new PermanentJobError(`not a full commit sha: ${commit}`);
       const ok = await this.git(['cat-file', '-t', commit], mirror).then((t) => t === 'commit', () => false);
       if (!ok) throw new PermanentJobError(`commit ${commit} is not in the repository`);
-      return commit;
+      if (!onRef) return commit;
     }
     const full = ref.startsWith('refs/') ? ref : `refs/heads/${ref}`;
     const valid = await this.git(['check-ref-format', full]).then(() => true, () => false);
     if (!valid) throw new PermanentJobError(`not a valid ref: ${ref}`);
     const sha = await this.git(['rev-parse', '--verify', '--quiet', '--end-of-options', `${full}^{commit}`], mirror).catch(() => '');
     if (!SHA.test(sha)) throw new PermanentJobError(`ref ${ref} not found in the repository`);
-    return sha;
+    if (!commit) return sha;
+    // Exit status 1: not an ancestor; anything else is git failing, which is retried.
+    const onIt = await exec('git', ['merge-base', '--is-ancestor', '--', commit, sha], { cwd: mirror, env: GIT_ENV, timeout: this.timeoutMs }).then(
+      () => true,
+      (err: { code?: number }) => {
+        if (err.code === 1) return false;
+        throw new Error(`git merge-base failed: ${String(err)}`);
+      },
+    );
+    if (!onIt) throw new PermanentJobError(`commit ${commit} is not on ${ref} (at ${sha}); give a commit of that ref, or its ref`);
+    return commit;
   }
 }

@@ -7,8 +7,17 @@ import type { ServerDeps } from './server.js';
 const YAML_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml'];
 const MAX_DEFINITION_BYTES = 256 * 1024;
 
+/** What GET adds to a definition (read-only): a GET-edit-POST round trip may carry it back, and it is ignored. */
+function withoutViewFields(body: unknown): unknown {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return body;
+  const { source } = body as { source?: unknown };
+  if (typeof source !== 'object' || source === null || Array.isArray(source) || !('hasWebhookSecret' in source)) return body;
+  const { hasWebhookSecret: _readOnly, ...rest } = source as Record<string, unknown>;
+  return { ...body, source: rest };
+}
+
 function parseDefinitionBody(body: unknown) {
-  const parsed = PipelineDefinition.safeParse(body);
+  const parsed = PipelineDefinition.safeParse(withoutViewFields(body));
   if (!parsed.success) throw new InputError('invalid pipeline definition', issuesFromZod(parsed.error));
   return parsed.data;
 }

@@ -11,7 +11,7 @@ export const sourceJobHandler =
       const { commit, artifact } = await deps.repository.snapshot({
         repository: job.repository,
         ref: job.trigger.ref,
-        ...(job.trigger.commit ? { commit: job.trigger.commit } : {}),
+        ...(job.trigger.commit ? { commit: job.trigger.commit, commitOnRef: job.trigger.type === 'manual' } : {}),
         artifactKey: artifactKey(job.runId, job.stage, job.attempt),
         log: (line) => log.write(line),
       });
