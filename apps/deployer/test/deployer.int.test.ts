@@ -187,6 +187,7 @@ describe('deployer', () => {
     expect(result.status).toBe('FAILED');
     expect(result.message).toContain('/healthz did not answer 200 within 2s');
     expect(result.message).toContain('booting the broken build');
+    expect(result.message).toContain('the previous version keeps serving');
     const brokenPid = Number(await readFile(join(deployDir, 'shop', `${broken.runId}-1`, 'app', 'pid.txt'), 'utf8'));
     expect(await alive(brokenPid)).toBe(false);
     expect(await getJson(good.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
@@ -199,6 +200,7 @@ describe('deployer', () => {
     expect(result.status).toBe('FAILED');
     expect(result.message).toContain('exited with code 3');
     expect(result.message).toContain('cannot start: missing config');
+    expect(result.message).toContain('no earlier version of this pipeline is serving');
     expect(Date.now() - started).toBeLessThan(20_000);
   });
 

@@ -15,6 +15,11 @@ export interface GithubDelivery {
   deliveryId?: string;
   signature?: string;
   rawBody: Buffer;
+  /**
+   * The body is `application/x-www-form-urlencoded` (GitHub's default content type): the JSON is its
+   * `payload` field. The signature still covers the raw body.
+   */
+  form?: boolean;
   /** Set by `/webhooks/github/:pipeline`: only that pipeline's secret is tried. */
   pipeline?: string;
 }
@@ -49,7 +54,7 @@ export class WebhookIntake {
     }
     if (d.event !== 'push') return this.skipAll(d.deliveryId, `event ${d.event} is not handled`);
 
-    const event = githubPushToSourceEvent(this.parsePush(d.rawBody), d.deliveryId);
+    const event = githubPushToSourceEvent(this.parsePush(d.rawBody, d.form ?? false), d.deliveryId);
     const urls = new Set(event.repositoryUrls.map(normalizeRepositoryUrl));
     const matched = verified.filter((p) => urls.has(normalizeRepositoryUrl(p.source.repository)));
     if (matched.length === 0) {
@@ -77,12 +82,18 @@ export class WebhookIntake {
     return all.filter((p) => p.source.provider === 'github' && p.source.webhookSecret);
   }
 
-  private parsePush(raw: Buffer) {
+  private parsePush(raw: Buffer, form: boolean) {
+    let text = raw.toString('utf8');
+    if (form) {
+      const payload = new URLSearchParams(text).get('payload');
+      if (payload === null) throw new InputError('a form-encoded delivery must carry the JSON in its payload field', [{ path: 'body.payload', message: 'required' }]);
+      text = payload;
+    }
     let json: unknown;
     try {
-      json = JSON.parse(raw.toString('utf8'));
+      json = JSON.parse(text);
     } catch {
-      throw new InputError('body is not valid JSON', [{ path: 'body', message: 'invalid JSON' }]);
+      throw new InputError(form ? 'the payload field is not valid JSON' : 'body is not valid JSON', [{ path: form ? 'body.payload' : 'body', message: 'invalid JSON' }]);
     }
     const parsed = GithubPush.safeParse(json);
     if (!parsed.success) throw new InputError('not a GitHub push payload', issuesFromZod(parsed.error, 'body'));

@@ -287,6 +287,27 @@ describe('GitHub webhooks', () => {
     expect(run.trigger).toMatchObject({ type: 'webhook', deliveryId: 'delivery-1', commit: firstCommit, ref: 'refs/heads/main', actor: 'octo' });
   });
 
+  it("takes GitHub's default form-encoded deliveries (the JSON in payload, the signature over the form)", async () => {
+    const before = await runCount();
+    const form = new URLSearchParams({ payload: pushBody(firstCommit) }).toString();
+    const post = (body: string, delivery: string, signature = sign(body)) =>
+      service.app.inject({
+        method: 'POST',
+        url: '/webhooks/github',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-github-event': 'push', 'x-github-delivery': delivery, 'x-hub-signature-256': signature },
+        payload: body,
+      });
+    const res = await post(form, 'delivery-form-1');
+    expect(res.statusCode, res.body).toBe(202);
+    expect((await getRun(res.json().runId)).trigger).toMatchObject({ deliveryId: 'delivery-form-1', commit: firstCommit });
+    // Signed over the JSON instead of the form bytes: refused.
+    expect((await post(form, 'delivery-form-2', sign(pushBody(firstCommit)))).statusCode).toBe(401);
+    const empty = await post('other=1', 'delivery-form-3');
+    expect(empty.statusCode).toBe(400);
+    expect(empty.json().errors[0].path).toBe('body.payload');
+    expect(await runCount()).toBe(before + 1);
+  });
+
   it('refuses a bad or missing signature with 401 and creates no run', async () => {
     const before = await runCount();
     const body = pushBody(firstCommit);

@@ -69,6 +69,8 @@ export class LocalProcessTarget implements DeployTarget {
       await this.stopOthers(job.pipeline, current, ctx);
       return { status: 'already-deployed', url: current.url };
     }
+    // What the messages of a version that does not go live say about what serves.
+    const kept = current && ownGroupAlive(current.pgid, current.procStart) ? 'the previous version keeps serving' : 'no earlier version of this pipeline is serving';
     const version = versionName(job.runId, job.attempt);
     const dir = files.versionDir(job.pipeline, version);
     await this.discardEarlierDelivery(job.pipeline, version, dir, ctx);
@@ -105,19 +107,19 @@ export class LocalProcessTarget implements DeployTarget {
       if (outcome.kind === 'aborted') throw ctx.signal.reason instanceof Error ? ctx.signal.reason : new Error('deploy aborted');
       const why = describeHealthFailure(outcome, target.healthTimeoutSeconds, target.healthPath);
       const last = tailLines(output);
-      return { status: 'unhealthy', message: `${why}; the previous version keeps serving. Last output:\n${last || '(none)'}` };
+      return { status: 'unhealthy', message: `${why}; ${kept}. Last output:\n${last || '(none)'}` };
     }
     // A 200 from a command that has already exited came from someone else (a daemonised copy, or
     // another process on the port): a deployment is a process group Conveyor can see and stop.
     if (!ownGroupAlive(record.pgid, record.procStart)) {
       await this.stopVersion(record);
-      return { status: 'unhealthy', message: `the command's process group ended after ${target.healthPath} answered; a deployed command must keep running in the foreground; the previous version keeps serving` };
+      return { status: 'unhealthy', message: `the command's process group ended after ${target.healthPath} answered; a deployed command must keep running in the foreground; ${kept}` };
     }
     // The last moment to stop: past it, the new version replaces the live one.
     if (lock.lost()) {
       const stopped = await this.stopVersion(record);
       logger.error({ pipeline: job.pipeline, pid: record.pid, stopped }, 'deploy lock lost before the swap');
-      return { status: 'unhealthy', message: 'the deploy lock was lost (its holder process ended) before this version went live; it was stopped and the previous version keeps serving' };
+      return { status: 'unhealthy', message: `the deploy lock was lost (its holder process ended) before this version went live; it was stopped and ${kept}` };
     }
     let cancelled: boolean;
     try {
@@ -130,7 +132,7 @@ export class LocalProcessTarget implements DeployTarget {
     if (cancelled) {
       const stopped = await this.stopVersion(record);
       logger.info({ pipeline: job.pipeline, pid: record.pid, stopped }, 'run cancelled before its version went live');
-      return { status: 'cancelled', message: 'the run was cancelled before this version went live; it was stopped and the previous version keeps serving' };
+      return { status: 'cancelled', message: `the run was cancelled before this version went live; it was stopped and ${kept}` };
     }
     // Record first, then stop the old one: a crash in between leaves current.json naming a healthy version.
     await files.writeCurrent(record);

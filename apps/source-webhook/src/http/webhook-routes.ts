@@ -9,12 +9,16 @@ const header = (v: string | string[] | undefined) => (Array.isArray(v) ? v[0] : 
 export const webhookRoutes = (deps: ServerDeps) => async (app: App) => {
   // The signature covers the exact bytes sent: keep the raw body, parse JSON only after verifying.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: deps.webhookBodyLimit }, (_req, body, done) => done(null, body));
+  // GitHub sends either content type (its default is the form, the JSON in a `payload` field).
+  const raw = { parseAs: 'buffer' as const, bodyLimit: deps.webhookBodyLimit };
+  app.addContentTypeParser('application/json', raw, (_req, body, done) => done(null, body));
+  app.addContentTypeParser('application/x-www-form-urlencoded', raw, (_req, body, done) => done(null, body));
 
   const github = async (req: FastifyRequest, reply: FastifyReply, pipeline?: string) => {
     const rawBody = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
     const result = await deps.intake.github({
       rawBody,
+      form: (header(req.headers['content-type']) ?? '').toLowerCase().startsWith('application/x-www-form-urlencoded'),
       event: header(req.headers['x-github-event']),
       deliveryId: header(req.headers['x-github-delivery']),
       signature: header(req.headers['x-hub-signature-256']),
