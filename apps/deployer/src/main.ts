@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { runStageService } from '@conveyor/service-kit';
+import { explainStartupFailures, runStageService } from '@conveyor/service-kit';
 import { resolveAppUsers } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
@@ -15,6 +15,7 @@ import { deployCounter } from './metrics.js';
 
 const OUTPUT_CHECK_MS = 30_000;
 
+const startup = explainStartupFailures('deployer');
 const env = loadEnv();
 checkLockTool();
 const deployDir = resolve(env.DEPLOY_DIR);
@@ -59,3 +60,4 @@ await runStageService({
     };
   },
 });
+startup.started();

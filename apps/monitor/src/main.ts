@@ -1,5 +1,5 @@
 import { EVENTS_STREAM, QUEUES } from '@conveyor/contracts';
-import { closeQueue, closeRedis, createQueue, createRedis, logErrors, runStageService, StreamGroupConsumer } from '@conveyor/service-kit';
+import { closeQueue, closeRedis, createQueue, createRedis, explainStartupFailures, logErrors, runStageService, StreamGroupConsumer } from '@conveyor/service-kit';
 import { HttpProber } from './adapters/http-prober.js';
 import { PrometheusRunMetrics, registerQueueDepth } from './adapters/prometheus-metrics.js';
 import { RedisHistoryStore } from './adapters/redis-history-store.js';
@@ -8,6 +8,7 @@ import { historyRoutes } from './http/server.js';
 import { createMonitorHandler } from './jobs/monitor.js';
 import { createRunEventHandler, handleEventEntries } from './jobs/run-events.js';
 
+const startup = explainStartupFailures('monitor');
 const env = loadEnv();
 
 await runStageService({
@@ -57,3 +58,4 @@ await runStageService({
     };
   },
 });
+startup.started();

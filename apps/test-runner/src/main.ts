@@ -2,10 +2,11 @@ import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
 import { cleanAbandonedJobs, resolveBuildUsers } from '@conveyor/runner';
-import { createLogger, runStageService } from '@conveyor/service-kit';
+import { createLogger, explainStartupFailures, runStageService } from '@conveyor/service-kit';
 import { loadEnv } from './env.js';
 import { testJobHandler } from './jobs/test-job.js';
 
+const startup = explainStartupFailures('test-runner');
 const env = loadEnv();
 const workDir = resolve(env.WORK_DIR);
 const usersLog = createLogger('test-runner', env.LOG_LEVEL);
@@ -25,3 +26,4 @@ await runStageService({
     else logger.info({ workDir }, users.summary);
   },
 });
+startup.started();

@@ -75,3 +75,28 @@ export async function closeRedis(client: Redis, ms = 2000): Promise<void> {
 export async function closeQueue(queue: { close(): Promise<void> }, ms = 2000): Promise<void> {
   await within(queue.close(), ms, 'queue close').catch(() => undefined);
 }
+
+/**
+ * Until `started()` is called, an error that ends the process says what went wrong in one line on
+ * stderr (an invalid environment, a port in use) instead of a stack trace, and exits 1. Afterwards
+ * uncaught errors are left to Node (and the logs). Call it first thing in a service's main module.
+ */
+export function explainStartupFailures(service: string): { started(): void } {
+  const onError = (err: unknown) => {
+    const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+    const what =
+      e?.code === 'EADDRINUSE'
+        ? `port ${e.port ?? '?'} on ${e.address ?? 'its host'} is already in use (another ${service}, or another program): stop it or set PORT`
+        : e?.code === 'EACCES' && e.port !== undefined
+          ? `may not listen on port ${e.port}: choose a PORT above 1023 or run with the right to bind it`
+          : e instanceof Error && /^invalid environment/.test(e.message)
+            ? e.message
+            : e instanceof Error
+              ? (e.stack ?? e.message)
+              : String(err);
+    process.stderr.write(`✖ ${service} could not start: ${what}\n`);
+    process.exit(1);
+  };
+  process.on('uncaughtException', onError);
+  return { started: () => void process.off('uncaughtException', onError) };
+}
