@@ -105,7 +105,8 @@ export class Orchestrator {
             }
             const { next, events } = this.fold(run, inputs);
             if (next !== run) {
-              updates.push({ run: { ...next, version: run.version + 1 }, expectedVersion: run.version, events, from: run.status });
+              const stopJobs = stoppedJobs(run, next);
+              updates.push({ run: { ...next, version: run.version + 1 }, expectedVersion: run.version, events, from: run.status, ...(stopJobs.length ? { stopJobs } : {}) });
             } else if (cached) {
               // Nothing changed. A cached copy may be behind the store: only the stored run can say so.
               this.cache.delete(runId);
@@ -165,8 +166,9 @@ export class Orchestrator {
     // A wait that came too late for its stage cancelled the one started since: stop that one's work below.
     const caughtUp = mode === 'wait' && run.status === 'CANCELLED' && run.stages.some((s) => s.status === 'CANCELLED');
     if (mode === 'wait' && !caughtUp) {
-      // Ended on its own before the request was stored (the state machine ignored it): too late.
-      if (isTerminalRun(run) && !run.stopRequested) return { outcome: 'ended', run };
+      // Ended before this request (whatever ended it, an earlier stop included), or on its own before the
+      // request was stored (the state machine ignored it): too late.
+      if (isTerminalRun(before) || (isTerminalRun(run) && !run.stopRequested)) return { outcome: 'ended', run };
       // Taken and stored; the run may have moved on since (the reply shows where it is now).
       this.deps.logger.info({ runId, pipeline: run.pipeline, reason }, 'run stop requested: it ends after its running stage');
       return { outcome: 'stopping', run };
@@ -184,7 +186,9 @@ export class Orchestrator {
       timer.unref();
       this.repeats.add(timer);
     }
-    await this.deps.jobs.cancel(stopping);
+    // The marks and notices went out with the transition; this also drops waiting jobs from their queues.
+    // Failing, it is left to the repeats: the cancel itself is stored, its work already told.
+    await this.deps.jobs.cancel(stopping).catch((err: unknown) => this.deps.logger.warn({ err, runId }, 'cancel: removing its jobs from their queues failed; repeated later'));
     if (!isTerminalRun(before)) this.deps.logger.info({ runId, pipeline: run.pipeline, stopping: stopping.map((j) => j.jobId), reason }, 'run cancelled');
     return { outcome: 'cancelled', run };
   }
@@ -284,4 +288,9 @@ export class Orchestrator {
       }
     }
   }
+}
+
+/** The jobs of stages running in `before` that `after` has CANCELLED: their work must be told to stop. */
+function stoppedJobs(before: Run, after: Run): string[] {
+  return before.stages.flatMap((s, i) => (s.status === 'RUNNING' && s.jobId && after.stages[i]?.status === 'CANCELLED' ? [s.jobId] : []));
 }

@@ -14,6 +14,8 @@ export interface RunUpdate {
   run: Run;
   expectedVersion: number;
   events: RunEvent[];
+  /** Jobs this transition stops (stages it CANCELLED): marked and announced with it, atomically (ADR 0007). */
+  stopJobs?: string[];
 }
 
 /** Durable run records with optimistic concurrency; events are stored with the transition that made them. */

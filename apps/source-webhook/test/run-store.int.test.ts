@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cancelledJobKey, EVENTS_STREAM, PipelineDefinition, QUEUES, stageResultOf, type Run, type StageJob } from '@conveyor/contracts';
+import { cancelledJobKey, cancelNoticesKey, EVENTS_STREAM, PipelineDefinition, QUEUES, stageResultOf, type Run, type StageJob } from '@conveyor/contracts';
 import { createLogger, createQueue } from '@conveyor/service-kit';
 import { recordCancelNotices, testRedis, uniquePrefix } from '@conveyor/testing';
 import { BullJobDispatcher } from '../src/adapters/bull-job-dispatcher.js';
@@ -201,6 +201,8 @@ describe('Orchestrator.cancelRun, step by step', () => {
       expect(run).toMatchObject({ status: 'CANCELLED', message: 'stopped after Source: freeze' });
       expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SKIPPED', 'SKIPPED']);
       expect(await queues.get(QUEUES.build)!.getJobs(['waiting', 'prioritized', 'delayed'])).toEqual([]);
+      // Asked again once it has ended: too late (409), though it still carries the first stop.
+      expect(await api.cancelRun(runId!, 'later', 'wait')).toMatchObject({ outcome: 'ended', run: { status: 'CANCELLED' } });
       expect(await store.activeRunIds()).not.toContain(runId);
       await new Promise((r) => setTimeout(r, 200)); // past any repeat a cancel would have scheduled (50 ms)
       expect(await cancels.settled()).toEqual([]);
@@ -246,8 +248,28 @@ describe('Orchestrator.cancelRun, step by step', () => {
       const run = (await store.get(runId!))!;
       expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'CANCELLED', 'SKIPPED']);
       const buildJobId = `${runId}.Build.1`;
-      expect(await cancels.settled()).toEqual([buildJobId]); // the Build started meanwhile is told to stop
+      // The Build started meanwhile is told to stop: with the transition, then by the call.
+      expect(await cancels.settled()).toEqual([buildJobId, buildJobId]);
       expect(await redis.exists(cancelledJobKey(prefix, buildJobId))).toBe(1);
+    } finally {
+      cancels.close();
+    }
+  });
+
+  it("a cancel's marks and notices are stored with the run's transition: an orchestrator that dies just after leaves its work told", async () => {
+    const { prefix, make, runs: store, dispatcher } = world('atomic');
+    const cancels = await recordCancelNotices(url, prefix);
+    try {
+      // As if the process died right after storing the transition: the dispatcher's cancel never runs.
+      const dying: JobDispatcher = { ensure: (j) => dispatcher.ensure(j), inspect: (j) => dispatcher.inspect(j), cancel: () => new Promise(() => undefined) };
+      const api = make(store, { jobs: dying, cancelRepeatsMs: [] });
+      const { runId } = await api.startRun(definition, trigger);
+      const jobId = `${runId}.Source.1`;
+      void api.cancelRun(runId!, 'crash right after');
+      await expect.poll(async () => (await store.get(runId!))!.status, { timeout: 5000, interval: 20 }).toBe('CANCELLED');
+      expect(await redis.exists(cancelledJobKey(prefix, jobId))).toBe(1);
+      expect(await redis.zscore(cancelNoticesKey(prefix), jobId)).not.toBeNull();
+      await expect.poll(() => cancels.settled(), { timeout: 5000, interval: 20 }).toEqual([jobId]);
     } finally {
       cancels.close();
     }
@@ -261,10 +283,10 @@ describe('Orchestrator.cancelRun, step by step', () => {
       const { runId } = await api.startRun(definition, trigger);
       const jobId = `${runId}.Source.1`;
       expect((await api.cancelRun(runId!, 'once')).outcome).toBe('cancelled');
-      expect(await cancels.settled()).toEqual([jobId]);
+      expect(await cancels.settled()).toEqual([jobId, jobId]); // with the transition, then by the call
       const again = await api.cancelRun(runId!, 'twice');
       expect(again).toMatchObject({ outcome: 'cancelled', run: { status: 'CANCELLED', message: 'once' } });
-      expect(await cancels.settled()).toEqual([jobId, jobId]);
+      expect(await cancels.settled()).toEqual([jobId, jobId, jobId]);
 
       const other = (await api.startRun(definition, trigger)).runId!;
       const failed = pendingJobs((await store.get(other))!)[0]!;
@@ -272,7 +294,7 @@ describe('Orchestrator.cancelRun, step by step', () => {
       await api.handleInputs([{ runId: other, input: { type: 'stage-result', result: stageResultOf(failed, { status: 'FAILED', startedAt: at, finishedAt: at, message: 'no', output: {} }) } }]);
       expect(await api.cancelRun(other, 'too late')).toMatchObject({ outcome: 'ended', run: { status: 'FAILED' } });
       expect(await api.cancelRun('no-such-run', 'x')).toEqual({ outcome: 'not-found' });
-      expect(await cancels.settled()).toEqual([jobId, jobId]);
+      expect(await cancels.settled()).toEqual([jobId, jobId, jobId]);
     } finally {
       cancels.close();
     }

@@ -1,4 +1,4 @@
-import { EVENTS_STREAM, isTerminalRun, Run, type RunEvent } from '@conveyor/contracts';
+import { CANCEL_NOTICE_WINDOW_MS, CANCELLED_MARK_TTL_SECONDS, cancelChannel, cancelledJobKey, cancelNoticesKey, EVENTS_STREAM, isTerminalRun, Run, type RunEvent } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import type { CreateOutcome, DeliveryDecision, RunStore, RunUpdate } from '../ports.js';
 
@@ -34,17 +34,31 @@ return 1
 
 /**
  * Compare-and-set of many runs at once: KEYS are the active set, the events stream, then one key per
- * run; ARGV is the events' trim length, then per run: expected version, new version, JSON, id,
- * terminal flag, event count, events. Each run is written (1) or refused (0) on its own.
+ * run; ARGV is the events' trim length, the cancel notices' log key, channel, now (ms), window (ms) and
+ * the marks' lifetime (s), then per run: expected version, new version, JSON, id, terminal flag, event
+ * count, count of jobs it stops, its events, then the stopped jobs' mark keys and ids. Each run is
+ * written (1) or refused (0) on its own. The jobs a transition stops (a cancel) are marked and
+ * announced in the same step as the transition (ADR 0007): an orchestrator that dies just after it
+ * leaves no cancelled run whose work was never told; marked first, so a refused write changes nothing.
  */
 const UPDATE_RUNS = `
 local activeKey, eventsKey, maxlen = KEYS[1], KEYS[2], ARGV[1]
+local noticesKey, channel, now, window, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local saved = {}
-local a = 2
+local a = 7
 for k = 3, #KEYS do
-  local expected, version, json, runId, terminal, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
-  a = a + 6
+  local expected, version, json, runId, terminal, n, m = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  a = a + 7
   if redis.call('HGET', KEYS[k], 'version') == expected then
+    for j = a + n, a + n + 2 * m - 1, 2 do
+      redis.call('SET', ARGV[j], '1', 'EX', ttl)
+      redis.call('ZADD', noticesKey, now, ARGV[j + 1])
+      redis.call('PUBLISH', channel, ARGV[j + 1])
+    end
+    if m > 0 then
+      redis.call('ZREMRANGEBYSCORE', noticesKey, '-inf', now - window)
+      redis.call('PEXPIRE', noticesKey, window)
+    end
     redis.call('HSET', KEYS[k], 'version', version, 'json', json)
     if terminal == '1' then redis.call('SREM', activeKey, runId) else redis.call('SADD', activeKey, runId) end
     for i = a, a + n - 1 do
@@ -54,7 +68,7 @@ for k = 3, #KEYS do
   else
     saved[#saved + 1] = 0
   end
-  a = a + n
+  a = a + n + 2 * m
 end
 return saved
 `;
@@ -121,11 +135,12 @@ export class RedisRunStore implements RunStore {
   async update(updates: readonly RunUpdate[]): Promise<boolean[]> {
     if (updates.length === 0) return [];
     const keys = [this.key('runs', 'active'), this.key(EVENTS_STREAM)];
-    const args: (string | number)[] = [EVENTS_MAXLEN];
-    for (const { run, expectedVersion, events } of updates) {
+    const args: (string | number)[] = [EVENTS_MAXLEN, cancelNoticesKey(this.prefix), cancelChannel(this.prefix), Date.now(), CANCEL_NOTICE_WINDOW_MS, CANCELLED_MARK_TTL_SECONDS];
+    for (const { run, expectedVersion, events, stopJobs = [] } of updates) {
       keys.push(this.key('run', run.id));
-      args.push(expectedVersion, run.version, stateJson(run), run.id, isTerminalRun(run) ? '1' : '0', events.length);
+      args.push(expectedVersion, run.version, stateJson(run), run.id, isTerminalRun(run) ? '1' : '0', events.length, stopJobs.length);
       for (const e of events) args.push(JSON.stringify(e));
+      for (const jobId of stopJobs) args.push(cancelledJobKey(this.prefix, jobId), jobId);
     }
     const reply = await this.scripts.conveyorUpdateRuns(keys.length, ...keys, ...args);
     return reply.map((r) => r === 1);
