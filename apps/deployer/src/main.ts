@@ -14,6 +14,8 @@ import { createDeployHandler } from './jobs/deploy.js';
 import { deployCounter } from './metrics.js';
 
 const OUTPUT_CHECK_MS = 30_000;
+/** How often versions left running by deploys that never finished are looked for (and at start-up). */
+const SWEEP_MS = 5 * 60_000;
 
 const startup = explainStartupFailures('deployer');
 const env = loadEnv();
@@ -22,6 +24,7 @@ const deployDir = resolve(env.DEPLOY_DIR);
 const files = new DeploymentFiles(deployDir);
 const { users, warning } = await resolveAppUsers({ deployDir, ...(env.DEPLOY_UIDS ? { uids: env.DEPLOY_UIDS } : {}), maxProcesses: env.DEPLOY_MAX_PROCESSES });
 
+let local: LocalProcessTarget | undefined;
 // Deployed versions are left running when the deployer stops: they outlive it (the launcher calls stopAllDeployments).
 await runStageService({
   service: 'deployer',
@@ -29,7 +32,7 @@ await runStageService({
   queueName: QUEUES.deploy,
   env,
   handler: ({ redis, prefix, logger, registry }) => {
-    const local = new LocalProcessTarget({
+    local = new LocalProcessTarget({
       files,
       artifacts: new FsArtifactStore(env.ARTIFACT_DIR),
       logger,
@@ -42,6 +45,9 @@ await runStageService({
   extras: ({ logger }) => {
     // Deployed commands write their output for as long as they run: keep each log under its limit.
     let rotation: NodeJS.Timeout | undefined;
+    let sweeping: NodeJS.Timeout | undefined;
+    const sweep = () =>
+      local?.sweepLeftovers().catch((err: unknown) => logger.warn({ err }, 'could not look for versions left running'));
     const rotate = () =>
       rotateOutputLogs(files, env.DEPLOY_OUTPUT_MAX_BYTES).then(
         (logs) => logs.length > 0 && logger.info({ logs }, 'rotated deployed output logs'),
@@ -55,8 +61,12 @@ await runStageService({
         else logger.info(users.summary);
         rotation = setInterval(() => void rotate(), OUTPUT_CHECK_MS);
         rotation.unref();
+        // In the background: a pipeline whose deploy is under way is waited for.
+        void sweep();
+        sweeping = setInterval(() => void sweep(), SWEEP_MS);
+        sweeping.unref();
       },
-      stop: [{ name: 'log rotation', run: () => clearInterval(rotation) }],
+      stop: [{ name: 'log rotation and sweeps', run: () => (clearInterval(rotation), clearInterval(sweeping)) }],
     };
   },
 });

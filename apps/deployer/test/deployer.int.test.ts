@@ -260,6 +260,27 @@ describe('deployer', () => {
     for (const job of [marked, told]) expect(await processesWithEnv(`CONVEYOR_RUN_ID=${job.runId}`)).toEqual([]);
   });
 
+  it('stops, when it starts again, a version a killed deployer left waiting for health whose job is gone', async () => {
+    const v1 = await deploy(await makeJob('shop', 'v1'));
+    const stuck = await makeJob('shop', 'v2', { command: 'exec sleep 600', healthTimeoutSeconds: 120 });
+    await deployQueue.add('deploy', stuck, { jobId: stuck.jobId });
+    const deadline = Date.now() + 20_000;
+    while (!(await redis.get(stageLogKey(prefix, stuck.jobId)))?.includes('waiting for /healthz')) {
+      if (Date.now() > deadline) throw new Error(`the deploy never started; service output:\n${service.output()}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const record = JSON.parse(await readFile(join(deployDir, 'shop', `${stuck.runId}-1`, '.conveyor-process.json'), 'utf8')) as { pid: number };
+    service.process.kill('SIGKILL');
+    await new Promise((r) => service.process.once('exit', r));
+    // Its job is gone (cancelled and removed, or failed for stalling): no delivery will come back for it.
+    await deployQueue.obliterate({ force: true });
+    expect(await alive(record.pid)).toBe(true);
+    service = await startService({ REDIS_URL: redisUrl, QUEUE_PREFIX: prefix, ARTIFACT_DIR: store.root, DEPLOY_DIR: deployDir, DEPLOY_STOP_GRACE_SECONDS: '2' });
+    await expect.poll(() => alive(record.pid), { timeout: 20_000, interval: 100 }).toBe(false);
+    await expect.poll(() => service.output(), { timeout: 10_000, interval: 100 }).toContain('stopped a version left running by a deploy that never finished');
+    expect(await getJson(v1.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
+  });
+
   it('leaves deployments running when it stops; stopAllDeployments stops them', async () => {
     const result = await deploy(await makeJob('shop', 'v1'));
     expect(await service.stop()).toBe(0);

@@ -143,6 +143,38 @@ export class LocalProcessTarget implements DeployTarget {
   }
 
   /**
+   * Stops, in each pipeline, every version still running that current.json does not name: one a deploy
+   * started and never finished (its deployer killed during the health wait, and the job then cancelled
+   * or failed for stalling), which no later deploy would stop unless it succeeded. Under each
+   * pipeline's deploy lock, so a deploy under way (here or in another deployer) is waited for, never
+   * touched. Returns how many were stopped.
+   */
+  async sweepLeftovers(): Promise<number> {
+    const { files, logger } = this.opts;
+    let stopped = 0;
+    await Promise.all(
+      (await files.pipelines()).map((pipeline) =>
+        withPipelineLock(files.pipelineDir(pipeline), async () => {
+          const current = await files.readCurrent(pipeline);
+          for (const v of await files.versions(pipeline)) {
+            const rec = await files.readVersionRecord(join(files.pipelineDir(pipeline), v.name));
+            if (!rec || (current && isSameVersion(current, rec.runId, rec.attempt))) continue;
+            if (ownGroupAlive(rec.pgid, rec.procStart)) {
+              const result = await this.stopVersion(rec);
+              stopped++;
+              logger.warn({ pipeline, runId: rec.runId, attempt: rec.attempt, pid: rec.pid, result }, 'stopped a version left running by a deploy that never finished');
+            } else {
+              // Its group is gone; a daemon it left as its user is not.
+              await this.users.stopAll(pipeline, v.name);
+            }
+          }
+        }),
+      ),
+    );
+    return stopped;
+  }
+
+  /**
    * Stops every version of the pipeline but `keep`: the one it replaces, and any a crash or a failed
    * last attempt left running (the deploy lock makes this the only deploy of the pipeline under way).
    */
