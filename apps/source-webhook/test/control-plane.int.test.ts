@@ -1,5 +1,5 @@
-import { createHmac, randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { createHash, createHmac, randomUUID } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue, UnrecoverableError, Worker } from 'bullmq';
@@ -195,6 +195,21 @@ describe('runs', () => {
     expect(right.stages[0]).toMatchObject({ status: 'SUCCEEDED', result: { commit: sideCommit } });
     const logs = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${right.id}/stages/Source/logs`, headers: auth });
     expect(logs.body).toContain(`commit ${sideCommit} (given for refs/heads/side, which holds it)`);
+  });
+
+  it('fetches past a lock file a killed git left in the mirror', async () => {
+    const first = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
+    await waitFor(async () => ((await getRun(first.json().runId)).stages[0]!.status === 'SUCCEEDED' ? true : undefined), 'the mirror to exist');
+    const mirror = join(dir, 'cache', `${createHash('sha256').update(`file://${repoDir}`).digest('hex').slice(0, 24)}.git`);
+    await writeFile(join(mirror, 'refs', 'heads', 'main.lock'), '');
+    await writeFile(join(mirror, 'packed-refs.lock'), '');
+    const next = await commitFiles(repoDir, { 'later.txt': 'later\n' });
+    const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
+    const run = await waitFor(async () => {
+      const r = await getRun(res.json().runId);
+      return r.stages[0]!.status === 'RUNNING' ? undefined : r;
+    }, 'Source to finish');
+    expect(run.stages[0], JSON.stringify(run.stages[0])).toMatchObject({ status: 'SUCCEEDED', result: { commit: next } });
   });
 
   it('rejects a malformed run request', async () => {

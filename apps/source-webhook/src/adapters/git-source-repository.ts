@@ -22,6 +22,15 @@ const GIT_ENV: NodeJS.ProcessEnv = {
 };
 
 /**
+ * Runs by flock(1) holding `<mirror>.flock`, which the git it execs inherits: the lock lasts as long
+ * as that git runs, even if this process is killed. Every git that writes a mirror runs so, so a lock
+ * file found in the mirror while the lock is held was left by a git that was killed (a container
+ * stopped mid-fetch): it is removed, or every later fetch would fail on it. Constant text; git's
+ * arguments come as "$@".
+ */
+const GIT_HOLDING_MIRROR = `find . -path ./objects -prune -o -type f -name '*.lock' -exec rm -f -- {} + 2>/dev/null; exec git "$@"`;
+
+/**
  * Keeps a bare mirror per repository under `cacheDir`, fetches into it, and snapshots a commit with
  * `git archive` (the CodePipeline SourceArtifact: the tree, no .git). Values are always argv, never shell.
  */
@@ -34,13 +43,17 @@ export class GitSourceRepository implements SourceRepository {
     private readonly timeoutMs = 10 * 60_000,
   ) {}
 
-  private async git(args: string[], cwd?: string): Promise<string> {
+  private async git(args: string[], cwd?: string, holding?: { mirror: string; clean: boolean }): Promise<string> {
+    const [file, argv] = holding
+      ? ['flock', ['--exclusive', `${holding.mirror}.flock`, 'sh', '-c', holding.clean ? GIT_HOLDING_MIRROR : 'exec git "$@"', 'conveyor-git', ...args]]
+      : ['git', args];
     try {
-      const { stdout } = await exec('git', args, { cwd, env: GIT_ENV, timeout: this.timeoutMs, maxBuffer: 16 * 1024 * 1024 });
+      const { stdout } = await exec(file, argv, { cwd, env: GIT_ENV, timeout: this.timeoutMs, maxBuffer: 16 * 1024 * 1024 });
       return stdout.trim();
     } catch (err) {
       const e = err as { stderr?: string; message: string };
-      throw new Error(`git ${args[0]} failed: ${(e.stderr || e.message).trim().split('\n').slice(-3).join(' ')}`);
+      const said = (e.stderr || e.message).trim().split('\n').filter((line) => line.trim() !== '').slice(-6).join(' ');
+      throw new Error(`git ${args[0]} failed: ${said.length > 1500 ? `…${said.slice(-1500)}` : said}`);
     }
   }
 
@@ -79,11 +92,11 @@ export class GitSourceRepository implements SourceRepository {
     if (!exists) {
       log(`[source] cloning ${repository}\n`);
       await rm(mirror, { recursive: true, force: true });
-      await this.git(['clone', '--mirror', '--quiet', '--', repository, mirror]);
+      await this.git(['clone', '--mirror', '--quiet', '--', repository, mirror], undefined, { mirror, clean: false });
       return;
     }
     log(`[source] fetching ${repository}\n`);
-    await this.git(['fetch', '--prune', '--quiet', '--', 'origin', '+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*'], mirror);
+    await this.git(['fetch', '--prune', '--quiet', '--', 'origin', '+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*'], mirror, { mirror, clean: true });
   }
 
   /**
