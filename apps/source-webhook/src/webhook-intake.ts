@@ -49,8 +49,8 @@ export class WebhookIntake {
       throw new InputError('X-GitHub-Delivery must be 1-200 letters, digits, dots, dashes or underscores', [{ path: 'headers.x-github-delivery', message: d.deliveryId ? 'invalid' : 'required' }]);
     }
     if (d.event === 'ping') {
-      await this.deps.runs.recordDelivery({ key: `github:${d.deliveryId}:*`, decision: { outcome: 'skipped', reason: 'ping', at: this.now() } });
-      return { status: 200, body: { ok: true, pipelines: verified.map((p) => p.name) } };
+      const seen = await this.deps.runs.recordDelivery({ key: `github:${d.deliveryId}:*`, decision: { outcome: 'skipped', reason: 'ping', at: this.now() } });
+      return { status: 200, body: { ok: true, pipelines: verified.map((p) => p.name), ...(seen ? { duplicate: true } : {}) } };
     }
     if (d.event !== 'push') return this.skipAll(d.deliveryId, `event ${d.event} is not handled`);
 

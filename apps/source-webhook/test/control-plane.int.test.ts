@@ -337,6 +337,9 @@ describe('GitHub webhooks', () => {
     expect(ping.statusCode).toBe(200);
     // Every accepted delivery leaves one recorded decision.
     expect(JSON.parse((await redis.get(`${prefix}:delivery:github:delivery-5:*`))!)).toMatchObject({ outcome: 'skipped', reason: 'ping' });
+    expect(ping.json().duplicate).toBeUndefined();
+    const pingAgain = await sendPush('{"zen":"hi"}', 'delivery-5', sign('{"zen":"hi"}'), 'ping');
+    expect(pingAgain.json()).toMatchObject({ ok: true, duplicate: true });
     const filtered = await sendPush(pushBody(firstCommit, 'dev'), 'delivery-5b');
     expect(filtered.statusCode).toBe(200);
     expect(JSON.parse((await redis.get(`${prefix}:delivery:github:delivery-5b:hello`))!)).toMatchObject({ outcome: 'skipped', reason: expect.stringContaining('branch dev') });

@@ -116,6 +116,7 @@ describe('test stage', () => {
     expect(none.message).toMatch(/reports\.unit/);
     const junk = await runTests(writesReport('this is not xml <<<'));
     expect(junk.status).toBe('FAILED');
+    expect(junk.message).toMatch(/reports\/junit\.xml: malformed XML/); // the file is named
   });
 });
 

@@ -20,8 +20,8 @@ describe('decideTrigger', () => {
   it('applies include and exclude globs', () => {
     const d = def({ triggers: [{ event: 'push', branches: { include: ['release/**', 'main'], exclude: ['release/old-*'] } }] });
     expect(decideTrigger(d, push({ branch: 'release/1.2' })).run).toBe(true);
-    expect(decideTrigger(d, push({ branch: 'release/old-1' })).run).toBe(false);
-    expect(decideTrigger(d, push({ branch: 'feature/x' })).run).toBe(false);
+    expect(decideTrigger(d, push({ branch: 'release/old-1' }))).toMatchObject({ run: false, reason: expect.stringContaining("release/old-1 excluded by the trigger's branch filter") });
+    expect(decideTrigger(d, push({ branch: 'feature/x' }))).toMatchObject({ run: false, reason: expect.stringContaining("feature/x not in the trigger's branch filter") });
   });
   it('tags need a tag filter', () => {
     const d = def({ triggers: [{ event: 'push', tags: { include: ['v*'] } }] });

@@ -10,13 +10,18 @@ function matches(filter: GlobFilter | undefined, values: string[]): boolean {
   return values.some((v) => include(v) && !exclude(v));
 }
 
+/** Whether `value` is refused by the filter's exclude globs (rather than missed by its include ones). */
+function excludedBy(filter: GlobFilter, value: string): boolean {
+  return filter.exclude.length > 0 && picomatch(filter.exclude, { dot: true })(value);
+}
+
 function triggerMatches(trigger: PushTrigger, event: SourceEvent): string | undefined {
   if (event.branch !== undefined) {
     if (!trigger.branches) return trigger.tags ? 'trigger filters tags, push is a branch' : undefined;
-    if (!matches(trigger.branches, [event.branch])) return `branch ${event.branch} not in the trigger's branch filter`;
+    if (!matches(trigger.branches, [event.branch])) return `branch ${event.branch} ${excludedBy(trigger.branches, event.branch) ? "excluded by the trigger's branch filter" : "not in the trigger's branch filter"}`;
   } else if (event.tag !== undefined) {
     if (!trigger.tags) return 'trigger filters branches, push is a tag';
-    if (!matches(trigger.tags, [event.tag])) return `tag ${event.tag} not in the trigger's tag filter`;
+    if (!matches(trigger.tags, [event.tag])) return `tag ${event.tag} ${excludedBy(trigger.tags, event.tag) ? "excluded by the trigger's tag filter" : "not in the trigger's tag filter"}`;
   }
   if (trigger.filePaths && event.changedFiles && !matches(trigger.filePaths, event.changedFiles)) {
     return 'no changed file matches the trigger\'s file path filter';

@@ -46,7 +46,14 @@ export async function readReports(run: BuildspecRun, log: (t: string) => void, u
     try {
       const files = await resolveFiles(run.workspace, fileSelection(report, `reports.${group}`));
       for (const file of files.files) {
-        const summary = parseJUnit((await readSelectedFile(files, file, { ...(user ? { user } : {}), maxBytes: MAX_JUNIT_BYTES })).toString('utf8'));
+        const text = (await readSelectedFile(files, file, { ...(user ? { user } : {}), maxBytes: MAX_JUNIT_BYTES })).toString('utf8');
+        let summary: ReturnType<typeof parseJUnit>;
+        try {
+          summary = parseJUnit(text);
+        } catch (err) {
+          // Which report of which group: a bare "malformed XML at line 1" leaves the reader guessing.
+          throw new Error(`${file}: ${(err as Error).message}`, { cause: err });
+        }
         tests.total += summary.total;
         tests.passed += summary.passed;
         tests.failed += summary.failed;
