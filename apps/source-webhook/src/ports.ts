@@ -36,6 +36,8 @@ export interface PipelineStore {
   put(def: PipelineDefinition): Promise<boolean>;
   get(name: string): Promise<PipelineDefinition | undefined>;
   list(): Promise<PipelineDefinition[]>;
+  /** Returns true when there was such a pipeline. */
+  remove(name: string): Promise<boolean>;
 }
 
 /** Where stage jobs go. `ensure` is idempotent: a job id already known is not added twice. */

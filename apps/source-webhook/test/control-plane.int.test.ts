@@ -140,10 +140,32 @@ stages:
     expect(bad.statusCode).toBe(400);
     const text = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/xml' }, payload: '<name/>' });
     expect(text.statusCode).toBe(415);
-    expect(text.json()).toMatchObject({ status: 415, title: 'Unsupported Media Type' });
+    expect(text.json()).toMatchObject({ status: 415, title: 'Unsupported Media Type', detail: expect.stringContaining('send application/json or application/yaml') });
+    // A path that exists with other methods: 405 naming them.
+    const wrongMethod = await service.app.inject({ method: 'PUT', url: '/api/v1/pipelines/hello', headers: auth, payload: {} });
+    expect(wrongMethod.statusCode).toBe(405);
+    expect(wrongMethod.headers.allow).toBe('DELETE, GET, HEAD');
+    expect(wrongMethod.json()).toMatchObject({ status: 405, title: 'Method Not Allowed' });
+    expect((await service.app.inject({ method: 'GET', url: '/api/v1/nothing-here', headers: auth })).statusCode).toBe(404);
     const notAnObject = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/json' }, payload: '"just a string"' });
     expect(notAnObject.statusCode).toBe(400);
     expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/nope', headers: auth })).statusCode).toBe(404);
+  });
+});
+
+describe('removing a pipeline', () => {
+  it('DELETE removes the definition (204; then 404) and leaves its runs readable', async () => {
+    const yaml = `name: doomed\nsource:\n  provider: generic\n  repository: file://${repoDir}\nstages:\n  - { name: Build, type: build }\n`;
+    expect((await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/yaml' }, payload: yaml })).statusCode).toBe(201);
+    const { runId } = (await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/doomed/runs', headers: auth, payload: {} })).json();
+    const removed = await service.app.inject({ method: 'DELETE', url: '/api/v1/pipelines/doomed', headers: auth });
+    expect(removed.statusCode).toBe(204);
+    expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/doomed', headers: auth })).statusCode).toBe(404);
+    expect((await service.app.inject({ method: 'DELETE', url: '/api/v1/pipelines/doomed', headers: auth })).statusCode).toBe(404);
+    expect((await service.app.inject({ method: 'DELETE', url: '/api/v1/pipelines/doomed' })).statusCode).toBe(401);
+    expect((await getRun(runId)).pipeline).toBe('doomed');
+    const names = (await service.app.inject({ method: 'GET', url: '/api/v1/pipelines', headers: auth })).json().pipelines.map((p: { name: string }) => p.name);
+    expect(names).not.toContain('doomed');
   });
 });
 

@@ -31,7 +31,10 @@ export function sendProblem(reply: FastifyReply, status: number, title: string, 
     .send({ type: `${PROBLEM_TYPE}${status}`, title, status, ...(detail ? { detail } : {}), ...(errors?.length ? { errors } : {}) });
 }
 
-function mapError(error: unknown): { status: number; title: string; detail?: string; errors?: FieldIssue[] } {
+/** Body types a route may take, named in a 415's detail when its context has a parser for them. */
+const KNOWN_TYPES = ['application/json', 'application/yaml', 'application/x-www-form-urlencoded'];
+
+function mapError(error: unknown, request?: FastifyRequest): { status: number; title: string; detail?: string; errors?: FieldIssue[] } {
   if (error instanceof InputError) return { status: 400, title: 'Bad Request', detail: error.message, errors: error.issues };
   if (error instanceof UnauthorizedError) return { status: 401, title: 'Unauthorized', detail: error.message };
   if (error instanceof NotFoundError) return { status: 404, title: 'Not Found', detail: error.message };
@@ -46,8 +49,15 @@ function mapError(error: unknown): { status: number; title: string; detail?: str
   }
   const fe = error as FastifyError;
   if (typeof fe?.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
-    // 413 body too large, 415 unsupported media type, …: fastify's own 4xx keep their status and name.
-    return { status: fe.statusCode, title: STATUS_CODES[fe.statusCode] ?? 'Bad Request', detail: fe.message };
+    // 413 body too large, 415 unsupported media type, …: fastify's own 4xx keep their status and name,
+    // with what the route would take.
+    let detail = fe.message;
+    if (fe.statusCode === 415 && request) {
+      const takes = KNOWN_TYPES.filter((t) => request.server.hasContentTypeParser(t));
+      if (takes.length) detail = `${fe.message}; send ${takes.join(' or ')}`;
+    }
+    if (fe.statusCode === 413 && request?.routeOptions.bodyLimit) detail = `${fe.message}: at most ${request.routeOptions.bodyLimit} bytes`;
+    return { status: fe.statusCode, title: STATUS_CODES[fe.statusCode] ?? 'Bad Request', detail };
   }
   // ioredis offline-queue / connection errors: the producer fails fast, the caller retries later.
   if (error instanceof Error && (error.name === 'MaxRetriesPerRequestError' || /Stream isn't writeable|Connection is closed|ECONNREFUSED|enableOfflineQueue|Command timed out/.test(error.message))) {
@@ -68,11 +78,23 @@ export function buildBaseServer(opts: BaseServerOptions): App {
   app.setSerializerCompiler(serializerCompiler);
 
   app.setErrorHandler((error, request: FastifyRequest, reply) => {
-    const mapped = mapError(error);
+    const mapped = mapError(error, request);
     if (mapped.status >= 500) request.log.error({ err: error, url: request.url }, 'request failed');
     return sendProblem(reply, mapped.status, mapped.title, mapped.status >= 500 && mapped.status !== 503 ? undefined : mapped.detail, mapped.errors);
   });
-  app.setNotFoundHandler((request, reply) => sendProblem(reply, 404, 'Not Found', `no route ${request.method} ${request.url.split('?')[0]}`));
+  // A path that exists with other methods is a 405 naming them (Allow), not a 404.
+  const routes: { pattern: RegExp; methods: string[] }[] = [];
+  app.addHook('onRoute', (route) => {
+    const methods = (Array.isArray(route.method) ? route.method : [route.method]).map(String);
+    const pattern = new RegExp(`^${route.url.split('/').map((part) => (part.startsWith(':') ? '[^/]+' : part === '*' ? '.*' : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('/')}$`);
+    routes.push({ pattern, methods });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0]!;
+    const allowed = [...new Set(routes.filter((r) => r.pattern.test(path)).flatMap((r) => r.methods))].sort();
+    if (allowed.length) return sendProblem(reply.header('allow', allowed.join(', ')), 405, 'Method Not Allowed', `${path} takes ${allowed.join(', ')}, not ${request.method}`);
+    return sendProblem(reply, 404, 'Not Found', `no route ${request.method} ${path}`);
+  });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {

@@ -29,4 +29,9 @@ export class RedisPipelineStore implements PipelineStore {
     const values = await this.redis.mget(names.map((n) => this.key(n)));
     return values.flatMap((json) => (json ? [PipelineDefinition.parse(JSON.parse(json))] : []));
   }
+
+  async remove(name: string): Promise<boolean> {
+    const replies = await this.redis.multi().del(this.key(name)).srem(`${this.prefix}:pipelines`, name).exec();
+    return replies?.[0]?.[1] === 1;
+  }
 }

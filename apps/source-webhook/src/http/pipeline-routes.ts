@@ -51,6 +51,13 @@ export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
     return toPipelineView(def);
   });
 
+  // Its runs stay readable, and a run under way goes on (each carries its plan); webhooks for it are 404 from now on.
+  app.delete('/pipelines/:name', { schema: { params: Name } }, async (req, reply) => {
+    if (!(await deps.pipelines.remove(req.params.name))) throw new NotFoundError(`pipeline ${req.params.name} not found`);
+    req.log.info({ pipeline: req.params.name }, 'pipeline removed');
+    return reply.code(204).send();
+  });
+
   app.post('/pipelines/:name/runs', { schema: { params: Name } }, async (req, reply) => {
     const body = StartRunBody.safeParse(req.body ?? {});
     if (!body.success) throw new InputError('invalid run request', issuesFromZod(body.error, 'body'));
