@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { explainStartupFailures, runStageService } from '@conveyor/service-kit';
+import { explainStartupFailures, runStageService, warnIfRedisOpen } from '@conveyor/service-kit';
 import { resolveAppUsers } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
@@ -59,6 +59,7 @@ await runStageService({
         logger.info({ deployDir }, 'deploying local targets into this directory');
         if (warning) logger.warn({ deployDir }, warning);
         else logger.info(users.summary);
+        await warnIfRedisOpen(env.REDIS_URL, logger, 'deployed versions');
         rotation = setInterval(() => void rotate(), OUTPUT_CHECK_MS);
         rotation.unref();
         // In the background: a pipeline whose deploy is under way is waited for.

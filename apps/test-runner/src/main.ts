@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
 import { cleanAbandonedJobs, resolveBuildUsers } from '@conveyor/runner';
-import { createLogger, explainStartupFailures, runStageService } from '@conveyor/service-kit';
+import { createLogger, explainStartupFailures, runStageService, warnIfRedisOpen } from '@conveyor/service-kit';
 import { loadEnv } from './env.js';
 import { testJobHandler } from './jobs/test-job.js';
 
@@ -24,6 +24,7 @@ await runStageService({
     logger.info(await cleanAbandonedJobs(workDir), 'cleaned up after earlier workers');
     if (warning) logger.warn({ workDir }, warning);
     else logger.info({ workDir }, users.summary);
+    await warnIfRedisOpen(env.REDIS_URL, logger, 'test builds');
   },
 });
 startup.started();

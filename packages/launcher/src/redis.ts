@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { freePort } from '@conveyor/service-kit';
@@ -42,9 +43,16 @@ export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, loca
     return { url: env.REDIS_URL, origin: 'REDIS_URL' };
   }
   if (await pings(localUrl)) return { url: localUrl, origin: 'local 6379' };
-  await mkdir(dataDir, { recursive: true });
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  await chmod(dataDir, 0o700);
   const port = await freePort();
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dataDir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--maxmemory-policy', 'noeviction', '--logfile', join(dataDir, 'redis.log')];
+  // A password of its own (kept with its data, so the AOF's Redis keeps it across starts), given in a
+  // config file only its owner reads: on the command line every local user, builds included, would see it.
+  const password = await privatePassword(dataDir);
+  const config = join(dataDir, 'redis.conf');
+  await writeFile(config, `requirepass ${password}\n`, { mode: 0o600 });
+  await chmod(config, 0o600);
+  const args = [config, '--port', String(port), '--bind', '127.0.0.1', '--dir', dataDir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--maxmemory-policy', 'noeviction', '--logfile', join(dataDir, 'redis.log')];
   // Detached: Ctrl-C must not stop Redis before the services have drained.
   const child = spawn('redis-server', args, { stdio: 'ignore', detached: true, env });
   const failed = await new Promise<Error | undefined>((resolve) => {
@@ -52,7 +60,7 @@ export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, loca
     setTimeout(() => resolve(undefined), 100);
   });
   if (failed) throw new Error(HOW_TO_GET_REDIS);
-  const url = `redis://127.0.0.1:${port}`;
+  const url = `redis://:${password}@127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
     if (await pings(url)) return { url, process: child, origin: 'private redis-server' };
     if (child.exitCode !== null) break;
@@ -60,4 +68,14 @@ export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, loca
   }
   child.kill('SIGKILL');
   throw new Error(`the private redis-server did not start; see ${join(dataDir, 'redis.log')}`);
+}
+
+/** The private redis-server's password: made once, kept in `<dataDir>/password` (0600). */
+async function privatePassword(dataDir: string): Promise<string> {
+  const file = join(dataDir, 'password');
+  const existing = (await readFile(file, 'utf8').catch(() => '')).trim();
+  if (/^[A-Za-z0-9_-]{32,}$/.test(existing)) return existing;
+  const password = randomBytes(24).toString('base64url');
+  await writeFile(file, `${password}\n`, { mode: 0o600 });
+  return password;
 }

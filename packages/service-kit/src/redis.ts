@@ -34,3 +34,30 @@ export async function waitReady(redis: Redis, ms = 5000): Promise<void> {
     redis.on('ready', onReady);
   });
 }
+
+/**
+ * Whether the Redis at `url` answers a client that gives no user or password: then any process that
+ * reaches it (a build, on this host's network) can read and change every run and queue.
+ */
+export async function answersWithoutPassword(url: string): Promise<boolean> {
+  const anonymous = new URL(url);
+  anonymous.username = '';
+  anonymous.password = '';
+  const client = new Redis(anonymous.toString(), { lazyConnect: true, maxRetriesPerRequest: 0, enableReadyCheck: false, retryStrategy: () => null, connectTimeout: 2000 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    return (await client.ping()) === 'PONG';
+  } catch {
+    return false;
+  } finally {
+    client.disconnect();
+  }
+}
+
+/** Says (once, at start-up) when code this service runs for pipelines could use Redis as freely as the service. */
+export async function warnIfRedisOpen(url: string, logger: { warn(msg: string): void }, whose: string): Promise<void> {
+  if (await answersWithoutPassword(url)) {
+    logger.warn(`Redis answers without a password: ${whose} share this host's network and could read and change every run and queue; give Redis a password (requirepass, or an ACL user) and put it in REDIS_URL`);
+  }
+}
