@@ -315,16 +315,20 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 let parentEnv = 'readable';
 try { readFileSync('/proc/' + process.ppid + '/environ'); } catch (err) { parentEnv = err.code; }
+let peek = 'nothing';
+if (process.env.PEEK) { try { readFileSync(process.env.PEEK); peek = 'readable'; } catch (err) { peek = err.code; } }
 writeFileSync(process.env.HOME + '/written', 'ok');
 createServer((req, res) => {
   if (req.url === '/healthz') { res.writeHead(200); res.end('ok'); return; }
   res.writeHead(200, { 'content-type': 'application/json' });
-  res.end(JSON.stringify({ uid: process.getuid(), gid: process.getgid(), groups: process.getgroups(), home: process.env.HOME, parentEnv, cwd: process.cwd() }));
+  res.end(JSON.stringify({ uid: process.getuid(), gid: process.getgid(), groups: process.getgroups(), home: process.env.HOME, parentEnv, peek, cwd: process.cwd() }));
 }).listen(Number(process.env.PORT), '127.0.0.1');
 `;
 
 describe.skipIf(process.getuid?.() !== 0)('deployer as root', () => {
   const FIRST = 2_000_008_000;
+  /** The user ids claimed for versions (files named by id under .uids). */
+  const claimed = async () => (await readdir(join(deployDir, '.uids'))).filter((n) => /^\d+$/.test(n));
   beforeEach(async () => {
     // Its versions' users must reach DEPLOY_DIR: a 0700 temporary directory would make it fall back.
     await service.stop();
@@ -356,7 +360,13 @@ describe.skipIf(process.getuid?.() !== 0)('deployer as root', () => {
     expect((await stat(join(first.body.cwd, 'who.mjs'))).uid).toBe(first.body.uid);
     const daemon = Number(await readFile(join(first.body.cwd, 'daemon.pid'), 'utf8'));
     expect(await alive(daemon)).toBe(true);
-    expect(await readdir(join(deployDir, '.uids'))).toEqual([String(first.body.uid)]);
+    expect(await claimed()).toEqual([String(first.body.uid)]);
+
+    // Another pipeline's version, as its own user, cannot read this one's files.
+    const nosy = await deploy(await makeJob('nosy', 'v1', { command: 'exec node who.mjs', env: { PEEK: join(first.body.cwd, 'who.mjs') } }, { 'who.mjs': WHO }));
+    expect(nosy.status, nosy.message).toBe('SUCCEEDED');
+    expect(((await getJson(nosy.output.url!)) as { body: { peek: string; uid: number } }).body).toMatchObject({ peek: 'EACCES' });
+    expect(await claimed()).toHaveLength(2);
 
     const v2 = await deploy(await makeJob('shop', 'v2', { command }, { 'who.mjs': WHO }));
     expect(v2.status, v2.message).toBe('SUCCEEDED');
@@ -365,7 +375,8 @@ describe.skipIf(process.getuid?.() !== 0)('deployer as root', () => {
     await expectNotServing(v1.output.url!);
     expect(await alive(daemon)).toBe(false); // stopped with its version, though it left the group
     // v1 was pruned (one version kept): its id is free again.
-    expect(await readdir(join(deployDir, '.uids'))).toEqual([String(second.body.uid)]);
+    expect(await claimed()).not.toContain(String(first.body.uid));
+    expect(await claimed()).toContain(String(second.body.uid));
 
     // The launcher's shutdown stops the serving version's daemon too.
     const daemon2 = Number(await readFile(join(second.body.cwd, 'daemon.pid'), 'utf8'));

@@ -27,7 +27,11 @@ export interface RunStore {
   /** Compare-and-set of many runs in one round trip; each is stored, or refused (false) when its version moved. */
   update(updates: readonly RunUpdate[]): Promise<boolean[]>;
   recordDelivery(delivery: DeliveryDecision): Promise<DeliveryDecision['decision'] | undefined>;
-  listByPipeline(pipeline: string, limit: number): Promise<Run[]>;
+  /**
+   * A pipeline's runs, newest first: at most `limit`, older than the run `before` names (a cursor this
+   * returned as `next`, there when older runs remain).
+   */
+  listByPipeline(pipeline: string, limit: number, before?: string): Promise<Run[] & { next?: string }>;
   activeRunIds(): Promise<string[]>;
 }
 

@@ -169,6 +169,27 @@ describe('removing a pipeline', () => {
   });
 });
 
+describe('a definition stored under an older schema', () => {
+  it('is left out of the list (which still answers) and its GET says what is wrong', async () => {
+    const legacy = { name: 'legacy', source: { provider: 'generic', repository: `file://${repoDir}`, branch: 'release 1' }, stages: [{ name: 'Build', type: 'build' }] };
+    await redis.multi().set(`${prefix}:pipeline:legacy`, JSON.stringify(legacy)).sadd(`${prefix}:pipelines`, 'legacy').exec();
+    try {
+      const list = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines', headers: auth });
+      expect(list.statusCode).toBe(200);
+      expect(list.json().pipelines.map((p: { name: string }) => p.name)).not.toContain('legacy');
+      const one = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/legacy', headers: auth });
+      expect(one.statusCode).toBe(409);
+      expect(one.json().detail).toContain('source.branch');
+      // POSTed again, corrected, it is back.
+      const fixed = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: auth, payload: { ...legacy, source: { ...legacy.source, branch: 'release-1' } } });
+      expect(fixed.statusCode).toBe(200);
+      expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/legacy', headers: auth })).statusCode).toBe(200);
+    } finally {
+      await redis.multi().del(`${prefix}:pipeline:legacy`).srem(`${prefix}:pipelines`, 'legacy').exec();
+    }
+  });
+});
+
 describe('runs', () => {
   it('a manual run snapshots the commit and enqueues the build job with the source artifact', async () => {
     const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
@@ -238,6 +259,15 @@ describe('runs', () => {
     const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { commit: 'xyz' } });
     expect(res.statusCode).toBe(400);
     expect(res.json().errors[0].path).toBe('body.commit');
+    const cursor = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/hello/runs?before=garbage', headers: auth });
+    expect(cursor.statusCode).toBe(400);
+    expect(cursor.json().errors[0].path).toBe('querystring.before');
+    const unknown = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/hello/runs?cursor=x', headers: auth });
+    expect(unknown.statusCode).toBe(400);
+    const first = (await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/hello/runs?limit=1', headers: auth })).json();
+    expect(first.runs).toHaveLength(1);
+    const second = (await service.app.inject({ method: 'GET', url: `/api/v1/pipelines/hello/runs?limit=1&before=${first.next}`, headers: auth })).json();
+    expect(second.runs[0].id).not.toBe(first.runs[0].id);
     const ref = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { ref: '--upload-pack=touch /tmp/x' } });
     expect(ref.statusCode).toBe(400);
     expect(ref.json().errors[0]).toMatchObject({ path: 'body.ref', message: expect.stringContaining('git ref name') });

@@ -301,6 +301,34 @@ describe('Orchestrator.cancelRun, step by step', () => {
   });
 });
 
+describe('RedisRunStore.listByPipeline', () => {
+  it('pages newest first with a cursor, every run once, runs created in the same millisecond included', async () => {
+    const store = new RedisRunStore(redis, uniquePrefix('pages'));
+    const at = (ms: number) => new Date(Date.UTC(2026, 10, 27, 12, 0, 0, ms));
+    const made: Run[] = [];
+    for (let i = 0; i < 10; i++) {
+      // Seven in one millisecond, then three later ones.
+      const { run, events } = createRun({ id: randomUUID(), number: i + 1, definition, trigger }, at(i < 7 ? 0 : i));
+      expect(await store.create(run, events)).toEqual({ created: true });
+      made.push(run);
+    }
+    const seen: string[] = [];
+    let page = await store.listByPipeline('store', 3);
+    for (let guard = 0; ; guard++) {
+      expect(page.length).toBeLessThanOrEqual(3);
+      seen.push(...page.map((r) => r.id));
+      if (!page.next || guard > 10) break;
+      page = await store.listByPipeline('store', 3, page.next);
+    }
+    expect(page.next).toBeUndefined();
+    expect(new Set(seen).size).toBe(10);
+    expect(seen.slice(0, 3)).toEqual([made[9]!.id, made[8]!.id, made[7]!.id]);
+    expect(new Set(seen.slice(3))).toEqual(new Set(made.slice(0, 7).map((r) => r.id)));
+    expect((await store.listByPipeline('store', 10)).next).toBeUndefined();
+    await expect(store.listByPipeline('store', 3, 'bm90IGEgY3Vyc29y')).rejects.toThrow(RangeError);
+  });
+});
+
 describe('Orchestrator.handleInputs', () => {
   it('two orchestrators with their own caches apply a stream of inputs to the same runs exactly once', async () => {
     const { prefix, make, runs: store } = world('race');

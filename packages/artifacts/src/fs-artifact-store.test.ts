@@ -88,6 +88,13 @@ describe('FsArtifactStore', () => {
     expect((await lstat(join(dir, 'out', 'x'))).isDirectory()).toBe(true); // the file went into a real directory
   });
 
+  it('fails once, as content that cannot be unpacked, on a hard link to nothing', async () => {
+    const script = "import tarfile,sys\nt=tarfile.open(sys.argv[1],'w')\ni=tarfile.TarInfo('b')\ni.type=tarfile.LNKTYPE\ni.linkname='missing'\nt.addfile(i)\nt.close()\n";
+    await exec('python3', ['-c', script, join(dir, 'hard.tar')]);
+    const ref = await store.putTar('k/hard.tar', join(dir, 'hard.tar'));
+    await expect(store.extractTo(ref, join(dir, 'out'))).rejects.toThrow(ArtifactContentError);
+  });
+
   it('never writes outside the target when a tar carries ../ or absolute paths (zip slip)', async () => {
     const evil = join(dir, 'evil');
     await mkdir(evil);

@@ -111,8 +111,9 @@ export class FsArtifactStore implements ArtifactStore {
         },
       });
     } catch (err) {
-      const code = (err as { code?: string }).code;
-      if (code?.startsWith('TAR_')) throw new ArtifactContentError(`artifact ${ref.key} cannot be unpacked: ${(err as Error).message}`);
+      // node-tar's own refusals: `code` TAR_*, or a file system code with `tarCode` TAR_ENTRY_ERROR (a link to nothing).
+      const { code, tarCode } = err as { code?: string; tarCode?: string };
+      if (code?.startsWith('TAR_') || tarCode?.startsWith('TAR_')) throw new ArtifactContentError(`artifact ${ref.key} cannot be unpacked: ${(err as Error).message}`);
       throw err;
     }
     for (const link of links) await placeLink(dir, link.path, link.linkpath, ref.key);

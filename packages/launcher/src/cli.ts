@@ -98,7 +98,7 @@ function superviseServices(stack: Stack, home: string, stopping: () => boolean, 
       recent.push(Date.now());
       exits.set(name, recent);
       const how = signal ? `killed by ${signal}` : `exited with code ${code}`;
-      if (recent.length > RESTARTS_PER_MINUTE) return giveUp(`${name} ${how}, the ${recent.length}th time in a minute (see ${log})`);
+      if (recent.length >= RESTARTS_PER_MINUTE) return giveUp(`${name} ${how}, ${recent.length} times in a minute (see ${log})`);
       print(`✖ ${name} ${how}; starting it again (see ${log})`);
       stack.startService(name).then(
         (again) => {

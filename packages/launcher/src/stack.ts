@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { createServer } from 'node:net';
+import { createServer, isIP } from 'node:net';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -118,7 +118,9 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const home = resolve(opts.home);
   await mkdir(join(home, 'logs'), { recursive: true });
   const port = (i: number) => opts.portBase + i;
-  const host = env.HOST ?? '127.0.0.1';
+  // An address, not a name: some shells (tcsh) export HOST as the machine's name, which would open the
+  // services to the network without anyone asking.
+  const host = env.HOST && isIP(env.HOST) ? env.HOST : '127.0.0.1';
   await checkPortsFree(SERVICES.map((name, i) => ({ port: port(i), name })), host);
   const redis = await resolveRedis(env, join(home, 'redis'));
   const { token, source: tokenSource } = await apiToken(home, env);
@@ -130,8 +132,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     HOME: env.HOME ?? home,
     QUEUE_PREFIX: 'conveyor',
     LOG_LEVEL: 'info',
-    HOST: host,
     ...passedThrough(env),
+    HOST: host,
     REDIS_URL: redis.url,
     ARTIFACT_DIR: join(home, 'artifacts'),
     ...opts.serviceEnv,

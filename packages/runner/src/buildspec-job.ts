@@ -133,8 +133,8 @@ export async function runBuildspecJob<T>(job: BuildJob | TestJob, deps: Buildspe
   }
 }
 
-/** Removes directory trees a build's user may own, staying on their file system and never following a symlink. */
-async function removeTrees(...paths: string[]): Promise<boolean> {
+/** Removes directory trees a build's (or a deployed version's) user may own, staying on their file system and never following a symlink. */
+export async function removeTrees(...paths: string[]): Promise<boolean> {
   // What rm cannot remove (a mount point the build made) stays, and must not replace the job's outcome:
   // false, and the caller keeps the owner file, so a later start-up tries again.
   return exec('rm', ['-rf', '--one-file-system', '--', ...paths]).then(

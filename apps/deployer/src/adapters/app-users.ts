@@ -1,6 +1,11 @@
-import { lchown, lstat, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, chown, lchown, lstat, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { holdFileLock } from '@conveyor/procfs';
 import { checkBash, checkSetpriv, deleteFilesOf, hostKnowsUser, killUserProcesses, ownPrivateDir, untraversable, type BuildUser } from '@conveyor/runner';
+
+const exec = promisify(execFile);
 
 /** Above the build users' default range (2000000000-2000000999), below 2^31. */
 export const DEFAULT_DEPLOY_UIDS: readonly [number, number] = [2_000_001_000, 2_000_009_999];
@@ -20,19 +25,26 @@ const ORPHAN_CLAIM_MS = 10 * 60_000;
 export interface AppUsers {
   /** The version's user, claimed now if it has none yet; undefined: versions run as the deployer. */
   claim(pipeline: string, version: string): Promise<BuildUser | undefined>;
-  /** Kills everything running as the version's user (nothing if it has none). */
-  stopAll(pipeline: string, version: string): Promise<void>;
-  /** Frees the version's user once its directory is gone (after stopAll). */
+  /**
+   * Kills everything running as the version's user (nothing if it has none). False when something
+   * survived (stuck in uninterruptible sleep, say): root must then leave its files alone for now.
+   */
+  stopAll(pipeline: string, version: string): Promise<boolean>;
+  /** Frees the version's user once its directory is gone (after stopAll); kept while anything of it runs. */
   release(pipeline: string, version: string): Promise<void>;
-  /** Gives the unpacked version to its user: `appDir`'s tree, and a home of its own in `home`. */
-  handOver(appDir: string, home: string, user: BuildUser): Promise<void>;
+  /**
+   * Gives the unpacked version to its user: `appDir`'s tree, a home of its own in `home`, and the
+   * version's directory `dir`, which only root and the user may enter (other versions' users pass
+   * through DEPLOY_DIR, but not into another version).
+   */
+  handOver(dir: string, appDir: string, home: string, user: BuildUser): Promise<void>;
   /** For the start-up log line. */
   readonly summary: string;
 }
 
 export const ownUser: AppUsers = {
   claim: async () => undefined,
-  stopAll: async () => undefined,
+  stopAll: async () => true,
   release: async () => undefined,
   handOver: async () => undefined,
   summary: "deployed versions run as the deployer's own user",
@@ -44,7 +56,7 @@ export interface AppUserOptions {
   uids?: [number, number];
   maxProcesses: number;
   /** How a user's processes are killed (default: killUserProcesses). */
-  kill?: (user: BuildUser) => Promise<unknown>;
+  kill?: (user: BuildUser) => Promise<{ survivors: number[] }>;
 }
 
 /**
@@ -79,12 +91,14 @@ export async function resolveAppUsers(opts: AppUserOptions): Promise<{ users: Ap
 
 class ClaimedAppUsers implements AppUsers {
   readonly summary: string;
+  /** Claims change one at a time: in this process (a promise chain), and across deployers (the kernel's lock on `.uids/.lock`). */
+  private queue: Promise<unknown> = Promise.resolve();
   constructor(
     private readonly dir: string,
     private readonly first: number,
     private readonly last: number,
     private readonly maxProcesses: number,
-    private readonly kill: (user: BuildUser) => Promise<unknown>,
+    private readonly kill: (user: BuildUser) => Promise<{ survivors: number[] }>,
   ) {
     this.summary = `each deployed version runs as a user of its own (ids ${first}-${last}, at most ${maxProcesses} processes each)`;
   }
@@ -111,7 +125,29 @@ class ClaimedAppUsers implements AppUsers {
     return undefined;
   }
 
-  async claim(pipeline: string, version: string): Promise<BuildUser> {
+  private exclusively<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(async () => {
+      const lock = await holdFileLock(join(this.dir, '.lock'));
+      try {
+        return await fn();
+      } finally {
+        await lock.release();
+      }
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Nothing runs as `uid` any more (false if something survived being killed). */
+  private async cleared(uid: number): Promise<boolean> {
+    return (await this.kill(this.user(uid))).survivors.length === 0;
+  }
+
+  claim(pipeline: string, version: string): Promise<BuildUser> {
+    return this.exclusively(() => this.claimLocked(pipeline, version));
+  }
+
+  private async claimLocked(pipeline: string, version: string): Promise<BuildUser> {
     const held = await this.find(pipeline, version);
     if (held !== undefined) return this.user(held);
     const claims = await this.claims();
@@ -120,8 +156,10 @@ class ClaimedAppUsers implements AppUsers {
       if (claim && !(await this.orphaned(claim))) continue;
       if (hostKnowsUser(uid)) continue;
       if (claim) {
-        // A deploy died between claiming and unpacking: nothing of it can run (stopped first), so the id is free.
-        await this.kill(this.user(uid));
+        // A deploy died between claiming and unpacking: once nothing of it runs, the id is free, and
+        // what it left in the shared temporary directories goes with it.
+        if (!(await this.cleared(uid))) continue;
+        await deleteFilesOf(uid);
         await rm(join(this.dir, String(uid)), { force: true });
       }
       const fh = await open(join(this.dir, String(uid)), 'wx', 0o600).catch((err: NodeJS.ErrnoException) => {
@@ -146,33 +184,28 @@ class ClaimedAppUsers implements AppUsers {
     return (await lstat(versionDir).catch(() => undefined)) === undefined;
   }
 
-  async stopAll(pipeline: string, version: string): Promise<void> {
+  async stopAll(pipeline: string, version: string): Promise<boolean> {
     const uid = await this.find(pipeline, version);
-    if (uid !== undefined) await this.kill(this.user(uid));
+    return uid === undefined || (await this.cleared(uid));
   }
 
-  async release(pipeline: string, version: string): Promise<void> {
-    const uid = await this.find(pipeline, version);
-    if (uid === undefined) return;
-    await this.kill(this.user(uid));
-    await deleteFilesOf(uid);
-    await rm(join(this.dir, String(uid)), { force: true });
+  release(pipeline: string, version: string): Promise<void> {
+    return this.exclusively(async () => {
+      const uid = await this.find(pipeline, version);
+      // Still running: the id stays this version's (and so nobody else's) until a later sweep clears it.
+      if (uid === undefined || !(await this.cleared(uid))) return;
+      await deleteFilesOf(uid);
+      await rm(join(this.dir, String(uid)), { force: true });
+    });
   }
 
-  async handOver(appDir: string, home: string, user: BuildUser): Promise<void> {
+  async handOver(dir: string, appDir: string, home: string, user: BuildUser): Promise<void> {
     // Nothing runs as the user yet (a fresh claim, or one whose processes were stopped): no race with it.
-    await chownTree(appDir, user);
+    // GNU chown, links not followed (an unpacked artifact's links are its own).
+    await exec('chown', ['-R', '--no-dereference', `${user.uid}:${user.gid}`, '--', appDir]);
     await mkdir(home, { mode: 0o700 });
     await lchown(home, user.uid, user.gid);
-  }
-}
-
-/** lchown of a tree, links not followed (an unpacked artifact's links are its own). */
-async function chownTree(dir: string, user: BuildUser): Promise<void> {
-  await lchown(dir, user.uid, user.gid);
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) await chownTree(path, user);
-    else await lchown(path, user.uid, user.gid);
+    await chown(dir, 0, user.gid);
+    await chmod(dir, 0o710);
   }
 }

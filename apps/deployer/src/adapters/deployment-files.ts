@@ -17,7 +17,8 @@ async function readText(path: string): Promise<string | undefined> {
 /** Write to a temporary file, fsync, rename: a reader sees the old record or the new one, never half. */
 export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
   const tmp = `${path}.${randomUUID()}.tmp`;
-  const fh = await open(tmp, 'w', 0o644);
+  // Root's records: nothing a deployed version needs to read.
+  const fh = await open(tmp, 'w', 0o600);
   try {
     await fh.writeFile(`${JSON.stringify(value, null, 2)}\n`);
     await fh.sync();

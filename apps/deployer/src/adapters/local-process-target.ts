@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdir, open, rm } from 'node:fs/promises';
+import { chmod, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { DeployJob } from '@conveyor/contracts';
-import { asUserArgv, checkBash, spawnAsUser, UNEXPORTABLE_WHY, type BuildUser } from '@conveyor/runner';
+import { asUserArgv, checkBash, removeTrees, spawnAsUser, UNEXPORTABLE_WHY, type BuildUser } from '@conveyor/runner';
 import { freePort, type Logger } from '@conveyor/service-kit';
 import { ownUser, type AppUsers } from './app-users.js';
 import { childEnv } from '../domain/child-env.js';
@@ -81,10 +81,9 @@ export class LocalProcessTarget implements DeployTarget {
     ctx.log(`unpacking artifact ${job.input.key} into ${appDir}`);
     await this.opts.artifacts.extractTo(job.input, appDir);
     if (user) {
-      // Its user may pass through (not list) the pipeline's and the version's directories to reach its own.
+      // Its user may pass through (not list) the pipeline's directory, and enter its version's only.
       await chmod(files.pipelineDir(job.pipeline), 0o711);
-      await chmod(dir, 0o711);
-      await this.users.handOver(appDir, join(dir, HOME_DIR), user);
+      await this.users.handOver(dir, appDir, join(dir, HOME_DIR), user);
     }
     const started = await this.start(job, target, dir, user, ctx);
     const { record } = started;
@@ -193,14 +192,16 @@ export class LocalProcessTarget implements DeployTarget {
       await stopGroup(leftover.pgid, this.opts.stopGraceMs);
     }
     // Whatever else of that delivery still runs as the version's user goes too, before root touches its files.
-    await this.users.stopAll(pipeline, version);
-    await rm(dir, { recursive: true, force: true });
+    if (!(await this.users.stopAll(pipeline, version))) throw new Error(`processes of an earlier delivery of ${pipeline}/${version} survived being killed; trying again later`);
+    await removeTree(dir);
   }
 
   /** Stops a version's process group, then anything else still running as its user (a daemon that left the group). */
   private async stopVersion(record: DeploymentRecord): Promise<Awaited<ReturnType<typeof stopGroup>>> {
     const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
-    await this.users.stopAll(record.pipeline, versionName(record.runId, record.attempt));
+    if (!(await this.users.stopAll(record.pipeline, versionName(record.runId, record.attempt)))) {
+      this.opts.logger.warn({ pipeline: record.pipeline, runId: record.runId }, "processes of a stopped version's user survived being killed; its files are kept until a sweep clears them");
+    }
     return stopped;
   }
 
@@ -273,12 +274,17 @@ export class LocalProcessTarget implements DeployTarget {
       if (dir === keepDir || (rec && ownGroupAlive(rec.pgid, rec.procStart))) protect.add(v.name);
     }
     for (const name of versionsToPrune(versions, this.opts.keepVersions, protect)) {
-      // Nothing may run as the version's user while root removes what it owns.
-      await this.users.stopAll(pipeline, name);
-      await rm(join(files.pipelineDir(pipeline), name), { recursive: true, force: true });
+      // Nothing may run as the version's user while root removes what it owns (a later prune tries again).
+      if (!(await this.users.stopAll(pipeline, name))) continue;
+      await removeTree(join(files.pipelineDir(pipeline), name));
       await this.users.release(pipeline, name);
     }
   }
+}
+
+/** Removes a version's directory (its user's files inside): GNU rm, which never follows a link swapped in meanwhile. */
+async function removeTree(dir: string): Promise<void> {
+  if (!(await removeTrees(dir))) throw new Error(`could not remove ${dir}`);
 }
 
 /** The last `bytes` of a file as text ('' when it does not exist). */

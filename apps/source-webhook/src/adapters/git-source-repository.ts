@@ -22,13 +22,20 @@ const GIT_ENV: NodeJS.ProcessEnv = {
 };
 
 /**
- * Runs by flock(1) holding `<mirror>.flock`, which the git it execs inherits: the lock lasts as long
- * as that git runs, even if this process is killed. Every git that writes a mirror runs so, so a lock
- * file found in the mirror while the lock is held was left by a git that was killed (a container
- * stopped mid-fetch): it is removed, or every later fetch would fail on it. Constant text; git's
- * arguments come as "$@".
+ * Brings a mirror up to date, run by `flock --no-fork` holding `<mirror>.flock`: the shell, then the git
+ * it execs, is flock's own process, so the lock lasts exactly as long as that git runs (even if this
+ * service is killed), and a timeout's signal reaches git itself. Every git that writes a mirror runs so:
+ * a lock file found in the mirror while the lock is held was left by a git that was killed (a container
+ * stopped mid-fetch), and is removed, or every later fetch would fail on it. A mirror without HEAD is
+ * (re)made by a clone. Constant text: the mirror comes as $1, the repository as $2.
  */
-const GIT_HOLDING_MIRROR = `find . -path ./objects -prune -o -type f -name '*.lock' -exec rm -f -- {} + 2>/dev/null; exec git "$@"`;
+const REFRESH_MIRROR = `if [ -e "$1/HEAD" ]; then
+  cd -- "$1" || exit 1
+  find . -path ./objects -prune -o -type f -name '*.lock' -exec rm -f -- {} + 2>/dev/null
+  exec git fetch --prune --quiet -- origin '+refs/heads/*:refs/heads/*' '+refs/tags/*:refs/tags/*'
+fi
+rm -rf -- "$1" || exit 1
+exec git clone --mirror --quiet -- "$2" "$1"`;
 
 /**
  * Keeps a bare mirror per repository under `cacheDir`, fetches into it, and snapshots a commit with
@@ -43,17 +50,18 @@ export class GitSourceRepository implements SourceRepository {
     private readonly timeoutMs = 10 * 60_000,
   ) {}
 
-  private async git(args: string[], cwd?: string, holding?: { mirror: string; clean: boolean }): Promise<string> {
-    const [file, argv] = holding
-      ? ['flock', ['--exclusive', `${holding.mirror}.flock`, 'sh', '-c', holding.clean ? GIT_HOLDING_MIRROR : 'exec git "$@"', 'conveyor-git', ...args]]
-      : ['git', args];
+  private async git(args: string[], cwd?: string): Promise<string> {
+    return this.run('git', args, cwd, `git ${args[0]}`);
+  }
+
+  private async run(file: string, argv: string[], cwd: string | undefined, what: string): Promise<string> {
     try {
       const { stdout } = await exec(file, argv, { cwd, env: GIT_ENV, timeout: this.timeoutMs, maxBuffer: 16 * 1024 * 1024 });
       return stdout.trim();
     } catch (err) {
       const e = err as { stderr?: string; message: string };
       const said = (e.stderr || e.message).trim().split('\n').filter((line) => line.trim() !== '').slice(-6).join(' ');
-      throw new Error(`git ${args[0]} failed: ${said.length > 1500 ? `…${said.slice(-1500)}` : said}`);
+      throw new Error(`${what} failed: ${said.length > 1500 ? `…${said.slice(-1500)}` : said}`);
     }
   }
 
@@ -88,15 +96,10 @@ export class GitSourceRepository implements SourceRepository {
     // a recursive mkdir would also close every parent it creates, such as WORK_DIR's.)
     await mkdir(resolve(this.cacheDir), { recursive: true });
     await chmod(resolve(this.cacheDir), 0o700);
+    // For the log only: the locked script decides again, holding the mirror's lock.
     const exists = await stat(join(mirror, 'HEAD')).then(() => true, () => false);
-    if (!exists) {
-      log(`[source] cloning ${repository}\n`);
-      await rm(mirror, { recursive: true, force: true });
-      await this.git(['clone', '--mirror', '--quiet', '--', repository, mirror], undefined, { mirror, clean: false });
-      return;
-    }
-    log(`[source] fetching ${repository}\n`);
-    await this.git(['fetch', '--prune', '--quiet', '--', 'origin', '+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*'], mirror, { mirror, clean: true });
+    log(`[source] ${exists ? 'fetching' : 'cloning'} ${repository}\n`);
+    await this.run('flock', ['--exclusive', '--no-fork', `${mirror}.flock`, 'sh', '-c', REFRESH_MIRROR, 'conveyor-refresh', mirror, repository], resolve(this.cacheDir), exists ? 'git fetch' : 'git clone');
   }
 
   /**

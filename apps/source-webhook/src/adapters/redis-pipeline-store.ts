@@ -1,4 +1,5 @@
 import { PipelineDefinition } from '@conveyor/contracts';
+import { ConflictError } from '@conveyor/service-kit';
 import type { Redis } from 'ioredis';
 import type { PipelineStore } from '../ports.js';
 
@@ -20,18 +21,36 @@ export class RedisPipelineStore implements PipelineStore {
 
   async get(name: string): Promise<PipelineDefinition | undefined> {
     const json = await this.redis.get(this.key(name));
-    return json ? PipelineDefinition.parse(JSON.parse(json)) : undefined;
+    if (!json) return undefined;
+    const parsed = PipelineDefinition.safeParse(safeJson(json));
+    if (!parsed.success) {
+      throw new ConflictError(`the stored definition of pipeline ${name} is no longer valid (${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}); POST it again, corrected`);
+    }
+    return parsed.data;
   }
 
   async list(): Promise<PipelineDefinition[]> {
     const names = (await this.redis.smembers(`${this.prefix}:pipelines`)).sort();
     if (names.length === 0) return [];
     const values = await this.redis.mget(names.map((n) => this.key(n)));
-    return values.flatMap((json) => (json ? [PipelineDefinition.parse(JSON.parse(json))] : []));
+    // One definition stored under an older, looser schema must not take every pipeline (and every
+    // webhook) down with it: it is left out here, and GET of it says what is wrong (POST it again).
+    return values.flatMap((json) => {
+      const parsed = json ? PipelineDefinition.safeParse(safeJson(json)) : undefined;
+      return parsed?.success ? [parsed.data] : [];
+    });
   }
 
   async remove(name: string): Promise<boolean> {
     const replies = await this.redis.multi().del(this.key(name)).srem(`${this.prefix}:pipelines`, name).exec();
     return replies?.[0]?.[1] === 1;
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
   }
 }

@@ -159,9 +159,31 @@ export class RedisRunStore implements RunStore {
     return seen ? (JSON.parse(seen) as DeliveryDecision['decision']) : undefined;
   }
 
-  async listByPipeline(pipeline: string, limit: number): Promise<Run[]> {
-    const ids = await this.redis.zrevrange(this.key('runs', pipeline), 0, limit - 1);
-    return this.getMany(ids);
+  async listByPipeline(pipeline: string, limit: number, before?: string): Promise<Run[] & { next?: string }> {
+    const key = this.key('runs', pipeline);
+    let ids: string[];
+    let last: { score: string; id: string } | undefined;
+    if (before === undefined) {
+      const rows = await this.redis.zrevrange(key, 0, limit, 'WITHSCORES');
+      ids = pairs(rows).map((r) => r.id);
+      last = pairs(rows)[limit - 1];
+    } else {
+      // Runs are scored by creation time; one millisecond can hold several, ordered by id (descending).
+      const cursor = parseCursor(before);
+      if (!cursor) throw new RangeError('not a cursor of this list');
+      const after: { score: string; id: string }[] = [];
+      for (let offset = 0; after.length <= limit; ) {
+        const rows = pairs(await this.redis.zrevrangebyscore(key, cursor.score, '-inf', 'WITHSCORES', 'LIMIT', offset, limit + 1));
+        if (rows.length === 0) break;
+        offset += rows.length;
+        after.push(...rows.filter((r) => Number(r.score) < Number(cursor.score) || r.id < cursor.id));
+      }
+      ids = after.slice(0, limit + 1).map((r) => r.id);
+      last = after[limit - 1];
+    }
+    const runs: Run[] & { next?: string } = await this.getMany(ids.slice(0, limit));
+    if (ids.length > limit && last) runs.next = Buffer.from(`${last.score}:${last.id}`).toString('base64url');
+    return runs;
   }
 
   async activeRunIds(): Promise<string[]> {
@@ -193,4 +215,16 @@ function stateJson(run: Run): string {
 function parseRun(json: string, plan: string | null): Run {
   const stored = JSON.parse(json) as Record<string, unknown>;
   return Run.parse(plan ? Object.assign(stored, { plan: JSON.parse(plan) as unknown }) : stored);
+}
+
+/** ZRANGE … WITHSCORES replies, as members with their scores. */
+function pairs(rows: string[]): { id: string; score: string }[] {
+  const out: { id: string; score: string }[] = [];
+  for (let i = 0; i + 1 < rows.length; i += 2) out.push({ id: rows[i]!, score: rows[i + 1]! });
+  return out;
+}
+
+function parseCursor(text: string): { score: string; id: string } | undefined {
+  const m = /^(\d{1,16}):([a-z0-9-]{8,81})$/.exec(Buffer.from(text, 'base64url').toString('utf8'));
+  return m ? { score: m[1]!, id: m[2]! } : undefined;
 }

@@ -1,7 +1,7 @@
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { PipelineDefinition, PipelineName, StartRunBody, toPipelineView, toRunView, type Trigger } from '@conveyor/contracts';
-import { InputError, issuesFromZod, NotFoundError, type App } from '@conveyor/service-kit';
+import { ConflictError, InputError, issuesFromZod, NotFoundError, type App } from '@conveyor/service-kit';
 import type { ServerDeps } from './server.js';
 
 const YAML_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml'];
@@ -35,7 +35,11 @@ export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
 
   app.post('/pipelines', async (req, reply) => {
     const def = parseDefinitionBody(req.body);
-    const existing = await deps.pipelines.get(def.name);
+    // A stored definition that no longer validates is being replaced: its secret, if any, must come again.
+    const existing = await deps.pipelines.get(def.name).catch((err: unknown) => {
+      if (err instanceof ConflictError) return undefined;
+      throw err;
+    });
     // The secret is write-only, so a GET-edit-POST round trip omits it: keep the stored one.
     const stored = !def.source.webhookSecret && existing?.source.webhookSecret ? { ...def, source: { ...def.source, webhookSecret: existing.source.webhookSecret } } : def;
     const created = await deps.pipelines.put(stored);
@@ -69,9 +73,17 @@ export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
     return reply.code(202).send({ runId: started.runId });
   });
 
-  app.get('/pipelines/:name/runs', { schema: { params: Name, querystring: z.object({ limit: z.coerce.number().int().min(1).max(500).default(50) }) } }, async (req) => {
+  const RunsQuery = z.object({ limit: z.coerce.number().int().min(1).max(500).default(50), before: z.string().max(200).optional() }).strict();
+  app.get('/pipelines/:name/runs', { schema: { params: Name, querystring: RunsQuery } }, async (req) => {
     const def = await deps.pipelines.get(req.params.name);
     if (!def) throw new NotFoundError(`pipeline ${req.params.name} not found`);
-    return { runs: (await deps.runs.listByPipeline(req.params.name, req.query.limit)).map(toRunView) };
+    let runs: Awaited<ReturnType<ServerDeps['runs']['listByPipeline']>>;
+    try {
+      runs = await deps.runs.listByPipeline(req.params.name, req.query.limit, req.query.before);
+    } catch (err) {
+      if (err instanceof RangeError) throw new InputError('invalid cursor', [{ path: 'querystring.before', message: 'not a `next` value of this list' }]);
+      throw err;
+    }
+    return { runs: runs.map(toRunView), ...(runs.next ? { next: runs.next } : {}) };
   });
 };
