@@ -133,9 +133,9 @@ describe('a build service killed mid-build', () => {
     expect(started.status).toBe(202);
     const runId = started.json.runId;
 
-    // Wait until the build command is sleeping, then kill -9 the build service.
+    // Wait until the build command is sleeping (its output line, not the echo of the command), then kill -9 the build service.
     const deadline = Date.now() + 60_000;
-    while (!(await client.logs(runId, 'Build')).includes('build starting')) {
+    while (!(await client.logs(runId, 'Build')).split('\n').includes('build starting')) {
       if (Date.now() > deadline) throw new Error('build never started');
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -160,7 +160,7 @@ describe('a build service killed mid-build', () => {
     expect(buildFinished).toHaveLength(1);
     // The log shows the build was delivered twice: before and after the kill.
     const log = await client.logs(runId, 'Build');
-    expect(log.split('\n').filter((line) => line === 'build starting')).toHaveLength(2);
+    expect(log.split('\n').filter((line) => line === 'build starting'), log).toHaveLength(2);
   });
 });
 

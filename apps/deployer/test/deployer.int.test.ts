@@ -112,7 +112,8 @@ async function waitResult(jobId: string, nth = 1, ms = 60_000): Promise<StageRes
     if (found.length >= nth) return found[nth - 1]!;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`no StageResult #${nth} for ${jobId} within ${ms} ms; service output:\n${service.output()}`);
+  const log = await redis.get(stageLogKey(prefix, jobId));
+  throw new Error(`no StageResult #${nth} for ${jobId} within ${ms} ms; stage log:\n${log}\nservice output:\n${service.output()}`);
 }
 
 /**

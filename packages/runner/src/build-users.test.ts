@@ -221,7 +221,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     const c = await openBuildUserPool({ first, last: first + 2, size: 2, lockDir });
     expect(await uidOf(c)).toBe(first);
     await Promise.all([b.close(), c.close()]);
-  });
+  }, 30_000); // four pools, each with its lock holders and sweeps: seconds on a loaded machine
 
   it('kills what a dead holder left running as its ids when it takes them, and what a build left, detached or not, when it ends', async () => {
     const [first] = range(1);
