@@ -113,15 +113,7 @@ export async function resolveBuildUsers(
   // Nor may they rename it or a parent. Checked as any one of the ids: to all, these are someone else's.
   const exposed = await writableBy(resolve(workDir), { uid: first, gid: first });
   if (exposed) throw new Error(`the builds' users cannot be given their directories: ${exposed}`);
-  const pool = await openBuildUserPool({
-    first,
-    last,
-    size: concurrency,
-    lockDir: config.BUILD_UID_LOCK_DIR,
-    maxProcesses: config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES,
-    privateToBuilds: privateToBuilds(resolve(workDir)),
-    ...(warn ? { warn } : {}),
-  });
+  const pool = await openBuildUserPool({ first, last, size: concurrency, lockDir: config.BUILD_UID_LOCK_DIR, maxProcesses: config.BUILD_MAX_PROCESSES ?? DEFAULT_BUILD_MAX_PROCESSES, ...(warn ? { warn } : {}) });
   warnOfUserNamespaces(first, warn);
   return withNamespaces(pool, workDir, undefined);
 }
@@ -173,14 +165,6 @@ function withNamespaces(users: BuildUsers, workDir: string, shared: { hostNamesI
   return { users: Object.assign(users, { summary: `${users.summary}; each build shell has its own ${parts.join(', ')}${kept}${name}` }) };
 }
 
-/** The shared temporary directories each build shell has its own of (build-namespace.ts), so cannot write. */
-function privateToBuilds(workDir: string): string[] {
-  if (!namespaceSupport().ok) return [];
-  const own = privateTemporaries([workDir]);
-  // /dev/shm is always the shell's own (its directory, or a small tmpfs); /tmp and /var/tmp unless WORK_DIR is under them.
-  return [...(own.tmp ? ['/tmp', '/var/tmp'] : []), '/dev/shm'];
-}
-
 /** Why `user` may not have WORK_DIR: it could rename or replace it, or entries root creates there. */
 async function writableBy(dir: string, user: BuildUser): Promise<string | undefined> {
   const d = await replaceableBy(dir, user);
@@ -216,11 +200,6 @@ export interface BuildUserPoolOptions {
   kill?: (user: BuildUser) => Promise<{ found: number; survivors: number[] }>;
   /** How often an id set aside with processes still running is swept again. Default 10 s. */
   sweepAgainMs?: number;
-  /**
-   * Shared directories the builds cannot write (each build shell's own /tmp, /var/tmp and /dev/shm
-   * stand over them): not searched for a build's files when it ends. When an id is taken, all are.
-   */
-  privateToBuilds?: readonly string[];
 }
 
 /** Directories anyone may write to, where a build's user can leave files that outlive its build. */
@@ -285,17 +264,14 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
     }
     return undefined;
   };
-  /**
-   * Kills every process of `uid` and deletes its files in shared directories (after a build, those it
-   * could write); false (said) if some survive.
-   */
-  const clear = async (uid: number, afterBuild = false): Promise<boolean> => {
+  /** Kills every process of `uid` and deletes its files in shared directories; false (said) if some survive. */
+  const clear = async (uid: number): Promise<boolean> => {
     const { survivors } = await kill({ uid, gid: uid });
     if (survivors.length) {
       warn(`build user id ${uid} set aside: processes ${survivors.join(', ')} survive SIGKILL`);
       return false;
     }
-    await deleteFilesOf(uid, afterBuild ? (opts.privateToBuilds ?? []) : []);
+    await deleteFilesOf(uid);
     return true;
   };
   try {
@@ -377,7 +353,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
           warn(`the lock on build user id ${uid} was lost during a build and another process holds it: that id is set aside, and what the build left running is not killed`);
           locks.delete(uid);
         }
-        cleared = ours && (await clear(uid, true).catch(() => false));
+        cleared = ours && (await clear(uid).catch(() => false));
         if (!cleared) await setAside(uid).catch((err: unknown) => warn(`no build user id replaces ${uid}: ${(err as Error).message}`));
       } finally {
         lent--;
@@ -409,8 +385,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
         await lock.release();
       }
       sweeping.clear();
-      // Only this service's builds ran as these ids since they were taken (and cleared in full).
-      for (const uid of locks.keys()) if (await stillOurs(uid)) await clear(uid, true);
+      for (const uid of locks.keys()) if (await stillOurs(uid)) await clear(uid);
       await Promise.all([...locks.values()].map((l) => l.release()));
       locks.clear();
     },
@@ -433,9 +408,8 @@ async function trustedLockDir(dir: string): Promise<void> {
 }
 
 /** Deletes what `uid` owns in the directories anyone may write to: files a build left there (a setuid copy of a shell, say) must not outlive it. */
-export async function deleteFilesOf(uid: number, except: readonly string[] = []): Promise<void> {
-  // Searching /tmp costs in proportion to all it holds: only where the user could have written.
-  const dirs = SHARED_WRITABLE.filter((d) => !except.includes(d) && existsSync(d));
+export async function deleteFilesOf(uid: number): Promise<void> {
+  const dirs = SHARED_WRITABLE.filter((d) => existsSync(d));
   if (dirs.length === 0) return;
   // find does not follow symlinks (-P) and stays on each directory's file system (-xdev).
   await new Promise<void>((done) => {
