@@ -1,5 +1,5 @@
 import type { PipelineDefinition, Trigger } from '@conveyor/contracts';
-import { InputError, issuesFromZod, NotFoundError, UnauthorizedError, type Logger } from '@conveyor/service-kit';
+import { ConflictError, InputError, issuesFromZod, NotFoundError, UnauthorizedError, type Logger } from '@conveyor/service-kit';
 import { githubPushToSourceEvent, GithubPush, verifyGithubSignature } from './domain/github.js';
 import { decideTrigger, normalizeRepositoryUrl } from './domain/triggers.js';
 import type { Orchestrator } from './orchestrator.js';
@@ -78,7 +78,14 @@ export class WebhookIntake {
   }
 
   private async candidates(name?: string): Promise<PipelineDefinition[]> {
-    const all = name ? [await this.deps.pipelines.get(name)].filter((p): p is PipelineDefinition => p !== undefined) : await this.deps.pipelines.list();
+    // A definition that no longer validates is absent here: a sender who has not signed learns nothing of it.
+    const one = async (n: string) =>
+      this.deps.pipelines.get(n).catch((err: unknown) => {
+        if (!(err instanceof ConflictError)) throw err;
+        this.deps.logger.warn({ pipeline: n, err }, 'webhook for a pipeline whose stored definition is no longer valid');
+        return undefined;
+      });
+    const all = name ? [await one(name)].filter((p): p is PipelineDefinition => p !== undefined) : await this.deps.pipelines.list();
     return all.filter((p) => p.source.provider === 'github' && p.source.webhookSecret);
   }
 

@@ -180,6 +180,10 @@ describe('a definition stored under an older schema', () => {
       const one = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/legacy', headers: auth });
       expect(one.statusCode).toBe(409);
       expect(one.json().detail).toContain('source.branch');
+      // An unsigned webhook for it learns nothing (401, as for a pipeline that does not exist).
+      const hook = await sendPush(pushBody(firstCommit), 'delivery-legacy', 'sha256=00', 'push', '/webhooks/github/legacy');
+      expect(hook.statusCode).toBe(401);
+      expect(hook.body).not.toContain('source.branch');
       // POSTed again, corrected, it is back.
       const fixed = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: auth, payload: { ...legacy, source: { ...legacy.source, branch: 'release-1' } } });
       expect(fixed.statusCode).toBe(200);
@@ -262,8 +266,6 @@ describe('runs', () => {
     const cursor = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/hello/runs?before=garbage', headers: auth });
     expect(cursor.statusCode).toBe(400);
     expect(cursor.json().errors[0].path).toBe('querystring.before');
-    const unknown = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/hello/runs?cursor=x', headers: auth });
-    expect(unknown.statusCode).toBe(400);
     const first = (await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/hello/runs?limit=1', headers: auth })).json();
     expect(first.runs).toHaveLength(1);
     const second = (await service.app.inject({ method: 'GET', url: `/api/v1/pipelines/hello/runs?limit=1&before=${first.next}`, headers: auth })).json();

@@ -42,6 +42,7 @@ describe('PipelineDefinition', () => {
 
   it.each([
     [{ ...base, name: 'Has Caps' }, 'name'],
+    [{ ...base, name: 'active' }, 'name'],
     [{ ...base, source: { ...base.source, repository: 'https://user:token@github.com/o/r.git' } }, 'source.repository'],
     [{ ...base, source: { ...base.source, repository: 'ftp://x' } }, 'source.repository'],
     [{ ...base, source: { ...base.source, repository: 'https://ghp_token123@github.com/o/r.git' } }, 'source.repository'],

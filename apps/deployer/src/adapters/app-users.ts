@@ -189,13 +189,16 @@ class ClaimedAppUsers implements AppUsers {
     return uid === undefined || (await this.cleared(uid));
   }
 
-  release(pipeline: string, version: string): Promise<void> {
-    return this.exclusively(async () => {
-      const uid = await this.find(pipeline, version);
-      // Still running: the id stays this version's (and so nobody else's) until a later sweep clears it.
-      if (uid === undefined || !(await this.cleared(uid))) return;
-      await deleteFilesOf(uid);
-      await rm(join(this.dir, String(uid)), { force: true });
+  async release(pipeline: string, version: string): Promise<void> {
+    const owner = `${pipeline}/${version}`;
+    // Still running: the id stays this version's (and so nobody else's) until a later sweep clears it.
+    const uid = await this.find(pipeline, version);
+    if (uid === undefined || !(await this.cleared(uid))) return;
+    // Its files go while the claim still holds the id (the search of /tmp is slow: not under the lock).
+    await deleteFilesOf(uid);
+    await this.exclusively(async () => {
+      const claim = await readFile(join(this.dir, String(uid)), 'utf8').catch(() => '');
+      if (claim.trim() === owner) await rm(join(this.dir, String(uid)), { force: true });
     });
   }
 

@@ -76,7 +76,10 @@ export class LocalProcessTarget implements DeployTarget {
     await this.discardEarlierDelivery(job.pipeline, version, dir, ctx);
     const appDir = join(dir, APP_DIR);
     // The directory first, then the claim: a claim without its directory is one a dead deploy left.
-    await mkdir(dir, { recursive: true, mode: 0o711 });
+    // Closed from the start (handOver opens it to its user only): no other version's user may take a
+    // handle on it while it is unpacked.
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await chmod(dir, 0o700);
     const user = await this.users.claim(job.pipeline, version);
     ctx.log(`unpacking artifact ${job.input.key} into ${appDir}`);
     await this.opts.artifacts.extractTo(job.input, appDir);

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { chmod, mkdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -18,6 +18,8 @@ const GIT_ENV: NodeJS.ProcessEnv = {
   GIT_CONFIG_NOSYSTEM: '1',
   GIT_CONFIG_GLOBAL: '/dev/null',
   GIT_ASKPASS: 'echo',
+  // ssh never asks (a host key, a passphrase) and gives up on a silent server.
+  GIT_SSH_COMMAND: 'ssh -o BatchMode=yes -o ServerAliveInterval=15 -o ServerAliveCountMax=4',
   LANG: 'C',
 };
 
@@ -29,13 +31,13 @@ const GIT_ENV: NodeJS.ProcessEnv = {
  * stopped mid-fetch), and is removed, or every later fetch would fail on it. A mirror without HEAD is
  * (re)made by a clone. Constant text: the mirror comes as $1, the repository as $2.
  */
-const REFRESH_MIRROR = `if [ -e "$1/HEAD" ]; then
+const REFRESH_MIRROR = `if git -C "$1" config remote.origin.url >/dev/null 2>&1; then
   cd -- "$1" || exit 1
   find . -path ./objects -prune -o -type f -name '*.lock' -exec rm -f -- {} + 2>/dev/null
-  exec git fetch --prune --quiet -- origin '+refs/heads/*:refs/heads/*' '+refs/tags/*:refs/tags/*'
+  exec git -c http.lowSpeedLimit=1000 -c http.lowSpeedTime=60 fetch --prune --quiet -- origin '+refs/heads/*:refs/heads/*' '+refs/tags/*:refs/tags/*'
 fi
 rm -rf -- "$1" || exit 1
-exec git clone --mirror --quiet -- "$2" "$1"`;
+exec git -c http.lowSpeedLimit=1000 -c http.lowSpeedTime=60 clone --mirror --quiet -- "$2" "$1"`;
 
 /**
  * Keeps a bare mirror per repository under `cacheDir`, fetches into it, and snapshots a commit with
@@ -54,15 +56,37 @@ export class GitSourceRepository implements SourceRepository {
     return this.run('git', args, cwd, `git ${args[0]}`);
   }
 
-  private async run(file: string, argv: string[], cwd: string | undefined, what: string): Promise<string> {
-    try {
-      const { stdout } = await exec(file, argv, { cwd, env: GIT_ENV, timeout: this.timeoutMs, maxBuffer: 16 * 1024 * 1024 });
-      return stdout.trim();
-    } catch (err) {
-      const e = err as { stderr?: string; message: string };
-      const said = (e.stderr || e.message).trim().split('\n').filter((line) => line.trim() !== '').slice(-6).join(' ');
-      throw new Error(`${what} failed: ${said.length > 1500 ? `…${said.slice(-1500)}` : said}`);
-    }
+  /**
+   * Runs `file` in a process group of its own; past the timeout the whole group is killed (git, and the
+   * remote helper it started, which would otherwise keep running, and keep a mirror's lock).
+   */
+  private run(file: string, argv: string[], cwd: string | undefined, what: string): Promise<string> {
+    return new Promise((resolvePromise, reject) => {
+      const child = spawn(file, argv, { cwd, env: GIT_ENV, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout = (stdout + d).slice(-16 * 1024 * 1024)));
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-64 * 1024)));
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }, this.timeoutMs);
+      child.once('error', (err) => {
+        clearTimeout(timer);
+        reject(new Error(`${what} failed: ${err.message}`));
+      });
+      child.once('close', (code) => {
+        clearTimeout(timer);
+        if (code === 0 && !timedOut) return resolvePromise(stdout.trim());
+        const said = (timedOut ? `timed out after ${this.timeoutMs / 1000} s` : stderr || `exit ${code}`).trim().split('\n').filter((line) => line.trim() !== '').slice(-6).join(' ');
+        reject(new Error(`${what} failed: ${said.length > 1500 ? `…${said.slice(-1500)}` : said}`));
+      });
+    });
   }
 
   /** One fetch at a time per mirror in this process (git's own locks would fail the second one). */

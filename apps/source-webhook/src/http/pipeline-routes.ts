@@ -73,7 +73,7 @@ export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
     return reply.code(202).send({ runId: started.runId });
   });
 
-  const RunsQuery = z.object({ limit: z.coerce.number().int().min(1).max(500).default(50), before: z.string().max(200).optional() }).strict();
+  const RunsQuery = z.object({ limit: z.coerce.number().int().min(1).max(500).default(50), before: z.string().max(200).optional() });
   app.get('/pipelines/:name/runs', { schema: { params: Name, querystring: RunsQuery } }, async (req) => {
     const def = await deps.pipelines.get(req.params.name);
     if (!def) throw new NotFoundError(`pipeline ${req.params.name} not found`);
