@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { uidRange } from '@conveyor/runner';
 import { BaseEnv, OptionalSecret, parseEnv } from '@conveyor/service-kit';
 
 export const DeployerEnv = BaseEnv.extend({
@@ -14,12 +15,7 @@ export const DeployerEnv = BaseEnv.extend({
    * (group id = user id). Default 2000001000-2000009999. Deployers of one host with different
    * DEPLOY_DIRs need ranges of their own.
    */
-  DEPLOY_UIDS: z
-    .string()
-    .regex(/^\d+-\d+$/, 'must be first-last, e.g. 2000001000-2000009999')
-    .transform((text) => text.split('-').map(Number) as [number, number])
-    .refine(([first, last]) => first > 0 && first <= last && last < 2 ** 31, 'must be 1 ≤ first ≤ last < 2^31')
-    .optional(),
+  DEPLOY_UIDS: uidRange('2000001000-2000009999').optional(),
   /** Most processes and threads one deployed version may have at once (RLIMIT_NPROC of its user). */
   DEPLOY_MAX_PROCESSES: z.coerce.number().int().min(16).default(2048),
   /** When set, `GET /api/v1/deployments` requires `Authorization: Bearer <token>`. */

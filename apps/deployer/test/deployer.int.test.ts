@@ -45,19 +45,16 @@ afterAll(async () => {
   await stopRedis();
 });
 
+/** The deployer of this test (its Redis prefix, artifacts and DEPLOY_DIR), with `extra` settings. */
+const startDeployer = (extra: Record<string, string> = {}) =>
+  startService({ REDIS_URL: redisUrl, QUEUE_PREFIX: prefix, ARTIFACT_DIR: store.root, DEPLOY_DIR: deployDir, DEPLOY_STOP_GRACE_SECONDS: '2', CONVEYOR_API_TOKEN: TOKEN, ...extra });
+
 beforeEach(async () => {
   prefix = uniquePrefix('dep');
   root = await mkdtemp(join(tmpdir(), 'cv-deployer-'));
   deployDir = join(root, 'deployments');
   store = new FsArtifactStore(join(root, 'artifacts'));
-  service = await startService({
-    REDIS_URL: redisUrl,
-    QUEUE_PREFIX: prefix,
-    ARTIFACT_DIR: store.root,
-    DEPLOY_DIR: deployDir,
-    DEPLOY_STOP_GRACE_SECONDS: '2',
-    CONVEYOR_API_TOKEN: TOKEN,
-  });
+  service = await startDeployer();
   deployQueue = createQueue(QUEUES.deploy, { connection: redis, prefix });
 });
 
@@ -276,7 +273,7 @@ describe('deployer', () => {
     // Its job is gone (cancelled and removed, or failed for stalling): no delivery will come back for it.
     await deployQueue.obliterate({ force: true });
     expect(await alive(record.pid)).toBe(true);
-    service = await startService({ REDIS_URL: redisUrl, QUEUE_PREFIX: prefix, ARTIFACT_DIR: store.root, DEPLOY_DIR: deployDir, DEPLOY_STOP_GRACE_SECONDS: '2' });
+    service = await startDeployer();
     await expect.poll(() => alive(record.pid), { timeout: 20_000, interval: 100 }).toBe(false);
     await expect.poll(() => service.output(), { timeout: 10_000, interval: 100 }).toContain('stopped a version left running by a deploy that never finished');
     expect(await getJson(v1.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
@@ -334,15 +331,7 @@ describe.skipIf(process.getuid?.() !== 0)('deployer as root', () => {
     // Its versions' users must reach DEPLOY_DIR: a 0700 temporary directory would make it fall back.
     await service.stop();
     await chmod(root, 0o755);
-    service = await startService({
-      REDIS_URL: redisUrl,
-      QUEUE_PREFIX: prefix,
-      ARTIFACT_DIR: store.root,
-      DEPLOY_DIR: deployDir,
-      DEPLOY_STOP_GRACE_SECONDS: '2',
-      DEPLOY_KEEP_VERSIONS: '1',
-      DEPLOY_UIDS: `${FIRST}-${FIRST + 99}`,
-    });
+    service = await startDeployer({ DEPLOY_KEEP_VERSIONS: '1', DEPLOY_UIDS: `${FIRST}-${FIRST + 99}` });
   });
 
   it('runs each version as a user of its own, which cannot read the deployer; what a version leaves running goes with it', async () => {

@@ -2,8 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
-import { freePort } from '@conveyor/service-kit';
+import { freePort, pings } from '@conveyor/service-kit';
 
 export interface ResolvedRedis {
   url: string;
@@ -12,31 +11,18 @@ export interface ResolvedRedis {
   origin: 'REDIS_URL' | 'local 6379' | 'private redis-server';
 }
 
-async function pings(url: string): Promise<boolean> {
-  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1500 });
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-    return (await client.ping()) === 'PONG';
-  } catch {
-    return false;
-  } finally {
-    client.disconnect();
-  }
-}
-
 const HOW_TO_GET_REDIS = `Conveyor needs Redis 7 and found none:
   - REDIS_URL is not set,
   - nothing answers on redis://127.0.0.1:6379,
   - and no redis-server is on PATH to start a private one.
 Install Redis (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or point REDIS_URL at one.`;
 
-/** REDIS_URL, else a Redis on 127.0.0.1:6379, else a private redis-server (AOF on) under `dataDir`. */
 /** The URL without its password, for printing. */
 export function redactUrl(url: string): string {
   return url.replace(/\/\/([^:/@]*):[^@/]*@/, '//$1:***@');
 }
 
+/** REDIS_URL, else a Redis on 127.0.0.1:6379, else a private redis-server (AOF on, a password of its own) under `dataDir`. */
 export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, localUrl = 'redis://127.0.0.1:6379'): Promise<ResolvedRedis> {
   if (env.REDIS_URL) {
     if (!(await pings(env.REDIS_URL))) throw new Error(`REDIS_URL=${redactUrl(env.REDIS_URL)} does not answer PING`);

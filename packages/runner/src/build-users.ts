@@ -12,6 +12,15 @@ import { checkBash, checkSetpriv, type BuildUser } from './shell-process.js';
 /** Room for parallel compilers, test runners and browsers with their threads; a fork bomb still stops. */
 export const DEFAULT_BUILD_MAX_PROCESSES = 2048;
 
+/** A `first-last` range of Linux user ids (1 ≤ first ≤ last < 2^31), as BUILD_UIDS and DEPLOY_UIDS take it. */
+export function uidRange(example: string) {
+  return z
+    .string()
+    .regex(/^\d+-\d+$/, `must be first-last, e.g. ${example}`)
+    .transform((text) => text.split('-').map(Number) as [number, number])
+    .refine(([first, last]) => first > 0 && first <= last && last < 2 ** 31, 'must be 1 ≤ first ≤ last < 2^31');
+}
+
 /** The variables naming who builds run as, shared by the services that run buildspecs (see resolveBuildUsers). */
 export const BuildUserEnv = {
   /** One Linux user (and group) every build runs as, e.g. a named user with the tools' configuration. */
@@ -23,12 +32,7 @@ export const BuildUserEnv = {
    * different ones. The ids need no /etc/passwd entry (`whoami` then has no name to print).
    * Default DEFAULT_BUILD_UIDS.
    */
-  BUILD_UIDS: z
-    .string()
-    .regex(/^\d+-\d+$/, 'must be first-last, e.g. 2000000000-2000000999')
-    .transform((text) => text.split('-').map(Number) as [number, number])
-    .refine(([first, last]) => first > 0 && first <= last && last < 2 ** 31, 'must be 1 ≤ first ≤ last < 2^31')
-    .optional(),
+  BUILD_UIDS: uidRange('2000000000-2000000999').optional(),
   /** Where the host-wide locks on BUILD_UIDS live: one directory for every service of the host. */
   BUILD_UID_LOCK_DIR: z.string().default('/run/lock/conveyor'),
   /**
@@ -175,13 +179,16 @@ function sharedUser(user: BuildUser | undefined, summary: string): BuildUsers {
   return { withUser: (fn) => fn(user, async () => undefined), close: async () => undefined, summary };
 }
 
-/** Why `user` cannot reach `dir` (the first ancestor, created if missing, it may not enter), if it cannot. */
-export async function untraversable(dir: string, user: BuildUser): Promise<string | undefined> {
+/**
+ * Why `user` cannot reach `dir` (the first ancestor, created if missing, it may not enter), if it
+ * cannot; `setting` names the variable that places `dir`.
+ */
+export async function untraversable(dir: string, user: BuildUser, setting = 'WORK_DIR'): Promise<string | undefined> {
   await mkdir(dir, { recursive: true });
   for (let d = dir; ; d = dirname(d)) {
     const info = await stat(d);
     const bit = info.uid === user.uid ? 0o100 : info.gid === user.gid ? 0o010 : 0o001;
-    if ((info.mode & bit) === 0) return `user ${user.uid} cannot reach ${d}; put WORK_DIR where it can`;
+    if ((info.mode & bit) === 0) return `user ${user.uid} cannot reach ${d}; put ${setting} where it can`;
     if (dirname(d) === d) return undefined;
   }
 }

@@ -35,15 +35,10 @@ export async function waitReady(redis: Redis, ms = 5000): Promise<void> {
   });
 }
 
-/**
- * Whether the Redis at `url` answers a client that gives no user or password: then any process that
- * reaches it (a build, on this host's network) can read and change every run and queue.
- */
-export async function answersWithoutPassword(url: string): Promise<boolean> {
-  const anonymous = new URL(url);
-  anonymous.username = '';
-  anonymous.password = '';
-  const client = new Redis(anonymous.toString(), { lazyConnect: true, maxRetriesPerRequest: 0, enableReadyCheck: false, retryStrategy: () => null, connectTimeout: 2000 });
+/** Whether the Redis at `url` answers PING (false, never a throw, when it cannot be reached or refuses). */
+export async function pings(url: string, connectTimeout = 2000): Promise<boolean> {
+  // No ready check: a Redis that wants a password fails it, and then the answer is just false.
+  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, enableReadyCheck: false, retryStrategy: () => null, connectTimeout });
   client.on('error', () => undefined);
   try {
     await client.connect();
@@ -53,6 +48,17 @@ export async function answersWithoutPassword(url: string): Promise<boolean> {
   } finally {
     client.disconnect();
   }
+}
+
+/**
+ * Whether the Redis at `url` answers a client that gives no user or password: then any process that
+ * reaches it (a build, on this host's network) can read and change every run and queue.
+ */
+export function answersWithoutPassword(url: string): Promise<boolean> {
+  const anonymous = new URL(url);
+  anonymous.username = '';
+  anonymous.password = '';
+  return pings(anonymous.toString());
 }
 
 /** Says (once, at start-up) when code this service runs for pipelines could use Redis as freely as the service. */

@@ -79,8 +79,8 @@ export async function resolveAppUsers(opts: AppUserOptions): Promise<{ users: Ap
     return fallBack((err as Error).message);
   }
   const [first, last] = opts.uids ?? DEFAULT_DEPLOY_UIDS;
-  const blocked = await untraversable(opts.deployDir, { uid: first, gid: first });
-  if (blocked) return fallBack(blocked.replace('WORK_DIR', 'DEPLOY_DIR'));
+  const blocked = await untraversable(opts.deployDir, { uid: first, gid: first }, 'DEPLOY_DIR');
+  if (blocked) return fallBack(blocked);
   const claims = join(opts.deployDir, CLAIMS_DIR);
   await mkdir(claims, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'EEXIST') throw err;

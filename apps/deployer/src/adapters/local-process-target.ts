@@ -203,7 +203,7 @@ export class LocalProcessTarget implements DeployTarget {
   private async stopVersion(record: DeploymentRecord): Promise<Awaited<ReturnType<typeof stopGroup>>> {
     const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
     if (!(await this.users.stopAll(record.pipeline, versionName(record.runId, record.attempt)))) {
-      this.opts.logger.warn({ pipeline: record.pipeline, runId: record.runId }, "processes of a stopped version's user survived being killed; its files are kept until a sweep clears them");
+      this.opts.logger.warn({ pipeline: record.pipeline, runId: record.runId }, "processes of a stopped version's user survived being killed; its files and user id are kept until a later clean-up finds nothing of it running");
     }
     return stopped;
   }
