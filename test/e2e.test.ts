@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -161,6 +162,41 @@ describe('a build service killed mid-build', () => {
     // The log shows the build was delivered twice: before and after the kill.
     const log = await client.logs(runId, 'Build');
     expect(log.split('\n').filter((line) => line === 'build starting'), log).toHaveLength(2);
+  });
+});
+
+const fenceable = process.getuid?.() === 0 && process.env.REDIS_FENCE !== 'off' && ['iptables', 'ip6tables'].every((tool) => spawnSync(tool, ['-w', '5', '-S', 'OUTPUT']).status === 0);
+
+describe.runIf(fenceable)('pipeline code and Redis (root services with iptables: REDIS_FENCE=auto)', () => {
+  it('neither a build nor a deployed version can open a connection to Redis', async () => {
+    const port = new URL(stack.redis.url).port || '6379';
+    const fencedRepo = join(home, 'repos', 'fenced');
+    await git(home, 'init', '-q', '-b', 'main', fencedRepo);
+    // The deployed version says whether it reached Redis; /healthz answers either way.
+    const server = [
+      "const net = require('node:net'), http = require('node:http');",
+      'let redis = "pending";',
+      `net.connect(${port}, '127.0.0.1').on('connect', function () { redis = 'reached'; this.destroy(); }).on('error', (e) => (redis = e.code));`,
+      "http.createServer((req, res) => res.end(JSON.stringify({ redis }))).listen(process.env.PORT, '127.0.0.1');",
+    ].join('\n');
+    const commit = await commitFiles(fencedRepo, {
+      'server.js': server,
+      'buildspec.yml': `version: 0.2\nphases:\n  build:\n    commands:\n      - ${JSON.stringify(`if exec 3<>/dev/tcp/127.0.0.1/${port}; then echo "redis: reached"; else echo "redis: refused"; fi`)}\nartifacts:\n  files:\n    - server.js\n`,
+    });
+    const yaml = `name: fenced\nsource:\n  provider: generic\n  repository: "file://${fencedRepo}"\nstages:\n  - { name: Build, type: build }\n  - { name: Deploy, type: deploy, target: { kind: local, command: "node server.js", healthPath: /healthz } }\n`;
+    await client.registerPipeline(yaml);
+    const runId = (await client.request('POST', '/api/v1/pipelines/fenced/runs', JSON.stringify({ commit }))).json.runId;
+    const run = await watchRun(client, runId, quiet, 180_000);
+    const log = await client.logs(runId, 'Build');
+    expect(run.status, `${JSON.stringify(run.stages)}\n${log}`).toBe('SUCCEEDED');
+    expect(log.split('\n')).toContain('redis: refused');
+    expect(log.split('\n')).not.toContain('redis: reached');
+    let seen = 'pending';
+    for (let i = 0; i < 50 && seen === 'pending'; i++) {
+      seen = ((await (await fetch(`${run.stages[2].result.url}/`)).json()) as { redis: string }).redis;
+      if (seen === 'pending') await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(seen).toBe('ECONNREFUSED');
   });
 });
 

@@ -1,10 +1,11 @@
 import { z } from 'zod';
-import { BuildUserEnv } from '@conveyor/runner';
+import { BuildUserEnv, RedisFenceEnv } from '@conveyor/runner';
 import { BaseEnv, parseEnv } from '@conveyor/service-kit';
 
 export const Env = BaseEnv.extend({
   PORT: z.coerce.number().int().min(0).max(65535).default(7002),
   ...BuildUserEnv,
+  ...RedisFenceEnv,
   /** Scratch space: one directory per build, removed when it ends. Local disk, never shared. */
   WORK_DIR: z.string().default('.conveyor/work/build'),
 });

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { uidRange } from '@conveyor/runner';
+import { RedisFenceEnv, uidRange } from '@conveyor/runner';
 import { BaseEnv, OptionalSecret, parseEnv } from '@conveyor/service-kit';
 
 export const DeployerEnv = BaseEnv.extend({
@@ -18,6 +18,7 @@ export const DeployerEnv = BaseEnv.extend({
   DEPLOY_UIDS: uidRange('2000001000-2000009999').optional(),
   /** Most processes and threads one deployed version may have at once (RLIMIT_NPROC of its user). */
   DEPLOY_MAX_PROCESSES: z.coerce.number().int().min(16).default(2048),
+  ...RedisFenceEnv,
   /** When set, `GET /api/v1/deployments` requires `Authorization: Bearer <token>`. */
   CONVEYOR_API_TOKEN: OptionalSecret,
 });

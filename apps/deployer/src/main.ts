@@ -1,6 +1,7 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
+import { guardRedis } from '@conveyor/runner';
 import { explainStartupFailures, runStageService, warnIfRedisOpen } from '@conveyor/service-kit';
 import { resolveAppUsers } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
@@ -59,7 +60,17 @@ await runStageService({
         logger.info({ deployDir }, 'deploying local targets into this directory');
         if (warning) logger.warn({ deployDir }, warning);
         else logger.info(users.summary);
-        await warnIfRedisOpen(env.REDIS_URL, logger, 'deployed versions');
+        // Left up when the deployer stops: the versions it started outlive it. The next service to start
+        // sweeps it once nothing runs as their users.
+        await guardRedis({
+          redisUrl: env.REDIS_URL,
+          mode: env.REDIS_FENCE,
+          uids: users.uids,
+          service: 'deployer',
+          whose: 'deployed versions',
+          logger,
+          warnIfOpen: () => warnIfRedisOpen(env.REDIS_URL, logger, 'deployed versions'),
+        });
         rotation = setInterval(() => void rotate(), OUTPUT_CHECK_MS);
         rotation.unref();
         // In the background: a pipeline whose deploy is under way is waited for.

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { cleanAbandonedJobs, resolveBuildUsers } from '@conveyor/runner';
+import { cleanAbandonedJobs, guardRedis, resolveBuildUsers } from '@conveyor/runner';
 import { createLogger, explainStartupFailures, runStageService, warnIfRedisOpen } from '@conveyor/service-kit';
 import { loadEnv } from './env.js';
 import { testJobHandler } from './jobs/test-job.js';
@@ -11,6 +11,7 @@ const env = loadEnv();
 const workDir = resolve(env.WORK_DIR);
 const usersLog = createLogger('test-runner', env.LOG_LEVEL);
 const { users, warning } = await resolveBuildUsers(workDir, env, env.WORKER_CONCURRENCY, (message) => usersLog.warn(message));
+let fence: { remove(): Promise<void> } = { remove: async () => undefined };
 
 await runStageService({
   service: 'test-runner',
@@ -19,12 +20,19 @@ await runStageService({
   env,
   handler: ({ redis, prefix }) => testJobHandler({ artifacts: new FsArtifactStore(env.ARTIFACT_DIR), redis, prefix, workDir, users }),
   // After the worker drained: the builds' users are free for another service of this host.
-  extras: () => ({ stop: [{ name: 'build users', run: () => users.close() }] }),
+  // The fence comes down only then too: no build runs any more.
+  extras: () => ({
+    stop: [
+      { name: 'build users', run: () => users.close() },
+      { name: 'Redis fence', run: () => fence.remove() },
+    ],
+  }),
   beforeStart: async ({ logger }) => {
     logger.info(await cleanAbandonedJobs(workDir), 'cleaned up after earlier workers');
     if (warning) logger.warn({ workDir }, warning);
     else logger.info({ workDir }, users.summary);
-    await warnIfRedisOpen(env.REDIS_URL, logger, 'test builds');
+    const warnIfOpen = () => warnIfRedisOpen(env.REDIS_URL, logger, 'test builds');
+    fence = await guardRedis({ redisUrl: env.REDIS_URL, mode: env.REDIS_FENCE, uids: users.uids, service: 'test-runner', whose: 'test builds', logger, warnIfOpen });
   },
 });
 startup.started();

@@ -97,6 +97,11 @@ export function groupAlive(pgid: number): boolean {
  * process of that user may signal. All of them, or those of `among`. Linux only (empty elsewhere).
  */
 export function processesOfUser(uid: number, among?: readonly number[]): number[] {
+  return processesOfUsers(uid, uid, among);
+}
+
+/** processesOfUser for every user id from `first` to `last`. */
+export function processesOfUsers(first: number, last: number, among?: readonly number[]): number[] {
   if (!HAS_PROC) return [];
   let pids: string[];
   try {
@@ -108,7 +113,7 @@ export function processesOfUser(uid: number, among?: readonly number[]): number[
     if (!/^\d+$/.test(pid)) return [];
     const status = read(`/proc/${pid}/status`);
     const ids = status && /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status);
-    if (!ids || !ids.slice(1, 4).some((id) => Number(id) === uid)) return [];
+    if (!ids || !ids.slice(1, 4).some((id) => Number(id) >= first && Number(id) <= last)) return [];
     // A main thread that exited while other threads run shows the process as a zombie: it still runs.
     const threads = Number(/^Threads:\s+(\d+)/m.exec(status)?.[1] ?? 1);
     return running(readProcStat(pid)) || threads > 1 ? [Number(pid)] : [];

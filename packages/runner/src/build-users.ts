@@ -67,6 +67,8 @@ export interface BuildUsers {
   close(): Promise<void>;
   /** For the start-up log line. */
   readonly summary: string;
+  /** The user ids builds run as when they are not the service's own (for the Redis fence). */
+  readonly uids?: readonly [number, number];
 }
 
 /**
@@ -176,7 +178,8 @@ async function writableBy(dir: string, user: BuildUser): Promise<string | undefi
 }
 
 function sharedUser(user: BuildUser | undefined, summary: string): BuildUsers {
-  return { withUser: (fn) => fn(user, async () => undefined), close: async () => undefined, summary };
+  const uids = user && user.uid !== 0 && user.uid !== process.getuid?.() ? ([user.uid, user.uid] as const) : undefined;
+  return { withUser: (fn) => fn(user, async () => undefined), close: async () => undefined, summary, ...(uids ? { uids } : {}) };
 }
 
 /**
@@ -377,6 +380,8 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
   };
   const uids = [...locks.keys()];
   return {
+    // The whole range: the ids this service did not lock are other services' builds.
+    uids: [opts.first, opts.last],
     summary: `each build runs as a user of its own: uids ${uids.length <= 16 ? uids.join(', ') : `${uids.slice(0, 16).join(', ')}…`} (${uids.length}, locked in ${opts.lockDir})${opts.maxProcesses ? `, at most ${opts.maxProcesses} processes each` : ''}`,
     withUser(fn) {
       if (closed) return Promise.reject(new Error('the build user pool is closed'));
