@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
 import { cleanAbandonedJobs, guardRedis, resolveBuildUsers } from '@conveyor/runner';
-import { createLogger, explainStartupFailures, runStageService, warnIfRedisOpen } from '@conveyor/service-kit';
+import { answersWithoutPassword, createLogger, explainStartupFailures, runStageService } from '@conveyor/service-kit';
 import { loadEnv } from './env.js';
 import { buildJobHandler } from './jobs/build-job.js';
 
@@ -11,7 +11,7 @@ const env = loadEnv();
 const workDir = resolve(env.WORK_DIR);
 const usersLog = createLogger('build', env.LOG_LEVEL);
 const { users, warning } = await resolveBuildUsers(workDir, env, env.WORKER_CONCURRENCY, (message) => usersLog.warn(message));
-let fence: { remove(): Promise<void> } = { remove: async () => undefined };
+let fence: { remove(): Promise<unknown> } = { remove: async () => undefined };
 
 await runStageService({
   service: 'build',
@@ -20,20 +20,32 @@ await runStageService({
   env,
   handler: ({ redis, prefix }) => buildJobHandler({ artifacts: new FsArtifactStore(env.ARTIFACT_DIR), redis, prefix, workDir, users }),
   // After the worker drained: the builds' users are free for another service of this host.
-  // The fence comes down only then too: no build runs any more.
-  extras: () => ({
+  // The fence comes down then too, unless a build outlived its kill: it stays until that process is gone.
+  extras: ({ logger }) => ({
     stop: [
       { name: 'build users', run: () => users.close() },
-      { name: 'Redis fence', run: () => fence.remove() },
+      {
+        name: 'Redis fence',
+        run: async () => {
+          if ((await fence.remove()) === 'kept') logger.warn("the Redis fence stays up: processes of the builds' users still run (the next service to start removes it once they are gone)");
+        },
+      },
     ],
   }),
   // A build service killed mid-build leaves its shells running: stop them before taking jobs again.
-  beforeStart: async ({ logger }) => {
+  beforeStart: async ({ logger, redis }) => {
     logger.info(await cleanAbandonedJobs(workDir), 'cleaned up after earlier workers');
     if (warning) logger.warn({ workDir }, warning);
     else logger.info({ workDir }, users.summary);
-    const warnIfOpen = () => warnIfRedisOpen(env.REDIS_URL, logger, 'builds');
-    fence = await guardRedis({ redisUrl: env.REDIS_URL, mode: env.REDIS_FENCE, uids: users.uids, service: 'build', whose: 'builds', logger, warnIfOpen });
+    fence = await guardRedis({
+      redis,
+      mode: env.REDIS_FENCE,
+      uids: users.uids,
+      service: 'build',
+      whose: 'builds',
+      logger,
+      answersWithoutPassword: () => answersWithoutPassword(env.REDIS_URL),
+    });
   },
 });
 startup.started();

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
 import { guardRedis } from '@conveyor/runner';
-import { explainStartupFailures, runStageService, warnIfRedisOpen } from '@conveyor/service-kit';
+import { answersWithoutPassword, explainStartupFailures, runStageService } from '@conveyor/service-kit';
 import { resolveAppUsers } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
@@ -43,7 +43,7 @@ await runStageService({
     });
     return createDeployHandler({ targets: [local], redis, prefix, deploys: deployCounter(registry) });
   },
-  extras: ({ logger }) => {
+  extras: ({ logger, redis }) => {
     // Deployed commands write their output for as long as they run: keep each log under its limit.
     let rotation: NodeJS.Timeout | undefined;
     let sweeping: NodeJS.Timeout | undefined;
@@ -63,13 +63,13 @@ await runStageService({
         // Left up when the deployer stops: the versions it started outlive it. The next service to start
         // sweeps it once nothing runs as their users.
         await guardRedis({
-          redisUrl: env.REDIS_URL,
+          redis,
           mode: env.REDIS_FENCE,
           uids: users.uids,
           service: 'deployer',
           whose: 'deployed versions',
           logger,
-          warnIfOpen: () => warnIfRedisOpen(env.REDIS_URL, logger, 'deployed versions'),
+          answersWithoutPassword: () => answersWithoutPassword(env.REDIS_URL),
         });
         rotation = setInterval(() => void rotate(), OUTPUT_CHECK_MS);
         rotation.unref();

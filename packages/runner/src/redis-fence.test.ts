@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fenceOffRedis, guardRedis, redisAddress, type RedisFenceOptions, type Tables } from './redis-fence.js';
+import { fenceOffRedis, guardRedis, runTables, type RedisFence, type RedisFenceOptions, type Tables } from './redis-fence.js';
 
 const isRoot = process.getuid?.() === 0;
 const hasTables = spawnSync('iptables', ['-w', '5', '-S', 'OUTPUT']).status === 0 && spawnSync('ip6tables', ['-w', '5', '-S', 'OUTPUT']).status === 0;
@@ -17,101 +17,112 @@ function connects(uid: number, host: string, port: number): boolean {
   return r.status === 0;
 }
 
-function rules(tool: 'iptables' | 'ip6tables'): string {
-  return spawnSync(tool, ['-w', '5', '-S', 'OUTPUT'], { encoding: 'utf8' }).stdout;
+function rules(tool: 'iptables' | 'ip6tables', table = 'filter'): string {
+  return spawnSync(tool, ['-w', '5', '-t', table, '-S', 'OUTPUT'], { encoding: 'utf8' }).stdout;
 }
 
-describe('redisAddress', () => {
-  it("takes a redis:// or rediss:// URL's host and port, with ioredis's defaults", () => {
-    expect(redisAddress('redis://127.0.0.1:6380')).toEqual({ host: '127.0.0.1', port: 6380 });
-    expect(redisAddress('rediss://:secret@cache.example:7000/2')).toEqual({ host: 'cache.example', port: 7000 });
-    expect(redisAddress('redis://[::1]')).toEqual({ host: '::1', port: 6379 });
-  });
-
-  it('refuses what is not a TCP address', () => {
-    expect(() => redisAddress('unix:///run/redis.sock')).toThrow(/not a TCP address/);
-  });
-});
+/** Firewall commands recorded, not run; `fail` makes matching ones fail. */
+function recorder(fail?: (call: string) => boolean): { tables: Tables; calls: string[] } {
+  const calls: string[] = [];
+  return {
+    calls,
+    tables: async (tool, args) => {
+      const call = `${tool} ${args.join(' ')}`;
+      calls.push(call);
+      if (fail?.(call)) throw new Error(`${tool}: Permission denied`);
+      return args[0] === '-S' ? '-P OUTPUT ACCEPT\n' : '';
+    },
+  };
+}
 
 describe('fenceOffRedis, with its firewall commands recorded', () => {
-  function recorder(fail?: (args: string[]) => boolean): { tables: Tables; calls: string[] } {
-    const calls: string[] = [];
-    return {
-      calls,
-      tables: async (tool, args) => {
-        calls.push(`${tool} ${args.join(' ')}`);
-        if (fail?.(args)) throw new Error('iptables: Permission denied');
-        return args[0] === '-S' ? '-P OUTPUT ACCEPT\n' : '';
-      },
-    };
-  }
+  const owner = '-m owner --uid-owner 5000-5009 -m comment --comment conveyor-redis-fence:build:pid=42:start= -j REJECT --reject-with tcp-reset';
 
-  it('refuses a remote Redis on its own address only, in its own family', async () => {
+  it('refuses a remote Redis at its address as the connection was asked for (so also behind NAT), in its own family', async () => {
     const { tables, calls } = recorder();
-    const fence = await fenceOffRedis({ redisUrl: 'redis://192.0.2.10:6390', uids: [5000, 5009], service: 'build', pid: 42, tables });
-    expect(calls).toEqual([
-      'iptables -S OUTPUT',
-      'iptables -I OUTPUT 1 -p tcp --syn -d 192.0.2.10 --dport 6390 -m owner --uid-owner 5000-5009 -m comment --comment conveyor-redis-fence:build:pid=42 -j REJECT --reject-with tcp-reset',
-    ]);
-    expect(fence.summary).toMatch(/5000-5009 cannot connect to Redis \(port 6390 on 192\.0\.2\.10\)/);
+    const fence = await fenceOffRedis({ redis: { address: '192.0.2.10', port: 6390 }, uids: [5000, 5009], service: 'build', pid: 42, tables });
+    expect(calls).toEqual(['iptables -S OUTPUT', `iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 192.0.2.10 --ctorigdstport 6390 ${owner}`]);
+    expect(fence.summary).toMatch(/5000-5009 cannot open connections to Redis \(192\.0\.2\.10 port 6390, also behind NAT\)/);
   });
 
-  it("a local Redis on every address of this host, in both families, and a single user id as itself", async () => {
+  it('a local Redis on every address of this host too, in both families; a single user id as itself', async () => {
     const { tables, calls } = recorder();
-    const fence = await fenceOffRedis({ redisUrl: 'redis://localhost', uids: [7, 7], service: 'deployer', pid: 1, tables });
+    const fence = await fenceOffRedis({ redis: { address: '127.0.0.1', port: 6379 }, uids: [7, 7], service: 'deployer', pid: 1, tables, ipv6: true });
     const inserts = calls.filter((c) => c.includes(' -I '));
-    expect(inserts).toHaveLength(2);
-    for (const c of inserts) expect(c).toContain('-m addrtype --dst-type LOCAL --dport 6379 -m owner --uid-owner 7 ');
-    expect(fence.summary).toMatch(/any address of this host/);
+    expect(inserts.map((c) => c.split(' -m owner')[0])).toEqual([
+      'iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 127.0.0.1 --ctorigdstport 6379',
+      'iptables -I OUTPUT 1 -p tcp --syn --dport 6379 -m addrtype --dst-type LOCAL',
+      'ip6tables -I OUTPUT 1 -p tcp --syn --dport 6379 -m addrtype --dst-type LOCAL',
+    ]);
+    for (const c of inserts) expect(c).toContain('-m owner --uid-owner 7 ');
+    expect(fence.summary).toMatch(/port 6379 on any address of this host/);
+  });
+
+  it('an IPv4-mapped address is IPv4 (on the wire, and to iptables); a host without IPv6 gets no ip6tables rule', async () => {
+    const { tables, calls } = recorder();
+    await fenceOffRedis({ redis: { address: '::ffff:127.0.0.1', port: 6379 }, uids: [5000, 5009], service: 'build', pid: 42, tables, ipv6: false });
+    expect(calls.filter((c) => c.includes(' -I '))).toEqual([
+      `iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 127.0.0.1 --ctorigdstport 6379 ${owner}`,
+      `iptables -I OUTPUT 1 -p tcp --syn --dport 6379 -m addrtype --dst-type LOCAL ${owner}`,
+    ]);
+    expect(calls.some((c) => c.startsWith('ip6tables'))).toBe(false);
   });
 
   it('takes back what it added when a later rule cannot be added', async () => {
-    const { tables, calls } = recorder((args) => args[0] === '-I' && calls.some((c) => c.startsWith('ip6tables -I')));
-    await expect(fenceOffRedis({ redisUrl: 'redis://127.0.0.1:6379', uids: [5000, 5009], service: 'build', pid: 42, tables })).rejects.toThrow(/Permission denied/);
-    const added = calls.find((c) => c.startsWith('iptables -I'))!;
-    expect(calls).toContain(added.replace('-I OUTPUT 1', '-D OUTPUT'));
+    const { tables, calls } = recorder((call) => call.startsWith('ip6tables -I'));
+    await expect(fenceOffRedis({ redis: { address: '127.0.0.1', port: 6379 }, uids: [5000, 5009], service: 'build', pid: 42, tables, ipv6: true })).rejects.toThrow(/Permission denied/);
+    const added = calls.filter((c) => c.startsWith('iptables -I'));
+    expect(added).toHaveLength(2);
+    for (const c of added) expect(calls).toContain(c.replace('-I OUTPUT 1', '-D OUTPUT'));
   });
 
-  it('says when iptables is missing', async () => {
-    const tables: Tables = async () => {
-      throw new Error('iptables is not installed');
-    };
-    await expect(fenceOffRedis({ redisUrl: 'redis://127.0.0.1', uids: [5000, 5009], service: 'build', tables })).rejects.toThrow(/not installed/);
+  it('says when iptables is not installed (the real runner, on a PATH without it)', async () => {
+    const path = process.env.PATH;
+    process.env.PATH = '/nonexistent';
+    try {
+      await expect(runTables('iptables', ['-S', 'OUTPUT'])).rejects.toThrow('iptables is not installed');
+    } finally {
+      process.env.PATH = path;
+    }
   });
 });
 
 describe('guardRedis (REDIS_FENCE)', () => {
-  function setup(fence: (opts: RedisFenceOptions) => Promise<{ summary: string; remove(): Promise<void> }>) {
+  const connected = { stream: { remoteAddress: '127.0.0.1', remotePort: 6379 } };
+  function setup(fence: (opts: RedisFenceOptions) => Promise<RedisFence>, open = false) {
     const lines: string[] = [];
-    let warned = 0;
-    const logger = { info: (m: string) => lines.push(`info ${m}`), warn: (m: string) => lines.push(`warn ${m}`) };
-    const base = { redisUrl: 'redis://127.0.0.1:6379', service: 'build', whose: 'builds', logger, warnIfOpen: async () => void warned++, fence };
-    return { lines, warned: () => warned, base };
+    const logger = { info: (m: string) => void lines.push(`info ${m}`), warn: (m: string) => void lines.push(`warn ${m}`) };
+    const base = { redis: connected, service: 'build', whose: 'builds', logger, answersWithoutPassword: async () => open, fence };
+    return { lines, base };
   }
-  const up = async () => ({ summary: 'user ids 5-9 cannot connect to Redis', remove: async () => undefined });
-  const fails = async () => {
+  const up = async (): Promise<RedisFence> => ({ summary: 'user ids 5-9 cannot open connections to Redis', remove: async () => 'removed' });
+  const fails = async (): Promise<RedisFence> => {
     throw new Error('iptables is not installed');
   };
 
-  it('fences, says so, and has no need to warn of a Redis without a password', async () => {
-    const { lines, warned, base } = setup(up);
-    await guardRedis({ ...base, mode: 'auto', uids: [5, 9] });
-    expect(lines).toEqual(['info builds: user ids 5-9 cannot connect to Redis']);
-    expect(warned()).toBe(0);
+  it('fences and says so; a Redis without a password is still warned of (others on the host could connect for them)', async () => {
+    const closed = setup(up);
+    await guardRedis({ ...closed.base, mode: 'auto', uids: [5, 9] });
+    expect(closed.lines).toEqual(['info builds: user ids 5-9 cannot open connections to Redis']);
+    const open = setup(up, true);
+    await guardRedis({ ...open.base, mode: 'auto', uids: [5, 9] });
+    expect(open.lines[1]).toMatch(/^warn Redis answers without a password: builds cannot connect to it themselves, but .*could do it for them/);
   });
 
-  it('auto: says why it cannot fence, and leaves the warning to whether Redis wants a password', async () => {
-    for (const [uids, fence, why] of [
-      [[5, 9], fails, /iptables is not installed/],
-      [undefined, up, /run as this service's own user/],
+  it('auto: says why it cannot fence, and warns only when Redis wants no password', async () => {
+    for (const [uids, fence, redis, why] of [
+      [[5, 9], fails, connected, /iptables is not installed/],
+      [undefined, up, connected, /run as this service's own user/],
+      [[5, 9], up, { stream: {} }, /UNIX socket/],
     ] as const) {
-      const { lines, warned, base } = setup(fence);
-      const guard = await guardRedis({ ...base, mode: 'auto', uids });
-      await guard.remove();
-      expect(lines).toHaveLength(1);
-      expect(lines[0]).toMatch(why);
-      expect(lines[0]).toMatch(/^info Redis is not fenced off from builds/);
-      expect(warned()).toBe(1);
+      for (const open of [false, true]) {
+        const { lines, base } = setup(fence, open);
+        const guard = await guardRedis({ ...base, redis, mode: 'auto', uids });
+        await guard.remove();
+        expect(lines[0]).toMatch(/^info Redis is not fenced off from builds: /);
+        expect(lines[0]).toMatch(why);
+        expect(lines.slice(1)).toEqual(open ? [expect.stringMatching(/^warn .* could read and change every run and queue/)] : []);
+      }
     }
   });
 
@@ -122,10 +133,10 @@ describe('guardRedis (REDIS_FENCE)', () => {
 
   it('off: never touches the firewall, and still warns of a Redis without a password', async () => {
     let called = false;
-    const { warned, base } = setup(async () => ((called = true), up()));
+    const { lines, base } = setup(async () => ((called = true), up()), true);
     await guardRedis({ ...base, mode: 'off', uids: [5, 9] });
     expect(called).toBe(false);
-    expect(warned()).toBe(1);
+    expect(lines).toEqual([expect.stringMatching(/^warn Redis answers without a password/)]);
   });
 });
 
@@ -140,9 +151,18 @@ describe.skipIf(!isRoot || !hasTables)('fenceOffRedis, with the real firewall (r
   });
   afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
+  /** A process running as `uid` until killed. */
+  async function runningAs(uid: number) {
+    const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', 'sleep', '60'], { stdio: 'ignore' });
+    await new Promise((r) => child.once('spawn', r));
+    await new Promise((r) => setTimeout(r, 200)); // setpriv has exec'd sleep as the user
+    const exited = new Promise((r) => child.once('exit', r));
+    return { stop: () => (child.kill('SIGKILL'), exited) };
+  }
+
   it("keeps the range's users from connecting, on IPv4 and IPv6, and lets every other user through until removed", async () => {
     expect(connects(FENCED[0], '127.0.0.1', port)).toBe(true); // the check itself can succeed
-    const fence = await fenceOffRedis({ redisUrl: `redis://127.0.0.1:${port}`, uids: FENCED, service: 'test', tables: undefined });
+    const fence = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
     try {
       expect(connects(FENCED[0], '127.0.0.1', port)).toBe(false);
       expect(connects(FENCED[1], '::1', port)).toBe(false);
@@ -150,39 +170,88 @@ describe.skipIf(!isRoot || !hasTables)('fenceOffRedis, with the real firewall (r
       expect(connects(FENCED[0], '127.0.0.2', port)).toBe(false);
       expect(connects(FENCED[1] + 1, '127.0.0.1', port)).toBe(true);
       expect(connects(0, '127.0.0.1', port)).toBe(true);
-      expect(rules('iptables')).toContain(`conveyor-redis-fence:test:pid=${process.pid}`);
+      expect(rules('iptables')).toContain(`conveyor-redis-fence:test:pid=${process.pid}:start=`);
     } finally {
-      await fence.remove();
+      expect(await fence.remove()).toBe('removed');
     }
     expect(connects(FENCED[0], '127.0.0.1', port)).toBe(true);
     expect(rules('iptables')).not.toContain(`pid=${process.pid}`);
     expect(rules('ip6tables')).not.toContain(`pid=${process.pid}`);
   });
 
+  it('refuses a Redis reached through NAT at the address the connection asked for', async () => {
+    // 192.0.2.77 (a documentation address) leads to the listener here, as a published port or a virtual IP would.
+    const nat = ['-p', 'tcp', '-d', '192.0.2.77', '--dport', String(port), '-j', 'DNAT', '--to-destination', `127.0.0.1:${port}`];
+    expect(spawnSync('iptables', ['-w', '5', '-t', 'nat', '-A', 'OUTPUT', ...nat]).status).toBe(0);
+    try {
+      expect(connects(FENCED[0], '192.0.2.77', port)).toBe(true);
+      const fence = await fenceOffRedis({ redis: { address: '192.0.2.77', port }, uids: FENCED, service: 'test' });
+      try {
+        expect(connects(FENCED[0], '192.0.2.77', port)).toBe(false);
+        expect(connects(FENCED[1] + 1, '192.0.2.77', port)).toBe(true);
+      } finally {
+        await fence.remove();
+      }
+    } finally {
+      spawnSync('iptables', ['-w', '5', '-t', 'nat', '-D', 'OUTPUT', ...nat]);
+    }
+    expect(rules('iptables', 'nat')).not.toContain('192.0.2.77');
+  });
+
+  it('stays up while its users still run something (a build that outlived its kill), and comes down after', async () => {
+    const fence = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
+    const survivor = await runningAs(FENCED[0]);
+    try {
+      expect(await fence.remove()).toBe('kept');
+      expect(connects(FENCED[1], '127.0.0.1', port)).toBe(false);
+    } finally {
+      await survivor.stop();
+    }
+    expect(await fence.remove()).toBe('removed');
+    expect(connects(FENCED[1], '127.0.0.1', port)).toBe(true);
+  });
+
   it('sweeps the rules of a service that died, once nothing runs as its users', async () => {
     const dead = spawnSync('true').pid!;
     // A service killed with its fence up: nothing removes its rules...
-    await fenceOffRedis({ redisUrl: `redis://127.0.0.1:${port}`, uids: FENCED, service: 'test', pid: dead });
-    expect(rules('iptables')).toContain(`pid=${dead}`);
+    await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test', pid: dead });
+    expect(rules('iptables')).toContain(`pid=${dead}:`);
     // ...and while something still runs as one of its users (a deployed version outlives its deployer), they stay.
-    const survivor = spawn('setpriv', [`--reuid=${FENCED[1]}`, `--regid=${FENCED[1]}`, '--clear-groups', '--', 'sleep', '60'], { stdio: 'ignore' });
-    await new Promise((r) => survivor.once('spawn', r));
-    await new Promise((r) => setTimeout(r, 200)); // setpriv has exec'd sleep as the user
-    const first = await fenceOffRedis({ redisUrl: `redis://127.0.0.1:${port}`, uids: FENCED, service: 'test' });
-    await first.remove();
-    expect(rules('iptables')).toContain(`pid=${dead}`);
-    expect(connects(FENCED[0], '127.0.0.1', port)).toBe(false);
-    survivor.kill('SIGKILL');
-    await new Promise((r) => survivor.once('exit', r));
-    // The next service to start sweeps them.
-    const next = await fenceOffRedis({ redisUrl: `redis://127.0.0.1:${port}`, uids: FENCED, service: 'test' });
+    const survivor = await runningAs(FENCED[1]);
     try {
-      expect(rules('iptables')).not.toContain(`pid=${dead}`);
-      expect(rules('ip6tables')).not.toContain(`pid=${dead}`);
-      expect(rules('iptables')).toContain(`pid=${process.pid}`);
+      const first = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
+      await survivor.stop();
+      expect(await first.remove()).toBe('removed');
+      expect(rules('iptables')).toContain(`pid=${dead}:`);
+      expect(connects(FENCED[0], '127.0.0.1', port)).toBe(false);
+    } finally {
+      await survivor.stop();
+    }
+    // The next service to start sweeps them.
+    const next = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
+    try {
+      expect(rules('iptables')).not.toContain(`pid=${dead}:`);
+      expect(rules('ip6tables')).not.toContain(`pid=${dead}:`);
+      expect(rules('iptables')).toContain(`pid=${process.pid}:`);
     } finally {
       await next.remove();
     }
     expect(connects(FENCED[0], '127.0.0.1', port)).toBe(true);
+  });
+
+  it('a rule whose pid now names another process (a reused pid) is not taken for its service', async () => {
+    // A rule left by a service whose pid this process has since been given: same pid, another start time.
+    const rule = ['-p', 'tcp', '--syn', '--dport', String(port), '-m', 'owner', '--uid-owner', `${FENCED[0]}-${FENCED[1]}`];
+    const comment = ['-m', 'comment', '--comment', `conveyor-redis-fence:test:pid=${process.pid}:start=1`, '-j', 'REJECT', '--reject-with', 'tcp-reset'];
+    expect(spawnSync('iptables', ['-w', '5', '-I', 'OUTPUT', '1', ...rule, ...comment]).status).toBe(0);
+    const next = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
+    try {
+      expect(rules('iptables')).not.toContain(`pid=${process.pid}:start=1 `.trimEnd() + '"');
+      expect(rules('iptables')).toContain(`pid=${process.pid}:start=`);
+    } finally {
+      await next.remove();
+      spawnSync('iptables', ['-w', '5', '-D', 'OUTPUT', ...rule, ...comment]);
+    }
+    expect(rules('iptables')).not.toContain(`pid=${process.pid}`);
   });
 });

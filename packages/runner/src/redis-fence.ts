@@ -1,15 +1,15 @@
 import { execFile } from 'node:child_process';
-import { lookup } from 'node:dns/promises';
+import { existsSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { z } from 'zod';
-import { pidAlive, processesOfUsers } from '@conveyor/procfs';
+import { processesOfUsers, processStartTime } from '@conveyor/procfs';
 
 /**
  * REDIS_FENCE: whether a root service that runs pipeline code as users of their own (builds, tests,
  * deployed versions) keeps those users from opening connections to Redis, with a firewall rule.
- * `auto` (default): fenced when iptables can do it, a warning when not. `require`: the service does
- * not start unless fenced. `off`: left to the host (its own firewall, a Redis password).
+ * `auto` (default): fenced when iptables can do it, said when not. `require`: the service does not
+ * start unless fenced. `off`: left to the host.
  */
 export const RedisFenceEnv = {
   REDIS_FENCE: z.enum(['auto', 'require', 'off']).default('auto'),
@@ -17,16 +17,18 @@ export const RedisFenceEnv = {
 
 export type RedisFenceMode = z.infer<(typeof RedisFenceEnv)['REDIS_FENCE']>;
 
-/** Marks the rules a service adds; the pid says whose they are (rules of services that died are swept, once their users' processes are gone). */
-const COMMENT = /^conveyor-redis-fence:([a-z-]+):pid=(\d+)$/;
+/** Marks the rules a service adds: whose they are (service, pid and its start time, so a reused pid is not taken for it). */
+const COMMENT = /^conveyor-redis-fence:([a-z-]+):pid=(\d+)(?::start=(\d*))?$/;
 
+type Tool = 'iptables' | 'ip6tables';
 /** Runs iptables or ip6tables; rejects with its first line of error output. */
-export type Tables = (tool: 'iptables' | 'ip6tables', args: string[]) => Promise<string>;
+export type Tables = (tool: Tool, args: string[]) => Promise<string>;
 
-const runTables: Tables = (tool, args) =>
+/** The real iptables and ip6tables, found on PATH. */
+export const runTables: Tables = (tool, args) =>
   new Promise((resolve, reject) =>
     // -w: wait for the host's xtables lock (services starting together change the table at once).
-    execFile(tool, ['-w', '5', ...args], { timeout: 15_000 }, (err, stdout, stderr) => {
+    execFile(tool, ['-w', '30', ...args], { timeout: 60_000 }, (err, stdout, stderr) => {
       if (!err) return resolve(stdout);
       const code = (err as NodeJS.ErrnoException).code;
       const why = code === 'ENOENT' ? `${tool} is not installed` : String(stderr).trim().split('\n')[0] || err.message;
@@ -35,14 +37,23 @@ const runTables: Tables = (tool, args) =>
   );
 
 export interface RedisFence {
-  /** What the fence blocks, for the start-up log line. */
+  /** What the fence refuses, for the start-up log line. */
   readonly summary: string;
-  /** Takes the service's rules away (on shutdown). */
-  remove(): Promise<void>;
+  /**
+   * Takes the service's rules away, unless something still runs as its users (a build that outlived
+   * its kill): then they stay, for the next service to sweep once those processes are gone. Says which.
+   */
+  remove(): Promise<'removed' | 'kept'>;
+}
+
+/** Where the service reaches Redis: its connection's peer, so exactly what ioredis made of REDIS_URL (after DNS). */
+export interface RedisPeer {
+  address: string;
+  port: number;
 }
 
 export interface RedisFenceOptions {
-  redisUrl: string;
+  redis: RedisPeer;
   /** The user ids pipeline code runs as: a range of the service's own. */
   uids: readonly [number, number];
   /** Names the service in the rules' comment. */
@@ -52,90 +63,88 @@ export interface RedisFenceOptions {
   /** Default: the real iptables and ip6tables. */
   tables?: Tables;
   /**
-   * Whether a rule is still needed: its service (pid) lives, or something still runs as one of its users
-   * (deployed versions outlive their deployer). Default: both read from /proc.
+   * Whether a rule is still needed: the process that added it (pid and start time) lives, or something
+   * still runs as one of its users (deployed versions outlive their deployer). Default: read from /proc.
    */
-  needed?: (pid: number, uids: readonly [number, number]) => boolean;
+  needed?: (owner: { pid: number; start: string }, uids: readonly [number, number]) => boolean;
+  /** Whether this host has IPv6 (default: /proc/net/if_inet6 exists). */
+  ipv6?: boolean;
 }
 
 /**
- * Keeps the users `uids` from opening TCP connections to Redis (REDIS_URL's port, on its address, or on
- * every address of this host when Redis is local: it may listen on more of them than the URL names). A
- * build or deployed version could otherwise read and change every run and queue, and any pipeline's
- * secrets, on a Redis without a password. One rule per address family in OUTPUT, first, refusing the
- * connection (a TCP reset), marked with the service and its pid. `remove` takes them away; rules whose
- * service died (or stopped without removing them) are swept at the next start of any service, once no
- * process runs as their users. Needs root and iptables; throws otherwise.
+ * Keeps the users `uids` from opening TCP connections to Redis, with rules at the top of OUTPUT that
+ * refuse their SYNs with a reset:
+ * - to the address and port the service reaches Redis at, matched as the connection was asked for
+ *   (conntrack's original destination), so also when NAT sends it elsewhere (a published container port,
+ *   a virtual IP);
+ * - when that address is this host's: to that port on every local address, in both families (Redis may
+ *   listen on more of them than REDIS_URL names: `::1`, `127.0.0.2`, the host's own address).
+ * Each rule names the service, its pid and start time. `remove` takes them away; rules whose service
+ * died (or stopped while its users still ran something) are swept by the next service of any kind to
+ * start, once no process runs as their users. Needs root and iptables; throws otherwise (and leaves
+ * nothing half-made).
  */
 export async function fenceOffRedis(opts: RedisFenceOptions): Promise<RedisFence> {
   const tables = opts.tables ?? runTables;
   const needed = opts.needed ?? stillNeeded;
   const pid = opts.pid ?? process.pid;
-  const { host, port } = redisAddress(opts.redisUrl);
-  const targets = await destinations(host);
+  const start = (opts.pid === undefined ? processStartTime(pid) : undefined) ?? '';
+  const address = unmapped(opts.redis.address);
+  const family: Tool = isIP(address) === 6 ? 'ip6tables' : 'iptables';
+  const port = String(opts.redis.port);
+  const local = isLocal(address);
+  const ipv6 = opts.ipv6 ?? existsSync('/proc/net/if_inet6');
   const [first, last] = opts.uids;
   const owners = first === last ? String(first) : `${first}-${last}`;
-  const installed: { tool: 'iptables' | 'ip6tables'; rule: string[] }[] = [];
-  try {
+  const rule = (match: string[]) => [
+    ...['-p', 'tcp', '--syn', ...match],
+    ...['-m', 'owner', '--uid-owner', owners],
+    ...['-m', 'comment', '--comment', `conveyor-redis-fence:${opts.service}:pid=${pid}:start=${start}`],
+    ...['-j', 'REJECT', '--reject-with', 'tcp-reset'],
+  ];
+  const wanted: { tool: Tool; rule: string[] }[] = [{ tool: family, rule: rule(['-m', 'conntrack', '--ctorigdst', address, '--ctorigdstport', port]) }];
+  if (local) {
     for (const tool of ['iptables', 'ip6tables'] as const) {
-      const dst = targets[tool];
-      if (!dst) continue;
-      await sweepDeadServices(tables, tool, needed);
-      for (const match of dst) {
-        const rule = [
-          ...['-p', 'tcp', '--syn', ...match, '--dport', String(port)],
-          ...['-m', 'owner', '--uid-owner', owners],
-          ...['-m', 'comment', '--comment', `conveyor-redis-fence:${opts.service}:pid=${pid}`],
-          ...['-j', 'REJECT', '--reject-with', 'tcp-reset'],
-        ];
-        await tables(tool, ['-I', 'OUTPUT', '1', ...rule]);
-        installed.push({ tool, rule });
-      }
+      // A host without IPv6 has no IPv6 address to reach Redis at (ip6tables may not even work there).
+      if (tool === 'ip6tables' && !ipv6 && family !== 'ip6tables') continue;
+      wanted.push({ tool, rule: rule(['--dport', port, '-m', 'addrtype', '--dst-type', 'LOCAL']) });
+    }
+  }
+  const installed: typeof wanted = [];
+  try {
+    for (const tool of new Set(wanted.map((w) => w.tool))) await sweep(tables, tool, needed);
+    for (const w of wanted) {
+      await tables(w.tool, ['-I', 'OUTPUT', '1', ...w.rule]);
+      installed.push(w);
     }
   } catch (err) {
     await Promise.all(installed.map(({ tool, rule }) => tables(tool, ['-D', 'OUTPUT', ...rule]).catch(() => undefined)));
     throw err;
   }
-  const where = targets.local ? `any address of this host` : host;
+  const where = local ? `port ${port} on any address of this host` : `${address} port ${port}, also behind NAT`;
   return {
-    summary: `user ids ${owners} cannot connect to Redis (port ${port} on ${where}): a firewall rule refuses them`,
+    summary: `user ids ${owners} cannot open connections to Redis (${where}): firewall rules refuse them`,
     async remove() {
+      if (processesOfUsers(first, last).length > 0) return 'kept';
       for (const { tool, rule } of installed.splice(0)) await tables(tool, ['-D', 'OUTPUT', ...rule]).catch(() => undefined);
+      return 'removed';
     },
   };
 }
 
-/** Host and port of a redis:// or rediss:// URL (ioredis's defaults: localhost, 6379). */
-export function redisAddress(url: string): { host: string; port: number } {
-  const parsed = new URL(url);
-  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') throw new Error(`REDIS_URL is not a TCP address (${parsed.protocol}): nothing to fence`);
-  const host = parsed.hostname.replace(/^\[(.*)\]$/, '$1') || 'localhost';
-  return { host, port: parsed.port ? Number(parsed.port) : 6379 };
+/** `::ffff:127.0.0.1` is 127.0.0.1: IPv4 on the wire, seen by iptables, not ip6tables. */
+function unmapped(address: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  return m ? m[1]! : address;
 }
 
-type Match = string[];
-
-/**
- * The destinations to refuse, per family. A Redis on this host is refused on all its addresses
- * (`addrtype LOCAL`, both families: 127.0.0.2 or the host's own address reach a Redis bound to all of
- * them); a remote one on the addresses its name resolves to now.
- */
-async function destinations(host: string): Promise<{ iptables?: Match[]; ip6tables?: Match[]; local: boolean }> {
-  const addresses = isIP(host) ? [{ address: host, family: isIP(host) }] : await lookup(host, { all: true });
-  const own = new Set(Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((i) => i.address)));
-  const isLocal = (a: string) => own.has(a) || a.startsWith('127.') || a === '::1' || a === '0.0.0.0' || a === '::';
-  if (addresses.some((a) => isLocal(a.address))) {
-    const local: Match[] = [['-m', 'addrtype', '--dst-type', 'LOCAL']];
-    return { iptables: local, ip6tables: local, local: true };
-  }
-  const of = (family: number) => addresses.filter((a) => a.family === family).map((a) => ['-d', a.address]);
-  const v4 = of(4);
-  const v6 = of(6);
-  return { ...(v4.length ? { iptables: v4 } : {}), ...(v6.length ? { ip6tables: v6 } : {}), local: false };
+function isLocal(address: string): boolean {
+  if (address.startsWith('127.') || address === '::1' || address === '0.0.0.0' || address === '::') return true;
+  return Object.values(networkInterfaces()).some((list) => (list ?? []).some((i) => i.address === address));
 }
 
 /** Removes the fence rules no longer needed (their service gone, and no process running as their users). */
-async function sweepDeadServices(tables: Tables, tool: 'iptables' | 'ip6tables', needed: (pid: number, uids: readonly [number, number]) => boolean): Promise<void> {
+async function sweep(tables: Tables, tool: Tool, needed: NonNullable<RedisFenceOptions['needed']>): Promise<void> {
   const listing = await tables(tool, ['-S', 'OUTPUT']);
   for (const line of listing.split('\n')) {
     const words = line.trim().split(/\s+/).map(unquote);
@@ -144,7 +153,7 @@ async function sweepDeadServices(tables: Tables, tool: 'iptables' | 'ip6tables',
     const owners = /^(\d+)(?:-(\d+))?$/.exec(words[words.indexOf('--uid-owner') + 1] ?? '');
     if (!m || !owners) continue;
     const first = Number(owners[1]);
-    if (needed(Number(m[2]), [first, owners[2] === undefined ? first : Number(owners[2])])) continue;
+    if (needed({ pid: Number(m[2]), start: m[3] ?? '' }, [first, owners[2] === undefined ? first : Number(owners[2])])) continue;
     // Gone already (another service swept it meanwhile) is fine.
     await tables(tool, ['-D', 'OUTPUT', ...words.slice(2)]).catch(() => undefined);
   }
@@ -154,12 +163,21 @@ function unquote(word: string): string {
   return word.length >= 2 && word.startsWith('"') && word.endsWith('"') ? word.slice(1, -1) : word;
 }
 
-function stillNeeded(pid: number, [first, last]: readonly [number, number]): boolean {
-  return pidAlive(pid) || processesOfUsers(first, last).length > 0;
+function stillNeeded(owner: { pid: number; start: string }, [first, last]: readonly [number, number]): boolean {
+  const start = processStartTime(owner.pid);
+  const ownerLives = start !== undefined && (owner.start === '' || start === owner.start);
+  return ownerLives || processesOfUsers(first, last).length > 0;
+}
+
+/** The peer of a connected client (ioredis's `stream`): undefined for a UNIX socket. */
+export function redisPeer(redis: { stream?: { remoteAddress?: string; remotePort?: number } }): RedisPeer | undefined {
+  const { remoteAddress, remotePort } = redis.stream ?? {};
+  return remoteAddress && remotePort ? { address: remoteAddress, port: remotePort } : undefined;
 }
 
 export interface RedisGuardOptions {
-  redisUrl: string;
+  /** A connected client of the service's (its peer is where Redis is). */
+  redis: { stream?: { remoteAddress?: string; remotePort?: number } };
   mode: RedisFenceMode;
   /** The ids pipeline code runs as; undefined when it runs as the service's own user (which cannot be fenced). */
   uids: readonly [number, number] | undefined;
@@ -167,38 +185,45 @@ export interface RedisGuardOptions {
   /** Whose code it is, for messages ("builds", "deployed versions"). */
   whose: string;
   logger: { info(msg: string): void; warn(msg: string): void };
-  /** Says when Redis answers without a password (service-kit's warnIfRedisOpen): the warning when no fence stands. */
-  warnIfOpen: () => Promise<void>;
+  /** Whether Redis answers a client that gives no password (service-kit's answersWithoutPassword). */
+  answersWithoutPassword: () => Promise<boolean>;
   /** For tests: the fence itself (default fenceOffRedis). */
   fence?: (opts: RedisFenceOptions) => Promise<RedisFence>;
 }
 
 /**
- * At a service's start: fences Redis off from the code it runs for pipelines (REDIS_FENCE), and says so;
- * or says why it cannot, and warns if Redis then answers without a password. `require` makes any reason
- * an error. Returns what takes the fence down.
+ * At a service's start: fences Redis off from the code it runs for pipelines (REDIS_FENCE), and says so,
+ * or says why it cannot (`require` makes any reason an error). Either way, warns when Redis answers
+ * without a password: the fence refuses their own connections only, and anything on this host that
+ * connects where it is told (another Redis, a proxy) could connect for them. Returns what takes the
+ * fence down.
  */
-export async function guardRedis(opts: RedisGuardOptions): Promise<{ remove(): Promise<void> }> {
+export async function guardRedis(opts: RedisGuardOptions): Promise<{ remove(): Promise<unknown> }> {
   const none = { remove: async () => undefined };
-  if (opts.mode === 'off') {
-    await opts.warnIfOpen();
-    return none;
-  }
-  let why: string;
-  if (!opts.uids) {
-    why = `${opts.whose} run as this service's own user, which a firewall rule cannot keep from Redis without stopping the service too`;
-  } else {
-    try {
-      const fence = await (opts.fence ?? fenceOffRedis)({ redisUrl: opts.redisUrl, uids: opts.uids, service: opts.service });
-      opts.logger.info(`${opts.whose}: ${fence.summary}`);
-      return fence;
-    } catch (err) {
-      why = (err as Error).message;
+  let fence: RedisFence | undefined;
+  let why: string | undefined;
+  if (opts.mode !== 'off') {
+    const peer = redisPeer(opts.redis);
+    if (!opts.uids) why = `${opts.whose} run as this service's own user, which a firewall rule cannot keep from Redis without stopping the service too`;
+    else if (!peer) why = 'Redis is reached through a UNIX socket (its file permissions are the fence)';
+    else {
+      try {
+        fence = await (opts.fence ?? fenceOffRedis)({ redis: peer, uids: opts.uids, service: opts.service });
+        opts.logger.info(`${opts.whose}: ${fence.summary}`);
+      } catch (err) {
+        why = (err as Error).message;
+      }
     }
+    if (why && opts.mode === 'require') throw new Error(`REDIS_FENCE=require: Redis cannot be fenced off from ${opts.whose}: ${why}`);
+    // Said, not warned: with a password Redis is closed to them anyway (the warning below is the one that matters).
+    if (why) opts.logger.info(`Redis is not fenced off from ${opts.whose}: ${why}`);
   }
-  if (opts.mode === 'require') throw new Error(`REDIS_FENCE=require: Redis cannot be fenced off from ${opts.whose}: ${why}`);
-  // Only a Redis without a password is open to them then: that is worth a warning (warnIfOpen), this is not.
-  opts.logger.info(`Redis is not fenced off from ${opts.whose}: ${why}`);
-  await opts.warnIfOpen();
-  return none;
+  if (await opts.answersWithoutPassword()) {
+    opts.logger.warn(
+      fence
+        ? `Redis answers without a password: ${opts.whose} cannot connect to it themselves, but a program on this host that connects where it is told (another Redis, a proxy) could do it for them; give Redis a password (requirepass, or an ACL user) and put it in REDIS_URL`
+        : `Redis answers without a password: ${opts.whose} share this host's network and could read and change every run and queue; give Redis a password (requirepass, or an ACL user) and put it in REDIS_URL`,
+    );
+  }
+  return fence ?? none;
 }

@@ -60,10 +60,3 @@ export function answersWithoutPassword(url: string): Promise<boolean> {
   anonymous.password = '';
   return pings(anonymous.toString());
 }
-
-/** Says (once, at start-up) when code this service runs for pipelines could use Redis as freely as the service. */
-export async function warnIfRedisOpen(url: string, logger: { warn(msg: string): void }, whose: string): Promise<void> {
-  if (await answersWithoutPassword(url)) {
-    logger.warn(`Redis answers without a password: ${whose} share this host's network and could read and change every run and queue; give Redis a password (requirepass, or an ACL user) and put it in REDIS_URL`);
-  }
-}
