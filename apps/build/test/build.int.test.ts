@@ -18,7 +18,7 @@ let n = 0;
 const isRoot = process.getuid?.() === 0;
 /** Who the next build runs as: the service itself, or nobody (as a root service runs each build as a user of its own). */
 let users: BuildUsers | undefined;
-const asNobody: BuildUsers = { withUser: (fn) => fn({ uid: 65534, gid: 65534 }, async () => undefined), close: async () => undefined, summary: 'builds run as nobody' };
+const asNobody: BuildUsers = { withUser: (fn) => fn({ uid: 65534, gid: 65534 }, async () => undefined), close: async () => undefined, summary: 'builds run as nobody', ownIds: () => [65534] };
 
 async function sourceArtifact(files: Record<string, string>) {
   const src = join(dir, `src-${++n}`);

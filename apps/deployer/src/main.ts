@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
 import { guardRedis } from '@conveyor/runner';
-import { answersWithoutPassword, explainStartupFailures, runStageService } from '@conveyor/service-kit';
+import { answersWithoutPassword, explainStartupFailures, redisWhereabouts, runStageService } from '@conveyor/service-kit';
 import { resolveAppUsers } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
@@ -63,7 +63,7 @@ await runStageService({
         // Left up when the deployer stops: the versions it started outlive it. The next service to start
         // sweeps it once nothing runs as their users.
         await guardRedis({
-          redis,
+          where: () => redisWhereabouts(redis),
           mode: env.REDIS_FENCE,
           uids: users.uids,
           service: 'deployer',

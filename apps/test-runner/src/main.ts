@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
 import { cleanAbandonedJobs, guardRedis, resolveBuildUsers } from '@conveyor/runner';
-import { answersWithoutPassword, createLogger, explainStartupFailures, runStageService } from '@conveyor/service-kit';
+import { answersWithoutPassword, createLogger, explainStartupFailures, redisWhereabouts, runStageService } from '@conveyor/service-kit';
 import { loadEnv } from './env.js';
 import { testJobHandler } from './jobs/test-job.js';
 
@@ -11,7 +11,9 @@ const env = loadEnv();
 const workDir = resolve(env.WORK_DIR);
 const usersLog = createLogger('test-runner', env.LOG_LEVEL);
 const { users, warning } = await resolveBuildUsers(workDir, env, env.WORKER_CONCURRENCY, (message) => usersLog.warn(message));
-let fence: { remove(): Promise<unknown> } = { remove: async () => undefined };
+let fence: Awaited<ReturnType<typeof guardRedis>> | undefined;
+/** The ids this service held when it stopped: a process still running as one keeps the fence up. */
+let held: number[] = [];
 
 await runStageService({
   service: 'test-runner',
@@ -23,11 +25,11 @@ await runStageService({
   // The fence comes down then too, unless a build outlived its kill: it stays until that process is gone.
   extras: ({ logger }) => ({
     stop: [
-      { name: 'build users', run: () => users.close() },
+      { name: 'build users', run: () => ((held = users.ownIds()), users.close()) },
       {
         name: 'Redis fence',
         run: async () => {
-          if ((await fence.remove()) === 'kept') logger.warn("the Redis fence stays up: processes of the builds' users still run (the next service to start removes it once they are gone)");
+          if ((await fence?.remove(held)) === 'kept') logger.warn("the Redis fence stays up: processes of this service's build users still run (the next service to start removes it once they are gone)");
         },
       },
     ],
@@ -37,7 +39,7 @@ await runStageService({
     if (warning) logger.warn({ workDir }, warning);
     else logger.info({ workDir }, users.summary);
     fence = await guardRedis({
-      redis,
+      where: () => redisWhereabouts(redis),
       mode: env.REDIS_FENCE,
       uids: users.uids,
       service: 'test-runner',

@@ -18,7 +18,7 @@ let n = 0;
 const isRoot = process.getuid?.() === 0;
 /** Who the next build runs as: the service itself, or nobody (as a root service runs each build as a user of its own). */
 let users: BuildUsers | undefined;
-const asNobody: BuildUsers = { withUser: (fn) => fn({ uid: 65534, gid: 65534 }, async () => undefined), close: async () => undefined, summary: 'builds run as nobody' };
+const asNobody: BuildUsers = { withUser: (fn) => fn({ uid: 65534, gid: 65534 }, async () => undefined), close: async () => undefined, summary: 'builds run as nobody', ownIds: () => [65534] };
 
 const junit = (cases: string) => `<?xml version="1.0"?>\n<testsuites><testsuite name="s">${cases}</testsuite></testsuites>\n`;
 

@@ -69,6 +69,8 @@ export interface BuildUsers {
   readonly summary: string;
   /** The user ids builds run as when they are not the service's own (for the Redis fence). */
   readonly uids?: readonly [number, number];
+  /** The ids this service holds now (lent, free or set aside): a process of one of them is one of its builds'. */
+  ownIds(): number[];
 }
 
 /**
@@ -179,7 +181,7 @@ async function writableBy(dir: string, user: BuildUser): Promise<string | undefi
 
 function sharedUser(user: BuildUser | undefined, summary: string): BuildUsers {
   const uids = user && user.uid !== 0 && user.uid !== process.getuid?.() ? ([user.uid, user.uid] as const) : undefined;
-  return { withUser: (fn) => fn(user, async () => undefined), close: async () => undefined, summary, ...(uids ? { uids } : {}) };
+  return { withUser: (fn) => fn(user, async () => undefined), close: async () => undefined, summary, ...(uids ? { uids } : {}), ownIds: () => (uids ? [uids[0]] : []) };
 }
 
 /**
@@ -383,6 +385,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
     // The whole range: the ids this service did not lock are other services' builds.
     uids: [opts.first, opts.last],
     summary: `each build runs as a user of its own: uids ${uids.length <= 16 ? uids.join(', ') : `${uids.slice(0, 16).join(', ')}…`} (${uids.length}, locked in ${opts.lockDir})${opts.maxProcesses ? `, at most ${opts.maxProcesses} processes each` : ''}`,
+    ownIds: () => [...locks.keys(), ...sweeping.keys()],
     withUser(fn) {
       if (closed) return Promise.reject(new Error('the build user pool is closed'));
       return track(lend(fn));

@@ -38,16 +38,39 @@ function recorder(fail?: (call: string) => boolean): { tables: Tables; calls: st
 describe('fenceOffRedis, with its firewall commands recorded', () => {
   const owner = '-m owner --uid-owner 5000-5009 -m comment --comment conveyor-redis-fence:build:pid=42:start= -j REJECT --reject-with tcp-reset';
 
-  it('refuses a remote Redis at its address as the connection was asked for (so also behind NAT), in its own family', async () => {
+  it('refuses a remote Redis at its address as asked (so also behind NAT) and as sent (untracked connections), in its own family', async () => {
     const { tables, calls } = recorder();
-    const fence = await fenceOffRedis({ redis: { address: '192.0.2.10', port: 6390 }, uids: [5000, 5009], service: 'build', pid: 42, tables });
-    expect(calls).toEqual(['iptables -S OUTPUT', `iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 192.0.2.10 --ctorigdstport 6390 ${owner}`]);
-    expect(fence.summary).toMatch(/5000-5009 cannot open connections to Redis \(192\.0\.2\.10 port 6390, also behind NAT\)/);
+    const fence = await fenceOffRedis({ redis: { asked: [{ address: '192.0.2.10', port: 6390 }] }, uids: [5000, 5009], service: 'build', pid: 42, tables });
+    expect(calls).toEqual([
+      `iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 192.0.2.10 --ctorigdstport 6390 ${owner}`,
+      `iptables -I OUTPUT 1 -p tcp --syn -d 192.0.2.10 --dport 6390 ${owner}`,
+      'iptables -S OUTPUT',
+    ]);
+    expect(fence.summary).toMatch(/5000-5009 cannot open connections to Redis \(192\.0\.2\.10:6390\)/);
+    expect(fence.problems).toEqual([]);
+  });
+
+  it('every address the name resolves to, and where Redis says the connection arrived (a container behind a published port)', async () => {
+    const { tables, calls } = recorder();
+    await fenceOffRedis({
+      redis: { asked: [{ address: '192.0.2.10', port: 6379 }, { address: '2001:db8::10', port: 6379 }], served: { address: '172.17.0.2', port: 6379 } },
+      uids: [5000, 5009],
+      service: 'build',
+      pid: 42,
+      tables,
+    });
+    expect(calls.filter((c) => c.includes(' -I ')).map((c) => c.split(' -m owner')[0])).toEqual([
+      'iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 192.0.2.10 --ctorigdstport 6379',
+      'iptables -I OUTPUT 1 -p tcp --syn -d 192.0.2.10 --dport 6379',
+      'ip6tables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 2001:db8::10 --ctorigdstport 6379',
+      'ip6tables -I OUTPUT 1 -p tcp --syn -d 2001:db8::10 --dport 6379',
+      'iptables -I OUTPUT 1 -p tcp --syn -d 172.17.0.2 --dport 6379',
+    ]);
   });
 
   it('a local Redis on every address of this host too, in both families; a single user id as itself', async () => {
     const { tables, calls } = recorder();
-    const fence = await fenceOffRedis({ redis: { address: '127.0.0.1', port: 6379 }, uids: [7, 7], service: 'deployer', pid: 1, tables, ipv6: true });
+    const fence = await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port: 6379 }] }, uids: [7, 7], service: 'deployer', pid: 1, tables, ipv6: true });
     const inserts = calls.filter((c) => c.includes(' -I '));
     expect(inserts.map((c) => c.split(' -m owner')[0])).toEqual([
       'iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 127.0.0.1 --ctorigdstport 6379',
@@ -60,7 +83,7 @@ describe('fenceOffRedis, with its firewall commands recorded', () => {
 
   it('an IPv4-mapped address is IPv4 (on the wire, and to iptables); a host without IPv6 gets no ip6tables rule', async () => {
     const { tables, calls } = recorder();
-    await fenceOffRedis({ redis: { address: '::ffff:127.0.0.1', port: 6379 }, uids: [5000, 5009], service: 'build', pid: 42, tables, ipv6: false });
+    await fenceOffRedis({ redis: { asked: [{ address: '::ffff:127.0.0.1', port: 6379 }] }, uids: [5000, 5009], service: 'build', pid: 42, tables, ipv6: false });
     expect(calls.filter((c) => c.includes(' -I '))).toEqual([
       `iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 127.0.0.1 --ctorigdstport 6379 ${owner}`,
       `iptables -I OUTPUT 1 -p tcp --syn --dport 6379 -m addrtype --dst-type LOCAL ${owner}`,
@@ -68,12 +91,14 @@ describe('fenceOffRedis, with its firewall commands recorded', () => {
     expect(calls.some((c) => c.startsWith('ip6tables'))).toBe(false);
   });
 
-  it('takes back what it added when a later rule cannot be added', async () => {
-    const { tables, calls } = recorder((call) => call.startsWith('ip6tables -I'));
-    await expect(fenceOffRedis({ redis: { address: '127.0.0.1', port: 6379 }, uids: [5000, 5009], service: 'build', pid: 42, tables, ipv6: true })).rejects.toThrow(/Permission denied/);
-    const added = calls.filter((c) => c.startsWith('iptables -I'));
-    expect(added).toHaveLength(2);
-    for (const c of added) expect(calls).toContain(c.replace('-I OUTPUT 1', '-D OUTPUT'));
+  it('keeps the rules that could be added and names the others; none added is an error', async () => {
+    const partial = recorder((call) => call.startsWith('ip6tables -I'));
+    const fence = await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port: 6379 }] }, uids: [5000, 5009], service: 'build', pid: 42, tables: partial.tables, ipv6: true });
+    expect(partial.calls.filter((c) => c.startsWith('iptables -I'))).toHaveLength(2);
+    expect(fence.problems).toEqual([expect.stringMatching(/^ip6tables --dport 6379 -m addrtype --dst-type LOCAL: ip6tables: Permission denied$/)]);
+    const none = recorder((call) => call.includes(' -I '));
+    await expect(fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port: 6379 }] }, uids: [5000, 5009], service: 'build', pid: 42, tables: none.tables })).rejects.toThrow(/Permission denied/);
+    await expect(fenceOffRedis({ redis: { asked: [] }, uids: [5000, 5009], service: 'build', tables: none.tables })).rejects.toThrow(/could not be told/);
   });
 
   it('says when iptables is not installed (the real runner, on a PATH without it)', async () => {
@@ -88,14 +113,16 @@ describe('fenceOffRedis, with its firewall commands recorded', () => {
 });
 
 describe('guardRedis (REDIS_FENCE)', () => {
-  const connected = { stream: { remoteAddress: '127.0.0.1', remotePort: 6379 } };
+  const local = async () => ({ asked: [{ address: '127.0.0.1', port: 6379 }] });
   function setup(fence: (opts: RedisFenceOptions) => Promise<RedisFence>, open = false) {
     const lines: string[] = [];
     const logger = { info: (m: string) => void lines.push(`info ${m}`), warn: (m: string) => void lines.push(`warn ${m}`) };
-    const base = { redis: connected, service: 'build', whose: 'builds', logger, answersWithoutPassword: async () => open, fence };
+    const base = { where: local, service: 'build', whose: 'builds', logger, answersWithoutPassword: async () => open, fence };
     return { lines, base };
   }
-  const up = async (): Promise<RedisFence> => ({ summary: 'user ids 5-9 cannot open connections to Redis', remove: async () => 'removed' });
+  let removed = 0;
+  const up = async (): Promise<RedisFence> => ({ summary: 'user ids 5-9 cannot open connections to Redis', problems: [], remove: async () => (removed++, 'removed') });
+  const partial = async (): Promise<RedisFence> => ({ ...(await up()), problems: ['ip6tables …: not available'] });
   const fails = async (): Promise<RedisFence> => {
     throw new Error('iptables is not installed');
   };
@@ -106,24 +133,36 @@ describe('guardRedis (REDIS_FENCE)', () => {
     expect(closed.lines).toEqual(['info builds: user ids 5-9 cannot open connections to Redis']);
     const open = setup(up, true);
     await guardRedis({ ...open.base, mode: 'auto', uids: [5, 9] });
-    expect(open.lines[1]).toMatch(/^warn Redis answers without a password: builds cannot connect to it themselves, but .*could do it for them/);
+    expect(open.lines[1]).toMatch(/^warn Redis answers without a password: builds are refused connections to it, but .*could connect for them/);
   });
 
   it('auto: says why it cannot fence, and warns only when Redis wants no password', async () => {
-    for (const [uids, fence, redis, why] of [
-      [[5, 9], fails, connected, /iptables is not installed/],
-      [undefined, up, connected, /run as this service's own user/],
-      [[5, 9], up, { stream: {} }, /UNIX socket/],
-    ] as const) {
+    const cases = [
+      [[5, 9], fails, local, /iptables is not installed/],
+      [undefined, up, local, /run as this service's own user/],
+      [[5, 9], up, async () => ({ socketPath: '/run/redis.sock', asked: [] }), /UNIX socket \(\/run\/redis\.sock\)/],
+      [[5, 9], up, async () => Promise.reject(new Error('redis not ready after 30000 ms')), /not ready/],
+    ] as const;
+    for (const [uids, fence, where, why] of cases) {
       for (const open of [false, true]) {
         const { lines, base } = setup(fence, open);
-        const guard = await guardRedis({ ...base, redis, mode: 'auto', uids });
-        await guard.remove();
+        const guard = await guardRedis({ ...base, where, mode: 'auto', uids });
+        expect(await guard.remove()).toBe('none');
         expect(lines[0]).toMatch(/^info Redis is not fenced off from builds: /);
         expect(lines[0]).toMatch(why);
         expect(lines.slice(1)).toEqual(open ? [expect.stringMatching(/^warn .* could read and change every run and queue/)] : []);
       }
     }
+  });
+
+  it('a partial fence: auto keeps it and warns; require takes it down and stops the service', async () => {
+    const auto = setup(partial);
+    const guard = await guardRedis({ ...auto.base, mode: 'auto', uids: [5, 9] });
+    expect(auto.lines[1]).toMatch(/^warn the Redis fence for builds is incomplete: ip6tables/);
+    expect(await guard.remove()).toBe('removed');
+    const before = removed;
+    await expect(guardRedis({ ...setup(partial).base, mode: 'require', uids: [5, 9] })).rejects.toThrow(/REDIS_FENCE=require: the Redis fence for builds is incomplete/);
+    expect(removed).toBe(before + 1);
   });
 
   it('require: any reason not to fence stops the service', async () => {
@@ -162,7 +201,7 @@ describe.skipIf(!isRoot || !hasTables)('fenceOffRedis, with the real firewall (r
 
   it("keeps the range's users from connecting, on IPv4 and IPv6, and lets every other user through until removed", async () => {
     expect(connects(FENCED[0], '127.0.0.1', port)).toBe(true); // the check itself can succeed
-    const fence = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
+    const fence = await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port }] }, uids: FENCED, service: 'test' });
     try {
       expect(connects(FENCED[0], '127.0.0.1', port)).toBe(false);
       expect(connects(FENCED[1], '::1', port)).toBe(false);
@@ -185,7 +224,7 @@ describe.skipIf(!isRoot || !hasTables)('fenceOffRedis, with the real firewall (r
     expect(spawnSync('iptables', ['-w', '5', '-t', 'nat', '-A', 'OUTPUT', ...nat]).status).toBe(0);
     try {
       expect(connects(FENCED[0], '192.0.2.77', port)).toBe(true);
-      const fence = await fenceOffRedis({ redis: { address: '192.0.2.77', port }, uids: FENCED, service: 'test' });
+      const fence = await fenceOffRedis({ redis: { asked: [{ address: '192.0.2.77', port }] }, uids: FENCED, service: 'test' });
       try {
         expect(connects(FENCED[0], '192.0.2.77', port)).toBe(false);
         expect(connects(FENCED[1] + 1, '192.0.2.77', port)).toBe(true);
@@ -198,11 +237,14 @@ describe.skipIf(!isRoot || !hasTables)('fenceOffRedis, with the real firewall (r
     expect(rules('iptables', 'nat')).not.toContain('192.0.2.77');
   });
 
-  it('stays up while its users still run something (a build that outlived its kill), and comes down after', async () => {
-    const fence = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
+  it("stays up while its service's users still run something (a build that outlived its kill), and comes down after", async () => {
+    const fence = await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port }] }, uids: FENCED, service: 'test' });
+    const other = await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port }] }, uids: FENCED, service: 'test2' });
     const survivor = await runningAs(FENCED[0]);
     try {
       expect(await fence.remove()).toBe('kept');
+      // Another service's process in the range (a test-runner sharing BUILD_UIDS) is not this one's.
+      expect(await other.remove([FENCED[1]])).toBe('removed');
       expect(connects(FENCED[1], '127.0.0.1', port)).toBe(false);
     } finally {
       await survivor.stop();
@@ -211,24 +253,30 @@ describe.skipIf(!isRoot || !hasTables)('fenceOffRedis, with the real firewall (r
     expect(connects(FENCED[1], '127.0.0.1', port)).toBe(true);
   });
 
-  it('sweeps the rules of a service that died, once nothing runs as its users', async () => {
+  it("sweeps a dead service's rules once nothing runs as its users, or at once when a new service's rules do the same", async () => {
     const dead = spawnSync('true').pid!;
-    // A service killed with its fence up: nothing removes its rules...
-    await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test', pid: dead });
-    expect(rules('iptables')).toContain(`pid=${dead}:`);
-    // ...and while something still runs as one of its users (a deployed version outlives its deployer), they stay.
+    const elsewhere = port === 65535 ? port - 1 : port + 1;
     const survivor = await runningAs(FENCED[1]);
     try {
-      const first = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
-      await survivor.stop();
-      expect(await first.remove()).toBe('removed');
-      expect(rules('iptables')).toContain(`pid=${dead}:`);
+      // Services killed with their fence up: nothing removes their rules...
+      await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port }] }, uids: FENCED, service: 'test', pid: dead });
+      await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port: elsewhere }] }, uids: FENCED, service: 'old', pid: dead });
+      expect(rules('iptables')).toContain(`test:pid=${dead}:`);
+      expect(rules('iptables')).toContain(`old:pid=${dead}:`);
+      // ...while something still runs as one of their users (deployed versions outlive their deployer), they
+      // stay, unless the new service's rules match the same (a restarted deployer: no pile of rules).
+      const restarted = await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port }] }, uids: FENCED, service: 'test' });
+      expect(rules('iptables')).not.toContain(`test:pid=${dead}:`);
+      expect(rules('ip6tables')).not.toContain(`test:pid=${dead}:`);
+      expect(rules('iptables')).toContain(`old:pid=${dead}:`);
       expect(connects(FENCED[0], '127.0.0.1', port)).toBe(false);
+      await survivor.stop();
+      expect(await restarted.remove()).toBe('removed');
     } finally {
       await survivor.stop();
     }
-    // The next service to start sweeps them.
-    const next = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
+    // The next service to start sweeps the rest.
+    const next = await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port }] }, uids: FENCED, service: 'test' });
     try {
       expect(rules('iptables')).not.toContain(`pid=${dead}:`);
       expect(rules('ip6tables')).not.toContain(`pid=${dead}:`);
@@ -244,7 +292,7 @@ describe.skipIf(!isRoot || !hasTables)('fenceOffRedis, with the real firewall (r
     const rule = ['-p', 'tcp', '--syn', '--dport', String(port), '-m', 'owner', '--uid-owner', `${FENCED[0]}-${FENCED[1]}`];
     const comment = ['-m', 'comment', '--comment', `conveyor-redis-fence:test:pid=${process.pid}:start=1`, '-j', 'REJECT', '--reject-with', 'tcp-reset'];
     expect(spawnSync('iptables', ['-w', '5', '-I', 'OUTPUT', '1', ...rule, ...comment]).status).toBe(0);
-    const next = await fenceOffRedis({ redis: { address: '127.0.0.1', port }, uids: FENCED, service: 'test' });
+    const next = await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port }] }, uids: FENCED, service: 'test' });
     try {
       expect(rules('iptables')).not.toContain(`pid=${process.pid}:start=1 `.trimEnd() + '"');
       expect(rules('iptables')).toContain(`pid=${process.pid}:start=`);

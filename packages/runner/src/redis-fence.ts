@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { z } from 'zod';
 import { processesOfUsers, processStartTime } from '@conveyor/procfs';
+import type { RedisWhereabouts } from '@conveyor/service-kit';
 
 /**
  * REDIS_FENCE: whether a root service that runs pipeline code as users of their own (builds, tests,
@@ -18,7 +19,7 @@ export const RedisFenceEnv = {
 export type RedisFenceMode = z.infer<(typeof RedisFenceEnv)['REDIS_FENCE']>;
 
 /** Marks the rules a service adds: whose they are (service, pid and its start time, so a reused pid is not taken for it). */
-const COMMENT = /^conveyor-redis-fence:([a-z-]+):pid=(\d+)(?::start=(\d*))?$/;
+const COMMENT = /^conveyor-redis-fence:([a-z0-9-]+):pid=(\d+)(?::start=(\d*))?$/;
 
 type Tool = 'iptables' | 'ip6tables';
 /** Runs iptables or ip6tables; rejects with its first line of error output. */
@@ -39,21 +40,19 @@ export const runTables: Tables = (tool, args) =>
 export interface RedisFence {
   /** What the fence refuses, for the start-up log line. */
   readonly summary: string;
+  /** Rules that could not be added (the others stand): a partial fence. */
+  readonly problems: readonly string[];
   /**
-   * Takes the service's rules away, unless something still runs as its users (a build that outlived
-   * its kill): then they stay, for the next service to sweep once those processes are gone. Says which.
+   * Takes the service's rules away, unless something still runs as one of `ids` (default: the whole
+   * range), such as a build that outlived its kill: then they stay, for the next service to sweep once
+   * those processes are gone. Throws when a rule could not be removed.
    */
-  remove(): Promise<'removed' | 'kept'>;
-}
-
-/** Where the service reaches Redis: its connection's peer, so exactly what ioredis made of REDIS_URL (after DNS). */
-export interface RedisPeer {
-  address: string;
-  port: number;
+  remove(ids?: readonly number[]): Promise<'removed' | 'kept'>;
 }
 
 export interface RedisFenceOptions {
-  redis: RedisPeer;
+  /** Where Redis is: service-kit's redisWhereabouts of the service's own client. */
+  redis: Pick<RedisWhereabouts, 'asked' | 'served'>;
   /** The user ids pipeline code runs as: a range of the service's own. */
   uids: readonly [number, number];
   /** Names the service in the rules' comment. */
@@ -62,11 +61,6 @@ export interface RedisFenceOptions {
   pid?: number;
   /** Default: the real iptables and ip6tables. */
   tables?: Tables;
-  /**
-   * Whether a rule is still needed: the process that added it (pid and start time) lives, or something
-   * still runs as one of its users (deployed versions outlive their deployer). Default: read from /proc.
-   */
-  needed?: (owner: { pid: number; start: string }, uids: readonly [number, number]) => boolean;
   /** Whether this host has IPv6 (default: /proc/net/if_inet6 exists). */
   ipv6?: boolean;
 }
@@ -74,59 +68,81 @@ export interface RedisFenceOptions {
 /**
  * Keeps the users `uids` from opening TCP connections to Redis, with rules at the top of OUTPUT that
  * refuse their SYNs with a reset:
- * - to the address and port the service reaches Redis at, matched as the connection was asked for
- *   (conntrack's original destination), so also when NAT sends it elsewhere (a published container port,
- *   a virtual IP);
- * - when that address is this host's: to that port on every local address, in both families (Redis may
+ * - to each address the service asks Redis at (its connection's, and every address its host name
+ *   resolves to), matched as the connection was asked for (conntrack's original destination: also when
+ *   NAT sends it elsewhere) and, for an address not of this host, as sent (connections left untracked);
+ * - to where Redis says the connection arrived (after NAT: a container behind a published port);
+ * - when any of these is this host's: to that port on every local address, in both families (Redis may
  *   listen on more of them than REDIS_URL names: `::1`, `127.0.0.2`, the host's own address).
- * Each rule names the service, its pid and start time. `remove` takes them away; rules whose service
- * died (or stopped while its users still ran something) are swept by the next service of any kind to
- * start, once no process runs as their users. Needs root and iptables; throws otherwise (and leaves
- * nothing half-made).
+ * Each rule names the service, its pid and start time. Rules of services that are gone are swept when
+ * another adds its own (see sweep). Needs root and iptables; throws when no rule could be added.
  */
 export async function fenceOffRedis(opts: RedisFenceOptions): Promise<RedisFence> {
   const tables = opts.tables ?? runTables;
-  const needed = opts.needed ?? stillNeeded;
   const pid = opts.pid ?? process.pid;
   const start = (opts.pid === undefined ? processStartTime(pid) : undefined) ?? '';
-  const address = unmapped(opts.redis.address);
-  const family: Tool = isIP(address) === 6 ? 'ip6tables' : 'iptables';
-  const port = String(opts.redis.port);
-  const local = isLocal(address);
   const ipv6 = opts.ipv6 ?? existsSync('/proc/net/if_inet6');
   const [first, last] = opts.uids;
   const owners = first === last ? String(first) : `${first}-${last}`;
-  const rule = (match: string[]) => [
-    ...['-p', 'tcp', '--syn', ...match],
-    ...['-m', 'owner', '--uid-owner', owners],
-    ...['-m', 'comment', '--comment', `conveyor-redis-fence:${opts.service}:pid=${pid}:start=${start}`],
-    ...['-j', 'REJECT', '--reject-with', 'tcp-reset'],
+  const familyOf = (address: string): Tool => (isIP(address) === 6 ? 'ip6tables' : 'iptables');
+  /** What each rule matches, by family (keyed to drop repeats). */
+  const matches = new Map<string, { tool: Tool; match: string[] }>();
+  const add = (tool: Tool, match: string[]) => matches.set(`${tool} ${match.join(' ')}`, { tool, match });
+  const localPorts = new Set<number>();
+  for (const peer of opts.redis.asked) {
+    const address = unmapped(peer.address);
+    add(familyOf(address), ['-m', 'conntrack', '--ctorigdst', address, '--ctorigdstport', String(peer.port)]);
+    if (isLocal(address)) localPorts.add(peer.port);
+    else add(familyOf(address), ['-d', address, '--dport', String(peer.port)]);
+  }
+  const served = opts.redis.served && { ...opts.redis.served, address: unmapped(opts.redis.served.address) };
+  if (served && isLocal(served.address)) localPorts.add(served.port);
+  else if (served) add(familyOf(served.address), ['-d', served.address, '--dport', String(served.port)]);
+  for (const port of localPorts) {
+    add('iptables', ['--dport', String(port), '-m', 'addrtype', '--dst-type', 'LOCAL']);
+    // A host without IPv6 has no IPv6 address to reach Redis at (ip6tables may not even work there).
+    if (ipv6) add('ip6tables', ['--dport', String(port), '-m', 'addrtype', '--dst-type', 'LOCAL']);
+  }
+  if (matches.size === 0) throw new Error('where Redis is could not be told: its client had no address');
+  const comment = `conveyor-redis-fence:${opts.service}:pid=${pid}:start=${start}`;
+  const installed: { tool: Tool; rule: string[] }[] = [];
+  const problems: string[] = [];
+  let firstError: Error | undefined;
+  for (const { tool, match } of matches.values()) {
+    const rule = [
+      ...['-p', 'tcp', '--syn', ...match],
+      ...['-m', 'owner', '--uid-owner', owners],
+      ...['-m', 'comment', '--comment', comment],
+      ...['-j', 'REJECT', '--reject-with', 'tcp-reset'],
+    ];
+    try {
+      await tables(tool, ['-I', 'OUTPUT', '1', ...rule]);
+      installed.push({ tool, rule });
+    } catch (err) {
+      firstError ??= err as Error;
+      problems.push(`${tool} ${match.join(' ')}: ${(err as Error).message}`);
+    }
+  }
+  if (installed.length === 0) throw firstError!;
+  for (const tool of new Set(installed.map((i) => i.tool))) {
+    await sweep(tables, tool, comment).catch((err: Error) => problems.push(`sweeping older rules: ${err.message}`));
+  }
+  const where = [
+    ...opts.redis.asked.map((p) => `${unmapped(p.address)}:${p.port}`),
+    ...(served ? [`${served.address}:${served.port} where it arrives`] : []),
+    ...[...localPorts].map((port) => `port ${port} on any address of this host`),
   ];
-  const wanted: { tool: Tool; rule: string[] }[] = [{ tool: family, rule: rule(['-m', 'conntrack', '--ctorigdst', address, '--ctorigdstport', port]) }];
-  if (local) {
-    for (const tool of ['iptables', 'ip6tables'] as const) {
-      // A host without IPv6 has no IPv6 address to reach Redis at (ip6tables may not even work there).
-      if (tool === 'ip6tables' && !ipv6 && family !== 'ip6tables') continue;
-      wanted.push({ tool, rule: rule(['--dport', port, '-m', 'addrtype', '--dst-type', 'LOCAL']) });
-    }
-  }
-  const installed: typeof wanted = [];
-  try {
-    for (const tool of new Set(wanted.map((w) => w.tool))) await sweep(tables, tool, needed);
-    for (const w of wanted) {
-      await tables(w.tool, ['-I', 'OUTPUT', '1', ...w.rule]);
-      installed.push(w);
-    }
-  } catch (err) {
-    await Promise.all(installed.map(({ tool, rule }) => tables(tool, ['-D', 'OUTPUT', ...rule]).catch(() => undefined)));
-    throw err;
-  }
-  const where = local ? `port ${port} on any address of this host` : `${address} port ${port}, also behind NAT`;
   return {
-    summary: `user ids ${owners} cannot open connections to Redis (${where}): firewall rules refuse them`,
-    async remove() {
-      if (processesOfUsers(first, last).length > 0) return 'kept';
-      for (const { tool, rule } of installed.splice(0)) await tables(tool, ['-D', 'OUTPUT', ...rule]).catch(() => undefined);
+    summary: `user ids ${owners} cannot open connections to Redis (${[...new Set(where)].join(', ')}): firewall rules refuse them`,
+    problems,
+    async remove(ids) {
+      const running = ids ? ids.some((uid) => processesOfUsers(uid, uid).length > 0) : processesOfUsers(first, last).length > 0;
+      if (running) return 'kept';
+      const failures: string[] = [];
+      for (const { tool, rule } of installed.splice(0)) {
+        await tables(tool, ['-D', 'OUTPUT', ...rule]).catch((err: Error) => failures.push(`${tool}: ${err.message}`));
+      }
+      if (failures.length) throw new Error(`Redis fence rules could not be removed: ${failures.join('; ')}`);
       return 'removed';
     },
   };
@@ -143,41 +159,51 @@ function isLocal(address: string): boolean {
   return Object.values(networkInterfaces()).some((list) => (list ?? []).some((i) => i.address === address));
 }
 
-/** Removes the fence rules no longer needed (their service gone, and no process running as their users). */
-async function sweep(tables: Tables, tool: Tool, needed: NonNullable<RedisFenceOptions['needed']>): Promise<void> {
-  const listing = await tables(tool, ['-S', 'OUTPUT']);
-  for (const line of listing.split('\n')) {
-    const words = line.trim().split(/\s+/).map(unquote);
-    if (words[0] !== '-A' || words[1] !== 'OUTPUT') continue;
-    const m = COMMENT.exec(words[words.indexOf('--comment') + 1] ?? '');
+/**
+ * Removes the rules of services that are gone (their pid dead, or reused by a process started later):
+ * at once when one of ours (`ownComment`) matches the same (a restarted deployer, whose versions run
+ * on), else once no process runs as their users.
+ */
+async function sweep(tables: Tables, tool: Tool, ownComment: string): Promise<void> {
+  const listed = (await tables(tool, ['-S', 'OUTPUT']))
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/).map(unquote))
+    .filter((words) => words[0] === '-A' && words[1] === 'OUTPUT')
+    .map((words) => words.slice(2));
+  const comment = (words: readonly string[]) => words[words.indexOf('--comment') + 1] ?? '';
+  // Compared as iptables lists them (it adds `-m tcp` and spells --syn out), comments left out.
+  const ours = new Set(listed.filter((w) => comment(w) === ownComment).map((w) => withoutComment(w).join(' ')));
+  for (const words of listed) {
+    const m = COMMENT.exec(comment(words));
     const owners = /^(\d+)(?:-(\d+))?$/.exec(words[words.indexOf('--uid-owner') + 1] ?? '');
-    if (!m || !owners) continue;
+    if (!m || !owners || comment(words) === ownComment || ownerLives(Number(m[2]), m[3] ?? '')) continue;
     const first = Number(owners[1]);
-    if (needed({ pid: Number(m[2]), start: m[3] ?? '' }, [first, owners[2] === undefined ? first : Number(owners[2])])) continue;
+    const last = owners[2] === undefined ? first : Number(owners[2]);
+    if (!ours.has(withoutComment(words).join(' ')) && processesOfUsers(first, last).length > 0) continue;
     // Gone already (another service swept it meanwhile) is fine.
-    await tables(tool, ['-D', 'OUTPUT', ...words.slice(2)]).catch(() => undefined);
+    await tables(tool, ['-D', 'OUTPUT', ...words]).catch(() => undefined);
   }
+}
+
+/** A rule's words without its `-m comment --comment <text>`. */
+function withoutComment(words: readonly string[]): string[] {
+  const i = words.indexOf('--comment');
+  return i < 2 || words[i - 2] !== '-m' ? [...words] : [...words.slice(0, i - 2), ...words.slice(i + 1 + 1)];
 }
 
 function unquote(word: string): string {
   return word.length >= 2 && word.startsWith('"') && word.endsWith('"') ? word.slice(1, -1) : word;
 }
 
-function stillNeeded(owner: { pid: number; start: string }, [first, last]: readonly [number, number]): boolean {
-  const start = processStartTime(owner.pid);
-  const ownerLives = start !== undefined && (owner.start === '' || start === owner.start);
-  return ownerLives || processesOfUsers(first, last).length > 0;
-}
-
-/** The peer of a connected client (ioredis's `stream`): undefined for a UNIX socket. */
-export function redisPeer(redis: { stream?: { remoteAddress?: string; remotePort?: number } }): RedisPeer | undefined {
-  const { remoteAddress, remotePort } = redis.stream ?? {};
-  return remoteAddress && remotePort ? { address: remoteAddress, port: remotePort } : undefined;
+/** Whether the process that added a rule still lives (the same one: a reused pid has another start time). */
+function ownerLives(pid: number, start: string): boolean {
+  const now = processStartTime(pid);
+  return now !== undefined && (start === '' || now === start);
 }
 
 export interface RedisGuardOptions {
-  /** A connected client of the service's (its peer is where Redis is). */
-  redis: { stream?: { remoteAddress?: string; remotePort?: number } };
+  /** Where Redis is: service-kit's redisWhereabouts of the service's own client. */
+  where: () => Promise<RedisWhereabouts>;
   mode: RedisFenceMode;
   /** The ids pipeline code runs as; undefined when it runs as the service's own user (which cannot be fenced). */
   uids: readonly [number, number] | undefined;
@@ -193,35 +219,41 @@ export interface RedisGuardOptions {
 
 /**
  * At a service's start: fences Redis off from the code it runs for pipelines (REDIS_FENCE), and says so,
- * or says why it cannot (`require` makes any reason an error). Either way, warns when Redis answers
- * without a password: the fence refuses their own connections only, and anything on this host that
- * connects where it is told (another Redis, a proxy) could connect for them. Returns what takes the
+ * or says why it cannot; `require` makes any reason, and a partial fence, an error. Either way, warns
+ * when Redis answers without a password: the fence refuses the pipeline users' own connections, not a
+ * program on this host that connects where it is told (another Redis, a proxy). Returns what takes the
  * fence down.
  */
-export async function guardRedis(opts: RedisGuardOptions): Promise<{ remove(): Promise<unknown> }> {
-  const none = { remove: async () => undefined };
+export async function guardRedis(opts: RedisGuardOptions): Promise<{ remove(ids?: readonly number[]): Promise<'removed' | 'kept' | 'none'> }> {
+  const none = { remove: async () => 'none' as const };
   let fence: RedisFence | undefined;
   let why: string | undefined;
   if (opts.mode !== 'off') {
-    const peer = redisPeer(opts.redis);
-    if (!opts.uids) why = `${opts.whose} run as this service's own user, which a firewall rule cannot keep from Redis without stopping the service too`;
-    else if (!peer) why = 'Redis is reached through a UNIX socket (its file permissions are the fence)';
-    else {
-      try {
-        fence = await (opts.fence ?? fenceOffRedis)({ redis: peer, uids: opts.uids, service: opts.service });
-        opts.logger.info(`${opts.whose}: ${fence.summary}`);
-      } catch (err) {
-        why = (err as Error).message;
+    try {
+      if (!opts.uids) {
+        why = `${opts.whose} run as this service's own user, which a firewall rule cannot keep from Redis without stopping the service too`;
+      } else {
+        const where = await opts.where();
+        if (where.socketPath) why = `Redis is reached through a UNIX socket (${where.socketPath}): its file permissions are the fence`;
+        else fence = await (opts.fence ?? fenceOffRedis)({ redis: where, uids: opts.uids, service: opts.service });
       }
+    } catch (err) {
+      why = (err as Error).message;
     }
-    if (why && opts.mode === 'require') throw new Error(`REDIS_FENCE=require: Redis cannot be fenced off from ${opts.whose}: ${why}`);
+    if (opts.mode === 'require' && fence?.problems.length) {
+      await fence.remove().catch(() => undefined);
+      throw new Error(`REDIS_FENCE=require: the Redis fence for ${opts.whose} is incomplete: ${fence.problems.join('; ')}`);
+    }
+    if (opts.mode === 'require' && why) throw new Error(`REDIS_FENCE=require: Redis cannot be fenced off from ${opts.whose}: ${why}`);
+    if (fence) opts.logger.info(`${opts.whose}: ${fence.summary}`);
+    if (fence?.problems.length) opts.logger.warn(`the Redis fence for ${opts.whose} is incomplete: ${fence.problems.join('; ')}`);
     // Said, not warned: with a password Redis is closed to them anyway (the warning below is the one that matters).
     if (why) opts.logger.info(`Redis is not fenced off from ${opts.whose}: ${why}`);
   }
   if (await opts.answersWithoutPassword()) {
     opts.logger.warn(
       fence
-        ? `Redis answers without a password: ${opts.whose} cannot connect to it themselves, but a program on this host that connects where it is told (another Redis, a proxy) could do it for them; give Redis a password (requirepass, or an ACL user) and put it in REDIS_URL`
+        ? `Redis answers without a password: ${opts.whose} are refused connections to it, but a program on this host that connects where it is told (another Redis, a proxy) could connect for them; give Redis a password (requirepass, or an ACL user) and put it in REDIS_URL`
         : `Redis answers without a password: ${opts.whose} share this host's network and could read and change every run and queue; give Redis a password (requirepass, or an ACL user) and put it in REDIS_URL`,
     );
   }

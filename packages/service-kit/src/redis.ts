@@ -1,3 +1,5 @@
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import { Redis, type RedisOptions } from 'ioredis';
 
 export type { Redis };
@@ -59,4 +61,47 @@ export function answersWithoutPassword(url: string): Promise<boolean> {
   anonymous.username = '';
   anonymous.password = '';
   return pings(anonymous.toString());
+}
+
+/** An address and port Redis is reached at. */
+export interface RedisPeer {
+  address: string;
+  port: number;
+}
+
+/** Where Redis is, for the Redis fence (runner's guardRedis). */
+export interface RedisWhereabouts {
+  /** Set when the client reaches Redis through a UNIX socket (nothing to fence by address). */
+  socketPath?: string;
+  /**
+   * The addresses the client asks for: the one its connection is to, and every address its host name
+   * resolves to now (another connection may get another). Empty when neither could be told.
+   */
+  asked: RedisPeer[];
+  /** Where the server says the connection arrived (CLIENT INFO's laddr: after any NAT), Redis 6.2 and later. */
+  served?: RedisPeer;
+}
+
+/** Where `redis` (a client of this service's, made from REDIS_URL) reaches Redis. */
+export async function redisWhereabouts(redis: Redis): Promise<RedisWhereabouts> {
+  if (redis.options.path) return { socketPath: redis.options.path, asked: [] };
+  await waitReady(redis, 30_000);
+  const port = redis.options.port ?? 6379;
+  const asked: RedisPeer[] = [];
+  const { remoteAddress, remotePort } = redis.stream ?? {};
+  if (remoteAddress && remotePort) asked.push({ address: remoteAddress, port: remotePort });
+  const resolved = await lookup(redis.options.host ?? 'localhost', { all: true }).catch(() => []);
+  for (const { address } of resolved) if (!asked.some((p) => p.address === address && p.port === port)) asked.push({ address, port });
+  const info = (await redis.call('CLIENT', 'INFO').catch(() => '')) as string;
+  const laddr = /(?:^|\s)laddr=(\S+)/.exec(String(info))?.[1];
+  const served = laddr ? splitAddress(laddr) : undefined;
+  return { asked, ...(served ? { served } : {}) };
+}
+
+/** `ip:port` or `[ipv6]:port` (or Redis's unbracketed `ipv6:port`). */
+function splitAddress(text: string): RedisPeer | undefined {
+  const at = text.lastIndexOf(':');
+  const port = Number(text.slice(at + 1));
+  const address = text.slice(0, at).replace(/^\[(.*)\]$/, '$1');
+  return at > 0 && Number.isInteger(port) && port > 0 && isIP(address) ? { address, port } : undefined;
 }
