@@ -1,53 +1,18 @@
-import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { cleanAbandonedJobs, guardRedis, resolveBuildUsers } from '@conveyor/runner';
-import { answersWithoutPassword, createLogger, explainStartupFailures, redisWhereabouts, runStageService } from '@conveyor/service-kit';
+import { runBuildspecService } from '@conveyor/runner';
+import { explainStartupFailures } from '@conveyor/service-kit';
 import { loadEnv } from './env.js';
 import { buildJobHandler } from './jobs/build-job.js';
 
 const startup = explainStartupFailures('build');
 const env = loadEnv();
-const workDir = resolve(env.WORK_DIR);
-const usersLog = createLogger('build', env.LOG_LEVEL);
-const { users, warning } = await resolveBuildUsers(workDir, env, env.WORKER_CONCURRENCY, (message) => usersLog.warn(message));
-let fence: Awaited<ReturnType<typeof guardRedis>> | undefined;
-/** The ids this service held when it stopped: a process still running as one keeps the fence up. */
-let held: number[] = [];
-
-await runStageService({
+await runBuildspecService({
   service: 'build',
   type: 'build',
   queueName: QUEUES.build,
+  whose: 'builds',
   env,
-  handler: ({ redis, prefix }) => buildJobHandler({ artifacts: new FsArtifactStore(env.ARTIFACT_DIR), redis, prefix, workDir, users }),
-  // After the worker drained: the builds' users are free for another service of this host.
-  // The fence comes down then too, unless a build outlived its kill: it stays until that process is gone.
-  extras: ({ logger }) => ({
-    stop: [
-      { name: 'build users', run: () => ((held = users.ownIds()), users.close()) },
-      {
-        name: 'Redis fence',
-        run: async () => {
-          if ((await fence?.remove(held)) === 'kept') logger.warn("the Redis fence stays up: processes of this service's build users still run (the next service to start removes it once they are gone)");
-        },
-      },
-    ],
-  }),
-  // A build service killed mid-build leaves its shells running: stop them before taking jobs again.
-  beforeStart: async ({ logger, redis }) => {
-    logger.info(await cleanAbandonedJobs(workDir), 'cleaned up after earlier workers');
-    if (warning) logger.warn({ workDir }, warning);
-    else logger.info({ workDir }, users.summary);
-    fence = await guardRedis({
-      where: () => redisWhereabouts(redis),
-      mode: env.REDIS_FENCE,
-      uids: users.uids,
-      service: 'build',
-      whose: 'builds',
-      logger,
-      answersWithoutPassword: () => answersWithoutPassword(env.REDIS_URL),
-    });
-  },
+  handler: ({ redis, prefix, users, workDir }) => buildJobHandler({ artifacts: new FsArtifactStore(env.ARTIFACT_DIR), redis, prefix, workDir, users }),
 });
 startup.started();

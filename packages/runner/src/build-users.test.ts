@@ -565,19 +565,28 @@ describe.runIf(isRoot)('build users, for a root service', () => {
       lockDir,
       sweepAgainMs: 50,
       warn: (message) => warnings.push(message),
-      kill: async (user) => (user.uid === first && stubborn-- > 0 ? { found: 1, survivors: [424242] } : { found: 0, survivors: [] }),
+      // Slow, as a real kill with survivors is (it waits for them): the id must stay this pool's meanwhile.
+      kill: async (user) => {
+        await new Promise((r) => setTimeout(r, 30));
+        return user.uid === first && stubborn-- > 0 ? { found: 1, survivors: [424242] } : { found: 0, survivors: [] };
+      },
     });
     try {
       expect(
         await pool.withUser(async (user) => {
-          stubborn = 2;
+          stubborn = 6;
           return user!.uid;
         }),
       ).toBe(first);
       // Its clearing failed (the first stubborn sweep): the next build gets the replacement.
       expect(await pool.withUser(async (user) => user!.uid)).toBe(first + 1);
-      // Meanwhile no other service may take `first`; once a later sweep finds it clear, it is free again.
+      // Meanwhile no other service may take `first`, and it stays among this service's ids (a process of it
+      // keeps the Redis fence up), through every sweep; once a later sweep finds it clear, it is free again.
       expect(await tryHoldFileLock(join(lockDir, `uid-${first}.lock`))).toBeUndefined();
+      while (stubborn > 0) {
+        expect(pool.ownIds()).toContain(first);
+        await new Promise((r) => setTimeout(r, 5));
+      }
       let freed: Awaited<ReturnType<typeof tryHoldFileLock>>;
       await eventually(async () => (freed = await tryHoldFileLock(join(lockDir, `uid-${first}.lock`))) !== undefined);
       expect(stubborn).toBeLessThanOrEqual(0);

@@ -243,15 +243,26 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
    * `sweepAgainMs` until nothing of it runs; then its lock is released.
    */
   const sweeping = new Map<number, { timer: NodeJS.Timeout; lock: FileLock }>();
+  /** Ids set aside and not yet cleared (waiting for their next sweep, or in it): still this service's. */
+  const uncleared = new Set<number>();
+  /** Sweeps under way: close() waits for them. */
+  const resweeps = new Set<Promise<void>>();
   const sweepUntilClear = (uid: number, lock: FileLock) => {
+    uncleared.add(uid);
     const timer = setTimeout(() => {
       sweeping.delete(uid);
-      void (async () => {
+      const resweep = (async () => {
         const { survivors } = await kill({ uid, gid: uid });
         if (survivors.length && !closed) return sweepUntilClear(uid, lock);
-        if (!survivors.length) await deleteFilesOf(uid);
+        if (!survivors.length) {
+          await deleteFilesOf(uid);
+          uncleared.delete(uid);
+        }
         await lock.release();
-      })().catch(() => lock.release());
+      })()
+        .catch(() => lock.release())
+        .finally(() => resweeps.delete(resweep));
+      resweeps.add(resweep);
     }, opts.sweepAgainMs ?? 10_000);
     timer.unref();
     sweeping.set(uid, { timer, lock });
@@ -385,7 +396,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
     // The whole range: the ids this service did not lock are other services' builds.
     uids: [opts.first, opts.last],
     summary: `each build runs as a user of its own: uids ${uids.length <= 16 ? uids.join(', ') : `${uids.slice(0, 16).join(', ')}…`} (${uids.length}, locked in ${opts.lockDir})${opts.maxProcesses ? `, at most ${opts.maxProcesses} processes each` : ''}`,
-    ownIds: () => [...locks.keys(), ...sweeping.keys()],
+    ownIds: () => [...new Set([...locks.keys(), ...uncleared])],
     withUser(fn) {
       if (closed) return Promise.reject(new Error('the build user pool is closed'));
       return track(lend(fn));
@@ -395,6 +406,7 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
       // Only once no build runs and every id is cleared: released earlier, an id could be lent by another
       // service while one of our builds still runs as it.
       while (inFlight.size) await Promise.allSettled([...inFlight]);
+      await Promise.allSettled([...resweeps]);
       for (const { timer, lock } of sweeping.values()) {
         clearTimeout(timer);
         await lock.release();

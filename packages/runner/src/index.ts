@@ -12,3 +12,4 @@ export { asUserArgv, spawnAsUser, checkBash, checkSetpriv, UNEXPORTABLE_WHY } fr
 export { hostKnowsUser } from './host.js';
 export { ownPrivateDir } from './safe-files.js';
 export * from './redis-fence.js';
+export * from './buildspec-service.js';

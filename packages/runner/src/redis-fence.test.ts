@@ -83,7 +83,8 @@ describe('fenceOffRedis, with its firewall commands recorded', () => {
 
   it('an IPv4-mapped address is IPv4 (on the wire, and to iptables); a host without IPv6 gets no ip6tables rule', async () => {
     const { tables, calls } = recorder();
-    await fenceOffRedis({ redis: { asked: [{ address: '::ffff:127.0.0.1', port: 6379 }] }, uids: [5000, 5009], service: 'build', pid: 42, tables, ipv6: false });
+    const asked = [{ address: '::ffff:127.0.0.1', port: 6379 }, { address: '2001:db8::10', port: 6379 }];
+    await fenceOffRedis({ redis: { asked, served: { address: '2001:db8::11', port: 6379 } }, uids: [5000, 5009], service: 'build', pid: 42, tables, ipv6: false });
     expect(calls.filter((c) => c.includes(' -I '))).toEqual([
       `iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 127.0.0.1 --ctorigdstport 6379 ${owner}`,
       `iptables -I OUTPUT 1 -p tcp --syn --dport 6379 -m addrtype --dst-type LOCAL ${owner}`,
@@ -270,8 +271,10 @@ describe.skipIf(!isRoot || !hasTables)('fenceOffRedis, with the real firewall (r
       expect(rules('ip6tables')).not.toContain(`test:pid=${dead}:`);
       expect(rules('iptables')).toContain(`old:pid=${dead}:`);
       expect(connects(FENCED[0], '127.0.0.1', port)).toBe(false);
+      // Having taken them over, it stands for what the gone service left running too, not only for its own ids.
+      expect(await restarted.remove([FENCED[0]])).toBe('kept');
       await survivor.stop();
-      expect(await restarted.remove()).toBe('removed');
+      expect(await restarted.remove([FENCED[0]])).toBe('removed');
     } finally {
       await survivor.stop();
     }

@@ -43,9 +43,10 @@ export interface RedisFence {
   /** Rules that could not be added (the others stand): a partial fence. */
   readonly problems: readonly string[];
   /**
-   * Takes the service's rules away, unless something still runs as one of `ids` (default: the whole
-   * range), such as a build that outlived its kill: then they stay, for the next service to sweep once
-   * those processes are gone. Throws when a rule could not be removed.
+   * Takes the service's rules away, unless something still runs as one of `ids` (default, and whenever
+   * this fence took over the rules of a service that is gone: the whole range), such as a build that
+   * outlived its kill: then they stay, for a later service to sweep or take over. Throws when a rule
+   * could not be removed.
    */
   remove(ids?: readonly number[]): Promise<'removed' | 'kept'>;
 }
@@ -91,16 +92,17 @@ export async function fenceOffRedis(opts: RedisFenceOptions): Promise<RedisFence
   const localPorts = new Set<number>();
   for (const peer of opts.redis.asked) {
     const address = unmapped(peer.address);
+    // A host without IPv6 cannot reach Redis at an IPv6 address (and ip6tables may not even work there).
+    if (!ipv6 && familyOf(address) === 'ip6tables') continue;
     add(familyOf(address), ['-m', 'conntrack', '--ctorigdst', address, '--ctorigdstport', String(peer.port)]);
     if (isLocal(address)) localPorts.add(peer.port);
     else add(familyOf(address), ['-d', address, '--dport', String(peer.port)]);
   }
   const served = opts.redis.served && { ...opts.redis.served, address: unmapped(opts.redis.served.address) };
   if (served && isLocal(served.address)) localPorts.add(served.port);
-  else if (served) add(familyOf(served.address), ['-d', served.address, '--dport', String(served.port)]);
+  else if (served && (ipv6 || familyOf(served.address) === 'iptables')) add(familyOf(served.address), ['-d', served.address, '--dport', String(served.port)]);
   for (const port of localPorts) {
     add('iptables', ['--dport', String(port), '-m', 'addrtype', '--dst-type', 'LOCAL']);
-    // A host without IPv6 has no IPv6 address to reach Redis at (ip6tables may not even work there).
     if (ipv6) add('ip6tables', ['--dport', String(port), '-m', 'addrtype', '--dst-type', 'LOCAL']);
   }
   if (matches.size === 0) throw new Error('where Redis is could not be told: its client had no address');
@@ -124,8 +126,10 @@ export async function fenceOffRedis(opts: RedisFenceOptions): Promise<RedisFence
     }
   }
   if (installed.length === 0) throw firstError!;
+  /** Whether rules of a service that is gone were swept because ours do the same: then its users are ours to watch too. */
+  let adopted = false;
   for (const tool of new Set(installed.map((i) => i.tool))) {
-    await sweep(tables, tool, comment).catch((err: Error) => problems.push(`sweeping older rules: ${err.message}`));
+    adopted = (await sweep(tables, tool, comment).catch((err: Error) => (problems.push(`sweeping older rules: ${err.message}`), false))) || adopted;
   }
   const where = [
     ...opts.redis.asked.map((p) => `${unmapped(p.address)}:${p.port}`),
@@ -136,7 +140,8 @@ export async function fenceOffRedis(opts: RedisFenceOptions): Promise<RedisFence
     summary: `user ids ${owners} cannot open connections to Redis (${[...new Set(where)].join(', ')}): firewall rules refuse them`,
     problems,
     async remove(ids) {
-      const running = ids ? ids.some((uid) => processesOfUsers(uid, uid).length > 0) : processesOfUsers(first, last).length > 0;
+      // Having taken over a gone service's rules, this fence also stands for whatever of the range it left running.
+      const running = ids && !adopted ? ids.some((uid) => processesOfUsers(uid, uid).length > 0) : processesOfUsers(first, last).length > 0;
       if (running) return 'kept';
       const failures: string[] = [];
       for (const { tool, rule } of installed.splice(0)) {
@@ -162,9 +167,10 @@ function isLocal(address: string): boolean {
 /**
  * Removes the rules of services that are gone (their pid dead, or reused by a process started later):
  * at once when one of ours (`ownComment`) matches the same (a restarted deployer, whose versions run
- * on), else once no process runs as their users.
+ * on: ours take over, and say so by returning true), else once no process runs as their users.
  */
-async function sweep(tables: Tables, tool: Tool, ownComment: string): Promise<void> {
+async function sweep(tables: Tables, tool: Tool, ownComment: string): Promise<boolean> {
+  let adopted = false;
   const listed = (await tables(tool, ['-S', 'OUTPUT']))
     .split('\n')
     .map((line) => line.trim().split(/\s+/).map(unquote))
@@ -179,10 +185,14 @@ async function sweep(tables: Tables, tool: Tool, ownComment: string): Promise<vo
     if (!m || !owners || comment(words) === ownComment || ownerLives(Number(m[2]), m[3] ?? '')) continue;
     const first = Number(owners[1]);
     const last = owners[2] === undefined ? first : Number(owners[2]);
-    if (!ours.has(withoutComment(words).join(' ')) && processesOfUsers(first, last).length > 0) continue;
+    const running = processesOfUsers(first, last).length > 0;
+    const covered = ours.has(withoutComment(words).join(' '));
+    if (running && !covered) continue;
+    adopted ||= running;
     // Gone already (another service swept it meanwhile) is fine.
     await tables(tool, ['-D', 'OUTPUT', ...words]).catch(() => undefined);
   }
+  return adopted;
 }
 
 /** A rule's words without its `-m comment --comment <text>`. */

@@ -16,7 +16,7 @@ const socket = () => join(dir, 'redis.sock');
 beforeAll(async () => {
   port = await freePort();
   dir = await mkdtemp(join(tmpdir(), 'cv-whereabouts-'));
-  server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--unixsocket', socket(), '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
+  server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '::1', '--unixsocket', socket(), '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
   // Ready when it answers: commands wait in the offline queue while the client retries.
   const probe = new Redis(port, { retryStrategy: () => 50, maxRetriesPerRequest: null });
   probe.on('error', () => undefined);
@@ -46,6 +46,12 @@ describe('redisWhereabouts', () => {
     for (const peer of where.asked) expect(['127.0.0.1', '::1']).toContain(peer.address);
     expect(where.served).toEqual({ address: '127.0.0.1', port });
     expect(where.socketPath).toBeUndefined();
+  });
+
+  it('reads an IPv6 address where the server saw the connection arrive', async () => {
+    const where = await whereabouts(`redis://[::1]:${port}`);
+    expect(where.asked).toEqual([{ address: '::1', port }]);
+    expect(where.served).toEqual({ address: '::1', port });
   });
 
   it("follows ioredis's reading of the URL (a port given as a query parameter)", async () => {

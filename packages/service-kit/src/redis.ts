@@ -90,7 +90,11 @@ export async function redisWhereabouts(redis: Redis): Promise<RedisWhereabouts> 
   const asked: RedisPeer[] = [];
   const { remoteAddress, remotePort } = redis.stream ?? {};
   if (remoteAddress && remotePort) asked.push({ address: remoteAddress, port: remotePort });
-  const resolved = await lookup(redis.options.host ?? 'localhost', { all: true }).catch(() => []);
+  // A name that does not resolve now (or not within 5 s) adds nothing: the connected address is the one in use.
+  const resolved = await Promise.race([
+    lookup(redis.options.host ?? 'localhost', { all: true }).catch(() => []),
+    new Promise<[]>((r) => setTimeout(() => r([]), 5000).unref()),
+  ]);
   for (const { address } of resolved) if (!asked.some((p) => p.address === address && p.port === port)) asked.push({ address, port });
   const info = (await redis.call('CLIENT', 'INFO').catch(() => '')) as string;
   const laddr = /(?:^|\s)laddr=(\S+)/.exec(String(info))?.[1];
