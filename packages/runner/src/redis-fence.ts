@@ -133,7 +133,8 @@ export async function fenceOffRedis(opts: RedisFenceOptions): Promise<RedisFence
   }
   const where = [
     ...opts.redis.asked.map((p) => `${unmapped(p.address)}:${p.port}`),
-    ...(served ? [`${served.address}:${served.port} where it arrives`] : []),
+    // Where it arrives, when that is not one of the addresses asked (NAT in between).
+    ...(served && !opts.redis.asked.some((p) => unmapped(p.address) === served.address && p.port === served.port) ? [`${served.address}:${served.port} where it arrives`] : []),
     ...[...localPorts].map((port) => `port ${port} on any address of this host`),
   ];
   return {
