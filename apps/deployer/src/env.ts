@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { RedisFenceEnv, uidRange } from '@conveyor/runner';
-import { BaseEnv, OptionalSecret, parseEnv } from '@conveyor/service-kit';
+import { uidRange } from '@conveyor/runner';
+import { BaseEnv, OptionalSecret, parseEnv, RedisFenceEnv } from '@conveyor/service-kit';
 
 export const DeployerEnv = BaseEnv.extend({
   PORT: z.coerce.number().int().min(0).max(65_535).default(7004),

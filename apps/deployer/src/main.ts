@@ -1,8 +1,7 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { guardRedis } from '@conveyor/runner';
-import { answersWithoutPassword, explainStartupFailures, redisWhereabouts, runStageService } from '@conveyor/service-kit';
+import { explainStartupFailures, guardRedis, runStageService } from '@conveyor/service-kit';
 import { resolveAppUsers } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
@@ -60,17 +59,9 @@ await runStageService({
         logger.info({ deployDir }, 'deploying local targets into this directory');
         if (warning) logger.warn({ deployDir }, warning);
         else logger.info(users.summary);
-        // Left up when the deployer stops: the versions it started outlive it. The next service to start
-        // sweeps it once nothing runs as their users.
-        await guardRedis({
-          where: () => redisWhereabouts(redis),
-          mode: env.REDIS_FENCE,
-          uids: users.uids,
-          service: 'deployer',
-          whose: 'deployed versions',
-          logger,
-          answersWithoutPassword: () => answersWithoutPassword(env.REDIS_URL),
-        });
+        // Left up when the deployer stops: the versions it started outlive it. A service starting later
+        // sweeps it once nothing runs as their users, or takes it over at once (a restarted deployer).
+        await guardRedis({ redis, redisUrl: env.REDIS_URL, mode: env.REDIS_FENCE, range: users.range, service: 'deployer', whose: 'deployed versions', logger });
         rotation = setInterval(() => void rotate(), OUTPUT_CHECK_MS);
         rotation.unref();
         // In the background: a pipeline whose deploy is under way is waited for.

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { BuildUserEnv, RedisFenceEnv } from '@conveyor/runner';
-import { BaseEnv, parseEnv } from '@conveyor/service-kit';
+import { BuildUserEnv } from '@conveyor/runner';
+import { BaseEnv, parseEnv, RedisFenceEnv } from '@conveyor/service-kit';
 
 export const Env = BaseEnv.extend({
   PORT: z.coerce.number().int().min(0).max(65535).default(7003),

@@ -1,6 +1,6 @@
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { runBuildspecService } from '@conveyor/runner';
+import { runBuildspecService } from '@conveyor/buildspec-service';
 import { explainStartupFailures } from '@conveyor/service-kit';
 import { loadEnv } from './env.js';
 import { testJobHandler } from './jobs/test-job.js';

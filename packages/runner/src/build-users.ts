@@ -67,8 +67,11 @@ export interface BuildUsers {
   close(): Promise<void>;
   /** For the start-up log line. */
   readonly summary: string;
-  /** The user ids builds run as when they are not the service's own (for the Redis fence). */
-  readonly uids?: readonly [number, number];
+  /**
+   * The range of user ids builds of this host run as, this service's and others' (the Redis fence
+   * refuses them all); undefined when builds run as the service's own user.
+   */
+  readonly range?: readonly [number, number];
   /** The ids this service holds now (lent, free or set aside): a process of one of them is one of its builds'. */
   ownIds(): number[];
 }
@@ -180,8 +183,8 @@ async function writableBy(dir: string, user: BuildUser): Promise<string | undefi
 }
 
 function sharedUser(user: BuildUser | undefined, summary: string): BuildUsers {
-  const uids = user && user.uid !== 0 && user.uid !== process.getuid?.() ? ([user.uid, user.uid] as const) : undefined;
-  return { withUser: (fn) => fn(user, async () => undefined), close: async () => undefined, summary, ...(uids ? { uids } : {}), ownIds: () => (uids ? [uids[0]] : []) };
+  const range = user && user.uid !== 0 && user.uid !== process.getuid?.() ? ([user.uid, user.uid] as const) : undefined;
+  return { withUser: (fn) => fn(user, async () => undefined), close: async () => undefined, summary, ...(range ? { range } : {}), ownIds: () => (range ? [range[0]] : []) };
 }
 
 /**
@@ -391,11 +394,11 @@ export async function openBuildUserPool(opts: BuildUserPoolOptions): Promise<Bui
       track(giveBack().catch((err: unknown) => warn(`build user id ${uid} could not be given back: ${(err as Error).message}`)));
     }
   };
-  const uids = [...locks.keys()];
+  const locked = [...locks.keys()];
   return {
     // The whole range: the ids this service did not lock are other services' builds.
-    uids: [opts.first, opts.last],
-    summary: `each build runs as a user of its own: uids ${uids.length <= 16 ? uids.join(', ') : `${uids.slice(0, 16).join(', ')}…`} (${uids.length}, locked in ${opts.lockDir})${opts.maxProcesses ? `, at most ${opts.maxProcesses} processes each` : ''}`,
+    range: [opts.first, opts.last],
+    summary: `each build runs as a user of its own: uids ${locked.length <= 16 ? locked.join(', ') : `${locked.slice(0, 16).join(', ')}…`} (${locked.length}, locked in ${opts.lockDir})${opts.maxProcesses ? `, at most ${opts.maxProcesses} processes each` : ''}`,
     ownIds: () => [...new Set([...locks.keys(), ...uncleared])],
     withUser(fn) {
       if (closed) return Promise.reject(new Error('the build user pool is closed'));

@@ -11,5 +11,3 @@ export type { BuildUser } from './shell-process.js';
 export { asUserArgv, spawnAsUser, checkBash, checkSetpriv, UNEXPORTABLE_WHY } from './shell-process.js';
 export { hostKnowsUser } from './host.js';
 export { ownPrivateDir } from './safe-files.js';
-export * from './redis-fence.js';
-export * from './buildspec-service.js';

@@ -13,3 +13,4 @@ export * from './lifecycle.js';
 export * from './bearer-auth.js';
 export * from './net.js';
 export * from './stream-group-consumer.js';
+export { guardRedis, RedisFenceEnv, type RedisFenceMode, type RedisGuard, type RedisGuardOptions } from './redis-fence.js';

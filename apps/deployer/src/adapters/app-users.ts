@@ -40,8 +40,8 @@ export interface AppUsers {
   handOver(dir: string, appDir: string, home: string, user: BuildUser): Promise<void>;
   /** For the start-up log line. */
   readonly summary: string;
-  /** The user ids deployed versions run as when they are not the deployer's own (for the Redis fence). */
-  readonly uids?: readonly [number, number];
+  /** The range of user ids deployed versions run as (the Redis fence refuses them); undefined when they run as the deployer's own user. */
+  readonly range?: readonly [number, number];
 }
 
 export const ownUser: AppUsers = {
@@ -93,7 +93,7 @@ export async function resolveAppUsers(opts: AppUserOptions): Promise<{ users: Ap
 
 class ClaimedAppUsers implements AppUsers {
   readonly summary: string;
-  readonly uids: readonly [number, number];
+  readonly range: readonly [number, number];
   /** Claims change one at a time: in this process (a promise chain), and across deployers (the kernel's lock on `.uids/.lock`). */
   private queue: Promise<unknown> = Promise.resolve();
   constructor(
@@ -103,7 +103,7 @@ class ClaimedAppUsers implements AppUsers {
     private readonly maxProcesses: number,
     private readonly kill: (user: BuildUser) => Promise<{ survivors: number[] }>,
   ) {
-    this.uids = [first, last];
+    this.range = [first, last];
     this.summary = `each deployed version runs as a user of its own (ids ${first}-${last}, at most ${maxProcesses} processes each)`;
   }
 

@@ -4,7 +4,7 @@ import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { z } from 'zod';
 import { processesOfUsers, processStartTime } from '@conveyor/procfs';
-import type { RedisWhereabouts } from '@conveyor/service-kit';
+import { answersWithoutPassword, redisWhereabouts, type Redis, type RedisWhereabouts } from './redis.js';
 
 /**
  * REDIS_FENCE: whether a root service that runs pipeline code as users of their own (builds, tests,
@@ -19,7 +19,7 @@ export const RedisFenceEnv = {
 export type RedisFenceMode = z.infer<(typeof RedisFenceEnv)['REDIS_FENCE']>;
 
 /** Marks the rules a service adds: whose they are (service, pid and its start time, so a reused pid is not taken for it). */
-const COMMENT = /^conveyor-redis-fence:([a-z0-9-]+):pid=(\d+)(?::start=(\d*))?$/;
+const COMMENT = /^conveyor-redis-fence:([a-z0-9-]+):pid=(\d+):start=(\d*)$/;
 
 type Tool = 'iptables' | 'ip6tables';
 /** Runs iptables or ip6tables; rejects with its first line of error output. */
@@ -42,6 +42,8 @@ export interface RedisFence {
   readonly summary: string;
   /** Rules that could not be added (the others stand): a partial fence. */
   readonly problems: readonly string[];
+  /** Why older rules (of services that are gone) could not be swept, if they could not: the fence itself stands. */
+  readonly sweepProblem?: string;
   /**
    * Takes the service's rules away, unless something still runs as one of `ids` (default, and whenever
    * this fence took over the rules of a service that is gone: the whole range), such as a build that
@@ -121,15 +123,20 @@ export async function fenceOffRedis(opts: RedisFenceOptions): Promise<RedisFence
       await tables(tool, ['-I', 'OUTPUT', '1', ...rule]);
       installed.push({ tool, rule });
     } catch (err) {
-      firstError ??= err as Error;
-      problems.push(`${tool} ${match.join(' ')}: ${(err as Error).message}`);
+      firstError ??= err instanceof Error ? err : new Error(String(err));
+      problems.push(`${tool} ${match.join(' ')}: ${messageOf(err)}`);
     }
   }
   if (installed.length === 0) throw firstError!;
   /** Whether rules of a service that is gone were swept because ours do the same: then its users are ours to watch too. */
   let adopted = false;
+  let sweepProblem: string | undefined;
   for (const tool of new Set(installed.map((i) => i.tool))) {
-    adopted = (await sweep(tables, tool, comment).catch((err: Error) => (problems.push(`sweeping older rules: ${err.message}`), false))) || adopted;
+    try {
+      adopted = (await sweep(tables, tool, comment)) || adopted;
+    } catch (err) {
+      sweepProblem = `${tool}: ${messageOf(err)}`;
+    }
   }
   const where = [
     ...opts.redis.asked.map((p) => `${unmapped(p.address)}:${p.port}`),
@@ -140,13 +147,14 @@ export async function fenceOffRedis(opts: RedisFenceOptions): Promise<RedisFence
   return {
     summary: `user ids ${owners} cannot open connections to Redis (${[...new Set(where)].join(', ')}): firewall rules refuse them`,
     problems,
+    ...(sweepProblem ? { sweepProblem } : {}),
     async remove(ids) {
       // Having taken over a gone service's rules, this fence also stands for whatever of the range it left running.
       const running = ids && !adopted ? ids.some((uid) => processesOfUsers(uid, uid).length > 0) : processesOfUsers(first, last).length > 0;
       if (running) return 'kept';
       const failures: string[] = [];
       for (const { tool, rule } of installed.splice(0)) {
-        await tables(tool, ['-D', 'OUTPUT', ...rule]).catch((err: Error) => failures.push(`${tool}: ${err.message}`));
+        await tables(tool, ['-D', 'OUTPUT', ...rule]).catch((err: unknown) => failures.push(`${tool}: ${messageOf(err)}`));
       }
       if (failures.length) throw new Error(`Redis fence rules could not be removed: ${failures.join('; ')}`);
       return 'removed';
@@ -183,7 +191,7 @@ async function sweep(tables: Tables, tool: Tool, ownComment: string): Promise<bo
   for (const words of listed) {
     const m = COMMENT.exec(comment(words));
     const owners = /^(\d+)(?:-(\d+))?$/.exec(words[words.indexOf('--uid-owner') + 1] ?? '');
-    if (!m || !owners || comment(words) === ownComment || ownerLives(Number(m[2]), m[3] ?? '')) continue;
+    if (!m || !owners || comment(words) === ownComment || ownerLives(Number(m[2]), m[3]!)) continue;
     const first = Number(owners[1]);
     const last = owners[2] === undefined ? first : Number(owners[2]);
     const running = processesOfUsers(first, last).length > 0;
@@ -212,56 +220,68 @@ function ownerLives(pid: number, start: string): boolean {
   return now !== undefined && (start === '' || now === start);
 }
 
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 export interface RedisGuardOptions {
-  /** Where Redis is: service-kit's redisWhereabouts of the service's own client. */
-  where: () => Promise<RedisWhereabouts>;
+  /** The service's own client (made from REDIS_URL, ready): where it reaches Redis is what is fenced. */
+  redis: Redis;
+  /** REDIS_URL, to ask whether Redis answers a client that gives no password. */
+  redisUrl: string;
   mode: RedisFenceMode;
-  /** The ids pipeline code runs as; undefined when it runs as the service's own user (which cannot be fenced). */
-  uids: readonly [number, number] | undefined;
+  /** The user ids pipeline code runs as; undefined when it runs as the service's own user (which cannot be fenced). */
+  range: readonly [number, number] | undefined;
   service: string;
   /** Whose code it is, for messages ("builds", "deployed versions"). */
   whose: string;
   logger: { info(msg: string): void; warn(msg: string): void };
-  /** Whether Redis answers a client that gives no password (service-kit's answersWithoutPassword). */
-  answersWithoutPassword: () => Promise<boolean>;
-  /** For tests: the fence itself (default fenceOffRedis). */
+  /** For tests: where Redis is, whether it wants a password, and the fence itself. */
+  where?: () => Promise<RedisWhereabouts>;
+  answersWithoutPassword?: () => Promise<boolean>;
   fence?: (opts: RedisFenceOptions) => Promise<RedisFence>;
+}
+
+/** What guardRedis leaves standing: `remove` as RedisFence's, `none` when there was no fence. */
+export interface RedisGuard {
+  remove(ids?: readonly number[]): Promise<'removed' | 'kept' | 'none'>;
 }
 
 /**
  * At a service's start: fences Redis off from the code it runs for pipelines (REDIS_FENCE), and says so,
  * or says why it cannot; `require` makes any reason, and a partial fence, an error. Either way, warns
  * when Redis answers without a password: the fence refuses the pipeline users' own connections, not a
- * program on this host that connects where it is told (another Redis, a proxy). Returns what takes the
- * fence down.
+ * program on this host that connects where it is told (another Redis, a proxy).
  */
-export async function guardRedis(opts: RedisGuardOptions): Promise<{ remove(ids?: readonly number[]): Promise<'removed' | 'kept' | 'none'> }> {
-  const none = { remove: async () => 'none' as const };
+export async function guardRedis(opts: RedisGuardOptions): Promise<RedisGuard> {
+  const none: RedisGuard = { remove: async () => 'none' };
   let fence: RedisFence | undefined;
   let why: string | undefined;
   if (opts.mode !== 'off') {
     try {
-      if (!opts.uids) {
+      if (!opts.range) {
         why = `${opts.whose} run as this service's own user, which a firewall rule cannot keep from Redis without stopping the service too`;
       } else {
-        const where = await opts.where();
+        const where = await (opts.where ?? (() => redisWhereabouts(opts.redis)))();
         if (where.socketPath) why = `Redis is reached through a UNIX socket (${where.socketPath}): its file permissions are the fence`;
-        else fence = await (opts.fence ?? fenceOffRedis)({ redis: where, uids: opts.uids, service: opts.service });
+        else fence = await (opts.fence ?? fenceOffRedis)({ redis: where, uids: opts.range, service: opts.service });
       }
     } catch (err) {
-      why = (err as Error).message;
+      why = messageOf(err);
     }
     if (opts.mode === 'require' && fence?.problems.length) {
-      await fence.remove().catch(() => undefined);
-      throw new Error(`REDIS_FENCE=require: the Redis fence for ${opts.whose} is incomplete: ${fence.problems.join('; ')}`);
+      const left = await fence.remove().catch(() => 'kept' as const);
+      const rules = left === 'kept' ? 'its rules stay until a later service sweeps them' : 'its rules were taken down';
+      throw new Error(`REDIS_FENCE=require: the Redis fence for ${opts.whose} is incomplete (${rules}): ${fence.problems.join('; ')}`);
     }
     if (opts.mode === 'require' && why) throw new Error(`REDIS_FENCE=require: Redis cannot be fenced off from ${opts.whose}: ${why}`);
     if (fence) opts.logger.info(`${opts.whose}: ${fence.summary}`);
     if (fence?.problems.length) opts.logger.warn(`the Redis fence for ${opts.whose} is incomplete: ${fence.problems.join('; ')}`);
+    if (fence?.sweepProblem) opts.logger.warn(`older Redis fence rules (of services that are gone) could not be swept: ${fence.sweepProblem}`);
     // Said, not warned: with a password Redis is closed to them anyway (the warning below is the one that matters).
     if (why) opts.logger.info(`Redis is not fenced off from ${opts.whose}: ${why}`);
   }
-  if (await opts.answersWithoutPassword()) {
+  if (await (opts.answersWithoutPassword ?? (() => answersWithoutPassword(opts.redisUrl)))()) {
     opts.logger.warn(
       fence
         ? `Redis answers without a password: ${opts.whose} are refused connections to it, but a program on this host that connects where it is told (another Redis, a proxy) could connect for them; give Redis a password (requirepass, or an ACL user) and put it in REDIS_URL`

@@ -40,7 +40,7 @@ describe('fenceOffRedis, with its firewall commands recorded', () => {
 
   it('refuses a remote Redis at its address as asked (so also behind NAT) and as sent (untracked connections), in its own family', async () => {
     const { tables, calls } = recorder();
-    const fence = await fenceOffRedis({ redis: { asked: [{ address: '192.0.2.10', port: 6390 }] }, uids: [5000, 5009], service: 'build', pid: 42, tables });
+    const fence = await fenceOffRedis({ redis: { asked: [{ address: '192.0.2.10', port: 6390 }] }, uids: [5000, 5009], service: 'build', pid: 42, tables, ipv6: true });
     expect(calls).toEqual([
       `iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 192.0.2.10 --ctorigdstport 6390 ${owner}`,
       `iptables -I OUTPUT 1 -p tcp --syn -d 192.0.2.10 --dport 6390 ${owner}`,
@@ -58,6 +58,7 @@ describe('fenceOffRedis, with its firewall commands recorded', () => {
       service: 'build',
       pid: 42,
       tables,
+      ipv6: true,
     });
     expect(calls.filter((c) => c.includes(' -I ')).map((c) => c.split(' -m owner')[0])).toEqual([
       'iptables -I OUTPUT 1 -p tcp --syn -m conntrack --ctorigdst 192.0.2.10 --ctorigdstport 6379',
@@ -118,7 +119,8 @@ describe('guardRedis (REDIS_FENCE)', () => {
   function setup(fence: (opts: RedisFenceOptions) => Promise<RedisFence>, open = false) {
     const lines: string[] = [];
     const logger = { info: (m: string) => void lines.push(`info ${m}`), warn: (m: string) => void lines.push(`warn ${m}`) };
-    const base = { where: local, service: 'build', whose: 'builds', logger, answersWithoutPassword: async () => open, fence };
+    // The hooks stand in for the client and REDIS_URL: never used.
+    const base = { redis: null as never, redisUrl: 'redis://127.0.0.1:6379', where: local, service: 'build', whose: 'builds', logger, answersWithoutPassword: async () => open, fence };
     return { lines, base };
   }
   let removed = 0;
@@ -130,10 +132,10 @@ describe('guardRedis (REDIS_FENCE)', () => {
 
   it('fences and says so; a Redis without a password is still warned of (others on the host could connect for them)', async () => {
     const closed = setup(up);
-    await guardRedis({ ...closed.base, mode: 'auto', uids: [5, 9] });
+    await guardRedis({ ...closed.base, mode: 'auto', range: [5, 9] });
     expect(closed.lines).toEqual(['info builds: user ids 5-9 cannot open connections to Redis']);
     const open = setup(up, true);
-    await guardRedis({ ...open.base, mode: 'auto', uids: [5, 9] });
+    await guardRedis({ ...open.base, mode: 'auto', range: [5, 9] });
     expect(open.lines[1]).toMatch(/^warn Redis answers without a password: builds are refused connections to it, but .*could connect for them/);
   });
 
@@ -144,10 +146,10 @@ describe('guardRedis (REDIS_FENCE)', () => {
       [[5, 9], up, async () => ({ socketPath: '/run/redis.sock', asked: [] }), /UNIX socket \(\/run\/redis\.sock\)/],
       [[5, 9], up, async () => Promise.reject(new Error('redis not ready after 30000 ms')), /not ready/],
     ] as const;
-    for (const [uids, fence, where, why] of cases) {
+    for (const [range, fence, where, why] of cases) {
       for (const open of [false, true]) {
         const { lines, base } = setup(fence, open);
-        const guard = await guardRedis({ ...base, where, mode: 'auto', uids });
+        const guard = await guardRedis({ ...base, where, mode: 'auto', range });
         expect(await guard.remove()).toBe('none');
         expect(lines[0]).toMatch(/^info Redis is not fenced off from builds: /);
         expect(lines[0]).toMatch(why);
@@ -158,23 +160,30 @@ describe('guardRedis (REDIS_FENCE)', () => {
 
   it('a partial fence: auto keeps it and warns; require takes it down and stops the service', async () => {
     const auto = setup(partial);
-    const guard = await guardRedis({ ...auto.base, mode: 'auto', uids: [5, 9] });
+    const guard = await guardRedis({ ...auto.base, mode: 'auto', range: [5, 9] });
     expect(auto.lines[1]).toMatch(/^warn the Redis fence for builds is incomplete: ip6tables/);
     expect(await guard.remove()).toBe('removed');
     const before = removed;
-    await expect(guardRedis({ ...setup(partial).base, mode: 'require', uids: [5, 9] })).rejects.toThrow(/REDIS_FENCE=require: the Redis fence for builds is incomplete/);
+    await expect(guardRedis({ ...setup(partial).base, mode: 'require', range: [5, 9] })).rejects.toThrow(/REDIS_FENCE=require: the Redis fence for builds is incomplete/);
     expect(removed).toBe(before + 1);
   });
 
+  it('older rules that could not be swept are warned of, and do not make the fence incomplete', async () => {
+    const swept = async (): Promise<RedisFence> => ({ ...(await up()), sweepProblem: 'iptables: Resource temporarily unavailable' });
+    const { lines, base } = setup(swept);
+    await guardRedis({ ...base, mode: 'require', range: [5, 9] });
+    expect(lines).toEqual(['info builds: user ids 5-9 cannot open connections to Redis', 'warn older Redis fence rules (of services that are gone) could not be swept: iptables: Resource temporarily unavailable']);
+  });
+
   it('require: any reason not to fence stops the service', async () => {
-    await expect(guardRedis({ ...setup(fails).base, mode: 'require', uids: [5, 9] })).rejects.toThrow(/REDIS_FENCE=require: .*iptables is not installed/);
-    await expect(guardRedis({ ...setup(up).base, mode: 'require', uids: undefined })).rejects.toThrow(/REDIS_FENCE=require: .*own user/);
+    await expect(guardRedis({ ...setup(fails).base, mode: 'require', range: [5, 9] })).rejects.toThrow(/REDIS_FENCE=require: .*iptables is not installed/);
+    await expect(guardRedis({ ...setup(up).base, mode: 'require', range: undefined })).rejects.toThrow(/REDIS_FENCE=require: .*own user/);
   });
 
   it('off: never touches the firewall, and still warns of a Redis without a password', async () => {
     let called = false;
     const { lines, base } = setup(async () => ((called = true), up()), true);
-    await guardRedis({ ...base, mode: 'off', uids: [5, 9] });
+    await guardRedis({ ...base, mode: 'off', range: [5, 9] });
     expect(called).toBe(false);
     expect(lines).toEqual([expect.stringMatching(/^warn Redis answers without a password/)]);
   });
@@ -297,7 +306,8 @@ describe.skipIf(!isRoot || !hasTables)('fenceOffRedis, with the real firewall (r
     expect(spawnSync('iptables', ['-w', '5', '-I', 'OUTPUT', '1', ...rule, ...comment]).status).toBe(0);
     const next = await fenceOffRedis({ redis: { asked: [{ address: '127.0.0.1', port }] }, uids: FENCED, service: 'test' });
     try {
-      expect(rules('iptables')).not.toContain(`pid=${process.pid}:start=1 `.trimEnd() + '"');
+      // iptables lists comments quoted: the closing quote ends this one's start time.
+      expect(rules('iptables')).not.toContain(`pid=${process.pid}:start=1"`);
       expect(rules('iptables')).toContain(`pid=${process.pid}:start=`);
     } finally {
       await next.remove();

@@ -1,8 +1,6 @@
 import { resolve } from 'node:path';
-import { answersWithoutPassword, createLogger, redisWhereabouts, runStageService, type BaseEnv, type StageHandler, type StageServiceDeps } from '@conveyor/service-kit';
-import { resolveBuildUsers, type BuildUserConfig, type BuildUsers } from './build-users.js';
-import { cleanAbandonedJobs } from './buildspec-job.js';
-import { guardRedis, type RedisFenceMode } from './redis-fence.js';
+import { cleanAbandonedJobs, resolveBuildUsers, type BuildUserConfig, type BuildUsers } from '@conveyor/runner';
+import { createLogger, guardRedis, runStageService, type BaseEnv, type RedisFenceMode, type RedisGuard, type StageHandler, type StageServiceDeps } from '@conveyor/service-kit';
 
 export interface BuildspecServiceOptions<T extends 'build' | 'test'> {
   service: string;
@@ -24,24 +22,23 @@ export async function runBuildspecService<T extends 'build' | 'test'>(opts: Buil
   const workDir = resolve(env.WORK_DIR);
   const usersLog = createLogger(opts.service, env.LOG_LEVEL);
   const { users, warning } = await resolveBuildUsers(workDir, env, env.WORKER_CONCURRENCY, (message) => usersLog.warn(message));
-  let fence: Awaited<ReturnType<typeof guardRedis>> | undefined;
-  /** The ids this service held when it stopped: a process still running as one keeps the fence up. */
-  let held: number[] = [];
+  let fence: RedisGuard | undefined;
   await runStageService({
     service: opts.service,
     type: opts.type,
     queueName: opts.queueName,
     env,
     handler: (deps) => opts.handler({ ...deps, users, workDir }),
-    // After the worker drained: the builds' users are free for another service of this host. The fence
-    // comes down then too, unless a build outlived its kill: it stays until that process is gone.
     extras: ({ logger }) => ({
       stop: [
-        { name: 'build users', run: () => ((held = users.ownIds()), users.close()) },
         {
-          name: 'Redis fence',
+          // After the worker drained: the builds' users are free for another service of this host. The fence
+          // comes down then too, unless a process of one of the ids this service held outlived its kill.
+          name: 'build users and Redis fence',
           run: async () => {
-            if ((await fence?.remove(held)) === 'kept') logger.warn(`the Redis fence stays up: processes of ${whose}' users still run (a service starting later takes it over or removes it once they are gone)`);
+            const held = users.ownIds();
+            await users.close();
+            if ((await fence?.remove(held)) === 'kept') logger.warn(`the Redis fence stays up: processes of ${whose}' users still run (a service starting later takes it over, or removes it once they are gone)`);
           },
         },
       ],
@@ -51,15 +48,7 @@ export async function runBuildspecService<T extends 'build' | 'test'>(opts: Buil
       logger.info(await cleanAbandonedJobs(workDir), 'cleaned up after earlier workers');
       if (warning) logger.warn({ workDir }, warning);
       else logger.info({ workDir }, users.summary);
-      fence = await guardRedis({
-        where: () => redisWhereabouts(redis),
-        mode: env.REDIS_FENCE,
-        uids: users.uids,
-        service: opts.service,
-        whose,
-        logger,
-        answersWithoutPassword: () => answersWithoutPassword(env.REDIS_URL),
-      });
+      fence = await guardRedis({ redis, redisUrl: env.REDIS_URL, mode: env.REDIS_FENCE, range: users.range, service: opts.service, whose, logger });
     },
   });
 }
