@@ -216,6 +216,7 @@ export class LocalProcessTarget implements DeployTarget {
     const appDir = join(dir, APP_DIR);
     const out = await open(join(dir, OUTPUT_FILE), 'a', 0o600);
     let child: ChildProcess;
+    let spawnFailed: Promise<Error> | undefined;
     try {
       // The command is the pipeline author's own text, run as written; run values reach it only through env.
       if (user) {
@@ -227,16 +228,13 @@ export class LocalProcessTarget implements DeployTarget {
       } else {
         child = spawn('bash', ['-c', target.command], { cwd: appDir, env, detached: true, stdio: ['ignore', out.fd, out.fd] });
       }
+      // Before any await: a spawn that fails says so on the next tick, and an event nobody listens for is lost.
+      spawnFailed = child.pid === undefined ? new Promise<Error>((resolve) => child.once('error', resolve)) : undefined;
     } finally {
       await out.close();
     }
-    let exit: { code: number | null; signal: string | null } | undefined;
-    child.once('exit', (code, signal) => (exit = { code, signal }));
     const pid = child.pid;
-    if (pid === undefined) {
-      const err = await new Promise<Error>((resolve) => child.once('error', resolve));
-      throw new Error(`could not start bash: ${err.message}`);
-    }
+    if (pid === undefined) throw new Error(`could not start bash: ${(await spawnFailed!).message}`);
     child.on('error', (err) => this.opts.logger.warn({ err, pid }, 'deployed process error'));
     // Detached and unreferenced: deployed versions outlive the deployer.
     child.unref();
@@ -253,7 +251,11 @@ export class LocalProcessTarget implements DeployTarget {
       procStart: processStartTime(pid),
     };
     await this.opts.files.writeVersionRecord(dir, record);
-    return { record, exited: () => exit };
+    // Read from the child, not from its 'exit' event: a command that ends at once (a missing config) can be
+    // reaped while this awaited something, before any listener was there, and then a health wait that
+    // listened for the event would wait out its whole timeout.
+    const proc = child;
+    return { record, exited: () => (proc.exitCode !== null || proc.signalCode !== null ? { code: proc.exitCode, signal: proc.signalCode } : undefined) };
   }
 
   private async stopPrevious(previous: DeploymentRecord, ctx: DeployContext): Promise<void> {
