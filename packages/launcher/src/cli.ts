@@ -91,7 +91,7 @@ const RESTARTS_PER_MINUTE = 5;
 function superviseServices(stack: Stack, home: string, stopping: () => boolean, giveUp: (why: string) => void): void {
   const exits = new Map<ServiceName, number[]>();
   const watch = (name: ServiceName, child: ChildProcess) => {
-    child.once('exit', (code, signal) => {
+    const exited = (code: number | null, signal: NodeJS.Signals | null) => {
       if (stopping()) return;
       const log = join(home, 'logs', `${name}.log`);
       const recent = (exits.get(name) ?? []).filter((t) => Date.now() - t < 60_000);
@@ -108,7 +108,10 @@ function superviseServices(stack: Stack, home: string, stopping: () => boolean, 
         },
         (err: Error) => giveUp(`${name} could not be started again: ${err.message}`),
       );
-    });
+    };
+    // One that ended before it was watched (while the services after it started) emitted its 'exit' to nobody.
+    if (child.exitCode !== null || child.signalCode !== null) exited(child.exitCode, child.signalCode);
+    else child.once('exit', exited);
   };
   for (const [name, child] of stack.processes) watch(name, child);
 }
