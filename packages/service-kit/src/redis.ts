@@ -69,7 +69,7 @@ export interface RedisPeer {
   port: number;
 }
 
-/** Where Redis is, for the Redis fence (runner's guardRedis). */
+/** Where Redis is, for the Redis fence (guardRedis, redis-fence.ts). */
 export interface RedisWhereabouts {
   /** Set when the client reaches Redis through a UNIX socket (nothing to fence by address). */
   socketPath?: string;
