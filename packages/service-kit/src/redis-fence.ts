@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { z } from 'zod';
-import { processesOfUsers, processStartTime } from '@conveyor/procfs';
+import { processesOfUsers, processIsOurs, processStartTime } from '@conveyor/procfs';
 import { answersWithoutPassword, redisWhereabouts, type Redis, type RedisWhereabouts } from './redis.js';
 
 /**
@@ -191,7 +191,7 @@ async function sweep(tables: Tables, tool: Tool, ownComment: string): Promise<bo
   for (const words of listed) {
     const m = COMMENT.exec(comment(words));
     const owners = /^(\d+)(?:-(\d+))?$/.exec(words[words.indexOf('--uid-owner') + 1] ?? '');
-    if (!m || !owners || comment(words) === ownComment || ownerLives(Number(m[2]), m[3]!)) continue;
+    if (!m || !owners || comment(words) === ownComment || processIsOurs({ pid: Number(m[2]), ...(m[3] ? { startTime: m[3] } : {}) })) continue;
     const first = Number(owners[1]);
     const last = owners[2] === undefined ? first : Number(owners[2]);
     const running = processesOfUsers(first, last).length > 0;
@@ -207,17 +207,11 @@ async function sweep(tables: Tables, tool: Tool, ownComment: string): Promise<bo
 /** A rule's words without its `-m comment --comment <text>`. */
 function withoutComment(words: readonly string[]): string[] {
   const i = words.indexOf('--comment');
-  return i < 2 || words[i - 2] !== '-m' ? [...words] : [...words.slice(0, i - 2), ...words.slice(i + 1 + 1)];
+  return i < 2 || words[i - 2] !== '-m' ? [...words] : [...words.slice(0, i - 2), ...words.slice(i + 2)];
 }
 
 function unquote(word: string): string {
   return word.length >= 2 && word.startsWith('"') && word.endsWith('"') ? word.slice(1, -1) : word;
-}
-
-/** Whether the process that added a rule still lives (the same one: a reused pid has another start time). */
-function ownerLives(pid: number, start: string): boolean {
-  const now = processStartTime(pid);
-  return now !== undefined && (start === '' || now === start);
 }
 
 function messageOf(err: unknown): string {

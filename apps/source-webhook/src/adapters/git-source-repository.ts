@@ -1,13 +1,11 @@
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { chmod, mkdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 import type { ArtifactStore } from '@conveyor/artifacts';
 import { PermanentJobError } from '@conveyor/service-kit';
 import type { SourceRepository } from '../ports.js';
 
-const exec = promisify(execFile);
 const SHA = /^[0-9a-f]{40}$/;
 
 /** Git never prompts, never runs hooks or helpers from the user's config, never uses the system config. */
@@ -58,7 +56,8 @@ export class GitSourceRepository implements SourceRepository {
 
   /**
    * Runs `file` in a process group of its own; past the timeout the whole group is killed (git, and the
-   * remote helper it started, which would otherwise keep running, and keep a mirror's lock).
+   * remote helper it started, which would otherwise keep running, and keep a mirror's lock). A failure
+   * other than the timeout carries the program's `exitCode`.
    */
   private run(file: string, argv: string[], cwd: string | undefined, what: string): Promise<string> {
     return new Promise((resolvePromise, reject) => {
@@ -84,7 +83,7 @@ export class GitSourceRepository implements SourceRepository {
         clearTimeout(timer);
         if (code === 0 && !timedOut) return resolvePromise(stdout.trim());
         const said = (timedOut ? `timed out after ${this.timeoutMs / 1000} s` : stderr || `exit ${code}`).trim().split('\n').filter((line) => line.trim() !== '').slice(-6).join(' ');
-        reject(new Error(`${what} failed: ${said.length > 1500 ? `…${said.slice(-1500)}` : said}`));
+        reject(Object.assign(new Error(`${what} failed: ${said.length > 1500 ? `…${said.slice(-1500)}` : said}`), timedOut ? {} : { exitCode: code }));
       });
     });
   }
@@ -145,11 +144,11 @@ export class GitSourceRepository implements SourceRepository {
     if (!SHA.test(sha)) throw new PermanentJobError(`ref ${ref} not found in the repository`);
     if (!commit) return sha;
     // Exit status 1: not an ancestor; anything else is git failing, which is retried.
-    const onIt = await exec('git', ['merge-base', '--is-ancestor', '--', commit, sha], { cwd: mirror, env: GIT_ENV, timeout: this.timeoutMs }).then(
+    const onIt = await this.git(['merge-base', '--is-ancestor', '--', commit, sha], mirror).then(
       () => true,
-      (err: { code?: number }) => {
-        if (err.code === 1) return false;
-        throw new Error(`git merge-base failed: ${String(err)}`);
+      (err: Error & { exitCode?: number }) => {
+        if (err.exitCode === 1) return false;
+        throw err;
       },
     );
     if (!onIt) throw new PermanentJobError(`commit ${commit} is not on ${ref} (at ${sha}); give a commit of that ref, or its ref`);

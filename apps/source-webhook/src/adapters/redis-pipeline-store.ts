@@ -2,6 +2,7 @@ import { PipelineDefinition } from '@conveyor/contracts';
 import { ConflictError } from '@conveyor/service-kit';
 import type { Redis } from 'ioredis';
 import type { PipelineStore } from '../ports.js';
+import { safeJson } from '../domain/json.js';
 
 /** Pipeline definitions (with their write-only secrets) as JSON strings, plus a set of names. */
 export class RedisPipelineStore implements PipelineStore {
@@ -44,13 +45,5 @@ export class RedisPipelineStore implements PipelineStore {
   async remove(name: string): Promise<boolean> {
     const replies = await this.redis.multi().del(this.key(name)).srem(`${this.prefix}:pipelines`, name).exec();
     return replies?.[0]?.[1] === 1;
-  }
-}
-
-function safeJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
   }
 }

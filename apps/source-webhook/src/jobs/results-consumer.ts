@@ -2,6 +2,7 @@ import { QUEUES, runIdOfJob } from '@conveyor/contracts';
 import { keepStageEvents, stageEventsKey, StreamGroupConsumer, type Logger, type Redis, type StreamEntry } from '@conveyor/service-kit';
 import { completionInput } from '../domain/outcome.js';
 import type { Orchestrator, RunInputFor } from '../orchestrator.js';
+import { safeJson } from '../domain/json.js';
 
 export const RESULTS_GROUP = 'orchestrator';
 
@@ -93,13 +94,5 @@ export class ResultsConsumer {
     const { input, problem } = completionInput(jobId, safeJson(field('returnvalue')));
     if (problem) this.opts.logger.error({ jobId, problem }, 'stage job completed without a valid result');
     return { runId, input };
-  }
-}
-
-function safeJson(text: string | undefined): unknown {
-  try {
-    return text === undefined ? undefined : JSON.parse(text);
-  } catch {
-    return undefined;
   }
 }
