@@ -1,11 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { createServer, isIP } from 'node:net';
+import { isIP } from 'node:net';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopAllDeployments } from '@conveyor/deployer';
+import { listenProblem } from '@conveyor/service-kit';
 import { resolveRedis, type ResolvedRedis } from './redis.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -77,11 +78,7 @@ export function passedThrough(env: NodeJS.ProcessEnv): Record<string, string> {
 /** Throws naming the first of `ports` something already listens on (another Conveyor, say). */
 async function checkPortsFree(ports: readonly { port: number; name: string }[], host: string): Promise<void> {
   for (const { port, name } of ports) {
-    const problem = await new Promise<string | undefined>((done) => {
-      const server = createServer();
-      server.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'EADDRINUSE' ? 'in use' : err.message));
-      server.listen(port, host, () => server.close(() => done(undefined)));
-    });
+    const problem = await listenProblem(port, host);
     if (problem) throw new Error(`port ${port} (for ${name}) is ${problem}: another Conveyor or program listens there; stop it, or set CONVEYOR_PORT_BASE to another free range of five ports`);
   }
 }

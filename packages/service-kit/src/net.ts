@@ -9,13 +9,18 @@ export async function freePort(): Promise<number> {
   return freePortRange(1);
 }
 
-function canListen(port: number): Promise<boolean> {
+/** Why a server could not listen on `port` at `host` now ('in use', or the error), undefined when it could. */
+export function listenProblem(port: number, host = '127.0.0.1'): Promise<string | undefined> {
   return new Promise((resolve) => {
     const srv = createServer();
     srv.unref();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    srv.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'EADDRINUSE' ? 'in use' : err.message));
+    srv.listen(port, host, () => srv.close(() => resolve(undefined)));
   });
+}
+
+async function canListen(port: number): Promise<boolean> {
+  return (await listenProblem(port)) === undefined;
 }
 
 /**
