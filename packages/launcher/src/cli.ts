@@ -1,10 +1,10 @@
 #!/usr/bin/env -S node --import tsx
-import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { ConveyorClient } from './api-client.js';
 import { examplePipelineYaml, prepareExampleRepo, watchRun } from './example.js';
 import { redactUrl } from './redis.js';
-import { REPO_ROOT, startStack, type ServiceName, type Stack } from './stack.js';
+import { REPO_ROOT, startStack, type Stack } from './stack.js';
+import { superviseServices } from './supervise.js';
 
 // The launcher is a terminal program: it talks to a person on stdout.
 const print = (line: string) => process.stdout.write(`${line}\n`);
@@ -43,9 +43,14 @@ async function main(argv: string[]): Promise<number> {
   process.once('SIGINT', () => stopAndExit(130));
   process.once('SIGTERM', () => stopAndExit(143));
   process.once('SIGHUP', () => stopAndExit(129));
-  superviseServices(stack, home, () => stopping !== undefined, (why) => {
-    print(`✖ ${why}; stopping everything`);
-    stopAndExit(1);
+  superviseServices(stack, {
+    home,
+    stopping: () => stopping !== undefined,
+    giveUp: (why) => {
+      print(`✖ ${why}; stopping everything`);
+      stopAndExit(1);
+    },
+    say: print,
   });
 
   print(`  Redis:          ${redactUrl(stack.redis.url)} (${stack.redis.origin})`);
@@ -79,41 +84,6 @@ async function main(argv: string[]): Promise<number> {
   }
   print('Services and the deployment keep running. Press Ctrl-C to stop everything.');
   return new Promise(() => undefined);
-}
-
-const RESTARTS_PER_MINUTE = 5;
-
-/**
- * A service that exits while the launcher runs is said so and started again (its work is not lost:
- * the queues and the reconciler pick it up); one that exits RESTARTS_PER_MINUTE times in a minute, or
- * cannot be started again, ends the launcher through `giveUp`.
- */
-function superviseServices(stack: Stack, home: string, stopping: () => boolean, giveUp: (why: string) => void): void {
-  const exits = new Map<ServiceName, number[]>();
-  const watch = (name: ServiceName, child: ChildProcess) => {
-    const exited = (code: number | null, signal: NodeJS.Signals | null) => {
-      if (stopping()) return;
-      const log = join(home, 'logs', `${name}.log`);
-      const recent = (exits.get(name) ?? []).filter((t) => Date.now() - t < 60_000);
-      recent.push(Date.now());
-      exits.set(name, recent);
-      const how = signal ? `killed by ${signal}` : `exited with code ${code}`;
-      if (recent.length >= RESTARTS_PER_MINUTE) return giveUp(`${name} ${how}, ${recent.length} times in a minute (see ${log})`);
-      print(`✖ ${name} ${how}; starting it again (see ${log})`);
-      stack.startService(name).then(
-        (again) => {
-          if (stopping()) return;
-          print(`✔ ${name} is running again`);
-          watch(name, again);
-        },
-        (err: Error) => giveUp(`${name} could not be started again: ${err.message}`),
-      );
-    };
-    // One that ended before it was watched (while the services after it started) emitted its 'exit' to nobody.
-    if (child.exitCode !== null || child.signalCode !== null) exited(child.exitCode, child.signalCode);
-    else child.once('exit', exited);
-  };
-  for (const [name, child] of stack.processes) watch(name, child);
 }
 
 main(process.argv.slice(2)).then(

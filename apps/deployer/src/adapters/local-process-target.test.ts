@@ -1,0 +1,82 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { artifactKey, FsArtifactStore } from '@conveyor/artifacts';
+import { DeployJob, stageJobId } from '@conveyor/contracts';
+import { createLogger } from '@conveyor/service-kit';
+import type { DeploymentRecord } from '../domain/deployment-record.js';
+import type { DeployContext } from '../ports.js';
+import { DeploymentFiles } from './deployment-files.js';
+import { LocalProcessTarget } from './local-process-target.js';
+
+let root: string;
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), 'cv-local-target-'));
+});
+afterEach(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+/** Until `pid` is gone from the process table: reaped, so Node has already emitted its 'exit' event. */
+async function untilReaped(pid: number): Promise<void> {
+  for (;;) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/**
+ * The files of deployments, with one await made to last until the command it records has been reaped:
+ * the moment of the race fixed in `start` (a command that ends at once, its 'exit' event emitted while
+ * the deployer awaited something) made certain instead of left to chance.
+ */
+class SlowRecordFiles extends DeploymentFiles {
+  override async writeVersionRecord(versionDir: string, record: DeploymentRecord): Promise<void> {
+    await untilReaped(record.pid);
+    await super.writeVersionRecord(versionDir, record);
+  }
+}
+
+describe('LocalProcessTarget', () => {
+  it('fails at once when the command has ended and been reaped before the health wait began', async () => {
+    const artifacts = new FsArtifactStore(join(root, 'artifacts'));
+    const src = join(root, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'version.txt'), 'v1');
+    const input = await artifacts.putFiles(artifactKey('run-race', 'Build', 1), src, ['version.txt']);
+    const job = DeployJob.parse({
+      v: 1,
+      type: 'deploy',
+      jobId: stageJobId('run-race', 'Deploy', 1),
+      runId: 'run-race',
+      runNumber: 1,
+      pipeline: 'race',
+      stage: 'Deploy',
+      stageIndex: 2,
+      attempt: 1,
+      trigger: { type: 'manual', ref: 'refs/heads/main' },
+      commit: 'c'.repeat(40),
+      input,
+      // Were the exit missed, the health wait would last its whole timeout: far beyond this test's.
+      target: { kind: 'local', command: 'echo "missing config" >&2; exit 3', healthTimeoutSeconds: 600 },
+    });
+    const lines: string[] = [];
+    const ctx: DeployContext = { log: (line) => lines.push(line), signal: new AbortController().signal, cancelled: async () => false };
+    const target = new LocalProcessTarget({
+      files: new SlowRecordFiles(join(root, 'deployments')),
+      artifacts,
+      logger: createLogger('deployer-test', 'silent'),
+      stopGraceMs: 1000,
+      keepVersions: 2,
+    });
+    const outcome = await target.deploy(job, ctx);
+    expect(outcome.status).toBe('unhealthy');
+    expect(outcome).toMatchObject({ message: expect.stringContaining('exited with code 3') });
+    expect(outcome).toMatchObject({ message: expect.stringContaining('missing config') });
+  }, 30_000);
+});

@@ -1,0 +1,81 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ServiceName } from './stack.js';
+import { RESTARTS_PER_MINUTE, superviseServices } from './supervise.js';
+
+const started: ChildProcess[] = [];
+afterEach(() => {
+  for (const child of started.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+});
+
+function run(script: string): ChildProcess {
+  const child = spawn('bash', ['-c', script], { stdio: 'ignore' });
+  started.push(child);
+  return child;
+}
+
+/** Until the child has ended and Node has emitted its 'exit' (to nobody, if nobody listened yet). */
+function ended(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => child.once('exit', () => resolve()));
+}
+
+function until(check: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const poll = setInterval(() => {
+      if (check()) {
+        clearInterval(poll);
+        resolve();
+      }
+    }, 10);
+  });
+}
+
+describe('superviseServices', () => {
+  it('restarts a service that ended before it was watched (its exit event already gone)', async () => {
+    const build = run('exit 7');
+    await ended(build);
+    const monitor = run('sleep 30');
+    const lines: string[] = [];
+    const restarted: ServiceName[] = [];
+    const again = run('sleep 30');
+    superviseServices(
+      {
+        processes: new Map<ServiceName, ChildProcess>([
+          ['build', build],
+          ['monitor', monitor],
+        ]),
+        startService: async (name) => {
+          restarted.push(name);
+          return again;
+        },
+      },
+      { home: '/conveyor-home', stopping: () => false, giveUp: (why) => lines.push(`gave up: ${why}`), say: (line) => lines.push(line) },
+    );
+    await until(() => lines.length >= 2);
+    expect(restarted).toEqual(['build']);
+    expect(lines).toEqual(['✖ build exited with code 7; starting it again (see /conveyor-home/logs/build.log)', '✔ build is running again']);
+  });
+
+  it('gives up on a service that keeps ending, and says nothing while the launcher stops', async () => {
+    const lines: string[] = [];
+    let gaveUp: string | undefined;
+    superviseServices(
+      { processes: new Map<ServiceName, ChildProcess>([['deployer', run('exit 1')]]), startService: async () => run('exit 1') },
+      { home: '/h', stopping: () => false, giveUp: (why) => (gaveUp = why), say: (line) => lines.push(line) },
+    );
+    await until(() => gaveUp !== undefined);
+    expect(gaveUp).toBe(`deployer exited with code 1, ${RESTARTS_PER_MINUTE} times in a minute (see /h/logs/deployer.log)`);
+    expect(lines.filter((l) => l.startsWith('✖ deployer exited with code 1'))).toHaveLength(RESTARTS_PER_MINUTE - 1);
+
+    const quiet: string[] = [];
+    const child = run('kill -TERM $$');
+    superviseServices(
+      { processes: new Map<ServiceName, ChildProcess>([['build', child]]), startService: async () => run('exit 0') },
+      { home: '/h', stopping: () => true, giveUp: (why) => quiet.push(why), say: (line) => quiet.push(line) },
+    );
+    await until(() => child.signalCode !== null);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(child.signalCode).toBe('SIGTERM');
+    expect(quiet).toEqual([]);
+  });
+});

@@ -1,0 +1,41 @@
+import type { ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import type { ServiceName, Stack } from './stack.js';
+
+export const RESTARTS_PER_MINUTE = 5;
+
+/**
+ * A service that exits while the launcher runs is said so and started again (its work is not lost:
+ * the queues and the reconciler pick it up); one that exits RESTARTS_PER_MINUTE times in a minute, or
+ * cannot be started again, ends the launcher through `giveUp`.
+ */
+export function superviseServices(
+  stack: Pick<Stack, 'processes' | 'startService'>,
+  { home, stopping, giveUp, say }: { home: string; stopping: () => boolean; giveUp: (why: string) => void; say: (line: string) => void },
+): void {
+  const exits = new Map<ServiceName, number[]>();
+  const watch = (name: ServiceName, child: ChildProcess) => {
+    const exited = (code: number | null, signal: NodeJS.Signals | null) => {
+      if (stopping()) return;
+      const log = join(home, 'logs', `${name}.log`);
+      const recent = (exits.get(name) ?? []).filter((t) => Date.now() - t < 60_000);
+      recent.push(Date.now());
+      exits.set(name, recent);
+      const how = signal ? `killed by ${signal}` : `exited with code ${code}`;
+      if (recent.length >= RESTARTS_PER_MINUTE) return giveUp(`${name} ${how}, ${recent.length} times in a minute (see ${log})`);
+      say(`✖ ${name} ${how}; starting it again (see ${log})`);
+      stack.startService(name).then(
+        (again) => {
+          if (stopping()) return;
+          say(`✔ ${name} is running again`);
+          watch(name, again);
+        },
+        (err: Error) => giveUp(`${name} could not be started again: ${err.message}`),
+      );
+    };
+    // One that ended before it was watched (while the services after it started) emitted its 'exit' to nobody.
+    if (child.exitCode !== null || child.signalCode !== null) exited(child.exitCode, child.signalCode);
+    else child.once('exit', exited);
+  };
+  for (const [name, child] of stack.processes) watch(name, child);
+}
