@@ -13,6 +13,11 @@ export interface DeployContext {
    * a target asks it just before the step it cannot take back, replacing what serves.
    */
   cancelled(): Promise<boolean>;
+  /**
+   * Says which version serves the pipeline now: called once a new version is recorded as live, before the
+   * versions it replaces are stopped (a monitor stage still probing one of them then knows why it stops).
+   */
+  wentLive(live: { runId: string; attempt: number; url: string }): Promise<void>;
 }
 
 export type DeployOutcome =

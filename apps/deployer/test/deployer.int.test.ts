@@ -6,7 +6,7 @@ import type { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FsArtifactStore, artifactKey } from '@conveyor/artifacts';
-import { cancelChannel, cancelledJobKey, DeployJob, QUEUES, StageResult, stageJobId } from '@conveyor/contracts';
+import { cancelChannel, cancelledJobKey, DeployJob, liveDeploymentKey, QUEUES, StageResult, stageJobId } from '@conveyor/contracts';
 import { createQueue, stageLogKey } from '@conveyor/service-kit';
 import { completedResults, testRedis, uniquePrefix } from '@conveyor/testing';
 import { processStartTime } from '@conveyor/procfs';
@@ -173,6 +173,8 @@ describe('deployer', () => {
     expect(await alive(firstPid)).toBe(false);
     await expectNotServing(first.output.url!);
     expect((await currentRecord('shop')).url).toBe(second.output.url);
+    // Said to the monitor stages: which version serves now (one probing the first knows why it stopped).
+    expect(JSON.parse((await redis.get(liveDeploymentKey(prefix, 'shop')))!)).toEqual({ runId: second.runId, attempt: 1, url: second.output.url });
   });
 
   it('fails a version that never becomes healthy, stops it, and keeps the previous one serving', async () => {

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { MonitorJob, QUEUES, StageResult, stageJobId, type VerifySettings } from '@conveyor/contracts';
+import { liveDeploymentKey, MonitorJob, QUEUES, StageResult, stageJobId, type VerifySettings } from '@conveyor/contracts';
 import { createQueue, stageLogKey } from '@conveyor/service-kit';
 import { completedResults, freePort, testRedis, uniquePrefix } from '@conveyor/testing';
 import { startService, type RunningService } from './service.js';
@@ -115,6 +115,26 @@ describe('monitor stage', () => {
     const result = await runMonitor(makeJob(nobody, { durationSeconds: 1, intervalSeconds: 0.5 }));
     expect(result.status).toBe('FAILED');
     expect(result.message).toContain('ECONNREFUSED');
+  });
+
+  it("ends, passing, when its version stops because another run's deploy replaced it; fails when it stops still serving", async () => {
+    answer = (n) => (n <= 2 ? 200 : 503);
+    const job = makeJob(appUrl, { durationSeconds: 60, intervalSeconds: 0.3 });
+    // What the deployer records before stopping the version it replaces.
+    await redis.set(liveDeploymentKey(prefix, 'shop'), JSON.stringify({ runId: 'run-newer-1', attempt: 1, url: 'http://127.0.0.1:1' }));
+    const replaced = await runMonitor(job);
+    expect(replaced.status, replaced.message).toBe('SUCCEEDED');
+    expect(replaced.output).toMatchObject({ probes: { total: 2, failed: 0 }, supersededBy: { runId: 'run-newer-1', url: 'http://127.0.0.1:1' } });
+    expect(replaced.message).toContain('run run-newer-1 replaced this version');
+    expect(await redis.get(stageLogKey(prefix, job.jobId))).toContain('probe 3: FAILED HTTP 503');
+
+    // The record names the version probed: its failures are its own.
+    requests = 0;
+    const own = makeJob(appUrl, { durationSeconds: 60, intervalSeconds: 0.3 });
+    await redis.set(liveDeploymentKey(prefix, 'shop'), JSON.stringify({ runId: own.runId, attempt: 1, url: appUrl }));
+    const failed = await runMonitor(own);
+    expect(failed.status).toBe('FAILED');
+    expect(failed.output.supersededBy).toBeUndefined();
   });
 
   it('refuses to probe anything that is not http(s): the job is rejected before any probe', async () => {

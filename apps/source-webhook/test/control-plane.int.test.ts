@@ -270,6 +270,13 @@ describe('runs', () => {
     expect(first.runs).toHaveLength(1);
     const second = (await service.app.inject({ method: 'GET', url: `/api/v1/pipelines/hello/runs?limit=1&before=${first.next}`, headers: auth })).json();
     expect(second.runs[0].id).not.toBe(first.runs[0].id);
+    // No body, or an empty one sent as JSON (what `curl -X POST -H 'content-type: application/json'` sends), is a run of the default branch.
+    const empty = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: { ...auth, 'content-type': 'application/json' }, payload: '' });
+    expect(empty.statusCode).toBe(202);
+    expect((await getRun(empty.json().runId)).trigger.ref).toBe('refs/heads/main');
+    const emptyDefinition = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/json' }, payload: '' });
+    expect(emptyDefinition.statusCode).toBe(400);
+    expect(emptyDefinition.headers['content-type']).toContain('application/problem+json');
     const ref = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { ref: '--upload-pack=touch /tmp/x' } });
     expect(ref.statusCode).toBe(400);
     expect(ref.json().errors[0]).toMatchObject({ path: 'body.ref', message: expect.stringContaining('git ref name') });
@@ -403,6 +410,15 @@ describe('GitHub webhooks', () => {
     expect(dev.json().reason).toContain('branch dev');
     const other = await sendPush(pushBody(firstCommit, 'main', 'https://github.com/someone/else.git'), 'delivery-7');
     expect(other.statusCode).toBe(404);
+    // Branch filters speak of branches: a push to another kind of ref runs nothing, and says why.
+    const pull = JSON.stringify({ ...JSON.parse(pushBody(firstCommit)), ref: 'refs/pull/1/head' });
+    const pr = await sendPush(pull, 'delivery-7b');
+    expect(pr.statusCode).toBe(200);
+    expect(pr.json().reason).toBe('ref refs/pull/1/head is neither a branch nor a tag');
+    const forged = JSON.stringify({ ...JSON.parse(pushBody(firstCommit)), ref: 'refs/x/a\n[source] stored snapshot FAKE' });
+    const badRef = await sendPush(forged, 'delivery-7c');
+    expect(badRef.statusCode).toBe(400);
+    expect(badRef.json().errors.map((e: { path: string }) => e.path)).toContain('body.ref');
     const junk = await sendPush('{"ref": 1}', 'delivery-8');
     expect(junk.statusCode).toBe(400);
     expect(junk.json().errors.map((e: { path: string }) => e.path)).toContain('body.ref');

@@ -28,6 +28,15 @@ export function cancelChannel(prefix: string): string {
   return `${prefix}:cancel`;
 }
 
+/**
+ * The version of a pipeline that serves now, as its deployer last put it live: `{ runId, attempt, url }`
+ * (JSON), written before the versions it replaces are stopped. A monitor stage whose probes start failing
+ * reads it to tell a version replaced by a later deploy from one that broke.
+ */
+export function liveDeploymentKey(prefix: string, pipeline: string): string {
+  return `${prefix}:deployment:live:${pipeline}`;
+}
+
 /** A durable mark of a cancelled stage job, for the checks a stage makes before a step it cannot take back. */
 export function cancelledJobKey(prefix: string, jobId: string): string {
   return `${prefix}:cancelled:${jobId}`;

@@ -34,6 +34,8 @@ export const StageOutput = z
       .object({ total: z.number().int(), failed: z.number().int(), p50Ms: z.number(), p95Ms: z.number() })
       .optional(),
     exportedVariables: z.record(z.string(), z.string()).optional(),
+    /** Monitor: the verification ended early because another run's deploy replaced the version it watched. */
+    supersededBy: z.object({ runId: RunId, url: z.string() }).optional(),
   })
   .strict();
 export type StageOutput = z.infer<typeof StageOutput>;

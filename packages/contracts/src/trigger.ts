@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { CommitSha } from './common.js';
+import { CommitSha, GitRefName } from './common.js';
 
 /** Produced by source-webhook from a verified Git host delivery: a push, independent of the host's format. */
 export const SourceEvent = z
@@ -9,7 +9,7 @@ export const SourceEvent = z
     event: z.literal('push'),
     deliveryId: z.string().min(1).max(200),
     repositoryUrls: z.array(z.string()).min(1),
-    ref: z.string().min(1),
+    ref: GitRefName,
     /** `refs/heads/x` → branch x; `refs/tags/x` → tag x. */
     branch: z.string().optional(),
     tag: z.string().optional(),

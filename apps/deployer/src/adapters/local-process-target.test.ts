@@ -9,6 +9,7 @@ import type { DeploymentRecord } from '../domain/deployment-record.js';
 import type { DeployContext } from '../ports.js';
 import { DeploymentFiles } from './deployment-files.js';
 import { LocalProcessTarget } from './local-process-target.js';
+import { stopAllDeployments } from '../stop-all.js';
 
 let root: string;
 beforeEach(async () => {
@@ -42,31 +43,70 @@ class SlowRecordFiles extends DeploymentFiles {
   }
 }
 
+const APP = `
+import { createServer } from 'node:http';
+createServer((req, res) => { res.writeHead(200); res.end('ok'); }).listen(Number(process.env.PORT), '127.0.0.1');
+`;
+
+function deployJob(runId: string, input: DeployJob['input'], target: Partial<Extract<DeployJob['target'], { kind: 'local' }>>): DeployJob {
+  return DeployJob.parse({
+    v: 1,
+    type: 'deploy',
+    jobId: stageJobId(runId, 'Deploy', 1),
+    runId,
+    runNumber: 1,
+    pipeline: 'race',
+    stage: 'Deploy',
+    stageIndex: 2,
+    attempt: 1,
+    trigger: { type: 'manual', ref: 'refs/heads/main' },
+    commit: 'c'.repeat(40),
+    input,
+    target: { kind: 'local', command: 'node server.mjs', ...target },
+  });
+}
+
 describe('LocalProcessTarget', () => {
+  it('says which version went live before it stops the one replaced', async () => {
+    const artifacts = new FsArtifactStore(join(root, 'artifacts'));
+    const src = join(root, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'server.mjs'), APP);
+    const input = await artifacts.putFiles(artifactKey('run-live', 'Build', 1), src, ['server.mjs']);
+    const target = new LocalProcessTarget({ files: new DeploymentFiles(join(root, 'deployments')), artifacts, logger: createLogger('deployer-test', 'silent'), stopGraceMs: 1000, keepVersions: 2 });
+    const live: { runId: string; url: string; previousServing: boolean }[] = [];
+    let previous: string | undefined;
+    const ctx: DeployContext = {
+      log: () => undefined,
+      signal: new AbortController().signal,
+      cancelled: async () => false,
+      wentLive: async ({ runId, url }) => {
+        live.push({ runId, url, previousServing: previous !== undefined && (await fetch(previous).then((r) => r.ok, () => false)) });
+      },
+    };
+    const first = await target.deploy(deployJob('run-live-1', input, {}), ctx);
+    expect(first.status).toBe('deployed');
+    previous = (first as { url: string }).url;
+    const second = await target.deploy(deployJob('run-live-2', input, {}), ctx);
+    expect(second.status).toBe('deployed');
+    expect(live).toEqual([
+      { runId: 'run-live-1', url: previous, previousServing: false },
+      { runId: 'run-live-2', url: (second as { url: string }).url, previousServing: true },
+    ]);
+    await expect(fetch(previous)).rejects.toThrow();
+    await stopAllDeployments(join(root, 'deployments'), 1000);
+  }, 60_000);
+
   it('fails at once when the command has ended and been reaped before the health wait began', async () => {
     const artifacts = new FsArtifactStore(join(root, 'artifacts'));
     const src = join(root, 'src');
     await mkdir(src);
     await writeFile(join(src, 'version.txt'), 'v1');
     const input = await artifacts.putFiles(artifactKey('run-race', 'Build', 1), src, ['version.txt']);
-    const job = DeployJob.parse({
-      v: 1,
-      type: 'deploy',
-      jobId: stageJobId('run-race', 'Deploy', 1),
-      runId: 'run-race',
-      runNumber: 1,
-      pipeline: 'race',
-      stage: 'Deploy',
-      stageIndex: 2,
-      attempt: 1,
-      trigger: { type: 'manual', ref: 'refs/heads/main' },
-      commit: 'c'.repeat(40),
-      input,
-      // Were the exit missed, the health wait would last its whole timeout: far beyond this test's.
-      target: { kind: 'local', command: 'echo "missing config" >&2; exit 3', healthTimeoutSeconds: 600 },
-    });
+    // Were the exit missed, the health wait would last its whole timeout: far beyond this test's.
+    const job = deployJob('run-race', input, { command: 'echo "missing config" >&2; exit 3', healthTimeoutSeconds: 600 });
     const lines: string[] = [];
-    const ctx: DeployContext = { log: (line) => lines.push(line), signal: new AbortController().signal, cancelled: async () => false };
+    const ctx: DeployContext = { log: (line) => lines.push(line), signal: new AbortController().signal, cancelled: async () => false, wentLive: async () => undefined };
     const target = new LocalProcessTarget({
       files: new SlowRecordFiles(join(root, 'deployments')),
       artifacts,

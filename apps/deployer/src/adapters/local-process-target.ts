@@ -66,6 +66,8 @@ export class LocalProcessTarget implements DeployTarget {
       // monitor stage's business, not a reason to restart what serves.
       const healthy = await probeHealth(`${current.url}${target.healthPath}`, 2000);
       ctx.log(`this version already serves ${current.url} (pid ${current.pid}${healthy ? '' : ', health probe failing'}); nothing started`);
+      // Said again: the delivery that put it live may have died before saying it.
+      await ctx.wentLive({ runId: current.runId, attempt: current.attempt, url: current.url });
       await this.stopOthers(job.pipeline, current, ctx);
       return { status: 'already-deployed', url: current.url };
     }
@@ -139,6 +141,7 @@ export class LocalProcessTarget implements DeployTarget {
     // Record first, then stop the old one: a crash in between leaves current.json naming a healthy version.
     await files.writeCurrent(record);
     ctx.log(`healthy after ${outcome.afterMs} ms; ${record.url} now serves ${job.pipeline}`);
+    await ctx.wentLive({ runId: record.runId, attempt: record.attempt, url: record.url });
     await this.stopOthers(job.pipeline, record, ctx);
     await this.prune(job.pipeline, dir);
     return { status: 'deployed', url: record.url };

@@ -1,5 +1,5 @@
 import type { Counter } from 'prom-client';
-import { cancelledJobKey } from '@conveyor/contracts';
+import { cancelledJobKey, liveDeploymentKey } from '@conveyor/contracts';
 import { openStageLog, PermanentJobError, RUN_CANCELLED, type Redis, type StageHandler } from '@conveyor/service-kit';
 import type { DeployResult } from '../metrics.js';
 import type { DeployTarget } from '../ports.js';
@@ -23,6 +23,8 @@ export function createDeployHandler(deps: DeployHandlerDeps): StageHandler<'depl
         log: (line) => log.write(`${line}\n`),
         signal: ctx.signal,
         cancelled: async () => ctx.signal.reason === RUN_CANCELLED || (await deps.redis.exists(cancelledJobKey(deps.prefix, job.jobId))) === 1,
+        // Failing, the deploy is retried: the new version is recorded live (current.json), so the retry finds it serving.
+        wentLive: async (live) => void (await deps.redis.set(liveDeploymentKey(deps.prefix, job.pipeline), JSON.stringify(live))),
       });
       count(outcome.status);
       switch (outcome.status) {

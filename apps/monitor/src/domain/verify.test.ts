@@ -57,6 +57,29 @@ describe('verify', () => {
     expect(report.probes.total).toBe(1);
   });
 
+  it('ends early, passing, when a failed probe finds the version replaced by another run: the failure is not its', async () => {
+    const h = harness((i) => (i >= 4 ? { ok: false, detail: 'ECONNREFUSED' } : i === 2 ? { ok: false, detail: 'HTTP 503' } : {}));
+    const asked: number[] = [];
+    h.deps.replacedBy = async () => {
+      asked.push(h.probedAt.length);
+      return h.probedAt.length >= 4 ? { runId: 'run-later-1', url: 'http://127.0.0.1:4001' } : undefined;
+    };
+    const report = await verify('http://app/healthz', settings({ maxFailures: 1 }), h.deps);
+    // Asked at each failed probe: the 503 of probe 2 was this version's own, and counts.
+    expect(asked).toEqual([2, 4]);
+    expect(report).toMatchObject({ status: 'SUCCEEDED', supersededBy: { runId: 'run-later-1', url: 'http://127.0.0.1:4001' }, probes: { total: 3, failed: 1 } });
+    expect(report.message).toBe('run run-later-1 replaced this version (http://127.0.0.1:4001 serves now); until then 3 probes of http://app/healthz, 1 failed (1 allowed); p50 5 ms, p95 5 ms');
+    expect(h.probedAt).toHaveLength(4);
+  });
+
+  it('fails as before when a failed probe finds the version still the one serving', async () => {
+    const h = harness((i) => (i >= 3 ? { ok: false, detail: 'HTTP 500' } : {}));
+    h.deps.replacedBy = async () => undefined;
+    const report = await verify('http://app/healthz', settings({ maxFailures: 1 }), h.deps);
+    expect(report).toMatchObject({ status: 'FAILED', probes: { total: 4, failed: 2 } });
+    expect(report.supersededBy).toBeUndefined();
+  });
+
   it('skips the slots a slow probe overran, keeping the window', async () => {
     const h = harness(() => ({ ms: 2500, ok: false, detail: 'timed out after 2500 ms' }));
     const report = await verify('http://app/healthz', settings({ maxFailures: 100 }), h.deps);

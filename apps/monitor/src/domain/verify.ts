@@ -16,6 +16,11 @@ export interface VerifyDeps {
   now(): number;
   signal: AbortSignal;
   onProbe?(index: number, result: ProbeResult): void;
+  /**
+   * Asked when a probe fails: the version that serves the pipeline now, if it is no longer the one
+   * probed (a later run's deploy replaced it). Its failures from then on are not the probed version's.
+   */
+  replacedBy?(): Promise<{ runId: string; url: string } | undefined>;
 }
 
 export interface ProbeStats {
@@ -29,12 +34,16 @@ export interface VerifyReport {
   status: 'SUCCEEDED' | 'FAILED';
   message: string;
   probes: ProbeStats;
+  /** Ended early: another run's deploy replaced the version probed, which had passed until then. */
+  supersededBy?: { runId: string; url: string };
 }
 
 /**
  * Probes `url` every `intervalSeconds` during `durationSeconds` (a slow probe skips the slots it
  * overran, so the window stays the configured length). Fails as soon as more than `maxFailures`
- * probes failed. Throws the signal's reason when aborted: an interrupted verification has no verdict.
+ * probes failed. A failed probe of a version another run's deploy has replaced ends the verification
+ * instead, with the probes before it as its verdict: a replaced version is stopped, not broken. Throws
+ * the signal's reason when aborted: an interrupted verification has no verdict.
  */
 export async function verify(url: string, settings: VerifySettings, deps: VerifyDeps): Promise<VerifyReport> {
   const intervalMs = settings.intervalSeconds * 1000;
@@ -44,6 +53,7 @@ export async function verify(url: string, settings: VerifySettings, deps: Verify
   const latencies: number[] = [];
   let failed = 0;
   let lastFailure = '';
+  let supersededBy: { runId: string; url: string } | undefined;
   for (let due = start; due < end; ) {
     deps.signal.throwIfAborted();
     const wait = due - deps.now();
@@ -51,6 +61,14 @@ export async function verify(url: string, settings: VerifySettings, deps: Verify
     deps.signal.throwIfAborted();
     const result = await deps.probe(url, settings.timeoutMs, deps.signal);
     deps.signal.throwIfAborted();
+    if (!result.ok && deps.replacedBy) {
+      supersededBy = await deps.replacedBy();
+      deps.signal.throwIfAborted();
+      if (supersededBy) {
+        deps.onProbe?.(latencies.length + 1, result);
+        break;
+      }
+    }
     latencies.push(result.ms);
     deps.onProbe?.(latencies.length, result);
     if (!result.ok) {
@@ -63,6 +81,14 @@ export async function verify(url: string, settings: VerifySettings, deps: Verify
   }
   const probes: ProbeStats = { total: latencies.length, failed, p50Ms: percentile(latencies, 50), p95Ms: percentile(latencies, 95) };
   const latency = `p50 ${probes.p50Ms} ms, p95 ${probes.p95Ms} ms`;
+  if (supersededBy) {
+    return {
+      status: 'SUCCEEDED',
+      message: `run ${supersededBy.runId} replaced this version (${supersededBy.url} serves now); until then ${probes.total} probes of ${url}, ${failed} failed (${settings.maxFailures} allowed)${probes.total ? `; ${latency}` : ''}`,
+      probes,
+      supersededBy,
+    };
+  }
   if (failed > settings.maxFailures) {
     return {
       status: 'FAILED',

@@ -1,3 +1,5 @@
+import { z } from 'zod';
+import { liveDeploymentKey, RunId } from '@conveyor/contracts';
 import { openStageLog, PermanentJobError, type Redis, type StageHandler } from '@conveyor/service-kit';
 import { probeUrl, UnsafeProbeUrlError } from '../domain/probe-url.js';
 import { verify } from '../domain/verify.js';
@@ -26,6 +28,26 @@ export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+/**
+ * The version serving `pipeline` now, when it is not the one at `url`: the deployer records each version it
+ * puts live before stopping the one it replaces. Nothing recorded, or unreadable, is not a replacement.
+ */
+async function replacedBy(redis: Redis, prefix: string, pipeline: string, url: string): Promise<{ runId: string; url: string } | undefined> {
+  // Unreadable (Redis away, a foreign value): no replacement known, so the failed probe counts.
+  const text = await redis.get(liveDeploymentKey(prefix, pipeline)).catch(() => null);
+  if (text === null) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const live = LiveDeployment.safeParse(value);
+  return live.success && live.data.url !== url ? { runId: live.data.runId, url: live.data.url } : undefined;
+}
+
+const LiveDeployment = z.object({ runId: RunId, url: z.string() });
+
 /** Handles a MonitorJob: probes what the deploy stage deployed and reports the probe statistics. */
 export function createMonitorHandler(deps: MonitorHandlerDeps): StageHandler<'monitor'> {
   return async (job, ctx) => {
@@ -46,9 +68,10 @@ export function createMonitorHandler(deps: MonitorHandlerDeps): StageHandler<'mo
         now: deps.now ?? (() => performance.now()),
         signal: ctx.signal,
         onProbe: (n, r) => log.write(`probe ${n}: ${r.ok ? 'ok' : 'FAILED'} ${r.detail} in ${r.ms} ms\n`),
+        replacedBy: () => replacedBy(deps.redis, deps.prefix, job.pipeline, job.url),
       });
       log.write(`${report.status}: ${report.message}\n`);
-      return { status: report.status, message: report.message, output: { probes: report.probes } };
+      return { status: report.status, message: report.message, output: { probes: report.probes, ...(report.supersededBy ? { supersededBy: report.supersededBy } : {}) } };
     } finally {
       await log.close();
     }

@@ -13,6 +13,8 @@ describe('verifyGithubSignature', () => {
     ['short', 'sha256=757107ea'],
     ['one digit off', 'sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e18'],
     ['not hex', 'sha256=zz'],
+    ['valid one with trailing junk', 'sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17zz'],
+    ['valid one repeated (a duplicated header)', 'sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17, sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17'],
   ])('refuses a %s signature', (_n, header) => {
     expect(verifyGithubSignature(secret, body, header)).toBe(false);
   });
@@ -32,6 +34,17 @@ describe('githubPushToSourceEvent', () => {
       sender: { login: 'octocat' },
     });
     expect(githubPushToSourceEvent(payload, 'd1')).toMatchObject({ branch: 'main', after: 'b'.repeat(40), changedFiles: ['a', 'b', 'c'], actor: 'octocat', deleted: false });
+  });
+  it.each([
+    ['not a full ref', 'main'],
+    ['a branch without a name', 'refs/heads/'],
+    ['a control character', 'refs/x/a\n[source] stored snapshot FAKE'],
+    ['over 255 characters', `refs/heads/${'a'.repeat(300)}`],
+    ['a `..`', 'refs/heads/a..b'],
+  ])('refuses a ref with %s, naming the field', (_n, ref) => {
+    const parsed = GithubPush.safeParse({ ref, after: 'b'.repeat(40), repository: { clone_url: 'u' } });
+    expect(parsed.success).toBe(false);
+    expect(parsed.error?.issues[0]?.path).toEqual(['ref']);
   });
   it('marks a branch deletion', () => {
     const payload = GithubPush.parse({ ref: 'refs/heads/x', after: '0'.repeat(40), deleted: true, repository: { clone_url: 'u' } });

@@ -1,11 +1,12 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
-import { SourceEvent } from '@conveyor/contracts';
+import { GitRefName, SourceEvent } from '@conveyor/contracts';
 import { splitRef } from './triggers.js';
 
 /** Constant-time check of `X-Hub-Signature-256: sha256=<hex>` over the raw body. */
 export function verifyGithubSignature(secret: string, rawBody: Buffer, header: string | undefined): boolean {
-  if (!header || !header.startsWith('sha256=')) return false;
+  // Strictly `sha256=` and 64 hex digits: Buffer.from(…, 'hex') would stop quietly at a bad character.
+  if (!header || !/^sha256=[0-9a-fA-F]{64}$/.test(header)) return false;
   const given = Buffer.from(header.slice('sha256='.length), 'hex');
   const expected = createHmac('sha256', secret).update(rawBody).digest();
   return given.length === expected.length && timingSafeEqual(given, expected);
@@ -19,7 +20,8 @@ const Commit = z.object({
 
 /** The parts of GitHub's push payload Conveyor reads; everything else is ignored. */
 export const GithubPush = z.object({
-  ref: z.string().min(1),
+  /** A full ref (`refs/heads/main`), valid as git takes it: it reaches logs and the run record. */
+  ref: GitRefName.refine((r) => r.startsWith('refs/'), 'must be a full ref (refs/…)'),
   before: z.string().optional(),
   after: z.string().regex(/^[0-9a-f]{40}$/, 'must be a 40-hex commit sha'),
   deleted: z.boolean().optional(),

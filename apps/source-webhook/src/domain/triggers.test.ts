@@ -35,6 +35,11 @@ describe('decideTrigger', () => {
     expect(decideTrigger(d, push({ changedFiles: ['docs/a.md', 'src/b.md'] })).run).toBe(false);
     expect(decideTrigger(d, push({})).run).toBe(true);
   });
+  it('runs nothing for a ref that is neither a branch nor a tag, whatever the filters', () => {
+    for (const d of [def({}), def({ triggers: [{ event: 'push', branches: { include: ['**'] } }] }), def({ triggers: [{ event: 'push' }] })]) {
+      expect(decideTrigger(d, push({ ref: 'refs/pull/1/head', branch: undefined }))).toEqual({ run: false, reason: 'ref refs/pull/1/head is neither a branch nor a tag' });
+    }
+  });
   it('never runs a deleted ref', () => {
     expect(decideTrigger(def({}), push({ deleted: true }))).toMatchObject({ run: false, reason: expect.stringContaining('deleted') });
   });

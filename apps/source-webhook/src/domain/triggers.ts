@@ -35,6 +35,8 @@ function triggerMatches(trigger: PushTrigger, event: SourceEvent): string | unde
  */
 export function decideTrigger(def: PipelineDefinition, event: SourceEvent): TriggerDecision {
   if (event.deleted) return { run: false, reason: `ref ${event.ref} was deleted` };
+  // Filters speak of branches and tags: a push to any other ref (refs/pull/…, refs/notes/…) runs nothing.
+  if (event.branch === undefined && event.tag === undefined) return { run: false, reason: `ref ${event.ref} is neither a branch nor a tag` };
   const triggers: PushTrigger[] = def.source.triggers ?? [{ event: 'push', branches: { include: [def.source.branch], exclude: [] } }];
   if (triggers.length === 0) return { run: false, reason: 'the pipeline has no push triggers' };
   const reasons: string[] = [];

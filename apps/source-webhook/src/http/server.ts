@@ -26,6 +26,14 @@ export function buildServer(deps: ServerDeps): App {
   const app = buildBaseServer({ logger: deps.logger, registry: deps.registry, readiness: deps.readiness });
   app.register(async (api) => {
     api.addHook('onRequest', bearerAuth(deps.apiToken));
+    // An empty JSON body is no body (`curl -X POST -H 'content-type: application/json' …/runs`): the
+    // routes whose body is optional take it, the others say it is required. Anything else goes to
+    // fastify's own parser (prototype-poisoning checks included).
+    const json = api.getDefaultJsonParser('error', 'error');
+    api.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+      if ((body as string).trim() === '') done(null, undefined);
+      else json(req, body as string, done);
+    });
     await api.register(pipelineRoutes(deps));
     await api.register(runRoutes(deps));
   }, { prefix: '/api/v1' });
