@@ -277,6 +277,9 @@ describe('runs', () => {
     const emptyDefinition = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/json' }, payload: '' });
     expect(emptyDefinition.statusCode).toBe(400);
     expect(emptyDefinition.headers['content-type']).toContain('application/problem+json');
+    const poisoned = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/json' }, payload: '{"name":"p","__proto__":{"admin":true}}' });
+    expect(poisoned.statusCode).toBe(400);
+    expect(poisoned.json().errors[0]).toMatchObject({ path: 'body.__proto__', message: 'key __proto__ is not allowed' });
     const ref = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: { ref: '--upload-pack=touch /tmp/x' } });
     expect(ref.statusCode).toBe(400);
     expect(ref.json().errors[0]).toMatchObject({ path: 'body.ref', message: expect.stringContaining('git ref name') });

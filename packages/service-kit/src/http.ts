@@ -1,4 +1,5 @@
-import { STATUS_CODES } from 'node:http';
+import { maxHeaderSize, STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Registry } from 'prom-client';
@@ -23,18 +24,60 @@ export interface BaseServerOptions {
 }
 
 const PROBLEM_TYPE = 'https://conveyor.dev/problems/';
+/** The longest path parameter the router takes (fastify's default, stated so a 414 can name it). */
+const MAX_PARAM_LENGTH = 100;
 
 export function sendProblem(reply: FastifyReply, status: number, title: string, detail?: string, errors?: FieldIssue[]) {
-  return reply
-    .code(status)
-    .type('application/problem+json')
-    .send({ type: `${PROBLEM_TYPE}${status}`, title, status, ...(detail ? { detail } : {}), ...(errors?.length ? { errors } : {}) });
+  return reply.code(status).type('application/problem+json').send(problem(status, title, detail, errors));
+}
+
+function problem(status: number, title: string, detail?: string, errors?: FieldIssue[]) {
+  return { type: `${PROBLEM_TYPE}${status}`, title, status, ...(detail ? { detail } : {}), ...(errors?.length ? { errors } : {}) };
+}
+
+let parsersSymbol: symbol | undefined;
+/**
+ * The limit the body parser for this request's content type enforces. fastify keeps it on the parser
+ * (from `addContentTypeParser(…, { bodyLimit })`, else the app's) but has no public getter, so this reads
+ * its internal table; if a fastify upgrade moves it, the 413 names no limit rather than a wrong one
+ * (and http.test.ts fails).
+ */
+function parserBodyLimit(request: FastifyRequest): number | undefined {
+  const server = request.server as unknown as Record<symbol, { getParser?: (contentType: string) => { bodyLimit?: unknown } | undefined }>;
+  parsersSymbol ??= Object.getOwnPropertySymbols(server).find((s) => s.description === 'fastify.contentTypeParser');
+  const limit = parsersSymbol ? server[parsersSymbol]?.getParser?.(request.headers['content-type'] ?? '')?.bodyLimit : undefined;
+  return typeof limit === 'number' ? limit : undefined;
+}
+
+/** Answers fastify's router errors (a bad or over-long path), which never reach the error handler. */
+function frameworkProblem(error: FastifyError): { status: number; title: string; detail?: string } {
+  // Their messages quote the path: not echoed.
+  if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') return { status: 414, title: 'URI Too Long', detail: `a path parameter is longer than ${MAX_PARAM_LENGTH} characters` };
+  if (error.code === 'FST_ERR_BAD_URL') return { status: 400, title: 'Bad Request', detail: 'the path is not valid percent-encoding' };
+  return { status: 500, title: 'Internal Server Error' };
+}
+
+/** What node's HTTP parser refuses, answered as problem+json (fastify's default sends its own JSON). */
+function clientErrorHandler(logger: Logger) {
+  return (err: Error & { code?: string }, socket: Socket) => {
+    if (err.code === 'ECONNRESET' || socket.destroyed) return;
+    const [status, detail] =
+      err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'the request was not received in time']
+      : err.code === 'HPE_HEADER_OVERFLOW' ? [431, `the request headers are over ${maxHeaderSize} bytes`]
+      : [400, 'the request is not valid HTTP/1.1'];
+    logger.debug({ err }, 'client error');
+    const body = JSON.stringify(problem(status, STATUS_CODES[status]!, detail));
+    if (socket.writable) {
+      socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    }
+    socket.destroy(err);
+  };
 }
 
 /** Body types a route may take, named in a 415's detail when its context has a parser for them. */
 const KNOWN_TYPES = ['application/json', 'application/yaml', 'application/x-www-form-urlencoded'];
 
-function mapError(error: unknown, request?: FastifyRequest): { status: number; title: string; detail?: string; errors?: FieldIssue[] } {
+function mapError(error: unknown, request?: FastifyRequest, routeBodyLimits?: Map<string, number>): { status: number; title: string; detail?: string; errors?: FieldIssue[] } {
   if (error instanceof InputError) return { status: 400, title: 'Bad Request', detail: error.message, errors: error.issues };
   if (error instanceof UnauthorizedError) return { status: 401, title: 'Unauthorized', detail: error.message };
   if (error instanceof NotFoundError) return { status: 404, title: 'Not Found', detail: error.message };
@@ -56,7 +99,11 @@ function mapError(error: unknown, request?: FastifyRequest): { status: number; t
       const takes = KNOWN_TYPES.filter((t) => request.server.hasContentTypeParser(t));
       if (takes.length) detail = `${fe.message}; send ${takes.join(' or ')}`;
     }
-    if (fe.statusCode === 413 && request?.routeOptions.bodyLimit) detail = `${fe.message}: at most ${request.routeOptions.bodyLimit} bytes`;
+    if (fe.statusCode === 413 && request) {
+      // A route's own bodyLimit wins over its parser's (fastify's rule).
+      const limit = routeBodyLimits?.get(`${request.method} ${request.routeOptions.url}`) ?? parserBodyLimit(request);
+      if (limit) detail = `${fe.message}: at most ${limit} bytes`;
+    }
     return { status: fe.statusCode, title: STATUS_CODES[fe.statusCode] ?? 'Bad Request', detail };
   }
   // ioredis offline-queue / connection errors: the producer fails fast, the caller retries later.
@@ -71,14 +118,22 @@ export function buildBaseServer(opts: BaseServerOptions): App {
   const app = Fastify({
     loggerInstance: opts.logger,
     bodyLimit: opts.bodyLimit ?? 1024 * 1024,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    frameworkErrors: (error, request, reply) => {
+      const mapped = frameworkProblem(error);
+      if (mapped.status >= 500) request.log.error({ err: error }, 'request failed');
+      void sendProblem(reply, mapped.status, mapped.title, mapped.detail);
+    },
+    clientErrorHandler: clientErrorHandler(opts.logger),
     // Per-request lines would drown the logs in probes; services log what matters themselves.
     logController: new LogController({ disableRequestLogging: true }),
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
 
+  const routeBodyLimits = new Map<string, number>();
   app.setErrorHandler((error, request: FastifyRequest, reply) => {
-    const mapped = mapError(error, request);
+    const mapped = mapError(error, request, routeBodyLimits);
     if (mapped.status >= 500) request.log.error({ err: error, url: request.url }, 'request failed');
     return sendProblem(reply, mapped.status, mapped.title, mapped.status >= 500 && mapped.status !== 503 ? undefined : mapped.detail, mapped.errors);
   });
@@ -88,6 +143,7 @@ export function buildBaseServer(opts: BaseServerOptions): App {
     const methods = (Array.isArray(route.method) ? route.method : [route.method]).map(String);
     const pattern = new RegExp(`^${route.url.split('/').map((part) => (part.startsWith(':') ? '[^/]+' : part === '*' ? '.*' : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('/')}$`);
     routes.push({ pattern, methods });
+    if (route.bodyLimit) for (const method of methods) routeBodyLimits.set(`${method} ${route.url}`, route.bodyLimit);
   });
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0]!;

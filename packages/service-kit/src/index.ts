@@ -3,6 +3,7 @@ export * from './env.js';
 export * from './logger.js';
 export * from './redis.js';
 export * from './http.js';
+export * from './json-body.js';
 export * from './metrics.js';
 export * from './shutdown.js';
 export * from './queues.js';

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Registry } from '@conveyor/service-kit';
-import { bearerAuth, buildBaseServer, type App, type Logger } from '@conveyor/service-kit';
+import { bearerAuth, buildBaseServer, parseJsonBody, type App, type Logger } from '@conveyor/service-kit';
 import type { Orchestrator } from '../orchestrator.js';
 import type { PipelineStore, RunStore } from '../ports.js';
 import type { WebhookIntake } from '../webhook-intake.js';
@@ -27,12 +27,11 @@ export function buildServer(deps: ServerDeps): App {
   app.register(async (api) => {
     api.addHook('onRequest', bearerAuth(deps.apiToken));
     // An empty JSON body is no body (`curl -X POST -H 'content-type: application/json' …/runs`): the
-    // routes whose body is optional take it, the others say it is required. Anything else goes to
-    // fastify's own parser (prototype-poisoning checks included).
-    const json = api.getDefaultJsonParser('error', 'error');
+    // routes whose body is optional take it, the others say it is required. Anything else is parsed
+    // refusing prototype-poisoning keys, naming them.
     api.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
       if ((body as string).trim() === '') done(null, undefined);
-      else json(req, body as string, done);
+      else parseJsonBody(req, body as string, done);
     });
     await api.register(pipelineRoutes(deps));
     await api.register(runRoutes(deps));
