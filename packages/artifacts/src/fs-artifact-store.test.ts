@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { lstat, mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -50,6 +50,31 @@ describe('FsArtifactStore', () => {
   it('refuses keys that leave the store and files outside the directory', async () => {
     await expect(store.putFiles('../escape.tar', join(dir, 'src'), ['a.txt'])).rejects.toThrow(/invalid artifact key/);
     await expect(store.putFiles('k/z.tar', join(dir, 'src'), ['../outside.txt'])).rejects.toThrow(/outside/);
+  });
+
+  it('stores a file that is there under several names (hard links) whole under each, without crashing the packer', async () => {
+    // The runner stages an artifact's files as hard links: a symlink stored as its content and the
+    // file it leads to are one inode. node-tar would write hard-link entries, and (7.5) throw an
+    // uncaught "write after end" when the last two of them end the archive.
+    const errors: Error[] = [];
+    const onError = (err: Error) => errors.push(err);
+    process.prependListener('uncaughtException', onError);
+    try {
+      await link(join(dir, 'src', 'a.txt'), join(dir, 'src', 'a-again.txt'));
+      await link(join(dir, 'src', 'sub', 'b.txt'), join(dir, 'src', 'sub', 'b-again.txt'));
+      const ref = await store.putFiles('k/hard-links.tar', join(dir, 'src'), ['a.txt', 'a-again.txt', 'sub/b.txt', 'sub/b-again.txt']);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(errors).toEqual([]);
+      const { stdout } = await exec('tar', ['-tvf', join(dir, 'store', 'k', 'hard-links.tar')]);
+      expect(stdout.split('\n').filter((l) => l.startsWith('h'))).toEqual([]);
+      await store.extractTo(ref, join(dir, 'out'));
+      for (const [name, text] of [['a-again.txt', 'A'], ['sub/b-again.txt', 'B']]) {
+        expect(await readFile(join(dir, 'out', name!), 'utf8')).toBe(text);
+        expect((await stat(join(dir, 'out', name!))).nlink).toBe(1);
+      }
+    } finally {
+      process.removeListener('uncaughtException', onError);
+    }
   });
 
   it('stores relative symlinks as links, never following them', async () => {

@@ -14,6 +14,19 @@ async function sha256File(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
+/**
+ * node-tar's cache of the files it packed, which makes a file it meets again (another name of one
+ * inode: a hard link) a hard-link entry. This one remembers nothing, so every name is stored whole:
+ * the runner stages an artifact's files as hard links to the workspace's (a symlink stored as its
+ * content is one inode with its target), an artifact must not depend on how they were staged, and
+ * node-tar 7.5 throws an uncaught "write after end" when the last two entries are hard links.
+ */
+class NoHardLinks extends Map<`${number}:${number}`, string> {
+  override set(): this {
+    return this;
+  }
+}
+
 /** Artifacts as tar files under one local directory. The default store on one machine. */
 export class FsArtifactStore implements ArtifactStore {
   readonly root: string;
@@ -73,8 +86,8 @@ export class FsArtifactStore implements ArtifactStore {
       for (const f of files) {
         if (isAbsolute(f) || relative(dir, resolve(dir, f)).startsWith('..')) throw new Error(`artifact file outside its directory: ${f}`);
       }
-      // portable: no uid/gid/mtime noise; symlinks are stored as links, never followed.
-      await create({ file: tmp, cwd: dir, portable: true, noDirRecurse: true }, [...files]);
+      // portable: no uid/gid/mtime noise; symlinks are stored as links, never followed; hard links whole.
+      await create({ file: tmp, cwd: dir, portable: true, noDirRecurse: true, linkCache: new NoHardLinks() }, [...files]);
       return await this.commit(key, tmp);
     } catch (err) {
       await rm(tmp, { force: true });

@@ -141,6 +141,105 @@ phases:
   });
 });
 
+describe('runPhases: a command runs as plain shell text would', () => {
+  it('break and continue cannot leave the user\'s command (they act on its own loops only)', async () => {
+    const r = await run(`version: 0.2
+phases:
+  build:
+    commands:
+      - export VERSION=1.2.3
+      - |
+        for a in 1 2 3; do if true; then break 2; fi; done
+        echo "after loop"
+      - for a in 1 2; do break 5; done; echo "after break 5"
+      - for a in 1 2; do continue 2; echo never; done; echo "after continue 2"
+  post_build:
+    commands:
+      - echo "post VERSION=$VERSION"
+`, { timeoutMs: 3000 });
+    expect(r.status).toBe('SUCCEEDED');
+    expect(r.output).toBe('after loop\nafter break 5\nafter continue 2\npost VERSION=1.2.3\n');
+  });
+
+  it('break or continue at the top level of a command does not end it, nor hang the build', async () => {
+    const events: string[] = [];
+    const r = await run(`version: 0.2
+phases:
+  build:
+    commands:
+      - |
+        X=kept
+        continue
+        echo "after continue"
+      - break; echo "after break X=$X"
+`, { timeoutMs: 3000, onEvent: (e) => e.type === 'notice' && events.push(e.message) });
+    expect(r.status).toBe('SUCCEEDED');
+    expect(r.output).toMatch(/after continue\n/);
+    expect(r.output).toMatch(/after break X=kept\n$/);
+    expect(events).toEqual([]);
+  });
+
+  it('return at the top level of a command ends that command with its status', async () => {
+    const r = await run(`version: 0.2
+phases:
+  build:
+    commands:
+      - echo one; return 0; echo never
+      - Y=two
+      - echo "Y=$Y"; return 4; echo never
+      - echo skipped
+`);
+    expect(r.output).toBe('one\nY=two\n');
+    expect(r.failure).toMatchObject({ phase: 'build', index: 2, exitCode: 4 });
+    expect(r.message).toMatch(/^phases\.build\.commands\[2\] exited with code 4/);
+  });
+
+  it('keeps declared variables, arrays, functions, positional parameters, traps and options across commands', async () => {
+    const r = await run(`version: 0.2
+phases:
+  build:
+    commands:
+      - declare -A MAP=([k]=v); declare -a LIST=(a b); typeset T=t; declare -x DX=dx
+      - greet() { echo "hello $1"; }; set -- p1 p2; mkdir -p sub && cd sub
+      - trap 'echo "ERR trapped"' ERR; set -u
+      - echo "map=\${MAP[k]} list=\${LIST[1]} t=$T dx=$(printenv DX) args=$# $1 dir=$(basename "$PWD") opts=$-"
+      - greet world; false; echo "after false"
+`);
+    expect(r.status).toBe('SUCCEEDED');
+    expect(r.output).toMatch(/^map=v list=b t=t dx=dx args=2 p1 dir=sub opts=\S*u\S*\nhello world\nERR trapped\nafter false\n$/);
+  });
+
+  it('/bin/sh: break and continue cannot leave the command either', async () => {
+    const r = await run(`version: 0.2
+env:
+  shell: /bin/sh
+phases:
+  build:
+    commands:
+      - V=kept; for a in 1 2; do break 3; done; echo "after break"
+      - continue; echo "after continue V=$V"
+`, { timeoutMs: 3000 });
+    expect(r.status).toBe('SUCCEEDED');
+    expect(r.output).toBe('after break\nafter continue V=kept\n');
+  });
+
+  it('set -v echoes the user\'s commands, not the runner\'s plumbing', async () => {
+    const r = await run('version: 0.2\nphases:\n  build:\n    commands: [set -v, echo hi, set +v, echo quiet]\n');
+    expect(r.output).toBe('echo hi\nhi\nset +v\nquiet\n');
+  });
+
+  it('writes stdout and stderr to the log in the order the build wrote them, as one stream', async () => {
+    const r = await run(`version: 0.2
+phases:
+  build:
+    commands:
+      - for i in $(seq 2000); do echo out$i; echo err$i >&2; done
+`);
+    const expected = Array.from({ length: 2000 }, (_, i) => `out${i + 1}\nerr${i + 1}\n`).join('');
+    expect(r.output).toBe(expected);
+  });
+});
+
 describe('runPhases: failures and phase transitions', () => {
   it('skips the rest of a phase after a failing command, runs finally, fails the phase', async () => {
     const r = await run(`version: 0.2
@@ -178,6 +277,33 @@ phases:
 `, { env: { CODEBUILD_BUILD_SUCCEEDING: '1' } });
     expect(r.statuses).toEqual({ pre_build: 'SUCCEEDED', build: 'FAILED', post_build: 'SUCCEEDED' });
     expect(r.output).toBe('pre=1\nbuild=1\npost=0\n');
+    expect(r.status).toBe('FAILED');
+  });
+
+  it('sets CODEBUILD_BUILD_SUCCEEDING=0 for finally once a command of its phase has failed', async () => {
+    const r = await run(`version: 0.2
+phases:
+  install:
+    on-failure: CONTINUE
+    commands: ['echo "install=$CODEBUILD_BUILD_SUCCEEDING"', 'false']
+    finally: ['echo "install finally=$CODEBUILD_BUILD_SUCCEEDING"']
+  build:
+    commands: ['echo "build=$CODEBUILD_BUILD_SUCCEEDING"']
+`, { env: { CODEBUILD_BUILD_SUCCEEDING: '1' } });
+    expect(r.output).toBe('install=1\ninstall finally=0\nbuild=0\n');
+    const shellDied = await run('version: 0.2\nphases:\n  build:\n    commands: ["exit 2"]\n    finally: [\'echo "finally=$CODEBUILD_BUILD_SUCCEEDING"\']\n', { env: { CODEBUILD_BUILD_SUCCEEDING: '1' } });
+    expect(shellDied.output).toBe('finally=0\n');
+  });
+
+  it('RETRY: CODEBUILD_BUILD_SUCCEEDING stays 1 while a retry may still succeed, and is 0 on the last attempt', async () => {
+    const r = await run(`version: 0.2
+phases:
+  build:
+    on-failure: RETRY-1
+    commands: ['false']
+    finally: ['echo "finally=$CODEBUILD_BUILD_SUCCEEDING"']
+`, { env: { CODEBUILD_BUILD_SUCCEEDING: '1' } });
+    expect(r.output).toBe('finally=1\nfinally=0\n');
     expect(r.status).toBe('FAILED');
   });
 

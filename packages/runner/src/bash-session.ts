@@ -28,7 +28,7 @@ export interface RunPhasesOptions {
   workspace: string;
   /** The build's environment (see codebuildEnv). PATH, HOME and LANG come from this process unless given. */
   env: Record<string, string>;
-  /** stdout and stderr of the commands, as they come. */
+  /** What the commands print, stdout and stderr as one stream, in the order written, as it comes. */
   onOutput?: (chunk: string) => void;
   onEvent?: (event: RunnerEvent) => void;
   /** Whole-build limit; on expiry the process group is killed and the result is TIMED_OUT. */
@@ -105,6 +105,7 @@ class BuildSession {
   private readonly mark = randomUUID();
   private shell?: ShellProcess;
   private readonly shells: ShellProcess[] = [];
+  /** CODEBUILD_BUILD_SUCCEEDING: false once a command has failed the build (see runPhaseOnce). */
   private succeeding = true;
   private stopReason?: 'TIMED_OUT' | 'STOPPED';
   private stopping?: Promise<void>;
@@ -175,10 +176,15 @@ class BuildSession {
     return undefined;
   }
 
-  /** commands, then finally (always); the first failure of either fails the phase. */
-  private async runPhaseOnce(phase: PhaseName): Promise<CommandFailure | undefined> {
+  /**
+   * commands, then finally (always); the first failure of either fails the phase. A failed command
+   * fails the build there and then (finally already sees CODEBUILD_BUILD_SUCCEEDING=0), unless the
+   * phase may still be retried (`retryLeft`): a retry that succeeds leaves the build succeeding.
+   */
+  private async runPhaseOnce(phase: PhaseName, retryLeft: boolean): Promise<CommandFailure | undefined> {
     const def = this.spec.phases[phase]!;
     const failed = await this.runBlock(phase, 'commands', def.commands ?? []);
+    if (failed && !retryLeft) this.succeeding = false;
     const finallyFailed = this.stopReason ? undefined : await this.runBlock(phase, 'finally', def.finally ?? []);
     return failed ?? finallyFailed;
   }
@@ -192,7 +198,7 @@ class BuildSession {
     for (;;) {
       this.phaseOutput = '';
       this.emit({ type: 'phase-start', phase, attempt });
-      failure = await this.runPhaseOnce(phase);
+      failure = await this.runPhaseOnce(phase, policy?.kind === 'RETRY' && attempt <= policy.retries);
       if (!failure || this.stopReason || policy?.kind !== 'RETRY' || attempt > policy.retries) break;
       if (!matchesWithin(policy.pattern, `${this.phaseOutput}\n${failure.message}`)) break;
       this.emit({ type: 'notice', message: `${failure.message}; retrying phase ${phase} (retry ${attempt} of ${policy.retries})` });

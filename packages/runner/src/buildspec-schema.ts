@@ -79,22 +79,45 @@ const phaseKeys = {
   commands: Commands,
   finally: opt(Commands),
 };
-export const BuildspecPhase = z.strictObject(phaseKeys, { error: 'expected a mapping with commands' });
+
+/*
+ * A phase that is there must run something: an empty one (`build:`), or one whose lists are empty, is
+ * a mistake (a phase mis-indented, say) that would otherwise pass as a phase that SUCCEEDED, as an
+ * empty `commands:` already is an error. Only install may run nothing, to carry runtime-versions.
+ */
+const emptyPhase = (what: string) => (issue: { input: unknown }) =>
+  issue.input === '' ? `expected a mapping with ${what} (the phase is empty)` : `expected a mapping with ${what}`;
+
+function runsSomething(what: string) {
+  return (phase: { commands?: readonly string[] | undefined; finally?: readonly string[] | undefined; 'runtime-versions'?: Record<string, string> | undefined }, ctx: z.RefinementCtx) => {
+    const count = (phase.commands?.length ?? 0) + (phase.finally?.length ?? 0) + Object.keys(phase['runtime-versions'] ?? {}).length;
+    if (count === 0) ctx.addIssue({ code: 'custom', message: `runs nothing: expected at least one command in ${what}` });
+  };
+}
+
+export const BuildspecPhase = z.strictObject(phaseKeys, { error: emptyPhase('commands') }).superRefine(runsSomething('commands or finally'));
 export type BuildspecPhase = z.infer<typeof BuildspecPhase>;
 /** install alone may omit commands and carry runtime-versions. */
-export const InstallPhase = z.strictObject(
-  {
-    ...phaseKeys,
-    commands: opt(Commands),
-    'runtime-versions': opt(z.record(z.string(), Str, { error: 'expected a mapping of runtime: version' })),
-  },
-  { error: 'expected a mapping' },
-);
+export const InstallPhase = z
+  .strictObject(
+    {
+      ...phaseKeys,
+      commands: opt(Commands),
+      'runtime-versions': opt(z.record(z.string(), Str, { error: 'expected a mapping of runtime: version' })),
+    },
+    { error: emptyPhase('commands, finally or runtime-versions') },
+  )
+  .superRefine(runsSomething('commands or finally, or runtime-versions'));
 
-export const BuildspecPhases = z.strictObject(
-  { install: opt(InstallPhase), pre_build: opt(BuildspecPhase), build: opt(BuildspecPhase), post_build: opt(BuildspecPhase) },
-  { error: expected('a mapping of phases') },
-);
+/** A phase key may be left out, but not left empty (`build:` with nothing under it). */
+export const BuildspecPhases = z
+  .strictObject(
+    { install: InstallPhase.optional(), pre_build: BuildspecPhase.optional(), build: BuildspecPhase.optional(), post_build: BuildspecPhase.optional() },
+    { error: expected('a mapping of phases') },
+  )
+  .superRefine((phases, ctx) => {
+    if (Object.values(phases).every((p) => p === undefined)) ctx.addIssue({ code: 'custom', message: 'expected at least one phase (install, pre_build, build or post_build)' });
+  });
 
 export const REPORT_FORMATS = [
   'JUNITXML', 'CUCUMBERJSON', 'NUNITXML', 'NUNIT3XML', 'TESTNGXML', 'VISUALSTUDIOTRX',

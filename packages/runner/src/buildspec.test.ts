@@ -116,7 +116,19 @@ describe('parseBuildspec: accepts what CodeBuild accepts', () => {
 
   it('accepts version as a number or a string, and a minimal spec', () => {
     expect(parseBuildspec('version: "0.2"\nphases:\n  build:\n    commands: [make]\n').phases.build?.commands).toEqual(['make']);
-    expect(parseBuildspec('version: 0.2\nphases: {}\n').phases).toEqual({});
+    expect(parseBuildspec('version: 0.2\nphases:\n  post_build:\n    finally: [make]\n    commands: []\n').phases.post_build?.finally).toEqual(['make']);
+  });
+
+  it('accepts an install phase with runtime-versions only, and quoted "~" or "null" as commands', () => {
+    expect(parseBuildspec(spec('  install:\n    runtime-versions:\n      nodejs: 20\n')).phases.install?.['runtime-versions']).toEqual({ nodejs: '20' });
+    expect(parseBuildspec(spec('  build:\n    commands: ["~", \'null\', echo ~]\n')).phases.build?.commands).toEqual(['~', 'null', 'echo ~']);
+  });
+
+  it('takes YAML merge keys (`<<: *anchor`), as CodeBuild does; a key written beside the merge wins', () => {
+    const s = parseBuildspec(
+      spec('  pre_build: &strict\n    on-failure: CONTINUE\n    commands: [lint]\n    finally: [cleanup]\n  build:\n    <<: *strict\n    commands: [make]\n'),
+    );
+    expect(s.phases.build).toMatchObject({ 'on-failure': 'CONTINUE', commands: ['make'], finally: ['cleanup'] });
   });
 
   it('treats an empty optional key as absent and keeps block scalars whole', () => {
@@ -146,6 +158,15 @@ describe('parseBuildspec: every error names its field', () => {
     ['a retry count over 100', spec('  build:\n    on-failure: RETRY-101\n    commands: [x]\n'), /phases\.build\.on-failure: retry count must be between 0 and 100/],
     ['missing phases', 'version: 0.2\nenv:\n  variables: {A: b}\n', /phases: required: a mapping of phases/],
     ['a missing version', 'phases:\n  build:\n    commands: [x]\n', /^version: required/],
+    ['an empty phase', spec('  build:\n  post_build:\n    commands: [x]\n'), /^phases\.build: expected a mapping with commands \(the phase is empty\)$/],
+    ['an empty install phase', spec('  install:\n'), /^phases\.install: expected a mapping with commands, finally or runtime-versions \(the phase is empty\)$/],
+    ['a phase with nothing to run', spec('  build:\n    commands: []\n'), /^phases\.build: runs nothing: expected at least one command in commands or finally$/],
+    ['an install phase with nothing to run', spec('  install:\n    on-failure: ABORT\n'), /^phases\.install: runs nothing: expected at least one command in commands or finally, or runtime-versions$/],
+    ['no phase at all', 'version: 0.2\nphases: {}\n', /^phases: expected at least one phase \(install, pre_build, build or post_build\)$/],
+    ['a YAML null (~) as a command', spec('  build:\n    commands:\n      - echo a\n      - ~\n'), /^phases\.build\.commands\[1\]: expected a command string, got a YAML null \(~\)$/],
+    ['a YAML null (null) in finally', spec('  build:\n    commands: [x]\n    finally:\n      - null\n      - NULL\n'), /^phases\.build\.finally\[0\]: expected a command string, got a YAML null \(null\); phases\.build\.finally\[1\]: expected a command string, got a YAML null \(NULL\)$/],
+    ['an empty list item as a command', spec('  pre_build:\n    commands:\n      -\n      - echo b\n'), /^phases\.pre_build\.commands\[0\]: expected a command string, got a YAML null \(an empty item\)$/],
+    ['a YAML null through an alias', spec('  build:\n    commands: [x, *n]\n', 'env:\n  variables:\n    N: &n ~\n'), /phases\.build\.commands\[1\]: expected a command string, got a YAML null/],
     ['an unknown version', 'version: 0.3\nphases: {}\n', /^version: must be 0\.2, got "0\.3"/],
   ];
   it.each(cases)('%s', (_label, text, expected) => {

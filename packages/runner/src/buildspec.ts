@@ -1,4 +1,4 @@
-import { LineCounter, Parser, parseDocument } from 'yaml';
+import { isAlias, isScalar, isSeq, LineCounter, Parser, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { Buildspec, PHASE_NAMES } from './buildspec-schema.js';
 
@@ -71,11 +71,12 @@ function valueDepthExceeds(value: unknown, limit: number): boolean {
   return false;
 }
 
-function readYaml(text: string): unknown {
+function readYaml(text: string): { value: unknown; doc: Document } {
   if (Buffer.byteLength(text, 'utf8') > MAX_BUILDSPEC_BYTES) throw new BuildspecError(`buildspec is larger than ${MAX_BUILDSPEC_BYTES} bytes`);
   if (cstDepth(text, MAX_NESTING_DEPTH) > MAX_NESTING_DEPTH) throw new BuildspecError(`buildspec nests deeper than ${MAX_NESTING_DEPTH} levels`);
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { schema: 'failsafe', uniqueKeys: true, lineCounter, prettyErrors: true });
+  // merge: `<<: *defaults` merge keys, which CodeBuild's YAML 1.1 parser takes and buildspecs use.
+  const doc = parseDocument(text, { schema: 'failsafe', uniqueKeys: true, merge: true, lineCounter, prettyErrors: true });
   const first = doc.errors[0];
   if (first) throw new BuildspecError(`invalid YAML: ${first.message.split('\n')[0]}`);
   let value: unknown;
@@ -85,7 +86,34 @@ function readYaml(text: string): unknown {
     throw new BuildspecError(`invalid YAML: ${(err as Error).message}`);
   }
   if (valueDepthExceeds(value, MAX_NESTING_DEPTH)) throw new BuildspecError(`buildspec nests deeper than ${MAX_NESTING_DEPTH} levels`);
-  return value;
+  return { value, doc };
+}
+
+/** What YAML 1.2 (and CodeBuild's YAML 1.1) reads as null when it is written plain, unquoted. */
+const NULL_TEXT = /^(?:~|null|Null|NULL)$/;
+
+/**
+ * Command items that YAML reads as null (`- ~`, `- null`, an empty `-`): the failsafe schema hands
+ * them on as the text "~", "null" or "", which would run as a command (`~` is a directory, exit 126)
+ * or as nothing. Quoted, `"~"` and `"null"` are strings, and stay commands.
+ */
+function nullCommands(doc: Document): BuildspecIssue[] {
+  const issues: BuildspecIssue[] = [];
+  for (const phase of PHASE_NAMES) {
+    for (const block of ['commands', 'finally'] as const) {
+      const list = doc.getIn(['phases', phase, block], true);
+      if (!isSeq(list)) continue;
+      list.items.forEach((item, index) => {
+        const node = isAlias(item) ? item.resolve(doc) : item;
+        if (!isScalar(node) || node.type !== 'PLAIN') return;
+        const written = typeof node.source === 'string' ? node.source : String(node.value ?? '');
+        if (written !== '' && !NULL_TEXT.test(written)) return;
+        const what = written === '' ? 'an empty item' : written;
+        issues.push({ path: formatPath(['phases', phase, block, index]), message: `expected a command string, got a YAML null (${what})` });
+      });
+    }
+  }
+  return issues;
 }
 
 function issueFrom(issue: z.core.$ZodIssue): BuildspecIssue {
@@ -98,15 +126,16 @@ function issueFrom(issue: z.core.$ZodIssue): BuildspecIssue {
 
 /** Parses and validates a buildspec (version 0.2). Throws BuildspecError naming the offending field. */
 export function parseBuildspec(text: string): Buildspec {
-  const value = readYaml(text);
+  const { value, doc } = readYaml(text);
   if (value === null || value === undefined || value === '') throw new BuildspecError('buildspec is empty');
   if (typeof value !== 'object' || Array.isArray(value)) throw new BuildspecError('buildspec must be a YAML mapping');
   const version = (value as Record<string, unknown>).version;
   if (version === undefined) throw new BuildspecError('version: required (must be 0.2)', [{ path: 'version', message: 'required (must be 0.2)' }]);
   const result = Buildspec.safeParse(value);
-  if (result.success) return result.data;
+  const nulls = nullCommands(doc);
+  if (result.success && nulls.length === 0) return result.data;
   // The version decides how everything else reads, so its issue comes first.
-  const issues = result.error.issues.map(issueFrom).sort((a, b) => Number(b.path === 'version') - Number(a.path === 'version'));
+  const issues = [...(result.success ? [] : result.error.issues.map(issueFrom)), ...nulls].sort((a, b) => Number(b.path === 'version') - Number(a.path === 'version'));
   throw new BuildspecError(issues.map((i) => `${i.path}: ${i.message}`).join('; '), issues);
 }
 

@@ -3,6 +3,7 @@ import { chown, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm,
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FsArtifactStore } from '@conveyor/artifacts';
 import { fileSelection, FileSelectionError, readSelectedFile, resolveFiles, stageFiles, type FileSelection } from './globs.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -191,20 +192,25 @@ describe('reading and staging the selected files', () => {
     expect((await readSelectedFile(files, 'reports/unit.xml', { user: NOBODY, maxBytes: 1000 })).toString()).toBe('reports/unit.xml');
   });
 
-  it('stageFiles lays the files out under their artifact names, symlinks as links; refuses a FIFO swapped in', async () => {
+  it('stageFiles lays the files out under their artifact names, links as what they lead to; refuses a FIFO swapped in', async () => {
     await symlink('app.js', join(ws, 'dist', 'alias.js'));
     const files = await resolve({ files: ['dist/**/*.js'], discardPaths: true });
+    const appOnly = await resolve({ files: ['dist/app.js'] });
     const staging = join(root, 'staging');
     await mkdir(staging);
     await stageFiles(files, staging);
     expect(await readFile(join(staging, 'util.js'), 'utf8')).toBe('dist/lib/util.js');
-    expect(await readlink(join(staging, 'alias.js'))).toBe('app.js');
+    expect((await lstat(join(staging, 'alias.js'))).isFile()).toBe(true);
+    expect(await readFile(join(staging, 'alias.js'), 'utf8')).toBe('dist/app.js');
 
     await rm(staging, { recursive: true });
     await mkdir(staging);
     await rm(join(ws, 'dist', 'app.js'));
     mkfifo(join(ws, 'dist', 'app.js'));
-    await expect(stageFiles(files, staging)).rejects.toThrow(/^dist\/app\.js is not a regular file any more; it is not stored$/);
+    await expect(stageFiles(files, staging)).rejects.toThrow(/^dist\/alias\.js is a symlink to dist\/app\.js, which is not a regular file; it is not stored$/);
+    await rm(staging, { recursive: true });
+    await mkdir(staging);
+    await expect(stageFiles(appOnly, staging)).rejects.toThrow(/^dist\/app\.js is not a regular file any more; it is not stored$/);
   });
 
   it.runIf(isRoot)('stageFiles refuses what a directory swapped on the way leads to, if the build\'s user does not own it', async () => {
@@ -222,5 +228,124 @@ describe('reading and staging the selected files', () => {
     for (const f of ['a.ts', 'b.ts', 'nested/c.ts']) await writeFile(join(root, 'outside', f), 'root only');
     await symlink(join(root, 'outside'), join(ws, 'src'));
     await expect(stageFiles(files, staging, NOBODY)).rejects.toThrow(/^src\/a\.ts now leads to a file of uid 0, not of the build's user \(uid 65534\); it is not stored$/);
+  });
+});
+
+/*
+ * CodeBuild's enable-symlinks: by default (no) an artifact holds what a link leads to; with yes, links
+ * that stay inside the artifact are kept as links. Either way nothing outside the workspace is read.
+ */
+describe('symlinks in an artifact', () => {
+  /** Resolves, stages and packs the selection as the build stage does, unpacks it elsewhere, and returns where. */
+  async function roundTrip(sel: FileSelection): Promise<string> {
+    const files = await resolve(sel);
+    const staging = join(root, 'staging');
+    await mkdir(staging);
+    await stageFiles(files, staging);
+    const store = new FsArtifactStore(join(root, 'store'));
+    const ref = await store.putFiles('k/artifact.tar', staging, files.entries.map((e) => e.name));
+    const out = join(root, 'out');
+    await store.extractTo(ref, out);
+    return out;
+  }
+
+  beforeEach(async () => {
+    await mkdir(join(ws, 'config'));
+    await writeFile(join(ws, 'config', 'prod.json'), '{"env":"prod"}');
+  });
+
+  it('by default stores the content of a link into the workspace, relative or absolute, so it survives the workspace', async () => {
+    await symlink('../config/prod.json', join(ws, 'dist', 'config.json'));
+    await symlink(join(ws, 'config', 'prod.json'), join(ws, 'dist', 'absolute.json'));
+    await symlink('lib/util.js', join(ws, 'dist', 'util-alias.js'));
+    const out = await roundTrip(fileSelection({ files: ['**/*'], 'base-directory': 'dist' }));
+    await rm(ws, { recursive: true });
+    for (const [name, content] of [['config.json', '{"env":"prod"}'], ['absolute.json', '{"env":"prod"}'], ['util-alias.js', 'dist/lib/util.js']]) {
+      expect((await lstat(join(out, name!))).isFile()).toBe(true);
+      expect(await readFile(join(out, name!), 'utf8')).toBe(content);
+    }
+  });
+
+  it('by default refuses, naming it, a link to a directory, or to nothing that would leave the artifact', async () => {
+    const staging = join(root, 'staging');
+    const stage = async (sel: FileSelection) => {
+      await rm(staging, { recursive: true, force: true });
+      await mkdir(staging);
+      return stageFiles(await resolve(sel), staging);
+    };
+    await symlink('../config', join(ws, 'dist', 'config'));
+    await expect(stage({ files: ['dist/*'] })).rejects.toThrow(
+      /^dist\/config is a symlink to the directory config: an artifact holds files; select the directory's files by its own path, set enable-symlinks: yes to keep the link, or list it in exclude-paths$/,
+    );
+    await rm(join(ws, 'dist', 'config'));
+    await symlink('../missing.js', join(ws, 'dist', 'dangling.js'));
+    await expect(stage({ files: ['**/*'], baseDirectory: 'dist' })).rejects.toThrow(
+      /^dangling\.js is a symlink to \.\.\/missing\.js, which does not exist: there is no file to store, and as a link it would not lead into the artifact; remove it or list it in exclude-paths$/,
+    );
+  });
+
+  it('by default keeps a link to nothing as a link when it stays inside the artifact (it may name a file the artifact holds)', async () => {
+    await mkdir(join(ws, 'out', 'sub'), { recursive: true });
+    await writeFile(join(ws, 'out', 'sub', 'a.txt'), 'built');
+    await symlink('a.txt', join(ws, 'out', 'link.txt'));
+    const out = await roundTrip({ files: ['out/**/*'], discardPaths: true });
+    expect(await readlink(join(out, 'link.txt'))).toBe('a.txt');
+    expect(await readFile(join(out, 'link.txt'), 'utf8')).toBe('built');
+  });
+
+  it('enable-symlinks: yes keeps a link that stays inside the artifact as a link', async () => {
+    await symlink('app.js', join(ws, 'dist', 'alias.js'));
+    await symlink('lib', join(ws, 'dist', 'lib-link'));
+    const sel = fileSelection({ files: ['**/*'], 'base-directory': 'dist', 'enable-symlinks': true });
+    expect(sel.enableSymlinks).toBe(true);
+    const out = await roundTrip(sel);
+    expect(await readlink(join(out, 'alias.js'))).toBe('app.js');
+    expect(await readFile(join(out, 'alias.js'), 'utf8')).toBe('dist/app.js');
+    expect(await readlink(join(out, 'lib-link'))).toBe('lib');
+  });
+
+  it('enable-symlinks: yes refuses, naming it, a link that leaves the artifact (after base-directory or discard-paths), or an absolute one', async () => {
+    await symlink('../config/prod.json', join(ws, 'dist', 'config.json'));
+    expect(await failure({ files: ['**/*'], baseDirectory: 'dist', enableSymlinks: true })).toMatch(
+      /^artifacts\.files: config\.json is a symlink to \.\.\/config\/prod\.json, which leaves the artifact: enable-symlinks: yes keeps only links to a place inside it; leave enable-symlinks off to store the file, or list it in exclude-paths$/,
+    );
+    expect((await resolve({ files: ['**/*'], enableSymlinks: true })).files).toContain('dist/config.json');
+    await rm(join(ws, 'dist', 'config.json'));
+    await symlink('../app.js', join(ws, 'dist', 'lib', 'up.js'));
+    expect(await failure({ files: ['dist/**/*'], discardPaths: true, enableSymlinks: true })).toMatch(/^artifacts\.files: dist\/lib\/up\.js is a symlink to \.\.\/app\.js, which leaves the artifact/);
+    await rm(join(ws, 'dist', 'lib', 'up.js'));
+    await symlink(join(ws, 'dist', 'app.js'), join(ws, 'dist', 'absolute.js'));
+    expect(await failure({ files: ['dist/*'], enableSymlinks: true })).toMatch(
+      /^artifacts\.files: dist\/absolute\.js is a symlink to the absolute path .*\/ws\/dist\/app\.js, which would not lead into the artifact once unpacked; make it relative, leave enable-symlinks off to store the file, or list it in exclude-paths$/,
+    );
+  });
+
+  it('refuses a link leaving the workspace whatever enable-symlinks says, and one swapped to leave it after the listing', async () => {
+    await symlink(join(root, 'outside', 'secret'), join(ws, 'dist', 'leak'));
+    for (const enableSymlinks of [false, true]) {
+      expect(await failure({ files: ['dist/*'], enableSymlinks })).toMatch(/^artifacts\.files: dist\/leak is a symlink to .*outside\/secret, outside the workspace; remove it or list it in exclude-paths$/);
+    }
+    await rm(join(ws, 'dist', 'leak'));
+    await symlink('../config/prod.json', join(ws, 'dist', 'config.json'));
+    const staging = join(root, 'staging');
+    for (const enableSymlinks of [false, true]) {
+      const files = await resolve({ files: ['dist/*'], enableSymlinks });
+      await rm(join(ws, 'dist', 'config.json'));
+      await symlink(join(root, 'outside', 'secret'), join(ws, 'dist', 'config.json'));
+      await mkdir(staging);
+      await expect(stageFiles(files, staging)).rejects.toThrow(/^dist\/config\.json (now leads to .*outside\/secret, outside the workspace|is now a symlink to .*outside\/secret, which leaves the artifact); it is not stored$/);
+      await rm(staging, { recursive: true });
+      await rm(join(ws, 'dist', 'config.json'));
+      await symlink('../config/prod.json', join(ws, 'dist', 'config.json'));
+    }
+  });
+
+  it('refuses a file swapped for a link after the listing', async () => {
+    const files = await resolve({ files: ['dist/*'] });
+    await rm(join(ws, 'dist', 'app.js'));
+    await symlink(join(root, 'outside', 'secret'), join(ws, 'dist', 'app.js'));
+    const staging = join(root, 'staging');
+    await mkdir(staging);
+    await expect(stageFiles(files, staging)).rejects.toThrow(/^dist\/app\.js is a symlink now; it is not stored$/);
   });
 });

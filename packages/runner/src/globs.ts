@@ -10,6 +10,12 @@ export interface FileSelection {
   baseDirectory?: string;
   discardPaths?: boolean;
   excludePaths?: readonly string[];
+  /**
+   * CodeBuild's `enable-symlinks`. Off (the default), a selected symlink stands for the file it leads
+   * to, whose content is stored. On, a symlink is kept as a link, if it leads to a place inside the
+   * artifact. Either way a symlink leading out of the workspace is an error.
+   */
+  enableSymlinks?: boolean;
   /** Without it, matching nothing is an error (as CodeBuild fails on "no matching artifact paths"). */
   allowEmpty?: boolean;
   /** Names the section in error messages, e.g. `artifacts` or `reports.unit`. */
@@ -23,8 +29,11 @@ export interface ResolvedFiles {
   base: string;
   /** Matched files relative to `base`, POSIX separators, sorted. Symlinks are listed, never followed. */
   files: string[];
-  /** Each file with its name in the artifact: the same path, or its file name under discard-paths. */
-  entries: Array<{ path: string; name: string }>;
+  /**
+   * Each file with its name in the artifact: the same path, or its file name under discard-paths.
+   * `symlink` for a symlink: `content` (stored as the file it leads to) or `link` (kept as a link).
+   */
+  entries: Array<{ path: string; name: string; symlink?: 'content' | 'link' }>;
 }
 
 /** A selection that would read outside the workspace, collide, or match nothing. */
@@ -36,7 +45,7 @@ const MAX_ENTRIES = 1_000_000;
 
 /** The buildspec's kebab-case section as a FileSelection. */
 export function fileSelection(
-  section: { files: readonly string[]; 'base-directory'?: string; 'discard-paths'?: boolean; 'exclude-paths'?: readonly string[] },
+  section: { files: readonly string[]; 'base-directory'?: string; 'discard-paths'?: boolean; 'exclude-paths'?: readonly string[]; 'enable-symlinks'?: boolean },
   label?: string,
 ): FileSelection {
   return {
@@ -44,6 +53,7 @@ export function fileSelection(
     ...(section['base-directory'] !== undefined ? { baseDirectory: section['base-directory'] } : {}),
     ...(section['discard-paths'] !== undefined ? { discardPaths: section['discard-paths'] } : {}),
     ...(section['exclude-paths'] !== undefined ? { excludePaths: section['exclude-paths'] } : {}),
+    ...(section['enable-symlinks'] !== undefined ? { enableSymlinks: section['enable-symlinks'] } : {}),
     ...(label !== undefined ? { label } : {}),
   };
 }
@@ -140,13 +150,36 @@ async function resolveBase(workspace: string, baseDirectory: string | undefined,
   return realInside(workspace, join(workspace, dirs[0]!.rel), field);
 }
 
-/** A symlink may be kept (as a link) only if what it points at is inside the workspace. */
-async function checkSymlink(workspace: string, base: string, rel: string, field: string): Promise<void> {
-  const abs = join(base, rel);
+/** Where a link's text leads from its name in the artifact, or undefined if that is outside the artifact. */
+function withinArtifact(name: string, text: string): string | undefined {
+  if (isAbsolute(text)) return undefined;
+  const to = posix.normalize(posix.join(posix.dirname(name), text));
+  return to === '..' || to.startsWith('../') ? undefined : to;
+}
+
+/** Why a link stored as a link (enable-symlinks: yes) would not work once unpacked, or undefined. */
+function keptLinkProblem(name: string, text: string): string | undefined {
+  if (withinArtifact(name, text) !== undefined) return undefined;
+  if (isAbsolute(text)) return `a symlink to the absolute path ${text}, which would not lead into the artifact once unpacked; make it relative, leave enable-symlinks off to store the file, or list it in exclude-paths`;
+  return `a symlink to ${text}, which leaves the artifact: enable-symlinks: yes keeps only links to a place inside it; leave enable-symlinks off to store the file, or list it in exclude-paths`;
+}
+
+/**
+ * How a selected symlink goes into the artifact; never when what it leads to is outside the workspace
+ * (nothing there is read or pointed at). With enable-symlinks, as a link, if it leads to a place inside
+ * the artifact (from its name there: base-directory and discard-paths count). Without (CodeBuild's
+ * default), as the content of what it leads to, which stageFiles checks when it opens it.
+ */
+async function checkSymlink(workspace: string, base: string, entry: { path: string; name: string }, keep: boolean, field: string): Promise<'content' | 'link'> {
+  const abs = join(base, entry.path);
   const target = await realpath(abs).catch(async () => resolve(dirname(abs), await readlink(abs)));
   if (!isInside(workspace, target)) {
-    throw new FileSelectionError(`${field}: ${rel} is a symlink to ${target}, outside the workspace; remove it or list it in exclude-paths`);
+    throw new FileSelectionError(`${field}: ${entry.path} is a symlink to ${target}, outside the workspace; remove it or list it in exclude-paths`);
   }
+  if (!keep) return 'content';
+  const problem = keptLinkProblem(entry.name, await readlink(abs));
+  if (problem) throw new FileSelectionError(`${field}: ${entry.path} is ${problem}`);
+  return 'link';
 }
 
 function flatten(files: readonly string[], discard: boolean, field: string): ResolvedFiles['entries'] {
@@ -182,13 +215,17 @@ export async function resolveFiles(workspace: string, selection: FileSelection):
   const found = (await walk(base, starts)).filter((f) => !f.dir && isMatch(f.rel) && !isExcluded(f.rel));
   for (const f of found) {
     if (f.other) throw new FileSelectionError(`${label}.files: ${f.rel} is ${f.other}, not a regular file; remove it or list it in exclude-paths`);
-    if (f.symlink) await checkSymlink(root, base, f.rel, `${label}.files`);
   }
   const files = found.map((f) => f.rel).sort();
   if (files.length === 0 && !selection.allowEmpty) {
     throw new FileSelectionError(`${label}.files: no files matched ${patterns.map((p) => `"${p}"`).join(', ')}`);
   }
-  return { workspace: root, base, files, entries: flatten(files, selection.discardPaths ?? false, label) };
+  const links = new Set(found.filter((f) => f.symlink).map((f) => f.rel));
+  const entries: ResolvedFiles['entries'] = flatten(files, selection.discardPaths ?? false, label);
+  for (const e of entries) {
+    if (links.has(e.path)) e.symlink = await checkSymlink(root, base, e, selection.enableSymlinks ?? false, `${label}.files`);
+  }
+  return { workspace: root, base, files, entries };
 }
 
 /*
@@ -212,28 +249,72 @@ export async function readSelectedFile(files: ResolvedFiles, rel: string, opts: 
 /**
  * Lays the selected files out under their artifact names in `dir`, a directory of the service's that
  * the build cannot write, for the artifact store to pack from there rather than from the workspace.
- * Each is hard-linked, not copied: link(2) does not follow a symlink (it stays a link, as in the
- * artifact), and the link, in our directory, is checked: anything but a symlink must be a regular
- * file of `user` (any owner when the build runs as the service), never a FIFO for the packer to block on.
+ * Each is hard-linked, not copied: link(2) does not follow a symlink, and what it made, in our
+ * directory, is checked. A file must still be a regular file of `user` (any owner when the build runs
+ * as the service), never a FIFO for the packer to block on, nor a symlink swapped in. A symlink kept
+ * as a link (enable-symlinks) is linked itself, and its text checked again on our copy.
+ * A symlink stored as its content (the default): the regular file it leads to now is linked, if that
+ * is inside the workspace. One leading to a directory is refused, not expanded (its files would be
+ * stored twice, and outside what the patterns matched). One leading to nothing has no content: it is
+ * kept as a link if that stays inside the artifact (it may name a file the artifact holds), else refused.
+ * The build's processes are stopped before this runs (runBuildspecJob); these checks are for what a
+ * process that escaped that could still swap.
  */
 export async function stageFiles(files: ResolvedFiles, dir: string, user?: BuildUser): Promise<void> {
   const owner = fileOwner(user);
   for (const e of files.entries) {
     const to = join(dir, e.name);
     await mkdir(dirname(to), { recursive: true });
-    await link(join(files.base, e.path), to).catch(async (err: NodeJS.ErrnoException) => {
+    const linked = e.symlink === 'content' ? await linkedFile(files, e) : undefined;
+    const mode = linked === undefined ? e.symlink : linked.as;
+    const from = linked?.from ?? join(files.base, e.path);
+    await link(from, to).catch(async (err: NodeJS.ErrnoException) => {
       // Builds running as the service: a file it may not hard-link (someone else's, under
       // protected_hardlinks) or on another file system is copied, a symlink as a symlink.
       if (user || (err.code !== 'EPERM' && err.code !== 'EXDEV')) throw err;
-      const from = await lstat(join(files.base, e.path));
-      if (!from.isFile() && !from.isSymbolicLink()) throw new FileSelectionError(`${e.path} is not a regular file; it is not stored`);
-      await cp(join(files.base, e.path), to, { verbatimSymlinks: true, preserveTimestamps: true });
+      const info = await lstat(from);
+      if (!info.isFile() && !info.isSymbolicLink()) throw new FileSelectionError(`${e.path} is not a regular file; it is not stored`);
+      await cp(from, to, { verbatimSymlinks: true, preserveTimestamps: true });
     });
     const info = await lstat(to);
-    if (info.isSymbolicLink()) continue;
+    if (info.isSymbolicLink()) {
+      if (mode !== 'link') throw new FileSelectionError(`${e.path} is a symlink now; it is not stored`);
+      const text = await readlink(to);
+      if (withinArtifact(e.name, text) === undefined) throw new FileSelectionError(`${e.path} is now a symlink to ${text}, which leaves the artifact; it is not stored`);
+      continue;
+    }
+    if (mode === 'link') throw new FileSelectionError(`${e.path} is not a symlink any more; it is not stored`);
+    if (mode === 'content' && !info.isFile()) throw new FileSelectionError(`${e.path} no longer leads to a regular file; it is not stored`);
     if (!info.isFile()) throw new FileSelectionError(`${e.path} is not a regular file any more; it is not stored`);
     if (owner !== undefined && info.uid !== owner) {
       throw new FileSelectionError(`${e.path} now leads to a file of uid ${info.uid}, not of the build's user (uid ${owner}); it is not stored`);
     }
   }
+}
+
+/**
+ * What to stage for a symlink stored as its content: the real path of the regular file it leads to
+ * now, if that is inside the workspace; or the link itself, when it leads to nothing and stays inside
+ * the artifact. Refuses, naming it, one that leads out of the workspace, to a directory, or elsewhere.
+ */
+async function linkedFile(files: ResolvedFiles, e: { path: string; name: string }): Promise<{ from: string; as: 'content' | 'link' }> {
+  const abs = join(files.base, e.path);
+  const real = await realpath(abs).catch(() => undefined);
+  if (real === undefined) {
+    const text = await readlink(abs).catch(() => {
+      throw new FileSelectionError(`${e.path} is not a symlink any more; it is not stored`);
+    });
+    if (withinArtifact(e.name, text) !== undefined) return { from: abs, as: 'link' };
+    throw new FileSelectionError(`${e.path} is a symlink to ${text}, which does not exist: there is no file to store, and as a link it would not lead into the artifact; remove it or list it in exclude-paths`);
+  }
+  if (!isInside(files.workspace, real)) throw new FileSelectionError(`${e.path} now leads to ${real}, outside the workspace; it is not stored`);
+  const info = await lstat(real);
+  const shown = relative(files.workspace, real) || '.';
+  if (info.isDirectory()) {
+    throw new FileSelectionError(
+      `${e.path} is a symlink to the directory ${shown}: an artifact holds files; select the directory's files by its own path, set enable-symlinks: yes to keep the link, or list it in exclude-paths`,
+    );
+  }
+  if (!info.isFile()) throw new FileSelectionError(`${e.path} is a symlink to ${shown}, which is not a regular file; it is not stored`);
+  return { from: real, as: 'content' };
 }

@@ -135,31 +135,47 @@ export function checkSetpriv(): string {
 }
 
 /*
- * The one piece of shell text we write. It never changes and never contains user text: it reads
- * a file path per line from fd 3, sources that file, and writes the exit status to fd 4. User
- * commands run with stdin from /dev/null and with fds 3 and 4 closed, so they can neither eat nor
- * forge control traffic. `command` keeps a user function named `read`, `printf` or `.` from
- * hijacking the loop. A `*.query.sh` file (our own constant scripts) gets `<name>.in` as stdin and
+ * The shell reads its program from its stdin, a pipe only we write: PRELUDE once, then STEP once
+ * for each file it is to run. Both are constant and never contain user text. STEP reads the file's
+ * path as one line from fd 3, sources that file, and writes the exit status to fd 4. User commands
+ * run with stdin from /dev/null and with fds 3 and 4 closed, so they can neither eat nor forge
+ * control traffic.
+ * Each file is sourced at the shell's top level, as a line of a script would be: not from inside a
+ * loop, where a user's `break`/`continue` (`break 5`, or `continue` at the top of a command) would
+ * act on our loop (ending the shell, or skipping the status so the build hangs); nor from inside a
+ * function, where `declare`/`typeset` would make the command's variables local, `set --` would not
+ * last, and ERR, DEBUG and RETURN traps would behave differently. So a command behaves as it would
+ * in a script run by bash, and its state (variables, functions, cd, options, traps) stays.
+ * `\command` keeps a user function named `read`, `printf` or `.` (and a user's alias) from
+ * hijacking a step. A `*.query.sh` file (our own constant scripts) gets `<name>.in` as stdin and
  * writes its answer into `<name>.out`, which the session made for it: the shell cannot create files
  * in the control directory (`>|`: a user's `set -C` must not refuse the existing file). A user's
- * `set -x` is switched off while the loop itself runs and back on for the next command, so the
- * trace shows their commands, not our plumbing.
+ * `set -x` and `set -v` are switched off while a step's own plumbing is read and run, and back on
+ * for the next command, so the trace shows their commands, not ours.
  * Each status names the file it answers: a stray write to a saved copy of fd 4 (bash keeps them at
  * fds 10+) cannot shift statuses onto the wrong command; it ends the shell as a broken protocol.
+ * PRELUDE points the shell's fd 2 at its fd 1: the build's stdout and stderr share one pipe, so the
+ * log has their lines in the order they were written (as CodeBuild's log has). Nothing needs them
+ * apart; the status travels on fd 4. Only what is printed before the shell runs PRELUDE (the
+ * loader's or the namespace's own errors) comes on the separate stderr pipe.
  */
-export const BOOTSTRAP = `__cv_o=
-while IFS= command read -r __cv_f <&3; do
+export const PRELUDE = `exec 2>&1
+__cv_o=
+`;
+
+export const STEP = `{ IFS= \\command read -r __cv_f <&3 || \\command exit 0
   case $__cv_f in
-    *.query.sh) command . "$__cv_f" <"\${__cv_f%.sh}.in" >|"\${__cv_f%.sh}.out" 3<&- 4>&-
+    *.query.sh) \\command . "$__cv_f" <"\${__cv_f%.sh}.in" >|"\${__cv_f%.sh}.out" 3<&- 4>&-
       __cv_rc=$? ;;
-    *-cmd.sh) case $__cv_o in *x*) set -x ;; esac
-      command . "$__cv_f" </dev/null 3<&- 4>&-
-      { __cv_rc=$? __cv_o=$-; set +x; } 2>/dev/null ;;
-    *) command . "$__cv_f" </dev/null 3<&- 4>&-
+    *-cmd.sh) case $__cv_o in *v*) set -v ;; esac
+      case $__cv_o in *x*) set -x ;; esac
+      \\command . "$__cv_f" </dev/null 3<&- 4>&-
+      { __cv_rc=$? __cv_o=$-; set +xv; } 2>/dev/null ;;
+    *) \\command . "$__cv_f" </dev/null 3<&- 4>&-
       __cv_rc=$? ;;
   esac
-  command printf '%s %s\\n' "$__cv_rc" "$__cv_f" >&4
-done
+  \\command printf '%s %s\\n' "$__cv_rc" "$__cv_f" >&4
+}
 `;
 
 export type ShellKind = 'bash' | '/bin/sh';
@@ -203,7 +219,7 @@ function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number 
 
 const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** One long-lived shell in its own process group, driven through the bootstrap loop. */
+/** One long-lived shell in its own process group, driven through PRELUDE and STEP. */
 export class ShellProcess {
   private readonly lines: string[] = [];
   private pending = '';
@@ -221,9 +237,10 @@ export class ShellProcess {
   }
 
   static async start(opts: ShellProcessOptions): Promise<ShellProcess> {
-    const args = opts.shell === 'bash' ? ['--noprofile', '--norc', '-c', BOOTSTRAP] : ['-c', BOOTSTRAP];
+    // -s: the program comes on stdin (PRELUDE, then a STEP per file).
+    const args = opts.shell === 'bash' ? ['--noprofile', '--norc', '-s'] : ['-s'];
     if (!opts.user) {
-      const child = spawn(opts.shell, args, { cwd: opts.cwd, env: opts.env, detached: true, stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'] });
+      const child = spawn(opts.shell, args, { cwd: opts.cwd, env: opts.env, detached: true, stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'] });
       return ShellProcess.started(child, opts);
     }
     // As another user, setpriv (started by root) switches to it and sets no_new_privs, then execs
@@ -243,7 +260,7 @@ export class ShellProcess {
     );
     const [file, ...argv] = isolated?.argv ?? asUser;
     const env = isolated?.name ? { USER: isolated.name, LOGNAME: isolated.name, ...opts.env } : opts.env;
-    const { child, unexportable } = spawnAsUser([file!, ...argv], env, { rootCwd: opts.controlDir, stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'] });
+    const { child, unexportable } = spawnAsUser([file!, ...argv], env, { rootCwd: opts.controlDir, stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'] });
     if (unexportable.length) opts.onOutput(`[conveyor] not passed to the build: ${unexportable.join(', ')} (${UNEXPORTABLE_WHY})\n`);
     return ShellProcess.started(child, opts);
   }
@@ -264,8 +281,11 @@ export class ShellProcess {
 
   private wire(onOutput: (chunk: string) => void): void {
     this.onOutput = onOutput;
+    const program = this.child.stdin!;
     const control = this.child.stdio[3] as Writable;
     const status = this.child.stdio[4] as Readable;
+    program.on('error', () => {}); // EPIPE once the shell is gone; the exit event reports it
+    program.write(PRELUDE);
     for (const stream of [this.child.stdout!, this.child.stderr!]) {
       stream.setEncoding('utf8');
       stream.on('data', (chunk: string) => {
@@ -323,7 +343,10 @@ export class ShellProcess {
       this.waiter = resolve;
     });
     this.sent = path;
-    if (this.alive) (this.child.stdio[3] as Writable).write(`${path}\n`);
+    if (this.alive) {
+      (this.child.stdio[3] as Writable).write(`${path}\n`);
+      this.child.stdin!.write(STEP);
+    }
     this.settle();
     const r = await result;
     await this.drainOutput(r.kind === 'exited');
@@ -367,8 +390,9 @@ export class ShellProcess {
     await Promise.race([this.exited, delay(1000)]);
   }
 
-  /** Ends the loop (EOF on fd 3), then kills whatever the build left running in the group. */
+  /** Ends the shell's program (EOF on its stdin), then kills whatever the build left running in the group. */
   async close(graceMs: number): Promise<void> {
+    this.child.stdin!.end();
     (this.child.stdio[3] as Writable).end();
     await Promise.race([this.exited, delay(2000)]);
     await this.terminate(graceMs);
