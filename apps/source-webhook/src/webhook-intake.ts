@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { PipelineDefinition, Trigger } from '@conveyor/contracts';
 import { ConflictError, InputError, issuesFromZod, NotFoundError, UnauthorizedError, type Logger } from '@conveyor/service-kit';
 import { githubPushToSourceEvent, GithubPush, verifyGithubSignature } from './domain/github.js';
@@ -48,17 +49,21 @@ export class WebhookIntake {
     if (!d.deliveryId || !DELIVERY_ID.test(d.deliveryId)) {
       throw new InputError('X-GitHub-Delivery must be 1-200 letters, digits, dots, dashes or underscores', [{ path: 'headers.x-github-delivery', message: d.deliveryId ? 'invalid' : 'required' }]);
     }
+    // Deliveries are told apart by what their signature covers, the body: the X-GitHub-Delivery header
+    // is not signed, so keyed on it, a captured delivery sent again under new ids would run again each
+    // time (and redeploy an old commit). GitHub sends the same delivery again with the same body.
+    const delivery = `github:sha256:${createHash('sha256').update(d.rawBody).digest('hex')}`;
     if (d.event === 'ping') {
-      const seen = await this.deps.runs.recordDelivery({ key: `github:${d.deliveryId}:*`, decision: { outcome: 'skipped', reason: 'ping', at: this.now() } });
+      const seen = await this.deps.runs.recordDelivery({ key: `${delivery}:*`, decision: { outcome: 'skipped', reason: 'ping', at: this.now() } });
       return { status: 200, body: { ok: true, pipelines: verified.map((p) => p.name), ...(seen ? { duplicate: true } : {}) } };
     }
-    if (d.event !== 'push') return this.skipAll(d.deliveryId, `event ${d.event} is not handled`);
+    if (d.event !== 'push') return this.skipAll(delivery, `event ${d.event} is not handled`);
 
     const event = githubPushToSourceEvent(this.parsePush(d.rawBody, d.form ?? false), d.deliveryId);
     const urls = new Set(event.repositoryUrls.map(normalizeRepositoryUrl));
     const matched = verified.filter((p) => urls.has(normalizeRepositoryUrl(p.source.repository)));
     if (matched.length === 0) {
-      await this.deps.runs.recordDelivery({ key: `github:${d.deliveryId}:*`, decision: { outcome: 'skipped', reason: 'no pipeline for this repository', at: this.now() } });
+      await this.deps.runs.recordDelivery({ key: `${delivery}:*`, decision: { outcome: 'skipped', reason: 'no pipeline for this repository', at: this.now() } });
       throw new NotFoundError(`no pipeline for repository ${event.repositoryUrls[0]}`);
     }
     const trigger: Trigger = {
@@ -70,7 +75,7 @@ export class WebhookIntake {
       ...(event.actor ? { actor: event.actor } : {}),
       ...(event.before ? { previousCommit: event.before } : {}),
     };
-    const outcomes = await Promise.all(matched.map((p) => this.decide(p, trigger, decideTrigger(p, event), d.deliveryId!)));
+    const outcomes = await Promise.all(matched.map((p) => this.decide(p, trigger, decideTrigger(p, event), delivery, d.deliveryId!)));
     const created = outcomes.filter((o) => o.outcome === 'run-created' && !o.duplicate);
     if (created.length > 0) return { status: 202, body: { runId: created[0]!.runId, runs: outcomes } };
     if (outcomes.every((o) => o.duplicate)) return { status: 200, body: { duplicate: true, runId: outcomes[0]?.runId, runs: outcomes } };
@@ -107,8 +112,8 @@ export class WebhookIntake {
     return parsed.data;
   }
 
-  private async decide(p: PipelineDefinition, trigger: Trigger, decision: ReturnType<typeof decideTrigger>, deliveryId: string) {
-    const key = `github:${deliveryId}:${p.name}`;
+  private async decide(p: PipelineDefinition, trigger: Trigger, decision: ReturnType<typeof decideTrigger>, delivery: string, deliveryId: string) {
+    const key = `${delivery}:${p.name}`;
     if (decision.run) {
       const started = await this.deps.orchestrator.startRun(p, trigger, key);
       if (!started.duplicate) return { pipeline: p.name, outcome: 'run-created', runId: started.runId, duplicate: false };
@@ -119,8 +124,8 @@ export class WebhookIntake {
     return { pipeline: p.name, outcome: seen?.outcome ?? 'skipped', runId: seen?.runId, reason: seen?.reason ?? decision.reason, duplicate: seen !== undefined };
   }
 
-  private async skipAll(deliveryId: string, reason: string): Promise<WebhookReply> {
-    await this.deps.runs.recordDelivery({ key: `github:${deliveryId}:*`, decision: { outcome: 'skipped', reason, at: this.now() } });
+  private async skipAll(delivery: string, reason: string): Promise<WebhookReply> {
+    await this.deps.runs.recordDelivery({ key: `${delivery}:*`, decision: { outcome: 'skipped', reason, at: this.now() } });
     return { status: 200, body: { skipped: true, reason } };
   }
 }

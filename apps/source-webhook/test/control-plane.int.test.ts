@@ -361,6 +361,11 @@ describe('GitHub webhooks', () => {
     const again = await sendPush(body, 'delivery-1');
     expect(again.statusCode).toBe(200);
     expect(again.json()).toMatchObject({ duplicate: true, runId: first.json().runId });
+    // The delivery id is not signed: the same signed body under new ids (a captured delivery replayed)
+    // is the same delivery, not a new push to build and deploy again.
+    const replays = await Promise.all(['replay-1', 'replay-2', 'replay-3'].map((id) => sendPush(body, id)));
+    expect(replays.map((r) => r.statusCode)).toEqual([200, 200, 200]);
+    for (const r of replays) expect(r.json()).toMatchObject({ duplicate: true, runId: first.json().runId });
     expect(await runCount()).toBe(before + 1);
     const run = await getRun(first.json().runId);
     expect(run.trigger).toMatchObject({ type: 'webhook', deliveryId: 'delivery-1', commit: firstCommit, ref: 'refs/heads/main', actor: 'octo' });
@@ -400,15 +405,17 @@ describe('GitHub webhooks', () => {
     const ping = await sendPush('{"zen":"hi"}', 'delivery-5', sign('{"zen":"hi"}'), 'ping');
     expect(ping.statusCode).toBe(200);
     // Every accepted delivery leaves one recorded decision.
-    expect(JSON.parse((await redis.get(`${prefix}:delivery:github:delivery-5:*`))!)).toMatchObject({ outcome: 'skipped', reason: 'ping' });
+    const digest = (body: string) => createHash('sha256').update(body).digest('hex');
+    expect(JSON.parse((await redis.get(`${prefix}:delivery:github:sha256:${digest('{"zen":"hi"}')}:*`))!)).toMatchObject({ outcome: 'skipped', reason: 'ping' });
     expect(ping.json().duplicate).toBeUndefined();
     const pingAgain = await sendPush('{"zen":"hi"}', 'delivery-5', sign('{"zen":"hi"}'), 'ping');
     expect(pingAgain.json()).toMatchObject({ ok: true, duplicate: true });
     const filtered = await sendPush(pushBody(firstCommit, 'dev'), 'delivery-5b');
     expect(filtered.statusCode).toBe(200);
-    expect(JSON.parse((await redis.get(`${prefix}:delivery:github:delivery-5b:hello`))!)).toMatchObject({ outcome: 'skipped', reason: expect.stringContaining('branch dev') });
+    expect(JSON.parse((await redis.get(`${prefix}:delivery:github:sha256:${digest(pushBody(firstCommit, 'dev'))}:hello`))!)).toMatchObject({ outcome: 'skipped', reason: expect.stringContaining('branch dev') });
     const before = await runCount();
-    const dev = await sendPush(pushBody(firstCommit, 'dev'), 'delivery-6');
+    // Another push to dev (another body: deliveries are told apart by what is signed).
+    const dev = await sendPush(JSON.stringify({ ...JSON.parse(pushBody(firstCommit, 'dev')), before: '1'.repeat(40) }), 'delivery-6');
     expect(dev.statusCode).toBe(200);
     expect(dev.json().reason).toContain('branch dev');
     const other = await sendPush(pushBody(firstCommit, 'main', 'https://github.com/someone/else.git'), 'delivery-7');
@@ -431,7 +438,7 @@ describe('GitHub webhooks', () => {
 
 describe('GitHub webhook edge cases', () => {
   it('the per-pipeline endpoint checks only that pipeline\'s secret', async () => {
-    const head = pushBody(firstCommit);
+    const head = JSON.stringify({ ...JSON.parse(pushBody(firstCommit)), before: '2'.repeat(40) });
     const ok = await sendPush(head, 'delivery-p1', sign(head), 'push', '/webhooks/github/hello');
     expect(ok.statusCode).toBe(202);
     const unknown = await sendPush(head, 'delivery-p2', sign(head), 'push', '/webhooks/github/nope');

@@ -41,17 +41,22 @@ export class ConveyorClient {
 
   /** Sends a push exactly as GitHub does: JSON body signed with X-Hub-Signature-256. */
   async sendGithubPush(input: { secret: string; repository: string; branch: string; before?: string; after: string; deliveryId?: string }) {
+    const deliveryId = input.deliveryId ?? randomUUID();
+    // Conveyor tells deliveries apart by their signed body (the delivery header is not signed), as real
+    // pushes differ by their commits and times; this one carries its delivery id, so sending it again
+    // under the same id is a repeat, and under a new id another push of the same commit.
     const body = JSON.stringify({
       ref: `refs/heads/${input.branch}`,
       before: input.before ?? '0'.repeat(40),
       after: input.after,
       repository: { clone_url: input.repository },
       sender: { login: 'conveyor-launcher' },
+      conveyor_delivery: deliveryId,
     });
     const signature = `sha256=${createHmac('sha256', input.secret).update(body).digest('hex')}`;
     const res = await fetch(`${this.baseUrl}/webhooks/github`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', 'x-github-event': 'push', 'x-github-delivery': input.deliveryId ?? randomUUID(), 'x-hub-signature-256': signature },
+      headers: { 'content-type': 'application/json', 'x-github-event': 'push', 'x-github-delivery': deliveryId, 'x-hub-signature-256': signature },
       body,
     });
     return { status: res.status, json: (await res.json()) as any };
