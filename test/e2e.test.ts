@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -79,6 +79,14 @@ describe('a push becomes a deployed, verified service', () => {
     expect(buildLog).toContain(`Building hello-service at ${repo.commit}`);
     // Services running as root run each build as a user of its own (BUILD_UIDS), out of reach of their environment.
     if (process.getuid?.() === 0) expect(Number(/, as uid (\d+)/.exec(buildLog)?.[1])).toBeGreaterThanOrEqual(2_000_000_000);
+  });
+
+  it("keeps the services' logs and temporary files (tsx's cache among them) to the launcher's user", async () => {
+    expect((await stat(join(home, 'logs'))).mode & 0o777).toBe(0o700);
+    expect((await stat(join(home, 'logs', 'build.log'))).mode & 0o777).toBe(0o600);
+    expect((await stat(join(home, 'tmp'))).mode & 0o777).toBe(0o700);
+    const environ = await readFile(`/proc/${stack.processes.get('build')!.pid}/environ`, 'utf8');
+    expect(environ.split('\0')).toContain(`TMPDIR=${join(home, 'tmp')}`);
   });
 
   it('a new commit is deployed and replaces the old version', async () => {

@@ -114,7 +114,15 @@ function stopProcess(child: ChildProcess, graceMs = 10_000): Promise<void> {
 export async function startStack(opts: StackOptions): Promise<Stack> {
   const env = opts.env ?? process.env;
   const home = resolve(opts.home);
-  await mkdir(join(home, 'logs'), { recursive: true });
+  // The services' logs and temporary files are theirs alone: builds and deployed versions run as other
+  // users on this host. A private TMPDIR also keeps the services' code (tsx's transform cache lives in
+  // it) out of a world-writable /tmp, where a pipeline user could plant a directory before root made it.
+  const logs = join(home, 'logs');
+  const tmp = join(home, 'tmp');
+  for (const dir of [logs, tmp]) {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await chmod(dir, 0o700);
+  }
   const port = (i: number) => opts.portBase + i;
   // An address, not a name: some shells (tcsh) export HOST as the machine's name, which would open the
   // services to the network without anyone asking.
@@ -134,6 +142,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     HOST: host,
     REDIS_URL: redis.url,
     ARTIFACT_DIR: join(home, 'artifacts'),
+    TMPDIR: tmp,
     ...opts.serviceEnv,
   };
   const own: Record<ServiceName, Record<string, string>> = {
@@ -148,7 +157,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
 
   const startService = async (name: ServiceName) => {
     const logFile = join(home, 'logs', `${name}.log`);
-    const log = createWriteStream(logFile, { flags: 'a' });
+    const log = createWriteStream(logFile, { flags: 'a', mode: 0o600 });
+    await chmod(logFile, 0o600).catch(() => undefined); // one made before logs were private
     const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'apps', name, 'src', 'main.ts')], {
       cwd: REPO_ROOT,
       env: { ...common, ...own[name] },

@@ -1,4 +1,4 @@
-import { chmod, mkdir, mkdtemp, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -25,6 +25,8 @@ describe.runIf(process.getuid?.() === 0)('app users', () => {
     };
     const { users, warning } = await resolveAppUsers({ deployDir, uids: [FIRST, FIRST + 9], maxProcesses: 64, kill });
     expect(warning).toBeUndefined();
+    // Passed through by the versions' users, listed by nobody else.
+    expect((await stat(deployDir)).mode & 0o777).toBe(0o711);
     // A claim a dead deploy left an hour ago, its version directory never made.
     const orphan = join(deployDir, '.uids', String(FIRST));
     await writeFile(orphan, 'gone/run-gone-1\n');

@@ -83,6 +83,10 @@ export async function resolveAppUsers(opts: AppUserOptions): Promise<{ users: Ap
   const [first, last] = opts.uids ?? DEFAULT_DEPLOY_UIDS;
   const blocked = await untraversable(opts.deployDir, { uid: first, gid: first }, 'DEPLOY_DIR');
   if (blocked) return fallBack(blocked);
+  // Versions pass through it to their own directory; nobody else need list it (which pipelines are
+  // deployed, and their versions' names) or write in it.
+  const dir = await stat(opts.deployDir);
+  if (dir.uid === 0 && (dir.mode & 0o066) !== 0) await chmod(opts.deployDir, dir.mode & 0o7711);
   const claims = join(opts.deployDir, CLAIMS_DIR);
   await mkdir(claims, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'EEXIST') throw err;
