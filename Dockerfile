@@ -3,7 +3,7 @@
 # Services run their TypeScript through tsx (see docs/adr/0003-typescript-without-a-build-step.md).
 FROM node:20-bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git bash ca-certificates tar util-linux \
+ && apt-get install -y --no-install-recommends git bash ca-certificates tar util-linux iptables \
  && rm -rf /var/lib/apt/lists/* \
  && npm install -g pnpm@12.4.2
 WORKDIR /app
@@ -11,7 +11,8 @@ COPY package.json pnpm-lock.yaml pnpm-workspace.yaml turbo.json tsconfig.base.js
 COPY packages ./packages
 COPY apps ./apps
 RUN pnpm install --frozen-lockfile && chown -R node:node /app \
- && mkdir -p /data/artifacts /data/deployments /data/source-cache && chown -R node:node /data
+ && mkdir -p /data/artifacts /data/deployments /data/source-cache /data/work /data/tmp && chown -R node:node /data \
+ && chmod 0700 /data/tmp
 ARG SERVICE
 RUN test -f "apps/${SERVICE}/src/main.ts" || (echo "SERVICE must name one of apps/*" && exit 1)
 ENV SERVICE=${SERVICE} HOST=0.0.0.0 ARTIFACT_DIR=/data/artifacts
