@@ -1,11 +1,12 @@
 import { z } from 'zod';
 import { BuildUserEnv } from '@conveyor/runner';
-import { BaseEnv, parseEnv, RedisFenceEnv } from '@conveyor/service-kit';
+import { ArtifactLimitEnv, BaseEnv, parseEnv, RedisFenceEnv } from '@conveyor/service-kit';
 
 export const Env = BaseEnv.extend({
   PORT: z.coerce.number().int().min(0).max(65535).default(7002),
   ...BuildUserEnv,
   ...RedisFenceEnv,
+  ...ArtifactLimitEnv,
   /** Scratch space: one directory per build, removed when it ends. Local disk, never shared. */
   WORK_DIR: z.string().default('.conveyor/work/build'),
 });

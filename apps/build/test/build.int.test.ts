@@ -64,8 +64,8 @@ beforeAll(async () => {
   await chmod(dir, 0o755); // mkdtemp makes it 0700: a build's user could not reach the work directory
   const redis = await testRedis();
   const prefix = uniquePrefix('build');
-  const env = loadEnv({ REDIS_URL: redis.url, QUEUE_PREFIX: prefix, ARTIFACT_DIR: join(dir, 'artifacts'), WORK_DIR: join(dir, 'work'), LOG_LEVEL: 'silent' });
-  store = new FsArtifactStore(env.ARTIFACT_DIR);
+  const env = loadEnv({ REDIS_URL: redis.url, QUEUE_PREFIX: prefix, ARTIFACT_DIR: join(dir, 'artifacts'), ARTIFACT_MAX_BYTES: String(64 * 1024 * 1024), WORK_DIR: join(dir, 'work'), LOG_LEVEL: 'silent' });
+  store = new FsArtifactStore(env.ARTIFACT_DIR, { maxBytes: env.ARTIFACT_MAX_BYTES });
   service = inProcessStageService({
     service: 'build',
     type: 'build',
@@ -152,6 +152,15 @@ artifacts:
     expect(escape.result).toMatchObject({ status: 'FAILED', message: expect.stringContaining('outside the source') });
     const missing = await build({ 'README.md': 'no buildspec here\n' });
     expect(missing.result).toMatchObject({ status: 'FAILED', message: 'buildspec buildspec.yml not found in the source' });
+  });
+
+  it('fails, naming ARTIFACT_MAX_BYTES, when its artifact is larger (a sparse file counted as stored, expanded), storing nothing', async () => {
+    const { job, result, log } = await build({ 'buildspec.yml': "version: 0.2\nphases: { build: { commands: [ 'truncate -s 1G big.bin', 'echo small > small.txt' ] } }\nartifacts: { files: [ '**/*' ] }\n" });
+    expect(result).toMatchObject({ status: 'FAILED', message: 'artifact upload failed: artifact is larger than ARTIFACT_MAX_BYTES (67108864 bytes, 64 MiB)' });
+    expect(result.output.artifact).toBeUndefined();
+    expect(await log()).toContain('artifact is larger than ARTIFACT_MAX_BYTES');
+    const names = await readdir(join(dir, 'artifacts', 'runs', job.runId), { recursive: true }).catch(() => [] as string[]);
+    expect(names).toEqual([]);
   });
 
   it('fails when artifacts.files matches nothing after a successful build', async () => {

@@ -26,7 +26,7 @@ export function composeService(env: Env, logger: Logger) {
   const pipelines = new RedisPipelineStore(redis, prefix);
   const orchestrator = new Orchestrator({ runs, jobs: new BullJobDispatcher(queues, { redis: queueRedis, prefix }), logger, newId: randomUUID });
   const intake = new WebhookIntake({ pipelines, runs, orchestrator, logger });
-  const artifacts = new FsArtifactStore(env.ARTIFACT_DIR);
+  const artifacts = new FsArtifactStore(env.ARTIFACT_DIR, { maxBytes: env.ARTIFACT_MAX_BYTES });
   const repository = new GitSourceRepository(env.SOURCE_CACHE_DIR, artifacts);
 
   const sourceWorker = createStageWorker({

@@ -1,10 +1,10 @@
-import { execFile } from 'node:child_process';
-import { link, lstat, mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ArtifactContentError, artifactKey, FsArtifactStore } from './fs-artifact-store.js';
+import { ArtifactContentError, artifactKey, ArtifactTooLargeError, FsArtifactStore } from './fs-artifact-store.js';
 
 const exec = promisify(execFile);
 let dir: string;
@@ -25,6 +25,14 @@ describe('FsArtifactStore', () => {
     expect(ref).toMatchObject({ key: 'runs/run-1/Build-1.tar', sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
     await store.extractTo(ref, join(dir, 'out'));
     expect(await readFile(join(dir, 'out', 'sub', 'b.txt'), 'utf8')).toBe('B');
+  });
+
+  it('packs a file whose name starts with @ as a file (node-tar would read it as an archive to include)', async () => {
+    await writeFile(join(dir, 'src', '@scope.txt'), 'scoped');
+    const ref = await store.putFiles(artifactKey('run-at', 'Build', 1), join(dir, 'src'), ['@scope.txt', 'a.txt']);
+    await store.extractTo(ref, join(dir, 'out'));
+    expect(await readFile(join(dir, 'out', '@scope.txt'), 'utf8')).toBe('scoped');
+    expect(await readFile(join(dir, 'out', 'a.txt'), 'utf8')).toBe('A');
   });
 
   it('unpacks no setuid or setgid bit (extracted by root, such a file would be root\'s), and keeps the store private', async () => {
@@ -128,5 +136,68 @@ describe('FsArtifactStore', () => {
     const ref = await store.putTar('k/evil.tar', join(dir, 'evil.tar'));
     await store.extractTo(ref, join(dir, 'deep', 'out')).catch(() => undefined);
     await expect(stat(join(dir, 'escaped'))).rejects.toThrow();
+  });
+});
+
+/** Every file under `root`, relative: what a refused artifact left behind (nothing, or only directories). */
+async function filesUnder(root: string): Promise<string[]> {
+  const names = await readdir(root, { recursive: true }).catch(() => [] as string[]);
+  const files: string[] = [];
+  for (const name of names) if (!(await stat(join(root, name))).isDirectory()) files.push(name);
+  return files;
+}
+
+describe('FsArtifactStore size limit', () => {
+  const MiB = 1024 * 1024;
+
+  it('defaults to 2 GiB', () => {
+    expect(new FsArtifactStore(join(dir, 'default')).maxBytes).toBe(2 * 1024 * MiB);
+  });
+
+  it('refuses a build artifact past ARTIFACT_MAX_BYTES, a sparse file counted as tar stores it (expanded), leaving no partial file', async () => {
+    const limited = new FsArtifactStore(join(dir, 'limited'), { maxBytes: MiB });
+    // 1 GiB that takes no disk: tar stores it whole.
+    await writeFile(join(dir, 'src', 'big.bin'), '');
+    await truncate(join(dir, 'src', 'big.bin'), 1024 * MiB);
+    const put = limited.putFiles(artifactKey('run-big', 'Build', 1), join(dir, 'src'), ['a.txt', 'big.bin']);
+    await expect(put).rejects.toThrow(ArtifactTooLargeError);
+    await expect(put).rejects.toThrow('artifact is larger than ARTIFACT_MAX_BYTES (1048576 bytes, 1 MiB)');
+    expect(await filesUnder(join(dir, 'limited'))).toEqual([]);
+    // Under the limit, the same store stores.
+    const ref = await limited.putFiles(artifactKey('run-small', 'Build', 1), join(dir, 'src'), ['a.txt']);
+    expect(ref.bytes).toBeLessThanOrEqual(MiB);
+  });
+
+  it('counts the tar as it is written: headers that take it past the limit refuse it too', async () => {
+    // 64 files of 1 KiB with 200-character names: 1.5 KiB of content and plain headers each, plus 1 KiB of PAX header for the long name.
+    const names: string[] = [];
+    for (let i = 0; i < 64; i++) {
+      const name = `${String(i).padStart(3, '0')}-${'n'.repeat(196)}`;
+      await writeFile(join(dir, 'src', name), Buffer.alloc(1024, 1));
+      names.push(name);
+    }
+    const limited = new FsArtifactStore(join(dir, 'limited'), { maxBytes: 64 * 1536 + 1024 + 16 * 1024 });
+    await expect(limited.putFiles('k/long-names.tar', join(dir, 'src'), names)).rejects.toThrow(/artifact is larger than ARTIFACT_MAX_BYTES \(115712 bytes/);
+    expect(await filesUnder(join(dir, 'limited'))).toEqual([]);
+  });
+
+  it('putTar stops copying past the limit, without reading the rest (a source that never ends)', async () => {
+    const limited = new FsArtifactStore(join(dir, 'limited'), { maxBytes: MiB });
+    const fifo = join(dir, 'endless.tar');
+    await exec('mkfifo', [fifo]);
+    // Writes zeros for as long as anyone reads.
+    const writer = spawn('sh', ['-c', 'exec cat /dev/zero > "$1"', 'sh', fifo], { stdio: 'ignore' });
+    try {
+      await expect(limited.putTar('k/endless.tar', fifo)).rejects.toThrow('artifact is larger than ARTIFACT_MAX_BYTES (1048576 bytes, 1 MiB)');
+      expect(await filesUnder(join(dir, 'limited'))).toEqual([]);
+    } finally {
+      writer.kill('SIGKILL');
+    }
+  });
+
+  it('putTar stores a tar within the limit', async () => {
+    await writeFile(join(dir, 'ok.tar'), Buffer.alloc(MiB));
+    const limited = new FsArtifactStore(join(dir, 'limited'), { maxBytes: MiB });
+    expect((await limited.putTar('k/ok.tar', join(dir, 'ok.tar'))).bytes).toBe(MiB);
   });
 });

@@ -1,7 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { chmod, copyFile, link, lstat, mkdir, rm, stat, symlink } from 'node:fs/promises';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { chmod, link, lstat, mkdir, rm, stat, symlink } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { create, extract } from 'tar';
 import type { ArtifactRef } from '@conveyor/contracts';
 import type { ArtifactStore } from './artifact-store.js';
@@ -27,11 +29,68 @@ class NoHardLinks extends Map<`${number}:${number}`, string> {
   }
 }
 
+/**
+ * The largest artifact stored when none is set (`ARTIFACT_MAX_BYTES`): 2 GiB. Room for any ordinary build
+ * output or source tree (a Linux kernel checkout archives to about 1.5 GB), while a build or a repository
+ * can no longer make the store write without end: a sparse file, or one blob named many times, is stored
+ * expanded.
+ */
+export const DEFAULT_ARTIFACT_MAX_BYTES = 2 * 1024 ** 3;
+
+/** `1048576 bytes, 1 MiB`: exact, and readable when it is a round number of a unit. */
+export function describeBytes(bytes: number): string {
+  for (const [unit, size] of [['GiB', 1024 ** 3], ['MiB', 1024 ** 2], ['KiB', 1024]] as const) {
+    if (bytes >= size && bytes % size === 0) return `${bytes} bytes, ${bytes / size} ${unit}`;
+  }
+  return `${bytes} bytes`;
+}
+
+/** An artifact (or source snapshot) past the store's limit: storing it again would fail again. */
+export class ArtifactTooLargeError extends Error {
+  override readonly name = 'ArtifactTooLargeError';
+  constructor(
+    readonly limit: number,
+    what = 'artifact',
+  ) {
+    super(`${what} is larger than ARTIFACT_MAX_BYTES (${describeBytes(limit)})`);
+  }
+}
+
+/** Passes bytes on until more than `limit` have gone through, then fails with ArtifactTooLargeError. */
+export function byteLimit(limit: number, what?: string): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      seen += chunk.length;
+      if (seen > limit) done(new ArtifactTooLargeError(limit, what));
+      else done(null, chunk);
+    },
+  });
+}
+
+/** The least a tar of these files (relative to `dir`) takes: a header each, regular files' content in 512-byte blocks, the end. */
+async function tarSizeAtLeast(dir: string, files: readonly string[]): Promise<number> {
+  let bytes = 1024;
+  for (const f of files) {
+    const info = await lstat(resolve(dir, f)).catch(() => undefined);
+    bytes += 512 + (info?.isFile() ? Math.ceil(info.size / 512) * 512 : 0);
+  }
+  return bytes;
+}
+
+export interface FsArtifactStoreOptions {
+  /** The largest artifact stored, in bytes (`ARTIFACT_MAX_BYTES`); default DEFAULT_ARTIFACT_MAX_BYTES. */
+  maxBytes?: number;
+}
+
 /** Artifacts as tar files under one local directory. The default store on one machine. */
 export class FsArtifactStore implements ArtifactStore {
   readonly root: string;
-  constructor(root: string) {
+  readonly maxBytes: number;
+  constructor(root: string, options: FsArtifactStoreOptions = {}) {
     this.root = resolve(root);
+    this.maxBytes = options.maxBytes ?? DEFAULT_ARTIFACT_MAX_BYTES;
+    if (!Number.isSafeInteger(this.maxBytes) || this.maxBytes < 1) throw new Error(`invalid artifact size limit: ${this.maxBytes}`);
   }
 
   private pathFor(key: string): string {
@@ -69,10 +128,11 @@ export class FsArtifactStore implements ArtifactStore {
     return `${final}.${randomUUID()}.tmp`;
   }
 
+  /** Copied through a count of its bytes: past `maxBytes` the copy stops (the rest is never read) and nothing is stored. */
   async putTar(key: string, tarPath: string): Promise<ArtifactRef> {
     const tmp = await this.tmpFor(key);
     try {
-      await copyFile(tarPath, tmp);
+      await pipeline(createReadStream(tarPath), byteLimit(this.maxBytes), createWriteStream(tmp, { flags: 'wx', mode: 0o600 }));
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;
@@ -80,14 +140,32 @@ export class FsArtifactStore implements ArtifactStore {
     return this.commit(key, tmp);
   }
 
+  /**
+   * Packed through a count of the tar's bytes as they are written: past `maxBytes` the packing stops and
+   * the partial file is removed. A sparse file is stored expanded, and so counted. An artifact whose
+   * files alone pass the limit is refused before a byte is written.
+   */
   async putFiles(key: string, dir: string, files: readonly string[]): Promise<ArtifactRef> {
     const tmp = await this.tmpFor(key);
     try {
       for (const f of files) {
         if (isAbsolute(f) || relative(dir, resolve(dir, f)).startsWith('..')) throw new Error(`artifact file outside its directory: ${f}`);
       }
+      if ((await tarSizeAtLeast(dir, files)) > this.maxBytes) throw new ArtifactTooLargeError(this.maxBytes);
       // portable: no uid/gid/mtime noise; symlinks are stored as links, never followed; hard links whole.
-      await create({ file: tmp, cwd: dir, portable: true, noDirRecurse: true, linkCache: new NoHardLinks() }, [...files]);
+      // node-tar reads a name starting with `@` as an archive to copy entries from: `./` keeps it a file.
+      const pack = create({ cwd: dir, portable: true, noDirRecurse: true, linkCache: new NoHardLinks() }, files.map((f) => (f.startsWith('@') ? `./${f}` : f)));
+      try {
+        // Read as an iterator (a stopped one pauses the packer), never piped: pipeline would destroy the
+        // packer on a failure, and node-tar goes on reading into a destroyed stream.
+        await pipeline({ [Symbol.asyncIterator]: () => pack[Symbol.asyncIterator]() }, byteLimit(this.maxBytes), createWriteStream(tmp, { flags: 'wx', mode: 0o600 }));
+      } catch (err) {
+        // Stopped midway, node-tar keeps the files it was reading open: let it read them to their end (what
+        // is left is within the limit, checked above) into nothing, so it closes them.
+        pack.on('error', () => undefined);
+        pack.resume();
+        throw err;
+      }
       return await this.commit(key, tmp);
     } catch (err) {
       await rm(tmp, { force: true });

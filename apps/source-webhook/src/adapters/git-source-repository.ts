@@ -1,8 +1,10 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import { chmod, mkdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { ArtifactStore } from '@conveyor/artifacts';
+import { pipeline } from 'node:stream/promises';
+import { ArtifactTooLargeError, byteLimit, DEFAULT_ARTIFACT_MAX_BYTES, type ArtifactStore } from '@conveyor/artifacts';
 import { PermanentJobError } from '@conveyor/service-kit';
 import type { SourceRepository } from '../ports.js';
 
@@ -37,9 +39,14 @@ fi
 rm -rf -- "$1" || exit 1
 exec git -c http.lowSpeedLimit=1000 -c http.lowSpeedTime=60 clone --mirror --quiet -- "$2" "$1"`;
 
+/** A snapshot in the limit's message. Past the limit the stage fails (PermanentJobError): the commit stays as large. */
+const SNAPSHOT = 'source snapshot';
+
 /**
  * Keeps a bare mirror per repository under `cacheDir`, fetches into it, and snapshots a commit with
  * `git archive` (the CodePipeline SourceArtifact: the tree, no .git). Values are always argv, never shell.
+ * A snapshot is at most `maxBytes` (the store's `ARTIFACT_MAX_BYTES`): a small repository can name one
+ * large blob many times, and `git archive` writes it out each time.
  */
 export class GitSourceRepository implements SourceRepository {
   private readonly locks = new Map<string, Promise<unknown>>();
@@ -48,6 +55,7 @@ export class GitSourceRepository implements SourceRepository {
     private readonly cacheDir: string,
     private readonly store: ArtifactStore,
     private readonly timeoutMs = 10 * 60_000,
+    private readonly maxBytes = store.maxBytes ?? DEFAULT_ARTIFACT_MAX_BYTES,
   ) {}
 
   private async git(args: string[], cwd?: string): Promise<string> {
@@ -57,23 +65,40 @@ export class GitSourceRepository implements SourceRepository {
   /**
    * Runs `file` in a process group of its own; past the timeout the whole group is killed (git, and the
    * remote helper it started, which would otherwise keep running, and keep a mirror's lock). A failure
-   * other than the timeout carries the program's `exitCode`.
+   * other than the timeout carries the program's `exitCode`. With `output`, stdout goes to that new file
+   * through a count of its bytes: past `maxBytes` the group is killed too, and the run fails with a
+   * PermanentJobError naming the limit (the file, partly written, is the caller's to remove).
    */
-  private run(file: string, argv: string[], cwd: string | undefined, what: string): Promise<string> {
+  private run(file: string, argv: string[], cwd: string | undefined, what: string, output?: { path: string; maxBytes: number }): Promise<string> {
     return new Promise((resolvePromise, reject) => {
       const child = spawn(file, argv, { cwd, env: GIT_ENV, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout = (stdout + d).slice(-16 * 1024 * 1024)));
-      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-64 * 1024)));
-      let timedOut = false;
-      const timer = setTimeout(() => {
-        timedOut = true;
+      const killGroup = () => {
         try {
           process.kill(-child.pid!, 'SIGKILL');
         } catch {
           // gone already
         }
+      };
+      let stdout = '';
+      let stderr = '';
+      let written: Promise<unknown> = Promise.resolve();
+      let tooLarge: ArtifactTooLargeError | undefined;
+      if (output) {
+        written = pipeline(child.stdout, byteLimit(output.maxBytes, SNAPSHOT), createWriteStream(output.path, { flags: 'wx', mode: 0o600 })).catch((err: Error) => {
+          if (err instanceof ArtifactTooLargeError) tooLarge = err;
+          // Whatever stopped the copy (the limit, a full disk), nothing more of this program's output is wanted.
+          killGroup();
+          throw err;
+        });
+        written.catch(() => undefined); // settled in 'close'
+      } else {
+        child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout = (stdout + d).slice(-16 * 1024 * 1024)));
+      }
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-64 * 1024)));
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        killGroup();
       }, this.timeoutMs);
       child.once('error', (err) => {
         clearTimeout(timer);
@@ -81,9 +106,17 @@ export class GitSourceRepository implements SourceRepository {
       });
       child.once('close', (code) => {
         clearTimeout(timer);
-        if (code === 0 && !timedOut) return resolvePromise(stdout.trim());
-        const said = (timedOut ? `timed out after ${this.timeoutMs / 1000} s` : stderr || `exit ${code}`).trim().split('\n').filter((line) => line.trim() !== '').slice(-6).join(' ');
-        reject(Object.assign(new Error(`${what} failed: ${said.length > 1500 ? `…${said.slice(-1500)}` : said}`), timedOut ? {} : { exitCode: code }));
+        // The output file is complete (or its copy has failed) before the run settles.
+        void written.then(
+          () => undefined,
+          (err: Error) => err,
+        ).then((writeError) => {
+          if (tooLarge) return reject(new PermanentJobError(tooLarge.message));
+          if (code === 0 && !timedOut && !writeError) return resolvePromise(stdout.trim());
+          if (writeError && !timedOut) return reject(new Error(`${what} failed: writing its output: ${writeError.message}`));
+          const said = (timedOut ? `timed out after ${this.timeoutMs / 1000} s` : stderr || `exit ${code}`).trim().split('\n').filter((line) => line.trim() !== '').slice(-6).join(' ');
+          reject(Object.assign(new Error(`${what} failed: ${said.length > 1500 ? `…${said.slice(-1500)}` : said}`), timedOut ? {} : { exitCode: code }));
+        });
       });
     });
   }
@@ -105,8 +138,12 @@ export class GitSourceRepository implements SourceRepository {
     input.log(input.commit ? `[source] commit ${commit} (given for ${input.ref}${input.commitOnRef ? ', which holds it' : ''})\n` : `[source] resolved ${input.ref} to ${commit}\n`);
     const tmp = join(resolve(this.cacheDir), `archive-${randomUUID()}.tar`);
     try {
-      await this.git(['archive', '--format=tar', '-o', tmp, commit], mirror);
-      const artifact = await this.store.putTar(input.artifactKey, tmp);
+      // Counted as git writes it: past the limit git is stopped, long before the disk fills.
+      await this.run('git', ['archive', '--format=tar', commit], mirror, 'git archive', { path: tmp, maxBytes: this.maxBytes });
+      const artifact = await this.store.putTar(input.artifactKey, tmp).catch((err: unknown) => {
+        // A store whose limit is lower than this snapshot's.
+        throw err instanceof ArtifactTooLargeError ? new PermanentJobError(new ArtifactTooLargeError(err.limit, SNAPSHOT).message) : err;
+      });
       input.log(`[source] stored snapshot ${artifact.key} (${artifact.bytes} bytes, sha256 ${artifact.sha256})\n`);
       return { commit, artifact };
     } finally {
