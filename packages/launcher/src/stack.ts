@@ -84,13 +84,15 @@ async function checkPortsFree(ports: readonly { port: number; name: string }[], 
   }
 }
 
-async function waitReady(url: string, child: ChildProcess, name: string, logFile: string): Promise<void> {
+export async function waitReady(url: string, child: ChildProcess, name: string, logFile: string): Promise<void> {
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
-    if (child.exitCode !== null) {
+    // Ended, by itself or killed by a signal (then its exitCode stays null).
+    if (child.exitCode !== null || child.signalCode !== null) {
       // A service that cannot start says why in one line (explainStartupFailures): show it.
       const why = (await readFile(logFile, 'utf8').catch(() => '')).split('\n').find((line) => line.startsWith('✖ '));
-      throw new Error(`${name} exited with code ${child.exitCode}${why ? `: ${why.slice(2)}` : ''}; see ${logFile}`);
+      const how = child.signalCode ? `was killed by ${child.signalCode}` : `exited with code ${child.exitCode}`;
+      throw new Error(`${name} ${how} before it was ready${why ? `: ${why.slice(2)}` : ''}; see ${logFile}`);
     }
     const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
     if (ok) return;

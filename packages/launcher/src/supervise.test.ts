@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ServiceName } from './stack.js';
+import { waitReady } from './stack.js';
 import { RESTARTS_PER_MINUTE, superviseServices } from './supervise.js';
 
 const started: ChildProcess[] = [];
@@ -54,6 +55,35 @@ describe('superviseServices', () => {
     await until(() => lines.length >= 2);
     expect(restarted).toEqual(['build']);
     expect(lines).toEqual(['✖ build exited with code 7; starting it again (see /conveyor-home/logs/build.log)', '✔ build is running again']);
+  });
+
+  it('a service killed again while it was being started is started again, not given up on', async () => {
+    const lines: string[] = [];
+    let gaveUp: string | undefined;
+    let starts = 0;
+    const again = run('sleep 30');
+    superviseServices(
+      {
+        processes: new Map<ServiceName, ChildProcess>([['monitor', run('exit 1')]]),
+        startService: async () => {
+          starts += 1;
+          if (starts === 1) throw new Error('monitor was killed by SIGKILL before it was ready; see /h/logs/monitor.log');
+          return again;
+        },
+      },
+      { home: '/h', stopping: () => false, giveUp: (why) => (gaveUp = why), say: (line) => lines.push(line) },
+    );
+    await until(() => lines.includes('✔ monitor is running again'));
+    expect(starts).toBe(2);
+    expect(gaveUp).toBeUndefined();
+    expect(lines[1]).toBe('✖ monitor could not be started again (monitor was killed by SIGKILL before it was ready; see /h/logs/monitor.log); starting it again (see /h/logs/monitor.log)');
+  });
+
+  it('waiting for a service to be ready ends at once when it is killed by a signal', async () => {
+    const child = run('kill -KILL $$');
+    await until(() => child.signalCode !== null);
+    // Were the signal missed, it would poll /readyz for 60 s: far past this test's timeout.
+    await expect(waitReady('http://127.0.0.1:1', child, 'build', '/nonexistent/build.log')).rejects.toThrow('build was killed by SIGKILL before it was ready; see /nonexistent/build.log');
   });
 
   it('gives up on a service that keeps ending, and says nothing while the launcher stops', async () => {
