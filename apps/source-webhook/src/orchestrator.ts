@@ -1,5 +1,5 @@
 import { isTerminalRun, type PipelineDefinition, type Run, type RunEvent, type StageJob, type Trigger } from '@conveyor/contracts';
-import { UnavailableError, type Logger } from '@conveyor/service-kit';
+import { explainFailedStageJob, UnavailableError, type Logger } from '@conveyor/service-kit';
 import { completionInput } from './domain/outcome.js';
 import { createRun, pendingWork, step, type RunInput } from './domain/state-machine.js';
 import type { DeliveryDecision, JobDispatcher, RunStore, RunUpdate } from './ports.js';
@@ -278,7 +278,7 @@ export class Orchestrator {
         return true;
       }
       case 'failed':
-        await this.applyOne(job.runId, { type: 'stage-lost', jobId: job.jobId, reason: state.reason ?? 'stage job failed' });
+        await this.applyOne(job.runId, { type: 'stage-lost', jobId: job.jobId, reason: explainFailedStageJob(state.reason ?? 'stage job failed') });
         return true;
       case 'pending':
         return false;

@@ -56,6 +56,20 @@ function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED
   return { status: outcome.status, ...(outcome.message ? { message: outcome.message } : {}), output: output.data };
 }
 
+/**
+ * How many times a stage job is given to a worker that then stops holding it (killed, or its lock lost)
+ * before BullMQ fails it for good: the first delivery and this many more.
+ */
+export const MAX_STALLED_REDELIVERIES = 2;
+
+/** BullMQ's reason for a job that failed for good, said so a person reading a run understands it. */
+export function explainFailedStageJob(reason: string): string {
+  if (/stalled more than allowable limit/i.test(reason)) {
+    return `the worker running it stopped (killed, or out of touch with Redis past its lock) ${MAX_STALLED_REDELIVERIES + 1} times; it is not given to a worker again`;
+  }
+  return reason;
+}
+
 const LOG_REREAD_MS = 30_000;
 /**
  * A job created longer ago than this may have been cancelled before the notices this worker remembers
@@ -209,7 +223,7 @@ export function createStageWorker<T extends StageJob['type']>(opts: StageWorkerO
     concurrency: opts.concurrency,
     lockDuration: opts.lockDuration,
     stalledInterval: opts.stalledInterval,
-    maxStalledCount: 2,
+    maxStalledCount: MAX_STALLED_REDELIVERIES,
     autorun: opts.autorun ?? true,
   });
   const cancels = listenForCancels(worker, opts.connection, opts.prefix, opts.logger);

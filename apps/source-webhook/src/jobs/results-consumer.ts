@@ -1,5 +1,5 @@
 import { QUEUES, runIdOfJob } from '@conveyor/contracts';
-import { keepStageEvents, stageEventsKey, StreamGroupConsumer, type Logger, type Redis, type StreamEntry } from '@conveyor/service-kit';
+import { explainFailedStageJob, keepStageEvents, stageEventsKey, StreamGroupConsumer, type Logger, type Redis, type StreamEntry } from '@conveyor/service-kit';
 import { completionInput } from '../domain/outcome.js';
 import type { Orchestrator, RunInputFor } from '../orchestrator.js';
 import { safeJson } from '../domain/json.js';
@@ -90,7 +90,7 @@ export class ResultsConsumer {
     const jobId = field('jobId') ?? '';
     const runId = runIdOfJob(jobId);
     if (!runId) return undefined; // not a stage job of ours
-    if (event === 'failed') return { runId, input: { type: 'stage-lost', jobId, reason: field('failedReason') || 'the stage job failed' } };
+    if (event === 'failed') return { runId, input: { type: 'stage-lost', jobId, reason: explainFailedStageJob(field('failedReason') || 'the stage job failed') } };
     const { input, problem } = completionInput(jobId, safeJson(field('returnvalue')));
     if (problem) this.opts.logger.error({ jobId, problem }, 'stage job completed without a valid result');
     return { runId, input };
