@@ -254,6 +254,9 @@ describe('deployer', () => {
     const told = await waitingForHealth('v3');
     await redis.publish(cancelChannel(prefix), told.jobId);
     expect(await waitResult(told.jobId)).toMatchObject({ status: 'FAILED', message: 'stopped: the run was cancelled' });
+    const toldLog = (await redis.get(stageLogKey(prefix, told.jobId)))!;
+    expect(toldLog).toContain('deploy stopped: the run was cancelled');
+    expect(toldLog).not.toContain('errored');
 
     expect(await getJson(v1.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
     expect(JSON.parse(await readFile(join(deployDir, 'shop', 'current.json'), 'utf8')).runId).toBe(v1.runId);

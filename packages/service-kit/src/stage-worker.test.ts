@@ -2,7 +2,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { explainFailedStageJob, MAX_STALLED_REDELIVERIES } from './stage-worker.js';
+import { explainFailedStageJob, MAX_STALLED_REDELIVERIES, redeliveryNote } from './stage-worker.js';
 
 /** Every .js file under `dir`. */
 async function scripts(dir: string): Promise<string[]> {
@@ -14,6 +14,14 @@ async function scripts(dir: string): Promise<string[]> {
   }
   return out;
 }
+
+describe('redeliveryNote', () => {
+  it('says nothing of a first delivery, and why a later one runs the stage again', () => {
+    expect(redeliveryNote({ deliveries: 0 })).toBeUndefined();
+    expect(redeliveryNote({ deliveries: 1 })).toBe('[conveyor] delivery 2 of this job (an earlier worker stopped before finishing)\n');
+    expect(redeliveryNote({ deliveries: 1, previousError: 'ECONNRESET' })).toBe('[conveyor] delivery 2 of this job: the last one errored (ECONNRESET)\n');
+  });
+});
 
 describe('explainFailedStageJob', () => {
   it("says what BullMQ's stalled-job failure means, and how many deliveries it took", () => {

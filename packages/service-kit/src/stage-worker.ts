@@ -57,6 +57,16 @@ function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED
 }
 
 /**
+ * The first line of a stage log when this delivery of the job is not its first (say why the stage's log
+ * shows its start again); undefined for a first delivery.
+ */
+export function redeliveryNote(ctx: Pick<StageContext, 'deliveries' | 'previousError'>): string | undefined {
+  if (ctx.previousError) return `[conveyor] delivery ${ctx.deliveries + 1} of this job: the last one errored (${ctx.previousError})\n`;
+  if (ctx.deliveries > 0) return `[conveyor] delivery ${ctx.deliveries + 1} of this job (an earlier worker stopped before finishing)\n`;
+  return undefined;
+}
+
+/**
  * How many times a stage job is given to a worker that then stops holding it (killed, or its lock lost)
  * before BullMQ fails it for good: the first delivery and this many more.
  */

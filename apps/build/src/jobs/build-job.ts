@@ -4,7 +4,7 @@ import { artifactKey, type ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob } from '@conveyor/contracts';
 import { fileSelection, resolveFiles, runBuildspecJob, stageFiles, type BuildspecRun } from '@conveyor/runner';
 import type { BuildUser, BuildUsers } from '@conveyor/runner';
-import { openStageLog, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
+import { openStageLog, redeliveryNote, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
 export interface BuildDeps {
   artifacts: ArtifactStore;
@@ -20,8 +20,8 @@ export const buildJobHandler =
   (deps: BuildDeps): StageHandler<'build'> =>
   async (job, ctx) => {
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
-    if (ctx.previousError) log.write(`[conveyor] delivery ${ctx.deliveries + 1} of this job: the last one errored (${ctx.previousError})\n`);
-    else if (ctx.deliveries > 0) log.write(`[conveyor] delivery ${ctx.deliveries + 1} of this job (an earlier worker stopped before finishing)\n`);
+    const again = redeliveryNote(ctx);
+    if (again) log.write(again);
     try {
       const runAs = (user: BuildUser | undefined, stopUserProcesses: () => Promise<void>) =>
         runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}), stopUserProcesses }, (run) => finishBuild(job, run, deps, (t) => log.write(t), ctx.signal, user));

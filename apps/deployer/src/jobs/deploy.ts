@@ -1,6 +1,6 @@
 import type { Counter } from 'prom-client';
 import { cancelledJobKey, liveDeploymentKey } from '@conveyor/contracts';
-import { openStageLog, PermanentJobError, RUN_CANCELLED, type Redis, type StageHandler } from '@conveyor/service-kit';
+import { openStageLog, PermanentJobError, redeliveryNote, RUN_CANCELLED, SHUTTING_DOWN, type Redis, type StageHandler } from '@conveyor/service-kit';
 import type { DeployResult } from '../metrics.js';
 import type { DeployTarget } from '../ports.js';
 
@@ -17,6 +17,8 @@ export function createDeployHandler(deps: DeployHandlerDeps): StageHandler<'depl
     const target = deps.targets.find((t) => t.kind === job.target.kind);
     if (!target) throw new PermanentJobError(`this deployer has no target of kind "${job.target.kind}"`);
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
+    const again = redeliveryNote(ctx);
+    if (again) log.write(again);
     const count = (result: DeployResult) => deps.deploys.inc({ pipeline: job.pipeline, result });
     try {
       const outcome = await target.deploy(job, {
@@ -44,7 +46,10 @@ export function createDeployHandler(deps: DeployHandlerDeps): StageHandler<'depl
       }
     } catch (err) {
       count('error');
-      log.write(`deploy errored: ${err instanceof Error ? err.message : String(err)}\n`);
+      // Stopped from outside: said as such, not as an error of the deploy.
+      if (ctx.signal.reason === RUN_CANCELLED) log.write('deploy stopped: the run was cancelled; what it had started was stopped\n');
+      else if (ctx.signal.reason === SHUTTING_DOWN) log.write('deploy interrupted: this deployer is shutting down; the job goes back to its queue\n');
+      else log.write(`deploy errored: ${err instanceof Error ? err.message : String(err)}\n`);
       throw err;
     } finally {
       await log.close();

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { liveDeploymentKey, RunId } from '@conveyor/contracts';
-import { openStageLog, PermanentJobError, type Redis, type StageHandler } from '@conveyor/service-kit';
+import { openStageLog, PermanentJobError, redeliveryNote, type Redis, type StageHandler } from '@conveyor/service-kit';
 import { probeUrl, UnsafeProbeUrlError } from '../domain/probe-url.js';
 import { verify } from '../domain/verify.js';
 import type { Prober } from '../ports.js';
@@ -59,6 +59,8 @@ export function createMonitorHandler(deps: MonitorHandlerDeps): StageHandler<'mo
       throw err;
     }
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
+    const again = redeliveryNote(ctx);
+    if (again) log.write(again);
     const { durationSeconds, intervalSeconds, maxFailures, timeoutMs } = job.verify;
     log.write(`probing ${url} every ${intervalSeconds}s for ${durationSeconds}s (timeout ${timeoutMs} ms, ${maxFailures} failures allowed)\n`);
     try {
