@@ -43,7 +43,8 @@ beforeAll(async () => {
     portBase: await freePortRange(5),
     env: { ...process.env, REDIS_URL: redis.url, QUEUE_PREFIX: PREFIX, LOG_LEVEL: 'info' },
     // Short BullMQ locks so a killed worker's job is picked up again within seconds.
-    serviceEnv: { WORKER_LOCK_MS: '3000', WORKER_STALLED_MS: '2000', RECONCILE_INTERVAL_MS: '2000' },
+    // A register of deploy user ids of its own, so this stack's versions and another's on the host never share one.
+    serviceEnv: { WORKER_LOCK_MS: '3000', WORKER_STALLED_MS: '2000', RECONCILE_INTERVAL_MS: '2000', DEPLOY_UID_CLAIMS_DIR: join(home, 'uid-claims') },
   });
   client = new ConveyorClient(stack.urls['source-webhook'], stack.apiToken);
   repo = await prepareExampleRepo(home);

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { uidRange } from '@conveyor/runner';
 import { BaseEnv, OptionalSecret, parseEnv, RedisFenceEnv } from '@conveyor/service-kit';
+import { DEFAULT_UID_CLAIMS_DIR } from './adapters/uid-claims.js';
 
 export const DeployerEnv = BaseEnv.extend({
   PORT: z.coerce.number().int().min(0).max(65_535).default(7004),
@@ -12,10 +13,16 @@ export const DeployerEnv = BaseEnv.extend({
   DEPLOY_OUTPUT_MAX_BYTES: z.coerce.number().int().min(64 * 1024).default(10 * 1024 * 1024),
   /**
    * `first-last`: the user ids a root deployer gives deployed versions, one per version kept on disk
-   * (group id = user id). Default 2000001000-2000009999. Deployers of one host with different
-   * DEPLOY_DIRs need ranges of their own.
+   * (group id = user id). Default 2000001000-2000009999. Claimed host-wide (DEPLOY_UID_CLAIMS_DIR):
+   * deployers of one host may share the range, whatever their DEPLOY_DIRs.
    */
   DEPLOY_UIDS: uidRange('2000001000-2000009999').optional(),
+  /**
+   * The host's register of which deploy user id is whose (one file per id naming its deploy directory
+   * and version), root's alone. Every deployer of the host must use the same one; persistent (not under
+   * /run), as the version directories whose files the ids own are.
+   */
+  DEPLOY_UID_CLAIMS_DIR: z.string().startsWith('/', 'must be an absolute path (one directory for the whole host)').default(DEFAULT_UID_CLAIMS_DIR),
   /** Most processes and threads one deployed version may have at once (RLIMIT_NPROC of its user). */
   DEPLOY_MAX_PROCESSES: z.coerce.number().int().min(16).default(2048),
   ...RedisFenceEnv,

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES } from '@conveyor/contracts';
-import { explainStartupFailures, guardRedis, runStageService } from '@conveyor/service-kit';
+import { explainStartupFailures, guardRedis, runStageService, type Logger } from '@conveyor/service-kit';
 import { resolveAppUsers } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { FsDeploymentCatalog } from './adapters/fs-deployment-catalog.js';
@@ -22,9 +22,16 @@ const env = loadEnv();
 checkLockTool();
 const deployDir = resolve(env.DEPLOY_DIR);
 const files = new DeploymentFiles(deployDir);
-const { users, warning } = await resolveAppUsers({ deployDir, ...(env.DEPLOY_UIDS ? { uids: env.DEPLOY_UIDS } : {}), maxProcesses: env.DEPLOY_MAX_PROCESSES });
-
 let local: LocalProcessTarget | undefined;
+let log: Logger | undefined;
+const { users, warning, notices } = await resolveAppUsers({
+  deployDir,
+  claimsDir: env.DEPLOY_UID_CLAIMS_DIR,
+  ...(env.DEPLOY_UIDS ? { uids: env.DEPLOY_UIDS } : {}),
+  maxProcesses: env.DEPLOY_MAX_PROCESSES,
+  warn: (data, message) => log?.warn(data, message),
+});
+
 // Deployed versions are left running when the deployer stops: they outlive it (the launcher calls stopAllDeployments).
 await runStageService({
   service: 'deployer',
@@ -32,6 +39,7 @@ await runStageService({
   queueName: QUEUES.deploy,
   env,
   handler: ({ redis, prefix, logger, registry }) => {
+    log = logger;
     local = new LocalProcessTarget({
       files,
       artifacts: new FsArtifactStore(env.ARTIFACT_DIR),
@@ -59,6 +67,7 @@ await runStageService({
         logger.info({ deployDir }, 'deploying local targets into this directory');
         if (warning) logger.warn({ deployDir }, warning);
         else logger.info(users.summary);
+        for (const notice of notices ?? []) logger.warn({ deployDir }, notice);
         // Left up when the deployer stops: the versions it started outlive it. A service starting later
         // sweeps it once nothing runs as their users, or takes it over at once (a restarted deployer).
         await guardRedis({ redis, redisUrl: env.REDIS_URL, mode: env.REDIS_FENCE, range: users.range, service: 'deployer', whose: 'deployed versions', logger });

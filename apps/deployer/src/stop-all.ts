@@ -1,9 +1,8 @@
-import { readdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
-import { killUserProcesses } from '@conveyor/runner';
-import { CLAIMS_DIR } from './adapters/app-users.js';
+import { resolve } from 'node:path';
+import { stopAllAppUsers } from './adapters/app-users.js';
 import { DeploymentFiles } from './adapters/deployment-files.js';
 import { ownGroupAlive, stopGroup } from './adapters/process-group.js';
+import { DEFAULT_UID_CLAIMS_DIR } from './adapters/uid-claims.js';
 import type { DeploymentRecord } from './domain/deployment-record.js';
 
 export interface StoppedDeployment {
@@ -17,10 +16,12 @@ export interface StoppedDeployment {
 /**
  * Stops every process recorded under `deployDir` (each pipeline's current version, and any version a
  * crashed deploy left running), SIGTERM then SIGKILL after `graceMs`, then (as root) whatever still runs
- * as a version's own user. For the launcher's shutdown: the deployer itself never stops deployments
- * when it stops. Records stay on disk.
+ * as a user id this deploy directory holds in the host's register (`claimsDir`: the deployer's
+ * DEPLOY_UID_CLAIMS_DIR, by default this process's), and as no other: another stack's versions are
+ * theirs. For the launcher's shutdown: the deployer itself never stops deployments when it stops.
+ * Records stay on disk.
  */
-export async function stopAllDeployments(deployDir: string, graceMs = 10_000): Promise<StoppedDeployment[]> {
+export async function stopAllDeployments(deployDir: string, graceMs = 10_000, opts: { claimsDir?: string } = {}): Promise<StoppedDeployment[]> {
   const files = new DeploymentFiles(resolve(deployDir));
   const byGroup = new Map<number, DeploymentRecord>();
   for (const rec of await files.allRecords()) byGroup.set(rec.pgid, rec);
@@ -31,9 +32,6 @@ export async function stopAllDeployments(deployDir: string, graceMs = 10_000): P
       return { pipeline: rec.pipeline, runId: rec.runId, attempt: rec.attempt, pid: rec.pid, result };
     }),
   );
-  if (process.getuid?.() === 0) {
-    const claims = await readdir(join(files.root, CLAIMS_DIR)).catch(() => []);
-    for (const name of claims.filter((n) => /^\d+$/.test(n))) await killUserProcesses({ uid: Number(name), gid: Number(name) });
-  }
+  if (process.getuid?.() === 0) await stopAllAppUsers(files.root, resolve(opts.claimsDir ?? (process.env.DEPLOY_UID_CLAIMS_DIR || DEFAULT_UID_CLAIMS_DIR)));
   return stopped.filter((s): s is StoppedDeployment => s !== undefined);
 }

@@ -34,6 +34,8 @@ let service: RunningService;
 let deployQueue: Queue;
 let store: FsArtifactStore;
 let deployDir: string;
+/** DEPLOY_UID_CLAIMS_DIR of this test's deployer: its own, not the host's, so tests in parallel keep theirs apart. */
+let claimsDir: string;
 let runCounter = 0;
 
 beforeAll(async () => {
@@ -47,12 +49,13 @@ afterAll(async () => {
 
 /** The deployer of this test (its Redis prefix, artifacts and DEPLOY_DIR), with `extra` settings. */
 const startDeployer = (extra: Record<string, string> = {}) =>
-  startService({ REDIS_URL: redisUrl, QUEUE_PREFIX: prefix, ARTIFACT_DIR: store.root, DEPLOY_DIR: deployDir, DEPLOY_STOP_GRACE_SECONDS: '2', CONVEYOR_API_TOKEN: TOKEN, ...extra });
+  startService({ REDIS_URL: redisUrl, QUEUE_PREFIX: prefix, ARTIFACT_DIR: store.root, DEPLOY_DIR: deployDir, DEPLOY_UID_CLAIMS_DIR: claimsDir, DEPLOY_STOP_GRACE_SECONDS: '2', CONVEYOR_API_TOKEN: TOKEN, ...extra });
 
 beforeEach(async () => {
   prefix = uniquePrefix('dep');
   root = await mkdtemp(join(tmpdir(), 'cv-deployer-'));
   deployDir = join(root, 'deployments');
+  claimsDir = join(root, 'uid-claims');
   store = new FsArtifactStore(join(root, 'artifacts'));
   service = await startDeployer();
   deployQueue = createQueue(QUEUES.deploy, { connection: redis, prefix });
@@ -60,7 +63,7 @@ beforeEach(async () => {
 
 afterEach(async () => {
   await service.stop();
-  await stopAllDeployments(deployDir, 1000);
+  await stopAllDeployments(deployDir, 1000, { claimsDir });
   await deployQueue.obliterate({ force: true });
   await deployQueue.close();
   const keys = await redis.keys(`${prefix}:*`);
@@ -288,7 +291,7 @@ describe('deployer', () => {
     const result = await deploy(await makeJob('shop', 'v1'));
     expect(await service.stop()).toBe(0);
     expect(await getJson(result.output.url!)).toMatchObject({ status: 200, body: { version: 'v1' } });
-    const stopped = await stopAllDeployments(deployDir, 2000);
+    const stopped = await stopAllDeployments(deployDir, 2000, { claimsDir });
     expect(stopped).toEqual([expect.objectContaining({ pipeline: 'shop', result: 'terminated' })]);
     await expectNotServing(result.output.url!);
   });
@@ -304,7 +307,7 @@ describe('deployer', () => {
       const job = await makeJob('shop', 'v-forged', {}, { '.conveyor-process.json': forged, 'current.json': forged });
       await deployQueue.add('deploy', job, { jobId: job.jobId });
       expect((await waitResult(job.jobId)).status).toBe('SUCCEEDED');
-      await stopAllDeployments(deployDir, 1000);
+      await stopAllDeployments(deployDir, 1000, { claimsDir });
       expect(await alive(bystander.pid!)).toBe(true);
     } finally {
       process.kill(-bystander.pid!, 'SIGKILL');
@@ -330,8 +333,12 @@ createServer((req, res) => {
 
 describe.skipIf(process.getuid?.() !== 0)('deployer as root', () => {
   const FIRST = 2_000_008_000;
-  /** The user ids claimed for versions (files named by id under .uids). */
-  const claimed = async () => (await readdir(join(deployDir, '.uids'))).filter((n) => /^\d+$/.test(n));
+  /** The user ids claimed for versions (files named by id in the claims directory, each naming this DEPLOY_DIR). */
+  const claimed = async () => {
+    const ids = (await readdir(claimsDir)).filter((n) => /^\d+$/.test(n));
+    for (const id of ids) expect(JSON.parse(await readFile(join(claimsDir, id), 'utf8'))).toMatchObject({ deployDir });
+    return ids;
+  };
   beforeEach(async () => {
     // Its versions' users must reach DEPLOY_DIR: a 0700 temporary directory would make it fall back.
     await service.stop();
@@ -376,7 +383,7 @@ describe.skipIf(process.getuid?.() !== 0)('deployer as root', () => {
     // The launcher's shutdown stops the serving version's daemon too.
     const daemon2 = Number(await readFile(join(second.body.cwd, 'daemon.pid'), 'utf8'));
     expect(await alive(daemon2)).toBe(true);
-    await stopAllDeployments(deployDir, 1000);
+    await stopAllDeployments(deployDir, 1000, { claimsDir });
     expect(await alive(daemon2)).toBe(false);
   });
 });

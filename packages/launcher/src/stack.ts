@@ -65,7 +65,7 @@ export const PASSED_THROUGH = [
   /^ARTIFACT_MAX_BYTES$/,
   /^(RECONCILE_INTERVAL_MS|RESULTS_CLAIM_IDLE_MS|EVENTS_CLAIM_IDLE_MS)$/,
   /^BUILD_(UID|GID|UIDS|UID_LOCK_DIR|MAX_PROCESSES)$/,
-  /^DEPLOY_(UIDS|MAX_PROCESSES|STOP_GRACE_SECONDS|KEEP_VERSIONS|OUTPUT_MAX_BYTES)$/,
+  /^DEPLOY_(UIDS|UID_CLAIMS_DIR|MAX_PROCESSES|STOP_GRACE_SECONDS|KEEP_VERSIONS|OUTPUT_MAX_BYTES)$/,
   /^MONITOR_(HISTORY_MAX|METRIC_KEYS_MAX)$/,
 ];
 
@@ -179,7 +179,9 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
 
   const stop = async () => {
     await Promise.all([...processes.values()].map((p) => stopProcess(p)));
-    await stopAllDeployments(join(home, 'deployments'));
+    // The register of deploy user ids the deployer was given (else the default, as the deployer's).
+    const claimsDir = own.deployer.DEPLOY_UID_CLAIMS_DIR ?? common.DEPLOY_UID_CLAIMS_DIR;
+    await stopAllDeployments(join(home, 'deployments'), undefined, claimsDir ? { claimsDir } : {});
     if (redis.process) await stopProcess(redis.process, 5000);
   };
 

@@ -1,17 +1,14 @@
 import { execFile } from 'node:child_process';
-import { chmod, chown, lchown, lstat, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, chown, lchown, lstat, mkdir, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { holdFileLock } from '@conveyor/procfs';
-import { checkBash, checkSetpriv, deleteFilesOf, hostKnowsUser, killUserProcesses, ownPrivateDir, untraversable, type BuildUser } from '@conveyor/runner';
+import { checkBash, checkSetpriv, deleteFilesOf, hostKnowsUser, killUserProcesses, untraversable, type BuildUser } from '@conveyor/runner';
+import { adoptLegacyClaims, DEFAULT_UID_CLAIMS_DIR, LEGACY_CLAIMS_DIR, openUidClaims, type FoundClaim, type UidClaims } from './uid-claims.js';
 
 const exec = promisify(execFile);
 
 /** Above the build users' default range (2000000000-2000000999), below 2^31. */
 export const DEFAULT_DEPLOY_UIDS: readonly [number, number] = [2_000_001_000, 2_000_009_999];
-
-/** Under DEPLOY_DIR: one file per user id given to a version (not a pipeline name: those start with a letter or digit). */
-export const CLAIMS_DIR = '.uids';
 
 /** A claim not matched by its version's directory for this long was left by a deploy that died first. */
 const ORPHAN_CLAIM_MS = 10 * 60_000;
@@ -26,8 +23,9 @@ export interface AppUsers {
   /** The version's user, claimed now if it has none yet; undefined: versions run as the deployer. */
   claim(pipeline: string, version: string): Promise<BuildUser | undefined>;
   /**
-   * Kills everything running as the version's user (nothing if it has none). False when something
-   * survived (stuck in uninterruptible sleep, say): root must then leave its files alone for now.
+   * Kills everything running as the version's user (nothing if it has none): only while the host-wide
+   * claim gives that id to this version of this deploy directory. False when something survived (stuck
+   * in uninterruptible sleep, say), or the id is someone else's now: root must then leave its files alone.
    */
   stopAll(pipeline: string, version: string): Promise<boolean>;
   /** Frees the version's user once its directory is gone (after stopAll); kept while anything of it runs. */
@@ -54,21 +52,27 @@ export const ownUser: AppUsers = {
 
 export interface AppUserOptions {
   deployDir: string;
+  /** DEPLOY_UID_CLAIMS_DIR: the host's register of which id is whose (default DEFAULT_UID_CLAIMS_DIR). */
+  claimsDir?: string;
   /** DEPLOY_UIDS when given; explicit settings that cannot be used are errors, never fall-backs. */
   uids?: [number, number];
   maxProcesses: number;
   /** How a user's processes are killed (default: killUserProcesses). */
-  kill?: (user: BuildUser) => Promise<{ survivors: number[] }>;
+  kill?: Kill;
+  /** Told when a kill is refused: the id is not this deploy directory's (any more). */
+  warn?: (data: Record<string, unknown>, message: string) => void;
 }
+
+type Kill = (user: BuildUser) => Promise<{ survivors: number[] }>;
 
 /**
  * The app users this deployer can give: its own user unless it runs as root with setpriv and bash, and
- * with a DEPLOY_DIR the range's ids can reach (otherwise a warning says why). Claims are files
- * `<DEPLOY_DIR>/.uids/<uid>` naming `<pipeline>/<version>`, made with O_EXCL: deployers sharing a
- * DEPLOY_DIR never give one id twice (deployers of one host with different DEPLOY_DIRs need ranges
- * of their own).
+ * with a DEPLOY_DIR the range's ids can reach (otherwise a warning says why). Claims are host-wide
+ * (uid-claims.ts): each names its deploy directory and version, so deployers of one host never give one
+ * id twice, and each kills only as the ids its own directory holds. `notices`: claims an older deployer
+ * left in `<DEPLOY_DIR>/.uids` that could not be adopted.
  */
-export async function resolveAppUsers(opts: AppUserOptions): Promise<{ users: AppUsers; warning?: string }> {
+export async function resolveAppUsers(opts: AppUserOptions): Promise<{ users: AppUsers; warning?: string; notices?: string[] }> {
   const fallBack = (why: string) => {
     if (opts.uids) throw new Error(`DEPLOY_UIDS cannot be used: ${why}`);
     return { users: ownUser, warning: `deployed versions run as the deployer's own user and can read its environment: ${why}` };
@@ -87,126 +91,128 @@ export async function resolveAppUsers(opts: AppUserOptions): Promise<{ users: Ap
   // deployed, and their versions' names) or write in it.
   const dir = await stat(opts.deployDir);
   if (dir.uid === 0 && (dir.mode & 0o066) !== 0) await chmod(opts.deployDir, dir.mode & 0o7711);
-  const claims = join(opts.deployDir, CLAIMS_DIR);
-  await mkdir(claims, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EEXIST') throw err;
-  });
-  if (!(await ownPrivateDir(claims))) throw new Error(`${claims} must be a directory of the deployer's user that nobody else may write to (it says which user ids are whose)`);
-  return { users: new ClaimedAppUsers(claims, first, last, opts.maxProcesses, opts.kill ?? ((u) => killUserProcesses(u))) };
+  // Named as every deployer of the host will find it, whatever path it was given by.
+  const deployDir = await realpath(opts.deployDir);
+  const claims = await openUidClaims(opts.claimsDir ?? DEFAULT_UID_CLAIMS_DIR);
+  const notices = await adoptLegacyClaims(claims, deployDir);
+  const users = new ClaimedAppUsers(claims, deployDir, [first, last], opts.maxProcesses, opts.kill ?? ((u) => killUserProcesses(u)), opts.warn);
+  return { users, ...(notices.length ? { notices } : {}) };
 }
+
+/**
+ * For stopAllDeployments, as root: kills whatever runs as the ids `deployDir` holds in the register at
+ * `claimsDir` (an older deployer's claims adopted first), and as no other.
+ */
+export async function stopAllAppUsers(deployDir: string, claimsDir: string): Promise<void> {
+  const dir = await realpath(deployDir).catch(() => undefined);
+  if (!dir) return;
+  // Nothing was ever claimed here: no register to make.
+  if (!(await exists(claimsDir)) && !(await exists(join(dir, LEGACY_CLAIMS_DIR)))) return;
+  const claims = await openUidClaims(claimsDir);
+  await adoptLegacyClaims(claims, dir);
+  await new ClaimedAppUsers(claims, dir, DEFAULT_DEPLOY_UIDS, 0, (u) => killUserProcesses(u)).stopEverything();
+}
+
+const exists = (path: string) => lstat(path).then(() => true, () => false);
 
 class ClaimedAppUsers implements AppUsers {
   readonly summary: string;
   readonly range: readonly [number, number];
-  /** Claims change one at a time: in this process (a promise chain), and across deployers (the kernel's lock on `.uids/.lock`). */
-  private queue: Promise<unknown> = Promise.resolve();
   constructor(
-    private readonly dir: string,
-    private readonly first: number,
-    private readonly last: number,
+    private readonly claims: UidClaims,
+    private readonly deployDir: string,
+    [first, last]: readonly [number, number],
     private readonly maxProcesses: number,
-    private readonly kill: (user: BuildUser) => Promise<{ survivors: number[] }>,
+    private readonly kill: Kill,
+    private readonly warn?: AppUserOptions['warn'],
   ) {
     this.range = [first, last];
-    this.summary = `each deployed version runs as a user of its own (ids ${first}-${last}, at most ${maxProcesses} processes each)`;
+    this.summary = `each deployed version runs as a user of its own (ids ${first}-${last}, claimed host-wide in ${claims.dir}, at most ${maxProcesses} processes each)`;
   }
 
   private user(uid: number): BuildUser {
     return { uid, gid: uid, maxProcesses: this.maxProcesses };
   }
 
-  /** Every claim: uid → `<pipeline>/<version>`. */
-  private async claims(): Promise<Map<number, { owner: string; mtimeMs: number }>> {
-    const found = new Map<number, { owner: string; mtimeMs: number }>();
-    for (const name of await readdir(this.dir)) {
-      if (!/^\d+$/.test(name)) continue;
-      const path = join(this.dir, name);
-      const [owner, info] = await Promise.all([readFile(path, 'utf8').catch(() => ''), stat(path).catch(() => undefined)]);
-      if (info) found.set(Number(name), { owner: owner.trim(), mtimeMs: info.mtimeMs });
-    }
-    return found;
+  /** A claim of this deploy directory (for `version`, when given). */
+  private ours(found: FoundClaim | undefined, version?: string): boolean {
+    return found?.claim?.deployDir === this.deployDir && (version === undefined || found.claim.version === version);
   }
 
   private async find(pipeline: string, version: string): Promise<number | undefined> {
     const owner = `${pipeline}/${version}`;
-    for (const [uid, claim] of await this.claims()) if (claim.owner === owner) return uid;
-    return undefined;
+    return (await this.claims.all()).find((c) => this.ours(c, owner))?.uid;
   }
 
-  private exclusively<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(async () => {
-      const lock = await holdFileLock(join(this.dir, '.lock'));
-      try {
-        return await fn();
-      } finally {
-        await lock.release();
-      }
-    });
-    this.queue = run.catch(() => undefined);
-    return run;
-  }
-
-  /** Nothing runs as `uid` any more (false if something survived being killed). */
+  /** Nothing runs as `uid` any more (false if something survived being killed). Under the lock only. */
   private async cleared(uid: number): Promise<boolean> {
     return (await this.kill(this.user(uid))).survivors.length === 0;
   }
 
-  claim(pipeline: string, version: string): Promise<BuildUser> {
-    return this.exclusively(() => this.claimLocked(pipeline, version));
+  /**
+   * Kills as `uid` only if the register still gives it to `owner` here: checked and killed under the
+   * lock, so the id cannot pass to another directory in between. `released`: by a deployer sharing
+   * this directory, once cleared (the id may be another's by now); `kept`: something survived, or the
+   * id is someone else's now (nothing is known of what runs as it: leave its files).
+   */
+  private clearHeld(uid: number, owner: string): Promise<'cleared' | 'released' | 'kept'> {
+    return this.claims.exclusively(async () => {
+      const found = await this.claims.read(uid);
+      if (!found) return 'released';
+      if (!this.ours(found, owner)) {
+        this.warn?.({ uid, version: owner, deployDir: this.deployDir, claim: found.claim }, 'not killing the processes of a user id this deploy directory does not hold');
+        return 'kept';
+      }
+      return (await this.cleared(uid)) ? 'cleared' : 'kept';
+    });
   }
 
-  private async claimLocked(pipeline: string, version: string): Promise<BuildUser> {
-    const held = await this.find(pipeline, version);
-    if (held !== undefined) return this.user(held);
-    const claims = await this.claims();
-    for (let uid = this.first; uid <= this.last; uid++) {
-      const claim = claims.get(uid);
-      if (claim && !(await this.orphaned(claim))) continue;
+  claim(pipeline: string, version: string): Promise<BuildUser> {
+    return this.claims.exclusively(() => this.claimLocked(`${pipeline}/${version}`));
+  }
+
+  private async claimLocked(owner: string): Promise<BuildUser> {
+    const all = await this.claims.all();
+    const held = all.find((c) => this.ours(c, owner));
+    if (held) return this.user(held.uid);
+    const byUid = new Map(all.map((c) => [c.uid, c]));
+    const [first, last] = this.range;
+    for (let uid = first; uid <= last; uid++) {
+      const claim = byUid.get(uid);
+      if (claim && !(await orphaned(claim))) continue;
       if (hostKnowsUser(uid)) continue;
       if (claim) {
-        // A deploy died between claiming and unpacking: once nothing of it runs, the id is free, and
-        // what it left in the shared temporary directories goes with it.
+        // A deploy died between claiming and unpacking, or its deploy directory went: once nothing of
+        // it runs, the id is free, and what it left in the shared temporary directories goes with it.
         if (!(await this.cleared(uid))) continue;
         await deleteFilesOf(uid);
-        await rm(join(this.dir, String(uid)), { force: true });
+        await this.claims.remove(uid);
       }
-      const fh = await open(join(this.dir, String(uid)), 'wx', 0o600).catch((err: NodeJS.ErrnoException) => {
-        if (err.code === 'EEXIST') return undefined; // another deployer took it just now
-        throw err;
-      });
-      if (!fh) continue;
-      try {
-        await fh.writeFile(`${pipeline}/${version}\n`);
-      } finally {
-        await fh.close();
-      }
+      if (!(await this.claims.create(uid, { deployDir: this.deployDir, version: owner }))) continue;
       return this.user(uid);
     }
-    throw new Error(`no deploy user id is free in ${this.first}-${this.last} (one per kept version: widen DEPLOY_UIDS or lower DEPLOY_KEEP_VERSIONS)`);
-  }
-
-  /** A claim whose version directory is gone, old enough not to belong to a deploy under way (the directory is made before the claim). */
-  private async orphaned(claim: { owner: string; mtimeMs: number }): Promise<boolean> {
-    if (Date.now() - claim.mtimeMs < ORPHAN_CLAIM_MS) return false;
-    const versionDir = join(this.dir, '..', claim.owner);
-    return (await lstat(versionDir).catch(() => undefined)) === undefined;
+    throw new Error(`no deploy user id is free in ${first}-${last} (one per kept version of every deployer of this host: widen DEPLOY_UIDS or lower DEPLOY_KEEP_VERSIONS)`);
   }
 
   async stopAll(pipeline: string, version: string): Promise<boolean> {
     const uid = await this.find(pipeline, version);
-    return uid === undefined || (await this.cleared(uid));
+    return uid === undefined || (await this.clearHeld(uid, `${pipeline}/${version}`)) !== 'kept';
+  }
+
+  /** Every id this deploy directory holds, cleared (the launcher's stop). */
+  async stopEverything(): Promise<void> {
+    for (const found of await this.claims.all()) if (this.ours(found)) await this.clearHeld(found.uid, found.claim!.version);
   }
 
   async release(pipeline: string, version: string): Promise<void> {
     const owner = `${pipeline}/${version}`;
     // Still running: the id stays this version's (and so nobody else's) until a later sweep clears it.
     const uid = await this.find(pipeline, version);
-    if (uid === undefined || !(await this.cleared(uid))) return;
+    if (uid === undefined || (await this.clearHeld(uid, owner)) !== 'cleared') return;
     // Its files go while the claim still holds the id (the search of /tmp is slow: not under the lock).
     await deleteFilesOf(uid);
-    await this.exclusively(async () => {
-      const claim = await readFile(join(this.dir, String(uid)), 'utf8').catch(() => '');
-      if (claim.trim() === owner) await rm(join(this.dir, String(uid)), { force: true });
+    await this.claims.exclusively(async () => {
+      if (this.ours(await this.claims.read(uid), owner)) await this.claims.remove(uid);
     });
   }
 
@@ -219,4 +225,13 @@ class ClaimedAppUsers implements AppUsers {
     await chown(dir, 0, user.gid);
     await chmod(dir, 0o710);
   }
+}
+
+/**
+ * A claim whose version directory (in its own deploy directory) is gone, old enough not to belong to a
+ * deploy under way (the directory is made before the claim). One that does not parse never is.
+ */
+async function orphaned(found: FoundClaim): Promise<boolean> {
+  if (!found.claim || Date.now() - found.mtimeMs < ORPHAN_CLAIM_MS) return false;
+  return !(await exists(join(found.claim.deployDir, found.claim.version)));
 }
