@@ -209,6 +209,36 @@ phases:
     expect(r.output).toMatch(/^map=v list=b t=t dx=dx args=2 p1 dir=sub opts=\S*u\S*\nhello world\nERR trapped\nafter false\n$/);
   });
 
+  it("a trap that reads stdin (ERR, DEBUG) reads nothing of the runner's: the build goes on", async () => {
+    const r = await run(`version: 0.2
+phases:
+  build:
+    commands:
+      - trap 'cat >/dev/null; echo "err trap ran"' ERR
+      - "false"
+  post_build:
+    commands:
+      - trap - ERR; trap 'read -r x || true' DEBUG; echo "post ran"
+`, { timeoutMs: 5000 });
+    expect(r.status).toBe('FAILED');
+    expect(r.output).toContain('err trap ran');
+    expect(r.output).toContain('post ran');
+  });
+
+  it('a command that leaves the shell unable to go on does not make the next one pass unrun: that one runs in a fresh shell', async () => {
+    const r = await run(`version: 0.2
+phases:
+  build:
+    commands:
+      - enable -n read
+      - echo SHOULD-RUN; false
+      - echo never
+`, { timeoutMs: 5000 });
+    expect(r.output).toContain('SHOULD-RUN');
+    expect(r.output).not.toContain('never');
+    expect(r.status).toBe('FAILED');
+  });
+
   it('/bin/sh: break and continue cannot leave the command either', async () => {
     const r = await run(`version: 0.2
 env:

@@ -156,9 +156,16 @@ class BuildSession {
 
   /** Runs one command; returns its exit status and whether it took the shell down. */
   private async runCommand(command: string): Promise<{ exitCode: number; shellDied: boolean }> {
-    const shell = await this.liveShell();
-    const flag = await shell.send(await this.files.succeeding(this.succeeding ? '1' : '0'));
-    if (flag.kind === 'exited') return { exitCode: flag.code, shellDied: true };
+    let shell = await this.liveShell();
+    let flag = await shell.send(await this.files.succeeding(this.succeeding ? '1' : '0'));
+    if (flag.kind === 'exited') {
+      // The shell ended before this command began: an earlier command left it unable to go on (a
+      // disabled builtin, a read-only CODEBUILD_BUILD_SUCCEEDING). The command has not run: it runs in a
+      // fresh shell, as what follows a command that ends the shell does; if that one fails too, it fails.
+      shell = await this.liveShell();
+      flag = await shell.send(await this.files.succeeding(this.succeeding ? '1' : '0'));
+      if (flag.kind === 'exited') return { exitCode: flag.code === 0 ? 1 : flag.code, shellDied: true };
+    }
     const r = await shell.send(await this.files.command(command));
     return { exitCode: r.code, shellDied: r.kind === 'exited' };
   }

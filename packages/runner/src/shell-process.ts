@@ -175,7 +175,7 @@ export const STEP = `{ IFS= \\command read -r __cv_f <&3 || \\command exit 0
       __cv_rc=$? ;;
   esac
   \\command printf '%s %s\\n' "$__cv_rc" "$__cv_f" >&4
-}
+} </dev/null
 `;
 
 export type ShellKind = 'bash' | '/bin/sh';
