@@ -53,6 +53,35 @@ function splitAtMarker(stored: string) {
 }
 
 describe('openStageLog, on a real Redis', () => {
+  it('a job delivered again writes on in the same log, within the same limit: the first delivery\'s head, the last one\'s tail', async () => {
+    const job = nextJob();
+    const first = openStageLog(redis, prefix, job);
+    writeInPieces(first, `FIRST\n${noisyOutput(10 * MiB, 'a')}first ended\n`);
+    await first.close();
+    // Its tail was longer than the next delivery's: nothing of it may be left behind the new one.
+    const second = openStageLog(redis, prefix, job);
+    const again = `SECOND\n${noisyOutput(2 * MiB, 'b')}${FAILED}`;
+    writeInPieces(second, again);
+    await second.close();
+    const stored = (await redis.getBuffer(stageLogKey(prefix, job)))!;
+    expect(stored.length).toBeLessThanOrEqual(STAGE_LOG_MAX_BYTES);
+    const text = stored.toString();
+    const { head, tail } = splitAtMarker(text);
+    expect(head.startsWith('FIRST\n')).toBe(true);
+    expect(tail.trimEnd().endsWith(FAILED.trimEnd())).toBe(true);
+    expect(tail).not.toContain('first ended');
+
+    // A short first delivery: the next one's lines follow it.
+    const short = nextJob();
+    const one = openStageLog(redis, prefix, short);
+    one.write('delivery one\n');
+    await one.close();
+    const two = openStageLog(redis, prefix, short);
+    two.write('delivery two\n');
+    await two.close();
+    expect(await redis.get(stageLogKey(prefix, short))).toBe('delivery one\ndelivery two\n');
+  });
+
   it('stores a log under the limit as written, without a marker', async () => {
     const job = nextJob();
     const log = openStageLog(redis, prefix, job);

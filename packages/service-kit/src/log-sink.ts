@@ -85,8 +85,19 @@ export function openStageLog(redis: Redis, prefix: string, jobId: string, option
   let headFull = false;
   let tailDirty = false;
   let tailWrittenAt = -Infinity;
+  /** What an earlier delivery of the job left in the key past where this one's tail starts: overwritten, never left behind it. */
+  let stale = 0;
   let chain: Promise<unknown> = Promise.resolve();
   const enqueue = (write: () => Promise<unknown>) => (chain = chain.then(write).catch(() => undefined));
+  // A job delivered again writes on under the same key: the log's limit counts what is there already.
+  enqueue(async () => {
+    const existing = await redis.strlen(key);
+    if (existing >= headLimit) {
+      headFull = true;
+      head = headEnd = headLimit;
+      stale = existing - headLimit;
+    } else head = headEnd = existing;
+  });
 
   const appendHead = (text: string) => {
     head += Buffer.byteLength(text);
@@ -111,14 +122,21 @@ export function openStageLog(redis: Redis, prefix: string, jobId: string, option
     tailWrittenAt = Date.now();
     const bytes = tail.bytes();
     const seen = tail.seen;
-    enqueue(() => redis.multi().setrange(key, headEnd, tailSegment(bytes, seen, headEnd)).expire(key, LOG_TTL_SECONDS).exec());
+    enqueue(() => {
+      let segment = tailSegment(bytes, seen, headEnd);
+      // Padded over what an earlier delivery's longer tail left (its length only ever grows from here).
+      if (segment.length < stale) segment = Buffer.concat([segment, Buffer.from(`${' '.repeat(stale - segment.length - 1)}\n`)]);
+      return redis.multi().setrange(key, headEnd, segment).expire(key, LOG_TTL_SECONDS).exec();
+    });
   };
+  // Taken in the chain, after the length of what is there was read.
   const flush = (closing = false) => {
-    if (buffer) {
-      take(buffer);
-      buffer = '';
-    }
-    if (tailDirty && (closing || Date.now() - tailWrittenAt >= tailFlushMs)) writeTail();
+    const text = buffer;
+    buffer = '';
+    enqueue(async () => {
+      if (text) take(text);
+      if (tailDirty && (closing || Date.now() - tailWrittenAt >= tailFlushMs)) writeTail();
+    });
     return chain;
   };
 
@@ -132,6 +150,8 @@ export function openStageLog(redis: Redis, prefix: string, jobId: string, option
     async close() {
       clearInterval(timer);
       await flush(true);
+      // A step may queue writes of its own: wait until nothing more is queued.
+      for (let last = undefined as Promise<unknown> | undefined; last !== chain; ) await (last = chain);
     },
   };
 }
