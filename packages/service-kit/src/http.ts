@@ -21,6 +21,13 @@ export interface BaseServerOptions {
   /** Each check resolves when its dependency is usable; /readyz is 503 otherwise. */
   readiness: Record<string, () => Promise<void> | void>;
   bodyLimit?: number;
+  /**
+   * A connection that sends nothing for this long is closed (default 30 s), and a request must have
+   * arrived whole within `requestTimeoutMs` (default 120 s): a sender cannot hold a connection, or the
+   * memory a body reserves, open for ever.
+   */
+  idleTimeoutMs?: number;
+  requestTimeoutMs?: number;
 }
 
 const PROBLEM_TYPE = 'https://conveyor.dev/problems/';
@@ -118,6 +125,8 @@ export function buildBaseServer(opts: BaseServerOptions): App {
   const app = Fastify({
     loggerInstance: opts.logger,
     bodyLimit: opts.bodyLimit ?? 1024 * 1024,
+    connectionTimeout: opts.idleTimeoutMs ?? 30_000,
+    requestTimeout: opts.requestTimeoutMs ?? 120_000,
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     frameworkErrors: (error, request, reply) => {
       const mapped = frameworkProblem(error);

@@ -14,9 +14,9 @@ afterEach(async () => {
 });
 
 /** The webhook routes over real HTTP, with an intake that refuses every signature (as for a stranger). */
-async function serve(): Promise<{ port: number; seen: () => number }> {
+async function serve(idleTimeoutMs?: number): Promise<{ port: number; seen: () => number }> {
   let seen = 0;
-  app = buildBaseServer({ logger: createLogger('test', 'silent'), registry: createRegistry('test'), readiness: {} });
+  app = buildBaseServer({ logger: createLogger('test', 'silent'), registry: createRegistry('test'), readiness: {}, ...(idleTimeoutMs ? { idleTimeoutMs } : {}) });
   const intake = {
     github: async () => {
       seen += 1;
@@ -69,6 +69,18 @@ describe('webhook bodies in flight', () => {
     const taken = await post(port, '{}');
     expect(taken.status).toBe(200);
     expect(taken.json.checked).toBe(true);
+    expect(seen()).toBe(1);
+  });
+
+  it('a sender that goes silent is cut off, and what it reserved is given back', async () => {
+    const { port, seen } = await serve(500);
+    const held = Array.from({ length: WEBHOOK_BODIES_IN_FLIGHT }, () => holdOpen(port, LIMIT));
+    await settle();
+    expect((await post(port, '{}')).status).toBe(503);
+    // Nothing more comes from them: the server closes their connections.
+    await Promise.all(held.map((h) => h.answer));
+    await settle();
+    expect((await post(port, '{}')).status).toBe(200);
     expect(seen()).toBe(1);
   });
 
