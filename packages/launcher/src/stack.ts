@@ -173,7 +173,13 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     child.stderr!.pipe(log, { end: false });
     child.once('exit', () => log.end());
     processes.set(name, child);
-    await waitReady(urls[name], child, name, logFile);
+    try {
+      await waitReady(urls[name], child, name, logFile);
+    } catch (err) {
+      // Never ready: stopped, so a start tried again does not leave this one running unwatched.
+      await stopProcess(child, 5000);
+      throw err;
+    }
     return child;
   };
 
