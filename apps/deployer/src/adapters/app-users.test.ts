@@ -167,10 +167,15 @@ describe.runIf(process.getuid?.() === 0)('app users', () => {
     await utimes(claimA, new Date(), new Date());
     await expect(b.users.claim('shop', 'run-3')).rejects.toThrow(/no deploy user id is free/);
     expect(killedByB).toEqual([]);
-    // Both: an orphan, cleared and taken back.
+    // Both, but something runs as it (A's version, where B may not see A's directory): never killed, not taken.
     await utimes(claimA, HOUR_AGO(), HOUR_AGO());
+    const live = await runAs(FIRST + 50);
+    await expect(b.users.claim('shop', 'run-3')).rejects.toThrow(/no deploy user id is free/);
+    process.kill(live, 'SIGKILL');
+    await expect.poll(() => processesOfUser(FIRST + 50), { timeout: 5000, interval: 20 }).toEqual([]);
+    // Idle: taken back, without B killing anything of A's.
     expect((await b.users.claim('shop', 'run-3'))!.uid).toBe(FIRST + 50);
-    expect(killedByB).toEqual([FIRST + 50]);
+    expect(killedByB).toEqual([]);
     expect(await claimOf(FIRST + 50)).toEqual({ deployDir: dirB, version: 'shop/run-3' });
     // A no longer holds it: what A stops of its old version leaves B's alone.
     expect(await a.users.stopAll('shop', 'run-shop-1')).toBe(true);

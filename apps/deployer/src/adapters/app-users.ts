@@ -3,6 +3,7 @@ import { chmod, chown, lchown, lstat, mkdir, realpath, stat } from 'node:fs/prom
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { checkBash, checkSetpriv, deleteFilesOf, hostKnowsUser, killUserProcesses, untraversable, type BuildUser } from '@conveyor/runner';
+import { processesOfUsers } from '@conveyor/procfs';
 import { adoptLegacyClaims, DEFAULT_UID_CLAIMS_DIR, LEGACY_CLAIMS_DIR, openUidClaims, type FoundClaim, type UidClaims } from './uid-claims.js';
 
 const exec = promisify(execFile);
@@ -184,7 +185,11 @@ class ClaimedAppUsers implements AppUsers {
       if (claim) {
         // A deploy died between claiming and unpacking, or its deploy directory went: once nothing of
         // it runs, the id is free, and what it left in the shared temporary directories goes with it.
-        if (!(await this.cleared(uid))) continue;
+        // Another deploy directory's claim is never killed from here (its version may run where this
+        // process cannot see that directory: another mount namespace, a container): taken only idle.
+        if (!this.ours(claim)) {
+          if (processesOfUsers(uid, uid).length > 0) continue;
+        } else if (!(await this.cleared(uid))) continue;
         await deleteFilesOf(uid);
         await this.claims.remove(uid);
       }
