@@ -1,9 +1,11 @@
 import { execFileSync } from 'node:child_process';
 import { chown, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
+import { GLOB_LIMITS } from './glob-matcher.js';
 import { fileSelection, FileSelectionError, readSelectedFile, resolveFiles, stageFiles, type FileSelection } from './globs.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -155,6 +157,47 @@ describe('resolveFiles: what a build may leave in its workspace', () => {
     await rename(ws, `${ws}.old`);
     await symlink(join(root, 'outside'), ws);
     expect(await failure({ files: ['secret'] })).toMatch(/^artifacts: the workspace .*ws was replaced by a symlink; nothing is read from it$/);
+  });
+});
+
+/** The longest the event loop went without a turn while `work` ran (what lock renewals and /healthz wait for). */
+async function stallDuring<T>(work: () => Promise<T>): Promise<{ value: T; stallMs: number }> {
+  const delay = monitorEventLoopDelay({ resolution: 10 });
+  delay.enable();
+  try {
+    const value = await work();
+    await new Promise((r) => setTimeout(r, 30)); // a sample after the work, to record a block that lasted to its end
+    return { value, stallMs: delay.max / 1e6 };
+  } finally {
+    delay.disable();
+  }
+}
+
+/*
+ * The globs and the file names are both the build's. Against a name of 45 `a`s, picomatch's regex for
+ * this glob backtracks for about 30 s (`a`×120 and ten `*a`: hours), in the service's only JS thread.
+ */
+describe('resolveFiles: globs are matched within time limits', () => {
+  const CATASTROPHIC = `${'*a'.repeat(9)}*b`;
+
+  it.each([
+    ['files', { files: ['src/*', CATASTROPHIC] }, 'artifacts.files[1]'],
+    ['exclude-paths', { files: ['**/*'], excludePaths: ['**/*.map', CATASTROPHIC] }, 'artifacts.exclude-paths[1]'],
+    ['base-directory', { files: ['**/*'], baseDirectory: CATASTROPHIC }, 'artifacts.base-directory'],
+  ])('a glob in %s that backtracks catastrophically fails naming it, and holds the event loop no longer than its limit', async (_, sel, field) => {
+    await mkdir(join(ws, 'a'.repeat(45)));
+    await writeFile(join(ws, 'a'.repeat(45), 'x'), '');
+    const started = performance.now();
+    const { value, stallMs } = await stallDuring(() => failure(sel));
+    expect(value).toBe(`${field}: the glob "${CATASTROPHIC}" took longer than ${GLOB_LIMITS.perGlobMs / 1000} s to match; simplify it`);
+    expect(performance.now() - started).toBeLessThan(GLOB_LIMITS.perGlobMs + 1500);
+    expect(stallMs).toBeLessThan(GLOB_LIMITS.perGlobMs + 500);
+  });
+
+  it('refuses, naming it, a glob nested deeper than V8 can safely compile, and accepts ordinary ones', async () => {
+    const deep = `${'!('.repeat(33)}a${')'.repeat(33)}`;
+    expect(await failure({ files: ['src/*', deep], label: 'reports.unit' })).toBe('reports.unit.files[1]: the glob nests ( and { groups 33 deep, more than the 32 allowed; simplify it');
+    expect((await resolve({ files: ['**/*.{js,ts}'], excludePaths: ['node_modules/**', 'src/!(nested)'] })).files).toEqual(['dist/app.js', 'dist/lib/util.js', 'src/nested/c.ts']);
   });
 });
 

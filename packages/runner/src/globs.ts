@@ -1,7 +1,9 @@
-import { cp, link, lstat, mkdir, readdir, readlink, realpath } from 'node:fs/promises';
+import { cp, link, lstat, mkdir, readdir, readlink, realpath, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, posix, relative, resolve, sep } from 'node:path';
 import picomatch from 'picomatch';
-import { fileOwner, readOwnedFile } from './safe-files.js';
+import { FileSelectionError } from './file-selection-error.js';
+import { checkGlobShape, GlobMatcher, type Glob } from './glob-matcher.js';
+import { fileOwner, openOwnedFile, readOwnedFile } from './safe-files.js';
 import type { BuildUser } from './shell-process.js';
 
 /** Which files an `artifacts` or `reports` section selects (camel-cased buildspec keys). */
@@ -36,10 +38,8 @@ export interface ResolvedFiles {
   entries: Array<{ path: string; name: string; symlink?: 'content' | 'link' }>;
 }
 
-/** A selection that would read outside the workspace, collide, or match nothing. */
-export class FileSelectionError extends Error {
-  override name = 'FileSelectionError';
-}
+// Defined beside GlobMatcher, which throws it too; still exported from here.
+export { FileSelectionError };
 
 const MAX_ENTRIES = 1_000_000;
 
@@ -62,13 +62,19 @@ function isInside(root: string, path: string): boolean {
   return path === root || path.startsWith(root + sep);
 }
 
-/** Patterns are relative and stay below their directory: no absolute paths, no `..`. */
+/** Patterns are relative and stay below their directory: no absolute paths, no `..`; and within GLOB_LIMITS. */
 function normalisePattern(pattern: string, field: string): string {
+  checkGlobShape(pattern, field);
   const p = pattern.replace(/^(\.\/)+/, '');
   if (p === '' || isAbsolute(p) || p.split('/').includes('..')) {
     throw new FileSelectionError(`${field}: "${pattern}" must be a relative path inside the workspace`);
   }
   return p;
+}
+
+/** The section's globs of one field, each named by its index (`artifacts.files[0]`). */
+function globsOf(patterns: readonly string[], field: string): Glob[] {
+  return patterns.map((p, i) => ({ field: `${field}[${i}]`, pattern: normalisePattern(p, `${field}[${i}]`) }));
 }
 
 async function realInside(root: string, path: string, field: string): Promise<string> {
@@ -137,12 +143,12 @@ async function existingStarts(root: string, base: string, starts: readonly strin
   return out;
 }
 
-async function resolveBase(workspace: string, baseDirectory: string | undefined, field: string): Promise<string> {
+async function resolveBase(workspace: string, baseDirectory: string | undefined, field: string, matcher: GlobMatcher): Promise<string> {
   if (baseDirectory === undefined || baseDirectory === '' || baseDirectory === '.') return workspace;
   const pattern = normalisePattern(baseDirectory.replace(/\/+$/, ''), field);
   if (!picomatch.scan(pattern).isGlob) return realInside(workspace, join(workspace, pattern), field);
-  const isMatch = picomatch(pattern, { dot: true });
-  const dirs = (await walk(workspace, walkStarts([pattern]))).filter((f) => (f.dir || f.symlink) && isMatch(f.rel));
+  const candidates = (await walk(workspace, walkStarts([pattern]))).filter((f) => f.dir || f.symlink);
+  const dirs = await matcher.select([{ field, pattern }], candidates, (f) => f.rel);
   if (dirs.length !== 1) {
     const what = dirs.length === 0 ? 'matches no directory' : `matches ${dirs.length} directories (${dirs.map((d) => d.rel).sort().join(', ')}); only one is supported`;
     throw new FileSelectionError(`${field}: "${baseDirectory}" ${what}`);
@@ -206,13 +212,15 @@ export async function resolveFiles(workspace: string, selection: FileSelection):
   // The build owns the directory around its workspace: it may have put a symlink to anywhere in its place.
   if ((await lstat(workspace)).isSymbolicLink()) throw new FileSelectionError(`${label}: the workspace ${workspace} was replaced by a symlink; nothing is read from it`);
   const root = await realpath(workspace);
-  const base = await resolveBase(root, selection.baseDirectory, `${label}.base-directory`);
-  const patterns = selection.files.map((p) => normalisePattern(p, `${label}.files`));
-  const excludes = (selection.excludePaths ?? []).map((p) => normalisePattern(p, `${label}.exclude-paths`));
-  const isMatch = picomatch(patterns, { dot: true });
-  const isExcluded = excludes.length > 0 ? picomatch(excludes, { dot: true }) : () => false;
+  const matcher = new GlobMatcher(label);
+  const base = await resolveBase(root, selection.baseDirectory, `${label}.base-directory`, matcher);
+  const globs = globsOf(selection.files, `${label}.files`);
+  const patterns = globs.map((g) => g.pattern);
+  const excludes = globsOf(selection.excludePaths ?? [], `${label}.exclude-paths`);
   const starts = await existingStarts(root, base, walkStarts(patterns), `${label}.files`);
-  const found = (await walk(base, starts)).filter((f) => !f.dir && isMatch(f.rel) && !isExcluded(f.rel));
+  const selected = await matcher.select(globs, (await walk(base, starts)).filter((f) => !f.dir), (f) => f.rel);
+  const excluded = new Set(await matcher.select(excludes, selected, (f) => f.rel));
+  const found = selected.filter((f) => !excluded.has(f));
   for (const f of found) {
     if (f.other) throw new FileSelectionError(`${label}.files: ${f.rel} is ${f.other}, not a regular file; remove it or list it in exclude-paths`);
   }
@@ -241,9 +249,21 @@ export async function resolveFiles(workspace: string, selection: FileSelection):
  * service) no larger than `maxBytes`.
  */
 export async function readSelectedFile(files: ResolvedFiles, rel: string, opts: { user?: BuildUser; maxBytes: number }): Promise<Buffer> {
+  return readOwnedFile(await selectedPath(files, rel), { owner: fileOwner(opts.user), maxBytes: opts.maxBytes, name: rel });
+}
+
+/**
+ * Opens one of the selected files with the checks of readSelectedFile, for a reader of its own (the
+ * JUnit parsing thread reads the descriptor). The caller closes the handle.
+ */
+export async function openSelectedFile(files: ResolvedFiles, rel: string, opts: { user?: BuildUser } = {}): Promise<{ file: FileHandle; size: number }> {
+  return openOwnedFile(await selectedPath(files, rel), { owner: fileOwner(opts.user), name: rel });
+}
+
+async function selectedPath(files: ResolvedFiles, rel: string): Promise<string> {
   const real = await realpath(join(files.base, rel));
   if (!isInside(files.workspace, real)) throw new FileSelectionError(`${rel} leads to ${real}, outside the workspace; it is not read`);
-  return readOwnedFile(real, { owner: fileOwner(opts.user), maxBytes: opts.maxBytes, name: rel });
+  return real;
 }
 
 /**

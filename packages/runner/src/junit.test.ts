@@ -1,7 +1,11 @@
 import { readFileSync } from 'node:fs';
+import { mkdtemp, realpath, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
-import { JUnitError, parseJUnit } from './junit.js';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { resolveFiles } from './globs.js';
+import { JUNIT_LIMITS, JUnitError, JUnitReader, parseJUnit, type JUnitLimits } from './junit.js';
 
 const fixture = (name: string) => readFileSync(join(import.meta.dirname, '..', 'test', 'fixtures', 'junit', name), 'utf8');
 
@@ -77,5 +81,75 @@ describe('parseJUnit', () => {
   it('leaves undefined entities as written instead of expanding anything', () => {
     const r = parseJUnit('<testsuite><testcase classname="c" name="a&amp;b"><failure message="&custom; &#65;"/></testcase></testsuite>');
     expect(r.failures).toEqual([{ suite: 'c', name: 'a&b', message: '&custom; A' }]);
+  });
+});
+
+/** One element with `count` attributes: fast-xml-parser took 92 s and 3.4 GB on 48 MB of it. */
+const attributeBomb = (count: number) => `<testsuite ${Array.from({ length: count }, (_, i) => `a${i}=""`).join(' ')}/>`;
+
+describe('JUnitReader: reports parsed off the main thread, within limits', () => {
+  let ws: string;
+  beforeEach(async () => {
+    ws = await realpath(await mkdtemp(join(tmpdir(), 'cv-junit-')));
+  });
+  afterEach(async () => {
+    await rm(ws, { recursive: true, force: true });
+  });
+
+  /** Writes the reports and reads each with one reader, in order: its summary, or the JUnitError's message. */
+  async function readAll(reports: Record<string, string>, limits: Partial<JUnitLimits> = {}): Promise<{ results: unknown[]; stallMs: number }> {
+    for (const [name, text] of Object.entries(reports)) await writeFile(join(ws, name), text);
+    const files = await resolveFiles(ws, { files: ['*.xml'] });
+    const reader = new JUnitReader({ ...JUNIT_LIMITS, ...limits });
+    const delay = monitorEventLoopDelay({ resolution: 10 });
+    delay.enable();
+    try {
+      const results: unknown[] = [];
+      for (const name of Object.keys(reports)) {
+        results.push(
+          await reader.read(files, name).catch((err: unknown) => {
+            expect(err).toBeInstanceOf(JUnitError);
+            return (err as Error).message;
+          }),
+        );
+      }
+      await new Promise((r) => setTimeout(r, 30));
+      return { results, stallMs: delay.max / 1e6 };
+    } finally {
+      delay.disable();
+      await reader.close();
+    }
+  }
+
+  it('counts as parseJUnit does, and returns what is wrong with a report as a JUnitError', async () => {
+    const { results } = await readAll({ 'a.xml': fixture('failing.xml'), 'b.xml': fixture('malformed.xml'), 'c.xml': fixture('nested.xml') });
+    expect(results[0]).toEqual(parseJUnit(fixture('failing.xml')));
+    expect(results[1]).toMatch(/^malformed XML at line \d+, column \d+: /);
+    expect(results[2]).toEqual(parseJUnit(fixture('nested.xml')));
+  });
+
+  it('a report that needs more memory than maxHeapMb fails saying so, without holding the event loop; the next one gets a new thread', async () => {
+    const { results, stallMs } = await readAll({ 'a.xml': attributeBomb(400_000), 'b.xml': fixture('passing.xml') }, { maxHeapMb: 32 });
+    expect(results[0]).toBe('the report needs more than 32 MB of memory to parse; it is not counted');
+    expect(results[1]).toEqual(parseJUnit(fixture('passing.xml')));
+    expect(stallMs).toBeLessThan(500);
+  });
+
+  it('a report that takes longer than timeoutMs fails saying so, without holding the event loop', async () => {
+    const started = performance.now();
+    const { results, stallMs } = await readAll({ 'a.xml': attributeBomb(400_000), 'b.xml': fixture('skipped.xml') }, { timeoutMs: 300 });
+    expect(results[0]).toBe('the report took longer than 0.3 s to parse; it is not counted');
+    expect(results[1]).toEqual(parseJUnit(fixture('skipped.xml')));
+    expect(performance.now() - started).toBeLessThan(2000);
+    expect(stallMs).toBeLessThan(500);
+  });
+
+  it('refuses, before reading it, a report over maxFileBytes or one that takes the stage past maxTotalBytes', async () => {
+    const report = fixture('passing.xml');
+    const bytes = Buffer.byteLength(report);
+    expect((await readAll({ 'a.xml': report }, { maxFileBytes: bytes - 1 })).results).toEqual([`the report is ${bytes} bytes, more than the ${bytes - 1} bytes a report may be; it is not read`]);
+    const { results } = await readAll({ 'b.xml': report, 'c.xml': report }, { maxTotalBytes: bytes * 2 - 1 });
+    expect(results[0]).toEqual(parseJUnit(report));
+    expect(results[1]).toBe(`with this report the stage's reports come to ${bytes * 2} bytes, more than the ${bytes * 2 - 1} bytes allowed in all; it is not read`);
   });
 });

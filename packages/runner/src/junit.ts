@@ -1,147 +1,119 @@
-import { XMLParser, XMLValidator } from 'fast-xml-parser';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { openSelectedFile, type ResolvedFiles } from './globs.js';
+import { JUnitError, MAX_JUNIT_BYTES, type JUnitSummary } from './junit-parse.mjs';
+import type { BuildUser } from './shell-process.js';
 
-export interface JUnitFailure {
-  suite: string;
-  name: string;
-  message?: string;
-}
-
-export interface JUnitSummary {
-  total: number;
-  passed: number;
-  failed: number;
-  skipped: number;
-  failures: JUnitFailure[];
-}
-
-/** The report is not JUnit XML we can read. */
-export class JUnitError extends Error {
-  override name = 'JUnitError';
-}
-
-export const MAX_JUNIT_BYTES = 50 * 1024 * 1024;
-const MAX_FAILURES = 1000;
-const MAX_MESSAGE = 2000;
-
-type Node = Record<string, unknown>;
-
-const parser = new XMLParser({
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  // No entity expansion at all (the classic XML bombs); the five predefined entities are decoded below.
-  processEntities: false,
-  htmlEntities: false,
-  parseTagValue: false,
-  parseAttributeValue: false,
-  trimValues: true,
-  isArray: (name) => ['testsuite', 'testcase', 'failure', 'error', 'skipped'].includes(name),
-});
-
-const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
-
-function decodeEntities(s: string): string {
-  return s.replace(/&(#x[0-9a-fA-F]+|#[0-9]+|lt|gt|amp|quot|apos);/g, (whole, ent: string) => {
-    if (ent.startsWith('#x')) return safeCodePoint(Number.parseInt(ent.slice(2), 16)) ?? whole;
-    if (ent.startsWith('#')) return safeCodePoint(Number.parseInt(ent.slice(1), 10)) ?? whole;
-    return ENTITIES[ent] ?? whole;
-  });
-}
-
-function safeCodePoint(n: number): string | undefined {
-  return Number.isInteger(n) && n >= 0 && n <= 0x10ffff ? String.fromCodePoint(n) : undefined;
-}
-
-function attr(node: Node, name: string): string | undefined {
-  const v = node[`@_${name}`];
-  return typeof v === 'string' ? decodeEntities(v) : undefined;
-}
-
-function children(node: Node, name: string): Node[] {
-  const v = node[name];
-  if (!Array.isArray(v)) return [];
-  // `<skipped/>` parses as "", `<failure>text</failure>` as a string: normalise to objects.
-  return v.map((c) => (c !== null && typeof c === 'object' ? (c as Node) : { '#text': String(c) }));
-}
-
-function messageOf(problem: Node): string | undefined {
-  const text = attr(problem, 'message') ?? (typeof problem['#text'] === 'string' ? decodeEntities(problem['#text']) : undefined);
-  if (text === undefined || text === '') return undefined;
-  return text.length > MAX_MESSAGE ? `${text.slice(0, MAX_MESSAGE)}…` : text;
-}
-
-interface Acc {
-  summary: JUnitSummary;
-  sawCase: boolean;
-}
-
-function countCase(tc: Node, suite: string, acc: Acc): void {
-  const s = acc.summary;
-  acc.sawCase = true;
-  s.total += 1;
-  const problem = children(tc, 'failure')[0] ?? children(tc, 'error')[0];
-  if (problem) {
-    s.failed += 1;
-    if (s.failures.length < MAX_FAILURES) {
-      const message = messageOf(problem);
-      s.failures.push({ suite: attr(tc, 'classname') ?? suite, name: attr(tc, 'name') ?? '(unnamed)', ...(message ? { message } : {}) });
-    }
-  } else if (tc.skipped !== undefined) s.skipped += 1;
-  else s.passed += 1;
-}
-
-/** Walks suites (nested to any depth the parser allows) without recursion. */
-function walkSuites(roots: Node[], acc: Acc): void {
-  const stack = roots.map((node) => ({ node, name: attr(node, 'name') ?? '' }));
-  while (stack.length > 0) {
-    const { node, name } = stack.pop()!;
-    for (const tc of children(node, 'testcase')) countCase(tc, name, acc);
-    for (const child of children(node, 'testsuite')) stack.push({ node: child, name: attr(child, 'name') ?? name });
-  }
-}
-
-function intAttr(node: Node, name: string): number {
-  const n = Number.parseInt(attr(node, name) ?? '0', 10);
-  return Number.isFinite(n) && n > 0 ? n : 0;
-}
-
-/** Only when a report has no testcase elements at all do the suites' own counters speak. */
-function fromAttributes(nodes: Node[]): JUnitSummary {
-  const s: JUnitSummary = { total: 0, passed: 0, failed: 0, skipped: 0, failures: [] };
-  for (const n of nodes) {
-    s.total += intAttr(n, 'tests');
-    s.failed += intAttr(n, 'failures') + intAttr(n, 'errors');
-    s.skipped += intAttr(n, 'skipped') + intAttr(n, 'disabled');
-  }
-  s.passed = Math.max(0, s.total - s.failed - s.skipped);
-  return s;
-}
+export { JUnitError, MAX_JUNIT_BYTES, parseJUnit, type JUnitFailure, type JUnitSummary } from './junit-parse.mjs';
 
 /**
- * Reads a JUnit XML report (`<testsuites>` or a bare `<testsuite>`, nested suites allowed).
- * Counts come from the testcase elements: `<failure>` and `<error>` both count as failed,
- * `<skipped/>` as skipped. DOCTYPEs are refused and entities are never expanded.
+ * What reading a build's JUnit reports may cost. Parsing is synchronous and its cost is the
+ * report's to choose: a 48 MB `<testsuite a0="" a1="" …/>` took fast-xml-parser 92 s and 3.4 GB
+ * in the service's main thread, whose BullMQ lock renewals then stopped. So reports are read and
+ * parsed in a worker_thread, within these limits. A dense real report of 50 MB (900k testcases)
+ * parses in 6 to 9 s within the 512 MB heap.
  */
-export function parseJUnit(xml: string, maxBytes = MAX_JUNIT_BYTES): JUnitSummary {
-  if (Buffer.byteLength(xml, 'utf8') > maxBytes) throw new JUnitError(`report is larger than ${maxBytes} bytes`);
-  if (/<!DOCTYPE/i.test(xml)) throw new JUnitError('report has a DOCTYPE declaration; refused (entity expansion)');
-  const valid = XMLValidator.validate(xml);
-  if (valid !== true) throw new JUnitError(`malformed XML at line ${valid.err.line}, column ${valid.err.col}: ${valid.err.msg}`);
-  let doc: Node;
-  try {
-    doc = parser.parse(xml) as Node;
-  } catch (err) {
-    throw new JUnitError(`malformed XML: ${(err as Error).message}`);
+export const JUNIT_LIMITS = {
+  /** Bytes in one report: checked on the open file before it is read, and again while reading. */
+  maxFileBytes: MAX_JUNIT_BYTES,
+  /** Bytes in all the reports one JUnitReader reads (one test stage), checked before each is read. */
+  maxTotalBytes: 200 * 1024 * 1024,
+  /** Time to read and parse one report; then the thread is terminated. */
+  timeoutMs: 60_000,
+  /** V8 heap (old generation) of the parsing thread; past it the thread ends. */
+  maxHeapMb: 512,
+};
+export type JUnitLimits = typeof JUNIT_LIMITS;
+
+const WORKER = new URL('./junit-worker.mjs', import.meta.url);
+const MiB = 1024 * 1024;
+const size = (bytes: number) => (bytes < MiB ? `${bytes} bytes` : `${Math.round((bytes / MiB) * 10) / 10} MiB`);
+
+type Reply = { summary: JUnitSummary } | { error: string };
+
+/**
+ * Reads the JUnit reports of one test stage, one at a time, in a worker_thread of its own: the
+ * main thread only opens and checks each file (openSelectedFile) and hands the thread its
+ * descriptor, so it never holds the text, never parses, and stays free for lock renewals and
+ * HTTP. A report over a limit fails with a JUnitError saying which limit; the thread is then
+ * replaced for the next report. Close the reader when done.
+ */
+export class JUnitReader {
+  private worker: Worker | undefined;
+  private totalBytes = 0;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly limits: JUnitLimits = JUNIT_LIMITS) {}
+
+  /** Counts one of the selected files; `user` is the build's (see openSelectedFile). */
+  read(files: ResolvedFiles, rel: string, user?: BuildUser): Promise<JUnitSummary> {
+    const next = this.queue.then(() => this.readNow(files, rel, user));
+    this.queue = next.catch(() => undefined);
+    return next;
   }
-  const top = doc.testsuites;
-  const roots = top !== undefined ? children({ t: [top] }, 't') : children(doc, 'testsuite');
-  if (top === undefined && roots.length === 0) {
-    const root = Object.keys(doc).find((k) => !k.startsWith('?'));
-    throw new JUnitError(`not a JUnit report: root element is <${root ?? 'none'}>, expected <testsuites> or <testsuite>`);
+
+  async close(): Promise<void> {
+    await this.queue;
+    if (this.worker) await this.stop(this.worker);
   }
-  const acc: Acc = { summary: { total: 0, passed: 0, failed: 0, skipped: 0, failures: [] }, sawCase: false };
-  walkSuites(roots, acc);
-  if (acc.sawCase) return acc.summary;
-  const topNode = roots[0];
-  const counted = top !== undefined && topNode && attr(topNode, 'tests') !== undefined ? [topNode] : roots.flatMap((r) => (top !== undefined ? children(r, 'testsuite') : [r]));
-  return fromAttributes(counted);
+
+  private async readNow(files: ResolvedFiles, rel: string, user: BuildUser | undefined): Promise<JUnitSummary> {
+    const { file, size: bytes } = await openSelectedFile(files, rel, user ? { user } : {});
+    try {
+      const { maxFileBytes, maxTotalBytes } = this.limits;
+      if (bytes > maxFileBytes) throw new JUnitError(`the report is ${size(bytes)}, more than the ${size(maxFileBytes)} a report may be; it is not read`);
+      if (this.totalBytes + bytes > maxTotalBytes) {
+        throw new JUnitError(`with this report the stage's reports come to ${size(this.totalBytes + bytes)}, more than the ${size(maxTotalBytes)} allowed in all; it is not read`);
+      }
+      this.totalBytes += bytes;
+      return await this.parse(file.fd);
+    } finally {
+      // Only now: the thread has answered or is gone, so it no longer reads this descriptor (nor a reuse of its number).
+      await file.close();
+    }
+  }
+
+  private async parse(fd: number): Promise<JUnitSummary> {
+    const worker = (this.worker ??= this.start());
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), this.limits.timeoutMs);
+    worker.ref(); // while it parses, the thread keeps the process alive (a script awaiting it would otherwise just exit)
+    try {
+      const reply = once(worker, 'message', { signal: abort.signal });
+      worker.postMessage({ fd, maxBytes: this.limits.maxFileBytes });
+      const [answer] = (await reply) as [Reply];
+      if ('error' in answer) throw new JUnitError(answer.error);
+      return answer.summary;
+    } catch (err) {
+      if (err instanceof JUnitError) throw err;
+      await this.stop(worker);
+      throw this.failure(err as NodeJS.ErrnoException, abort.signal.aborted);
+    } finally {
+      clearTimeout(timer);
+      worker.unref();
+    }
+  }
+
+  private failure(err: NodeJS.ErrnoException, timedOut: boolean): JUnitError {
+    if (timedOut) return new JUnitError(`the report took longer than ${this.limits.timeoutMs / 1000} s to parse; it is not counted`);
+    if (err.code === 'ERR_WORKER_OUT_OF_MEMORY') return new JUnitError(`the report needs more than ${this.limits.maxHeapMb} MB of memory to parse; it is not counted`);
+    return new JUnitError(`the report could not be parsed: ${err.message}`);
+  }
+
+  private start(): Worker {
+    const worker = new Worker(WORKER, {
+      // The worker is plain JavaScript: no tsx (nor anything else the service was started with).
+      execArgv: [],
+      resourceLimits: { maxOldGenerationSizeMb: this.limits.maxHeapMb },
+    });
+    // Errors reach the read that is waiting (once() rejects with them); one while idle must not crash the service.
+    worker.on('error', () => undefined);
+    worker.unref(); // an idle reader left open does not keep the process alive
+    return worker;
+  }
+
+  private async stop(worker: Worker): Promise<void> {
+    if (this.worker === worker) this.worker = undefined;
+    await worker.terminate();
+  }
 }

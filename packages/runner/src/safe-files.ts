@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { lstat, open, stat } from 'node:fs/promises';
+import { lstat, open, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { BuildUser } from './shell-process.js';
 
@@ -56,12 +56,12 @@ function kindOf(info: { isDirectory(): boolean; isFIFO(): boolean; isSocket(): b
 }
 
 /**
- * Reads a file a build may have replaced, if what the path leads to now is a regular file of the
- * build's user no larger than `maxBytes`. The checks are made on the open descriptor, so they hold
- * for what is read, whichever directory of the path the build swapped meanwhile: a file its user
- * owns is one it could read anyway.
+ * Opens a file a build may have replaced, if what the path leads to now is a regular file of the
+ * build's user. The checks are made on the open descriptor, so they hold for what is read,
+ * whichever directory of the path the build swapped meanwhile: a file its user owns is one it could
+ * read anyway. The caller closes the handle. `size` is fstat's, before any read: the file may grow.
  */
-export async function readOwnedFile(path: string, opts: ReadOwnedOptions): Promise<Buffer> {
+export async function openOwnedFile(path: string, opts: Omit<ReadOwnedOptions, 'maxBytes'>): Promise<{ file: FileHandle; size: number }> {
   const name = opts.name ?? path;
   const file = await open(path, READ).catch((err: NodeJS.ErrnoException) => {
     throw err.code === 'ELOOP' ? new UntrustedFileError(`${name} is a symlink; it is not read`) : err;
@@ -72,6 +72,18 @@ export async function readOwnedFile(path: string, opts: ReadOwnedOptions): Promi
     if (opts.owner !== undefined && info.uid !== opts.owner) {
       throw new UntrustedFileError(`${name} belongs to uid ${info.uid}, not to the build's user (uid ${opts.owner}); it is not read`);
     }
+    return { file, size: info.size };
+  } catch (err) {
+    await file.close();
+    throw err;
+  }
+}
+
+/** Reads a file a build may have replaced (see openOwnedFile), no larger than `maxBytes`. */
+export async function readOwnedFile(path: string, opts: ReadOwnedOptions): Promise<Buffer> {
+  const name = opts.name ?? path;
+  const { file } = await openOwnedFile(path, opts);
+  try {
     // Read in chunks to the limit: the file may still grow after fstat.
     const chunks: Buffer[] = [];
     let total = 0;

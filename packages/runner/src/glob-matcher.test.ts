@@ -1,0 +1,67 @@
+import picomatch from 'picomatch';
+import { describe, expect, it } from 'vitest';
+import { checkGlobShape, GLOB_LIMITS, GlobMatcher, type Glob } from './glob-matcher.js';
+
+/** `*a` nine times then `*b`, against a name of 45 `a`s: picomatch's regex backtracks for about 30 s. */
+const CATASTROPHIC = `${'*a'.repeat(9)}*b`;
+const VICTIM = 'a'.repeat(45);
+
+const globs = (field: string, ...patterns: string[]): Glob[] => patterns.map((pattern, i) => ({ field: `${field}[${i}]`, pattern }));
+
+async function failure(work: Promise<unknown>): Promise<string> {
+  const err = await work.then(
+    () => undefined,
+    (e: unknown) => e as Error,
+  );
+  if (!err) throw new Error('expected the match to fail');
+  expect(err.name).toBe('FileSelectionError');
+  return err.message;
+}
+
+describe('GlobMatcher', () => {
+  it('selects what picomatch selects (dot: true), over a list longer than one VM call', async () => {
+    const paths = Array.from({ length: 50_000 }, (_, i) => `${['src', 'dist', 'node_modules/p', '.cache'][i % 4]}/m${i % 7}/f${i}.${['ts', 'test.js', 'map', 'json'][i % 4]}`);
+    for (const pattern of ['**/*', 'dist/**/*', '**/*.test.{js,ts}', '!(*.map)', '**/!(*.map)', 'src/*/f1*.ts', '.cache/**']) {
+      const hit = await new GlobMatcher('artifacts').match(globs('artifacts.files', pattern), paths);
+      const isMatch = picomatch(pattern, { dot: true });
+      expect(paths.filter((_, i) => hit[i] === 1), pattern).toEqual(paths.filter((p) => isMatch(p)));
+    }
+  });
+
+  it('matches a path when any of the globs does', async () => {
+    const hit = await new GlobMatcher('artifacts').match(globs('artifacts.files', 'a/*', 'b/*'), ['a/1', 'b/2', 'c/3']);
+    expect([...hit]).toEqual([1, 1, 0]);
+  });
+
+  it('a glob that backtracks catastrophically fails within its time, naming its field', async () => {
+    const limits = { ...GLOB_LIMITS, perGlobMs: 200 };
+    const started = performance.now();
+    const message = await failure(new GlobMatcher('reports.unit', limits).match(globs('reports.unit.files', '**/*.xml', CATASTROPHIC), ['x.xml', VICTIM]));
+    expect(message).toBe(`reports.unit.files[1]: the glob "${CATASTROPHIC}" took longer than 0.2 s to match; simplify it`);
+    expect(performance.now() - started).toBeLessThan(1500);
+  });
+
+  it('all the globs of a section share one budget: past it, the glob that was running is named', async () => {
+    const matcher = new GlobMatcher('artifacts', { ...GLOB_LIMITS, perGlobMs: 300, perSectionMs: 500 });
+    expect(await failure(matcher.match(globs('artifacts.files', CATASTROPHIC), [VICTIM]))).toMatch(/^artifacts\.files\[0\]: .* took longer than 0\.3 s to match; simplify it$/);
+    expect(await failure(matcher.match(globs('artifacts.exclude-paths', 'x', CATASTROPHIC), [VICTIM]))).toBe(
+      'artifacts.exclude-paths[1]: the globs of artifacts took longer than 0.5 s in all to match; use fewer or simpler globs',
+    );
+  });
+});
+
+describe('checkGlobShape', () => {
+  it('accepts ordinary globs', () => {
+    for (const p of ['**/*', '**/*.test.{js,ts}', 'dist/**/*', '!(*.map)', 'src/**/@(a|b)/*.+(js|ts)', '{a,{b,{c,d}}}/**/[a-z]*.xml', 'x'.repeat(GLOB_LIMITS.maxLength)]) {
+      expect(() => checkGlobShape(p, 'artifacts.files[0]'), p).not.toThrow();
+    }
+  });
+
+  it('refuses a glob longer or more deeply nested than the limits (deep extglobs abort V8 compiling them)', () => {
+    const deep = `${'!('.repeat(GLOB_LIMITS.maxNesting + 1)}a${')'.repeat(GLOB_LIMITS.maxNesting + 1)}`;
+    expect(() => checkGlobShape(deep, 'artifacts.files[2]')).toThrow(/^artifacts\.files\[2\]: the glob nests \( and \{ groups 33 deep, more than the 32 allowed; simplify it$/);
+    expect(() => checkGlobShape(`${'{a,'.repeat(33)}b${'}'.repeat(33)}`, 'f')).toThrow(/33 deep/);
+    expect(() => checkGlobShape('\\('.repeat(40), 'f')).not.toThrow(); // escaped: not a group
+    expect(() => checkGlobShape('x'.repeat(GLOB_LIMITS.maxLength + 1), 'reports.unit.files[0]')).toThrow(/^reports\.unit\.files\[0\]: the glob is 4097 characters long, more than the 4096 allowed$/);
+  });
+});
