@@ -64,4 +64,22 @@ describe('checkGlobShape', () => {
     expect(() => checkGlobShape('\\('.repeat(40), 'f')).not.toThrow(); // escaped: not a group
     expect(() => checkGlobShape('x'.repeat(GLOB_LIMITS.maxLength + 1), 'reports.unit.files[0]')).toThrow(/^reports\.unit\.files\[0\]: the glob is 4097 characters long, more than the 4096 allowed$/);
   });
+
+  it('measures the nesting on the regex the glob becomes: literal } or ) that close nothing do not hide it', () => {
+    const disguised = `${'!(}'.repeat(1023)}a${')'.repeat(1023)}`;
+    expect(disguised.length).toBeLessThanOrEqual(GLOB_LIMITS.maxLength);
+    expect(() => checkGlobShape(disguised, 'artifacts.files[0]')).toThrow(/^artifacts\.files\[0\]: the glob's groups nest \d+ deep once compiled to a regex, more than the 100 allowed; simplify it$/);
+    // As deep as the glob-level limit allows, it still passes.
+    expect(() => checkGlobShape(`${'!('.repeat(GLOB_LIMITS.maxNesting)}a${')'.repeat(GLOB_LIMITS.maxNesting)}`, 'f')).not.toThrow();
+  });
+});
+
+describe('GlobMatcher: the section budget', () => {
+  it('counts the time spent matching, not what the caller spent meanwhile (walking the tree)', async () => {
+    const matcher = new GlobMatcher('artifacts', { ...GLOB_LIMITS, perSectionMs: 200 });
+    // A slow walk of a big tree between making the matcher and matching.
+    await new Promise((r) => setTimeout(r, 400));
+    const hit = await matcher.match([{ field: 'artifacts.files[0]', pattern: '**/*.js' }], ['a.js', 'b.txt', 'c/d.js']);
+    expect([...hit]).toEqual([1, 0, 1]);
+  });
 });

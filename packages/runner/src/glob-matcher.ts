@@ -21,6 +21,11 @@ export const GLOB_LIMITS = {
    * (`!(!(…))`) make V8's regex compiler run out of memory, which aborts the process.
    */
   maxNesting: 32,
+  /**
+   * Depth of groups in the regex picomatch makes of the glob (about 3 per extglob level): a check of the
+   * glob's own brackets alone is fooled by literal `}` or `)` that close nothing.
+   */
+  maxRegexNesting: 100,
 };
 export type GlobLimits = typeof GLOB_LIMITS;
 
@@ -76,6 +81,22 @@ function nesting(pattern: string): number {
   return max;
 }
 
+/** Depth of `(` groups in a regex's source (escapes and character classes skipped). */
+function regexNesting(source: string): number {
+  let depth = 0;
+  let max = 0;
+  let inClass = false;
+  for (let i = 0; i < source.length; i++) {
+    const c = source[i];
+    if (c === '\\') i++;
+    else if (inClass) inClass = c !== ']';
+    else if (c === '[') inClass = true;
+    else if (c === '(') max = Math.max(max, ++depth);
+    else if (c === ')' && depth > 0) depth--;
+  }
+  return max;
+}
+
 /** Refuses, naming the field, a glob longer or more deeply nested than the limits allow. */
 export function checkGlobShape(pattern: string, field: string, limits: GlobLimits = GLOB_LIMITS): void {
   if (pattern.length > limits.maxLength) {
@@ -85,6 +106,18 @@ export function checkGlobShape(pattern: string, field: string, limits: GlobLimit
   if (depth > limits.maxNesting) {
     throw new FileSelectionError(`${field}: the glob nests ( and { groups ${depth} deep, more than the ${limits.maxNesting} allowed; simplify it`);
   }
+  // The regex's source, not yet compiled (V8 compiling one nested thousands deep aborts the process). A
+  // glob picomatch cannot parse is left to the compile step, which names it.
+  let source: string | undefined;
+  try {
+    source = picomatch.parse(pattern, { dot: true }).output;
+  } catch {
+    source = undefined;
+  }
+  const compiled = source === undefined ? 0 : regexNesting(source);
+  if (compiled > limits.maxRegexNesting) {
+    throw new FileSelectionError(`${field}: the glob's groups nest ${compiled} deep once compiled to a regex, more than the ${limits.maxRegexNesting} allowed; simplify it`);
+  }
 }
 
 /**
@@ -93,14 +126,13 @@ export function checkGlobShape(pattern: string, field: string, limits: GlobLimit
  * for long lists), so a catastrophic glob fails the build with a FileSelectionError naming it.
  */
 export class GlobMatcher {
-  private readonly deadline: number;
+  /** Time spent matching so far, in ms: the section's budget counts this alone (not walking the tree). */
+  private sectionSpent = 0;
 
   constructor(
     private readonly section: string,
     private readonly limits: GlobLimits = GLOB_LIMITS,
-  ) {
-    this.deadline = performance.now() + limits.perSectionMs;
-  }
+  ) {}
 
   /** One byte per path: 1 where at least one of the globs matches it. */
   async match(globs: readonly Glob[], paths: readonly string[]): Promise<Uint8Array> {
@@ -130,7 +162,7 @@ export class GlobMatcher {
   /** Runs one step within what is left of the glob's and the section's time; returns the ms it took. */
   private run(step: Step, glob: Glob, job: Job, spent: number): number {
     const forGlob = this.limits.perGlobMs - spent;
-    const forSection = this.deadline - performance.now();
+    const forSection = this.limits.perSectionMs - this.sectionSpent;
     const start = performance.now();
     try {
       if (Math.min(forGlob, forSection) < 1) throw Object.assign(new Error('no time left'), { code: 'ERR_SCRIPT_EXECUTION_TIMEOUT' });
@@ -141,6 +173,7 @@ export class GlobMatcher {
       throw this.failure(err, step, glob, forGlob <= forSection);
     } finally {
       if (context) context.job = undefined; // the paths are not kept alive by the shared context
+      this.sectionSpent += performance.now() - start;
     }
     return performance.now() - start;
   }
