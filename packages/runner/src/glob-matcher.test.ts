@@ -38,7 +38,7 @@ describe('GlobMatcher', () => {
     const started = performance.now();
     const message = await failure(new GlobMatcher('reports.unit', limits).match(globs('reports.unit.files', '**/*.xml', CATASTROPHIC), ['x.xml', VICTIM]));
     expect(message).toBe(`reports.unit.files[1]: the glob "${CATASTROPHIC}" took longer than 0.2 s to match; simplify it`);
-    expect(performance.now() - started).toBeLessThan(1500);
+    expect(performance.now() - started).toBeLessThan(5000);
   });
 
   it('all the globs of a section share one budget: past it, the glob that was running is named', async () => {

@@ -110,7 +110,8 @@ export function checkGlobShape(pattern: string, field: string, limits: GlobLimit
   // glob picomatch cannot parse is left to the compile step, which names it.
   let source: string | undefined;
   try {
-    source = picomatch.parse(pattern, { dot: true }).output;
+    // picomatch's typings list only maxLength among parse's options; it takes all of picomatch's.
+    source = (picomatch.parse as (glob: string, options: picomatch.PicomatchOptions) => { output: string })(pattern, { dot: true }).output;
   } catch {
     source = undefined;
   }

@@ -190,8 +190,8 @@ describe('resolveFiles: globs are matched within time limits', () => {
     const started = performance.now();
     const { value, stallMs } = await stallDuring(() => failure(sel));
     expect(value).toBe(`${field}: the glob "${CATASTROPHIC}" took longer than ${GLOB_LIMITS.perGlobMs / 1000} s to match; simplify it`);
-    expect(performance.now() - started).toBeLessThan(GLOB_LIMITS.perGlobMs + 1500);
-    expect(stallMs).toBeLessThan(GLOB_LIMITS.perGlobMs + 500);
+    expect(performance.now() - started).toBeLessThan(GLOB_LIMITS.perGlobMs + 5000);
+    expect(stallMs).toBeLessThan(GLOB_LIMITS.perGlobMs + 1500);
   });
 
   it('refuses, naming it, a glob nested deeper than V8 can safely compile, and accepts ordinary ones', async () => {

@@ -132,7 +132,7 @@ describe('JUnitReader: reports parsed off the main thread, within limits', () =>
     const { results, stallMs } = await readAll({ 'a.xml': attributeBomb(400_000), 'b.xml': fixture('passing.xml') }, { maxHeapMb: 32 });
     expect(results[0]).toBe('the report needs more than 32 MB of memory to parse; it is not counted');
     expect(results[1]).toEqual(parseJUnit(fixture('passing.xml')));
-    expect(stallMs).toBeLessThan(500);
+    expect(stallMs).toBeLessThan(1500); // a parse in this thread would hold it for seconds
   });
 
   it('a report that takes longer than timeoutMs fails saying so, without holding the event loop', async () => {
@@ -140,8 +140,8 @@ describe('JUnitReader: reports parsed off the main thread, within limits', () =>
     const { results, stallMs } = await readAll({ 'a.xml': attributeBomb(400_000), 'b.xml': fixture('skipped.xml') }, { timeoutMs: 300 });
     expect(results[0]).toBe('the report took longer than 0.3 s to parse; it is not counted');
     expect(results[1]).toEqual(parseJUnit(fixture('skipped.xml')));
-    expect(performance.now() - started).toBeLessThan(2000);
-    expect(stallMs).toBeLessThan(500);
+    expect(performance.now() - started).toBeLessThan(6000);
+    expect(stallMs).toBeLessThan(1500); // a parse in this thread would hold it for seconds
   });
 
   it('refuses, before reading it, a report over maxFileBytes or one that takes the stage past maxTotalBytes', async () => {

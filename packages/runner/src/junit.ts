@@ -43,7 +43,11 @@ export class JUnitReader {
   private totalBytes = 0;
   private queue: Promise<unknown> = Promise.resolve();
 
-  constructor(private readonly limits: JUnitLimits = JUNIT_LIMITS) {}
+  constructor(
+    private readonly limits: JUnitLimits = JUNIT_LIMITS,
+    /** Aborted: the parse under way is ended (its thread terminated), and no other begins. */
+    private readonly signal?: AbortSignal,
+  ) {}
 
   /** Counts one of the selected files; `user` is the build's (see openSelectedFile). */
   read(files: ResolvedFiles, rel: string, user?: BuildUser): Promise<JUnitSummary> {
@@ -58,6 +62,7 @@ export class JUnitReader {
   }
 
   private async readNow(files: ResolvedFiles, rel: string, user: BuildUser | undefined): Promise<JUnitSummary> {
+    if (this.signal?.aborted) throw new JUnitError('not read: the stage was stopped');
     const { file, size: bytes } = await openSelectedFile(files, rel, user ? { user } : {});
     try {
       const { maxFileBytes, maxTotalBytes } = this.limits;
@@ -79,7 +84,7 @@ export class JUnitReader {
     const timer = setTimeout(() => abort.abort(), this.limits.timeoutMs);
     worker.ref(); // while it parses, the thread keeps the process alive (a script awaiting it would otherwise just exit)
     try {
-      const reply = once(worker, 'message', { signal: abort.signal });
+      const reply = once(worker, 'message', { signal: this.signal ? AbortSignal.any([abort.signal, this.signal]) : abort.signal });
       worker.postMessage({ fd, maxBytes: this.limits.maxFileBytes });
       const [answer] = (await reply) as [Reply];
       if ('error' in answer) throw new JUnitError(answer.error);
@@ -87,6 +92,7 @@ export class JUnitReader {
     } catch (err) {
       if (err instanceof JUnitError) throw err;
       await this.stop(worker);
+      if (this.signal?.aborted) throw new JUnitError('not counted: the stage was stopped while it was parsed');
       throw this.failure(err as NodeJS.ErrnoException, abort.signal.aborted);
     } finally {
       clearTimeout(timer);

@@ -23,7 +23,7 @@ export const testJobHandler =
     // Stopped (the run cancelled, or this service shutting down): its reports are not read, nor said
     // missing; the stage worker decides what a stopped job reports.
     const finish = (run: BuildspecRun, user: BuildUser | undefined): Promise<StageOutcome> =>
-      ctx.signal.aborted ? Promise.resolve({ status: 'FAILED', message: 'stopped before its reports were read' }) : readReports(run, (t) => log.write(t), user);
+      ctx.signal.aborted ? Promise.resolve({ status: 'FAILED', message: 'stopped before its reports were read' }) : readReports(run, (t) => log.write(t), user, JUNIT_LIMITS, ctx.signal);
     try {
       const runAs = (user: BuildUser | undefined, stopUserProcesses: () => Promise<void>) =>
         runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}), stopUserProcesses }, (run) => finish(run, user));
@@ -53,16 +53,19 @@ type Failure = NonNullable<StageOutput['failedTests']>[number];
  * They are parsed by a JUnitReader, off this thread and within `limits`: a report too big, too slow or too
  * memory-hungry to parse is a problem of its group too, and the service stays responsive meanwhile.
  */
-export async function readReports(run: BuildspecRun, log: (t: string) => void, user?: BuildUser, limits: JUnitLimits = JUNIT_LIMITS): Promise<StageOutcome> {
+export async function readReports(run: BuildspecRun, log: (t: string) => void, user?: BuildUser, limits: JUnitLimits = JUNIT_LIMITS, signal?: AbortSignal): Promise<StageOutcome> {
   const phases = run.phases ? { phases: run.phases.phases } : {};
   const groups = Object.entries(run.spec?.reports ?? {});
   if (!run.spec || groups.length === 0) return { status: run.status, ...(run.message ? { message: run.message } : {}), output: phases };
   const tests: Totals = { total: 0, passed: 0, failed: 0, skipped: 0 };
   const failedTests: Failure[] = [];
   const problems: string[] = [];
-  const reader = new JUnitReader(limits);
+  const reader = new JUnitReader(limits, signal);
+  const stopped: StageOutcome = { status: 'FAILED', message: 'stopped before its reports were read' };
   try {
     for (const [group, report] of groups) {
+      // Stopped (cancelled, or the service shutting down): the parse under way ends, no other begins.
+      if (signal?.aborted) return stopped;
       try {
         const files = await resolveFiles(run.workspace, fileSelection(report, `reports.${group}`));
         for (const file of files.files) {
@@ -75,6 +78,7 @@ export async function readReports(run: BuildspecRun, log: (t: string) => void, u
           log(`[conveyor] report ${group}: ${file}: ${summary.passed} passed, ${summary.failed} failed, ${summary.skipped} skipped\n`);
         }
       } catch (err) {
+        if (signal?.aborted) return stopped;
         problems.push((err as Error).message);
         log(`[conveyor] report ${group}: ${(err as Error).message}\n`);
       }
