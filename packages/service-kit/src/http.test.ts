@@ -110,3 +110,25 @@ describe('HTTP the server cannot parse is answered with problem+json', () => {
     expect(response).toContain('"status":431');
   });
 });
+
+describe('timeouts: a connection idle while its request arrives is closed, not one whose answer takes its time', () => {
+  it('closes a connection that sends nothing, and answers a request whose handler is slower than the idle limit', async () => {
+    const app = buildBaseServer({ logger: createLogger('t', 'silent'), registry: new Registry(), readiness: {}, idleTimeoutMs: 300 });
+    apps.push(app);
+    app.get('/slow', async () => {
+      await new Promise((r) => setTimeout(r, 900));
+      return { done: true };
+    });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const { port } = app.server.address() as { port: number };
+    // Slower than the idle limit to answer: answered whole all the same.
+    const res = await fetch(`http://127.0.0.1:${port}/slow`);
+    expect(await res.json()).toEqual({ done: true });
+    // Silent: closed.
+    const silent = connect(port, '127.0.0.1');
+    silent.on('error', () => undefined);
+    silent.write('GET /slow HTTP/1.1\r\nhost: x\r\n'); // headers never finished
+    await new Promise((resolve) => silent.on('close', resolve));
+    expect(silent.destroyed).toBe(true);
+  });
+});

@@ -125,7 +125,7 @@ export function buildBaseServer(opts: BaseServerOptions): App {
   const app = Fastify({
     loggerInstance: opts.logger,
     bodyLimit: opts.bodyLimit ?? 1024 * 1024,
-    connectionTimeout: opts.idleTimeoutMs ?? 30_000,
+    connectionTimeout: opts.idleTimeoutMs ?? 30_000, // see the hooks below
     requestTimeout: opts.requestTimeoutMs ?? 120_000,
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     frameworkErrors: (error, request, reply) => {
@@ -137,6 +137,16 @@ export function buildBaseServer(opts: BaseServerOptions): App {
     // Per-request lines would drown the logs in probes; services log what matters themselves.
     logController: new LogController({ disableRequestLogging: true }),
   }).withTypeProvider<ZodTypeProvider>();
+  // The idle limit guards the receiving of a request. Once it is in, the answer may take its time to
+  // compute or to reach a slow client (Node refreshes the timer only as a write completes: a large
+  // log read at a few hundred KB/s would be cut); after the answer, a kept-alive socket is idle again.
+  const idleMs = opts.idleTimeoutMs ?? 30_000;
+  // (A request injected in tests has a socket without timers.)
+  const idle = (socket: { setTimeout?: unknown } | null | undefined, ms: number) => {
+    if (typeof socket?.setTimeout === 'function') (socket as import('node:net').Socket).setTimeout(ms);
+  };
+  app.addHook('preHandler', async (request) => idle(request.raw.socket, 0));
+  app.addHook('onResponse', async (_request, reply) => idle(reply.raw.socket, idleMs));
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
 
