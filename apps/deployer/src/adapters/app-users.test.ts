@@ -46,7 +46,12 @@ async function deployDirOf(name: string): Promise<string> {
 const appUsers = (deployDir: string, uids: [number, number], kill?: Kill) => resolveAppUsers({ deployDir, claimsDir, uids, maxProcesses: 64, ...(kill ? { kill } : {}) });
 
 /** The host-wide claim of `uid`, as written on disk. */
-const claimOf = async (uid: number) => JSON.parse(await readFile(join(claimsDir, String(uid)), 'utf8')) as { deployDir: string; version: string };
+const claimOf = async (uid: number) => {
+  const { deployDir, version, pidns } = JSON.parse(await readFile(join(claimsDir, String(uid)), 'utf8')) as { deployDir: string; version: string; pidns?: string };
+  // Every claim names the PID namespace it was made in: this test's.
+  expect(pidns).toMatch(/^pid:\[\d+\]$/);
+  return { deployDir, version };
+};
 
 /** A real process running as `uid` (root switches to it through setpriv). */
 async function runAs(uid: number): Promise<number> {
@@ -173,7 +178,14 @@ describe.runIf(process.getuid?.() === 0)('app users', () => {
     await expect(b.users.claim('shop', 'run-3')).rejects.toThrow(/no deploy user id is free/);
     process.kill(live, 'SIGKILL');
     await expect.poll(() => processesOfUser(FIRST + 50), { timeout: 5000, interval: 20 }).toEqual([]);
-    // Idle: taken back, without B killing anything of A's.
+    // Idle, but claimed in another PID namespace (a deployer in a container, whose processes B cannot see): not taken.
+    const asWritten = await readFile(claimA, 'utf8');
+    await writeFile(claimA, JSON.stringify({ ...JSON.parse(asWritten), pidns: 'pid:[1]' }));
+    await utimes(claimA, HOUR_AGO(), HOUR_AGO());
+    await expect(b.users.claim('shop', 'run-3')).rejects.toThrow(/no deploy user id is free/);
+    await writeFile(claimA, asWritten);
+    await utimes(claimA, HOUR_AGO(), HOUR_AGO());
+    // Idle, in this namespace: taken back, without B killing anything of A's.
     expect((await b.users.claim('shop', 'run-3'))!.uid).toBe(FIRST + 50);
     expect(killedByB).toEqual([]);
     expect(await claimOf(FIRST + 50)).toEqual({ deployDir: dirB, version: 'shop/run-3' });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { checkBash, checkSetpriv, deleteFilesOf, hostKnowsUser, killUserProcesses, untraversable, type BuildUser } from '@conveyor/runner';
 import { processesOfUsers } from '@conveyor/procfs';
-import { adoptLegacyClaims, DEFAULT_UID_CLAIMS_DIR, LEGACY_CLAIMS_DIR, openUidClaims, type FoundClaim, type UidClaims } from './uid-claims.js';
+import { adoptLegacyClaims, DEFAULT_UID_CLAIMS_DIR, LEGACY_CLAIMS_DIR, openUidClaims, ownPidNamespace, type FoundClaim, type UidClaims } from './uid-claims.js';
 
 const exec = promisify(execFile);
 
@@ -187,7 +187,10 @@ class ClaimedAppUsers implements AppUsers {
         // it runs, the id is free, and what it left in the shared temporary directories goes with it.
         // Another deploy directory's claim is never killed from here (its version may run where this
         // process cannot see that directory: another mount namespace, a container): taken only idle.
+        // Whether anything runs as it is known only within the claimer's PID namespace (a deployer in a
+        // container sees none of the host's processes): a claim from another one is never taken.
         if (!this.ours(claim)) {
+          if (claim.claim?.pidns === undefined || claim.claim.pidns !== ownPidNamespace()) continue;
           if (processesOfUsers(uid, uid).length > 0) continue;
         } else if (!(await this.cleared(uid))) continue;
         await deleteFilesOf(uid);

@@ -1,3 +1,4 @@
+import { readlinkSync } from 'node:fs';
 import { link, lstat, mkdir, open, readdir, readFile, rm, rmdir, stat, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
@@ -23,8 +24,22 @@ export const UidClaim = z.object({
     .string()
     .regex(/^[^/]+\/[^/]+$/)
     .refine((v) => v.split('/').every((part) => part !== '.' && part !== '..'), 'must name a directory under the deploy directory'),
+  /**
+   * The PID namespace of the deployer that claimed it (`pid:[…]`, from /proc/self/ns/pid): only a
+   * deployer in the same one can see whether anything runs as the id.
+   */
+  pidns: z.string().optional(),
 });
 export type UidClaim = z.infer<typeof UidClaim>;
+
+/** This process's PID namespace (`pid:[4026531836]`), when /proc says. */
+export function ownPidNamespace(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return undefined;
+  }
+}
 
 /** A claim file as found. Without `claim` when it does not parse: held by nobody known, so never ours and never taken back. */
 export interface FoundClaim {
@@ -65,11 +80,12 @@ export class UidClaims {
    * crash); false if the id is claimed already. `mtime`: the time of an adopted claim.
    */
   async create(uid: number, claim: { deployDir: string; version: string }, mtime?: Date): Promise<boolean> {
+    const pidns = ownPidNamespace();
     const staged = join(this.dir, '.staged');
     await rm(staged, { force: true });
     const fh = await open(staged, 'wx', 0o600);
     try {
-      await fh.writeFile(`${JSON.stringify(claim)}\n`);
+      await fh.writeFile(`${JSON.stringify({ ...claim, ...(pidns ? { pidns } : {}) })}\n`);
     } finally {
       await fh.close();
     }
