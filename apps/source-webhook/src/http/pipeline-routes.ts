@@ -55,7 +55,7 @@ export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
     return toPipelineView(def);
   });
 
-  // Its runs stay readable, and a run under way goes on (each carries its plan); webhooks for it are 404 from now on.
+  // Its runs stay readable, and a run under way goes on (each carries its plan); webhooks for it are 401 from now on (no secret signs them).
   app.delete('/pipelines/:name', { schema: { params: Name } }, async (req, reply) => {
     if (!(await deps.pipelines.remove(req.params.name))) throw new NotFoundError(`pipeline ${req.params.name} not found`);
     req.log.info({ pipeline: req.params.name }, 'pipeline removed');
