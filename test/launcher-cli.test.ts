@@ -23,7 +23,7 @@ describe('pnpm start', () => {
     const redis = await testRedis();
     const child = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', 'run-example', '--once'], {
       cwd: ROOT,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cli${Date.now()}`, CONVEYOR_HOME: dir, CONVEYOR_PORT_BASE: String(await freePortRange(5)) },
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cli${Date.now()}`, CONVEYOR_HOME: dir, CONVEYOR_PORT_BASE: String(await freePortRange(5)), DEPLOY_UID_CLAIMS_DIR: join(dir, 'uid-claims') },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -74,7 +74,7 @@ describe('pnpm start', () => {
     const redis = await testRedis();
     const child = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', 'serve'], {
       cwd: ROOT,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cliserve${Date.now()}`, CONVEYOR_HOME: dir, CONVEYOR_PORT_BASE: String(base), WORKER_CONCURRENCY: '3' },
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cliserve${Date.now()}`, CONVEYOR_HOME: dir, CONVEYOR_PORT_BASE: String(base), WORKER_CONCURRENCY: '3', DEPLOY_UID_CLAIMS_DIR: join(dir, 'uid-claims') },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
