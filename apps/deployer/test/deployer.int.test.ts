@@ -6,11 +6,12 @@ import type { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FsArtifactStore, artifactKey } from '@conveyor/artifacts';
-import { cancelChannel, cancelledJobKey, DeployJob, liveDeploymentKey, QUEUES, StageResult, stageJobId } from '@conveyor/contracts';
+import { cancelChannel, cancelledJobKey, liveDeploymentKey, QUEUES, StageResult, type DeployJob } from '@conveyor/contracts';
 import { createQueue, stageLogKey } from '@conveyor/service-kit';
 import { completedResults, testRedis, uniquePrefix } from '@conveyor/testing';
 import { processStartTime } from '@conveyor/procfs';
 import { stopAllDeployments } from '../src/stop-all.js';
+import { localDeployJob, type LocalTarget } from '../src/deploy-job.testkit.js';
 import { alive, getJson, processesWithEnv, startService, type RunningService } from './service.js';
 
 const TOKEN = 'integration-test-token-0123456789';
@@ -71,9 +72,7 @@ afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-type Target = Partial<DeployJob['target']>;
-
-async function makeJob(pipeline: string, version: string, target: Target = {}, extraFiles: Record<string, string> = {}): Promise<DeployJob> {
+async function makeJob(pipeline: string, version: string, target: LocalTarget = {}, extraFiles: Record<string, string> = {}): Promise<DeployJob> {
   runCounter += 1;
   const runId = `run-${prefix.toLowerCase()}-${runCounter}`;
   const src = join(root, 'src', runId);
@@ -82,21 +81,7 @@ async function makeJob(pipeline: string, version: string, target: Target = {}, e
   await writeFile(join(src, 'version.txt'), version);
   for (const [name, content] of Object.entries(extraFiles)) await writeFile(join(src, name), content);
   const input = await store.putFiles(artifactKey(runId, 'Build', 1), src, ['server.mjs', 'version.txt', ...Object.keys(extraFiles)]);
-  return DeployJob.parse({
-    v: 1,
-    type: 'deploy',
-    jobId: stageJobId(runId, 'Deploy', 1),
-    runId,
-    runNumber: runCounter,
-    pipeline,
-    stage: 'Deploy',
-    stageIndex: 2,
-    attempt: 1,
-    trigger: { type: 'manual', ref: 'refs/heads/main' },
-    commit: 'c'.repeat(40),
-    input,
-    target: { kind: 'local', command: 'node server.mjs', healthTimeoutSeconds: 20, env: { GREETING: 'hello' }, ...target },
-  });
+  return localDeployJob({ runId, runNumber: runCounter, pipeline, input, target: { healthTimeoutSeconds: 20, env: { GREETING: 'hello' }, ...target } });
 }
 
 /** Every StageResult the deploy queue's jobs completed with for `jobId`, oldest first. */

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { artifactKey, FsArtifactStore } from '@conveyor/artifacts';
-import { DeployJob, stageJobId } from '@conveyor/contracts';
+import type { DeployJob } from '@conveyor/contracts';
+import { localDeployJob, type LocalTarget } from '../deploy-job.testkit.js';
 import { createLogger } from '@conveyor/service-kit';
 import type { DeploymentRecord } from '../domain/deployment-record.js';
 import type { DeployContext } from '../ports.js';
@@ -48,23 +49,7 @@ import { createServer } from 'node:http';
 createServer((req, res) => { res.writeHead(200); res.end('ok'); }).listen(Number(process.env.PORT), '127.0.0.1');
 `;
 
-function deployJob(runId: string, input: DeployJob['input'], target: Partial<Extract<DeployJob['target'], { kind: 'local' }>>): DeployJob {
-  return DeployJob.parse({
-    v: 1,
-    type: 'deploy',
-    jobId: stageJobId(runId, 'Deploy', 1),
-    runId,
-    runNumber: 1,
-    pipeline: 'race',
-    stage: 'Deploy',
-    stageIndex: 2,
-    attempt: 1,
-    trigger: { type: 'manual', ref: 'refs/heads/main' },
-    commit: 'c'.repeat(40),
-    input,
-    target: { kind: 'local', command: 'node server.mjs', ...target },
-  });
-}
+const deployJob = (runId: string, input: DeployJob['input'], target: LocalTarget) => localDeployJob({ runId, pipeline: 'race', input, target });
 
 describe('LocalProcessTarget', () => {
   it('says which version went live before it stops the one replaced', async () => {
