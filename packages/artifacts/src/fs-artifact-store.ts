@@ -71,9 +71,10 @@ export function byteLimit(limit: number, what?: string): Transform {
 /** The least a tar of these files (relative to `dir`) takes: a header each, regular files' content in 512-byte blocks, the end. */
 async function tarSizeAtLeast(dir: string, files: readonly string[]): Promise<number> {
   let bytes = 1024;
-  for (const f of files) {
-    const info = await lstat(resolve(dir, f)).catch(() => undefined);
-    bytes += 512 + (info?.isFile() ? Math.ceil(info.size / 512) * 512 : 0);
+  // 256 at a time: a serial pass over a million files would take as long as the packing.
+  for (let at = 0; at < files.length; at += 256) {
+    const infos = await Promise.all(files.slice(at, at + 256).map((f) => lstat(resolve(dir, f)).catch(() => undefined)));
+    for (const info of infos) bytes += 512 + (info?.isFile() ? Math.ceil(info.size / 512) * 512 : 0);
   }
   return bytes;
 }

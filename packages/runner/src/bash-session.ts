@@ -156,18 +156,19 @@ class BuildSession {
 
   /** Runs one command; returns its exit status and whether it took the shell down. */
   private async runCommand(command: string): Promise<{ exitCode: number; shellDied: boolean }> {
-    let shell = await this.liveShell();
-    let flag = await shell.send(await this.files.succeeding(this.succeeding ? '1' : '0'));
-    if (flag.kind === 'exited') {
-      // The shell ended before this command began: an earlier command left it unable to go on (a
-      // disabled builtin, a read-only CODEBUILD_BUILD_SUCCEEDING). The command has not run: it runs in a
-      // fresh shell, as what follows a command that ends the shell does; if that one fails too, it fails.
-      shell = await this.liveShell();
-      flag = await shell.send(await this.files.succeeding(this.succeeding ? '1' : '0'));
-      if (flag.kind === 'exited') return { exitCode: flag.code === 0 ? 1 : flag.code, shellDied: true };
+    // A shell that ends before the command begins was left unable to go on by an earlier command (a
+    // disabled builtin, a read-only CODEBUILD_BUILD_SUCCEEDING): the command has not run, and runs in a
+    // fresh shell, as what follows a command that ends the shell does; if that one ends too, it fails.
+    for (let tries = 0; ; tries++) {
+      const shell = await this.liveShell();
+      const flag = await shell.send(await this.files.succeeding(this.succeeding ? '1' : '0'));
+      if (flag.kind === 'exited') {
+        if (tries === 0) continue;
+        return { exitCode: flag.code === 0 ? 1 : flag.code, shellDied: true };
+      }
+      const r = await shell.send(await this.files.command(command));
+      return { exitCode: r.code, shellDied: r.kind === 'exited' };
     }
-    const r = await shell.send(await this.files.command(command));
-    return { exitCode: r.code, shellDied: r.kind === 'exited' };
   }
 
   private async runBlock(phase: PhaseName, block: CommandBlock, commands: readonly string[]): Promise<CommandFailure | undefined> {
@@ -205,8 +206,9 @@ class BuildSession {
     for (;;) {
       this.phaseOutput = '';
       this.emit({ type: 'phase-start', phase, attempt });
-      failure = await this.runPhaseOnce(phase, policy?.kind === 'RETRY' && attempt <= policy.retries);
-      if (!failure || this.stopReason || policy?.kind !== 'RETRY' || attempt > policy.retries) break;
+      const retryLeft = policy?.kind === 'RETRY' && attempt <= policy.retries;
+      failure = await this.runPhaseOnce(phase, retryLeft);
+      if (!failure || this.stopReason || !retryLeft) break;
       if (!matchesWithin(policy.pattern, `${this.phaseOutput}\n${failure.message}`)) break;
       this.emit({ type: 'notice', message: `${failure.message}; retrying phase ${phase} (retry ${attempt} of ${policy.retries})` });
       attempt += 1;

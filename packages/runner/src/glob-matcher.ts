@@ -98,13 +98,13 @@ function regexNesting(source: string): number {
 }
 
 /** Refuses, naming the field, a glob longer or more deeply nested than the limits allow. */
-export function checkGlobShape(pattern: string, field: string, limits: GlobLimits = GLOB_LIMITS): void {
-  if (pattern.length > limits.maxLength) {
-    throw new FileSelectionError(`${field}: the glob is ${pattern.length} characters long, more than the ${limits.maxLength} allowed`);
+export function checkGlobShape(pattern: string, field: string): void {
+  if (pattern.length > GLOB_LIMITS.maxLength) {
+    throw new FileSelectionError(`${field}: the glob is ${pattern.length} characters long, more than the ${GLOB_LIMITS.maxLength} allowed`);
   }
   const depth = nesting(pattern);
-  if (depth > limits.maxNesting) {
-    throw new FileSelectionError(`${field}: the glob nests ( and { groups ${depth} deep, more than the ${limits.maxNesting} allowed; simplify it`);
+  if (depth > GLOB_LIMITS.maxNesting) {
+    throw new FileSelectionError(`${field}: the glob nests ( and { groups ${depth} deep, more than the ${GLOB_LIMITS.maxNesting} allowed; simplify it`);
   }
   // The regex's source, not yet compiled (V8 compiling one nested thousands deep aborts the process). A
   // glob picomatch cannot parse is left to the compile step, which names it.
@@ -116,8 +116,8 @@ export function checkGlobShape(pattern: string, field: string, limits: GlobLimit
     source = undefined;
   }
   const compiled = source === undefined ? 0 : regexNesting(source);
-  if (compiled > limits.maxRegexNesting) {
-    throw new FileSelectionError(`${field}: the glob's groups nest ${compiled} deep once compiled to a regex, more than the ${limits.maxRegexNesting} allowed; simplify it`);
+  if (compiled > GLOB_LIMITS.maxRegexNesting) {
+    throw new FileSelectionError(`${field}: the glob's groups nest ${compiled} deep once compiled to a regex, more than the ${GLOB_LIMITS.maxRegexNesting} allowed; simplify it`);
   }
 }
 

@@ -304,8 +304,7 @@ export async function stageFiles(files: ResolvedFiles, dir: string, user?: Build
       continue;
     }
     if (mode === 'link') throw new FileSelectionError(`${e.path} is not a symlink any more; it is not stored`);
-    if (mode === 'content' && !info.isFile()) throw new FileSelectionError(`${e.path} no longer leads to a regular file; it is not stored`);
-    if (!info.isFile()) throw new FileSelectionError(`${e.path} is not a regular file any more; it is not stored`);
+    if (!info.isFile()) throw new FileSelectionError(`${e.path} ${mode === 'content' ? 'no longer leads to' : 'is not'} a regular file${mode === 'content' ? '' : ' any more'}; it is not stored`);
     if (owner !== undefined && info.uid !== owner) {
       throw new FileSelectionError(`${e.path} now leads to a file of uid ${info.uid}, not of the build's user (uid ${owner}); it is not stored`);
     }

@@ -1,5 +1,6 @@
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
+import { describeBytes } from '@conveyor/artifacts';
 import { openSelectedFile, type ResolvedFiles } from './globs.js';
 import { JUnitError, MAX_JUNIT_BYTES, type JUnitSummary } from './junit-parse.mjs';
 import type { BuildUser } from './shell-process.js';
@@ -26,8 +27,6 @@ export const JUNIT_LIMITS = {
 export type JUnitLimits = typeof JUNIT_LIMITS;
 
 const WORKER = new URL('./junit-worker.mjs', import.meta.url);
-const MiB = 1024 * 1024;
-const size = (bytes: number) => (bytes < MiB ? `${bytes} bytes` : `${Math.round((bytes / MiB) * 10) / 10} MiB`);
 
 type Reply = { summary: JUnitSummary } | { error: string };
 
@@ -66,9 +65,9 @@ export class JUnitReader {
     const { file, size: bytes } = await openSelectedFile(files, rel, user ? { user } : {});
     try {
       const { maxFileBytes, maxTotalBytes } = this.limits;
-      if (bytes > maxFileBytes) throw new JUnitError(`the report is ${size(bytes)}, more than the ${size(maxFileBytes)} a report may be; it is not read`);
+      if (bytes > maxFileBytes) throw new JUnitError(`the report is ${describeBytes(bytes)}, more than the ${describeBytes(maxFileBytes)} a report may be; it is not read`);
       if (this.totalBytes + bytes > maxTotalBytes) {
-        throw new JUnitError(`with this report the stage's reports come to ${size(this.totalBytes + bytes)}, more than the ${size(maxTotalBytes)} allowed in all; it is not read`);
+        throw new JUnitError(`with this report the stage's reports come to ${describeBytes(this.totalBytes + bytes)}, more than the ${describeBytes(maxTotalBytes)} allowed in all; it is not read`);
       }
       this.totalBytes += bytes;
       return await this.parse(file.fd);

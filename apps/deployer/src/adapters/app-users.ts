@@ -3,7 +3,7 @@ import { chmod, chown, lchown, lstat, mkdir, realpath, stat } from 'node:fs/prom
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { checkBash, checkSetpriv, deleteFilesOf, hostKnowsUser, killUserProcesses, untraversable, type BuildUser } from '@conveyor/runner';
-import { processesOfUsers } from '@conveyor/procfs';
+import { processesOfUser } from '@conveyor/procfs';
 import { adoptLegacyClaims, DEFAULT_UID_CLAIMS_DIR, LEGACY_CLAIMS_DIR, openUidClaims, ownPidNamespace, type FoundClaim, type UidClaims } from './uid-claims.js';
 
 const exec = promisify(execFile);
@@ -191,7 +191,7 @@ class ClaimedAppUsers implements AppUsers {
         // container sees none of the host's processes): a claim from another one is never taken.
         if (!this.ours(claim)) {
           if (claim.claim?.pidns === undefined || claim.claim.pidns !== ownPidNamespace()) continue;
-          if (processesOfUsers(uid, uid).length > 0) continue;
+          if (processesOfUser(uid).length > 0) continue;
         } else if (!(await this.cleared(uid))) continue;
         await deleteFilesOf(uid);
         await this.claims.remove(uid);

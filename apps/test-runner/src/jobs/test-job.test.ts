@@ -73,11 +73,18 @@ describe('readReports: reports the build made cannot stall the service', () => {
 
   it('a report over the size limits fails the stage naming the file, unread', async () => {
     const report = junit('<testcase name="a"/>');
-    const run = await finishedBuild({ 'reports/a.xml': report, 'reports/b.xml': report, 'reports/c.xml': `${report}${' '.repeat(2000)}` }, "  unit:\n    files: [ 'reports/*.xml' ]\n");
+    const big = `${report}${' '.repeat(2000)}`;
+    const run = await finishedBuild(
+      { 'reports/a.xml': report, 'reports/b.xml': report, 'large/c.xml': big },
+      "  large:\n    files: [ 'large/*.xml' ]\n  unit:\n    files: [ 'reports/*.xml' ]\n",
+    );
     const bytes = Buffer.byteLength(report);
     const { outcome } = await readWatched(run, { ...JUNIT_LIMITS, maxFileBytes: 2000, maxTotalBytes: bytes * 2 - 1 });
     expect(outcome.status).toBe('FAILED');
-    expect(outcome.message).toBe(`reports/b.xml: with this report the stage's reports come to ${bytes * 2} bytes, more than the ${bytes * 2 - 1} bytes allowed in all; it is not read`);
+    expect(outcome.message).toBe(
+      `large/c.xml: the report is ${Buffer.byteLength(big)} bytes, more than the 2000 bytes a report may be; it is not read; ` +
+        `reports/b.xml: with this report the stage's reports come to ${bytes * 2} bytes, more than the ${bytes * 2 - 1} bytes allowed in all; it is not read`,
+    );
     expect(outcome.output?.tests).toEqual({ total: 1, passed: 1, failed: 0, skipped: 0 });
   });
 

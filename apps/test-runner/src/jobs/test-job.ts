@@ -20,13 +20,9 @@ export const testJobHandler =
     const log = openStageLog(deps.redis, deps.prefix, job.jobId);
     const again = redeliveryNote(ctx);
     if (again) log.write(again);
-    // Stopped (the run cancelled, or this service shutting down): its reports are not read, nor said
-    // missing; the stage worker decides what a stopped job reports.
-    const finish = (run: BuildspecRun, user: BuildUser | undefined): Promise<StageOutcome> =>
-      ctx.signal.aborted ? Promise.resolve({ status: 'FAILED', message: 'stopped before its reports were read' }) : readReports(run, (t) => log.write(t), user, JUNIT_LIMITS, ctx.signal);
     try {
       const runAs = (user: BuildUser | undefined, stopUserProcesses: () => Promise<void>) =>
-        runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}), stopUserProcesses }, (run) => finish(run, user));
+        runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}), stopUserProcesses }, (run) => readReports(run, (t) => log.write(t), user, JUNIT_LIMITS, ctx.signal));
       return await (deps.users ? deps.users.withUser(runAs) : runAs(undefined, async () => undefined));
     } finally {
       await log.close();
@@ -54,6 +50,10 @@ type Failure = NonNullable<StageOutput['failedTests']>[number];
  * memory-hungry to parse is a problem of its group too, and the service stays responsive meanwhile.
  */
 export async function readReports(run: BuildspecRun, log: (t: string) => void, user?: BuildUser, limits: JUnitLimits = JUNIT_LIMITS, signal?: AbortSignal): Promise<StageOutcome> {
+  // Stopped (the run cancelled, or this service shutting down): no report is read, nor said missing
+  // (the stage worker decides what a stopped job reports); a parse under way ends.
+  const stopped: StageOutcome = { status: 'FAILED', message: 'stopped before its reports were read' };
+  if (signal?.aborted) return stopped;
   const phases = run.phases ? { phases: run.phases.phases } : {};
   const groups = Object.entries(run.spec?.reports ?? {});
   if (!run.spec || groups.length === 0) return { status: run.status, ...(run.message ? { message: run.message } : {}), output: phases };
@@ -61,10 +61,8 @@ export async function readReports(run: BuildspecRun, log: (t: string) => void, u
   const failedTests: Failure[] = [];
   const problems: string[] = [];
   const reader = new JUnitReader(limits, signal);
-  const stopped: StageOutcome = { status: 'FAILED', message: 'stopped before its reports were read' };
   try {
     for (const [group, report] of groups) {
-      // Stopped (cancelled, or the service shutting down): the parse under way ends, no other begins.
       if (signal?.aborted) return stopped;
       try {
         const files = await resolveFiles(run.workspace, fileSelection(report, `reports.${group}`));
