@@ -1,4 +1,4 @@
-import type { DeployJob } from '@conveyor/contracts';
+import type { DeployJob, LiveDeployment } from '@conveyor/contracts';
 import type { DeploymentRecord } from './domain/deployment-record.js';
 
 export type TargetKind = DeployJob['target']['kind'];
@@ -17,7 +17,7 @@ export interface DeployContext {
    * Says which version serves the pipeline now: called once a new version is recorded as live, before the
    * versions it replaces are stopped (a monitor stage still probing one of them then knows why it stops).
    */
-  wentLive(live: { runId: string; attempt: number; url: string }): Promise<void>;
+  wentLive(live: LiveDeployment): Promise<void>;
 }
 
 export type DeployOutcome =

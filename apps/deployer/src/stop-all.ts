@@ -17,7 +17,7 @@ export interface StoppedDeployment {
  * Stops every process recorded under `deployDir` (each pipeline's current version, and any version a
  * crashed deploy left running), SIGTERM then SIGKILL after `graceMs`, then (as root) whatever still runs
  * as a user id this deploy directory holds in the host's register (`claimsDir`: the deployer's
- * DEPLOY_UID_CLAIMS_DIR, by default this process's), and as no other: another stack's versions are
+ * DEPLOY_UID_CLAIMS_DIR, by default its default), and as no other: another stack's versions are
  * theirs. For the launcher's shutdown: the deployer itself never stops deployments when it stops.
  * Records stay on disk.
  */
@@ -32,6 +32,6 @@ export async function stopAllDeployments(deployDir: string, graceMs = 10_000, op
       return { pipeline: rec.pipeline, runId: rec.runId, attempt: rec.attempt, pid: rec.pid, result };
     }),
   );
-  if (process.getuid?.() === 0) await stopAllAppUsers(files.root, resolve(opts.claimsDir ?? (process.env.DEPLOY_UID_CLAIMS_DIR || DEFAULT_UID_CLAIMS_DIR)));
+  if (process.getuid?.() === 0) await stopAllAppUsers(files.root, resolve(opts.claimsDir ?? DEFAULT_UID_CLAIMS_DIR));
   return stopped.filter((s): s is StoppedDeployment => s !== undefined);
 }

@@ -1,3 +1,5 @@
+import { z } from 'zod';
+import { RunId } from './common.js';
 import type { StageJob } from './stage-job.js';
 
 /** Queue names; the BullMQ prefix (default `conveyor`) is deployment config. */
@@ -35,6 +37,21 @@ export function cancelChannel(prefix: string): string {
  */
 export function liveDeploymentKey(prefix: string, pipeline: string): string {
   return `${prefix}:deployment:live:${pipeline}`;
+}
+
+/** The value under liveDeploymentKey. */
+export const LiveDeployment = z.object({ runId: RunId, attempt: z.number().int().positive(), url: z.string() });
+export type LiveDeployment = z.infer<typeof LiveDeployment>;
+
+/** The value read from Redis, if it is one (nothing stored, or anything else, is none). */
+export function parseLiveDeployment(text: string | null): LiveDeployment | undefined {
+  if (text === null) return undefined;
+  try {
+    const live = LiveDeployment.safeParse(JSON.parse(text));
+    return live.success ? live.data : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A durable mark of a cancelled stage job, for the checks a stage makes before a step it cannot take back. */

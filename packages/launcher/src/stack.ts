@@ -186,7 +186,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const stop = async () => {
     await Promise.all([...processes.values()].map((p) => stopProcess(p)));
     // The register of deploy user ids the deployer was given (else the default, as the deployer's).
-    const claimsDir = own.deployer.DEPLOY_UID_CLAIMS_DIR ?? common.DEPLOY_UID_CLAIMS_DIR;
+    const claimsDir = common.DEPLOY_UID_CLAIMS_DIR;
     await stopAllDeployments(join(home, 'deployments'), undefined, claimsDir ? { claimsDir } : {});
     if (redis.process) await stopProcess(redis.process, 5000);
   };

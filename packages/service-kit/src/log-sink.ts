@@ -8,17 +8,13 @@ export function stageLogKey(prefix: string, jobId: string): string {
 /** The most a stage log keeps, marker included. */
 export const STAGE_LOG_MAX_BYTES = 8 * 1024 * 1024;
 /** Of a log over the limit, how much of its end is kept: the runner's last lines say how the stage ended. */
-export const STAGE_LOG_TAIL_BYTES = 1024 * 1024;
+const STAGE_LOG_TAIL_BYTES = 1024 * 1024;
+/** How often buffered output is appended, and (past the limit) how often the kept tail is rewritten; both also on close. */
+const FLUSH_MS = 200;
+const TAIL_FLUSH_MS = 1000;
 const LOG_TTL_SECONDS = 30 * 24 * 3600;
 /** The marker line is padded to this width, so the tail behind it can be rewritten in place. */
 const MARKER_BYTES = 128;
-
-export interface StageLogOptions {
-  /** How often buffered output is appended. */
-  flushMs?: number;
-  /** Past the limit, how often the kept tail is rewritten (it is always written on close). */
-  tailFlushMs?: number;
-}
 
 export interface StageLog {
   write(text: string): void;
@@ -68,14 +64,13 @@ function tailSegment(tail: Buffer, seen: number, head: number): Buffer {
 }
 
 /**
- * Buffers output and APPENDs it every `flushMs`, so a runaway build cannot fill Redis: past
+ * Buffers output and APPENDs it every FLUSH_MS, so a runaway build cannot fill Redis: past
  * STAGE_LOG_MAX_BYTES the log keeps its head and its last STAGE_LOG_TAIL_BYTES, with a marker line
  * between them saying how much was left out. The tail is kept in memory and written behind the head
- * with SETRANGE, at most every `tailFlushMs` and on close: readers still GET one string. Callers mask
+ * with SETRANGE, at most every TAIL_FLUSH_MS and on close: readers still GET one string. Callers mask
  * secrets before writing.
  */
-export function openStageLog(redis: Redis, prefix: string, jobId: string, options: StageLogOptions = {}): StageLog {
-  const { flushMs = 200, tailFlushMs = 1000 } = options;
+export function openStageLog(redis: Redis, prefix: string, jobId: string): StageLog {
   const key = stageLogKey(prefix, jobId);
   const headLimit = STAGE_LOG_MAX_BYTES - STAGE_LOG_TAIL_BYTES - MARKER_BYTES;
   const tail = tailKeeper(STAGE_LOG_TAIL_BYTES);
@@ -135,12 +130,12 @@ export function openStageLog(redis: Redis, prefix: string, jobId: string, option
     buffer = '';
     enqueue(async () => {
       if (text) take(text);
-      if (tailDirty && (closing || Date.now() - tailWrittenAt >= tailFlushMs)) writeTail();
+      if (tailDirty && (closing || Date.now() - tailWrittenAt >= TAIL_FLUSH_MS)) writeTail();
     });
     return chain;
   };
 
-  const timer = setInterval(flush, flushMs);
+  const timer = setInterval(flush, FLUSH_MS);
   timer.unref();
   return {
     write(text: string) {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { checkBash, checkSetpriv, deleteFilesOf, hostKnowsUser, killUserProcesses, untraversable, type BuildUser } from '@conveyor/runner';
 import { processesOfUser } from '@conveyor/procfs';
-import { adoptLegacyClaims, DEFAULT_UID_CLAIMS_DIR, LEGACY_CLAIMS_DIR, openUidClaims, ownPidNamespace, type FoundClaim, type UidClaims } from './uid-claims.js';
+import { adoptLegacyClaims, DEFAULT_UID_CLAIMS_DIR, exists, LEGACY_CLAIMS_DIR, openUidClaims, ownPidNamespace, type FoundClaim, type UidClaims } from './uid-claims.js';
 
 const exec = promisify(execFile);
 
@@ -114,7 +114,6 @@ export async function stopAllAppUsers(deployDir: string, claimsDir: string): Pro
   await new ClaimedAppUsers(claims, dir, DEFAULT_DEPLOY_UIDS, 0, (u) => killUserProcesses(u)).stopEverything();
 }
 
-const exists = (path: string) => lstat(path).then(() => true, () => false);
 
 class ClaimedAppUsers implements AppUsers {
   readonly summary: string;

@@ -79,7 +79,7 @@ describe('LocalProcessTarget', () => {
       { runId: 'run-live-2', url: (second as { url: string }).url, previousServing: true },
     ]);
     await expect(fetch(previous)).rejects.toThrow();
-    await stopAllDeployments(join(root, 'deployments'), 1000);
+    await stopAllDeployments(join(root, 'deployments'), 1000, { claimsDir: join(root, 'uid-claims') });
   }, 60_000);
 
   it('fails at once when the command has ended and been reaped before the health wait began', async () => {

@@ -132,7 +132,7 @@ export async function openUidClaims(dir: string): Promise<UidClaims> {
   return new UidClaims(dir);
 }
 
-const exists = (path: string) => lstat(path).then(() => true, () => false);
+export const exists = (path: string) => lstat(path).then(() => true, () => false);
 
 /**
  * Moves the claims an older deployer left in `<deployDir>/.uids` into the register, their times kept

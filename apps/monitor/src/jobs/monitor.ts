@@ -1,5 +1,4 @@
-import { z } from 'zod';
-import { liveDeploymentKey, RunId } from '@conveyor/contracts';
+import { liveDeploymentKey, parseLiveDeployment } from '@conveyor/contracts';
 import { openStageLog, PermanentJobError, redeliveryNote, type Redis, type StageHandler } from '@conveyor/service-kit';
 import { probeUrl, UnsafeProbeUrlError } from '../domain/probe-url.js';
 import { verify } from '../domain/verify.js';
@@ -29,24 +28,14 @@ export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 /**
- * The version serving `pipeline` now, when it is not the one at `url`: the deployer records each version it
- * puts live before stopping the one it replaces. Nothing recorded, or unreadable, is not a replacement.
+ * The version serving `pipeline` now, when it is another run's: the deployer records each version it puts
+ * live before stopping the one it replaces. Nothing recorded, or unreadable (Redis away, a foreign value),
+ * is no replacement: the failed probe counts.
  */
-async function replacedBy(redis: Redis, prefix: string, pipeline: string, url: string): Promise<{ runId: string; url: string } | undefined> {
-  // Unreadable (Redis away, a foreign value): no replacement known, so the failed probe counts.
-  const text = await redis.get(liveDeploymentKey(prefix, pipeline)).catch(() => null);
-  if (text === null) return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  const live = LiveDeployment.safeParse(value);
-  return live.success && live.data.url !== url ? { runId: live.data.runId, url: live.data.url } : undefined;
+async function replacedBy(redis: Redis, prefix: string, pipeline: string, runId: string): Promise<{ runId: string; url: string } | undefined> {
+  const live = parseLiveDeployment(await redis.get(liveDeploymentKey(prefix, pipeline)).catch(() => null));
+  return live && live.runId !== runId ? { runId: live.runId, url: live.url } : undefined;
 }
-
-const LiveDeployment = z.object({ runId: RunId, url: z.string() });
 
 /** Handles a MonitorJob: probes what the deploy stage deployed and reports the probe statistics. */
 export function createMonitorHandler(deps: MonitorHandlerDeps): StageHandler<'monitor'> {
@@ -70,7 +59,7 @@ export function createMonitorHandler(deps: MonitorHandlerDeps): StageHandler<'mo
         now: deps.now ?? (() => performance.now()),
         signal: ctx.signal,
         onProbe: (n, r) => log.write(`probe ${n}: ${r.ok ? 'ok' : 'FAILED'} ${r.detail} in ${r.ms} ms\n`),
-        replacedBy: () => replacedBy(deps.redis, deps.prefix, job.pipeline, job.url),
+        replacedBy: () => replacedBy(deps.redis, deps.prefix, job.pipeline, job.runId),
       });
       log.write(`${report.status}: ${report.message}\n`);
       return { status: report.status, message: report.message, output: { probes: report.probes, ...(report.supersededBy ? { supersededBy: report.supersededBy } : {}) } };

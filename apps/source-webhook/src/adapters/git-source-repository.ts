@@ -55,8 +55,12 @@ export class GitSourceRepository implements SourceRepository {
     private readonly cacheDir: string,
     private readonly store: ArtifactStore,
     private readonly timeoutMs = 10 * 60_000,
-    private readonly maxBytes = store.maxBytes ?? DEFAULT_ARTIFACT_MAX_BYTES,
   ) {}
+
+  /** The store's limit: a snapshot over it is stopped while git writes it. */
+  private get maxBytes(): number {
+    return this.store.maxBytes ?? DEFAULT_ARTIFACT_MAX_BYTES;
+  }
 
   private async git(args: string[], cwd?: string): Promise<string> {
     return this.run('git', args, cwd, `git ${args[0]}`);
@@ -140,10 +144,7 @@ export class GitSourceRepository implements SourceRepository {
     try {
       // Counted as git writes it: past the limit git is stopped, long before the disk fills.
       await this.run('git', ['archive', '--format=tar', commit], mirror, 'git archive', { path: tmp, maxBytes: this.maxBytes });
-      const artifact = await this.store.putTar(input.artifactKey, tmp).catch((err: unknown) => {
-        // A store whose limit is lower than this snapshot's.
-        throw err instanceof ArtifactTooLargeError ? new PermanentJobError(new ArtifactTooLargeError(err.limit, SNAPSHOT).message) : err;
-      });
+      const artifact = await this.store.putTar(input.artifactKey, tmp);
       input.log(`[source] stored snapshot ${artifact.key} (${artifact.bytes} bytes, sha256 ${artifact.sha256})\n`);
       return { commit, artifact };
     } finally {
