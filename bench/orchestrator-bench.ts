@@ -176,7 +176,7 @@ export async function orchestrated(url: string, runs: number, concurrency: numbe
   const result = await timed(producer, runs, async () => {
     await Promise.all(Array.from({ length: runs }, () => orchestrator.startRun(BENCH_PIPELINE, { type: 'manual', ref: 'refs/heads/main' })));
     // SCARD, not SMEMBERS: watching must not load the system it measures.
-    while ((await producer.scard(`${prefix}:runs:active`)) > 0) await new Promise((r) => setTimeout(r, 5));
+    while ((await producer.scard(`${prefix}:active-runs`)) > 0) await new Promise((r) => setTimeout(r, 5));
   });
   const finished = await runsStore.listByPipeline('bench', runs);
   const succeeded = finished.filter((r) => r.status === 'SUCCEEDED').length;

@@ -1,6 +1,7 @@
 import { z } from 'zod';
+import { ArtifactLimitEnv } from '@conveyor/artifacts';
 import { BuildUserEnv } from '@conveyor/runner';
-import { ArtifactLimitEnv, BaseEnv, parseEnv, RedisFenceEnv } from '@conveyor/service-kit';
+import { BaseEnv, parseEnv, RedisFenceEnv } from '@conveyor/service-kit';
 
 export const Env = BaseEnv.extend({
   PORT: z.coerce.number().int().min(0).max(65535).default(7002),

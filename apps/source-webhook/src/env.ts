@@ -1,5 +1,9 @@
 import { z } from 'zod';
-import { ArtifactLimitEnv, BaseEnv, parseEnv } from '@conveyor/service-kit';
+import { ArtifactLimitEnv } from '@conveyor/artifacts';
+import { BaseEnv, parseEnv } from '@conveyor/service-kit';
+
+/** setTimeout's longest delay (about 24.8 days): a longer one fires at once, every time. */
+const MAX_TIMER_MS = 2_147_483_647;
 
 export const Env = BaseEnv.extend({
   PORT: z.coerce.number().int().min(0).max(65535).default(7001),
@@ -10,7 +14,14 @@ export const Env = BaseEnv.extend({
   ...ArtifactLimitEnv,
   WEBHOOK_BODY_LIMIT: z.coerce.number().int().min(1024).default(25 * 1024 * 1024),
   /** How often active runs are checked for lost jobs and unsent enqueues. */
-  RECONCILE_INTERVAL_MS: z.coerce.number().int().min(100).default(10_000),
+  RECONCILE_INTERVAL_MS: z.coerce.number().int().min(100).max(MAX_TIMER_MS).default(10_000),
+  /**
+   * Artifact retention: the newest this many finished runs of each pipeline keep their artifacts (with any
+   * run not finished, and the one whose version serves); older runs' are removed. 0 keeps everything.
+   */
+  ARTIFACT_RETENTION_RUNS: z.coerce.number().int().min(0).max(1_000_000).default(20),
+  /** How often artifact retention runs (each replica runs it; passes are cheap and safe together). */
+  ARTIFACT_PRUNE_INTERVAL_MS: z.coerce.number().int().min(1000).max(MAX_TIMER_MS).default(300_000),
   /** Results a dead orchestrator replica left unacknowledged this long are taken over. */
   RESULTS_CLAIM_IDLE_MS: z.coerce.number().int().min(100).default(30_000),
 });

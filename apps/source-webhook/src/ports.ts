@@ -1,4 +1,5 @@
 import type { ArtifactRef, PipelineDefinition, Run, RunEvent, StageJob } from '@conveyor/contracts';
+import type { RunSummary } from './domain/artifact-retention.js';
 
 /** The one recorded outcome of an accepted webhook delivery. */
 export interface DeliveryDecision {
@@ -65,4 +66,18 @@ export interface CancelledJob {
 export interface SourceRepository {
   /** `commitOnRef`: `commit` must be `ref`'s or one of its ancestors (a manual run's; a push's ref may have moved on since). */
   snapshot(input: { repository: string; ref: string; commit?: string; commitOnRef?: boolean; artifactKey: string; log: (line: string) => void }): Promise<{ commit: string; artifact: ArtifactRef }>;
+}
+
+/** What artifact retention reads besides the artifacts themselves (domain/artifact-retention.ts). */
+export interface RetentionReader {
+  /** The records of these runs (pipelined, 2000 a round trip): absent when none is stored, 'unreadable' when it does not parse. */
+  runRecords(runIds: readonly string[]): Promise<Map<string, RunSummary | 'unreadable'>>;
+  /** The runs whose versions serve now, for those of these pipelines the deployer recorded one for. */
+  liveRuns(pipelines: readonly string[]): Promise<LiveRuns>;
+}
+
+export interface LiveRuns {
+  runIds: Set<string>;
+  /** Pipelines whose live record does not parse: which of their runs serves is not known. */
+  unreadable: Set<string>;
 }

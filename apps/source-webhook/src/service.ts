@@ -5,7 +5,10 @@ import { closeQueue, closeRedis, closeWorker, createQueue, createRedis, createRe
 import { BullJobDispatcher } from './adapters/bull-job-dispatcher.js';
 import { GitSourceRepository } from './adapters/git-source-repository.js';
 import { RedisPipelineStore } from './adapters/redis-pipeline-store.js';
+import { RedisRetentionReader } from './adapters/redis-retention-reader.js';
 import { RedisRunStore } from './adapters/redis-run-store.js';
+import { ArtifactPruner } from './artifact-pruner.js';
+import { ORPHAN_GRACE_MS } from './domain/artifact-retention.js';
 import type { Env } from './env.js';
 import { buildServer } from './http/server.js';
 import { ResultsConsumer } from './jobs/results-consumer.js';
@@ -14,6 +17,9 @@ import { Orchestrator } from './orchestrator.js';
 import { WebhookIntake } from './webhook-intake.js';
 
 /** Wires the control plane: stores, queues, orchestrator, workers, HTTP. Listening is the caller's. */
+/** The first artifact retention pass, after start (unless the interval is shorter). */
+const FIRST_PRUNE_MS = 30_000;
+
 export function composeService(env: Env, logger: Logger) {
   const prefix = env.QUEUE_PREFIX;
   // Producer connection fails fast (HTTP answers 503); worker connection blocks and retries.
@@ -57,6 +63,26 @@ export function composeService(env: Env, logger: Logger) {
     reconciler.unref();
   };
 
+  const pruner = new ArtifactPruner({
+    store: artifacts,
+    reader: new RedisRetentionReader(redis, prefix),
+    logger,
+    policy: { keepRuns: env.ARTIFACT_RETENTION_RUNS, orphanGraceMs: ORPHAN_GRACE_MS },
+  });
+  let pruneTimer: NodeJS.Timeout | undefined;
+  let prunePass: Promise<unknown> = Promise.resolve();
+  // The first pass comes soon after start, not a whole interval later: a replica restarted more often
+  // than the interval still prunes.
+  const schedulePrune = (delay = env.ARTIFACT_PRUNE_INTERVAL_MS) => {
+    pruneTimer = setTimeout(() => {
+      prunePass = pruner
+        .prune()
+        .catch((err) => logger.warn({ err }, 'artifact pruning failed'))
+        .finally(() => !stopped && schedulePrune());
+    }, delay);
+    pruneTimer.unref();
+  };
+
   const app = buildServer({
     logger,
     registry: createRegistry('source-webhook'),
@@ -79,6 +105,7 @@ export function composeService(env: Env, logger: Logger) {
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
     { name: 'reconciler', run: () => ((stopped = true), clearTimeout(reconciler), orchestrator.close()) },
+    { name: 'artifact retention', run: () => (clearTimeout(pruneTimer), within(prunePass, 5000, 'artifact pruning').catch(() => undefined)) },
     { name: 'workers', run: () => Promise.all([closeWorker(sourceWorker, env.SHUTDOWN_DRAIN_SECONDS * 1000, logger), within(results.stop(), 5000, 'results consumer').catch(() => undefined)]) },
     { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => closeQueue(q))) },
     { name: 'redis', run: () => Promise.all([redis, workerRedis, queueRedis, resultsRedis].map((c) => closeRedis(c))) },
@@ -89,6 +116,7 @@ export function composeService(env: Env, logger: Logger) {
     await results.start();
     await orchestrator.reconcile().catch((err) => logger.warn({ err }, 'start-up reconcile failed'));
     scheduleReconcile();
+    if (env.ARTIFACT_RETENTION_RUNS > 0) schedulePrune(Math.min(env.ARTIFACT_PRUNE_INTERVAL_MS, FIRST_PRUNE_MS));
   };
   return { app, orchestrator, pipelines, runs, start, shutdown };
 }

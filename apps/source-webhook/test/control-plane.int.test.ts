@@ -8,6 +8,7 @@ import { Redis } from 'ioredis';
 import { cancelledJobKey, PipelineDefinition, QUEUES, type RunView, type StageJob } from '@conveyor/contracts';
 import { createLogger, createQueue } from '@conveyor/service-kit';
 import { commitFiles, git, initRepo, recordCancelNotices, testRedis, uniquePrefix } from '@conveyor/testing';
+import { TRIGGER_GLOB_LIMITS } from '../src/domain/triggers.js';
 import { loadEnv } from '../src/env.js';
 import { composeService } from '../src/service.js';
 import { BullJobDispatcher } from '../src/adapters/bull-job-dispatcher.js';
@@ -533,5 +534,42 @@ describe('reconciler', () => {
     expect(run.status).toBe('FAILED');
     expect(run.stages[0]).toMatchObject({ status: 'FAILED', message: 'malformed source job' });
     await deaf.close();
+  });
+});
+
+describe('trigger globs', () => {
+  /** Against a file named `a`×120, picomatch's regex for this glob backtracks for hours. */
+  const CATASTROPHIC = `${'*a'.repeat(10)}*b`;
+  const DEEP = `${'!('.repeat(33)}a${')'.repeat(33)}`;
+  const definition = (name: string, filePaths: { include: string[]; exclude?: string[] }) => ({
+    name,
+    source: { provider: 'github', repository: `file://${dir}/globs-repo`, webhookSecret: SECRET, triggers: [{ event: 'push', branches: { include: ['main'] }, filePaths }] },
+    stages: [{ name: 'Build', type: 'build' }],
+  });
+  const define = (payload: Record<string, unknown>) => service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: auth, payload });
+
+  it('a definition whose trigger glob nests too deep is a 400 naming the field, and is not stored', async () => {
+    const res = await define(definition('deep', { include: ['src/**'], exclude: ['docs/**', DEEP] }));
+    expect(res.statusCode).toBe(400);
+    expect(res.headers['content-type']).toContain('application/problem+json');
+    expect(res.json().errors).toEqual([{ path: 'source.triggers.0.filePaths.exclude.1', message: 'the glob nests ( and { groups 33 deep, more than the 32 allowed; simplify it' }]);
+    expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/deep', headers: auth })).statusCode).toBe(404);
+  });
+
+  it('a push whose changed file makes a trigger glob backtrack runs nothing: one decision, whose reason names the glob', async () => {
+    expect((await define(definition('slow', { include: ['src/**', CATASTROPHIC] }))).statusCode).toBe(201);
+    const body = JSON.stringify({ ref: 'refs/heads/main', after: 'c'.repeat(40), repository: { clone_url: `file://${dir}/globs-repo` }, commits: [{ added: ['a'.repeat(120)] }] });
+    const res = await sendPush(body, 'd-globs-1', sign(body), 'push', '/webhooks/github/slow');
+    const digest = createHash('sha256').update(body).digest('hex');
+    const reason = `source.triggers.0.filePaths.include.1: the glob "${CATASTROPHIC}" took longer than ${TRIGGER_GLOB_LIMITS.perGlobMs / 1000} s to match; simplify it`;
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toMatchObject({ skipped: true, reason, runs: [{ pipeline: 'slow', outcome: 'skipped', duplicate: false }] });
+    const recorded = await redis.keys(`${prefix}:delivery:github:sha256:${digest}:*`);
+    expect(recorded).toEqual([`${prefix}:delivery:github:sha256:${digest}:slow`]);
+    expect(JSON.parse((await redis.get(recorded[0]!))!)).toMatchObject({ outcome: 'skipped', reason });
+    const runs = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/slow/runs', headers: auth });
+    expect(runs.json().runs).toEqual([]);
+    // The control plane still answers.
+    expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/slow', headers: auth })).statusCode).toBe(200);
   });
 });

@@ -14,3 +14,22 @@ export interface ArtifactStore {
   /** Unpacks the artifact into `dir`, checking its digest; entries may not escape `dir`. */
   extractTo(ref: ArtifactRef, dir: string): Promise<void>;
 }
+
+/** The artifacts a store holds for one run (everything under `runs/<runId>/`). */
+export interface StoredRunArtifacts {
+  runId: string;
+  /** When the run's artifacts last changed (the last one written), in ms since the epoch. */
+  modifiedAt: number;
+}
+
+/** What artifact retention needs of a store: the runs it holds artifacts of, and removing them. */
+export interface PrunableArtifactStore {
+  /** Every run with artifacts in the store; entries that are not a run's (other names, links) are left out. */
+  listRuns(): Promise<StoredRunArtifacts[]>;
+  /**
+   * Removes all of a run's artifacts and returns the bytes freed; undefined when it had none (or another
+   * replica removed them first): removing twice is fine. Throws on an id that is not a plain run id,
+   * removing nothing.
+   */
+  removeRun(runId: string): Promise<number | undefined>;
+}

@@ -6,7 +6,8 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { create, extract } from 'tar';
 import type { ArtifactRef } from '@conveyor/contracts';
-import type { ArtifactStore } from './artifact-store.js';
+import type { ArtifactStore, PrunableArtifactStore, StoredRunArtifacts } from './artifact-store.js';
+import { listRunDirs, removeRunDir, RUNS_DIR } from './fs-run-retention.js';
 
 const KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]*$/;
 
@@ -85,7 +86,7 @@ export interface FsArtifactStoreOptions {
 }
 
 /** Artifacts as tar files under one local directory. The default store on one machine. */
-export class FsArtifactStore implements ArtifactStore {
+export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore {
   readonly root: string;
   readonly maxBytes: number;
   constructor(root: string, options: FsArtifactStoreOptions = {}) {
@@ -174,6 +175,16 @@ export class FsArtifactStore implements ArtifactStore {
     }
   }
 
+  /** The runs with artifacts here: real directories under `runs/` named as run ids (fs-run-retention.ts). */
+  listRuns(): Promise<StoredRunArtifacts[]> {
+    return listRunDirs(this.root);
+  }
+
+  /** Removes `runs/<runId>/` whole, confined to it (fs-run-retention.ts). */
+  removeRun(runId: string): Promise<number | undefined> {
+    return removeRunDir(this.root, runId);
+  }
+
   async extractTo(ref: ArtifactRef, dir: string): Promise<void> {
     const path = this.pathFor(ref.key);
     const actual = await sha256File(path);
@@ -240,5 +251,5 @@ async function placeLink(dir: string, path: string, target: string, key: string)
 
 /** Keys used by the stages, in one place: `runs/<runId>/<stage>-<attempt>.tar`. */
 export function artifactKey(runId: string, stage: string, attempt: number): string {
-  return join('runs', runId, `${stage}-${attempt}.tar`).split(sep).join('/');
+  return join(RUNS_DIR, runId, `${stage}-${attempt}.tar`).split(sep).join('/');
 }

@@ -1,2 +1,3 @@
 export * from './artifact-store.js';
 export * from './fs-artifact-store.js';
+export * from './env.js';

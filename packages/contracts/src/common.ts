@@ -3,11 +3,7 @@ import { z } from 'zod';
 /** Every message kind carries its contract version; changes are additive within a version. */
 export const ContractVersion = z.literal(1);
 
-export const PipelineName = z
-  .string()
-  .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must match ^[a-z0-9][a-z0-9-]{0,62}$')
-  // `runs:<pipeline>` lists a pipeline's runs in the run store, next to `runs:active`.
-  .refine((name) => name !== 'active', 'active is reserved');
+export const PipelineName = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must match ^[a-z0-9][a-z0-9-]{0,62}$');
 export type PipelineName = z.infer<typeof PipelineName>;
 
 /** Stage names appear inside job ids (`<runId>.<stage>.<attempt>`), so no dots or colons. */

@@ -1,7 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { GitRefName, PipelineDefinition, Run, RunEvent, SourceEvent, StageJob, StageResult, StartRunBody, stageJobId, toPipelineView, toRunView } from './index.js';
+import { GitRefName, PipelineDefinition, PipelineName, Run, RunEvent, SourceEvent, StageJob, StageResult, StartRunBody, stageJobId, toPipelineView, toRunView } from './index.js';
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures');
 const load = async (version: string, name: string) => JSON.parse(await readFile(join(FIXTURES, version, name), 'utf8'));
@@ -42,7 +42,6 @@ describe('PipelineDefinition', () => {
 
   it.each([
     [{ ...base, name: 'Has Caps' }, 'name'],
-    [{ ...base, name: 'active' }, 'name'],
     [{ ...base, source: { ...base.source, repository: 'https://user:token@github.com/o/r.git' } }, 'source.repository'],
     [{ ...base, source: { ...base.source, repository: 'ftp://x' } }, 'source.repository'],
     [{ ...base, source: { ...base.source, repository: 'https://ghp_token123@github.com/o/r.git' } }, 'source.repository'],
@@ -69,6 +68,12 @@ describe('PipelineDefinition', () => {
     }
     expect(StartRunBody.safeParse({ ref: '--upload-pack=x' }).success).toBe(false);
     expect(PipelineDefinition.parse({ ...base, stages: [{ name: 'B', type: 'build', buildspec: 'ci/buildspec.yml' }] }).stages[0]).toMatchObject({ buildspec: 'ci/buildspec.yml' });
+  });
+
+  it('accepts any name of the pattern, `active` too (the run store no longer keeps a key beside `runs:<pipeline>`)', () => {
+    for (const name of ['active', 'a', 'hello-service', '0-x']) expect(PipelineDefinition.safeParse({ ...base, name }).success, name).toBe(true);
+    expect(PipelineName.parse('active')).toBe('active');
+    expect(Run.shape.pipeline.safeParse('active').success).toBe(true);
   });
 
   it('accepts ssh and scp-style addresses with a plain user name', () => {

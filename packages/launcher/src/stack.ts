@@ -62,7 +62,7 @@ export const PASSED_THROUGH = [
   /^QUEUE_PREFIX$/,
   /^REDIS_FENCE$/,
   /^WEBHOOK_BODY_LIMIT$/,
-  /^ARTIFACT_MAX_BYTES$/,
+  /^ARTIFACT_(MAX_BYTES|RETENTION_RUNS|PRUNE_INTERVAL_MS)$/,
   /^(RECONCILE_INTERVAL_MS|RESULTS_CLAIM_IDLE_MS|EVENTS_CLAIM_IDLE_MS)$/,
   /^BUILD_(UID|GID|UIDS|UID_LOCK_DIR|MAX_PROCESSES)$/,
   /^DEPLOY_(UIDS|UID_CLAIMS_DIR|MAX_PROCESSES|STOP_GRACE_SECONDS|KEEP_VERSIONS|OUTPUT_MAX_BYTES)$/,
@@ -99,6 +99,19 @@ export async function waitReady(url: string, child: ChildProcess, name: string, 
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`${name} not ready after 60 s; see ${logFile}`);
+}
+
+/**
+ * Waits for `ready`. A child that never gets there is stopped (SIGTERM, then SIGKILL after `graceMs`)
+ * before the error is passed on, so a start tried again does not leave this one running unwatched.
+ */
+export async function readyOrStopped(child: ChildProcess, ready: Promise<void>, graceMs: number): Promise<void> {
+  try {
+    await ready;
+  } catch (err) {
+    await stopProcess(child, graceMs);
+    throw err;
+  }
 }
 
 function stopProcess(child: ChildProcess, graceMs = 10_000): Promise<void> {
@@ -173,13 +186,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     child.stderr!.pipe(log, { end: false });
     child.once('exit', () => log.end());
     processes.set(name, child);
-    try {
-      await waitReady(urls[name], child, name, logFile);
-    } catch (err) {
-      // Never ready: stopped, so a start tried again does not leave this one running unwatched.
-      await stopProcess(child, 5000);
-      throw err;
-    }
+    await readyOrStopped(child, waitReady(urls[name], child, name, logFile), 5000);
     return child;
   };
 

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ServiceName } from './stack.js';
-import { waitReady } from './stack.js';
+import { readyOrStopped, waitReady } from './stack.js';
 import { RESTARTS_PER_MINUTE, superviseServices } from './supervise.js';
 
 const started: ChildProcess[] = [];
@@ -84,6 +84,29 @@ describe('superviseServices', () => {
     await until(() => child.signalCode !== null);
     // Were the signal missed, it would poll /readyz for 60 s: far past this test's timeout.
     await expect(waitReady('http://127.0.0.1:1', child, 'build', '/nonexistent/build.log')).rejects.toThrow('build was killed by SIGKILL before it was ready; see /nonexistent/build.log');
+  });
+
+  it('a start that never becomes ready is stopped before its error is passed on', async () => {
+    const child = run('sleep 100');
+    await expect(readyOrStopped(child, Promise.reject(new Error('build not ready after 60 s')), 5000)).rejects.toThrow('build not ready after 60 s');
+    // Stopped by then, not left running unwatched.
+    expect(child.signalCode).toBe('SIGTERM');
+  });
+
+  it('a never-ready start that ignores SIGTERM is killed after the grace time', async () => {
+    // The trap is set before the sleep starts; the sleep is waited for in pieces so bash sees the signal.
+    const child = spawn('bash', ['-c', 'trap "" TERM; echo armed; while :; do sleep 0.05; done'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    started.push(child);
+    await new Promise((resolve) => child.stdout!.once('data', resolve));
+    await expect(readyOrStopped(child, Promise.reject(new Error('never ready')), 200)).rejects.toThrow('never ready');
+    expect(child.signalCode).toBe('SIGKILL');
+  });
+
+  it('a start that becomes ready is left running', async () => {
+    const child = run('sleep 100');
+    await readyOrStopped(child, Promise.resolve(), 200);
+    expect(child.exitCode).toBeNull();
+    expect(child.signalCode).toBeNull();
   });
 
   it('gives up on a service that keeps ending, and says nothing while the launcher stops', async () => {

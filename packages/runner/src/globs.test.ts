@@ -5,7 +5,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
-import { GLOB_LIMITS } from './glob-matcher.js';
+import { GLOB_LIMITS } from '@conveyor/globs';
 import { fileSelection, FileSelectionError, readSelectedFile, resolveFiles, stageFiles, type FileSelection } from './globs.js';
 
 const isRoot = process.getuid?.() === 0;

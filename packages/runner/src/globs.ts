@@ -1,8 +1,8 @@
 import { cp, link, lstat, mkdir, readdir, readlink, realpath, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, posix, relative, resolve, sep } from 'node:path';
 import picomatch from 'picomatch';
+import { checkGlobShape, GlobError, GlobMatcher, type Glob } from '@conveyor/globs';
 import { FileSelectionError } from './file-selection-error.js';
-import { checkGlobShape, GlobMatcher, type Glob } from './glob-matcher.js';
 import { fileOwner, openOwnedFile, readOwnedFile } from './safe-files.js';
 import type { BuildUser } from './shell-process.js';
 
@@ -38,7 +38,6 @@ export interface ResolvedFiles {
   entries: Array<{ path: string; name: string; symlink?: 'content' | 'link' }>;
 }
 
-// Defined beside GlobMatcher, which throws it too; still exported from here.
 export { FileSelectionError };
 
 const MAX_ENTRIES = 1_000_000;
@@ -208,6 +207,16 @@ function flatten(files: readonly string[], discard: boolean, field: string): Res
  * device. Lists only: read the files with readSelectedFile or stageFiles, which check what they open.
  */
 export async function resolveFiles(workspace: string, selection: FileSelection): Promise<ResolvedFiles> {
+  try {
+    return await resolveSelection(workspace, selection);
+  } catch (err) {
+    // The glob package's refusals (shape, time, compiling) are file selection errors to our callers.
+    if (err instanceof GlobError) throw new FileSelectionError(err.message, { cause: err });
+    throw err;
+  }
+}
+
+async function resolveSelection(workspace: string, selection: FileSelection): Promise<ResolvedFiles> {
   const label = selection.label ?? 'artifacts';
   // The build owns the directory around its workspace: it may have put a symlink to anywhere in its place.
   if ((await lstat(workspace)).isSymbolicLink()) throw new FileSelectionError(`${label}: the workspace ${workspace} was replaced by a symlink; nothing is read from it`);

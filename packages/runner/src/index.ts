@@ -3,7 +3,7 @@ export * from './on-failure.js';
 export * from './bash-session.js';
 export * from './orphans.js';
 export * from './globs.js';
-export { GLOB_LIMITS, type GlobLimits } from './glob-matcher.js';
+export { GLOB_LIMITS, type GlobLimits } from '@conveyor/globs';
 export * from './junit.js';
 export * from './codebuild-env.js';
 export * from './buildspec-job.js';

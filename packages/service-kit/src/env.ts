@@ -18,14 +18,6 @@ export const BaseEnv = z.object({
 });
 export type BaseEnv = z.infer<typeof BaseEnv>;
 
-/**
- * For the services that write artifacts (source-webhook's snapshots, build's artifacts): the largest one
- * stored, in bytes (at least 1 MiB; default 2 GiB, the artifact store's own default). Past it the stage
- * fails naming the setting.
- */
-export const ArtifactLimitEnv = {
-  ARTIFACT_MAX_BYTES: z.coerce.number().int().min(1024 * 1024).max(Number.MAX_SAFE_INTEGER).default(2 * 1024 ** 3),
-};
 
 /** An optional secret such as an API token: unset or empty means off; set, it must be 16+ characters. */
 export const OptionalSecret = z.preprocess((v) => (v === '' ? undefined : v), z.string().min(16, 'at least 16 characters').optional());

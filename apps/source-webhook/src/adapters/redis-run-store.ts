@@ -5,6 +5,7 @@ import type { CreateOutcome, DeliveryDecision, RunStore, RunUpdate } from '../po
 interface Scripts {
   conveyorCreateRun(...args: (string | number)[]): Promise<number | string>;
   conveyorUpdateRuns(...args: (string | number)[]): Promise<number[]>;
+  conveyorActiveRuns(...args: string[]): Promise<string[]>;
 }
 
 const EVENTS_MAXLEN = 10_000;
@@ -22,6 +23,12 @@ if decision ~= '' then
   if seen then return seen end
 end
 if redis.call('EXISTS', runKey) == 1 then return 0 end
+-- A pipeline named active: its index is where earlier versions kept the active set (see ACTIVE_RUNS), which
+-- one still running may have made again. Folded in first, so the ZADD below cannot fail half-way.
+if redis.call('TYPE', pipelineRunsKey).ok == 'set' then
+  redis.call('SUNIONSTORE', activeKey, activeKey, pipelineRunsKey)
+  redis.call('DEL', pipelineRunsKey)
+end
 redis.call('HSET', runKey, 'version', version, 'json', json, 'plan', plan)
 redis.call('ZADD', pipelineRunsKey, score, runId)
 redis.call('SADD', activeKey, runId)
@@ -74,6 +81,27 @@ return saved
 `;
 
 /**
+ * The active set, after folding into it the one earlier versions kept at `runs:active`, where a
+ * pipeline named `active` now keeps its runs. Only a SET there is theirs (a pipeline's index is a
+ * sorted set): its ids are added and it is deleted in one step, so no write to it falls between the
+ * two. Old replicas still running during an upgrade may create that SET again: each call folds in what
+ * they added, and costs one TYPE when there is nothing to fold.
+ */
+const ACTIVE_RUNS = `
+local activeKey, legacyKey = KEYS[1], KEYS[2]
+if redis.call('TYPE', legacyKey).ok == 'set' then
+  redis.call('SUNIONSTORE', activeKey, activeKey, legacyKey)
+  redis.call('DEL', legacyKey)
+end
+return redis.call('SMEMBERS', activeKey)
+`;
+
+/** The hash of one run (fields `version`, `json`, `plan`): written here, also read by artifact retention. */
+export function runKey(prefix: string, runId: string): string {
+  return `${prefix}:run:${runId}`;
+}
+
+/**
  * Run records in Redis: a hash per run (version, the run's JSON without its plan, and the plan, which
  * never changes and so is written once), a sorted set per pipeline, a set of active runs.
  */
@@ -85,6 +113,7 @@ export class RedisRunStore implements RunStore {
     redis.defineCommand('conveyorCreateRun', { numberOfKeys: 5, lua: CREATE_RUN });
     // The key count varies with the batch: it is the first argument.
     redis.defineCommand('conveyorUpdateRuns', { lua: UPDATE_RUNS });
+    redis.defineCommand('conveyorActiveRuns', { numberOfKeys: 2, lua: ACTIVE_RUNS });
   }
 
   private get scripts(): Scripts {
@@ -95,25 +124,37 @@ export class RedisRunStore implements RunStore {
     return [this.prefix, ...parts].join(':');
   }
 
+  /** Not under `runs:`, where every pipeline name makes a key of its own. */
+  private get activeKey(): string {
+    return this.key('active-runs');
+  }
+
   async nextRunNumber(pipeline: string): Promise<number> {
     return this.redis.incr(this.key('pipeline', pipeline, 'seq'));
   }
 
   async get(runId: string): Promise<Run | undefined> {
-    const [json, plan] = await this.redis.hmget(this.key('run', runId), 'json', 'plan');
+    const replies = await this.redis.pipeline().hmget(runKey(this.prefix, runId), 'json', 'plan').sismember(this.activeKey, runId).exec();
+    const [[readErr, fields], [listErr, listed]] = replies as [[Error | null, (string | null)[]], [Error | null, number]];
+    if (readErr || listErr) throw readErr ?? listErr;
+    const [json, plan] = fields;
     if (!json) return undefined;
     const run = parseRun(json, plan ?? null);
     // A run stored before the plan had a field of its own carries it in its JSON: give it the field
     // now, before a transition rewrites the JSON without it. Every update follows a read like this
     // one (the orchestrator caches only runs it stored itself).
-    if (!plan) await this.redis.hsetnx(this.key('run', runId), 'plan', JSON.stringify(run.plan));
+    if (!plan) await this.redis.hsetnx(runKey(this.prefix, runId), 'plan', JSON.stringify(run.plan));
+    // Ended, yet listed as active: during an upgrade a replica of an earlier version ended it and took it
+    // out of `runs:active` only, or it was folded in from there after it ended. The reconciler reads
+    // every listed run, so it leaves the list here.
+    if (listed === 1 && isTerminalRun(run)) await this.redis.srem(this.activeKey, runId);
     return run;
   }
 
   async create(run: Run, events: RunEvent[], delivery?: DeliveryDecision): Promise<CreateOutcome> {
     const reply = await this.scripts.conveyorCreateRun(
-      this.key('run', run.id),
-      this.key('runs', 'active'),
+      runKey(this.prefix, run.id),
+      this.activeKey,
       this.key('runs', run.pipeline),
       this.key(EVENTS_STREAM),
       delivery ? this.deliveryKey(delivery.key) : this.key('delivery', '-'),
@@ -134,10 +175,10 @@ export class RedisRunStore implements RunStore {
 
   async update(updates: readonly RunUpdate[]): Promise<boolean[]> {
     if (updates.length === 0) return [];
-    const keys = [this.key('runs', 'active'), this.key(EVENTS_STREAM)];
+    const keys = [this.activeKey, this.key(EVENTS_STREAM)];
     const args: (string | number)[] = [EVENTS_MAXLEN, cancelNoticesKey(this.prefix), cancelChannel(this.prefix), Date.now(), CANCEL_NOTICE_WINDOW_MS, CANCELLED_MARK_TTL_SECONDS];
     for (const { run, expectedVersion, events, stopJobs = [] } of updates) {
-      keys.push(this.key('run', run.id));
+      keys.push(runKey(this.prefix, run.id));
       args.push(expectedVersion, run.version, stateJson(run), run.id, isTerminalRun(run) ? '1' : '0', events.length, stopJobs.length);
       for (const e of events) args.push(JSON.stringify(e));
       for (const jobId of stopJobs) args.push(cancelledJobKey(this.prefix, jobId), jobId);
@@ -187,13 +228,13 @@ export class RedisRunStore implements RunStore {
   }
 
   async activeRunIds(): Promise<string[]> {
-    return this.redis.smembers(this.key('runs', 'active'));
+    return this.scripts.conveyorActiveRuns(this.activeKey, this.key('runs', 'active'));
   }
 
   private async getMany(ids: string[]): Promise<Run[]> {
     if (ids.length === 0) return [];
     const pipeline = this.redis.pipeline();
-    for (const id of ids) pipeline.hmget(this.key('run', id), 'json', 'plan');
+    for (const id of ids) pipeline.hmget(runKey(this.prefix, id), 'json', 'plan');
     const replies = (await pipeline.exec()) ?? [];
     return replies.flatMap(([err, fields]) => {
       const [json, plan] = fields as [string | null, string | null];

@@ -1,5 +1,6 @@
 import picomatch from 'picomatch';
 import { describe, expect, it } from 'vitest';
+import { GlobError } from './glob-error.js';
 import { checkGlobShape, GLOB_LIMITS, GlobMatcher, type Glob } from './glob-matcher.js';
 
 /** `*a` nine times then `*b`, against a name of 45 `a`s: picomatch's regex backtracks for about 30 s. */
@@ -14,8 +15,18 @@ async function failure(work: Promise<unknown>): Promise<string> {
     (e: unknown) => e as Error,
   );
   if (!err) throw new Error('expected the match to fail');
-  expect(err.name).toBe('FileSelectionError');
+  expect(err).toBeInstanceOf(GlobError);
   return err.message;
+}
+
+function syncFailure(work: () => unknown): GlobError {
+  try {
+    work();
+  } catch (err) {
+    expect(err).toBeInstanceOf(GlobError);
+    return err as GlobError;
+  }
+  throw new Error('expected the match to fail');
 }
 
 describe('GlobMatcher', () => {
@@ -61,6 +72,7 @@ describe('checkGlobShape', () => {
     const deep = `${'!('.repeat(GLOB_LIMITS.maxNesting + 1)}a${')'.repeat(GLOB_LIMITS.maxNesting + 1)}`;
     expect(() => checkGlobShape(deep, 'artifacts.files[2]')).toThrow(/^artifacts\.files\[2\]: the glob nests \( and \{ groups 33 deep, more than the 32 allowed; simplify it$/);
     expect(() => checkGlobShape(`${'{a,'.repeat(33)}b${'}'.repeat(33)}`, 'f')).toThrow(/33 deep/);
+    expect(syncFailure(() => checkGlobShape(deep, 'source.triggers.0.branches.include.0'))).toMatchObject({ field: 'source.triggers.0.branches.include.0', problem: 'the glob nests ( and { groups 33 deep, more than the 32 allowed; simplify it' });
     expect(() => checkGlobShape('\\('.repeat(40), 'f')).not.toThrow(); // escaped: not a group
     expect(() => checkGlobShape('x'.repeat(GLOB_LIMITS.maxLength + 1), 'reports.unit.files[0]')).toThrow(/^reports\.unit\.files\[0\]: the glob is 4097 characters long, more than the 4096 allowed$/);
   });
@@ -72,6 +84,15 @@ describe('checkGlobShape', () => {
     // As deep as the glob-level limit allows, it still passes.
     expect(() => checkGlobShape(`${'!('.repeat(GLOB_LIMITS.maxNesting)}a${')'.repeat(GLOB_LIMITS.maxNesting)}`, 'f')).not.toThrow();
   });
+
+  it('refuses a glob picomatch cannot compile (it would silently match nothing)', () => {
+    for (const p of ['[z-a]', '!(', 'src/{a,b']) {
+      expect(syncFailure(() => checkGlobShape(p, 'source.triggers.0.filePaths.exclude.0')), p).toMatchObject({
+        field: 'source.triggers.0.filePaths.exclude.0',
+        problem: `"${p}" is not a glob that can be compiled (an unclosed bracket, brace or group, or a reversed range?)`,
+      });
+    }
+  });
 });
 
 describe('GlobMatcher: the section budget', () => {
@@ -81,5 +102,42 @@ describe('GlobMatcher: the section budget', () => {
     await new Promise((r) => setTimeout(r, 400));
     const hit = await matcher.match([{ field: 'artifacts.files[0]', pattern: '**/*.js' }], ['a.js', 'b.txt', 'c/d.js']);
     expect([...hit]).toEqual([1, 0, 1]);
+  });
+});
+
+describe('GlobMatcher.matchSync', () => {
+  it('selects what match and picomatch (dot: true) select', async () => {
+    const paths = ['src/a.ts', 'src/.hidden/b.ts', 'docs/x.md', '.github/workflows/ci.yml', 'release/1.2', 'release/old-1'];
+    for (const pattern of ['**/*', 'src/**', '**/*.md', '.github/**', 'release/!(old-*)', '{src,docs}/*']) {
+      const isMatch = picomatch(pattern, { dot: true });
+      const sync = new GlobMatcher('triggers').matchSync(globs('branches.include', pattern), paths);
+      expect([...sync], pattern).toEqual(paths.map((p) => (isMatch(p) ? 1 : 0)));
+      expect([...sync], pattern).toEqual([...(await new GlobMatcher('triggers').match(globs('branches.include', pattern), paths))]);
+    }
+  });
+
+  it('a glob that backtracks catastrophically fails within its time, naming its field', () => {
+    const started = performance.now();
+    const err = syncFailure(() => new GlobMatcher('source.triggers', { ...GLOB_LIMITS, perGlobMs: 100 }).matchSync(globs('filePaths.include', 'src/**', CATASTROPHIC), ['src/a', VICTIM]));
+    expect(err.message).toBe(`filePaths.include[1]: the glob "${CATASTROPHIC}" took longer than 0.1 s to match; simplify it`);
+    expect(err.field).toBe('filePaths.include[1]');
+    expect(err.problem).toBe(`the glob "${CATASTROPHIC}" took longer than 0.1 s to match; simplify it`);
+    expect(performance.now() - started).toBeLessThan(5000);
+  });
+
+  it('globs that together take longer than one glob may are tried one by one, and none is blamed', async () => {
+    const paths = Array.from({ length: 20_000 }, (_, i) => `src/m${i % 50}/f${i}.${['ts', 'md', 'json'][i % 3]}`);
+    const many = globs('filePaths.include', ...Array.from({ length: 100 }, (_, i) => `src/m${i}/**/*.{ts,json}`));
+    // Warm: each glob then takes one or two milliseconds over these paths, all of them together far more than 50.
+    const want = await new GlobMatcher('warm-up').match(many, paths);
+    const hit = new GlobMatcher('source.triggers', { ...GLOB_LIMITS, perGlobMs: 50, perSectionMs: 60_000 }).matchSync(many, paths);
+    expect([...hit]).toEqual([...want]);
+    expect(hit.filter((h) => h === 1).length).toBe(13_333); // the .ts and .json files
+  });
+
+  it('shares the section budget with the matcher\'s other calls', () => {
+    const matcher = new GlobMatcher('source.triggers', { ...GLOB_LIMITS, perGlobMs: 300, perSectionMs: 400 });
+    expect(syncFailure(() => matcher.matchSync(globs('a', CATASTROPHIC), [VICTIM])).message).toMatch(/took longer than 0\.3 s to match/);
+    expect(syncFailure(() => matcher.matchSync(globs('b', CATASTROPHIC), [VICTIM])).message).toBe('b[0]: the globs of source.triggers took longer than 0.4 s in all to match; use fewer or simpler globs');
   });
 });

@@ -1,0 +1,2 @@
+export * from './glob-error.js';
+export * from './glob-matcher.js';
