@@ -20,8 +20,13 @@ export const Env = BaseEnv.extend({
    * run not finished, and the one whose version serves); older runs' are removed. 0 keeps everything.
    */
   ARTIFACT_RETENTION_RUNS: z.coerce.number().int().min(0).max(1_000_000).default(20),
-  /** How often artifact retention runs (each replica runs it; passes are cheap and safe together). */
-  ARTIFACT_PRUNE_INTERVAL_MS: z.coerce.number().int().min(1000).max(MAX_TIMER_MS).default(300_000),
+  /**
+   * Run history retention: finished runs created more than this many days ago are deleted (their record
+   * and index entry), except the one whose version serves. 0 keeps them all.
+   */
+  RUN_HISTORY_DAYS: z.coerce.number().int().min(0).max(36_500).default(365),
+  /** How often the retention passes run (each replica runs them; they are cheap and safe together). */
+  RETENTION_INTERVAL_MS: z.coerce.number().int().min(1000).max(MAX_TIMER_MS).default(300_000),
   /** Results a dead orchestrator replica left unacknowledged this long are taken over. */
   RESULTS_CLAIM_IDLE_MS: z.coerce.number().int().min(100).default(30_000),
 });

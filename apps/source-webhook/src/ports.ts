@@ -36,6 +36,16 @@ export interface RunStore {
   activeRunIds(): Promise<string[]>;
 }
 
+/** What run history retention needs of the run store. */
+export interface RunHistory {
+  /** The pipelines that have runs (deleted pipelines' included). */
+  indexedPipelines(): Promise<string[]>;
+  /** A page of a pipeline's runs created before `cutoff` (ms), oldest first: those that parse, and how many the page held. */
+  runsCreatedBefore(pipeline: string, cutoff: number, offset: number, limit: number): Promise<{ runs: Run[]; read: number }>;
+  /** Deletes these runs of the pipeline that have finished (record and index entry); how many went. */
+  removeFinished(pipeline: string, runs: readonly Run[]): Promise<number>;
+}
+
 export interface PipelineStore {
   /** Returns true when the pipeline was new. */
   put(def: PipelineDefinition): Promise<boolean>;

@@ -8,6 +8,7 @@ import { RedisPipelineStore } from './adapters/redis-pipeline-store.js';
 import { RedisRetentionReader } from './adapters/redis-retention-reader.js';
 import { RedisRunStore } from './adapters/redis-run-store.js';
 import { ArtifactPruner } from './artifact-pruner.js';
+import { RunHistoryPruner } from './run-history-pruner.js';
 import { ORPHAN_GRACE_MS } from './domain/artifact-retention.js';
 import type { Env } from './env.js';
 import { buildServer } from './http/server.js';
@@ -17,8 +18,8 @@ import { Orchestrator } from './orchestrator.js';
 import { WebhookIntake } from './webhook-intake.js';
 
 /** Wires the control plane: stores, queues, orchestrator, workers, HTTP. Listening is the caller's. */
-/** The first artifact retention pass, after start (unless the interval is shorter). */
-const FIRST_PRUNE_MS = 30_000;
+/** The first retention pass, after start (unless the interval is shorter). */
+const FIRST_RETENTION_MS = 30_000;
 
 export function composeService(env: Env, logger: Logger) {
   const prefix = env.QUEUE_PREFIX;
@@ -63,24 +64,28 @@ export function composeService(env: Env, logger: Logger) {
     reconciler.unref();
   };
 
-  const pruner = new ArtifactPruner({
+  const retentionReader = new RedisRetentionReader(redis, prefix);
+  const artifactPruner = new ArtifactPruner({
     store: artifacts,
-    reader: new RedisRetentionReader(redis, prefix),
+    reader: retentionReader,
     logger,
     policy: { keepRuns: env.ARTIFACT_RETENTION_RUNS, orphanGraceMs: ORPHAN_GRACE_MS },
   });
-  let pruneTimer: NodeJS.Timeout | undefined;
-  let prunePass: Promise<unknown> = Promise.resolve();
+  const historyPruner = new RunHistoryPruner({ runs, reader: retentionReader, logger, keepDays: env.RUN_HISTORY_DAYS });
+  /** One retention pass: old run records first (their artifacts then wait out the orphans' hour), then artifacts. */
+  const retain = async () => {
+    if (env.RUN_HISTORY_DAYS > 0) await historyPruner.prune().catch((err) => logger.warn({ err }, 'run history retention failed'));
+    if (env.ARTIFACT_RETENTION_RUNS > 0) await artifactPruner.prune().catch((err) => logger.warn({ err }, 'artifact pruning failed'));
+  };
+  let retentionTimer: NodeJS.Timeout | undefined;
+  let retentionPass: Promise<unknown> = Promise.resolve();
   // The first pass comes soon after start, not a whole interval later: a replica restarted more often
   // than the interval still prunes.
-  const schedulePrune = (delay = env.ARTIFACT_PRUNE_INTERVAL_MS) => {
-    pruneTimer = setTimeout(() => {
-      prunePass = pruner
-        .prune()
-        .catch((err) => logger.warn({ err }, 'artifact pruning failed'))
-        .finally(() => !stopped && schedulePrune());
+  const scheduleRetention = (delay = env.RETENTION_INTERVAL_MS) => {
+    retentionTimer = setTimeout(() => {
+      retentionPass = retain().finally(() => !stopped && scheduleRetention());
     }, delay);
-    pruneTimer.unref();
+    retentionTimer.unref();
   };
 
   const app = buildServer({
@@ -105,7 +110,7 @@ export function composeService(env: Env, logger: Logger) {
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
     { name: 'reconciler', run: () => ((stopped = true), clearTimeout(reconciler), orchestrator.close()) },
-    { name: 'artifact retention', run: () => (clearTimeout(pruneTimer), within(prunePass, 5000, 'artifact pruning').catch(() => undefined)) },
+    { name: 'retention', run: () => (clearTimeout(retentionTimer), within(retentionPass, 5000, 'retention pass').catch(() => undefined)) },
     { name: 'workers', run: () => Promise.all([closeWorker(sourceWorker, env.SHUTDOWN_DRAIN_SECONDS * 1000, logger), within(results.stop(), 5000, 'results consumer').catch(() => undefined)]) },
     { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => closeQueue(q))) },
     { name: 'redis', run: () => Promise.all([redis, workerRedis, queueRedis, resultsRedis].map((c) => closeRedis(c))) },
@@ -116,7 +121,7 @@ export function composeService(env: Env, logger: Logger) {
     await results.start();
     await orchestrator.reconcile().catch((err) => logger.warn({ err }, 'start-up reconcile failed'));
     scheduleReconcile();
-    if (env.ARTIFACT_RETENTION_RUNS > 0) schedulePrune(Math.min(env.ARTIFACT_PRUNE_INTERVAL_MS, FIRST_PRUNE_MS));
+    if (env.ARTIFACT_RETENTION_RUNS > 0 || env.RUN_HISTORY_DAYS > 0) scheduleRetention(Math.min(env.RETENTION_INTERVAL_MS, FIRST_RETENTION_MS));
   };
   return { app, orchestrator, pipelines, runs, start, shutdown };
 }

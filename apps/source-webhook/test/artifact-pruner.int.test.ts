@@ -192,16 +192,16 @@ describe('artifact retention (ArtifactPruner over real Redis and real files)', (
 });
 
 describe('artifact retention in the control plane', () => {
-  it('reads ARTIFACT_RETENTION_RUNS (20 unless set; 0 keeps everything) and ARTIFACT_PRUNE_INTERVAL_MS', () => {
+  it('reads ARTIFACT_RETENTION_RUNS (20 unless set; 0 keeps everything) and RETENTION_INTERVAL_MS', () => {
     const env = loadEnv({ CONVEYOR_API_TOKEN: TOKEN });
-    expect([env.ARTIFACT_RETENTION_RUNS, env.ARTIFACT_PRUNE_INTERVAL_MS]).toEqual([20, 300_000]);
+    expect([env.ARTIFACT_RETENTION_RUNS, env.RETENTION_INTERVAL_MS]).toEqual([20, 300_000]);
     expect(loadEnv({ CONVEYOR_API_TOKEN: TOKEN, ARTIFACT_RETENTION_RUNS: '0' }).ARTIFACT_RETENTION_RUNS).toBe(0);
     for (const bad of ['-1', '2.5', 'all']) expect(() => loadEnv({ CONVEYOR_API_TOKEN: TOKEN, ARTIFACT_RETENTION_RUNS: bad })).toThrow(/ARTIFACT_RETENTION_RUNS/);
     // Too short, or too long for a timer (one past 2^31 - 1 ms fires at once, again and again).
-    for (const bad of ['10', '2147483648']) expect(() => loadEnv({ CONVEYOR_API_TOKEN: TOKEN, ARTIFACT_PRUNE_INTERVAL_MS: bad })).toThrow(/ARTIFACT_PRUNE_INTERVAL_MS/);
+    for (const bad of ['10', '2147483648']) expect(() => loadEnv({ CONVEYOR_API_TOKEN: TOKEN, RETENTION_INTERVAL_MS: bad })).toThrow(/RETENTION_INTERVAL_MS/);
   });
 
-  it('source-webhook prunes on its own, every ARTIFACT_PRUNE_INTERVAL_MS, and stops with its shutdown', async () => {
+  it('source-webhook prunes on its own, every RETENTION_INTERVAL_MS, and stops with its shutdown', async () => {
     const w = world(1);
     const ids = [await w.runWithArtifacts('shop', 'SUCCEEDED', 3), await w.runWithArtifacts('shop', 'SUCCEEDED', 2)];
     const env = loadEnv({
@@ -212,7 +212,7 @@ describe('artifact retention in the control plane', () => {
       SOURCE_CACHE_DIR: join(dir, `${w.prefix}-cache`),
       RECONCILE_INTERVAL_MS: '3600000',
       ARTIFACT_RETENTION_RUNS: '1',
-      ARTIFACT_PRUNE_INTERVAL_MS: '1000',
+      RETENTION_INTERVAL_MS: '1000',
       LOG_LEVEL: 'silent',
     });
     const service = composeService(env, createLogger('test', 'silent'));

@@ -6,7 +6,8 @@ describe('passedThrough', () => {
     const env = {
       ARTIFACT_MAX_BYTES: '1000',
       ARTIFACT_RETENTION_RUNS: '5',
-      ARTIFACT_PRUNE_INTERVAL_MS: '60000',
+      RETENTION_INTERVAL_MS: '60000',
+      RUN_HISTORY_DAYS: '30',
       BUILD_UIDS: '70000-70099',
       DEPLOY_KEEP_VERSIONS: '3',
       LOG_LEVEL: 'debug',
@@ -20,7 +21,8 @@ describe('passedThrough', () => {
     expect(passedThrough(env)).toEqual({
       ARTIFACT_MAX_BYTES: '1000',
       ARTIFACT_RETENTION_RUNS: '5',
-      ARTIFACT_PRUNE_INTERVAL_MS: '60000',
+      RETENTION_INTERVAL_MS: '60000',
+      RUN_HISTORY_DAYS: '30',
       BUILD_UIDS: '70000-70099',
       DEPLOY_KEEP_VERSIONS: '3',
       LOG_LEVEL: 'debug',

@@ -1,11 +1,12 @@
 import { CANCEL_NOTICE_WINDOW_MS, CANCELLED_MARK_TTL_SECONDS, cancelChannel, cancelledJobKey, cancelNoticesKey, EVENTS_STREAM, isTerminalRun, Run, type RunEvent } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
-import type { CreateOutcome, DeliveryDecision, RunStore, RunUpdate } from '../ports.js';
+import type { CreateOutcome, DeliveryDecision, RunHistory, RunStore, RunUpdate } from '../ports.js';
 
 interface Scripts {
   conveyorCreateRun(...args: (string | number)[]): Promise<number | string>;
   conveyorUpdateRuns(...args: (string | number)[]): Promise<number[]>;
   conveyorActiveRuns(...args: string[]): Promise<string[]>;
+  conveyorRemoveRuns(...args: (string | number)[]): Promise<number>;
 }
 
 const EVENTS_MAXLEN = 10_000;
@@ -96,6 +97,26 @@ end
 return redis.call('SMEMBERS', activeKey)
 `;
 
+/**
+ * Deletes finished runs: KEYS are the pipeline's index, the active set, then one key per run; ARGV per
+ * run its id and the version it was read at. A run whose version moved since is left (a finished run
+ * never changes: this only guards against a reader's mistake). Returns how many went.
+ */
+const REMOVE_RUNS = `
+local index, activeKey = KEYS[1], KEYS[2]
+local removed = 0
+for k = 3, #KEYS do
+  local id, version = ARGV[2 * k - 5], ARGV[2 * k - 4]
+  if redis.call('HGET', KEYS[k], 'version') == version then
+    redis.call('DEL', KEYS[k])
+    redis.call('ZREM', index, id)
+    redis.call('SREM', activeKey, id)
+    removed = removed + 1
+  end
+end
+return removed
+`;
+
 /** The hash of one run (fields `version`, `json`, `plan`): written here, also read by artifact retention. */
 export function runKey(prefix: string, runId: string): string {
   return `${prefix}:run:${runId}`;
@@ -105,7 +126,7 @@ export function runKey(prefix: string, runId: string): string {
  * Run records in Redis: a hash per run (version, the run's JSON without its plan, and the plan, which
  * never changes and so is written once), a sorted set per pipeline, a set of active runs.
  */
-export class RedisRunStore implements RunStore {
+export class RedisRunStore implements RunStore, RunHistory {
   constructor(
     private readonly redis: Redis,
     private readonly prefix: string,
@@ -114,6 +135,7 @@ export class RedisRunStore implements RunStore {
     // The key count varies with the batch: it is the first argument.
     redis.defineCommand('conveyorUpdateRuns', { lua: UPDATE_RUNS });
     redis.defineCommand('conveyorActiveRuns', { numberOfKeys: 2, lua: ACTIVE_RUNS });
+    redis.defineCommand('conveyorRemoveRuns', { lua: REMOVE_RUNS });
   }
 
   private get scripts(): Scripts {
@@ -231,14 +253,60 @@ export class RedisRunStore implements RunStore {
     return this.scripts.conveyorActiveRuns(this.activeKey, this.key('runs', 'active'));
   }
 
+  /** The pipelines that have a run index (deleted pipelines' included: their runs stay). */
+  async indexedPipelines(): Promise<string[]> {
+    const at = this.key('runs', '');
+    const names = new Set<string>();
+    let cursor = '0';
+    do {
+      // TYPE zset: an earlier version's active set (runs:active, a SET) is not an index.
+      const [next, keys] = (await this.redis.call('SCAN', cursor, 'MATCH', `${at}*`, 'COUNT', 1000, 'TYPE', 'zset')) as [string, string[]];
+      cursor = next;
+      for (const key of keys) names.add(key.slice(at.length));
+    } while (cursor !== '0');
+    return [...names];
+  }
+
+  /**
+   * A page of `pipeline`'s runs created before `cutoff` (ms), oldest first, from `offset` on: the runs that
+   * parse, and how many the page held (a run whose record does not parse is counted, not returned).
+   */
+  async runsCreatedBefore(pipeline: string, cutoff: number, offset: number, limit: number): Promise<{ runs: Run[]; read: number }> {
+    const ids = await this.redis.zrangebyscore(this.key('runs', pipeline), '-inf', `(${cutoff}`, 'LIMIT', offset, limit);
+    // A record that does not parse is kept: what cannot be read is not judged.
+    const runs = (await this.readMany(ids)).filter((r): r is Run => r !== undefined && !(r instanceof Error));
+    return { runs, read: ids.length };
+  }
+
+  /** Deletes these finished runs of `pipeline` (record, index entry), each only if its version is the one read; how many went. */
+  async removeFinished(pipeline: string, runs: readonly Run[]): Promise<number> {
+    const ended = runs.filter(isTerminalRun);
+    if (ended.length === 0) return 0;
+    const keys = [this.key('runs', pipeline), this.activeKey, ...ended.map((r) => runKey(this.prefix, r.id))];
+    return this.scripts.conveyorRemoveRuns(keys.length, ...keys, ...ended.flatMap((r) => [r.id, r.version]));
+  }
+
   private async getMany(ids: string[]): Promise<Run[]> {
+    return (await this.readMany(ids)).flatMap((r) => {
+      if (r instanceof Error) throw r;
+      return r ? [r] : [];
+    });
+  }
+
+  /** These runs in one round trip: each parsed, undefined when it has no record (or its read failed), or the parse's error. */
+  private async readMany(ids: readonly string[]): Promise<(Run | Error | undefined)[]> {
     if (ids.length === 0) return [];
     const pipeline = this.redis.pipeline();
     for (const id of ids) pipeline.hmget(runKey(this.prefix, id), 'json', 'plan');
     const replies = (await pipeline.exec()) ?? [];
-    return replies.flatMap(([err, fields]) => {
+    return replies.map(([err, fields]) => {
       const [json, plan] = fields as [string | null, string | null];
-      return err || !json ? [] : [parseRun(json, plan)];
+      if (err || !json) return undefined;
+      try {
+        return parseRun(json, plan);
+      } catch (parseErr) {
+        return parseErr as Error;
+      }
     });
   }
 }
