@@ -20,6 +20,8 @@ const isRoot = process.getuid?.() === 0;
 let users: BuildUsers | undefined;
 const asNobody: BuildUsers = { withUser: (fn) => fn({ uid: 65534, gid: 65534 }, async () => undefined), close: async () => undefined, summary: 'builds run as nobody', ownIds: () => [65534] };
 
+const junit = (cases: string) => `<?xml version="1.0"?>\n<testsuites><testsuite name="s">${cases}</testsuite></testsuites>\n`;
+
 async function sourceArtifact(files: Record<string, string>) {
   const src = join(dir, `src-${++n}`);
   for (const [path, content] of Object.entries(files)) {
@@ -161,6 +163,65 @@ artifacts:
     expect(await log()).toContain('artifact is larger than ARTIFACT_MAX_BYTES');
     const names = await readdir(join(dir, 'artifacts', 'runs', job.runId), { recursive: true }).catch(() => [] as string[]);
     expect(names).toEqual([]);
+  });
+
+  it('counts its reports without gating on them: a failed case leaves the build SUCCEEDED, with the counts and the report lines', async () => {
+    const { result, log } = await build({
+      'buildspec.yml': `version: 0.2
+phases:
+  build:
+    commands:
+      - mkdir -p reports dist && echo app > dist/app.txt
+      - cp report.xml.in reports/junit.xml
+reports:
+  unit:
+    files: [ 'reports/*.xml' ]
+artifacts:
+  base-directory: dist
+  files: [ '**/*' ]
+`,
+      'report.xml.in': junit('<testcase name="ok"/><testcase classname="math" name="adds"><failure message="expected 3 got 4"/></testcase><testcase name="later"><skipped/></testcase>'),
+    });
+    expect(result.status).toBe('SUCCEEDED');
+    expect(result.message).toBeUndefined();
+    expect(result.output.tests).toEqual({ total: 3, passed: 1, failed: 1, skipped: 1 });
+    expect(result.output.failedTests).toEqual([{ suite: 'math', name: 'adds', message: 'expected 3 got 4' }]);
+    expect(result.output.artifact!.bytes).toBeGreaterThan(0);
+    const text = await log();
+    expect(text).toContain('[conveyor] report unit: reports/junit.xml: 1 passed, 1 failed, 1 skipped\n');
+    expect(text).toContain('[conveyor] FAILED math › adds: expected 3 got 4\n');
+    expect(text).toContain("[conveyor] reports: 1 of 3 tests failed (reports do not decide a build stage's status; a test stage's do)\n");
+    // Reports are read after the artifact is stored (CodeBuild's UPLOAD_ARTIFACTS comes first too).
+    expect(text.indexOf('[conveyor] stored artifact')).toBeLessThan(text.indexOf('[conveyor] report unit'));
+  });
+
+  it('a report group that matches no file leaves the build SUCCEEDED, the problem logged', async () => {
+    const { result, log } = await build({ 'buildspec.yml': "version: 0.2\nphases: { build: { commands: [ 'true' ] } }\nreports: { unit: { files: [ 'reports/*.xml' ] } }\n" });
+    expect(result.status).toBe('SUCCEEDED');
+    expect(result.message).toBeUndefined();
+    expect(result.output.tests).toEqual({ total: 0, passed: 0, failed: 0, skipped: 0 });
+    expect(await log()).toMatch(/\[conveyor\] report unit: reports\.unit.* \(reports do not decide a build stage's status; a test stage's do\)\n/);
+  });
+
+  it('a failed build still has its reports counted, and stays FAILED for its phases alone', async () => {
+    const { result } = await build({
+      'buildspec.yml': "version: 0.2\nphases:\n  build:\n    commands: [ 'cp report.xml.in junit.xml', 'exit 3' ]\nreports:\n  unit:\n    files: [ junit.xml ]\n",
+      'report.xml.in': junit('<testcase name="a"/><testcase name="b"/>'),
+    });
+    expect(result.status).toBe('FAILED');
+    expect(result.message).not.toMatch(/test|report/);
+    expect(result.output.tests).toEqual({ total: 2, passed: 2, failed: 0, skipped: 0 });
+  });
+
+  it('a build that declares no reports has no test counts, whatever JUnit files it leaves', async () => {
+    const { result, log } = await build({
+      'buildspec.yml': "version: 0.2\nphases: { build: { commands: [ 'mkdir -p reports && cp report.xml.in reports/junit.xml' ] } }\n",
+      'report.xml.in': junit('<testcase name="a"><failure/></testcase>'),
+    });
+    expect(result.status).toBe('SUCCEEDED');
+    expect(result.output).not.toHaveProperty('tests');
+    expect(result.output).not.toHaveProperty('failedTests');
+    expect(await log()).not.toContain('[conveyor] report');
   });
 
   it('fails when artifacts.files matches nothing after a successful build', async () => {

@@ -34,7 +34,7 @@ const PARALLEL_REMOVALS = 8;
 export class ArtifactPruner {
   constructor(private readonly deps: ArtifactPrunerDeps) {}
 
-  async prune(): Promise<PruneResult> {
+  async prune(signal?: AbortSignal): Promise<PruneResult> {
     const { store, reader, logger, policy } = this.deps;
     const stored = await store.listRuns();
     if (stored.length === 0) return { checked: 0, removed: 0, orphans: 0, bytes: 0 };
@@ -50,7 +50,7 @@ export class ArtifactPruner {
     const orphaned = new Set(orphans);
     const doomed = [...expired, ...orphans];
     const result: PruneResult = { checked: stored.length, removed: 0, orphans: 0, bytes: 0 };
-    for (let at = 0; at < doomed.length; at += PARALLEL_REMOVALS) {
+    for (let at = 0; at < doomed.length && !signal?.aborted; at += PARALLEL_REMOVALS) {
       const batch = doomed.slice(at, at + PARALLEL_REMOVALS);
       const freed = await Promise.allSettled(batch.map((runId) => store.removeRun(runId)));
       freed.forEach((outcome, i) => {

@@ -36,14 +36,27 @@ export interface RunStore {
   activeRunIds(): Promise<string[]>;
 }
 
+/** A page of a pipeline's runs, oldest first. */
+export interface HistoryPage {
+  /** The runs whose records parse (one that does not is left out, and so kept). */
+  runs: Run[];
+  /** Index entries without a record. */
+  missing: string[];
+  /** How many entries the page held. */
+  read: number;
+}
+
 /** What run history retention needs of the run store. */
 export interface RunHistory {
   /** The pipelines that have runs (deleted pipelines' included). */
-  indexedPipelines(): Promise<string[]>;
-  /** A page of a pipeline's runs created before `cutoff` (ms), oldest first: those that parse, and how many the page held. */
-  runsCreatedBefore(pipeline: string, cutoff: number, offset: number, limit: number): Promise<{ runs: Run[]; read: number }>;
-  /** Deletes these runs of the pipeline that have finished (record and index entry); how many went. */
-  removeFinished(pipeline: string, runs: readonly Run[]): Promise<number>;
+  pipelines(): Promise<string[]>;
+  /** A page of the pipeline's runs created before `cutoff` (ms), oldest first, from `offset` on. */
+  page(pipeline: string, cutoff: number, offset: number, limit: number): Promise<HistoryPage>;
+  /**
+   * Deletes these runs (record, index entry; callers pass finished runs, and one whose version moved since
+   * it was read is left) and the index entries still without a record.
+   */
+  remove(pipeline: string, runs: readonly Run[], missing: readonly string[]): Promise<{ runs: number; dangling: number }>;
 }
 
 export interface PipelineStore {

@@ -1,52 +1,77 @@
-import { isTerminalRun } from '@conveyor/contracts';
+import type { PrunableArtifactStore } from '@conveyor/artifacts';
+import { isTerminalRun, type Run } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
 import type { RetentionReader, RunHistory } from './ports.js';
 
 export interface RunHistoryPrunerDeps {
   runs: RunHistory;
   reader: Pick<RetentionReader, 'liveRuns'>;
+  artifacts: Pick<PrunableArtifactStore, 'removeRun'>;
   logger: Logger;
   /** Finished runs created more than this many days ago are deleted (`RUN_HISTORY_DAYS`). */
   keepDays: number;
+  /** Index entries read per pass at most (default 50,000): a first pass over years of history stays short. */
+  maxReadPerPass?: number;
   now?: () => number;
 }
 
 const DAY_MS = 86_400_000;
-/** Runs read per page. */
+/** Entries read per page. */
 const PAGE = 500;
-/** Runs deleted per pass at most: a first pass over years of history stays short; the next ones go on. */
-const MAX_PER_PASS = 20_000;
+/** Artifact removals at once. */
+const PARALLEL_REMOVALS = 8;
 
 /**
- * Run history retention: deletes the records of runs created more than `keepDays` days ago that have
- * finished (QUEUED and RUNNING runs stay, however old), except the run whose version serves now. Their
- * logs expired long before (30 days); their artifacts, once without a record, go with the artifact
- * retention's orphans. Several replicas may run it at once: a run is deleted once, by whichever comes first.
+ * Run history retention: deletes the runs created more than `keepDays` days ago that have finished, with
+ * their artifacts (QUEUED and RUNNING runs stay, however old), except the run whose version serves now,
+ * and all of a pipeline's while its live record does not parse. Their logs expired long before (30 days).
+ * Several replicas may run it at once: a run is deleted once, by whichever comes first.
  */
 export class RunHistoryPruner {
   constructor(private readonly deps: RunHistoryPrunerDeps) {}
 
-  async prune(): Promise<{ removed: number }> {
+  async prune(signal?: AbortSignal): Promise<{ removed: number; dangling: number; read: number }> {
     const { runs, reader, logger, keepDays } = this.deps;
+    const maxRead = this.deps.maxReadPerPass ?? 50_000;
     const cutoff = (this.deps.now ?? Date.now)() - keepDays * DAY_MS;
-    let removed = 0;
-    for (const pipeline of await runs.indexedPipelines()) {
-      const live = await reader.liveRuns([pipeline]);
-      // Which of its runs serves is not known: none of them goes.
-      if (live.unreadable.size > 0) continue;
-      // Runs kept on a page stay where they are: the next page starts after them.
-      for (let offset = 0; removed < MAX_PER_PASS; ) {
-        const page = await runs.runsCreatedBefore(pipeline, cutoff, offset, Math.min(PAGE, MAX_PER_PASS - removed));
-        const gone = await runs.removeFinished(
-          pipeline,
-          page.runs.filter((r) => isTerminalRun(r) && !live.runIds.has(r.id)),
-        );
-        removed += gone;
-        offset += page.read - gone;
+    const result = { removed: 0, dangling: 0, read: 0 };
+    pipelines: for (const pipeline of await runs.pipelines()) {
+      // Entries kept stay where they are: the next page starts after them.
+      for (let offset = 0; ; ) {
+        if (signal?.aborted || result.read >= maxRead) break pipelines;
+        const page = await runs.page(pipeline, cutoff, offset, Math.min(PAGE, maxRead - result.read));
+        result.read += page.read;
+        // Read after the page: a run seen ended whose deploy went live is seen live.
+        const live = await reader.liveRuns([pipeline]);
+        // Which of its runs serves is not known: none of them goes.
+        if (live.unreadable.size > 0) break;
+        const cleared = await this.removeArtifacts(page.runs.filter((r) => isTerminalRun(r) && !live.runIds.has(r.id)));
+        const gone = await runs.remove(pipeline, cleared, page.missing);
+        result.removed += gone.runs;
+        result.dangling += gone.dangling;
+        offset += page.read - gone.runs - gone.dangling;
         if (page.read < PAGE) break;
       }
     }
-    if (removed > 0) logger.info({ runs: removed, keepDays }, 'removed the records of old runs');
-    return { removed };
+    if (result.removed + result.dangling > 0) logger.info({ runs: result.removed, dangling: result.dangling, keepDays }, 'removed the records of old runs');
+    return result;
+  }
+
+  /**
+   * Removes the runs' artifacts before their records, so no artifacts are left without a record (which
+   * artifact retention would have to tell from another stack's); a run whose artifacts could not be
+   * removed keeps its record, for the next pass.
+   */
+  private async removeArtifacts(doomed: readonly Run[]): Promise<Run[]> {
+    const cleared: Run[] = [];
+    for (let at = 0; at < doomed.length; at += PARALLEL_REMOVALS) {
+      const batch = doomed.slice(at, at + PARALLEL_REMOVALS);
+      const outcomes = await Promise.allSettled(batch.map((run) => this.deps.artifacts.removeRun(run.id)));
+      outcomes.forEach((outcome, i) => {
+        if (outcome.status === 'fulfilled') cleared.push(batch[i]!);
+        else this.deps.logger.warn({ err: outcome.reason, runId: batch[i]!.id }, "could not remove an old run's artifacts; its record stays until they are");
+      });
+    }
+    return cleared;
   }
 }

@@ -6,6 +6,7 @@ import { BullJobDispatcher } from './adapters/bull-job-dispatcher.js';
 import { GitSourceRepository } from './adapters/git-source-repository.js';
 import { RedisPipelineStore } from './adapters/redis-pipeline-store.js';
 import { RedisRetentionReader } from './adapters/redis-retention-reader.js';
+import { RedisRunHistory } from './adapters/redis-run-history.js';
 import { RedisRunStore } from './adapters/redis-run-store.js';
 import { ArtifactPruner } from './artifact-pruner.js';
 import { RunHistoryPruner } from './run-history-pruner.js';
@@ -71,11 +72,14 @@ export function composeService(env: Env, logger: Logger) {
     logger,
     policy: { keepRuns: env.ARTIFACT_RETENTION_RUNS, orphanGraceMs: ORPHAN_GRACE_MS },
   });
-  const historyPruner = new RunHistoryPruner({ runs, reader: retentionReader, logger, keepDays: env.RUN_HISTORY_DAYS });
-  /** One retention pass: old run records first (their artifacts then wait out the orphans' hour), then artifacts. */
+  const historyPruner = new RunHistoryPruner({ runs: new RedisRunHistory(redis, prefix, runs), reader: retentionReader, artifacts, logger, keepDays: env.RUN_HISTORY_DAYS });
+  /** Ends a retention pass under way at shutdown (between pages and removals). */
+  const retentionStop = new AbortController();
+  /** One retention pass: old runs (with their artifacts) first, then the artifacts of the runs that stay. */
   const retain = async () => {
-    if (env.RUN_HISTORY_DAYS > 0) await historyPruner.prune().catch((err) => logger.warn({ err }, 'run history retention failed'));
-    if (env.ARTIFACT_RETENTION_RUNS > 0) await artifactPruner.prune().catch((err) => logger.warn({ err }, 'artifact pruning failed'));
+    const { signal } = retentionStop;
+    if (env.RUN_HISTORY_DAYS > 0) await historyPruner.prune(signal).catch((err) => logger.warn({ err }, 'run history retention failed'));
+    if (env.ARTIFACT_RETENTION_RUNS > 0 && !signal.aborted) await artifactPruner.prune(signal).catch((err) => logger.warn({ err }, 'artifact pruning failed'));
   };
   let retentionTimer: NodeJS.Timeout | undefined;
   let retentionPass: Promise<unknown> = Promise.resolve();
@@ -110,7 +114,7 @@ export function composeService(env: Env, logger: Logger) {
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
     { name: 'reconciler', run: () => ((stopped = true), clearTimeout(reconciler), orchestrator.close()) },
-    { name: 'retention', run: () => (clearTimeout(retentionTimer), within(retentionPass, 5000, 'retention pass').catch(() => undefined)) },
+    { name: 'retention', run: () => (clearTimeout(retentionTimer), retentionStop.abort(), within(retentionPass, 5000, 'retention pass').catch(() => undefined)) },
     { name: 'workers', run: () => Promise.all([closeWorker(sourceWorker, env.SHUTDOWN_DRAIN_SECONDS * 1000, logger), within(results.stop(), 5000, 'results consumer').catch(() => undefined)]) },
     { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => closeQueue(q))) },
     { name: 'redis', run: () => Promise.all([redis, workerRedis, queueRedis, resultsRedis].map((c) => closeRedis(c))) },

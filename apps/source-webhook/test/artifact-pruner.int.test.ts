@@ -5,22 +5,17 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { artifactKey, FsArtifactStore } from '@conveyor/artifacts';
-import { liveDeploymentKey, PipelineDefinition, type RunStatus } from '@conveyor/contracts';
-import { createLogger, type Logger } from '@conveyor/service-kit';
+import { liveDeploymentKey, type RunStatus } from '@conveyor/contracts';
+import type { Logger } from '@conveyor/service-kit';
 import { testRedis, uniquePrefix } from '@conveyor/testing';
 import { RedisRetentionReader } from '../src/adapters/redis-retention-reader.js';
 import { RedisRunStore } from '../src/adapters/redis-run-store.js';
 import { ArtifactPruner } from '../src/artifact-pruner.js';
 import { ORPHAN_GRACE_MS } from '../src/domain/artifact-retention.js';
-import { createRun } from '../src/domain/state-machine.js';
 import { loadEnv } from '../src/env.js';
-import { composeService } from '../src/service.js';
+import { retentionService, storeRun, TOKEN } from './runs.testkit.js';
 
 const HOUR = 3_600_000;
-const TOKEN = 'test-token-0123456789abcdef';
-const trigger = { type: 'manual' as const, ref: 'refs/heads/main' };
-const definitionOf = (name: string) =>
-  PipelineDefinition.parse({ name, source: { provider: 'generic', repository: 'file:///nowhere.git' }, stages: [{ name: 'Build', type: 'build' }] });
 
 let url: string;
 let redis: Redis;
@@ -40,13 +35,9 @@ function world(keepRuns: number) {
 
   /** A real run record (as the orchestrator stores one) with real Source and Build tars, made `ageHours` ago. */
   async function runWithArtifacts(pipeline: string, status: RunStatus, ageHours = 48): Promise<string> {
-    const number = await runs.nextRunNumber(pipeline);
-    const createdAt = new Date(Date.now() - ageHours * HOUR);
-    const { run, events } = createRun({ id: randomUUID(), number, definition: definitionOf(pipeline), trigger }, createdAt);
-    const ended = status === 'QUEUED' || status === 'RUNNING' ? {} : { finishedAt: new Date(createdAt.getTime() + 60_000).toISOString() };
-    expect(await runs.create({ ...run, status, ...ended }, events)).toEqual({ created: true });
-    await artifactsFor(run.id, ageHours);
-    return run.id;
+    const runId = await storeRun(runs, pipeline, new Date(Date.now() - ageHours * HOUR), status);
+    await artifactsFor(runId, ageHours);
+    return runId;
   }
 
   /** Tars under `runs/<runId>/`, the directory last changed `ageHours` ago. */
@@ -204,18 +195,7 @@ describe('artifact retention in the control plane', () => {
   it('source-webhook prunes on its own, every RETENTION_INTERVAL_MS, and stops with its shutdown', async () => {
     const w = world(1);
     const ids = [await w.runWithArtifacts('shop', 'SUCCEEDED', 3), await w.runWithArtifacts('shop', 'SUCCEEDED', 2)];
-    const env = loadEnv({
-      REDIS_URL: url,
-      QUEUE_PREFIX: w.prefix,
-      CONVEYOR_API_TOKEN: TOKEN,
-      ARTIFACT_DIR: w.artifactDir,
-      SOURCE_CACHE_DIR: join(dir, `${w.prefix}-cache`),
-      RECONCILE_INTERVAL_MS: '3600000',
-      ARTIFACT_RETENTION_RUNS: '1',
-      RETENTION_INTERVAL_MS: '1000',
-      LOG_LEVEL: 'silent',
-    });
-    const service = composeService(env, createLogger('test', 'silent'));
+    const service = retentionService(url, w.prefix, dir, { ARTIFACT_RETENTION_RUNS: '1' });
     try {
       await service.start();
       const deadline = Date.now() + 10_000;

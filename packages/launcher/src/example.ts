@@ -54,11 +54,14 @@ const ICON: Record<string, string> = { SUCCEEDED: '✔', FAILED: '✖', SKIPPED:
 function stageDetail(stage: any): string {
   const r = stage.result ?? {};
   if (r.commit) return `commit ${String(r.commit).slice(0, 12)}`;
-  if (r.tests) return `tests: ${r.tests.passed} passed, ${r.tests.failed} failed, ${r.tests.skipped} skipped`;
   if (r.url) return `serving at ${r.url}`;
   if (r.probes) return `${r.probes.total} probes, ${r.probes.failed} failed, p95 ${Math.round(r.probes.p95Ms)} ms`;
-  if (r.artifact) return `artifact ${r.artifact.bytes} bytes`;
-  return stage.message ?? '';
+  // A build may count its reports too: both are said.
+  const parts = [
+    ...(r.tests ? [`tests: ${r.tests.passed} passed, ${r.tests.failed} failed, ${r.tests.skipped} skipped`] : []),
+    ...(r.artifact ? [`artifact ${r.artifact.bytes} bytes`] : []),
+  ];
+  return parts.length ? parts.join('; ') : (stage.message ?? '');
 }
 
 /** Polls the run and prints each stage change until the run ends; returns the final run. */

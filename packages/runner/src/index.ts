@@ -5,6 +5,7 @@ export * from './orphans.js';
 export * from './globs.js';
 export { GLOB_LIMITS, type GlobLimits } from '@conveyor/globs';
 export * from './junit.js';
+export * from './reports.js';
 export * from './codebuild-env.js';
 export * from './buildspec-job.js';
 export * from './build-users.js';

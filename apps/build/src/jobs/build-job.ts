@@ -1,8 +1,8 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { artifactKey, type ArtifactStore } from '@conveyor/artifacts';
-import type { BuildJob } from '@conveyor/contracts';
-import { fileSelection, resolveFiles, runBuildspecJob, stageFiles, type BuildspecRun } from '@conveyor/runner';
+import type { BuildJob, StageOutput } from '@conveyor/contracts';
+import { collectReports, fileSelection, resolveFiles, runBuildspecJob, stageFiles, type BuildspecRun } from '@conveyor/runner';
 import type { BuildUser, BuildUsers } from '@conveyor/runner';
 import { openStageLog, redeliveryNote, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
@@ -15,7 +15,10 @@ export interface BuildDeps {
   users?: BuildUsers;
 }
 
-/** The build stage: run the buildspec, then store `artifacts.files` (attempted even after a failure, as CodeBuild does). */
+/**
+ * The build stage: run the buildspec, then store `artifacts.files` and read `reports` (both even after a
+ * failure, as CodeBuild does). The reports are counted, not gated on: the build's status is its phases'.
+ */
 export const buildJobHandler =
   (deps: BuildDeps): StageHandler<'build'> =>
   async (job, ctx) => {
@@ -32,13 +35,35 @@ export const buildJobHandler =
   };
 
 async function finishBuild(job: BuildJob, run: BuildspecRun, deps: BuildDeps, log: (t: string) => void, signal: AbortSignal, user: BuildUser | undefined): Promise<StageOutcome> {
-  const output: StageOutcome['output'] = {
+  const output: StageOutput = {
     ...(run.phases ? { phases: run.phases.phases } : {}),
     ...(run.phases && Object.keys(run.phases.exportedVariables).length ? { exportedVariables: run.phases.exportedVariables } : {}),
   };
-  const section = run.spec?.artifacts;
-  // Stopped (cancelled, or the job taken from this worker): nothing is worth storing.
+  // Stopped (cancelled, or the job taken from this worker): nothing is worth storing, nor reading.
   if (signal.aborted) return { status: 'FAILED', message: run.message ?? 'the build was stopped', output };
+  const stored = await storeArtifact(job, run, deps, log, user, output);
+  return { ...stored, output: { ...stored.output, ...(await reportCounts(run, log, signal, user)) } };
+}
+
+/** Why a report problem or a failed case leaves a build as it was (CodeBuild: a build's status comes from its phases). */
+const NOT_DECIDING = " (reports do not decide a build stage's status; a test stage's do)";
+
+/**
+ * The build's `reports`, read as the test stage reads them (the same log lines), counted in its result
+ * but never gating it: a failed case, or a group that matches no file, is logged and the build stands.
+ * A build stopped meanwhile reads no (further) report, and its result keeps no counts.
+ */
+async function reportCounts(run: BuildspecRun, log: (t: string) => void, signal: AbortSignal, user: BuildUser | undefined): Promise<Pick<StageOutput, 'tests' | 'failedTests'>> {
+  const reports = await collectReports(run, log, { ...(user ? { user } : {}), signal, problemNote: NOT_DECIDING });
+  if (reports.kind !== 'read') return {};
+  const { tests, failedTests } = reports;
+  if (tests.failed > 0) log(`[conveyor] reports: ${tests.failed} of ${tests.total} tests failed${NOT_DECIDING}\n`);
+  return { tests, ...(failedTests.length ? { failedTests } : {}) };
+}
+
+/** Stores `artifacts.files` (when the buildspec has them): a failed upload fails the build, saying why. */
+async function storeArtifact(job: BuildJob, run: BuildspecRun, deps: BuildDeps, log: (t: string) => void, user: BuildUser | undefined, output: StageOutput): Promise<StageOutcome & { output: StageOutput }> {
+  const section = run.spec?.artifacts;
   if (!section) return { status: run.status, ...(run.message ? { message: run.message } : {}), output };
   // Packed from a directory of ours beside the job directory, never from inside it: the job directory
   // and the workspace belong to the build's user, who may have left symlinks or FIFOs anywhere there.

@@ -1,12 +1,11 @@
 import { CANCEL_NOTICE_WINDOW_MS, CANCELLED_MARK_TTL_SECONDS, cancelChannel, cancelledJobKey, cancelNoticesKey, EVENTS_STREAM, isTerminalRun, Run, type RunEvent } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
-import type { CreateOutcome, DeliveryDecision, RunHistory, RunStore, RunUpdate } from '../ports.js';
+import type { CreateOutcome, DeliveryDecision, RunStore, RunUpdate } from '../ports.js';
 
 interface Scripts {
   conveyorCreateRun(...args: (string | number)[]): Promise<number | string>;
   conveyorUpdateRuns(...args: (string | number)[]): Promise<number[]>;
   conveyorActiveRuns(...args: string[]): Promise<string[]>;
-  conveyorRemoveRuns(...args: (string | number)[]): Promise<number>;
 }
 
 const EVENTS_MAXLEN = 10_000;
@@ -17,8 +16,8 @@ const DELIVERY_TTL_SECONDS = 7 * 24 * 3600;
  * exists (0); otherwise write the run, its plan and indexes, append its events, record the decision.
  */
 const CREATE_RUN = `
-local runKey, activeKey, pipelineRunsKey, eventsKey, deliveryKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local version, json, plan, runId, score, maxlen, decision, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local runKey, activeKey, pipelineRunsKey, eventsKey, deliveryKey, pipelinesKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local version, json, plan, runId, score, maxlen, decision, ttl, pipeline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 if decision ~= '' then
   local seen = redis.call('GET', deliveryKey)
   if seen then return seen end
@@ -32,8 +31,9 @@ if redis.call('TYPE', pipelineRunsKey).ok == 'set' then
 end
 redis.call('HSET', runKey, 'version', version, 'json', json, 'plan', plan)
 redis.call('ZADD', pipelineRunsKey, score, runId)
+redis.call('SADD', pipelinesKey, pipeline)
 redis.call('SADD', activeKey, runId)
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   redis.call('XADD', eventsKey, 'MAXLEN', '~', maxlen, '*', 'event', ARGV[i])
 end
 if decision ~= '' then redis.call('SET', deliveryKey, decision, 'EX', ttl) end
@@ -97,45 +97,39 @@ end
 return redis.call('SMEMBERS', activeKey)
 `;
 
-/**
- * Deletes finished runs: KEYS are the pipeline's index, the active set, then one key per run; ARGV per
- * run its id and the version it was read at. A run whose version moved since is left (a finished run
- * never changes: this only guards against a reader's mistake). Returns how many went.
- */
-const REMOVE_RUNS = `
-local index, activeKey = KEYS[1], KEYS[2]
-local removed = 0
-for k = 3, #KEYS do
-  local id, version = ARGV[2 * k - 5], ARGV[2 * k - 4]
-  if redis.call('HGET', KEYS[k], 'version') == version then
-    redis.call('DEL', KEYS[k])
-    redis.call('ZREM', index, id)
-    redis.call('SREM', activeKey, id)
-    removed = removed + 1
-  end
-end
-return removed
-`;
-
-/** The hash of one run (fields `version`, `json`, `plan`): written here, also read by artifact retention. */
+/** The hash of one run (fields `version`, `json`, `plan`): written here, also read by retention. */
 export function runKey(prefix: string, runId: string): string {
   return `${prefix}:run:${runId}`;
+}
+
+/** A pipeline's runs, scored by creation time (ms). */
+export function runIndexKey(prefix: string, pipeline: string): string {
+  return `${prefix}:runs:${pipeline}`;
+}
+
+/** Runs not yet terminal. Not under `runs:`, where every pipeline name makes a key of its own. */
+export function activeRunsKey(prefix: string): string {
+  return `${prefix}:active-runs`;
+}
+
+/** The pipelines that have (or had) runs, deleted ones included: what run history retention walks. */
+export function runPipelinesKey(prefix: string): string {
+  return `${prefix}:run-pipelines`;
 }
 
 /**
  * Run records in Redis: a hash per run (version, the run's JSON without its plan, and the plan, which
  * never changes and so is written once), a sorted set per pipeline, a set of active runs.
  */
-export class RedisRunStore implements RunStore, RunHistory {
+export class RedisRunStore implements RunStore {
   constructor(
     private readonly redis: Redis,
     private readonly prefix: string,
   ) {
-    redis.defineCommand('conveyorCreateRun', { numberOfKeys: 5, lua: CREATE_RUN });
+    redis.defineCommand('conveyorCreateRun', { numberOfKeys: 6, lua: CREATE_RUN });
     // The key count varies with the batch: it is the first argument.
     redis.defineCommand('conveyorUpdateRuns', { lua: UPDATE_RUNS });
     redis.defineCommand('conveyorActiveRuns', { numberOfKeys: 2, lua: ACTIVE_RUNS });
-    redis.defineCommand('conveyorRemoveRuns', { lua: REMOVE_RUNS });
   }
 
   private get scripts(): Scripts {
@@ -146,9 +140,8 @@ export class RedisRunStore implements RunStore, RunHistory {
     return [this.prefix, ...parts].join(':');
   }
 
-  /** Not under `runs:`, where every pipeline name makes a key of its own. */
   private get activeKey(): string {
-    return this.key('active-runs');
+    return activeRunsKey(this.prefix);
   }
 
   async nextRunNumber(pipeline: string): Promise<number> {
@@ -177,9 +170,10 @@ export class RedisRunStore implements RunStore, RunHistory {
     const reply = await this.scripts.conveyorCreateRun(
       runKey(this.prefix, run.id),
       this.activeKey,
-      this.key('runs', run.pipeline),
+      runIndexKey(this.prefix, run.pipeline),
       this.key(EVENTS_STREAM),
       delivery ? this.deliveryKey(delivery.key) : this.key('delivery', '-'),
+      runPipelinesKey(this.prefix),
       run.version,
       stateJson(run),
       JSON.stringify(run.plan),
@@ -188,6 +182,7 @@ export class RedisRunStore implements RunStore, RunHistory {
       EVENTS_MAXLEN,
       delivery ? JSON.stringify(delivery.decision) : '',
       DELIVERY_TTL_SECONDS,
+      run.pipeline,
       ...events.map((e) => JSON.stringify(e)),
     );
     if (reply === 1) return { created: true };
@@ -223,7 +218,7 @@ export class RedisRunStore implements RunStore, RunHistory {
   }
 
   async listByPipeline(pipeline: string, limit: number, before?: string): Promise<Run[] & { next?: string }> {
-    const key = this.key('runs', pipeline);
+    const key = runIndexKey(this.prefix, pipeline);
     let ids: string[];
     let last: { score: string; id: string } | undefined;
     if (before === undefined) {
@@ -253,39 +248,6 @@ export class RedisRunStore implements RunStore, RunHistory {
     return this.scripts.conveyorActiveRuns(this.activeKey, this.key('runs', 'active'));
   }
 
-  /** The pipelines that have a run index (deleted pipelines' included: their runs stay). */
-  async indexedPipelines(): Promise<string[]> {
-    const at = this.key('runs', '');
-    const names = new Set<string>();
-    let cursor = '0';
-    do {
-      // TYPE zset: an earlier version's active set (runs:active, a SET) is not an index.
-      const [next, keys] = (await this.redis.call('SCAN', cursor, 'MATCH', `${at}*`, 'COUNT', 1000, 'TYPE', 'zset')) as [string, string[]];
-      cursor = next;
-      for (const key of keys) names.add(key.slice(at.length));
-    } while (cursor !== '0');
-    return [...names];
-  }
-
-  /**
-   * A page of `pipeline`'s runs created before `cutoff` (ms), oldest first, from `offset` on: the runs that
-   * parse, and how many the page held (a run whose record does not parse is counted, not returned).
-   */
-  async runsCreatedBefore(pipeline: string, cutoff: number, offset: number, limit: number): Promise<{ runs: Run[]; read: number }> {
-    const ids = await this.redis.zrangebyscore(this.key('runs', pipeline), '-inf', `(${cutoff}`, 'LIMIT', offset, limit);
-    // A record that does not parse is kept: what cannot be read is not judged.
-    const runs = (await this.readMany(ids)).filter((r): r is Run => r !== undefined && !(r instanceof Error));
-    return { runs, read: ids.length };
-  }
-
-  /** Deletes these finished runs of `pipeline` (record, index entry), each only if its version is the one read; how many went. */
-  async removeFinished(pipeline: string, runs: readonly Run[]): Promise<number> {
-    const ended = runs.filter(isTerminalRun);
-    if (ended.length === 0) return 0;
-    const keys = [this.key('runs', pipeline), this.activeKey, ...ended.map((r) => runKey(this.prefix, r.id))];
-    return this.scripts.conveyorRemoveRuns(keys.length, ...keys, ...ended.flatMap((r) => [r.id, r.version]));
-  }
-
   private async getMany(ids: string[]): Promise<Run[]> {
     return (await this.readMany(ids)).flatMap((r) => {
       if (r instanceof Error) throw r;
@@ -294,7 +256,7 @@ export class RedisRunStore implements RunStore, RunHistory {
   }
 
   /** These runs in one round trip: each parsed, undefined when it has no record (or its read failed), or the parse's error. */
-  private async readMany(ids: readonly string[]): Promise<(Run | Error | undefined)[]> {
+  async readMany(ids: readonly string[]): Promise<(Run | Error | undefined)[]> {
     if (ids.length === 0) return [];
     const pipeline = this.redis.pipeline();
     for (const id of ids) pipeline.hmget(runKey(this.prefix, id), 'json', 'plan');

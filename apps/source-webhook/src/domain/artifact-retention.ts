@@ -34,7 +34,8 @@ export interface RetentionDecision {
   orphans: string[];
   /**
    * Runs that would be orphans, kept because no listed run has a record at all: Redis emptied, or another
-   * QUEUE_PREFIX, is likelier than every run's record gone (run records are never deleted).
+   * QUEUE_PREFIX, is likelier than every run's record gone (run history retention deletes a run's
+   * artifacts before its record).
    */
   withheld: number;
 }

@@ -1,0 +1,154 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { GLOB_LIMITS } from '@conveyor/globs';
+import { parseBuildspec } from './buildspec.js';
+import type { BuildspecRun } from './buildspec-job.js';
+import { JUNIT_LIMITS } from './junit.js';
+import { collectReports, type CollectedReports, type CollectReportsOptions } from './reports.js';
+
+let ws: string;
+beforeEach(async () => {
+  ws = await mkdtemp(join(tmpdir(), 'cv-reports-'));
+});
+afterEach(async () => {
+  await rm(ws, { recursive: true, force: true });
+});
+
+const junit = (cases: string) => `<?xml version="1.0"?>\n<testsuites><testsuite name="s">${cases}</testsuite></testsuites>\n`;
+/** One element with 600k attributes (5.6 MB): parsed in the main thread, it held the event loop for seconds. */
+const attributeBomb = `<testsuite ${Array.from({ length: 600_000 }, (_, i) => `a${i}=""`).join(' ')}/>`;
+
+/** A finished build whose workspace holds `files` and whose buildspec has the given `reports:` section (none when undefined). */
+async function finishedBuild(files: Record<string, string>, reports: string | undefined): Promise<BuildspecRun> {
+  for (const [path, content] of Object.entries(files)) {
+    await mkdir(dirname(join(ws, path)), { recursive: true });
+    await writeFile(join(ws, path), content);
+  }
+  const spec = parseBuildspec(`version: 0.2\nphases:\n  build:\n    commands: [ 'true' ]\n${reports === undefined ? '' : `reports:\n${reports}`}`);
+  return { status: 'SUCCEEDED', workspace: ws, spec };
+}
+
+/** The counts of a collection that read its reports (fails the test otherwise). */
+function read(collected: CollectedReports) {
+  if (collected.kind !== 'read') throw new Error(`expected the reports to be read, not ${collected.kind}`);
+  return collected;
+}
+
+/** collectReports, and the longest the event loop went without a turn meanwhile (lock renewals and /healthz wait for it). */
+async function collectWatched(run: BuildspecRun, opts: CollectReportsOptions = {}) {
+  const delay = monitorEventLoopDelay({ resolution: 10 });
+  delay.enable();
+  const started = performance.now();
+  try {
+    const collected = await collectReports(run, () => undefined, opts);
+    const elapsedMs = performance.now() - started;
+    await new Promise((r) => setTimeout(r, 30)); // a sample after it, to record a block that lasted to its end
+    return { collected: read(collected), elapsedMs, stallMs: delay.max / 1e6 };
+  } finally {
+    delay.disable();
+  }
+}
+
+describe('collectReports', () => {
+  it('sums every group\'s files, logs a line per file and per failed case, and names the problems of a group', async () => {
+    const run = await finishedBuild(
+      {
+        'reports/a.xml': junit('<testcase name="a"/><testcase name="b"><skipped/></testcase>'),
+        'reports/b.xml': junit('<testcase classname="math" name="adds"><failure message="expected 3&#10;got 4"/></testcase>'),
+      },
+      "  unit:\n    files: [ 'reports/*.xml' ]\n  missing:\n    files: [ 'nowhere/*.xml' ]\n",
+    );
+    const lines: string[] = [];
+    const collected = read(await collectReports(run, (t) => lines.push(t), { problemNote: ' (a note)' }));
+    expect(collected.tests).toEqual({ total: 3, passed: 1, failed: 1, skipped: 1 });
+    expect(collected.failedTests).toEqual([{ suite: 'math', name: 'adds', message: 'expected 3\ngot 4' }]);
+    expect(collected.problems).toHaveLength(1);
+    expect(collected.problems[0]).toMatch(/^reports\.missing/);
+    expect(lines).toEqual([
+      '[conveyor] report unit: reports/a.xml: 1 passed, 0 failed, 1 skipped\n',
+      '[conveyor] report unit: reports/b.xml: 0 passed, 1 failed, 0 skipped\n',
+      `[conveyor] report missing: ${collected.problems[0]} (a note)\n`,
+      '[conveyor] FAILED math › adds: expected 3\n',
+    ]);
+  });
+
+  it('keeps the first 100 failed cases and counts them all', async () => {
+    const cases = Array.from({ length: 150 }, (_, i) => `<testcase name="t${i}"><failure/></testcase>`).join('');
+    const collected = read(await collectReports(await finishedBuild({ 'r.xml': junit(cases) }, "  unit:\n    files: [ 'r.xml' ]\n"), () => undefined));
+    expect(collected.tests).toEqual({ total: 150, passed: 0, failed: 150, skipped: 0 });
+    expect(collected.failedTests).toHaveLength(100);
+    expect(collected.failedTests[99]!.name).toBe('t99');
+  });
+
+  it('reads nothing, and logs nothing, when the buildspec declares no reports or was not read', async () => {
+    const lines: string[] = [];
+    const run = await finishedBuild({ 'r.xml': junit('<testcase name="a"/>') }, undefined);
+    expect(await collectReports(run, (t) => lines.push(t))).toEqual({ kind: 'none' });
+    expect(await collectReports({ workspace: ws }, (t) => lines.push(t))).toEqual({ kind: 'none' });
+    expect(lines).toEqual([]);
+  });
+
+  it('reads nothing once stopped', async () => {
+    const lines: string[] = [];
+    const run = await finishedBuild({ 'r.xml': junit('<testcase name="a"/>') }, "  unit:\n    files: [ 'nowhere.xml' ]\n");
+    expect(await collectReports(run, (t) => lines.push(t), { signal: AbortSignal.abort('run cancelled') })).toEqual({ kind: 'stopped' });
+    expect(lines).toEqual([]); // not even the missing file
+  });
+});
+
+describe('collectReports: reports the build made cannot stall the service', () => {
+  it('a report too costly to parse is a problem naming the file, the other groups are counted, and the event loop keeps turning', async () => {
+    const run = await finishedBuild(
+      { 'reports/junit.xml': attributeBomb, 'ok/junit.xml': junit('<testcase name="a"/><testcase name="b"/>') },
+      "  unit:\n    files: [ 'reports/*.xml' ]\n  ok:\n    files: [ 'ok/*.xml' ]\n",
+    );
+    const { collected, elapsedMs, stallMs } = await collectWatched(run, { limits: { ...JUNIT_LIMITS, maxHeapMb: 64 } });
+    expect(collected.problems).toEqual(['reports/junit.xml: the report needs more than 64 MB of memory to parse; it is not counted']);
+    expect(collected.tests).toEqual({ total: 2, passed: 2, failed: 0, skipped: 0 });
+    expect(elapsedMs).toBeLessThan(20_000);
+    expect(stallMs).toBeLessThan(1500); // a parse in this thread would hold it for seconds
+  });
+
+  it('a collection stopped while a report is parsed ends the parse and reads no other report', async () => {
+    const run = await finishedBuild(
+      { 'reports/junit.xml': attributeBomb, 'ok/junit.xml': junit('<testcase name="a"/>') },
+      "  unit:\n    files: [ 'reports/*.xml' ]\n  ok:\n    files: [ 'ok/*.xml' ]\n",
+    );
+    const lines: string[] = [];
+    const stop = new AbortController();
+    setTimeout(() => stop.abort('run cancelled'), 200);
+    // Were the stop not heard, the parse would go on to its 60 s limit: far past this test's timeout.
+    const collected = await collectReports(run, (t) => lines.push(t), { limits: { ...JUNIT_LIMITS, timeoutMs: 60_000, maxHeapMb: 2048 }, signal: stop.signal });
+    expect(collected).toEqual({ kind: 'stopped' });
+    expect(lines.join('')).not.toContain('report ok');
+  });
+
+  it('a report over the size limits is a problem naming the file, unread', async () => {
+    const report = junit('<testcase name="a"/>');
+    const big = `${report}${' '.repeat(2000)}`;
+    const run = await finishedBuild(
+      { 'reports/a.xml': report, 'reports/b.xml': report, 'large/c.xml': big },
+      "  large:\n    files: [ 'large/*.xml' ]\n  unit:\n    files: [ 'reports/*.xml' ]\n",
+    );
+    const bytes = Buffer.byteLength(report);
+    const { collected } = await collectWatched(run, { limits: { ...JUNIT_LIMITS, maxFileBytes: 2000, maxTotalBytes: bytes * 2 - 1 } });
+    expect(collected.problems).toEqual([
+      `large/c.xml: the report is ${Buffer.byteLength(big)} bytes, more than the 2000 bytes a report may be; it is not read`,
+      `reports/b.xml: with this report the stage's reports come to ${bytes * 2} bytes, more than the ${bytes * 2 - 1} bytes allowed in all; it is not read`,
+    ]);
+    expect(collected.tests).toEqual({ total: 1, passed: 1, failed: 0, skipped: 0 });
+  });
+
+  it('a report glob that backtracks catastrophically is a problem naming it, within its time limit', async () => {
+    const glob = `${'*a'.repeat(9)}*b`; // against a name of 45 `a`s: about 30 s in picomatch's regex, unbounded
+    const run = await finishedBuild({ [`reports/${'a'.repeat(45)}`]: '', 'reports/junit.xml': junit('<testcase name="a"/>') }, `  unit:\n    files: [ 'reports/*.xml' ]\n  slow:\n    files: [ 'reports/${glob}' ]\n`);
+    const { collected, elapsedMs, stallMs } = await collectWatched(run);
+    expect(collected.problems).toEqual([`reports.slow.files[0]: the glob "reports/${glob}" took longer than ${GLOB_LIMITS.perGlobMs / 1000} s to match; simplify it`]);
+    expect(collected.tests).toEqual({ total: 1, passed: 1, failed: 0, skipped: 0 });
+    expect(elapsedMs).toBeLessThan(GLOB_LIMITS.perGlobMs + 5000);
+    expect(stallMs).toBeLessThan(GLOB_LIMITS.perGlobMs + 1500);
+  });
+});
