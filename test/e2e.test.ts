@@ -203,73 +203,81 @@ describe('a build service killed mid-build', () => {
 
 describe('every service killed -9 during a run, one after another', () => {
   it('is restarted each time, and the run still ends SUCCEEDED with each stage finished once and the new version serving', async () => {
-    // The example pipeline, with a Deploy whose version takes 3 s to start and a 6 s Monitor: each stage
-    // lasts long enough for its service to be killed while it holds the job.
-    const yaml = (await examplePipelineYaml(home, repo.url)).yaml
+    // The example in a repository of its own, its tests 3 s slower, and a pipeline whose Deploy starts a
+    // version taking 3 s and whose Monitor lasts 6 s: each stage lasts long enough for its service to be
+    // killed while it holds the job.
+    const chaosRepo = await prepareExampleRepo(join(home, 'chaos'));
+    const testSpec = await readFile(join(chaosRepo.dir, 'buildspec-test.yml'), 'utf8');
+    await commitFiles(chaosRepo.dir, { 'buildspec-test.yml': testSpec.replace('      - mkdir -p reports', '      - sleep 3\n      - mkdir -p reports') });
+    const yaml = (await examplePipelineYaml(home, chaosRepo.url)).yaml
       .replace('name: hello-service', 'name: chaos')
       .replace('command: "node server.js"', 'command: "sleep 3 && exec node server.js"')
       .replace('durationSeconds: 10', 'durationSeconds: 6');
     await client.registerPipeline(yaml);
-    const started = await client.request('POST', '/api/v1/pipelines/chaos/runs', '{}');
-    expect(started.status).toBe(202);
-    const runId: string = started.json.runId;
+    try {
+      const started = await client.request('POST', '/api/v1/pipelines/chaos/runs', '{}');
+      expect(started.status).toBe(202);
+      const runId: string = started.json.runId;
 
-    /** Until the stage has left PENDING (it may be past RUNNING already: the kill then comes later in the run, still a kill mid-run). */
-    const reached = async (stage: string) => {
-      const deadline = Date.now() + 120_000;
-      for (;;) {
-        const run = await client.getRun(runId);
-        const s = run.stages.find((x: { name: string }) => x.name === stage);
-        if (s.status !== 'PENDING') return s.status as string;
-        if (Date.now() > deadline) throw new Error(`${stage} never started`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    };
-    const killAndRestart = async (name: Parameters<Stack['startService']>[0]) => {
-      const victim = stack.processes.get(name)!;
-      const exited = new Promise((r) => victim.once('exit', r));
-      victim.kill('SIGKILL');
-      await exited;
-      await stack.startService(name);
-    };
-    /** Until the stage's log shows `marker`: its service is then at work on it. */
-    const working = async (stage: string, marker: string) => {
-      await reached(stage);
-      const deadline = Date.now() + 60_000;
-      while (!(await client.logs(runId, stage)).includes(marker)) {
-        if (Date.now() > deadline) throw new Error(`${stage} never logged ${marker}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    };
-    await reached('Build');
-    await killAndRestart('source-webhook');
-    await working('Test', '[conveyor] $ node --test');
-    await killAndRestart('test-runner');
-    await working('Deploy', 'started `sleep 3 && exec node server.js`');
-    await killAndRestart('deployer');
-    await working('Monitor', 'probe 1:');
-    await killAndRestart('monitor');
+      /** Until the stage has left PENDING (it may be past RUNNING already: the kill then comes later in the run, still a kill mid-run). */
+      const reached = async (stage: string) => {
+        const deadline = Date.now() + 120_000;
+        for (;;) {
+          const run = await client.getRun(runId);
+          const s = run.stages.find((x: { name: string }) => x.name === stage);
+          if (s.status !== 'PENDING') return s.status as string;
+          if (Date.now() > deadline) throw new Error(`${stage} never started`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      const killAndRestart = async (name: Parameters<Stack['startService']>[0]) => {
+        const victim = stack.processes.get(name)!;
+        const exited = new Promise((r) => victim.once('exit', r));
+        victim.kill('SIGKILL');
+        await exited;
+        await stack.startService(name);
+      };
+      /** Until the stage's log shows `marker`: its service is then at work on it. */
+      const working = async (stage: string, marker: string) => {
+        await reached(stage);
+        const deadline = Date.now() + 60_000;
+        while (!(await client.logs(runId, stage)).includes(marker)) {
+          if (Date.now() > deadline) throw new Error(`${stage} never logged ${marker}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      await reached('Build');
+      await killAndRestart('source-webhook');
+      await working('Test', '[conveyor] $ sleep 3');
+      await killAndRestart('test-runner');
+      await working('Deploy', 'started `sleep 3 && exec node server.js`');
+      await killAndRestart('deployer');
+      await working('Monitor', 'probe 1:');
+      await killAndRestart('monitor');
 
-    const run = await watchRun(client, runId, quiet, 180_000);
-    expect(run.status).toBe('SUCCEEDED');
-    expect(run.stages.map((s: { name: string; status: string }) => `${s.name} ${s.status}`)).toEqual(['Source SUCCEEDED', 'Build SUCCEEDED', 'Test SUCCEEDED', 'Deploy SUCCEEDED', 'Monitor SUCCEEDED']);
-    expect(run.stages[2].result.tests.failed).toBe(0);
-    // Each of those stages was delivered again. The version the killed deployer had started is gone (the
-    // restarted deployer's sweep, or the next delivery, stopped it): its port answers no more.
-    for (const stage of ['Test', 'Deploy', 'Monitor']) expect(await client.logs(runId, stage)).toContain('[conveyor] delivery 2 of this job');
-    const [first, second] = [...(await client.logs(runId, 'Deploy')).matchAll(/as pid (\d+) on port (\d+)/g)].map((m) => ({ pid: Number(m[1]), port: Number(m[2]) }));
-    expect(second).toBeDefined();
-    expect(pidAlive(first!.pid)).toBe(false);
-    await expect(fetch(`http://127.0.0.1:${first!.port}/healthz`)).rejects.toThrow();
-    const url: string = run.stages[3].result.url;
-    expect((await served(url)).commit).toBe(run.stages[0].result.commit);
-    // Each stage's result recorded once, however many times its job was delivered.
-    const redis = new Redis(stack.redis.url);
-    const entries = await redis.xrange(`${PREFIX}:events`, '-', '+');
-    redis.disconnect();
-    const finished = entries.map(([, fields]) => JSON.parse(fields[1]!)).filter((e) => e.runId === runId && e.type === 'stage.finished');
-    expect(finished.map((e) => e.stage).sort()).toEqual(['Build', 'Deploy', 'Monitor', 'Source', 'Test']);
-    await client.request('DELETE', '/api/v1/pipelines/chaos');
+      const run = await watchRun(client, runId, quiet, 180_000);
+      expect(run.status).toBe('SUCCEEDED');
+      expect(run.stages.map((s: { name: string; status: string }) => `${s.name} ${s.status}`)).toEqual(['Source SUCCEEDED', 'Build SUCCEEDED', 'Test SUCCEEDED', 'Deploy SUCCEEDED', 'Monitor SUCCEEDED']);
+      expect(run.stages[2].result.tests.failed).toBe(0);
+      // The stages whose services were killed were delivered again (the control plane's kill loses nothing:
+      // the results it had not read wait in the streams). The version the killed deployer had started is gone (the
+      // restarted deployer's sweep, or the next delivery, stopped it): its port answers no more.
+      for (const stage of ['Test', 'Deploy', 'Monitor']) expect(await client.logs(runId, stage)).toContain('[conveyor] delivery 2 of this job');
+      const [first, second] = [...(await client.logs(runId, 'Deploy')).matchAll(/as pid (\d+) on port (\d+)/g)].map((m) => ({ pid: Number(m[1]), port: Number(m[2]) }));
+      expect(second).toBeDefined();
+      expect(pidAlive(first!.pid)).toBe(false);
+      if (first!.port !== second!.port) await expect(fetch(`http://127.0.0.1:${first!.port}/healthz`)).rejects.toThrow();
+      const url: string = run.stages[3].result.url;
+      expect((await served(url)).commit).toBe(run.stages[0].result.commit);
+      // Each stage's result recorded once, however many times its job was delivered.
+      const redis = new Redis(stack.redis.url);
+      const entries = await redis.xrange(`${PREFIX}:events`, '-', '+');
+      redis.disconnect();
+      const finished = entries.map(([, fields]) => JSON.parse(fields[1]!)).filter((e) => e.runId === runId && e.type === 'stage.finished');
+      expect(finished.map((e) => e.stage).sort()).toEqual(['Build', 'Deploy', 'Monitor', 'Source', 'Test']);
+    } finally {
+      await client.request('DELETE', '/api/v1/pipelines/chaos');
+    }
   }, 300_000);
 });
 

@@ -50,21 +50,38 @@ export class ArtifactPruner {
     const orphaned = new Set(orphans);
     const doomed = [...expired, ...orphans];
     const result: PruneResult = { checked: stored.length, removed: 0, orphans: 0, bytes: 0 };
-    for (let at = 0; at < doomed.length && !signal?.aborted; at += PARALLEL_REMOVALS) {
-      const batch = doomed.slice(at, at + PARALLEL_REMOVALS);
-      const freed = await Promise.allSettled(batch.map((runId) => store.removeRun(runId)));
-      freed.forEach((outcome, i) => {
-        const runId = batch[i]!;
-        if (outcome.status === 'rejected') logger.warn({ err: outcome.reason, runId }, "could not remove a run's artifacts");
-        // undefined: another replica removed them first.
-        else if (outcome.value !== undefined) {
-          result.removed += 1;
-          result.orphans += orphaned.has(runId) ? 1 : 0;
-          result.bytes += outcome.value;
-        }
-      });
+    for (const { runId, bytes, error } of await removeRunArtifacts(store, doomed, signal)) {
+      if (error !== undefined) logger.warn({ err: error, runId }, "could not remove a run's artifacts");
+      // undefined: another replica removed them first.
+      else if (bytes !== undefined) {
+        result.removed += 1;
+        result.orphans += orphaned.has(runId) ? 1 : 0;
+        result.bytes += bytes;
+      }
     }
     if (result.removed > 0) logger.info({ ...result, keepRuns: policy.keepRuns }, 'pruned run artifacts');
     return result;
   }
+}
+
+/**
+ * Removes these runs' artifacts, PARALLEL_REMOVALS at a time (enough to keep a backlog short, few enough
+ * not to crowd the disk), until `signal` says stop: for each run tried, the bytes freed (undefined when
+ * nothing was there) or the error.
+ */
+export async function removeRunArtifacts(
+  store: Pick<PrunableArtifactStore, 'removeRun'>,
+  runIds: readonly string[],
+  signal?: AbortSignal,
+): Promise<Array<{ runId: string; bytes?: number; error?: unknown }>> {
+  const outcomes: Array<{ runId: string; bytes?: number; error?: unknown }> = [];
+  for (let at = 0; at < runIds.length && !signal?.aborted; at += PARALLEL_REMOVALS) {
+    const batch = runIds.slice(at, at + PARALLEL_REMOVALS);
+    const settled = await Promise.allSettled(batch.map((runId) => store.removeRun(runId)));
+    settled.forEach((outcome, i) => {
+      const runId = batch[i]!;
+      outcomes.push(outcome.status === 'fulfilled' ? { runId, ...(outcome.value === undefined ? {} : { bytes: outcome.value }) } : { runId, error: outcome.reason ?? 'removal failed' });
+    });
+  }
+  return outcomes;
 }

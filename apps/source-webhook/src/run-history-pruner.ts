@@ -1,6 +1,7 @@
 import type { PrunableArtifactStore } from '@conveyor/artifacts';
 import { isTerminalRun, type Run } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
+import { removeRunArtifacts } from './artifact-pruner.js';
 import type { RetentionReader, RunHistory } from './ports.js';
 
 export interface RunHistoryPrunerDeps {
@@ -18,8 +19,6 @@ export interface RunHistoryPrunerDeps {
 const DAY_MS = 86_400_000;
 /** Entries read per page. */
 const PAGE = 500;
-/** Artifact removals at once. */
-const PARALLEL_REMOVALS = 8;
 
 /**
  * Run history retention: deletes the runs created more than `keepDays` days ago that have finished, with
@@ -35,7 +34,10 @@ export class RunHistoryPruner {
     const maxRead = this.deps.maxReadPerPass ?? 50_000;
     const cutoff = (this.deps.now ?? Date.now)() - keepDays * DAY_MS;
     const result = { removed: 0, dangling: 0, read: 0 };
-    pipelines: for (const pipeline of await runs.pipelines()) {
+    // Each pass starts at another pipeline: one with more kept runs than a pass reads cannot starve the rest.
+    const all = await runs.pipelines();
+    const first = Math.floor(Math.random() * all.length);
+    pipelines: for (const pipeline of [...all.slice(first), ...all.slice(0, first)]) {
       // Entries kept stay where they are: the next page starts after them.
       for (let offset = 0; ; ) {
         if (signal?.aborted || result.read >= maxRead) break pipelines;
@@ -45,7 +47,14 @@ export class RunHistoryPruner {
         const live = await reader.liveRuns([pipeline]);
         // Which of its runs serves is not known: none of them goes.
         if (live.unreadable.size > 0) break;
-        const cleared = await this.removeArtifacts(page.runs.filter((r) => isTerminalRun(r) && !live.runIds.has(r.id)));
+        // Artifacts before records, so none are left without a record (which artifact retention would have to
+        // tell from another stack's); a run whose artifacts could not be removed keeps its record, for next time.
+        const doomed = new Map(page.runs.filter((r) => isTerminalRun(r) && !live.runIds.has(r.id)).map((r) => [r.id, r]));
+        const cleared: Run[] = [];
+        for (const { runId, error } of await removeRunArtifacts(this.deps.artifacts, [...doomed.keys()], signal)) {
+          if (error === undefined) cleared.push(doomed.get(runId)!);
+          else logger.warn({ err: error, runId }, "could not remove an old run's artifacts; its record stays until they are");
+        }
         const gone = await runs.remove(pipeline, cleared, page.missing);
         result.removed += gone.runs;
         result.dangling += gone.dangling;
@@ -55,23 +64,5 @@ export class RunHistoryPruner {
     }
     if (result.removed + result.dangling > 0) logger.info({ runs: result.removed, dangling: result.dangling, keepDays }, 'removed the records of old runs');
     return result;
-  }
-
-  /**
-   * Removes the runs' artifacts before their records, so no artifacts are left without a record (which
-   * artifact retention would have to tell from another stack's); a run whose artifacts could not be
-   * removed keeps its record, for the next pass.
-   */
-  private async removeArtifacts(doomed: readonly Run[]): Promise<Run[]> {
-    const cleared: Run[] = [];
-    for (let at = 0; at < doomed.length; at += PARALLEL_REMOVALS) {
-      const batch = doomed.slice(at, at + PARALLEL_REMOVALS);
-      const outcomes = await Promise.allSettled(batch.map((run) => this.deps.artifacts.removeRun(run.id)));
-      outcomes.forEach((outcome, i) => {
-        if (outcome.status === 'fulfilled') cleared.push(batch[i]!);
-        else this.deps.logger.warn({ err: outcome.reason, runId: batch[i]!.id }, "could not remove an old run's artifacts; its record stays until they are");
-      });
-    }
-    return cleared;
   }
 }

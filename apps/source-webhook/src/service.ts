@@ -5,23 +5,16 @@ import { closeQueue, closeRedis, closeWorker, createQueue, createRedis, createRe
 import { BullJobDispatcher } from './adapters/bull-job-dispatcher.js';
 import { GitSourceRepository } from './adapters/git-source-repository.js';
 import { RedisPipelineStore } from './adapters/redis-pipeline-store.js';
-import { RedisRetentionReader } from './adapters/redis-retention-reader.js';
-import { RedisRunHistory } from './adapters/redis-run-history.js';
 import { RedisRunStore } from './adapters/redis-run-store.js';
-import { ArtifactPruner } from './artifact-pruner.js';
-import { RunHistoryPruner } from './run-history-pruner.js';
-import { ORPHAN_GRACE_MS } from './domain/artifact-retention.js';
 import type { Env } from './env.js';
 import { buildServer } from './http/server.js';
 import { ResultsConsumer } from './jobs/results-consumer.js';
 import { sourceJobHandler } from './jobs/source-job.js';
 import { Orchestrator } from './orchestrator.js';
+import { chainedTimer, createRetention } from './retention.js';
 import { WebhookIntake } from './webhook-intake.js';
 
 /** Wires the control plane: stores, queues, orchestrator, workers, HTTP. Listening is the caller's. */
-/** The first retention pass, after start (unless the interval is shorter). */
-const FIRST_RETENTION_MS = 30_000;
-
 export function composeService(env: Env, logger: Logger) {
   const prefix = env.QUEUE_PREFIX;
   // Producer connection fails fast (HTTP answers 503); worker connection blocks and retries.
@@ -53,44 +46,11 @@ export function composeService(env: Env, logger: Logger) {
   const results = new ResultsConsumer({ redis: resultsRedis, prefix, orchestrator, logger, claimIdleMs: env.RESULTS_CLAIM_IDLE_MS });
 
   // Passes are chained, never overlapping.
-  let reconciler: NodeJS.Timeout | undefined;
-  let stopped = false;
-  const scheduleReconcile = () => {
-    reconciler = setTimeout(() => {
-      orchestrator
-        .reconcile()
-        .then((r) => r.settled > 0 && logger.info(r, 'reconciled runs'), (err) => logger.warn({ err }, 'reconcile failed'))
-        .finally(() => !stopped && scheduleReconcile());
-    }, env.RECONCILE_INTERVAL_MS);
-    reconciler.unref();
-  };
-
-  const retentionReader = new RedisRetentionReader(redis, prefix);
-  const artifactPruner = new ArtifactPruner({
-    store: artifacts,
-    reader: retentionReader,
-    logger,
-    policy: { keepRuns: env.ARTIFACT_RETENTION_RUNS, orphanGraceMs: ORPHAN_GRACE_MS },
-  });
-  const historyPruner = new RunHistoryPruner({ runs: new RedisRunHistory(redis, prefix, runs), reader: retentionReader, artifacts, logger, keepDays: env.RUN_HISTORY_DAYS });
-  /** Ends a retention pass under way at shutdown (between pages and removals). */
-  const retentionStop = new AbortController();
-  /** One retention pass: old runs (with their artifacts) first, then the artifacts of the runs that stay. */
-  const retain = async () => {
-    const { signal } = retentionStop;
-    if (env.RUN_HISTORY_DAYS > 0) await historyPruner.prune(signal).catch((err) => logger.warn({ err }, 'run history retention failed'));
-    if (env.ARTIFACT_RETENTION_RUNS > 0 && !signal.aborted) await artifactPruner.prune(signal).catch((err) => logger.warn({ err }, 'artifact pruning failed'));
-  };
-  let retentionTimer: NodeJS.Timeout | undefined;
-  let retentionPass: Promise<unknown> = Promise.resolve();
-  // The first pass comes soon after start, not a whole interval later: a replica restarted more often
-  // than the interval still prunes.
-  const scheduleRetention = (delay = env.RETENTION_INTERVAL_MS) => {
-    retentionTimer = setTimeout(() => {
-      retentionPass = retain().finally(() => !stopped && scheduleRetention());
-    }, delay);
-    retentionTimer.unref();
-  };
+  const reconciler = chainedTimer(
+    () => orchestrator.reconcile().then((r) => r.settled > 0 && logger.info(r, 'reconciled runs'), (err) => logger.warn({ err }, 'reconcile failed')),
+    env.RECONCILE_INTERVAL_MS,
+  );
+  const retention = createRetention({ redis, prefix, runs, artifacts, logger }, env);
 
   const app = buildServer({
     logger,
@@ -113,8 +73,8 @@ export function composeService(env: Env, logger: Logger) {
 
   const shutdown: ShutdownStep[] = [
     { name: 'http', run: () => app.close() },
-    { name: 'reconciler', run: () => ((stopped = true), clearTimeout(reconciler), orchestrator.close()) },
-    { name: 'retention', run: () => (clearTimeout(retentionTimer), retentionStop.abort(), within(retentionPass, 5000, 'retention pass').catch(() => undefined)) },
+    { name: 'reconciler', run: () => (void reconciler.stop(), orchestrator.close()) },
+    { name: 'retention', run: () => within(retention.stop(), 5000, 'retention pass').catch(() => undefined) },
     { name: 'workers', run: () => Promise.all([closeWorker(sourceWorker, env.SHUTDOWN_DRAIN_SECONDS * 1000, logger), within(results.stop(), 5000, 'results consumer').catch(() => undefined)]) },
     { name: 'queues', run: () => Promise.all([...queues.values()].map((q) => closeQueue(q))) },
     { name: 'redis', run: () => Promise.all([redis, workerRedis, queueRedis, resultsRedis].map((c) => closeRedis(c))) },
@@ -124,8 +84,8 @@ export function composeService(env: Env, logger: Logger) {
     await waitReady(redis, 30_000);
     await results.start();
     await orchestrator.reconcile().catch((err) => logger.warn({ err }, 'start-up reconcile failed'));
-    scheduleReconcile();
-    if (env.ARTIFACT_RETENTION_RUNS > 0 || env.RUN_HISTORY_DAYS > 0) scheduleRetention(Math.min(env.RETENTION_INTERVAL_MS, FIRST_RETENTION_MS));
+    reconciler.start();
+    retention.start();
   };
   return { app, orchestrator, pipelines, runs, start, shutdown };
 }

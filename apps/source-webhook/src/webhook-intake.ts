@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { PipelineDefinition, Trigger } from '@conveyor/contracts';
 import { ConflictError, InputError, issuesFromZod, NotFoundError, UnauthorizedError, type Logger } from '@conveyor/service-kit';
 import { githubPushToSourceEvent, GithubPush, verifyGithubSignature } from './domain/github.js';
-import { decideTrigger, normalizeRepositoryUrl } from './domain/triggers.js';
+import { decideTrigger, normalizeRepositoryUrl, type TriggerDecision } from './domain/triggers.js';
 import type { Orchestrator } from './orchestrator.js';
 import type { PipelineStore, RunStore } from './ports.js';
 
@@ -75,7 +76,14 @@ export class WebhookIntake {
       ...(event.actor ? { actor: event.actor } : {}),
       ...(event.before ? { previousCommit: event.before } : {}),
     };
-    const outcomes = await Promise.all(matched.map((p) => this.decide(p, trigger, decideTrigger(p, event), delivery, d.deliveryId!)));
+    // Each pipeline's trigger globs may hold the thread up to TRIGGER_GLOB_LIMITS.perSectionMs: between
+    // pipelines, the rest of the service (lock renewals, /readyz, other requests) gets a turn.
+    const decisions: TriggerDecision[] = [];
+    for (const p of matched) {
+      if (decisions.length > 0) await nextTurn();
+      decisions.push(decideTrigger(p, event));
+    }
+    const outcomes = await Promise.all(matched.map((p, i) => this.decide(p, trigger, decisions[i]!, delivery, d.deliveryId!)));
     const created = outcomes.filter((o) => o.outcome === 'run-created' && !o.duplicate);
     if (created.length > 0) return { status: 202, body: { runId: created[0]!.runId, runs: outcomes } };
     if (outcomes.every((o) => o.duplicate)) return { status: 200, body: { duplicate: true, runId: outcomes[0]?.runId, runs: outcomes } };
@@ -112,7 +120,7 @@ export class WebhookIntake {
     return parsed.data;
   }
 
-  private async decide(p: PipelineDefinition, trigger: Trigger, decision: ReturnType<typeof decideTrigger>, delivery: string, deliveryId: string) {
+  private async decide(p: PipelineDefinition, trigger: Trigger, decision: TriggerDecision, delivery: string, deliveryId: string) {
     const key = `${delivery}:${p.name}`;
     if (decision.run) {
       const started = await this.deps.orchestrator.startRun(p, trigger, key);

@@ -164,13 +164,18 @@ describe('run history retention (RunHistoryPruner over real Redis and real files
     const w = world(30);
     const now = Date.now();
     const old = await storeRunAt(w, now - 400 * DAY);
-    const recent = await storeRunAt(w, now - DAY);
+    // Two recent runs with artifacts: with ARTIFACT_RETENTION_RUNS=0, keeping none would not prune them.
+    const recent = [await storeRunAt(w, now - 2 * DAY), await storeRunAt(w, now - DAY)];
+    for (const id of recent) await w.artifacts.putFiles(artifactKey(id, 'Source', 1), join(dir, 'src'), ['a.txt']);
     const service = retentionService(url, w.prefix, dir, { ARTIFACT_RETENTION_RUNS: '0', RUN_HISTORY_DAYS: '365' });
     try {
       await service.start();
       const deadline = Date.now() + 10_000;
       while ((await w.store.get(old)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-      expect(await w.listed('shop')).toEqual([recent]);
+      expect(await w.listed('shop')).toEqual([...recent].sort());
+      // A second pass has come and gone (the interval is a second) without touching the recent runs' artifacts.
+      await new Promise((r) => setTimeout(r, 1500));
+      expect([await w.hasArtifacts(recent[0]!), await w.hasArtifacts(recent[1]!)]).toEqual([true, true]);
     } finally {
       for (const step of service.shutdown) await step.run();
     }

@@ -35,7 +35,9 @@ describe('FsArtifactStore retention operations (listRuns, removeRun)', () => {
     expect((await store.listRuns()).map((r) => r.runId)).toEqual([RUN_B]);
     // Removed already (another replica got there first): nothing to do, no error.
     expect(await store.removeRun(RUN_A)).toBeUndefined();
+    // What is left still unpacks whole.
     await store.extractTo(await store.putFiles(artifactKey(RUN_B, 'Source', 1), join(dir, 'src'), ['a.txt']), join(dir, 'out'));
+    expect(await readFile(join(dir, 'out', 'a.txt'), 'utf8')).toBe(await readFile(join(dir, 'src', 'a.txt'), 'utf8'));
   });
 
   it('refuses a run id that is not a plain id, and never lists, follows or removes what is not a run directory', async () => {

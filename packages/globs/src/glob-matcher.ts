@@ -29,6 +29,8 @@ export const GLOB_LIMITS = {
   maxRegexNesting: 100,
 };
 export type GlobLimits = typeof GLOB_LIMITS;
+/** What a matcher may spend: the shape limits are checkGlobShape's, the same for every caller. */
+export type GlobTimeLimits = Pick<GlobLimits, 'perGlobMs' | 'perSectionMs'>;
 
 /** One glob and the field that holds it, e.g. `artifacts.files[0]`. */
 export interface Glob {
@@ -160,7 +162,7 @@ export class GlobMatcher {
 
   constructor(
     private readonly section: string,
-    private readonly limits: GlobLimits = GLOB_LIMITS,
+    private readonly limits: GlobTimeLimits = GLOB_LIMITS,
   ) {}
 
   /** One byte per path: 1 where at least one of the globs matches it. */

@@ -105,6 +105,7 @@ describe('superviseServices', () => {
   it('a start that becomes ready is left running', async () => {
     const child = run('sleep 100');
     await readyOrStopped(child, Promise.resolve(), 200);
+    expect(child.killed).toBe(false); // no signal was sent
     expect(child.exitCode).toBeNull();
     expect(child.signalCode).toBeNull();
   });

@@ -3,7 +3,6 @@ export * from './on-failure.js';
 export * from './bash-session.js';
 export * from './orphans.js';
 export * from './globs.js';
-export { GLOB_LIMITS, type GlobLimits } from '@conveyor/globs';
 export * from './junit.js';
 export * from './reports.js';
 export * from './codebuild-env.js';

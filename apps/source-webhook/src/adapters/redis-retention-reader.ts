@@ -11,7 +11,7 @@ const RunSummarySchema = Run.pick({ id: true, pipeline: true, number: true, stat
 const BATCH = 2000;
 
 /**
- * Reads for artifact retention what RedisRunStore and the deployer write: the run hashes
+ * Reads for retention (artifacts and run history) what RedisRunStore and the deployer write: the run hashes
  * (`<prefix>:run:<id>`, field `json`) and the live deployments (liveDeploymentKey). Read only.
  */
 export class RedisRetentionReader implements RetentionReader {

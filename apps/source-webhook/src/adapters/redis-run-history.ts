@@ -1,7 +1,7 @@
 import type { Run } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import type { HistoryPage, RunHistory } from '../ports.js';
-import { activeRunsKey, runIndexKey, runKey, runPipelinesKey, type RedisRunStore } from './redis-run-store.js';
+import { activeRunsKey, runIndexKey, runKey, runPipelinesKey, runPipelinesListedKey, type RedisRunStore } from './redis-run-store.js';
 
 /**
  * Deletes runs from one pipeline's index: KEYS are the index, the active set, the pipelines set, then
@@ -48,7 +48,7 @@ export class RedisRunHistory implements RunHistory {
   }
 
   async pipelines(): Promise<string[]> {
-    const done = `${this.prefix}:run-pipelines:listed`;
+    const done = runPipelinesListedKey(this.prefix);
     // Runs stored before CREATE_RUN kept this set: their pipelines are found once, by a walk of the keys.
     if ((await this.redis.exists(done)) === 0) {
       const at = runIndexKey(this.prefix, '');

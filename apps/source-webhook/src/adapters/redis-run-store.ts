@@ -11,11 +11,21 @@ interface Scripts {
 const EVENTS_MAXLEN = 10_000;
 const DELIVERY_TTL_SECONDS = 7 * 24 * 3600;
 
+/** Lua: folds the active set an earlier version kept at `legacy` (only a SET there is one) into `active`, and deletes it. */
+const FOLD = `
+local function fold(active, legacy)
+  if redis.call('TYPE', legacy).ok == 'set' then
+    redis.call('SUNIONSTORE', active, active, legacy)
+    redis.call('DEL', legacy)
+  end
+end
+`;
+
 /**
  * Atomically: refuse a webhook delivery already decided (returning its decision) or a run id that
  * exists (0); otherwise write the run, its plan and indexes, append its events, record the decision.
  */
-const CREATE_RUN = `
+const CREATE_RUN = `${FOLD}
 local runKey, activeKey, pipelineRunsKey, eventsKey, deliveryKey, pipelinesKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local version, json, plan, runId, score, maxlen, decision, ttl, pipeline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 if decision ~= '' then
@@ -25,10 +35,7 @@ end
 if redis.call('EXISTS', runKey) == 1 then return 0 end
 -- A pipeline named active: its index is where earlier versions kept the active set (see ACTIVE_RUNS), which
 -- one still running may have made again. Folded in first, so the ZADD below cannot fail half-way.
-if redis.call('TYPE', pipelineRunsKey).ok == 'set' then
-  redis.call('SUNIONSTORE', activeKey, activeKey, pipelineRunsKey)
-  redis.call('DEL', pipelineRunsKey)
-end
+fold(activeKey, pipelineRunsKey)
 redis.call('HSET', runKey, 'version', version, 'json', json, 'plan', plan)
 redis.call('ZADD', pipelineRunsKey, score, runId)
 redis.call('SADD', pipelinesKey, pipeline)
@@ -88,12 +95,9 @@ return saved
  * two. Old replicas still running during an upgrade may create that SET again: each call folds in what
  * they added, and costs one TYPE when there is nothing to fold.
  */
-const ACTIVE_RUNS = `
+const ACTIVE_RUNS = `${FOLD}
 local activeKey, legacyKey = KEYS[1], KEYS[2]
-if redis.call('TYPE', legacyKey).ok == 'set' then
-  redis.call('SUNIONSTORE', activeKey, activeKey, legacyKey)
-  redis.call('DEL', legacyKey)
-end
+fold(activeKey, legacyKey)
 return redis.call('SMEMBERS', activeKey)
 `;
 
@@ -115,6 +119,11 @@ export function activeRunsKey(prefix: string): string {
 /** The pipelines that have (or had) runs, deleted ones included: what run history retention walks. */
 export function runPipelinesKey(prefix: string): string {
   return `${prefix}:run-pipelines`;
+}
+
+/** Set once the pipelines of runs stored before `run-pipelines` existed were found (by a walk of the keys). */
+export function runPipelinesListedKey(prefix: string): string {
+  return `${prefix}:run-pipelines:listed`;
 }
 
 /**
@@ -255,7 +264,7 @@ export class RedisRunStore implements RunStore {
     });
   }
 
-  /** These runs in one round trip: each parsed, undefined when it has no record (or its read failed), or the parse's error. */
+  /** These runs in one round trip: each parsed, undefined when it has no record, or the error of its read or its parse. */
   async readMany(ids: readonly string[]): Promise<(Run | Error | undefined)[]> {
     if (ids.length === 0) return [];
     const pipeline = this.redis.pipeline();
@@ -263,7 +272,8 @@ export class RedisRunStore implements RunStore {
     const replies = (await pipeline.exec()) ?? [];
     return replies.map(([err, fields]) => {
       const [json, plan] = fields as [string | null, string | null];
-      if (err || !json) return undefined;
+      if (err) return err;
+      if (!json) return undefined;
       try {
         return parseRun(json, plan);
       } catch (parseErr) {

@@ -1,4 +1,4 @@
-import { checkGlobShape, GLOB_LIMITS, GlobError, GlobMatcher, type Glob, type GlobLimits } from '@conveyor/globs';
+import { checkGlobShape, GlobError, GlobMatcher, type Glob, type GlobTimeLimits } from '@conveyor/globs';
 import { issuePath, type GlobFilter, type PipelineDefinition, type SourceEvent } from '@conveyor/contracts';
 
 export type TriggerDecision = { run: true } | { run: false; reason: string };
@@ -13,7 +13,7 @@ export type TriggerDecision = { run: true } | { run: false; reason: string };
  * needs, so that a loaded machine (GC, builds on the same cores) never makes one look slow, while
  * still bounding how long one delivery holds the thread for each pipeline.
  */
-export const TRIGGER_GLOB_LIMITS: GlobLimits = { ...GLOB_LIMITS, perGlobMs: 500, perSectionMs: 2_000 };
+export const TRIGGER_GLOB_LIMITS: GlobTimeLimits = { perGlobMs: 500, perSectionMs: 2_000 };
 
 /** A filter's globs, each named by its field (`source.triggers.0.filePaths.include.1`). */
 interface Filter {
@@ -86,7 +86,7 @@ function triggerMatches(trigger: TriggerFilters, event: SourceEvent, matcher: Gl
  * with `dot: true` within `limits`: a trigger whose glob takes too long, or is refused, does not
  * match, and the reason names the glob's field.
  */
-export function decideTrigger(def: PipelineDefinition, event: SourceEvent, limits: GlobLimits = TRIGGER_GLOB_LIMITS): TriggerDecision {
+export function decideTrigger(def: PipelineDefinition, event: SourceEvent, limits: GlobTimeLimits = TRIGGER_GLOB_LIMITS): TriggerDecision {
   if (event.deleted) return { run: false, reason: `ref ${event.ref} was deleted` };
   // Filters speak of branches and tags: a push to any other ref (refs/pull/…, refs/notes/…) runs nothing.
   if (event.branch === undefined && event.tag === undefined) return { run: false, reason: `ref ${event.ref} is neither a branch nor a tag` };
@@ -112,7 +112,7 @@ export function decideTrigger(def: PipelineDefinition, event: SourceEvent, limit
 
 /**
  * The definition's trigger globs that checkGlobShape refuses (too long, nested too deep to compile
- * safely), as issues naming their fields like the definition's other errors do.
+ * safely, or not compilable at all), as issues naming their fields like the definition's other errors do.
  */
 export function triggerGlobIssues(def: PipelineDefinition): Array<{ path: string; message: string }> {
   const issues: Array<{ path: string; message: string }> = [];
