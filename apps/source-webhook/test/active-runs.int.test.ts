@@ -20,9 +20,21 @@ beforeAll(async () => {
   redis = new Redis(url);
 });
 afterAll(async () => {
+  for (const prefix of prefixes) {
+    const keys = await redis.keys(`${prefix}:*`);
+    if (keys.length > 0) await redis.del(...keys);
+  }
   redis.disconnect();
   await (await testRedis()).stop();
 });
+
+/** A prefix of this file's, its keys deleted at the end. */
+const prefixes: string[] = [];
+function prefixFor(name: string): string {
+  const prefix = uniquePrefix(name);
+  prefixes.push(prefix);
+  return prefix;
+}
 
 async function stored(store: RedisRunStore, name: string, at = new Date()): Promise<Run> {
   const { run, events } = createRun({ id: randomUUID(), number: 1, definition: pipeline(name), trigger }, at);
@@ -40,7 +52,7 @@ const sorted = async (ids: Promise<string[]>) => (await ids).sort();
 
 describe('a pipeline named active', () => {
   it('lists its runs, and the active runs, each without the other', async () => {
-    const prefix = uniquePrefix('named-active');
+    const prefix = prefixFor('named-active');
     const store = new RedisRunStore(redis, prefix);
     const first = await stored(store, 'active', new Date(Date.UTC(2026, 0, 1, 12, 0, 0)));
     const second = await stored(store, 'active', new Date(Date.UTC(2026, 0, 1, 12, 0, 1)));
@@ -63,7 +75,7 @@ describe('a pipeline named active', () => {
 
 describe('the active set of earlier versions, a SET at runs:active', () => {
   it('is folded into active-runs and deleted; folding again changes nothing; what an old replica adds later is folded too', async () => {
-    const prefix = uniquePrefix('legacy-active');
+    const prefix = prefixFor('legacy-active');
     const legacy = `${prefix}:runs:active`;
     const store = new RedisRunStore(redis, prefix);
     // Only the old set: nothing under the new key yet.
@@ -86,7 +98,7 @@ describe('the active set of earlier versions, a SET at runs:active', () => {
   });
 
   it('a sorted set there (a pipeline named active) is left alone, however often the active runs are read', async () => {
-    const prefix = uniquePrefix('legacy-zset');
+    const prefix = prefixFor('legacy-zset');
     const index = `${prefix}:runs:active`;
     const store = new RedisRunStore(redis, prefix);
     await redis.zadd(index, 1, 'zset-run-0001', 2, 'zset-run-0002');
@@ -97,7 +109,7 @@ describe('the active set of earlier versions, a SET at runs:active', () => {
   });
 
   it('a run of the pipeline named active, stored while an old replica keeps its set there, folds the set in and is indexed', async () => {
-    const prefix = uniquePrefix('legacy-create');
+    const prefix = prefixFor('legacy-create');
     const store = new RedisRunStore(redis, prefix);
     await redis.sadd(`${prefix}:runs:active`, 'old-replica-run-1');
     const run = await stored(store, 'active');
@@ -107,7 +119,7 @@ describe('the active set of earlier versions, a SET at runs:active', () => {
   });
 
   it('a run ended by an old replica, or ended before it was folded in, leaves the active runs once the reconciler reads it', async () => {
-    const prefix = uniquePrefix('legacy-ended');
+    const prefix = prefixFor('legacy-ended');
     const store = new RedisRunStore(redis, prefix);
     const refuse = () => Promise.reject(new Error('no job should be sent or cancelled'));
     const jobs: JobDispatcher = { ensure: refuse, inspect: async () => ({ state: 'pending' }), cancel: refuse };
@@ -125,12 +137,15 @@ describe('the active set of earlier versions, a SET at runs:active', () => {
     await redis.sadd(`${prefix}:runs:active`, endedBeforeFold.id);
 
     expect(await sorted(store.activeRunIds())).toEqual([live.id, endedByOld.id, endedBeforeFold.id].sort());
-    expect(await orchestrator.reconcile()).toEqual({ checked: 3, settled: 0 });
-    expect(await store.activeRunIds()).toEqual([live.id]);
-    expect(await orchestrator.reconcile()).toEqual({ checked: 1, settled: 0 });
-    // Reading the live run leaves it listed.
-    expect((await store.get(live.id))!.status).toBe(live.status);
-    expect(await store.activeRunIds()).toEqual([live.id]);
-    orchestrator.close();
+    try {
+      expect(await orchestrator.reconcile()).toEqual({ checked: 3, settled: 0 });
+      expect(await store.activeRunIds()).toEqual([live.id]);
+      expect(await orchestrator.reconcile()).toEqual({ checked: 1, settled: 0 });
+      // Reading the live run leaves it listed.
+      expect((await store.get(live.id))!.status).toBe(live.status);
+      expect(await store.activeRunIds()).toEqual([live.id]);
+    } finally {
+      orchestrator.close();
+    }
   });
 });
