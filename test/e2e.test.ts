@@ -75,7 +75,8 @@ describe('a push becomes a deployed, verified service', () => {
     expect(run.stages[2].result.tests).toEqual({ total: 4, passed: 4, failed: 0, skipped: 0 });
     expect(run.stages[4].result.probes.failed).toBe(0);
     firstUrl = run.stages[3].result.url;
-    expect(await served(firstUrl)).toMatchObject({ version: '1.0.0', commit: repo.commit });
+    // The Deploy stage's RELEASE: the version the Build stage exported, and the run (CodePipeline's variables).
+    expect(await served(firstUrl)).toMatchObject({ version: '1.0.0', commit: repo.commit, release: `1.0.0+${run.id}` });
     const buildLog = await client.logs(run.id, 'Build');
     expect(buildLog).toContain(`Building hello-service at ${repo.commit}`);
     // Services running as root run each build as a user of its own (BUILD_UIDS), out of reach of their environment.

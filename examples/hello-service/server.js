@@ -21,7 +21,8 @@ function createServer() {
       res.end(JSON.stringify(body));
     };
     if (req.url === '/healthz') return send(200, { status: 'ok', version });
-    if (req.url === '/') return send(200, { service: 'hello-service', version, commit: buildInfo.commit, message: greet('world') });
+    // RELEASE comes from the pipeline's Deploy stage (#{Build.APP_VERSION}, a variable the build exported).
+    if (req.url === '/') return send(200, { service: 'hello-service', version, commit: buildInfo.commit, release: process.env.RELEASE, message: greet('world') });
     return send(404, { error: 'not found' });
   });
 }

@@ -572,3 +572,24 @@ describe('trigger globs', () => {
     expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/slow', headers: auth })).statusCode).toBe(200);
   });
 });
+
+describe('variables in a definition', () => {
+  it('a reference that can never resolve is a 400 naming its field, and the pipeline is not stored', async () => {
+    const res = await service.app.inject({
+      method: 'POST',
+      url: '/api/v1/pipelines',
+      headers: auth,
+      payload: {
+        name: 'unresolvable',
+        source: { provider: 'generic', repository: 'file:///nowhere.git' },
+        stages: [
+          { name: 'Build', type: 'build' },
+          { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'node server.js', env: { VERSION: '#{Build.APP_VERSION}', WHERE: '#{Monitor.URL}' } } },
+        ],
+      },
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().errors).toEqual([{ path: 'stages.1.target.env.WHERE', message: '#{Monitor.URL}: no build or test stage Monitor runs before this one' }]);
+    expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/unresolvable', headers: auth })).statusCode).toBe(404);
+  });
+});

@@ -10,6 +10,7 @@ import {
   type StageResult,
   type Trigger,
 } from '@conveyor/contracts';
+import { resolveVariables } from './variables.js';
 
 /** What can happen to a run. Every input is idempotent: a repeat leaves the run unchanged. */
 export type RunInput =
@@ -204,12 +205,18 @@ function buildJob(run: Run, i: number, attempt: number, jobId: string): StageJob
   if (!commit) return { error: 'the Source stage resolved no commit' };
   switch (def.type) {
     case 'build':
-    case 'test':
+    case 'test': {
       if (!input) return { error: `no artifact before stage ${def.name}` };
-      return Object.assign(base, { type: def.type, commit, repository: run.plan.source.repository, input, buildspec: def.buildspec, env: { variables: def.env.variables }, timeoutMinutes: def.timeoutMinutes });
-    case 'deploy':
+      const env = resolveVariables(def.env.variables, run, i, 'env.variables');
+      if ('error' in env) return env;
+      return Object.assign(base, { type: def.type, commit, repository: run.plan.source.repository, input, buildspec: def.buildspec, env: { variables: env.env }, timeoutMinutes: def.timeoutMinutes });
+    }
+    case 'deploy': {
       if (!input) return { error: `no artifact before stage ${def.name}` };
-      return Object.assign(base, { type: 'deploy' as const, commit, input, target: def.target });
+      const env = resolveVariables(def.target.env, run, i, 'target.env');
+      if ('error' in env) return env;
+      return Object.assign(base, { type: 'deploy' as const, commit, input, target: env.env === def.target.env ? def.target : patch(def.target, { env: env.env }) });
+    }
     case 'monitor': {
       const url = [...run.stages.slice(0, i)].reverse().find((s) => s.type === 'deploy' && s.result?.url)?.result?.url;
       if (!url) return { error: `no deployed URL before stage ${def.name}` };

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { PipelineDefinition, PipelineName, StartRunBody, toPipelineView, toRunView, type Trigger } from '@conveyor/contracts';
 import { ConflictError, InputError, issuesFromZod, NotFoundError, type App } from '@conveyor/service-kit';
 import { triggerGlobIssues } from '../domain/triggers.js';
+import { variableIssues } from '../domain/variables.js';
 import type { ServerDeps } from './server.js';
 
 const YAML_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml'];
@@ -21,8 +22,8 @@ function parseDefinitionBody(body: unknown) {
   const parsed = PipelineDefinition.safeParse(withoutViewFields(body));
   if (!parsed.success) throw new InputError('invalid pipeline definition', issuesFromZod(parsed.error));
   // Refused here, naming the field, rather than at each push (which would then run nothing, saying why).
-  const globIssues = triggerGlobIssues(parsed.data);
-  if (globIssues.length > 0) throw new InputError('invalid pipeline definition', globIssues);
+  const issues = [...triggerGlobIssues(parsed.data), ...variableIssues(parsed.data)];
+  if (issues.length > 0) throw new InputError('invalid pipeline definition', issues);
   return parsed.data;
 }
 

@@ -68,6 +68,14 @@ describe('readReports: the test stage gates on its reports', () => {
     expect(lines).toContain(`[conveyor] report gone: ${outcome.message}\n`);
   });
 
+  it('passes on what the buildspec exported, for later stages to read as #{<Stage>.<NAME>}', async () => {
+    const phases = { status: 'SUCCEEDED' as const, phases: [], exportedVariables: { SUITE: 'unit' }, durationMs: 5 };
+    const run = await finishedBuild({ 'r.xml': junit('<testcase name="a"/>') }, "  unit:\n    files: [ 'r.xml' ]\n", { phases });
+    expect((await readReports(run, () => undefined)).output).toMatchObject({ exportedVariables: { SUITE: 'unit' }, tests: { total: 1, passed: 1 } });
+    const none = await finishedBuild({}, undefined, { phases: { ...phases, exportedVariables: {} } });
+    expect((await readReports(none, () => undefined)).output).not.toHaveProperty('exportedVariables');
+  });
+
   it('a stage without reports takes the command\'s status, with no counts', async () => {
     const run = await finishedBuild({}, undefined, { status: 'FAILED', message: 'phase build failed' });
     expect(await readReports(run, () => undefined)).toEqual({ status: 'FAILED', message: 'phase build failed', output: {} });

@@ -33,7 +33,8 @@ export const testJobHandler =
  * that matches no file, or a file that is not JUnit fails the stage, as does a failed command.
  */
 export async function readReports(run: BuildspecRun, log: (t: string) => void, user?: BuildUser, limits: JUnitLimits = JUNIT_LIMITS, signal?: AbortSignal): Promise<StageOutcome> {
-  const phases = run.phases ? { phases: run.phases.phases } : {};
+  // What the buildspec exported, as a build stage's: later stages read them as #{<Stage>.<NAME>}.
+  const phases = run.phases ? { phases: run.phases.phases, ...(Object.keys(run.phases.exportedVariables).length ? { exportedVariables: run.phases.exportedVariables } : {}) } : {};
   const reports = await collectReports(run, log, { ...(user ? { user } : {}), limits, ...(signal ? { signal } : {}) });
   switch (reports.kind) {
     case 'stopped':

@@ -1,0 +1,83 @@
+import { describe, expect, it } from 'vitest';
+import { PipelineDefinition, stageResultOf, type Run, type StageJob, type StageResult } from '@conveyor/contracts';
+import { createRun, pendingJobs, step } from './state-machine.js';
+import { variableIssues } from './variables.js';
+
+const SHA = 'a'.repeat(40);
+const ART = { key: 'runs/r/Source-1.tar', sha256: 'b'.repeat(64), bytes: 10 };
+const BUILD_ART = { key: 'runs/r/Build-1.tar', sha256: 'c'.repeat(64), bytes: 20 };
+const t = (s: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, s));
+
+const definitionWith = (stages: unknown[]) =>
+  PipelineDefinition.parse({ name: 'hello', source: { provider: 'generic', repository: 'file:///tmp/repo', branch: 'main' }, stages });
+
+const STAGES = [
+  { name: 'Build', type: 'build' },
+  { name: 'Test', type: 'test', env: { variables: { IMAGE: 'app:#{Build.APP_VERSION}', RUN: '#{codepipeline.PipelineExecutionId}', PLAIN: 'no #{ reference here' } } },
+  {
+    name: 'Deploy',
+    type: 'deploy',
+    target: { kind: 'local', command: 'node server.js', env: { RELEASE: '#{Build.APP_VERSION}-#{Source.CommitId}', BRANCH: '#{Source.BranchName}', SUITE: '#{Test.SUITE}' } },
+  },
+];
+
+function result(job: StageJob, output: StageResult['output']): StageResult {
+  return stageResultOf(job, { status: 'SUCCEEDED', startedAt: t(1).toISOString(), finishedAt: t(2).toISOString(), output });
+}
+
+/** Runs the stages with these outputs, one after another; the run and the jobs it sent. */
+function drive(stages: unknown[], outputs: StageResult['output'][]): { run: Run; jobs: StageJob[] } {
+  let run = createRun({ id: 'run-00000001', number: 1, definition: definitionWith(stages), trigger: { type: 'manual', ref: 'refs/heads/main' } }, t(0)).run;
+  const jobs: StageJob[] = [];
+  outputs.forEach((output, n) => {
+    const job = pendingJobs(run)[0]!;
+    jobs.push(job);
+    run = step(run, { type: 'stage-result', result: result(job, output) }, t(10 + n)).run;
+  });
+  const next = pendingJobs(run)[0];
+  if (next) jobs.push(next);
+  return { run, jobs };
+}
+
+describe('variables in stage environments (#{Namespace.Variable})', () => {
+  it('resolves run, Source and earlier stages’ exported variables into later stages’ environments', () => {
+    const { jobs } = drive(STAGES, [{ commit: SHA, artifact: ART }, { artifact: BUILD_ART, exportedVariables: { APP_VERSION: '1.4.2' } }, { exportedVariables: { SUITE: 'unit' } }]);
+    expect(jobs[2]).toMatchObject({ type: 'test', env: { variables: { IMAGE: 'app:1.4.2', RUN: 'run-00000001', PLAIN: 'no #{ reference here' } } });
+    expect(jobs[3]).toMatchObject({ type: 'deploy', target: { env: { RELEASE: `1.4.2-${SHA}`, BRANCH: 'main', SUITE: 'unit' } } });
+  });
+
+  it('fails the stage, naming the variable and why, when an earlier stage did not export it; later stages are skipped', () => {
+    const { run, jobs } = drive(STAGES, [{ commit: SHA, artifact: ART }, { artifact: BUILD_ART }]);
+    expect(jobs).toHaveLength(2);
+    expect(run.status).toBe('FAILED');
+    expect(run.stages.map((s) => s.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'FAILED', 'SKIPPED']);
+    expect(run.stages[2]!.message).toBe(
+      'env.variables.IMAGE: #{Build.APP_VERSION} is not set: stage Build exported no variable APP_VERSION (list it under env.exported-variables in its buildspec)',
+    );
+  });
+
+  it('leaves an environment without references as it is', () => {
+    const { jobs } = drive([{ name: 'Build', type: 'build', env: { variables: { A: 'x', B: '#{not a reference}' } } }], [{ commit: SHA, artifact: ART }]);
+    expect(jobs[1]).toMatchObject({ env: { variables: { A: 'x', B: '#{not a reference}' } } });
+  });
+});
+
+describe('variableIssues (checked when a pipeline is defined)', () => {
+  it('accepts references to earlier build and test stages, Source and codepipeline', () => {
+    expect(variableIssues(definitionWith(STAGES))).toEqual([]);
+  });
+
+  it('names each reference that can never resolve', () => {
+    const def = definitionWith([
+      { name: 'Build', type: 'build', env: { variables: { SELF: '#{Build.X}', LATER: '#{Deploy.URL}' } } },
+      { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'x', env: { A: '#{Source.Author}', B: '#{codepipeline.Nope}', C: '#{Nowhere.X}' } } },
+    ]);
+    expect(variableIssues(def)).toEqual([
+      { path: 'stages.0.env.variables.SELF', message: '#{Build.X}: no build or test stage Build runs before this one' },
+      { path: 'stages.0.env.variables.LATER', message: '#{Deploy.URL}: no build or test stage Deploy runs before this one' },
+      { path: 'stages.1.target.env.A', message: '#{Source.Author}: Source has only CommitId and BranchName' },
+      { path: 'stages.1.target.env.B', message: '#{codepipeline.Nope}: codepipeline has only PipelineExecutionId' },
+      { path: 'stages.1.target.env.C', message: '#{Nowhere.X}: no build or test stage Nowhere runs before this one' },
+    ]);
+  });
+});
