@@ -108,7 +108,8 @@ export const PipelineDefinition = z
       .min(1)
       .max(50)
       .superRefine((stages, ctx) => {
-        const seen = new Set<string>(['Source']);
+        // Source is the implicit first stage; codepipeline and variables are namespaces of their own (ADR 0011).
+        const seen = new Set<string>(['Source', 'codepipeline', 'variables']);
         stages.forEach((s, i) => {
           if (seen.has(s.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate or reserved stage name "${s.name}"` });
           seen.add(s.name);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { PipelineDefinition, stageResultOf, type Run, type StageJob, type StageResult } from '@conveyor/contracts';
+import { PipelineDefinition, StageJob, stageResultOf, type Run, type StageResult } from '@conveyor/contracts';
 import { createRun, pendingJobs, step } from './state-machine.js';
 import { variableIssues } from './variables.js';
 
@@ -36,6 +36,8 @@ function drive(stages: unknown[], outputs: StageResult['output'][]): { run: Run;
   });
   const next = pendingJobs(run)[0];
   if (next) jobs.push(next);
+  // Every job built is one its worker takes.
+  for (const job of jobs) expect(StageJob.parse(job)).toEqual(job);
   return { run, jobs };
 }
 
@@ -56,6 +58,19 @@ describe('variables in stage environments (#{Namespace.Variable})', () => {
     );
   });
 
+  it('fails the stage, naming the field, when a resolved value is longer than an environment value may be', () => {
+    const { run } = drive(STAGES, [{ commit: SHA, artifact: ART }, { artifact: BUILD_ART, exportedVariables: { APP_VERSION: 'v'.repeat(40_000) } }]);
+    expect(run.stages[2]).toMatchObject({ status: 'FAILED', message: 'env.variables.IMAGE: 40004 characters once its variables are resolved, more than the 32768 allowed' });
+  });
+
+  it('gives #{Source.BranchName} as empty for a run of a tag', () => {
+    const stages = [{ name: 'Build', type: 'build', env: { variables: { BRANCH: '[#{Source.BranchName}]' } } }];
+    const run = createRun({ id: 'run-00000002', number: 1, definition: definitionWith(stages), trigger: { type: 'manual', ref: 'refs/tags/v1' } }, t(0)).run;
+    const source = pendingJobs(run)[0]!;
+    const next = step(run, { type: 'stage-result', result: result(source, { commit: SHA, artifact: ART }) }, t(10)).run;
+    expect(pendingJobs(next)[0]).toMatchObject({ env: { variables: { BRANCH: '[]' } } });
+  });
+
   it('leaves an environment without references as it is', () => {
     const { jobs } = drive([{ name: 'Build', type: 'build', env: { variables: { A: 'x', B: '#{not a reference}' } } }], [{ commit: SHA, artifact: ART }]);
     expect(jobs[1]).toMatchObject({ env: { variables: { A: 'x', B: '#{not a reference}' } } });
@@ -70,14 +85,24 @@ describe('variableIssues (checked when a pipeline is defined)', () => {
   it('names each reference that can never resolve', () => {
     const def = definitionWith([
       { name: 'Build', type: 'build', env: { variables: { SELF: '#{Build.X}', LATER: '#{Deploy.URL}' } } },
-      { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'x', env: { A: '#{Source.Author}', B: '#{codepipeline.Nope}', C: '#{Nowhere.X}' } } },
+      { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'x --v #{Build.X}', env: { A: '#{Source.Author}', B: '#{codepipeline.Nope}', C: '#{Nowhere.X}', D: '#{Build.APP.VERSION} #{ Build.X }', E: '#{SourceVariables.CommitId}' } } },
     ]);
     expect(variableIssues(def)).toEqual([
       { path: 'stages.0.env.variables.SELF', message: '#{Build.X}: no build or test stage Build runs before this one' },
       { path: 'stages.0.env.variables.LATER', message: '#{Deploy.URL}: no build or test stage Deploy runs before this one' },
+      { path: 'stages.1.target.command', message: '#{Build.X}: variables are not put into commands; set one in target.env and use it as $NAME' },
       { path: 'stages.1.target.env.A', message: '#{Source.Author}: Source has only CommitId and BranchName' },
       { path: 'stages.1.target.env.B', message: '#{codepipeline.Nope}: codepipeline has only PipelineExecutionId' },
       { path: 'stages.1.target.env.C', message: '#{Nowhere.X}: no build or test stage Nowhere runs before this one' },
+      { path: 'stages.1.target.env.D', message: '#{Build.APP.VERSION}: not a variable reference: #{Namespace.Variable}, of letters, digits, @, _ and -' },
+      { path: 'stages.1.target.env.D', message: '#{ Build.X }: not a variable reference: #{Namespace.Variable}, of letters, digits, @, _ and -' },
+      { path: 'stages.1.target.env.E', message: "#{SourceVariables.CommitId}: no build or test stage SourceVariables runs before this one (the source's namespace is Source)" },
     ]);
+  });
+
+  it('reserves codepipeline and variables, namespaces of their own, as stage names', () => {
+    for (const name of ['codepipeline', 'variables']) {
+      expect(() => definitionWith([{ name, type: 'build' }])).toThrow(/duplicate or reserved stage name/);
+    }
   });
 });

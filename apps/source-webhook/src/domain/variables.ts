@@ -13,6 +13,12 @@ const REFERENCE = /#\{([A-Za-z0-9@_-]+)\.([A-Za-z0-9@_-]+)\}/g;
 
 const SOURCE_VARIABLES = ['CommitId', 'BranchName'] as const;
 
+/** What looks like a reference (`#{…}`): one that is not a valid one is refused when a pipeline is defined. */
+const LOOKS_LIKE = /#\{[^}]*\}/g;
+
+/** The longest value a stage's environment takes (EnvVariables in contracts). */
+const MAX_VALUE = 32_768;
+
 /** The environment of stage i (its index in `run.stages`), with every reference resolved; or why it cannot be. */
 export function resolveVariables(env: Readonly<Record<string, string>>, run: Run, i: number, field: string): { env: Record<string, string> } | { error: string } {
   // Most environments hold no reference: they are passed as they are.
@@ -26,6 +32,8 @@ export function resolveVariables(env: Readonly<Record<string, string>>, run: Run
       return resolved ?? '';
     });
     if (problem) return { error: problem };
+    // Exported values may be long: past the contract's limit the job would be refused by its worker, unexplained.
+    if (out[name]!.length > MAX_VALUE) return { error: `${field}.${name}: ${out[name]!.length} characters once its variables are resolved, more than the ${MAX_VALUE} allowed` };
   }
   return { env: out };
 }
@@ -34,7 +42,8 @@ function lookUp(run: Run, i: number, namespace: string, variable: string): strin
   if (namespace === 'codepipeline') return variable === 'PipelineExecutionId' ? run.id : undefined;
   if (namespace === 'Source') {
     if (variable === 'CommitId') return run.commit;
-    if (variable === 'BranchName') return splitRef(run.trigger.ref ?? '').branch;
+    // Empty for a run of a tag (or of a commit alone): the variable exists, the run has no branch.
+    if (variable === 'BranchName') return splitRef(run.trigger.ref ?? '').branch ?? '';
     return undefined;
   }
   const stage = run.stages.slice(1, i).find((s) => s.name === namespace);
@@ -57,23 +66,30 @@ function why(run: Run, i: number, namespace: string, variable: string): string {
 export function variableIssues(def: PipelineDefinition): Array<{ path: string; message: string }> {
   const issues: Array<{ path: string; message: string }> = [];
   def.stages.forEach((stage, i) => {
+    if (stage.type === 'deploy') {
+      const refs = stage.target.command.match(REFERENCE);
+      if (refs) issues.push({ path: `stages.${i}.target.command`, message: `${refs[0]}: variables are not put into commands; set one in target.env and use it as $NAME` });
+    }
     const fields = stage.type === 'build' || stage.type === 'test' ? { at: `stages.${i}.env.variables`, env: stage.env.variables } : stage.type === 'deploy' ? { at: `stages.${i}.target.env`, env: stage.target.env } : undefined;
     if (!fields) return;
     const exporters = new Set(def.stages.slice(0, i).filter((s) => s.type === 'build' || s.type === 'test').map((s) => s.name));
     for (const [name, value] of Object.entries(fields.env)) {
-      for (const [text, namespace, variable] of value.matchAll(REFERENCE)) {
+      for (const [text] of value.matchAll(LOOKS_LIKE)) {
+        const [, namespace, variable] = new RegExp(`^${REFERENCE.source}$`).exec(text) ?? [];
         const problem =
-          namespace === 'codepipeline'
-            ? variable === 'PipelineExecutionId'
-              ? undefined
-              : 'codepipeline has only PipelineExecutionId'
-            : namespace === 'Source'
-              ? (SOURCE_VARIABLES as readonly string[]).includes(variable!)
+          namespace === undefined
+            ? 'not a variable reference: #{Namespace.Variable}, of letters, digits, @, _ and -'
+            : namespace === 'codepipeline'
+              ? variable === 'PipelineExecutionId'
                 ? undefined
-                : `Source has only ${SOURCE_VARIABLES.join(' and ')}`
-              : exporters.has(namespace!)
-                ? undefined
-                : `no build or test stage ${namespace} runs before this one`;
+                : 'codepipeline has only PipelineExecutionId'
+              : namespace === 'Source'
+                ? (SOURCE_VARIABLES as readonly string[]).includes(variable!)
+                  ? undefined
+                  : `Source has only ${SOURCE_VARIABLES.join(' and ')}`
+                : exporters.has(namespace)
+                  ? undefined
+                  : `no build or test stage ${namespace} runs before this one${namespace === 'SourceVariables' ? " (the source's namespace is Source)" : ''}`;
         if (problem) issues.push({ path: `${fields.at}.${name}`, message: `${text}: ${problem}` });
       }
     }
