@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES, type BuildJob } from '@conveyor/contracts';
 import type { BuildUsers } from '@conveyor/runner';
-import { inProcessStageService, StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
+import { inProcessStageService, junitXml, StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
 import { buildJobHandler } from '../src/jobs/build-job.js';
 
@@ -20,7 +20,7 @@ const isRoot = process.getuid?.() === 0;
 let users: BuildUsers | undefined;
 const asNobody: BuildUsers = { withUser: (fn) => fn({ uid: 65534, gid: 65534 }, async () => undefined), close: async () => undefined, summary: 'builds run as nobody', ownIds: () => [65534] };
 
-const junit = (cases: string) => `<?xml version="1.0"?>\n<testsuites><testsuite name="s">${cases}</testsuite></testsuites>\n`;
+const junit = junitXml;
 
 async function sourceArtifact(files: Record<string, string>) {
   const src = join(dir, `src-${++n}`);

@@ -1,31 +1,30 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { artifactKey, FsArtifactStore } from '@conveyor/artifacts';
 import { liveDeploymentKey, type RunStatus } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
-import { testRedis, uniquePrefix } from '@conveyor/testing';
 import { RedisRetentionReader } from '../src/adapters/redis-retention-reader.js';
 import { RedisRunStore } from '../src/adapters/redis-run-store.js';
 import { ArtifactPruner } from '../src/artifact-pruner.js';
 import { ORPHAN_GRACE_MS } from '../src/domain/artifact-retention.js';
 import { loadEnv } from '../src/env.js';
-import { retentionService, storeRun, TOKEN } from './runs.testkit.js';
+import { retentionService, retentionSetup, storeRun, TOKEN } from './runs.testkit.js';
 
 const HOUR = 3_600_000;
 
+// Redis, a directory with files to pack, and prefixes cleaned up at the end (runs.testkit.ts).
+const shared = retentionSetup('prune');
 let url: string;
 let redis: Redis;
 let dir: string;
-const prefixes: string[] = [];
+beforeAll(() => void ({ url, redis, dir } = shared));
 
 /** One test's world: its own Redis prefix and artifact directory, the real run store, reader and file store. */
 function world(keepRuns: number) {
-  const prefix = uniquePrefix('prune');
-  prefixes.push(prefix);
+  const prefix = shared.prefix('prune');
   const artifactDir = join(dir, prefix);
   const store = new FsArtifactStore(artifactDir);
   const runs = new RedisRunStore(redis, prefix);
@@ -53,24 +52,6 @@ function world(keepRuns: number) {
   return { prefix, artifactDir, store, runs, logger, pruner, runDir, runWithArtifacts, artifactsFor, exists, present };
 }
 
-beforeAll(async () => {
-  url = (await testRedis()).url;
-  redis = new Redis(url);
-  dir = await mkdtemp(join(tmpdir(), 'cv-prune-'));
-  await mkdir(join(dir, 'src'));
-  await writeFile(join(dir, 'src', 'a.txt'), 'A'.repeat(1000));
-  await writeFile(join(dir, 'src', 'b.txt'), 'B'.repeat(5000));
-});
-
-afterAll(async () => {
-  for (const prefix of prefixes) {
-    const keys = await redis.keys(`${prefix}:*`);
-    if (keys.length > 0) await redis.del(...keys);
-  }
-  redis.disconnect();
-  await rm(dir, { recursive: true, force: true });
-  await (await testRedis()).stop();
-});
 
 beforeEach(() => vi.restoreAllMocks());
 

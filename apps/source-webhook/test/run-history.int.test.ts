@@ -1,48 +1,31 @@
-import { mkdtemp, rm, stat, writeFile, mkdir } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { artifactKey, FsArtifactStore } from '@conveyor/artifacts';
 import { liveDeploymentKey, type RunStatus } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
-import { testRedis, uniquePrefix } from '@conveyor/testing';
 import { RedisRetentionReader } from '../src/adapters/redis-retention-reader.js';
 import { RedisRunHistory } from '../src/adapters/redis-run-history.js';
 import { RedisRunStore, runKey } from '../src/adapters/redis-run-store.js';
 import { loadEnv } from '../src/env.js';
 import { RunHistoryPruner } from '../src/run-history-pruner.js';
-import { retentionService, storeRun, TOKEN } from './runs.testkit.js';
+import { retentionService, retentionSetup, storeRun, TOKEN } from './runs.testkit.js';
 
 const DAY = 86_400_000;
 const NOW = Date.UTC(2026, 10, 1);
 
+// Redis, a directory with files to pack, and prefixes cleaned up at the end (runs.testkit.ts).
+const shared = retentionSetup('history');
 let url: string;
 let redis: Redis;
 let dir: string;
-const prefixes: string[] = [];
+beforeAll(() => void ({ url, redis, dir } = shared));
 
-beforeAll(async () => {
-  url = (await testRedis()).url;
-  redis = new Redis(url);
-  dir = await mkdtemp(join(tmpdir(), 'cv-history-'));
-  await mkdir(join(dir, 'src'));
-  await writeFile(join(dir, 'src', 'a.txt'), 'A'.repeat(100));
-});
-afterAll(async () => {
-  for (const prefix of prefixes) {
-    const keys = await redis.keys(`${prefix}:*`);
-    if (keys.length > 0) await redis.del(...keys);
-  }
-  redis.disconnect();
-  await rm(dir, { recursive: true, force: true });
-  await (await testRedis()).stop();
-});
 
 /** One test's world: its own prefix and artifact directory, the real run store, history and reader, a pruner keeping `keepDays`. */
 function world(keepDays: number, maxReadPerPass?: number) {
-  const prefix = uniquePrefix('history');
-  prefixes.push(prefix);
+  const prefix = shared.prefix('history');
   const store = new RedisRunStore(redis, prefix);
   const artifacts = new FsArtifactStore(join(dir, prefix));
   const logger = { info: vi.fn(), warn: vi.fn() };
@@ -146,8 +129,7 @@ describe('run history retention (RunHistoryPruner over real Redis and real files
     await redis.del(`${w.prefix}:run-pipelines`);
     const history = new RedisRunHistory(redis, w.prefix, w.store);
     expect((await history.pipelines()).sort()).toEqual(['active', 'shop']);
-    const legacy = uniquePrefix('history-legacy');
-    prefixes.push(legacy);
+    const legacy = shared.prefix('history-legacy');
     await redis.sadd(`${legacy}:runs:active`, old);
     expect(await new RedisRunHistory(redis, legacy, w.store).pipelines()).toEqual([]);
     expect((await w.pruner.prune()).removed).toBe(2);

@@ -1,8 +1,12 @@
 import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { expect } from 'vitest';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { PipelineDefinition, type RunStatus } from '@conveyor/contracts';
 import { createLogger } from '@conveyor/service-kit';
+import { testRedis, uniquePrefix } from '@conveyor/testing';
 import type { RedisRunStore } from '../src/adapters/redis-run-store.js';
 import { createRun } from '../src/domain/state-machine.js';
 import { loadEnv } from '../src/env.js';
@@ -39,4 +43,41 @@ export function retentionService(url: string, prefix: string, dir: string, setti
     ...settings,
   });
   return composeService(env, createLogger('test', 'silent'));
+}
+
+/**
+ * What a retention test file shares, made before its tests and removed after them: Redis, a temp
+ * directory holding `src/a.txt` (1000 bytes) and `src/b.txt` (5000 bytes) to pack as artifacts, and
+ * Redis prefixes (`prefix(tag)`) whose keys are deleted at the end.
+ */
+export function retentionSetup(tag: string) {
+  const prefixes: string[] = [];
+  const ctx = {
+    url: '',
+    redis: undefined as unknown as Redis,
+    dir: '',
+    prefix(name: string): string {
+      const prefix = uniquePrefix(name);
+      prefixes.push(prefix);
+      return prefix;
+    },
+  };
+  beforeAll(async () => {
+    ctx.url = (await testRedis()).url;
+    ctx.redis = new Redis(ctx.url);
+    ctx.dir = await mkdtemp(join(tmpdir(), `cv-${tag}-`));
+    await mkdir(join(ctx.dir, 'src'));
+    await writeFile(join(ctx.dir, 'src', 'a.txt'), 'A'.repeat(1000));
+    await writeFile(join(ctx.dir, 'src', 'b.txt'), 'B'.repeat(5000));
+  });
+  afterAll(async () => {
+    for (const prefix of prefixes) {
+      const keys = await ctx.redis.keys(`${prefix}:*`);
+      if (keys.length > 0) await ctx.redis.del(...keys);
+    }
+    ctx.redis.disconnect();
+    await rm(ctx.dir, { recursive: true, force: true });
+    await (await testRedis()).stop();
+  });
+  return ctx;
 }

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { junitXml } from '@conveyor/testing';
 import { GLOB_LIMITS } from '@conveyor/globs';
 import { parseBuildspec } from './buildspec.js';
 import type { BuildspecRun } from './buildspec-job.js';
@@ -17,7 +18,7 @@ afterEach(async () => {
   await rm(ws, { recursive: true, force: true });
 });
 
-const junit = (cases: string) => `<?xml version="1.0"?>\n<testsuites><testsuite name="s">${cases}</testsuite></testsuites>\n`;
+const junit = junitXml;
 /** One element with 600k attributes (5.6 MB): parsed in the main thread, it held the event loop for seconds. */
 const attributeBomb = `<testsuite ${Array.from({ length: 600_000 }, (_, i) => `a${i}=""`).join(' ')}/>`;
 

@@ -3,3 +3,4 @@ export * from './git.js';
 export * from './stage-harness.js';
 export * from './service-process.js';
 export * from './cancel-notices.js';
+export * from './junit.js';

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { junitXml } from '@conveyor/testing';
 import { JUNIT_LIMITS, parseBuildspec, type BuildspecRun } from '@conveyor/runner';
 import { readReports } from './test-job.js';
 
@@ -16,7 +17,7 @@ afterEach(async () => {
   await rm(ws, { recursive: true, force: true });
 });
 
-const junit = (cases: string) => `<?xml version="1.0"?>\n<testsuites><testsuite name="s">${cases}</testsuite></testsuites>\n`;
+const junit = junitXml;
 
 /** A finished build whose workspace holds `files` and whose buildspec has the given `reports:` section (none when undefined). */
 async function finishedBuild(files: Record<string, string>, reports: string | undefined, over: Partial<BuildspecRun> = {}): Promise<BuildspecRun> {
