@@ -7,7 +7,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConveyorClient, examplePipelineYaml, prepareExampleRepo, startStack, watchRun, type ExampleRepo, type Stack } from '@conveyor/launcher';
 import { pidAlive } from '@conveyor/procfs';
-import { commitFiles, completedResults, freePort, freePortRange, git, testRedis } from '@conveyor/testing';
+import { commitFiles, completedResults, freePortRange, git, testRedis } from '@conveyor/testing';
 
 /**
  * The whole system as a user runs it: the launcher's five service processes, real Redis, a real git
@@ -75,8 +75,9 @@ describe('a push becomes a deployed, verified service', () => {
     expect(run.stages[2].result.tests).toEqual({ total: 4, passed: 4, failed: 0, skipped: 0 });
     expect(run.stages[4].result.probes.failed).toBe(0);
     firstUrl = run.stages[3].result.url;
-    // The Deploy stage's RELEASE: the version the Build stage exported, and the run (CodePipeline's variables).
-    expect(await served(firstUrl)).toMatchObject({ version: '1.0.0', commit: repo.commit, release: `1.0.0+${run.id}` });
+    // The Deploy stage's RELEASE: the version the Build stage exported, and the run; DEPLOY_ENV: the pipeline variable's default (CodePipeline's variables).
+    expect(await served(firstUrl)).toMatchObject({ version: '1.0.0', commit: repo.commit, release: `1.0.0+${run.id}`, environment: 'local' });
+    expect(run.variables).toEqual({ DEPLOY_ENV: 'local' });
     const buildLog = await client.logs(run.id, 'Build');
     expect(buildLog).toContain(`Building hello-service at ${repo.commit}`);
     // Services running as root run each build as a user of its own (BUILD_UIDS), out of reach of their environment.
@@ -141,7 +142,9 @@ describe('runs of one pipeline started together', () => {
     expect(parallel).toContain('name: hello-parallel');
     await client.registerPipeline(parallel);
     try {
-      const started = await Promise.all([0, 1].map(() => client.request('POST', '/api/v1/pipelines/hello-parallel/runs', '{}')));
+      // One run sets the pipeline variable DEPLOY_ENV, the other takes its default.
+      const bodies = [JSON.stringify({ variables: [{ name: 'DEPLOY_ENV', value: 'parallel' }] }), '{}'];
+      const started = await Promise.all(bodies.map((body) => client.request('POST', '/api/v1/pipelines/hello-parallel/runs', body)));
       const runs = await Promise.all(started.map((r) => watchRun(client, r.json.runId, quiet, 240_000)));
       const how = JSON.stringify(runs.map((r) => r.stages.map((s: { name: string; status: string; message?: string }) => `${s.name}:${s.status}${s.message ? ` (${s.message})` : ''}`)));
       expect(runs.map((r) => r.status), how).toEqual(['SUCCEEDED', 'SUCCEEDED']);
@@ -152,6 +155,8 @@ describe('runs of one pipeline started together', () => {
       expect(await client.logs(replaced[0].id, 'Monitor')).toContain(`run ${newer.id} replaced this version`);
       expect(newer.stages[4].result.probes.failed).toBeLessThanOrEqual(2);
       expect((await fetch(`${newer.stages[3].result.url}/healthz`)).status).toBe(200);
+      expect(runs.map((r) => r.variables)).toEqual([{ DEPLOY_ENV: 'parallel' }, { DEPLOY_ENV: 'local' }]);
+      expect(await served(newer.stages[3].result.url)).toMatchObject({ environment: newer.variables.DEPLOY_ENV });
     } finally {
       await client.request('DELETE', '/api/v1/pipelines/hello-parallel');
     }
@@ -370,7 +375,8 @@ describe('a run cancelled mid-build', () => {
 
 describe('the launcher', () => {
   it('refuses to start without a usable Redis, saying how to get one', async () => {
-    const port = await freePort();
+    // The services' five ports are checked before Redis: all must be free for the Redis check to be reached.
+    const port = await freePortRange(5);
     const lonely = await mkdtemp(join(tmpdir(), 'cv-nored-'));
     await writeFile(join(lonely, 'x'), '');
     await expect(startStack({ home: lonely, portBase: port, env: { ...process.env, REDIS_URL: `redis://127.0.0.1:${port}` } })).rejects.toThrow(/does not answer PING/);

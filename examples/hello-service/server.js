@@ -21,8 +21,8 @@ function createServer() {
       res.end(JSON.stringify(body));
     };
     if (req.url === '/healthz') return send(200, { status: 'ok', version });
-    // RELEASE comes from the pipeline's Deploy stage (#{Build.APP_VERSION}, a variable the build exported).
-    if (req.url === '/') return send(200, { service: 'hello-service', version, commit: buildInfo.commit, release: process.env.RELEASE, message: greet('world') });
+    // RELEASE and DEPLOY_ENV come from the pipeline's Deploy stage (a variable the build exported, a pipeline variable).
+    if (req.url === '/') return send(200, { service: 'hello-service', version, commit: buildInfo.commit, release: process.env.RELEASE, environment: process.env.DEPLOY_ENV, message: greet('world') });
     return send(404, { error: 'not found' });
   });
 }

@@ -1,7 +1,7 @@
 import { isTerminalRun, type PipelineDefinition, type Run, type RunEvent, type StageJob, type Trigger } from '@conveyor/contracts';
 import { explainFailedStageJob, UnavailableError, type Logger } from '@conveyor/service-kit';
 import { completionInput } from './domain/outcome.js';
-import { createRun, pendingWork, step, type RunInput } from './domain/state-machine.js';
+import { createRun, pendingWork, step, type NewRun, type RunInput } from './domain/state-machine.js';
 import type { DeliveryDecision, JobDispatcher, RunStore, RunUpdate } from './ports.js';
 
 export interface OrchestratorDeps {
@@ -51,11 +51,12 @@ export class Orchestrator {
     this.clock = deps.clock ?? (() => new Date());
   }
 
-  async startRun(definition: PipelineDefinition, trigger: Trigger, deliveryKey?: string): Promise<StartOutcome> {
+  async startRun(definition: PipelineDefinition, trigger: Trigger, opts: { deliveryKey?: string; variables?: NewRun['variables'] } = {}): Promise<StartOutcome> {
     const { runs } = this.deps;
+    const { deliveryKey, variables } = opts;
     const number = await runs.nextRunNumber(definition.name);
     const now = this.clock();
-    const { run, events } = createRun({ id: this.deps.newId(), number, definition, trigger }, now);
+    const { run, events } = createRun({ id: this.deps.newId(), number, definition, trigger, ...(variables ? { variables } : {}) }, now);
     const delivery = deliveryKey ? { key: deliveryKey, decision: { outcome: 'run-created' as const, runId: run.id, at: now.toISOString() } } : undefined;
     const saved = await runs.create(run, events, delivery);
     if (!saved.created) {

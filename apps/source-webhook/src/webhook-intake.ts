@@ -123,7 +123,7 @@ export class WebhookIntake {
   private async decide(p: PipelineDefinition, trigger: Trigger, decision: TriggerDecision, delivery: string, deliveryId: string) {
     const key = `${delivery}:${p.name}`;
     if (decision.run) {
-      const started = await this.deps.orchestrator.startRun(p, trigger, key);
+      const started = await this.deps.orchestrator.startRun(p, trigger, { deliveryKey: key });
       if (!started.duplicate) return { pipeline: p.name, outcome: 'run-created', runId: started.runId, duplicate: false };
       return { pipeline: p.name, outcome: started.decision.outcome, runId: started.runId, reason: started.decision.reason, duplicate: true };
     }

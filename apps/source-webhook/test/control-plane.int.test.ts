@@ -593,3 +593,51 @@ describe('variables in a definition', () => {
     expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/unresolvable', headers: auth })).statusCode).toBe(404);
   });
 });
+
+describe('pipeline-level variables', () => {
+  it('a run started by hand takes the values given, else the defaults; unknown names and missing values are a 400 naming the field', async () => {
+    const definition = {
+      name: 'with-vars',
+      source: { provider: 'generic', repository: `file://${repoDir}` },
+      variables: [{ name: 'REGION', defaultValue: 'eu-west-1', description: 'where' }, { name: 'TICKET' }],
+      stages: [{ name: 'Build', type: 'build', env: { variables: { WHERE: '#{variables.REGION}', FOR: '#{variables.TICKET}' } } }],
+    };
+    const put = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: auth, payload: definition });
+    expect(put.statusCode, put.body).toBe(201);
+    expect(put.json().variables).toEqual(definition.variables);
+    const start = (payload: unknown) => service.app.inject({ method: 'POST', url: '/api/v1/pipelines/with-vars/runs', headers: auth, payload: payload as object });
+
+    const missing = await start({});
+    expect(missing.statusCode).toBe(400);
+    expect(missing.headers['content-type']).toContain('application/problem+json');
+    expect(missing.json().errors).toEqual([{ path: 'body.variables', message: 'no value for TICKET, which has no default value' }]);
+    const unknown = await start({ variables: [{ name: 'TICKET', value: 'OPS-1' }, { name: 'REGON', value: 'x' }] });
+    expect(unknown.statusCode).toBe(400);
+    expect(unknown.json().errors).toEqual([{ path: 'body.variables.1.name', message: 'pipeline with-vars declares no variable REGON' }]);
+    const empty = await start({ variables: [{ name: 'TICKET', value: '' }] });
+    expect(empty.statusCode).toBe(400);
+    expect(empty.json().errors[0].path).toBe('body.variables.0.value');
+    const twice = await start({ variables: [{ name: 'TICKET', value: 'a' }, { name: 'TICKET', value: 'b' }] });
+    expect(twice.statusCode).toBe(400);
+    expect(twice.json().errors[0]).toEqual({ path: 'body.variables.1.name', message: '"TICKET" given twice' });
+    const refused = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/with-vars/runs', headers: auth });
+    expect(refused.json().runs).toEqual([]);
+
+    const ok = await start({ variables: [{ name: 'TICKET', value: 'OPS-1' }] });
+    expect(ok.statusCode, ok.body).toBe(202);
+    expect((await getRun(ok.json().runId)).variables).toEqual({ REGION: 'eu-west-1', TICKET: 'OPS-1' });
+    const overridden = await start({ variables: [{ name: 'TICKET', value: 'OPS-2' }, { name: 'REGION', value: 'us-east-2' }] });
+    expect((await getRun(overridden.json().runId)).variables).toEqual({ REGION: 'us-east-2', TICKET: 'OPS-2' });
+  });
+
+  it('a reference to an undeclared pipeline variable is a 400 when the pipeline is defined', async () => {
+    const res = await service.app.inject({
+      method: 'POST',
+      url: '/api/v1/pipelines',
+      headers: auth,
+      payload: { name: 'undeclared', source: { provider: 'generic', repository: 'file:///nowhere.git' }, stages: [{ name: 'Build', type: 'build', env: { variables: { A: '#{variables.NOPE}' } } }] },
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().errors).toEqual([{ path: 'stages.0.env.variables.A', message: '#{variables.NOPE}: no pipeline variable NOPE is declared (under variables)' }]);
+  });
+});

@@ -1,9 +1,27 @@
 import { z } from 'zod';
 import { CommitSha, GitRefName } from './common.js';
+import { VariableName } from './pipeline.js';
 
-/** Body of `POST /api/v1/pipelines/:name/runs` (all optional). */
+/**
+ * Body of `POST /api/v1/pipelines/:name/runs` (all optional). `variables` sets the pipeline's declared
+ * variables for this run, as CodePipeline's StartPipelineExecution does: `[{ name, value }]`.
+ */
 export const StartRunBody = z
-  .object({ ref: GitRefName.optional(), commit: CommitSha.optional() })
+  .object({
+    ref: GitRefName.optional(),
+    commit: CommitSha.optional(),
+    variables: z
+      .array(z.object({ name: VariableName, value: z.string().min(1).max(1000) }).strict())
+      .max(50)
+      .superRefine((vars, ctx) => {
+        const seen = new Set<string>();
+        vars.forEach((v, i) => {
+          if (seen.has(v.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `"${v.name}" given twice` });
+          seen.add(v.name);
+        });
+      })
+      .optional(),
+  })
   .strict()
   .default({});
 export type StartRunBody = z.infer<typeof StartRunBody>;

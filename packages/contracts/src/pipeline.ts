@@ -47,8 +47,16 @@ const EnvVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'not an environm
   .refine((n) => !n.startsWith('CODEBUILD_'), 'names starting CODEBUILD_ are reserved');
 export const EnvVariables = z.record(EnvVarName, z.string().max(32_768));
 
+/** CodePipeline's pattern for a variable's name and an action's namespace. */
+export const VariableName = z.string().min(1).max(128).regex(/^[A-Za-z0-9@_-]+$/, 'must match ^[A-Za-z0-9@_-]+$');
+
 const BuildLike = {
   name: StageName,
+  /**
+   * Another name for `#{<namespace>.<NAME>}` references to the variables this stage exports, as
+   * CodePipeline's action namespace (the stage's name works too). Unique among stage names and namespaces.
+   */
+  namespace: VariableName.max(100).optional(),
   /** Path of the buildspec inside the stage's input artifact. */
   buildspec: z
     .string()
@@ -95,6 +103,19 @@ export const MonitorStage = z
   .object({ name: StageName, type: z.literal('monitor'), verify: VerifySettings.default(VerifySettings.parse({})) })
   .strict();
 
+/**
+ * A pipeline-level variable, as CodePipeline V2 declares one: `#{variables.<name>}` in a stage's
+ * environment. Its value is given when a run is started by hand, else its default.
+ */
+export const PipelineVariable = z
+  .object({
+    name: VariableName,
+    defaultValue: z.string().min(1).max(1000).optional(),
+    description: z.string().max(200).optional(),
+  })
+  .strict();
+export type PipelineVariable = z.infer<typeof PipelineVariable>;
+
 export const StageDefinition = z.discriminatedUnion('type', [BuildStage, TestStage, DeployStage, MonitorStage]);
 export type StageDefinition = z.infer<typeof StageDefinition>;
 
@@ -103,6 +124,18 @@ export const PipelineDefinition = z
   .object({
     name: PipelineName,
     source: SourceConfig,
+    /** Pipeline-level variables (CodePipeline allows 50). */
+    variables: z
+      .array(PipelineVariable)
+      .max(50)
+      .default([])
+      .superRefine((vars, ctx) => {
+        const seen = new Set<string>();
+        vars.forEach((v, i) => {
+          if (seen.has(v.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate variable "${v.name}"` });
+          seen.add(v.name);
+        });
+      }),
     stages: z
       .array(StageDefinition)
       .min(1)
@@ -113,6 +146,14 @@ export const PipelineDefinition = z
         stages.forEach((s, i) => {
           if (seen.has(s.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate or reserved stage name "${s.name}"` });
           seen.add(s.name);
+        });
+        // A namespace is another name for a stage's variables: it may not be any stage's name or namespace.
+        stages.forEach((s, i) => {
+          if (!('namespace' in s) || s.namespace === undefined || s.namespace === s.name) return;
+          if (seen.has(s.namespace)) ctx.addIssue({ code: 'custom', path: [i, 'namespace'], message: `namespace "${s.namespace}" is already a stage name, a namespace or reserved` });
+          seen.add(s.namespace);
+        });
+        stages.forEach((s, i) => {
           if (s.type === 'monitor' && !stages.slice(0, i).some((p) => p.type === 'deploy')) {
             ctx.addIssue({ code: 'custom', path: [i, 'type'], message: 'a monitor stage needs a deploy stage before it' });
           }

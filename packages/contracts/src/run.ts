@@ -46,6 +46,8 @@ export const Run = z.object({
   startedAt: IsoTime.optional(),
   finishedAt: IsoTime.optional(),
   message: z.string().optional(),
+  /** The pipeline-level variables of this run (`#{variables.NAME}`): given at start, else declared defaults. Absent: none. */
+  variables: z.record(z.string(), z.string()).optional(),
   /** A stop that waits: the running stage finishes, then the run ends CANCELLED before the next one. */
   stopRequested: z.object({ reason: z.string(), at: IsoTime }).optional(),
   stages: z.array(StageRecord).min(1),

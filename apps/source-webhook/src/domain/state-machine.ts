@@ -10,7 +10,7 @@ import {
   type StageResult,
   type Trigger,
 } from '@conveyor/contracts';
-import { resolveVariables } from './variables.js';
+import { resolveVariables, runVariables } from './variables.js';
 
 /** What can happen to a run. Every input is idempotent: a repeat leaves the run unchanged. */
 export type RunInput =
@@ -38,6 +38,8 @@ export interface NewRun {
   number: number;
   definition: PipelineDefinition;
   trigger: Trigger;
+  /** Values for the pipeline's declared variables (checked by the caller: `runVariables`); the rest take their defaults. */
+  variables?: ReadonlyArray<{ name: string; value: string }>;
 }
 
 
@@ -49,6 +51,7 @@ export function createRun(input: NewRun, now: Date): Transition {
     { name: 'Source', type: 'source', status: 'PENDING', attempt: 0 },
     ...input.definition.stages.map((s): StageRecord => ({ name: s.name, type: s.type, status: 'PENDING', attempt: 0 })),
   ];
+  const { variables } = runVariables(input.definition, input.variables);
   const queued: Run = {
     v: 1,
     id: input.id,
@@ -58,6 +61,7 @@ export function createRun(input: NewRun, now: Date): Transition {
     trigger: input.trigger,
     ...(input.trigger.commit ? { commit: input.trigger.commit } : {}),
     createdAt: at,
+    ...(variables ? { variables } : {}),
     stages,
     plan: { source, stages: input.definition.stages },
     version: 0,

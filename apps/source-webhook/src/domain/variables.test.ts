@@ -1,15 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { PipelineDefinition, StageJob, stageResultOf, type Run, type StageResult } from '@conveyor/contracts';
 import { createRun, pendingJobs, step } from './state-machine.js';
-import { variableIssues } from './variables.js';
+import { runVariables, variableIssues } from './variables.js';
 
 const SHA = 'a'.repeat(40);
 const ART = { key: 'runs/r/Source-1.tar', sha256: 'b'.repeat(64), bytes: 10 };
 const BUILD_ART = { key: 'runs/r/Build-1.tar', sha256: 'c'.repeat(64), bytes: 20 };
 const t = (s: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, s));
 
-const definitionWith = (stages: unknown[]) =>
-  PipelineDefinition.parse({ name: 'hello', source: { provider: 'generic', repository: 'file:///tmp/repo', branch: 'main' }, stages });
+const definitionWith = (stages: unknown[], variables?: unknown[]) =>
+  PipelineDefinition.parse({ name: 'hello', source: { provider: 'generic', repository: 'file:///tmp/repo', branch: 'main' }, stages, ...(variables ? { variables } : {}) });
 
 const STAGES = [
   { name: 'Build', type: 'build' },
@@ -26,8 +26,9 @@ function result(job: StageJob, output: StageResult['output']): StageResult {
 }
 
 /** Runs the stages with these outputs, one after another; the run and the jobs it sent. */
-function drive(stages: unknown[], outputs: StageResult['output'][]): { run: Run; jobs: StageJob[] } {
-  let run = createRun({ id: 'run-00000001', number: 1, definition: definitionWith(stages), trigger: { type: 'manual', ref: 'refs/heads/main' } }, t(0)).run;
+function drive(stages: unknown[], outputs: StageResult['output'][], variables?: { declared: unknown[]; given?: Array<{ name: string; value: string }> }): { run: Run; jobs: StageJob[] } {
+  const definition = definitionWith(stages, variables?.declared);
+  let run = createRun({ id: 'run-00000001', number: 1, definition, trigger: { type: 'manual', ref: 'refs/heads/main' }, ...(variables?.given ? { variables: variables.given } : {}) }, t(0)).run;
   const jobs: StageJob[] = [];
   outputs.forEach((output, n) => {
     const job = pendingJobs(run)[0]!;
@@ -74,6 +75,88 @@ describe('variables in stage environments (#{Namespace.Variable})', () => {
   it('leaves an environment without references as it is', () => {
     const { jobs } = drive([{ name: 'Build', type: 'build', env: { variables: { A: 'x', B: '#{not a reference}' } } }], [{ commit: SHA, artifact: ART }]);
     expect(jobs[1]).toMatchObject({ env: { variables: { A: 'x', B: '#{not a reference}' } } });
+  });
+});
+
+describe('pipeline-level variables (#{variables.NAME}) and stage namespaces', () => {
+  const DECLARED = [{ name: 'REGION', defaultValue: 'eu-west-1', description: 'where to deploy' }, { name: 'TICKET' }, { name: 'TIER', defaultValue: 'web' }];
+  const USES = [
+    { name: 'Build', type: 'build', namespace: 'BuildVariables', env: { variables: { WHERE: '#{variables.REGION}/#{variables.TIER}' } } },
+    { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'node server.js', env: { V: '#{BuildVariables.APP_VERSION}', SAME: '#{Build.APP_VERSION}', TICKET: '#{variables.TICKET}' } } },
+  ];
+
+  it('gives each run the values it was started with, else the defaults, and resolves them and namespaced exports', () => {
+    const { run, jobs } = drive(USES, [{ commit: SHA, artifact: ART }, { artifact: BUILD_ART, exportedVariables: { APP_VERSION: '2.0.0' } }], {
+      declared: DECLARED,
+      given: [{ name: 'TIER', value: 'api' }, { name: 'TICKET', value: 'OPS-7' }],
+    });
+    expect(run.variables).toEqual({ REGION: 'eu-west-1', TIER: 'api', TICKET: 'OPS-7' });
+    expect(jobs[1]).toMatchObject({ type: 'build', env: { variables: { WHERE: 'eu-west-1/api' } } });
+    expect(jobs[2]).toMatchObject({ type: 'deploy', target: { env: { V: '2.0.0', SAME: '2.0.0', TICKET: 'OPS-7' } } });
+  });
+
+  it('fails a stage that refers to a variable with no default which the run was not given, saying so', () => {
+    const { run } = drive(USES, [{ commit: SHA, artifact: ART }, { artifact: BUILD_ART, exportedVariables: { APP_VERSION: '2.0.0' } }], { declared: DECLARED });
+    expect(run.variables).toEqual({ REGION: 'eu-west-1', TIER: 'web' });
+    expect(run.stages[2]).toMatchObject({
+      status: 'FAILED',
+      message: 'target.env.TICKET: #{variables.TICKET} is not set: the pipeline variable TICKET has no default value and was not given when the run was started',
+    });
+  });
+
+  it('records no variables on the runs of a pipeline that declares none', () => {
+    const { run } = drive([{ name: 'Build', type: 'build' }], [{ commit: SHA, artifact: ART }]);
+    expect(run).not.toHaveProperty('variables');
+  });
+
+  it('resolves only what a stage exported, never what every object has', () => {
+    const stages = [{ name: 'Build', type: 'build' }, { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'x', env: { A: '#{Build.constructor}' } } }];
+    const { run } = drive(stages, [{ commit: SHA, artifact: ART }, { artifact: BUILD_ART, exportedVariables: { X: '1' } }]);
+    expect(run.stages[2]).toMatchObject({ status: 'FAILED', message: 'target.env.A: #{Build.constructor} is not set: stage Build exported no variable constructor (list it under env.exported-variables in its buildspec)' });
+  });
+
+  it('runVariables: refuses undeclared names and, for a run started by hand, missing values without defaults', () => {
+    const def = definitionWith([{ name: 'Build', type: 'build' }], DECLARED);
+    expect(runVariables(def, [{ name: 'TICKET', value: 'x' }], true)).toEqual({ variables: { REGION: 'eu-west-1', TIER: 'web', TICKET: 'x' }, issues: [] });
+    expect(runVariables(def, [{ name: 'REGON', value: 'x' }], true).issues).toEqual([
+      { path: 'body.variables.0.name', message: 'pipeline hello declares no variable REGON' },
+      { path: 'body.variables', message: 'no value for TICKET, which has no default value' },
+    ]);
+    // A run from a push cannot be given values: the one without a default stays unset.
+    expect(runVariables(def)).toEqual({ variables: { REGION: 'eu-west-1', TIER: 'web' }, issues: [] });
+    expect(runVariables(definitionWith([{ name: 'Build', type: 'build' }]), [{ name: 'A', value: 'x' }]).issues).toEqual([{ path: 'body.variables.0.name', message: 'pipeline hello declares no variable A' }]);
+  });
+
+  it('checks pipeline variables and namespaces when a pipeline is defined', () => {
+    expect(variableIssues(definitionWith(USES, DECLARED))).toEqual([]);
+    const def = definitionWith(
+      [
+        { name: 'Build', type: 'build', namespace: 'BV', env: { variables: { A: '#{variables.NOPE}', B: '#{BV.X}' } } },
+        { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'x', env: { C: '#{BV.X}' } } },
+      ],
+      DECLARED,
+    );
+    expect(variableIssues(def)).toEqual([
+      { path: 'stages.0.env.variables.A', message: '#{variables.NOPE}: no pipeline variable NOPE is declared (under variables)' },
+      { path: 'stages.0.env.variables.B', message: '#{BV.X}: no build or test stage BV runs before this one' },
+    ]);
+  });
+
+  it('refuses duplicate variables and namespaces that clash with stage names, namespaces or reserved names', () => {
+    const issues = (stages: unknown[], variables?: unknown[]) => {
+      const parsed = PipelineDefinition.safeParse({ name: 'hello', source: { provider: 'generic', repository: 'file:///tmp/repo' }, stages, ...(variables ? { variables } : {}) });
+      return parsed.success ? [] : parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+    };
+    expect(issues([{ name: 'Build', type: 'build' }], [{ name: 'A' }, { name: 'A', defaultValue: 'x' }])).toEqual(['variables.1.name: duplicate variable "A"']);
+    expect(issues([{ name: 'Build', type: 'build' }], [{ name: 'A.B' }, { name: 'C', defaultValue: '' }])).toEqual([
+      'variables.0.name: must match ^[A-Za-z0-9@_-]+$',
+      'variables.1.defaultValue: Too small: expected string to have >=1 characters',
+    ]);
+    expect(issues([{ name: 'Build', type: 'build', namespace: 'Test' }, { name: 'Test', type: 'test', namespace: 'Source' }, { name: 'Other', type: 'test', namespace: 'Build' }, { name: 'Last', type: 'test', namespace: 'Last' }])).toEqual([
+      'stages.0.namespace: namespace "Test" is already a stage name, a namespace or reserved',
+      'stages.1.namespace: namespace "Source" is already a stage name, a namespace or reserved',
+      'stages.2.namespace: namespace "Build" is already a stage name, a namespace or reserved',
+    ]);
   });
 });
 

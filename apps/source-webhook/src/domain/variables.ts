@@ -4,10 +4,11 @@ import { splitRef } from './triggers.js';
 /**
  * CodePipeline's variables in the values of a stage's environment (`env.variables` of build and test
  * stages, `target.env` of deploy stages): `#{codepipeline.PipelineExecutionId}` (the run id),
- * `#{Source.CommitId}` and `#{Source.BranchName}`, and `#{<Stage>.<NAME>}` for a variable an earlier
- * build or test stage exported (`env.exported-variables` of its buildspec). A stage's name is its
- * namespace (CodePipeline names one per action). Values are resolved when the stage's job is built,
- * from what the run has recorded, and reach the stage as environment variables, never as shell text.
+ * `#{Source.CommitId}` and `#{Source.BranchName}`, `#{variables.<NAME>}` for a pipeline-level variable
+ * (given when the run was started, else its default), and `#{<Stage>.<NAME>}` for a variable an earlier
+ * build or test stage exported (`env.exported-variables` of its buildspec), by the stage's name or its
+ * `namespace`. Values are resolved when the stage's job is built, from what the run has recorded, and
+ * reach the stage as environment variables, never as shell text.
  */
 const REFERENCE = /#\{([A-Za-z0-9@_-]+)\.([A-Za-z0-9@_-]+)\}/g;
 
@@ -38,21 +39,33 @@ export function resolveVariables(env: Readonly<Record<string, string>>, run: Run
   return { env: out };
 }
 
+/** The earlier stage (of stage i) whose variables `namespace` names: by its name or its namespace. */
+function exporter(run: Run, i: number, namespace: string): Run['stages'][number] | undefined {
+  for (let j = 1; j < i; j++) {
+    const def = run.plan.stages[j - 1];
+    if (run.stages[j]!.name === namespace || (def && 'namespace' in def && def.namespace === namespace)) return run.stages[j];
+  }
+  return undefined;
+}
+
 function lookUp(run: Run, i: number, namespace: string, variable: string): string | undefined {
   if (namespace === 'codepipeline') return variable === 'PipelineExecutionId' ? run.id : undefined;
+  if (namespace === 'variables') return run.variables && Object.hasOwn(run.variables, variable) ? run.variables[variable] : undefined;
   if (namespace === 'Source') {
     if (variable === 'CommitId') return run.commit;
     // Empty for a run of a tag (or of a commit alone): the variable exists, the run has no branch.
     if (variable === 'BranchName') return splitRef(run.trigger.ref ?? '').branch ?? '';
     return undefined;
   }
-  const stage = run.stages.slice(1, i).find((s) => s.name === namespace);
-  return stage?.status === 'SUCCEEDED' ? stage.result?.exportedVariables?.[variable] : undefined;
+  const stage = exporter(run, i, namespace);
+  const exported = stage?.status === 'SUCCEEDED' ? stage.result?.exportedVariables : undefined;
+  return exported && Object.hasOwn(exported, variable) ? exported[variable] : undefined;
 }
 
 function why(run: Run, i: number, namespace: string, variable: string): string {
   if (namespace === 'codepipeline' || namespace === 'Source') return `${namespace} has no variable ${variable} for this run`;
-  const stage = run.stages.slice(1, i).find((s) => s.name === namespace);
+  if (namespace === 'variables') return `the pipeline variable ${variable} has no default value and was not given when the run was started`;
+  const stage = exporter(run, i, namespace);
   if (!stage) return `no stage ${namespace} runs before this one`;
   if (stage.status !== 'SUCCEEDED') return `stage ${namespace} did not succeed`;
   return `stage ${namespace} exported no variable ${variable} (list it under env.exported-variables in its buildspec)`;
@@ -60,7 +73,8 @@ function why(run: Run, i: number, namespace: string, variable: string): string {
 
 /**
  * The references of a definition that can never resolve, as issues naming their fields: a namespace that
- * is no earlier build or test stage, `Source` or `codepipeline`, or a variable those two do not have.
+ * is no earlier build or test stage (by name or `namespace`), `Source`, `codepipeline` or `variables`, a
+ * variable the first two do not have, or a pipeline variable not declared.
  * Whether a stage exports a variable is known only when it has run.
  */
 export function variableIssues(def: PipelineDefinition): Array<{ path: string; message: string }> {
@@ -72,7 +86,8 @@ export function variableIssues(def: PipelineDefinition): Array<{ path: string; m
     }
     const fields = stage.type === 'build' || stage.type === 'test' ? { at: `stages.${i}.env.variables`, env: stage.env.variables } : stage.type === 'deploy' ? { at: `stages.${i}.target.env`, env: stage.target.env } : undefined;
     if (!fields) return;
-    const exporters = new Set(def.stages.slice(0, i).filter((s) => s.type === 'build' || s.type === 'test').map((s) => s.name));
+    const exporters = new Set(def.stages.slice(0, i).flatMap((s) => (s.type === 'build' || s.type === 'test' ? [s.name, ...(s.namespace ? [s.namespace] : [])] : [])));
+    const declared = new Set(def.variables.map((v) => v.name));
     for (const [name, value] of Object.entries(fields.env)) {
       for (const [text] of value.matchAll(LOOKS_LIKE)) {
         const [, namespace, variable] = new RegExp(`^${REFERENCE.source}$`).exec(text) ?? [];
@@ -87,6 +102,10 @@ export function variableIssues(def: PipelineDefinition): Array<{ path: string; m
                 ? (SOURCE_VARIABLES as readonly string[]).includes(variable!)
                   ? undefined
                   : `Source has only ${SOURCE_VARIABLES.join(' and ')}`
+                : namespace === 'variables'
+                  ? declared.has(variable!)
+                    ? undefined
+                    : `no pipeline variable ${variable} is declared (under variables)`
                 : exporters.has(namespace)
                   ? undefined
                   : `no build or test stage ${namespace} runs before this one${namespace === 'SourceVariables' ? " (the source's namespace is Source)" : ''}`;
@@ -95,4 +114,32 @@ export function variableIssues(def: PipelineDefinition): Array<{ path: string; m
     }
   });
   return issues;
+}
+
+/**
+ * The pipeline-level variables of a new run: each declared one's given value, else its default. A
+ * variable without a default that is not given stays unset: a stage referring to it fails, naming it.
+ * Values given for undeclared variables are refused (issues name `body.variables.<i>.name`), and so,
+ * when `requireAll` (a run started by hand, where they can be given), are missing ones without defaults.
+ * Undefined when the pipeline declares none: the run then carries no `variables`.
+ */
+export function runVariables(
+  def: PipelineDefinition,
+  given: ReadonlyArray<{ name: string; value: string }> = [],
+  requireAll = false,
+): { variables?: Record<string, string>; issues: Array<{ path: string; message: string }> } {
+  const issues: Array<{ path: string; message: string }> = [];
+  const declared = new Map(def.variables.map((v) => [v.name, v]));
+  given.forEach((g, i) => {
+    if (!declared.has(g.name)) issues.push({ path: `body.variables.${i}.name`, message: `pipeline ${def.name} declares no variable ${g.name}` });
+  });
+  if (def.variables.length === 0) return { issues };
+  const variables: Record<string, string> = {};
+  for (const v of def.variables) if (v.defaultValue !== undefined) variables[v.name] = v.defaultValue;
+  for (const g of given) if (declared.has(g.name)) variables[g.name] = g.value;
+  if (requireAll) {
+    const missing = def.variables.filter((v) => !Object.hasOwn(variables, v.name)).map((v) => v.name);
+    if (missing.length) issues.push({ path: 'body.variables', message: `no value for ${missing.join(', ')}, which ${missing.length === 1 ? 'has' : 'have'} no default value` });
+  }
+  return { variables, issues };
 }

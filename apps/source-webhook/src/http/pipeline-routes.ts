@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { PipelineDefinition, PipelineName, StartRunBody, toPipelineView, toRunView, type Trigger } from '@conveyor/contracts';
 import { ConflictError, InputError, issuesFromZod, NotFoundError, type App } from '@conveyor/service-kit';
 import { triggerGlobIssues } from '../domain/triggers.js';
-import { variableIssues } from '../domain/variables.js';
+import { runVariables, variableIssues } from '../domain/variables.js';
 import type { ServerDeps } from './server.js';
 
 const YAML_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml'];
@@ -72,9 +72,12 @@ export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
     if (!body.success) throw new InputError('invalid run request', issuesFromZod(body.error, 'body'));
     const def = await deps.pipelines.get(req.params.name);
     if (!def) throw new NotFoundError(`pipeline ${req.params.name} not found`);
+    // Checked against the pipeline as it is now; the run keeps the values (and the plan) it starts with.
+    const { issues } = runVariables(def, body.data.variables, true);
+    if (issues.length > 0) throw new InputError('invalid run request', issues);
     const ref = body.data.ref ?? def.source.branch;
     const trigger: Trigger = { type: 'manual', ref: ref.startsWith('refs/') ? ref : `refs/heads/${ref}`, ...(body.data.commit ? { commit: body.data.commit } : {}) };
-    const started = await deps.orchestrator.startRun(def, trigger);
+    const started = await deps.orchestrator.startRun(def, trigger, body.data.variables ? { variables: body.data.variables } : {});
     return reply.code(202).send({ runId: started.runId });
   });
 

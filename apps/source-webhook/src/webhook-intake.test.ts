@@ -1,0 +1,42 @@
+import { createHmac } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { PipelineDefinition } from '@conveyor/contracts';
+import { createLogger } from '@conveyor/service-kit';
+import type { Orchestrator } from './orchestrator.js';
+import type { PipelineStore, RunStore } from './ports.js';
+import { WebhookIntake } from './webhook-intake.js';
+
+const SECRET = 's'.repeat(32);
+const REPO = 'https://github.com/acme/app.git';
+
+describe('WebhookIntake', () => {
+  it('gives the rest of the service a turn between the trigger decisions of the pipelines a push matches', async () => {
+    const marks: string[] = [];
+    // Each pipeline notes when its triggers are read: that is when its decision is made.
+    const pipeline = (name: string) => {
+      const def = PipelineDefinition.parse({ name, source: { provider: 'github', repository: REPO, webhookSecret: SECRET, triggers: [{ event: 'push', branches: { include: ['main'] } }] }, stages: [{ name: 'Build', type: 'build' }] });
+      const { triggers } = def.source;
+      Object.defineProperty(def.source, 'triggers', { get: () => (marks.push(`decide ${name}`), triggers), enumerable: true });
+      return def;
+    };
+    const pipelines = [pipeline('one'), pipeline('two'), pipeline('three')];
+    const store = { list: async () => pipelines, get: async () => undefined } as unknown as PipelineStore;
+    const runs = { recordDelivery: async () => undefined } as unknown as RunStore;
+    let n = 0;
+    const orchestrator = { startRun: async () => ({ runId: `run-0000000${++n}`, duplicate: false }) } as unknown as Orchestrator;
+    const intake = new WebhookIntake({ pipelines: store, runs, orchestrator, logger: createLogger('test', 'silent') });
+    const body = Buffer.from(JSON.stringify({ ref: 'refs/heads/main', before: '0'.repeat(40), after: 'a'.repeat(40), repository: { clone_url: REPO } }));
+    const signature = `sha256=${createHmac('sha256', SECRET).update(body).digest('hex')}`;
+
+    const reply = intake.github({ event: 'push', deliveryId: 'd-1', signature, rawBody: body });
+    // What else the service has to do, queued behind the delivery.
+    setImmediate(() => marks.push('other work'));
+    setImmediate(() => marks.push('more other work'));
+    expect((await reply).status).toBe(202);
+    const first = (name: string) => marks.indexOf(`decide ${name}`);
+    expect(first('one')).toBeLessThan(marks.indexOf('other work'));
+    expect(marks.indexOf('other work')).toBeLessThan(first('two'));
+    expect(marks.indexOf('more other work')).toBeLessThan(first('three'));
+    expect(n).toBe(3);
+  });
+});
