@@ -1,11 +1,11 @@
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES, type BuildJob } from '@conveyor/contracts';
 import type { BuildUsers } from '@conveyor/runner';
-import { inProcessStageService, junitXml, StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
+import { inProcessStageService, junitXml, StageHarness, testRedis, uniquePrefix, writeFiles } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
 import { buildJobHandler } from '../src/jobs/build-job.js';
 
@@ -24,10 +24,7 @@ const junit = junitXml;
 
 async function sourceArtifact(files: Record<string, string>) {
   const src = join(dir, `src-${++n}`);
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(dirname(join(src, path)), { recursive: true });
-    await writeFile(join(src, path), content);
-  }
+  await writeFiles(src, files);
   return store.putFiles(`runs/test/src-${n}.tar`, src, Object.keys(files));
 }
 

@@ -1,11 +1,11 @@
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { QUEUES, type TestJob } from '@conveyor/contracts';
 import type { BuildUsers } from '@conveyor/runner';
-import { inProcessStageService, junitXml, StageHarness, testRedis, uniquePrefix } from '@conveyor/testing';
+import { inProcessStageService, junitXml, StageHarness, testRedis, uniquePrefix, writeFiles } from '@conveyor/testing';
 import { loadEnv } from '../src/env.js';
 import { testJobHandler } from '../src/jobs/test-job.js';
 
@@ -25,10 +25,7 @@ const junit = junitXml;
 async function runTests(files: Record<string, string>, as: { nobody?: boolean; variables?: Record<string, string> } = {}) {
   n += 1;
   const src = join(dir, `src-${n}`);
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(dirname(join(src, path)), { recursive: true });
-    await writeFile(join(src, path), content);
-  }
+  await writeFiles(src, files);
   const runId = `run-test-${n}-0000`;
   const job: TestJob = {
     v: 1,

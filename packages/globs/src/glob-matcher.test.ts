@@ -1,11 +1,12 @@
 import picomatch from 'picomatch';
 import { describe, expect, it } from 'vitest';
+import { CATASTROPHIC_GLOB, GLOB_VICTIM } from '@conveyor/testing';
 import { GlobError } from './glob-error.js';
 import { checkGlobShape, GLOB_LIMITS, GlobMatcher, type Glob } from './glob-matcher.js';
 
 /** `*a` nine times then `*b`, against a name of 45 `a`s: picomatch's regex backtracks for about 30 s. */
-const CATASTROPHIC = `${'*a'.repeat(9)}*b`;
-const VICTIM = 'a'.repeat(45);
+const CATASTROPHIC = CATASTROPHIC_GLOB;
+const VICTIM = GLOB_VICTIM;
 
 const globs = (field: string, ...patterns: string[]): Glob[] => patterns.map((pattern, i) => ({ field: `${field}[${i}]`, pattern }));
 

@@ -2,10 +2,11 @@ import { execFileSync } from 'node:child_process';
 import { chown, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { GLOB_LIMITS } from '@conveyor/globs';
+import { CATASTROPHIC_GLOB, GLOB_VICTIM, writeFiles } from '@conveyor/testing';
 import { fileSelection, FileSelectionError, readSelectedFile, resolveFiles, stageFiles, type FileSelection } from './globs.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -31,10 +32,7 @@ const TREE = [
 beforeEach(async () => {
   root = await realpath(await mkdtemp(join(tmpdir(), 'cv-globs-')));
   ws = join(root, 'ws');
-  for (const f of TREE) {
-    await mkdir(dirname(join(ws, f)), { recursive: true });
-    await writeFile(join(ws, f), f);
-  }
+  await writeFiles(ws, Object.fromEntries(TREE.map((f) => [f, f])));
   await mkdir(join(root, 'outside'));
   await writeFile(join(root, 'outside', 'secret'), 'secret');
 });
@@ -178,18 +176,16 @@ async function stallDuring<T>(work: () => Promise<T>): Promise<{ value: T; stall
  * this glob backtracks for about 30 s (`a`×120 and ten `*a`: hours), in the service's only JS thread.
  */
 describe('resolveFiles: globs are matched within time limits', () => {
-  const CATASTROPHIC = `${'*a'.repeat(9)}*b`;
 
   it.each([
-    ['files', { files: ['src/*', CATASTROPHIC] }, 'artifacts.files[1]'],
-    ['exclude-paths', { files: ['**/*'], excludePaths: ['**/*.map', CATASTROPHIC] }, 'artifacts.exclude-paths[1]'],
-    ['base-directory', { files: ['**/*'], baseDirectory: CATASTROPHIC }, 'artifacts.base-directory'],
+    ['files', { files: ['src/*', CATASTROPHIC_GLOB] }, 'artifacts.files[1]'],
+    ['exclude-paths', { files: ['**/*'], excludePaths: ['**/*.map', CATASTROPHIC_GLOB] }, 'artifacts.exclude-paths[1]'],
+    ['base-directory', { files: ['**/*'], baseDirectory: CATASTROPHIC_GLOB }, 'artifacts.base-directory'],
   ])('a glob in %s that backtracks catastrophically fails naming it, and holds the event loop no longer than its limit', async (_, sel, field) => {
-    await mkdir(join(ws, 'a'.repeat(45)));
-    await writeFile(join(ws, 'a'.repeat(45), 'x'), '');
+    await writeFiles(ws, { [`${GLOB_VICTIM}/x`]: '' });
     const started = performance.now();
     const { value, stallMs } = await stallDuring(() => failure(sel));
-    expect(value).toBe(`${field}: the glob "${CATASTROPHIC}" took longer than ${GLOB_LIMITS.perGlobMs / 1000} s to match; simplify it`);
+    expect(value).toBe(`${field}: the glob "${CATASTROPHIC_GLOB}" took longer than ${GLOB_LIMITS.perGlobMs / 1000} s to match; simplify it`);
     expect(performance.now() - started).toBeLessThan(GLOB_LIMITS.perGlobMs + 5000);
     expect(stallMs).toBeLessThan(GLOB_LIMITS.perGlobMs + 1500);
   });

@@ -1,9 +1,9 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { junitXml } from '@conveyor/testing';
+import { CATASTROPHIC_GLOB, GLOB_VICTIM, junitXml, writeFiles } from '@conveyor/testing';
 import { GLOB_LIMITS } from '@conveyor/globs';
 import { parseBuildspec } from './buildspec.js';
 import type { BuildspecRun } from './buildspec-job.js';
@@ -24,10 +24,7 @@ const attributeBomb = `<testsuite ${Array.from({ length: 600_000 }, (_, i) => `a
 
 /** A finished build whose workspace holds `files` and whose buildspec has the given `reports:` section (none when undefined). */
 async function finishedBuild(files: Record<string, string>, reports: string | undefined): Promise<BuildspecRun> {
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(dirname(join(ws, path)), { recursive: true });
-    await writeFile(join(ws, path), content);
-  }
+  await writeFiles(ws, files);
   const spec = parseBuildspec(`version: 0.2\nphases:\n  build:\n    commands: [ 'true' ]\n${reports === undefined ? '' : `reports:\n${reports}`}`);
   return { status: 'SUCCEEDED', workspace: ws, spec };
 }
@@ -144,8 +141,8 @@ describe('collectReports: reports the build made cannot stall the service', () =
   });
 
   it('a report glob that backtracks catastrophically is a problem naming it, within its time limit', async () => {
-    const glob = `${'*a'.repeat(9)}*b`; // against a name of 45 `a`s: about 30 s in picomatch's regex, unbounded
-    const run = await finishedBuild({ [`reports/${'a'.repeat(45)}`]: '', 'reports/junit.xml': junit('<testcase name="a"/>') }, `  unit:\n    files: [ 'reports/*.xml' ]\n  slow:\n    files: [ 'reports/${glob}' ]\n`);
+    const glob = CATASTROPHIC_GLOB;
+    const run = await finishedBuild({ [`reports/${GLOB_VICTIM}`]: '', 'reports/junit.xml': junit('<testcase name="a"/>') }, `  unit:\n    files: [ 'reports/*.xml' ]\n  slow:\n    files: [ 'reports/${glob}' ]\n`);
     const { collected, elapsedMs, stallMs } = await collectWatched(run);
     expect(collected.problems).toEqual([`reports.slow.files[0]: the glob "reports/${glob}" took longer than ${GLOB_LIMITS.perGlobMs / 1000} s to match; simplify it`]);
     expect(collected.tests).toEqual({ total: 1, passed: 1, failed: 0, skipped: 0 });

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
 import { promisify } from 'node:util';
+import { writeFiles } from './files.js';
 
 const exec = promisify(execFile);
 
@@ -26,10 +26,7 @@ export async function initRepo(dir: string, branch = 'main'): Promise<string> {
 
 /** Writes the files (path → content) and commits them; returns the new commit sha. */
 export async function commitFiles(dir: string, files: Record<string, string>, message = 'change'): Promise<string> {
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(dirname(join(dir, path)), { recursive: true });
-    await writeFile(join(dir, path), content);
-  }
+  await writeFiles(dir, files);
   await git(dir, 'add', '-A');
   await git(dir, 'commit', '-q', '-m', message);
   return git(dir, 'rev-parse', 'HEAD');

@@ -1,8 +1,8 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { junitXml } from '@conveyor/testing';
+import { junitXml, writeFiles } from '@conveyor/testing';
 import { JUNIT_LIMITS, parseBuildspec, type BuildspecRun } from '@conveyor/runner';
 import { readReports } from './test-job.js';
 
@@ -21,10 +21,7 @@ const junit = junitXml;
 
 /** A finished build whose workspace holds `files` and whose buildspec has the given `reports:` section (none when undefined). */
 async function finishedBuild(files: Record<string, string>, reports: string | undefined, over: Partial<BuildspecRun> = {}): Promise<BuildspecRun> {
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(dirname(join(ws, path)), { recursive: true });
-    await writeFile(join(ws, path), content);
-  }
+  await writeFiles(ws, files);
   const spec = parseBuildspec(`version: 0.2\nphases:\n  build:\n    commands: [ 'true' ]\n${reports === undefined ? '' : `reports:\n${reports}`}`);
   return { status: 'SUCCEEDED', workspace: ws, spec, ...over };
 }
