@@ -142,8 +142,8 @@ describe('runs of one pipeline started together', () => {
     expect(parallel).toContain('name: hello-parallel');
     await client.registerPipeline(parallel);
     try {
-      // One run sets the pipeline variable DEPLOY_ENV, the other takes its default.
-      const bodies = [JSON.stringify({ variables: [{ name: 'DEPLOY_ENV', value: 'parallel' }] }), '{}'];
+      // Each run sets the pipeline variable DEPLOY_ENV (the first run of the file checked its default).
+      const bodies = ['parallel-a', 'parallel-b'].map((value) => JSON.stringify({ variables: [{ name: 'DEPLOY_ENV', value }] }));
       const started = await Promise.all(bodies.map((body) => client.request('POST', '/api/v1/pipelines/hello-parallel/runs', body)));
       const runs = await Promise.all(started.map((r) => watchRun(client, r.json.runId, quiet, 240_000)));
       const how = JSON.stringify(runs.map((r) => r.stages.map((s: { name: string; status: string; message?: string }) => `${s.name}:${s.status}${s.message ? ` (${s.message})` : ''}`)));
@@ -155,7 +155,8 @@ describe('runs of one pipeline started together', () => {
       expect(await client.logs(replaced[0].id, 'Monitor')).toContain(`run ${newer.id} replaced this version`);
       expect(newer.stages[4].result.probes.failed).toBeLessThanOrEqual(2);
       expect((await fetch(`${newer.stages[3].result.url}/healthz`)).status).toBe(200);
-      expect(runs.map((r) => r.variables)).toEqual([{ DEPLOY_ENV: 'parallel' }, { DEPLOY_ENV: 'local' }]);
+      expect(runs.map((r) => r.variables)).toEqual([{ DEPLOY_ENV: 'parallel-a' }, { DEPLOY_ENV: 'parallel-b' }]);
+      // Whichever went live last serves the value it was started with.
       expect(await served(newer.stages[3].result.url)).toMatchObject({ environment: newer.variables.DEPLOY_ENV });
     } finally {
       await client.request('DELETE', '/api/v1/pipelines/hello-parallel');

@@ -1,5 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { chainedTimer, firstRetentionPassMs } from './retention.js';
+import type { PrunableArtifactStore } from '@conveyor/artifacts';
+import { createLogger } from '@conveyor/service-kit';
+import { chainedTimer, createRetention } from './retention.js';
 
 describe('chainedTimer (retention and reconciler passes)', () => {
   beforeEach(() => vi.useFakeTimers());
@@ -57,8 +59,24 @@ describe('chainedTimer (retention and reconciler passes)', () => {
     expect(passes).toBe(1);
   });
 
-  it('retention makes its first pass 30 s after start, or one interval if that is shorter', () => {
-    expect(firstRetentionPassMs(300_000)).toBe(30_000);
-    expect(firstRetentionPassMs(10_000)).toBe(10_000);
+  it('retention makes its first pass 30 s after start, or one interval if that is shorter, then one each interval', async () => {
+    for (const [interval, first] of [[300_000, 30_000], [10_000, 10_000]] as const) {
+      const passes: number[] = [];
+      // A pass of artifact retention starts by listing the stored runs: none here, so it ends there.
+      const artifacts = { listRuns: async () => (passes.push(Date.now()), []) } as unknown as PrunableArtifactStore;
+      const retention = createRetention(
+        { redis: { defineCommand: () => undefined } as never, prefix: 'p', runs: {} as never, artifacts, logger: createLogger('test', 'silent') },
+        { ARTIFACT_RETENTION_RUNS: 20, RUN_HISTORY_DAYS: 0, RETENTION_INTERVAL_MS: interval },
+      );
+      const t0 = Date.now();
+      retention.start();
+      await vi.advanceTimersByTimeAsync(first - 1);
+      expect(passes).toEqual([]);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(passes).toEqual([t0 + first]);
+      await vi.advanceTimersByTimeAsync(interval);
+      expect(passes).toEqual([t0 + first, t0 + first + interval]);
+      await retention.stop();
+    }
   });
 });

@@ -11,7 +11,6 @@ import { RunHistoryPruner } from './run-history-pruner.js';
 
 /** The first retention pass, after start (unless the interval is shorter): a replica restarted more often than the interval still prunes. */
 const FIRST_PASS_MS = 30_000;
-export const firstRetentionPassMs = (intervalMs: number): number => Math.min(intervalMs, FIRST_PASS_MS);
 
 export interface Retention {
   start(): void;
@@ -38,7 +37,7 @@ export function createRetention(
     if (env.RUN_HISTORY_DAYS > 0) await historyPruner.prune(signal).catch((err) => logger.warn({ err }, 'run history retention failed'));
     if (env.ARTIFACT_RETENTION_RUNS > 0 && !signal.aborted) await artifactPruner.prune(signal).catch((err) => logger.warn({ err }, 'artifact pruning failed'));
   };
-  const timer = chainedTimer(pass, env.RETENTION_INTERVAL_MS, firstRetentionPassMs(env.RETENTION_INTERVAL_MS));
+  const timer = chainedTimer(pass, env.RETENTION_INTERVAL_MS, Math.min(env.RETENTION_INTERVAL_MS, FIRST_PASS_MS));
   return {
     start: () => {
       if (env.ARTIFACT_RETENTION_RUNS > 0 || env.RUN_HISTORY_DAYS > 0) timer.start();

@@ -29,13 +29,17 @@ describe('WebhookIntake', () => {
     const signature = `sha256=${createHmac('sha256', SECRET).update(body).digest('hex')}`;
 
     const reply = intake.github({ event: 'push', deliveryId: 'd-1', signature, rawBody: body });
-    // What else the service has to do, queued behind the delivery.
-    setImmediate(() => marks.push('other work'));
-    setImmediate(() => marks.push('more other work'));
+    // What else the service has to do, queued behind the delivery: one piece, then another once it is done.
+    setImmediate(() => {
+      marks.push('other work');
+      setImmediate(() => marks.push('more other work'));
+    });
     expect((await reply).status).toBe(202);
     const first = (name: string) => marks.indexOf(`decide ${name}`);
+    expect(first('one')).toBeGreaterThanOrEqual(0);
     expect(first('one')).toBeLessThan(marks.indexOf('other work'));
     expect(marks.indexOf('other work')).toBeLessThan(first('two'));
+    expect(first('two')).toBeLessThan(marks.indexOf('more other work'));
     expect(marks.indexOf('more other work')).toBeLessThan(first('three'));
     expect(n).toBe(3);
   });

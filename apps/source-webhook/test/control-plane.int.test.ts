@@ -630,6 +630,30 @@ describe('pipeline-level variables', () => {
     expect((await getRun(overridden.json().runId)).variables).toEqual({ REGION: 'us-east-2', TICKET: 'OPS-2' });
   });
 
+  it('a push run of a pipeline whose stage needs a variable with no default fails as it is created, and is never active', async () => {
+    const repo = 'file:///srv/git/needs-ticket.git';
+    const put = await service.app.inject({
+      method: 'POST',
+      url: '/api/v1/pipelines',
+      headers: auth,
+      payload: {
+        name: 'needs-ticket',
+        source: { provider: 'github', repository: repo, webhookSecret: SECRET },
+        variables: [{ name: 'TICKET' }],
+        stages: [{ name: 'Build', type: 'build' }, { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'node server.js', env: { FOR: '#{variables.TICKET}' } } }],
+      },
+    });
+    expect(put.statusCode, put.body).toBe(201);
+    const res = await sendPush(pushBody(firstCommit, 'main', repo), `needs-ticket-${randomUUID()}`);
+    expect(res.statusCode, res.body).toBe(202);
+    // Checked before the run is read: reading an ended run that is listed active takes it off the list.
+    expect(await redis.sismember(`${prefix}:active-runs`, res.json().runId)).toBe(0);
+    const run = await getRun(res.json().runId);
+    expect(run.status).toBe('FAILED');
+    expect(run.stages.map((s) => s.status)).toEqual(['FAILED', 'SKIPPED', 'SKIPPED']);
+    expect(run.stages[0]!.message).toBe('stage Deploy, target.env.FOR: #{variables.TICKET} has no value: the pipeline variable TICKET has no default value, and only a run started by hand can be given one');
+  });
+
   it('a reference to an undeclared pipeline variable is a 400 when the pipeline is defined', async () => {
     const res = await service.app.inject({
       method: 'POST',

@@ -86,6 +86,9 @@ describe('PipelineDefinition', () => {
     const view = toPipelineView(PipelineDefinition.parse({ ...base, source: { ...base.source, webhookSecret: 's'.repeat(20) } }));
     expect(JSON.stringify(view)).not.toContain('s'.repeat(20));
     expect(view.source.hasWebhookSecret).toBe(true);
+    // A pipeline that declares no variables is shown as it was written, without an empty list.
+    expect(view).not.toHaveProperty('variables');
+    expect(toPipelineView(PipelineDefinition.parse({ ...base, variables: [{ name: 'A' }] })).variables).toEqual([{ name: 'A' }]);
   });
 });
 

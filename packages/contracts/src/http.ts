@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { CommitSha, GitRefName } from './common.js';
-import { VariableName } from './pipeline.js';
+import { EnvValue, VariableName } from './pipeline.js';
 
 /**
  * Body of `POST /api/v1/pipelines/:name/runs` (all optional). `variables` sets the pipeline's declared
@@ -11,7 +11,7 @@ export const StartRunBody = z
     ref: GitRefName.optional(),
     commit: CommitSha.optional(),
     variables: z
-      .array(z.object({ name: VariableName, value: z.string().min(1).max(1000) }).strict())
+      .array(z.object({ name: VariableName, value: EnvValue.min(1).max(1000) }).strict())
       .max(50)
       .superRefine((vars, ctx) => {
         const seen = new Set<string>();

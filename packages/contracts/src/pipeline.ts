@@ -43,12 +43,21 @@ export const SourceConfig = z
   .strict();
 export type SourceConfig = z.infer<typeof SourceConfig>;
 
+/** `__proto__` as a key of a plain object sets its prototype instead: the value would be lost. */
+const notProto = (n: string) => n !== '__proto__';
+/**
+ * A NUL cannot be in an environment value: no process could be started with it. Checked on new input
+ * (pipeline variables, run requests; stage environments when a pipeline is defined, by source-webhook)
+ * but not in `EnvVariables`, which stored runs' plans and jobs are parsed with: the build fails such a
+ * job itself, saying why.
+ */
+export const EnvValue = z.string().refine((v) => !v.includes('\0'), 'must not contain a NUL character');
 const EnvVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'not an environment variable name')
   .refine((n) => !n.startsWith('CODEBUILD_'), 'names starting CODEBUILD_ are reserved');
 export const EnvVariables = z.record(EnvVarName, z.string().max(32_768));
 
 /** CodePipeline's pattern for a variable's name and an action's namespace. */
-export const VariableName = z.string().min(1).max(128).regex(/^[A-Za-z0-9@_-]+$/, 'must match ^[A-Za-z0-9@_-]+$');
+export const VariableName = z.string().min(1).max(128).regex(/^[A-Za-z0-9@_-]+$/, 'must match ^[A-Za-z0-9@_-]+$').refine(notProto, '__proto__ is not allowed');
 
 const BuildLike = {
   name: StageName,
@@ -110,7 +119,7 @@ export const MonitorStage = z
 export const PipelineVariable = z
   .object({
     name: VariableName,
-    defaultValue: z.string().min(1).max(1000).optional(),
+    defaultValue: EnvValue.min(1).max(1000).optional(),
     description: z.string().max(200).optional(),
   })
   .strict();
@@ -164,12 +173,14 @@ export const PipelineDefinition = z
 export type PipelineDefinition = z.infer<typeof PipelineDefinition>;
 export type PipelineDefinitionInput = z.input<typeof PipelineDefinition>;
 
-/** What the API returns: the definition without its write-only secret. */
-export type PipelineView = Omit<PipelineDefinition, 'source'> & {
+/** What the API returns: the definition without its write-only secret, and without `variables` when it declares none. */
+export type PipelineView = Omit<PipelineDefinition, 'source' | 'variables'> & {
   source: Omit<SourceConfig, 'webhookSecret'> & { hasWebhookSecret: boolean };
+  variables?: PipelineVariable[];
 };
 
 export function toPipelineView(def: PipelineDefinition): PipelineView {
   const { webhookSecret, ...source } = def.source;
-  return { ...def, source: { ...source, hasWebhookSecret: webhookSecret !== undefined } };
+  const { variables, ...rest } = def;
+  return { ...rest, ...(variables.length > 0 ? { variables } : {}), source: { ...source, hasWebhookSecret: webhookSecret !== undefined } };
 }

@@ -27,7 +27,7 @@ end
  */
 const CREATE_RUN = `${FOLD}
 local runKey, activeKey, pipelineRunsKey, eventsKey, deliveryKey, pipelinesKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local version, json, plan, runId, score, maxlen, decision, ttl, pipeline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local version, json, plan, runId, score, maxlen, decision, ttl, pipeline, terminal = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 if decision ~= '' then
   local seen = redis.call('GET', deliveryKey)
   if seen then return seen end
@@ -39,8 +39,9 @@ fold(activeKey, pipelineRunsKey)
 redis.call('HSET', runKey, 'version', version, 'json', json, 'plan', plan)
 redis.call('ZADD', pipelineRunsKey, score, runId)
 redis.call('SADD', pipelinesKey, pipeline)
-redis.call('SADD', activeKey, runId)
-for i = 10, #ARGV do
+-- A run may end as it is created (a pipeline variable it cannot have): it is then never active.
+if terminal ~= '1' then redis.call('SADD', activeKey, runId) end
+for i = 11, #ARGV do
   redis.call('XADD', eventsKey, 'MAXLEN', '~', maxlen, '*', 'event', ARGV[i])
 end
 if decision ~= '' then redis.call('SET', deliveryKey, decision, 'EX', ttl) end
@@ -192,6 +193,7 @@ export class RedisRunStore implements RunStore {
       delivery ? JSON.stringify(delivery.decision) : '',
       DELIVERY_TTL_SECONDS,
       run.pipeline,
+      isTerminalRun(run) ? '1' : '0',
       ...events.map((e) => JSON.stringify(e)),
     );
     if (reply === 1) return { created: true };

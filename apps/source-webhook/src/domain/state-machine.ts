@@ -10,7 +10,7 @@ import {
   type StageResult,
   type Trigger,
 } from '@conveyor/contracts';
-import { resolveVariables, runVariables } from './variables.js';
+import { resolveVariables, runVariables, unsetPipelineVariable } from './variables.js';
 
 /** What can happen to a run. Every input is idempotent: a repeat leaves the run unchanged. */
 export type RunInput =
@@ -202,7 +202,12 @@ function buildJob(run: Run, i: number, attempt: number, jobId: string): StageJob
     attempt,
     trigger: run.trigger,
   };
-  if (i === 0) return Object.assign(base, { type: 'source' as const, repository: run.plan.source.repository });
+  if (i === 0) {
+    // A run that could not get past a later stage for want of a pipeline variable's value fails first.
+    const unset = unsetPipelineVariable(run);
+    if (unset) return { error: unset };
+    return Object.assign(base, { type: 'source' as const, repository: run.plan.source.repository });
+  }
   const def = run.plan.stages[i - 1]!;
   const input = latestArtifact(run, i);
   const commit = run.commit;

@@ -95,12 +95,25 @@ describe('pipeline-level variables (#{variables.NAME}) and stage namespaces', ()
     expect(jobs[2]).toMatchObject({ type: 'deploy', target: { env: { V: '2.0.0', SAME: '2.0.0', TICKET: 'OPS-7' } } });
   });
 
-  it('fails a stage that refers to a variable with no default which the run was not given, saying so', () => {
-    const { run } = drive(USES, [{ commit: SHA, artifact: ART }, { artifact: BUILD_ART, exportedVariables: { APP_VERSION: '2.0.0' } }], { declared: DECLARED });
+  it('fails a run that refers to a variable with no default which it was not given (a run from a push) as it is created, saying so', () => {
+    const { run, events } = createRun({ id: 'run-00000003', number: 1, definition: definitionWith(USES, DECLARED), trigger: { type: 'webhook', ref: 'refs/heads/main' } }, t(0));
     expect(run.variables).toEqual({ REGION: 'eu-west-1', TIER: 'web' });
-    expect(run.stages[2]).toMatchObject({
+    expect(run.status).toBe('FAILED');
+    expect(run.stages.map((s) => s.status)).toEqual(['FAILED', 'SKIPPED', 'SKIPPED']);
+    expect(run.stages[0]!.message).toBe(
+      'stage Deploy, target.env.TICKET: #{variables.TICKET} has no value: the pipeline variable TICKET has no default value, and only a run started by hand can be given one',
+    );
+    expect(pendingJobs(run)).toEqual([]);
+    expect(events.map((e) => e.type)).toContain('run.finished');
+  });
+
+  it('fails the stage, naming the variable, when a stored definition refers to one the run does not have', () => {
+    // A definition stored before pipeline variables were checked: the run has none, and the stage says so.
+    const stages = [{ name: 'Build', type: 'build', env: { variables: { A: '#{variables.OLD}' } } }];
+    const { run } = drive(stages, [{ commit: SHA, artifact: ART }]);
+    expect(run.stages[1]).toMatchObject({
       status: 'FAILED',
-      message: 'target.env.TICKET: #{variables.TICKET} is not set: the pipeline variable TICKET has no default value and was not given when the run was started',
+      message: 'env.variables.A: #{variables.OLD} is not set: the pipeline variable OLD is not declared, or has no default value and was not given when the run was started',
     });
   });
 
@@ -148,9 +161,16 @@ describe('pipeline-level variables (#{variables.NAME}) and stage namespaces', ()
       return parsed.success ? [] : parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
     };
     expect(issues([{ name: 'Build', type: 'build' }], [{ name: 'A' }, { name: 'A', defaultValue: 'x' }])).toEqual(['variables.1.name: duplicate variable "A"']);
-    expect(issues([{ name: 'Build', type: 'build' }], [{ name: 'A.B' }, { name: 'C', defaultValue: '' }])).toEqual([
+    expect(issues([{ name: 'Build', type: 'build' }], [{ name: 'A.B' }, { name: 'C', defaultValue: '' }, { name: '__proto__', defaultValue: 'x' }, { name: 'D', defaultValue: 'a\0b' }])).toEqual([
       'variables.0.name: must match ^[A-Za-z0-9@_-]+$',
       'variables.1.defaultValue: Too small: expected string to have >=1 characters',
+      'variables.2.name: __proto__ is not allowed',
+      'variables.3.defaultValue: must not contain a NUL character',
+    ]);
+    // The same for a stage's environment, when a pipeline is defined: a value no process can take.
+    expect(variableIssues(definitionWith([{ name: 'Build', type: 'build', env: { variables: { A: 'a\0b' } } }, { name: 'Deploy', type: 'deploy', target: { kind: 'local', command: 'x', env: { B: '\0' } } }]))).toEqual([
+      { path: 'stages.0.env.variables.A', message: 'must not contain a NUL character' },
+      { path: 'stages.1.target.env.B', message: 'must not contain a NUL character' },
     ]);
     expect(issues([{ name: 'Build', type: 'build', namespace: 'Test' }, { name: 'Test', type: 'test', namespace: 'Source' }, { name: 'Other', type: 'test', namespace: 'Build' }, { name: 'Last', type: 'test', namespace: 'Last' }])).toEqual([
       'stages.0.namespace: namespace "Test" is already a stage name, a namespace or reserved',

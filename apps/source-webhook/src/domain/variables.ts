@@ -62,9 +62,32 @@ function lookUp(run: Run, i: number, namespace: string, variable: string): strin
   return exported && Object.hasOwn(exported, variable) ? exported[variable] : undefined;
 }
 
+/**
+ * Why a run cannot go through, known when it is created: a stage refers to a pipeline variable the run
+ * has no value for (one without a default, in a run from a push, which cannot be given values). Failing
+ * then spares the stages before it. Undefined when the run declares no variables, or has every one used.
+ */
+export function unsetPipelineVariable(run: Run): string | undefined {
+  const values = run.variables;
+  if (!values) return undefined;
+  for (const [j, stage] of run.plan.stages.entries()) {
+    const env = stage.type === 'build' || stage.type === 'test' ? { at: 'env.variables', vars: stage.env.variables } : stage.type === 'deploy' ? { at: 'target.env', vars: stage.target.env } : undefined;
+    if (!env) continue;
+    for (const [name, value] of Object.entries(env.vars)) {
+      if (!value.includes('#{variables.')) continue;
+      for (const [text, namespace, variable] of value.matchAll(REFERENCE)) {
+        if (namespace === 'variables' && !Object.hasOwn(values, variable!)) {
+          return `stage ${run.stages[j + 1]!.name}, ${env.at}.${name}: ${text} has no value: the pipeline variable ${variable} has no default value, and only a run started by hand can be given one`;
+        }
+      }
+    }
+  }
+  return undefined;
+}
+
 function why(run: Run, i: number, namespace: string, variable: string): string {
   if (namespace === 'codepipeline' || namespace === 'Source') return `${namespace} has no variable ${variable} for this run`;
-  if (namespace === 'variables') return `the pipeline variable ${variable} has no default value and was not given when the run was started`;
+  if (namespace === 'variables') return `the pipeline variable ${variable} is not declared, or has no default value and was not given when the run was started`;
   const stage = exporter(run, i, namespace);
   if (!stage) return `no stage ${namespace} runs before this one`;
   if (stage.status !== 'SUCCEEDED') return `stage ${namespace} did not succeed`;
@@ -89,6 +112,7 @@ export function variableIssues(def: PipelineDefinition): Array<{ path: string; m
     const exporters = new Set(def.stages.slice(0, i).flatMap((s) => (s.type === 'build' || s.type === 'test' ? [s.name, ...(s.namespace ? [s.namespace] : [])] : [])));
     const declared = new Set(def.variables.map((v) => v.name));
     for (const [name, value] of Object.entries(fields.env)) {
+      if (value.includes('\0')) issues.push({ path: `${fields.at}.${name}`, message: 'must not contain a NUL character' });
       for (const [text] of value.matchAll(LOOKS_LIKE)) {
         const [, namespace, variable] = new RegExp(`^${REFERENCE.source}$`).exec(text) ?? [];
         const problem =
@@ -128,6 +152,7 @@ export function runVariables(
   given: ReadonlyArray<{ name: string; value: string }> = [],
   requireAll = false,
 ): { variables?: Record<string, string>; issues: Array<{ path: string; message: string }> } {
+  if (def.variables.length === 0 && given.length === 0) return { issues: [] };
   const issues: Array<{ path: string; message: string }> = [];
   const declared = new Map(def.variables.map((v) => [v.name, v]));
   given.forEach((g, i) => {
