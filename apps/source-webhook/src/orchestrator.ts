@@ -63,7 +63,8 @@ export class Orchestrator {
       if (saved.seenDecision) return { ...(saved.seenDecision.runId ? { runId: saved.seenDecision.runId } : {}), duplicate: true, decision: saved.seenDecision };
       throw new Error(`run id collision: ${run.id}`);
     }
-    this.deps.logger.info({ runId: run.id, pipeline: run.pipeline, trigger: trigger.type }, 'run created');
+    if (isTerminalRun(run)) this.deps.logger.warn({ runId: run.id, pipeline: run.pipeline, trigger: trigger.type, status: run.status, message: run.message }, 'run created ended');
+    else this.deps.logger.info({ runId: run.id, pipeline: run.pipeline, trigger: trigger.type }, 'run created');
     this.remember(run);
     await this.dispatch([run]);
     return { runId: run.id, duplicate: false };

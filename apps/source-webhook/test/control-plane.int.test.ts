@@ -651,7 +651,8 @@ describe('pipeline-level variables', () => {
     const run = await getRun(res.json().runId);
     expect(run.status).toBe('FAILED');
     expect(run.stages.map((s) => s.status)).toEqual(['FAILED', 'SKIPPED', 'SKIPPED']);
-    expect(run.stages[0]!.message).toBe('stage Deploy, target.env.FOR: #{variables.TICKET} has no value: the pipeline variable TICKET has no default value, and only a run started by hand can be given one');
+    expect(run.stages[0]!.message).toBe("#{variables.TICKET} in Deploy's target.env.FOR has no value: it has no default value, and only a run started by hand can be given one");
+    expect(run.message).toBe(`stage Source failed: ${run.stages[0]!.message}`);
   });
 
   it('a reference to an undeclared pipeline variable is a 400 when the pipeline is defined', async () => {

@@ -7,7 +7,7 @@ import { liveDeploymentKey, type RunStatus } from '@conveyor/contracts';
 import type { Logger } from '@conveyor/service-kit';
 import { RedisRetentionReader } from '../src/adapters/redis-retention-reader.js';
 import { RedisRunHistory } from '../src/adapters/redis-run-history.js';
-import { RedisRunStore, runKey } from '../src/adapters/redis-run-store.js';
+import { activeRunsKey, RedisRunStore, runKey } from '../src/adapters/redis-run-store.js';
 import { loadEnv } from '../src/env.js';
 import { RunHistoryPruner } from '../src/run-history-pruner.js';
 import { retentionService, retentionSetup, storeRun, TOKEN } from './runs.testkit.js';
@@ -54,6 +54,8 @@ describe('run history retention (RunHistoryPruner over real Redis and real files
     const queued = await w.run('shop', 90, 'QUEUED');
     const recent = await w.run('shop', 29);
     const otherOld = await w.run('web', 60);
+    // Ended runs listed as active, as an earlier version left them (a run ended as it is created is not listed).
+    await redis.sadd(activeRunsKey(w.prefix), ...old, otherOld);
     for (const id of [old[0]!, running, recent]) await w.artifacts.putFiles(artifactKey(id, 'Source', 1), join(dir, 'src'), ['a.txt']);
 
     expect(await w.pruner.prune()).toEqual({ removed: 4, dangling: 0, read: 6 });
@@ -64,7 +66,7 @@ describe('run history retention (RunHistoryPruner over real Redis and real files
       expect(await redis.exists(runKey(w.prefix, id))).toBe(0);
     }
     expect([await w.hasArtifacts(old[0]!), await w.hasArtifacts(running), await w.hasArtifacts(recent)]).toEqual([false, true, true]);
-    // Stored ended at once here, they were listed as active too: deleted runs leave that list as well.
+    // Deleted runs leave the active list as well.
     const active = await w.store.activeRunIds();
     expect(active).toEqual(expect.arrayContaining([running, queued]));
     for (const id of [...old, otherOld]) expect(active).not.toContain(id);

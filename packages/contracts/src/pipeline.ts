@@ -181,6 +181,7 @@ export type PipelineView = Omit<PipelineDefinition, 'source' | 'variables'> & {
 
 export function toPipelineView(def: PipelineDefinition): PipelineView {
   const { webhookSecret, ...source } = def.source;
-  const { variables, ...rest } = def;
-  return { ...rest, ...(variables.length > 0 ? { variables } : {}), source: { ...source, hasWebhookSecret: webhookSecret !== undefined } };
+  const { name, variables, stages } = def;
+  // In the order a definition is written: name, source, variables, stages.
+  return { name, source: { ...source, hasWebhookSecret: webhookSecret !== undefined }, ...(variables.length > 0 ? { variables } : {}), stages };
 }

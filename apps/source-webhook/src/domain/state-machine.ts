@@ -43,7 +43,11 @@ export interface NewRun {
 }
 
 
-/** Creates a run and starts it: the Source stage is RUNNING (its job is `pendingJobs(run)`). */
+/**
+ * Creates a run and starts it: the Source stage is RUNNING (its job is `pendingJobs(run)`). A run that
+ * could not get past a later stage for want of a pipeline variable's value (one without a default, in a
+ * run from a push) ends at once instead, FAILED at Source, saying which: nothing is spent on it.
+ */
 export function createRun(input: NewRun, now: Date): Transition {
   const at = now.toISOString();
   const { webhookSecret: _secret, triggers: _triggers, ...source } = input.definition.source;
@@ -68,6 +72,11 @@ export function createRun(input: NewRun, now: Date): Transition {
   };
   const created: RunEvent = { v: 1, type: 'run.created', at, runId: queued.id, pipeline: queued.pipeline, trigger: queued.trigger.type };
   const started = startStage(patch(queued, { status: 'RUNNING', startedAt: at }), 0, at);
+  const unset = variables ? unsetPipelineVariable(input.definition, variables) : undefined;
+  if (unset) {
+    const failed = failStage(started.run, 0, unset, at);
+    return { run: failed.run, events: [created, ...started.events, ...failed.events], changed: true };
+  }
   return { run: started.run, events: [created, ...started.events], changed: true };
 }
 
@@ -202,12 +211,7 @@ function buildJob(run: Run, i: number, attempt: number, jobId: string): StageJob
     attempt,
     trigger: run.trigger,
   };
-  if (i === 0) {
-    // A run that could not get past a later stage for want of a pipeline variable's value fails first.
-    const unset = unsetPipelineVariable(run);
-    if (unset) return { error: unset };
-    return Object.assign(base, { type: 'source' as const, repository: run.plan.source.repository });
-  }
+  if (i === 0) return Object.assign(base, { type: 'source' as const, repository: run.plan.source.repository });
   const def = run.plan.stages[i - 1]!;
   const input = latestArtifact(run, i);
   const commit = run.commit;

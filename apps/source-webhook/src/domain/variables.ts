@@ -63,21 +63,21 @@ function lookUp(run: Run, i: number, namespace: string, variable: string): strin
 }
 
 /**
- * Why a run cannot go through, known when it is created: a stage refers to a pipeline variable the run
- * has no value for (one without a default, in a run from a push, which cannot be given values). Failing
- * then spares the stages before it. Undefined when the run declares no variables, or has every one used.
+ * Why a new run cannot go through, known when it is created: a stage refers to a pipeline variable the
+ * run has no value for (one without a default, in a run from a push, which cannot be given values).
+ * Failing then spares the stages before it. Undefined when every variable used has a value.
  */
-export function unsetPipelineVariable(run: Run): string | undefined {
-  const values = run.variables;
-  if (!values) return undefined;
-  for (const [j, stage] of run.plan.stages.entries()) {
+export function unsetPipelineVariable(def: PipelineDefinition, values: Readonly<Record<string, string>>): string | undefined {
+  const declared = new Set(def.variables.map((v) => v.name));
+  for (const stage of def.stages) {
     const env = stage.type === 'build' || stage.type === 'test' ? { at: 'env.variables', vars: stage.env.variables } : stage.type === 'deploy' ? { at: 'target.env', vars: stage.target.env } : undefined;
     if (!env) continue;
     for (const [name, value] of Object.entries(env.vars)) {
       if (!value.includes('#{variables.')) continue;
       for (const [text, namespace, variable] of value.matchAll(REFERENCE)) {
         if (namespace === 'variables' && !Object.hasOwn(values, variable!)) {
-          return `stage ${run.stages[j + 1]!.name}, ${env.at}.${name}: ${text} has no value: the pipeline variable ${variable} has no default value, and only a run started by hand can be given one`;
+          const why = declared.has(variable!) ? 'it has no default value, and only a run started by hand can be given one' : 'the pipeline declares no such variable';
+          return `${text} in ${stage.name}'s ${env.at}.${name} has no value: ${why}`;
         }
       }
     }
