@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -78,6 +78,10 @@ describe('a push becomes a deployed, verified service', () => {
     // The Deploy stage's RELEASE: the version the Build stage exported, and the run; DEPLOY_ENV: the pipeline variable's default (CodePipeline's variables).
     expect(await served(firstUrl)).toMatchObject({ version: '1.0.0', commit: repo.commit, release: `1.0.0+${run.id}`, environment: 'local' });
     expect(run.variables).toEqual({ DEPLOY_ENV: 'local' });
+    // The build's artifact, downloaded as stored: the bytes its digest names.
+    const download = await fetch(`${client.baseUrl}/api/v1/runs/${run.id}/stages/Build/artifact`, { headers: { authorization: `Bearer ${stack.apiToken}` } });
+    expect(download.status).toBe(200);
+    expect(createHash('sha256').update(Buffer.from(await download.arrayBuffer())).digest('hex')).toBe(run.stages[1].result.artifact.sha256);
     const buildLog = await client.logs(run.id, 'Build');
     expect(buildLog).toContain(`Building hello-service at ${repo.commit}`);
     // Services running as root run each build as a user of its own (BUILD_UIDS), out of reach of their environment.

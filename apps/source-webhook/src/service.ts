@@ -60,6 +60,7 @@ export function composeService(env: Env, logger: Logger) {
     apiToken: env.CONVEYOR_API_TOKEN,
     pipelines,
     runs,
+    artifacts,
     orchestrator,
     intake,
     webhookBodyLimit: env.WEBHOOK_BODY_LIMIT,

@@ -1,7 +1,9 @@
+import { execFile } from 'node:child_process';
 import { createHash, createHmac, randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { Queue, UnrecoverableError, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
@@ -17,6 +19,7 @@ import { Orchestrator } from '../src/orchestrator.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
 const SECRET = 'webhook-secret-0123456789';
+const exec = promisify(execFile);
 const auth = { authorization: `Bearer ${TOKEN}` };
 
 let dir: string;
@@ -664,5 +667,44 @@ describe('pipeline-level variables', () => {
     });
     expect(res.statusCode).toBe(400);
     expect(res.json().errors).toEqual([{ path: 'stages.0.env.variables.A', message: '#{variables.NOPE}: no pipeline variable NOPE is declared (under variables)' }]);
+  });
+});
+
+describe('artifact downloads', () => {
+  it("gives a stage's artifact as the tar stages exchange, with its digest; 404 naming why when there is none", async () => {
+    const started = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
+    const run = await waitFor(async () => {
+      const r = await getRun(started.json().runId);
+      return r.stages[0]!.status === 'RUNNING' ? undefined : r;
+    }, 'Source to finish');
+    const ref = run.stages[0]!.result!.artifact!;
+    expect(ref).toBeDefined();
+    const url = `/api/v1/runs/${run.id}/stages/Source/artifact`;
+    expect((await service.app.inject({ method: 'GET', url })).statusCode).toBe(401);
+
+    const res = await service.app.inject({ method: 'GET', url, headers: auth });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.headers['content-type']).toBe('application/x-tar');
+    expect(Number(res.headers['content-length'])).toBe(ref.bytes);
+    expect(res.headers['content-disposition']).toBe(`attachment; filename="hello-${run.number}-Source.tar"`);
+    expect(res.headers['repr-digest']).toBe(`sha-256=:${Buffer.from(ref.sha256, 'hex').toString('base64')}:`);
+    expect(createHash('sha256').update(res.rawPayload).digest('hex')).toBe(ref.sha256);
+    const tarFile = join(dir, 'download.tar');
+    await writeFile(tarFile, res.rawPayload);
+    const listed = (await exec('tar', ['-tf', tarFile])).stdout.split('\n');
+    expect(listed).toContain('README.md');
+
+    const none = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${run.id}/stages/Build/artifact`, headers: auth });
+    expect(none.statusCode).toBe(404);
+    expect(none.headers['content-type']).toContain('application/problem+json');
+    expect(none.json().detail).toMatch(/^stage Build of run .* stored no artifact/);
+    const nostage = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${run.id}/stages/Nope/artifact`, headers: auth });
+    expect(nostage.json().detail).toBe(`run ${run.id} has no stage Nope`);
+
+    // Removed by retention: said so.
+    await rm(join(dir, 'artifacts', 'runs', run.id), { recursive: true });
+    const gone = await service.app.inject({ method: 'GET', url, headers: auth });
+    expect(gone.statusCode).toBe(404);
+    expect(gone.json().detail).toBe(`the artifact of stage Source of run ${run.id} is no longer stored (artifact retention keeps those of each pipeline's newest runs)`);
   });
 });

@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import type { ArtifactRef } from '@conveyor/contracts';
 
 /** Where stages keep what they hand to each other (CodePipeline's artifact bucket). */
@@ -13,6 +14,22 @@ export interface ArtifactStore {
   putFiles(key: string, dir: string, files: readonly string[]): Promise<ArtifactRef>;
   /** Unpacks the artifact into `dir`, checking its digest; entries may not escape `dir`. */
   extractTo(ref: ArtifactRef, dir: string): Promise<void>;
+}
+
+/** An artifact opened for reading: its bytes as stored, checked against its digest as they are read. */
+export interface ArtifactReader {
+  bytes: number;
+  /**
+   * The tar. Its last chunk comes only once the digest matched the ref's: a corrupt artifact ends the
+   * stream with an error before its end, so a reader never takes it for whole.
+   */
+  stream: Readable;
+}
+
+/** What downloading an artifact needs of a store. */
+export interface ReadableArtifactStore {
+  /** Opens the artifact `ref` names; undefined when it is not there (removed by retention). */
+  open(ref: ArtifactRef): Promise<ArtifactReader | undefined>;
 }
 
 /** The artifacts a store holds for one run (everything under `runs/<runId>/`). */

@@ -19,6 +19,44 @@ beforeEach(async () => {
 });
 afterEach(() => rm(dir, { recursive: true, force: true }));
 
+/** Everything a stream gives before it ends or fails, and how it ended. */
+async function drain(stream: NodeJS.ReadableStream): Promise<{ bytes: Buffer; error?: Error }> {
+  const chunks: Buffer[] = [];
+  try {
+    for await (const chunk of stream) chunks.push(chunk as Buffer);
+    return { bytes: Buffer.concat(chunks) };
+  } catch (err) {
+    return { bytes: Buffer.concat(chunks), error: err as Error };
+  }
+}
+
+describe('FsArtifactStore.open (downloads)', () => {
+  it('gives the stored tar, its size, and nothing for an artifact no longer stored', async () => {
+    // Large enough to be read in many chunks.
+    await writeFile(join(dir, 'src', 'big.bin'), Buffer.alloc(300_000, 7));
+    const ref = await store.putFiles(artifactKey('run-download', 'Build', 1), join(dir, 'src'), ['a.txt', 'big.bin']);
+    const opened = await store.open(ref);
+    expect(opened?.bytes).toBe(ref.bytes);
+    const { bytes, error } = await drain(opened!.stream);
+    expect(error).toBeUndefined();
+    expect(bytes.equals(await readFile(join(dir, 'store', ref.key)))).toBe(true);
+    await store.removeRun('run-download');
+    expect(await store.open(ref)).toBeUndefined();
+  });
+
+  it('fails a corrupt artifact before its last bytes, so that no reader takes it for whole', async () => {
+    await writeFile(join(dir, 'src', 'big.bin'), Buffer.alloc(300_000, 7));
+    const ref = await store.putFiles(artifactKey('run-bad', 'Build', 1), join(dir, 'src'), ['big.bin']);
+    const path = join(dir, 'store', ref.key);
+    const content = await readFile(path);
+    content[1000] = content[1000]! ^ 0xff;
+    await writeFile(path, content);
+    const { bytes, error } = await drain((await store.open(ref))!.stream);
+    expect(error?.message).toMatch(/^artifact runs\/run-bad\/Build-1\.tar is corrupt: sha256 [0-9a-f]{64} != /);
+    expect(bytes.length).toBeLessThan(ref.bytes);
+  });
+});
+
 describe('FsArtifactStore', () => {
   it('packs the listed files and unpacks them elsewhere, checking the digest', async () => {
     const ref = await store.putFiles(artifactKey('run-1', 'Build', 1), join(dir, 'src'), ['a.txt', 'sub/b.txt']);

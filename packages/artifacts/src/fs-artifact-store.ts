@@ -1,12 +1,12 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, link, lstat, mkdir, rm, stat, symlink } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, open, rm, stat, symlink } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
-import { Transform } from 'node:stream';
+import { pipeline as connect, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { create, extract } from 'tar';
 import type { ArtifactRef } from '@conveyor/contracts';
-import type { ArtifactStore, PrunableArtifactStore, StoredRunArtifacts } from './artifact-store.js';
+import type { ArtifactReader, ArtifactStore, PrunableArtifactStore, ReadableArtifactStore, StoredRunArtifacts } from './artifact-store.js';
 import { listRunDirs, removeRunDir, RUNS_DIR } from './fs-run-retention.js';
 
 const KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]*$/;
@@ -15,6 +15,28 @@ async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest('hex');
+}
+
+/**
+ * Passes bytes through, holding back the last chunk until their sha256 is known: it goes out only when
+ * the digest is `ref`'s, else the stream fails before its end.
+ */
+function verifiedLast(ref: ArtifactRef): Transform {
+  const hash = createHash('sha256');
+  let held: Buffer | undefined;
+  return new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      hash.update(chunk);
+      const out = held;
+      held = chunk;
+      done(null, out);
+    },
+    flush(done) {
+      const actual = hash.digest('hex');
+      if (actual !== ref.sha256) return done(new Error(`artifact ${ref.key} is corrupt: sha256 ${actual} != ${ref.sha256}`));
+      done(null, held);
+    },
+  });
 }
 
 /**
@@ -86,7 +108,7 @@ export interface FsArtifactStoreOptions {
 }
 
 /** Artifacts as tar files under one local directory. The default store on one machine. */
-export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore {
+export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore, ReadableArtifactStore {
   readonly root: string;
   readonly maxBytes: number;
   constructor(root: string, options: FsArtifactStoreOptions = {}) {
@@ -183,6 +205,25 @@ export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore {
   /** Removes `runs/<runId>/` whole, confined to it (fs-run-retention.ts). */
   removeRun(runId: string): Promise<number | undefined> {
     return removeRunDir(this.root, runId);
+  }
+
+  async open(ref: ArtifactRef): Promise<ArtifactReader | undefined> {
+    const path = this.pathFor(ref.key);
+    // Opened once, then sized and read through the one descriptor: a removal meanwhile changes nothing.
+    const handle = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (!handle) return undefined;
+    try {
+      const info = await handle.stat();
+      if (!info.isFile()) throw new Error(`artifact ${ref.key} is not a file`);
+      // Connected so that an error or an early stop on either side ends both (and closes the file).
+      return { bytes: info.size, stream: connect(handle.createReadStream(), verifiedLast(ref), () => undefined) };
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
   }
 
   async extractTo(ref: ArtifactRef, dir: string): Promise<void> {

@@ -24,6 +24,25 @@ export const runRoutes = (deps: ServerDeps) => async (app: App) => {
     return reply.type('text/plain; charset=utf-8').send(text ?? '');
   });
 
+  // A stage's artifact (the source snapshot, a build's artifacts.files) as the tar stages exchange. Its
+  // digest is in Repr-Digest (RFC 9530); a stored file that no longer matches it ends the body early.
+  app.get('/runs/:runId/stages/:stage/artifact', { schema: { params: RunParams.extend({ stage: z.string().max(64) }) } }, async (req, reply) => {
+    const run = await load(req.params.runId);
+    const stage = run.stages.find((s) => s.name === req.params.stage);
+    if (!stage) throw new NotFoundError(`run ${run.id} has no stage ${req.params.stage}`);
+    const ref = stage.result?.artifact;
+    if (!ref) throw new NotFoundError(`stage ${stage.name} of run ${run.id} stored no artifact${stage.status === 'SUCCEEDED' ? '' : ` (it is ${stage.status})`}`);
+    const opened = await deps.artifacts.open(ref);
+    if (!opened) throw new NotFoundError(`the artifact of stage ${stage.name} of run ${run.id} is no longer stored (artifact retention keeps those of each pipeline's newest runs)`);
+    return reply
+      .type('application/x-tar')
+      .header('content-length', opened.bytes)
+      .header('content-disposition', `attachment; filename="${run.pipeline}-${run.number}-${stage.name}.tar"`)
+      .header('repr-digest', `sha-256=:${Buffer.from(ref.sha256, 'hex').toString('base64')}:`)
+      .header('etag', `"${ref.sha256}"`)
+      .send(opened.stream);
+  });
+
   // Like CodePipeline's StopPipelineExecution: `abandon` ends the run now and stops the work in flight;
   // `wait` lets the running stage finish and ends the run before the next one.
   app.post('/runs/:runId/cancel', { schema: { params: RunParams } }, async (req, reply) => {

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import type { ReadableArtifactStore } from '@conveyor/artifacts';
 import type { Registry } from '@conveyor/service-kit';
 import { bearerAuth, buildBaseServer, parseJsonBody, type App, type Logger } from '@conveyor/service-kit';
 import type { Orchestrator } from '../orchestrator.js';
@@ -16,6 +17,8 @@ export interface ServerDeps {
   apiToken: string;
   pipelines: PipelineStore;
   runs: RunStore;
+  /** Where stages' artifacts are read for download. */
+  artifacts: ReadableArtifactStore;
   orchestrator: Orchestrator;
   intake: WebhookIntake;
   readiness: Record<string, () => Promise<void> | void>;
