@@ -1,4 +1,4 @@
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -114,6 +114,27 @@ describe('test stage', () => {
     const junk = await runTests(writesReport('this is not xml <<<'));
     expect(junk.status).toBe('FAILED');
     expect(junk.message).toMatch(/reports\/junit\.xml: malformed XML/); // the file is named
+  });
+
+  it('stores its artifacts (a coverage report, say) as the build stage does, beside its counts; a failed upload fails it', async () => {
+    const files = writesReport(junit('<testcase name="a"/>'), ' && mkdir -p coverage && echo "lines 93%" > coverage/summary.txt');
+    files['buildspec.yml'] += 'artifacts:\n  files: [ "coverage/**/*" ]\n';
+    const result = await runTests(files);
+    expect(result.status, result.message).toBe('SUCCEEDED');
+    expect(result.output.tests).toEqual({ total: 1, passed: 1, failed: 0, skipped: 0 });
+    expect(result.output.artifact).toMatchObject({ key: `runs/run-test-${n}-0000/Test-1.tar` });
+    const out = join(dir, `unpacked-${n}`);
+    await store.extractTo(result.output.artifact!, out);
+    expect(await readFile(join(out, 'coverage', 'summary.txt'), 'utf8')).toBe('lines 93%\n');
+
+    // Files that match nothing, in a test that passed: the upload fails, and so does the stage, its counts kept.
+    const missing = writesReport(junit('<testcase name="a"/>'));
+    missing['buildspec.yml'] += 'artifacts:\n  files: [ "coverage/**/*" ]\n';
+    const failed = await runTests(missing);
+    expect(failed.status).toBe('FAILED');
+    expect(failed.message).toMatch(/^artifact upload failed: /);
+    expect(failed.output.tests).toEqual({ total: 1, passed: 1, failed: 0, skipped: 0 });
+    expect(failed.output.artifact).toBeUndefined();
   });
 });
 

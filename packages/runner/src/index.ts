@@ -8,6 +8,7 @@ export * from './reports.js';
 export * from './codebuild-env.js';
 export * from './buildspec-job.js';
 export * from './build-users.js';
+export * from './store-artifacts.js';
 export type { BuildUser } from './shell-process.js';
 export { asUserArgv, spawnAsUser, checkBash, checkSetpriv, UNEXPORTABLE_WHY } from './shell-process.js';
 export { hostKnowsUser } from './host.js';

@@ -1,8 +1,6 @@
-import { mkdir, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
-import { artifactKey, type ArtifactStore } from '@conveyor/artifacts';
+import type { ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob, StageOutput } from '@conveyor/contracts';
-import { collectReports, fileSelection, resolveFiles, runBuildspecJob, stageFiles, type BuildspecRun } from '@conveyor/runner';
+import { collectReports, runBuildspecJob, storeArtifacts, type BuildspecRun } from '@conveyor/runner';
 import type { BuildUser, BuildUsers } from '@conveyor/runner';
 import { openStageLog, redeliveryNote, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
@@ -63,23 +61,7 @@ async function reportCounts(run: BuildspecRun, log: (t: string) => void, signal:
 
 /** Stores `artifacts.files` (when the buildspec has them): a failed upload fails the build, saying why. */
 async function storeArtifact(job: BuildJob, run: BuildspecRun, deps: BuildDeps, log: (t: string) => void, user: BuildUser | undefined, output: StageOutput): Promise<StageOutcome & { output: StageOutput }> {
-  const section = run.spec?.artifacts;
-  if (!section) return { status: run.status, ...(run.message ? { message: run.message } : {}), output };
-  // Packed from a directory of ours beside the job directory, never from inside it: the job directory
-  // and the workspace belong to the build's user, who may have left symlinks or FIFOs anywhere there.
-  const staging = `${dirname(run.workspace)}.staging`;
-  try {
-    const files = await resolveFiles(run.workspace, { ...fileSelection(section, 'artifacts'), allowEmpty: run.status === 'FAILED' });
-    await mkdir(staging, { mode: 0o700 }); // not recursive: fails if anything is there already
-    await stageFiles(files, staging, user);
-    const artifact = await deps.artifacts.putFiles(artifactKey(job.runId, job.stage, job.attempt), staging, files.entries.map((e) => e.name));
-    log(`[conveyor] stored artifact ${artifact.key}: ${files.entries.length} files, ${artifact.bytes} bytes\n`);
-    return { status: run.status, ...(run.message ? { message: run.message } : {}), output: { ...output, artifact } };
-  } catch (err) {
-    const message = `artifact upload failed: ${(err as Error).message}`;
-    log(`[conveyor] ${message}\n`);
-    return { status: 'FAILED', message: run.message ? `${run.message}; ${message}` : message, output };
-  } finally {
-    await rm(staging, { recursive: true, force: true });
-  }
+  const stored = await storeArtifacts(job, run, { artifacts: deps.artifacts, log, ...(user ? { user } : {}) });
+  if (stored.kind === 'failed') return { status: 'FAILED', message: run.message ? `${run.message}; ${stored.message}` : stored.message, output };
+  return { status: run.status, ...(run.message ? { message: run.message } : {}), output: stored.kind === 'stored' ? { ...output, artifact: stored.artifact } : output };
 }

@@ -103,6 +103,13 @@ describe('step', () => {
     expect(run.stages[2]!.result?.tests).toEqual({ total: 2, passed: 2, failed: 0, skipped: 0 });
   });
 
+  it("keeps a test stage's artifact in its result, and still gives Deploy the build's", () => {
+    const TEST_ART = { key: 'runs/r/Test-1.tar', sha256: 'd'.repeat(64), bytes: 30 };
+    const { run } = drive([ok({ commit: SHA, artifact: ART }), ok({ artifact: BUILD_ART }), ok({ artifact: TEST_ART, tests: { total: 1, passed: 1, failed: 0, skipped: 0 } })]);
+    expect(run.stages[2]!.result?.artifact).toEqual(TEST_ART);
+    expect(pendingJobs(run)[0]).toMatchObject({ type: 'deploy', input: BUILD_ART });
+  });
+
   it('a failed stage fails the run and skips the later stages', () => {
     const { run, events } = drive([ok({ commit: SHA, artifact: ART }), ok({ artifact: BUILD_ART }), ['FAILED', { tests: { total: 2, passed: 1, failed: 1, skipped: 0 } }]]);
     expect(run.status).toBe('FAILED');

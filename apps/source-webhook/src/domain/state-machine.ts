@@ -240,9 +240,11 @@ function buildJob(run: Run, i: number, attempt: number, jobId: string): StageJob
   }
 }
 
-/** The artifact of the nearest earlier stage that produced one (source snapshot, then build output). */
+/** The artifact of the nearest earlier source or build stage that produced one (a test stage's is not an input). */
 function latestArtifact(run: Run, before: number): ArtifactRef | undefined {
   for (let j = before - 1; j >= 0; j--) {
+    // A test stage's artifacts (reports, coverage) are kept for download: what it tested goes on.
+    if (run.stages[j]!.type === 'test') continue;
     const artifact = run.stages[j]!.result?.artifact;
     if (artifact) return artifact;
   }

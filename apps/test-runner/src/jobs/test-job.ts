@@ -1,5 +1,6 @@
 import type { ArtifactStore } from '@conveyor/artifacts';
-import { collectReports, JUNIT_LIMITS, runBuildspecJob, type BuildspecRun, type JUnitLimits } from '@conveyor/runner';
+import type { TestJob } from '@conveyor/contracts';
+import { collectReports, JUNIT_LIMITS, runBuildspecJob, storeArtifacts, type BuildspecRun, type JUnitLimits } from '@conveyor/runner';
 import type { BuildUser, BuildUsers } from '@conveyor/runner';
 import { openStageLog, redeliveryNote, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
@@ -12,7 +13,10 @@ export interface TestDeps {
   users?: BuildUsers;
 }
 
-/** The test stage: run the test buildspec on the build artifact, read its JUnit reports, and gate on them. */
+/**
+ * The test stage: run the test buildspec on the build artifact, store its `artifacts` (say, a coverage
+ * report: kept for download, never the input of a later stage), read its JUnit reports, and gate on them.
+ */
 export const testJobHandler =
   (deps: TestDeps): StageHandler<'test'> =>
   async (job, ctx) => {
@@ -21,12 +25,27 @@ export const testJobHandler =
     if (again) log.write(again);
     try {
       const runAs = (user: BuildUser | undefined, stopUserProcesses: () => Promise<void>) =>
-        runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}), stopUserProcesses }, (run) => readReports(run, (t) => log.write(t), user, JUNIT_LIMITS, ctx.signal));
+        runBuildspecJob(job, { artifacts: deps.artifacts, workDir: deps.workDir, log: (t) => log.write(t), signal: ctx.signal, ...(user ? { user } : {}), stopUserProcesses }, (run) => finishTest(job, run, deps, (t) => log.write(t), user, ctx.signal));
       return await (deps.users ? deps.users.withUser(runAs) : runAs(undefined, async () => undefined));
     } finally {
       await log.close();
     }
   };
+
+/** Stores the artifacts (as a build stage does: a failed upload fails the stage), then reads the reports. */
+async function finishTest(job: TestJob, run: BuildspecRun, deps: TestDeps, log: (t: string) => void, user: BuildUser | undefined, signal: AbortSignal): Promise<StageOutcome> {
+  // Stopped (cancelled, or the job taken from this worker): nothing is worth storing.
+  const stored = signal.aborted ? ({ kind: 'none' } as const) : await storeArtifacts(job, run, { artifacts: deps.artifacts, log, ...(user ? { user } : {}) });
+  const outcome = await readReports(run, log, user, JUNIT_LIMITS, signal);
+  switch (stored.kind) {
+    case 'none':
+      return outcome;
+    case 'failed':
+      return { ...outcome, status: 'FAILED', message: outcome.message ? `${outcome.message}; ${stored.message}` : stored.message };
+    case 'stored':
+      return { ...outcome, output: { ...outcome.output, artifact: stored.artifact } };
+  }
+}
 
 /**
  * Reads the stage's reports (see collectReports) and gates on them: a failed test case, a report group
