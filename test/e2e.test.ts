@@ -81,6 +81,8 @@ describe('a push becomes a deployed, verified service', () => {
     // The build's artifact, downloaded as stored: the bytes its digest names.
     const download = await fetch(`${client.baseUrl}/api/v1/runs/${run.id}/stages/Build/artifact`, { headers: { authorization: `Bearer ${stack.apiToken}` } });
     expect(download.status).toBe(200);
+    const head = await fetch(download.url, { method: 'HEAD', headers: { authorization: `Bearer ${stack.apiToken}` } });
+    expect([head.status, Number(head.headers.get('content-length'))]).toEqual([200, run.stages[1].result.artifact.bytes]);
     expect(createHash('sha256').update(Buffer.from(await download.arrayBuffer())).digest('hex')).toBe(run.stages[1].result.artifact.sha256);
     const buildLog = await client.logs(run.id, 'Build');
     expect(buildLog).toContain(`Building hello-service at ${repo.commit}`);

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash, createHmac, randomUUID } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -694,10 +694,44 @@ describe('artifact downloads', () => {
     const listed = (await exec('tar', ['-tf', tarFile])).stdout.split('\n');
     expect(listed).toContain('README.md');
 
+    expect(res.headers['cache-control']).toBe('private, no-cache');
+    // HEAD: the headers alone. A matching If-None-Match: 304, no body.
+    const head = await service.app.inject({ method: 'HEAD', url, headers: auth });
+    expect(head.statusCode).toBe(200);
+    expect(Number(head.headers['content-length'])).toBe(ref.bytes);
+    expect(head.rawPayload.length).toBe(0);
+    const cached = await service.app.inject({ method: 'GET', url, headers: { ...auth, 'if-none-match': `W/"x", "${ref.sha256}"` } });
+    expect(cached.statusCode).toBe(304);
+    expect(cached.rawPayload.length).toBe(0);
+    expect(cached.headers.etag).toBe(`"${ref.sha256}"`);
+
     const none = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${run.id}/stages/Build/artifact`, headers: auth });
     expect(none.statusCode).toBe(404);
     expect(none.headers['content-type']).toContain('application/problem+json');
-    expect(none.json().detail).toMatch(/^stage Build of run .* stored no artifact/);
+    expect(none.json().detail).toMatch(new RegExp(`^stage Build of run ${run.id} stored no artifact \\(it is (PENDING|RUNNING|SKIPPED|FAILED|SUCCEEDED)\\)$`));
+
+    // A record naming an artifact that is not its stage's own (another run's) gives nothing.
+    const other = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines/hello/runs', headers: auth, payload: {} });
+    const key = `${prefix}:run:${other.json().runId}`;
+    const foreign = await waitFor(async () => {
+      const r = await getRun(other.json().runId);
+      return r.stages[0]!.status === 'RUNNING' ? undefined : r;
+    }, 'the other Source to finish');
+    expect(foreign.stages[0]!.result!.artifact).toBeDefined();
+    const json = JSON.parse((await redis.hget(key, 'json'))!);
+    json.stages[0].result.artifact = ref;
+    await redis.hset(key, 'json', JSON.stringify(json));
+    const borrowed = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${foreign.id}/stages/Source/artifact`, headers: auth });
+    expect(borrowed.statusCode).toBe(404);
+
+    // A stored file that is not what the run recorded: a 500, without the artifact's headers.
+    const path = join(dir, 'artifacts', ref.key);
+    const bytes = await readFile(path);
+    bytes[10] = bytes[10]! ^ 0xff;
+    await writeFile(path, bytes);
+    const corrupt = await service.app.inject({ method: 'GET', url, headers: auth });
+    expect(corrupt.statusCode).toBe(500);
+    expect(corrupt.headers['content-disposition']).toBeUndefined();
     const nostage = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${run.id}/stages/Nope/artifact`, headers: auth });
     expect(nostage.json().detail).toBe(`run ${run.id} has no stage Nope`);
 
@@ -705,6 +739,6 @@ describe('artifact downloads', () => {
     await rm(join(dir, 'artifacts', 'runs', run.id), { recursive: true });
     const gone = await service.app.inject({ method: 'GET', url, headers: auth });
     expect(gone.statusCode).toBe(404);
-    expect(gone.json().detail).toBe(`the artifact of stage Source of run ${run.id} is no longer stored (artifact retention keeps those of each pipeline's newest runs)`);
+    expect(gone.json().detail).toBe(`the artifact of stage Source of run ${run.id} is no longer stored (removed by artifact retention, or this service reads another ARTIFACT_DIR than the stages write)`);
   });
 });

@@ -13,6 +13,6 @@ await runBuildspecService({
   queueName: QUEUES.test,
   whose: 'test builds',
   env,
-  handler: ({ redis, prefix, users, workDir }) => testJobHandler({ artifacts: new FsArtifactStore(env.ARTIFACT_DIR), redis, prefix, workDir, users }),
+  handler: ({ redis, prefix, users, workDir }) => testJobHandler({ artifacts: new FsArtifactStore(env.ARTIFACT_DIR, { maxBytes: env.ARTIFACT_MAX_BYTES }), redis, prefix, workDir, users }),
 });
 startup.started();

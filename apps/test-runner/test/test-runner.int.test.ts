@@ -22,7 +22,7 @@ const asNobody: BuildUsers = { withUser: (fn) => fn({ uid: 65534, gid: 65534 }, 
 
 const junit = junitXml;
 
-async function runTests(files: Record<string, string>, as: { nobody?: boolean; variables?: Record<string, string> } = {}) {
+async function runTests(files: Record<string, string>, as: { nobody?: boolean; variables?: Record<string, string>; oldControlPlane?: boolean } = {}) {
   n += 1;
   const src = join(dir, `src-${n}`);
   await writeFiles(src, files);
@@ -44,6 +44,7 @@ async function runTests(files: Record<string, string>, as: { nobody?: boolean; v
     buildspec: 'buildspec.yml',
     env: { variables: as.variables ?? {} },
     timeoutMinutes: 5,
+    ...(as.oldControlPlane ? {} : { storeArtifacts: true as const }),
   };
   users = as.nobody ? asNobody : undefined;
   try {
@@ -135,6 +136,11 @@ describe('test stage', () => {
     expect(failed.message).toMatch(/^artifact upload failed: /);
     expect(failed.output.tests).toEqual({ total: 1, passed: 1, failed: 0, skipped: 0 });
     expect(failed.output.artifact).toBeUndefined();
+
+    // A job from a control plane that would hand this stage's artifact to the next stage: none is stored.
+    const old = await runTests(missing, { oldControlPlane: true });
+    expect(old.status, old.message).toBe('SUCCEEDED');
+    expect(old.output.artifact).toBeUndefined();
   });
 });
 

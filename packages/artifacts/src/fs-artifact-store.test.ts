@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ArtifactContentError, artifactKey, ArtifactTooLargeError, FsArtifactStore } from './fs-artifact-store.js';
+import { ArtifactContentError, ArtifactCorruptError, artifactKey, ArtifactTooLargeError, FsArtifactStore, SMALL_ARTIFACT_BYTES } from './fs-artifact-store.js';
 
 const exec = promisify(execFile);
 let dir: string;
@@ -44,8 +44,39 @@ describe('FsArtifactStore.open (downloads)', () => {
     expect(await store.open(ref)).toBeUndefined();
   });
 
+  it('refuses at once an artifact of the wrong size, or a small one of the wrong digest, giving out no byte', async () => {
+    const ref = await store.putFiles(artifactKey('run-small', 'Build', 1), join(dir, 'src'), ['a.txt']);
+    const path = join(dir, 'store', ref.key);
+    const content = await readFile(path);
+    expect(ref.bytes).toBeLessThanOrEqual(SMALL_ARTIFACT_BYTES);
+    content[0] = content[0]! ^ 0xff;
+    await writeFile(path, content);
+    await expect(store.open(ref)).rejects.toThrow(ArtifactCorruptError);
+    await expect(store.open(ref)).rejects.toThrow(/is corrupt: sha256 [0-9a-f]{64} != /);
+    await truncate(path, 100);
+    await expect(store.open(ref)).rejects.toThrow(`artifact ${ref.key} is corrupt: 100 bytes stored, ${ref.bytes} recorded`);
+  });
+
+  it('closes the file when the reader stops early', async () => {
+    await writeFile(join(dir, 'src', 'big.bin'), Buffer.alloc(3_000_000, 7));
+    const ref = await store.putFiles(artifactKey('run-stop', 'Build', 1), join(dir, 'src'), ['big.bin']);
+    const path = join(dir, 'store', ref.key);
+    const openOnIt = async () => {
+      let n = 0;
+      for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === path) n++;
+      return n;
+    };
+    const { stream } = (await store.open(ref))!;
+    await new Promise((r) => stream.once('readable', r));
+    expect(await openOnIt()).toBe(1);
+    stream.destroy();
+    for (let i = 0; i < 50 && (await openOnIt()) > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(await openOnIt()).toBe(0);
+  });
+
   it('fails a corrupt artifact before its last bytes, so that no reader takes it for whole', async () => {
-    await writeFile(join(dir, 'src', 'big.bin'), Buffer.alloc(300_000, 7));
+    // Past SMALL_ARTIFACT_BYTES: checked as it is read.
+    await writeFile(join(dir, 'src', 'big.bin'), Buffer.alloc(3_000_000, 7));
     const ref = await store.putFiles(artifactKey('run-bad', 'Build', 1), join(dir, 'src'), ['big.bin']);
     const path = join(dir, 'store', ref.key);
     const content = await readFile(path);

@@ -2,7 +2,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { chmod, link, lstat, mkdir, open, rm, stat, symlink } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
-import { pipeline as connect, Transform } from 'node:stream';
+import { constants } from 'node:fs';
+import { pipeline as connect, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { create, extract } from 'tar';
 import type { ArtifactRef } from '@conveyor/contracts';
@@ -15,6 +16,14 @@ async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest('hex');
+}
+
+/** Artifacts up to this size are checked whole before the first byte is given out. */
+export const SMALL_ARTIFACT_BYTES = 1024 * 1024;
+
+/** A stored artifact that is not what its ref says (size or digest): it cannot be given out. */
+export class ArtifactCorruptError extends Error {
+  override name = 'ArtifactCorruptError';
 }
 
 /**
@@ -33,7 +42,7 @@ function verifiedLast(ref: ArtifactRef): Transform {
     },
     flush(done) {
       const actual = hash.digest('hex');
-      if (actual !== ref.sha256) return done(new Error(`artifact ${ref.key} is corrupt: sha256 ${actual} != ${ref.sha256}`));
+      if (actual !== ref.sha256) return done(new ArtifactCorruptError(`artifact ${ref.key} is corrupt: sha256 ${actual} != ${ref.sha256}`));
       done(null, held);
     },
   });
@@ -207,21 +216,33 @@ export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore, Re
     return removeRunDir(this.root, runId);
   }
 
+  /**
+   * A file of the wrong size, or (up to SMALL_ARTIFACT_BYTES, read whole first) of the wrong digest, is
+   * refused at once with ArtifactCorruptError; a larger one is checked as it is read (see verifiedLast).
+   */
   async open(ref: ArtifactRef): Promise<ArtifactReader | undefined> {
     const path = this.pathFor(ref.key);
-    // Opened once, then sized and read through the one descriptor: a removal meanwhile changes nothing.
-    const handle = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
+    // Opened once (never through a link), then sized and read through the one descriptor: a removal meanwhile changes nothing.
+    const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return undefined;
       throw err;
     });
     if (!handle) return undefined;
     try {
       const info = await handle.stat();
-      if (!info.isFile()) throw new Error(`artifact ${ref.key} is not a file`);
+      if (!info.isFile()) throw new ArtifactCorruptError(`artifact ${ref.key} is not a file`);
+      if (info.size !== ref.bytes) throw new ArtifactCorruptError(`artifact ${ref.key} is corrupt: ${info.size} bytes stored, ${ref.bytes} recorded`);
+      if (info.size <= SMALL_ARTIFACT_BYTES) {
+        const whole = await handle.readFile();
+        await handle.close();
+        const actual = createHash('sha256').update(whole).digest('hex');
+        if (actual !== ref.sha256) throw new ArtifactCorruptError(`artifact ${ref.key} is corrupt: sha256 ${actual} != ${ref.sha256}`);
+        return { bytes: whole.length, stream: Readable.from([whole], { objectMode: false }) };
+      }
       // Connected so that an error or an early stop on either side ends both (and closes the file).
       return { bytes: info.size, stream: connect(handle.createReadStream(), verifiedLast(ref), () => undefined) };
     } catch (err) {
-      await handle.close();
+      await handle.close().catch(() => undefined);
       throw err;
     }
   }

@@ -32,7 +32,17 @@ const BuildLike = {
 /** Enqueued on queue `build`: run the buildspec's phases on the source artifact, store artifacts.files. */
 export const BuildJob = z.object({ ...BuildLike, type: z.literal('build') }).strict();
 /** Enqueued on queue `test`: run the test buildspec on the build artifact and read its reports. */
-export const TestJob = z.object({ ...BuildLike, type: z.literal('test') }).strict();
+export const TestJob = z
+  .object({
+    ...BuildLike,
+    type: z.literal('test'),
+    /**
+     * Store the buildspec's `artifacts` (kept for download). Set by a control plane that never gives a
+     * test stage's artifact to a later stage; a job without it (from an older one, which would) stores none.
+     */
+    storeArtifacts: z.literal(true).optional(),
+  })
+  .strict();
 /** Enqueued on queue `deploy`: deploy the artifact to the target. */
 export const DeployJob = z.object({ ...Base, type: z.literal('deploy'), commit: z.string(), input: ArtifactRef, target: DeployTarget }).strict();
 /** Enqueued on queue `monitor`: probe what the deploy stage deployed. */

@@ -222,7 +222,9 @@ function buildJob(run: Run, i: number, attempt: number, jobId: string): StageJob
       if (!input) return { error: `no artifact before stage ${def.name}` };
       const env = resolveVariables(def.env.variables, run, i, 'env.variables');
       if ('error' in env) return env;
-      return Object.assign(base, { type: def.type, commit, repository: run.plan.source.repository, input, buildspec: def.buildspec, env: { variables: env.env }, timeoutMinutes: def.timeoutMinutes });
+      const job = Object.assign(base, { type: def.type, commit, repository: run.plan.source.repository, input, buildspec: def.buildspec, env: { variables: env.env }, timeoutMinutes: def.timeoutMinutes });
+      // Its artifacts are never an input here (latestArtifact): the test stage may store them.
+      return def.type === 'test' ? Object.assign(job, { storeArtifacts: true as const }) : job;
     }
     case 'deploy': {
       if (!input) return { error: `no artifact before stage ${def.name}` };

@@ -1,9 +1,12 @@
 import { z } from 'zod';
 import { toRunView } from '@conveyor/contracts';
+import { artifactKey } from '@conveyor/artifacts';
 import { ConflictError, InputError, issuesFromZod, NotFoundError, stageLogKey, type App } from '@conveyor/service-kit';
 import type { ServerDeps } from './server.js';
 
 const RunParams = z.object({ runId: z.string().regex(/^[a-z0-9][a-z0-9-]{7,80}$/, 'not a run id') });
+
+const DOWNLOAD_IDLE_MS = 60_000;
 
 const CancelBody = z.object({ reason: z.string().trim().min(1).max(500).optional(), mode: z.enum(['abandon', 'wait']).default('abandon') }).strict();
 
@@ -24,23 +27,43 @@ export const runRoutes = (deps: ServerDeps) => async (app: App) => {
     return reply.type('text/plain; charset=utf-8').send(text ?? '');
   });
 
-  // A stage's artifact (the source snapshot, a build's artifacts.files) as the tar stages exchange. Its
-  // digest is in Repr-Digest (RFC 9530); a stored file that no longer matches it ends the body early.
+  // A stage's artifact (the source snapshot, a build's or test's artifacts.files) as the tar stages
+  // exchange; a failed build's, if it stored one, too (as CodeBuild keeps it). Its digest is in ETag and
+  // Repr-Digest (RFC 9530). A stored file that does not match it is a 500 before any byte (wrong size,
+  // or up to 1 MiB) or, past that, a body cut before its last bytes.
   app.get('/runs/:runId/stages/:stage/artifact', { schema: { params: RunParams.extend({ stage: z.string().max(64) }) } }, async (req, reply) => {
     const run = await load(req.params.runId);
     const stage = run.stages.find((s) => s.name === req.params.stage);
     if (!stage) throw new NotFoundError(`run ${run.id} has no stage ${req.params.stage}`);
     const ref = stage.result?.artifact;
-    if (!ref) throw new NotFoundError(`stage ${stage.name} of run ${run.id} stored no artifact${stage.status === 'SUCCEEDED' ? '' : ` (it is ${stage.status})`}`);
+    // Only the stage's own key: a record naming another run's artifact gives nothing.
+    if (!ref || ref.key !== artifactKey(run.id, stage.name, stage.attempt)) {
+      throw new NotFoundError(`stage ${stage.name} of run ${run.id} stored no artifact${stage.status === 'SUCCEEDED' ? '' : ` (it is ${stage.status})`}`);
+    }
+    const etag = `"${ref.sha256}"`;
+    const headers = { etag, 'cache-control': 'private, no-cache' };
+    if (String(req.headers['if-none-match'] ?? '').split(',').some((t: string) => t.trim() === etag || t.trim() === '*')) return reply.code(304).headers(headers).send();
     const opened = await deps.artifacts.open(ref);
-    if (!opened) throw new NotFoundError(`the artifact of stage ${stage.name} of run ${run.id} is no longer stored (artifact retention keeps those of each pipeline's newest runs)`);
-    return reply
+    if (!opened) throw new NotFoundError(`the artifact of stage ${stage.name} of run ${run.id} is no longer stored (removed by artifact retention, or this service reads another ARTIFACT_DIR than the stages write)`);
+    reply
       .type('application/x-tar')
+      .headers(headers)
       .header('content-length', opened.bytes)
       .header('content-disposition', `attachment; filename="${run.pipeline}-${run.number}-${stage.name}.tar"`)
       .header('repr-digest', `sha-256=:${Buffer.from(ref.sha256, 'hex').toString('base64')}:`)
-      .header('etag', `"${ref.sha256}"`)
-      .send(opened.stream);
+      .header('x-content-type-options', 'nosniff')
+      .header('accept-ranges', 'none');
+    if (req.method === 'HEAD') {
+      // Answered here: fastify's HEAD would read the whole stream to throw it away, and say length 0 without one.
+      opened.stream.destroy();
+      reply.hijack();
+      reply.raw.writeHead(200, reply.getHeaders() as Record<string, string>);
+      reply.raw.end();
+      return reply;
+    }
+    // A client that stops reading is cut off after a minute without a completed write (the file stays open meanwhile).
+    req.raw.socket?.setTimeout?.(DOWNLOAD_IDLE_MS);
+    return reply.send(opened.stream);
   });
 
   // Like CodePipeline's StopPipelineExecution: `abandon` ends the run now and stops the work in flight;

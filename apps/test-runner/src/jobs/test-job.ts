@@ -34,8 +34,11 @@ export const testJobHandler =
 
 /** Stores the artifacts (as a build stage does: a failed upload fails the stage), then reads the reports. */
 async function finishTest(job: TestJob, run: BuildspecRun, deps: TestDeps, log: (t: string) => void, user: BuildUser | undefined, signal: AbortSignal): Promise<StageOutcome> {
-  // Stopped (cancelled, or the job taken from this worker): nothing is worth storing.
-  const stored = signal.aborted ? ({ kind: 'none' } as const) : await storeArtifacts(job, run, { artifacts: deps.artifacts, log, ...(user ? { user } : {}) });
+  // Stopped (cancelled, or the job taken from this worker): nothing is worth storing. A job from a control
+  // plane that would give this stage's artifact to the next stage (no storeArtifacts) stores none either.
+  const wanted = job.storeArtifacts === true && run.spec?.artifacts !== undefined;
+  if (!wanted && run.spec?.artifacts && !signal.aborted) log('[conveyor] artifacts not stored: the control plane that sent this job predates test stages storing them\n');
+  const stored = signal.aborted || !wanted ? ({ kind: 'none' } as const) : await storeArtifacts(job, run, { artifacts: deps.artifacts, log, ...(user ? { user } : {}) });
   const outcome = await readReports(run, log, user, JUNIT_LIMITS, signal);
   switch (stored.kind) {
     case 'none':
