@@ -47,6 +47,20 @@ export const CommitSha = z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/, 'not 
 export type CommitSha = z.infer<typeof CommitSha>;
 
 /**
+ * Stored JSON read back as `schema` says: undefined when it is absent, not JSON, or not of the schema.
+ * What comes out of Redis or off a disk is never trusted.
+ */
+export function parseJsonAs<S extends z.ZodType>(schema: S, text: string | null | undefined): z.output<S> | undefined {
+  if (text === null || text === undefined) return undefined;
+  try {
+    const parsed = schema.safeParse(JSON.parse(text));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * A zod error in one line naming each field: `status: Invalid option; output.url: Expected string`.
  * `at` names where the parsed value sits in a larger one (e.g. `output`).
  */

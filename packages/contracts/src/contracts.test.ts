@@ -1,7 +1,8 @@
+import { z } from 'zod';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { GitRefName, PipelineDefinition, PipelineName, Run, RunEvent, SourceEvent, StageJob, StageResult, StartRunBody, stageJobId, toPipelineView, toRunView } from './index.js';
+import { GitRefName, parseJsonAs, PipelineDefinition, PipelineName, Run, RunEvent, SourceEvent, StageJob, StageResult, StartRunBody, stageJobId, toPipelineView, toRunView } from './index.js';
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures');
 const load = async (version: string, name: string) => JSON.parse(await readFile(join(FIXTURES, version, name), 'utf8'));
@@ -115,5 +116,13 @@ describe('runs and jobs', () => {
   it('refuses a stage result without its identity', () => {
     expect(StageResult.safeParse({ v: 1, status: 'SUCCEEDED' }).success).toBe(false);
     expect(StageResult.safeParse({ v: 2, jobId: 'a.B.1' }).success).toBe(false);
+  });
+});
+
+describe('parseJsonAs (stored JSON, never trusted)', () => {
+  it('gives the value only when there is one, it is JSON, and it fits the schema', () => {
+    const Schema = z.object({ n: z.number() });
+    expect(parseJsonAs(Schema, '{"n":1}')).toEqual({ n: 1 });
+    for (const text of [null, undefined, '', '{', '{"n":"1"}', 'null']) expect(parseJsonAs(Schema, text)).toBeUndefined();
   });
 });

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { RunId } from './common.js';
+import { parseJsonAs, RunId } from './common.js';
 import type { StageJob } from './stage-job.js';
 
 /** Queue names; the BullMQ prefix (default `conveyor`) is deployment config. */
@@ -45,13 +45,7 @@ export type LiveDeployment = z.infer<typeof LiveDeployment>;
 
 /** The value read from Redis, if it is one (nothing stored, or anything else, is none). */
 export function parseLiveDeployment(text: string | null): LiveDeployment | undefined {
-  if (text === null) return undefined;
-  try {
-    const live = LiveDeployment.safeParse(JSON.parse(text));
-    return live.success ? live.data : undefined;
-  } catch {
-    return undefined;
-  }
+  return parseJsonAs(LiveDeployment, text);
 }
 
 /** A durable mark of a cancelled stage job, for the checks a stage makes before a step it cannot take back. */

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { IsoTime, PipelineName, RunId } from '@conveyor/contracts';
+import { IsoTime, parseJsonAs, PipelineName, RunId } from '@conveyor/contracts';
 
 /**
  * Written by the deployer: `<DEPLOY_DIR>/<pipeline>/current.json` names the version serving a pipeline,
@@ -49,11 +49,5 @@ export function localUrl(port: number): string {
 
 /** Parses stored JSON; undefined when it is missing, unreadable or not a record (never trust the disk). */
 export function parseRecord(text: string | undefined): DeploymentRecord | undefined {
-  if (text === undefined) return undefined;
-  try {
-    const parsed = DeploymentRecord.safeParse(JSON.parse(text));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
+  return parseJsonAs(DeploymentRecord, text);
 }

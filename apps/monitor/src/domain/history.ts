@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { IsoTime, PipelineName, RunId, RunStatus, type RunEvent } from '@conveyor/contracts';
+import { IsoTime, parseJsonAs, PipelineName, RunId, RunStatus, type RunEvent } from '@conveyor/contracts';
 
 /** One finished run, kept by the monitor from `run.finished` events for `GET /api/v1/history`. */
 export const HistoryEntry = z.object({
@@ -19,10 +19,5 @@ export function historyEntryFrom(event: RunFinished): HistoryEntry {
 }
 
 export function parseHistoryEntry(text: string): HistoryEntry | undefined {
-  try {
-    const parsed = HistoryEntry.safeParse(JSON.parse(text));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
+  return parseJsonAs(HistoryEntry, text);
 }

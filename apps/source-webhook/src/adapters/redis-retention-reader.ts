@@ -1,4 +1,4 @@
-import { liveDeploymentKey, parseLiveDeployment, Run } from '@conveyor/contracts';
+import { liveDeploymentKey, parseJsonAs, parseLiveDeployment, Run } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import type { RunSummary } from '../domain/artifact-retention.js';
 import type { LiveRuns, RetentionReader } from '../ports.js';
@@ -51,10 +51,5 @@ export class RedisRetentionReader implements RetentionReader {
 
 /** Never trust what comes out of Redis: a record that does not parse keeps its artifacts. */
 function summaryOf(json: string): RunSummary | 'unreadable' {
-  try {
-    const parsed = RunSummarySchema.safeParse(JSON.parse(json));
-    return parsed.success ? parsed.data : 'unreadable';
-  } catch {
-    return 'unreadable';
-  }
+  return parseJsonAs(RunSummarySchema, json) ?? 'unreadable';
 }

@@ -70,7 +70,7 @@ function lookUp(run: Run, i: number, namespace: string, variable: string): strin
 export function unsetPipelineVariable(def: PipelineDefinition, values: Readonly<Record<string, string>>): string | undefined {
   const declared = new Set(def.variables.map((v) => v.name));
   for (const stage of def.stages) {
-    const env = stage.type === 'build' || stage.type === 'test' ? { at: 'env.variables', vars: stage.env.variables } : stage.type === 'deploy' ? { at: 'target.env', vars: stage.target.env } : undefined;
+    const env = stageEnv(stage);
     if (!env) continue;
     for (const [name, value] of Object.entries(env.vars)) {
       if (!value.includes('#{variables.')) continue;
@@ -102,42 +102,49 @@ function why(run: Run, i: number, namespace: string, variable: string): string {
  */
 export function variableIssues(def: PipelineDefinition): Array<{ path: string; message: string }> {
   const issues: Array<{ path: string; message: string }> = [];
+  const declared = new Set(def.variables.map((v) => v.name));
   def.stages.forEach((stage, i) => {
     if (stage.type === 'deploy') {
       const refs = stage.target.command.match(REFERENCE);
       if (refs) issues.push({ path: `stages.${i}.target.command`, message: `${refs[0]}: variables are not put into commands; set one in target.env and use it as $NAME` });
     }
-    const fields = stage.type === 'build' || stage.type === 'test' ? { at: `stages.${i}.env.variables`, env: stage.env.variables } : stage.type === 'deploy' ? { at: `stages.${i}.target.env`, env: stage.target.env } : undefined;
-    if (!fields) return;
+    const env = stageEnv(stage);
+    if (!env) return;
     const exporters = new Set(def.stages.slice(0, i).flatMap((s) => (s.type === 'build' || s.type === 'test' ? [s.name, ...(s.namespace ? [s.namespace] : [])] : [])));
-    const declared = new Set(def.variables.map((v) => v.name));
-    for (const [name, value] of Object.entries(fields.env)) {
-      if (value.includes('\0')) issues.push({ path: `${fields.at}.${name}`, message: 'must not contain a NUL character' });
+    for (const [name, value] of Object.entries(env.vars)) {
+      const path = `stages.${i}.${env.at}.${name}`;
+      if (value.includes('\0')) issues.push({ path, message: 'must not contain a NUL character' });
       for (const [text] of value.matchAll(LOOKS_LIKE)) {
-        const [, namespace, variable] = new RegExp(`^${REFERENCE.source}$`).exec(text) ?? [];
-        const problem =
-          namespace === undefined
-            ? 'not a variable reference: #{Namespace.Variable}, of letters, digits, @, _ and -'
-            : namespace === 'codepipeline'
-              ? variable === 'PipelineExecutionId'
-                ? undefined
-                : 'codepipeline has only PipelineExecutionId'
-              : namespace === 'Source'
-                ? (SOURCE_VARIABLES as readonly string[]).includes(variable!)
-                  ? undefined
-                  : `Source has only ${SOURCE_VARIABLES.join(' and ')}`
-                : namespace === 'variables'
-                  ? declared.has(variable!)
-                    ? undefined
-                    : `no pipeline variable ${variable} is declared (under variables)`
-                : exporters.has(namespace)
-                  ? undefined
-                  : `no build or test stage ${namespace} runs before this one${namespace === 'SourceVariables' ? " (the source's namespace is Source)" : ''}`;
-        if (problem) issues.push({ path: `${fields.at}.${name}`, message: `${text}: ${problem}` });
+        const problem = referenceProblem(text, exporters, declared);
+        if (problem) issues.push({ path, message: `${text}: ${problem}` });
       }
     }
   });
   return issues;
+}
+
+/** Why a `#{…}` text can never resolve in a stage after `exporters`, with these pipeline variables `declared`; undefined when it can. */
+function referenceProblem(text: string, exporters: ReadonlySet<string>, declared: ReadonlySet<string>): string | undefined {
+  const [, namespace, variable] = new RegExp(`^${REFERENCE.source}$`).exec(text) ?? [];
+  if (namespace === undefined || variable === undefined) return 'not a variable reference: #{Namespace.Variable}, of letters, digits, @, _ and -';
+  switch (namespace) {
+    case 'codepipeline':
+      return variable === 'PipelineExecutionId' ? undefined : 'codepipeline has only PipelineExecutionId';
+    case 'Source':
+      return (SOURCE_VARIABLES as readonly string[]).includes(variable) ? undefined : `Source has only ${SOURCE_VARIABLES.join(' and ')}`;
+    case 'variables':
+      return declared.has(variable) ? undefined : `no pipeline variable ${variable} is declared (under variables)`;
+    default:
+      if (exporters.has(namespace)) return undefined;
+      return `no build or test stage ${namespace} runs before this one${namespace === 'SourceVariables' ? " (the source's namespace is Source)" : ''}`;
+  }
+}
+
+/** The environment a stage's references may be in, and its field: build and test `env.variables`, deploy `target.env`. */
+function stageEnv(stage: PipelineDefinition['stages'][number]): { at: string; vars: Readonly<Record<string, string>> } | undefined {
+  if (stage.type === 'build' || stage.type === 'test') return { at: 'env.variables', vars: stage.env.variables };
+  if (stage.type === 'deploy') return { at: 'target.env', vars: stage.target.env };
+  return undefined;
 }
 
 /**

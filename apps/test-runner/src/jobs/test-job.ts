@@ -1,6 +1,6 @@
 import type { ArtifactStore } from '@conveyor/artifacts';
 import type { TestJob } from '@conveyor/contracts';
-import { collectReports, JUNIT_LIMITS, runBuildspecJob, storeArtifacts, type BuildspecRun, type JUnitLimits } from '@conveyor/runner';
+import { collectReports, JUNIT_LIMITS, runBuildspecJob, storeArtifacts, type BuildspecRun, type JUnitLimits, type StoredArtifacts } from '@conveyor/runner';
 import type { BuildUser, BuildUsers } from '@conveyor/runner';
 import { openStageLog, redeliveryNote, type Redis, type StageHandler, type StageOutcome } from '@conveyor/service-kit';
 
@@ -36,9 +36,9 @@ export const testJobHandler =
 async function finishTest(job: TestJob, run: BuildspecRun, deps: TestDeps, log: (t: string) => void, user: BuildUser | undefined, signal: AbortSignal): Promise<StageOutcome> {
   // Stopped (cancelled, or the job taken from this worker): nothing is worth storing. A job from a control
   // plane that would give this stage's artifact to the next stage (no storeArtifacts) stores none either.
-  const wanted = job.storeArtifacts === true && run.spec?.artifacts !== undefined;
-  if (!wanted && run.spec?.artifacts && !signal.aborted) log('[conveyor] artifacts not stored: the control plane that sent this job predates test stages storing them\n');
-  const stored = signal.aborted || !wanted ? ({ kind: 'none' } as const) : await storeArtifacts(job, run, { artifacts: deps.artifacts, log, ...(user ? { user } : {}) });
+  let stored: StoredArtifacts = { kind: 'none' };
+  if (!signal.aborted && job.storeArtifacts) stored = await storeArtifacts(job, run, { artifacts: deps.artifacts, log, ...(user ? { user } : {}) });
+  else if (!signal.aborted && run.spec?.artifacts) log('[conveyor] artifacts not stored: the control plane that sent this job predates test stages storing them\n');
   const outcome = await readReports(run, log, user, JUNIT_LIMITS, signal);
   switch (stored.kind) {
     case 'none':
