@@ -13,6 +13,8 @@ export const Env = BaseEnv.extend({
   SOURCE_CACHE_DIR: z.string().default('.conveyor/source-cache'),
   ...ArtifactLimitEnv,
   WEBHOOK_BODY_LIMIT: z.coerce.number().int().min(1024).default(25 * 1024 * 1024),
+  /** Artifact downloads (GET and HEAD of a stage's artifact) served at once by this process; past it, 503 with Retry-After. */
+  ARTIFACT_DOWNLOADS_MAX: z.coerce.number().int().min(1).max(10_000).default(16),
   /** How often active runs are checked for lost jobs and unsent enqueues. */
   RECONCILE_INTERVAL_MS: z.coerce.number().int().min(100).max(MAX_TIMER_MS).default(10_000),
   /**

@@ -64,6 +64,7 @@ export function composeService(env: Env, logger: Logger) {
     orchestrator,
     intake,
     webhookBodyLimit: env.WEBHOOK_BODY_LIMIT,
+    artifactDownloadsMax: env.ARTIFACT_DOWNLOADS_MAX,
     readiness: {
       redis: async () => void (await within(redis.ping(), 1000, 'redis')),
       workers: () => {

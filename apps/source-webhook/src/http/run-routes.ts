@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { toRunView } from '@conveyor/contracts';
 import { artifactKey } from '@conveyor/artifacts';
-import { ConflictError, InputError, issuesFromZod, NotFoundError, stageLogKey, type App } from '@conveyor/service-kit';
+import { ConflictError, InputError, issuesFromZod, NotFoundError, sendProblem, stageLogKey, type App } from '@conveyor/service-kit';
 import type { ServerDeps } from './server.js';
 
 const RunParams = z.object({ runId: z.string().regex(/^[a-z0-9][a-z0-9-]{7,80}$/, 'not a run id') });
@@ -11,6 +11,8 @@ const DOWNLOAD_IDLE_MS = 60_000;
 const CancelBody = z.object({ reason: z.string().trim().min(1).max(500).optional(), mode: z.enum(['abandon', 'wait']).default('abandon') }).strict();
 
 export const runRoutes = (deps: ServerDeps) => async (app: App) => {
+  /** Artifacts open for download now (ARTIFACT_DOWNLOADS_MAX at once: each holds a file and a socket, and a small one is read whole to check it). */
+  let downloads = 0;
   const load = async (runId: string) => {
     const run = await deps.runs.get(runId);
     if (!run) throw new NotFoundError(`run ${runId} not found`);
@@ -43,7 +45,29 @@ export const runRoutes = (deps: ServerDeps) => async (app: App) => {
     const etag = `"${ref.sha256}"`;
     const headers = { etag, 'cache-control': 'private, no-cache' };
     if (String(req.headers['if-none-match'] ?? '').split(',').some((t: string) => t.trim() === etag || t.trim() === '*')) return reply.code(304).headers(headers).send();
-    const opened = await deps.artifacts.open(ref);
+    if (downloads >= deps.artifactDownloadsMax) {
+      reply.header('retry-after', '5');
+      return sendProblem(reply, 503, 'Service Unavailable', `${downloads} artifacts are being downloaded from this service now, its most at once (ARTIFACT_DOWNLOADS_MAX); try again shortly`);
+    }
+    downloads++;
+    let held = true;
+    const release = () => {
+      if (held) downloads--;
+      held = false;
+    };
+    let opened: Awaited<ReturnType<typeof deps.artifacts.open>>;
+    try {
+      opened = await deps.artifacts.open(ref);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    // Counted until its file is closed (read to its end, or dropped with its client) or its response ends; a HEAD's at once.
+    if (!opened || req.method === 'HEAD') release();
+    else {
+      reply.raw.once('close', release);
+      opened.stream.once('close', release);
+    }
     if (!opened) throw new NotFoundError(`the artifact of stage ${stage.name} of run ${run.id} is no longer stored (removed by artifact retention, or this service reads another ARTIFACT_DIR than the stages write)`);
     reply
       .type('application/x-tar')

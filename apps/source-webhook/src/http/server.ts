@@ -23,6 +23,8 @@ export interface ServerDeps {
   intake: WebhookIntake;
   readiness: Record<string, () => Promise<void> | void>;
   webhookBodyLimit: number;
+  /** Artifact downloads served at once; past it, 503 with Retry-After. */
+  artifactDownloadsMax: number;
 }
 
 export function buildServer(deps: ServerDeps): App {

@@ -1,0 +1,17 @@
+import { spawn } from 'node:child_process';
+import { Redis } from 'ioredis';
+const port = 26399;
+const srv = spawn('redis-server', ['--port', String(port), '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+await new Promise(r => setTimeout(r, 500));
+const c = new Redis(`redis://127.0.0.1:${port}`, { maxRetriesPerRequest: null, enableReadyCheck: true });
+c.on('error', () => {});
+await c.xgroup('CREATE', 's', 'g', '0', 'MKSTREAM');
+const started = Date.now();
+const p = c.xreadgroup('GROUP', 'g', 'me', 'COUNT', 10, 'BLOCK', 1000, 'STREAMS', 's', '>').then(() => 'resolved', (e) => 'rejected ' + e.message);
+const g = c.get('k').then(() => 'get resolved', (e) => 'get rejected ' + e.message);
+setTimeout(() => srv.kill('SIGKILL'), 200);
+const r = await Promise.race([p, new Promise(r => setTimeout(() => r('still pending after 8s'), 8000))]);
+console.log('xreadgroup:', r);
+const r2 = await Promise.race([c.get('x').then(()=>'ok',(e)=>'rej '+e.message), new Promise(r => setTimeout(() => r('GET still pending after 5s'), 5000))]);
+console.log('get after outage:', r2);
+c.disconnect(); process.exit(0);
