@@ -10,8 +10,8 @@ export interface ArtifactStore {
    * Past the store's limit, both puts fail with ArtifactTooLargeError, storing nothing.
    */
   putTar(key: string, tarPath: string): Promise<ArtifactRef>;
-  /** Packs `files` (paths relative to `dir`) as a tar under `key`. */
-  putFiles(key: string, dir: string, files: readonly string[]): Promise<ArtifactRef>;
+  /** Packs `files` (paths relative to `dir`) as a tar under `key`; an abort of `signal` stops it, keeping nothing. */
+  putFiles(key: string, dir: string, files: readonly string[], opts?: { signal?: AbortSignal }): Promise<ArtifactRef>;
   /** Unpacks the artifact into `dir`, checking its digest; entries may not escape `dir`. */
   extractTo(ref: ArtifactRef, dir: string): Promise<void>;
 }

@@ -216,6 +216,35 @@ async function filesUnder(root: string): Promise<string[]> {
   return files;
 }
 
+describe('FsArtifactStore.putFiles stopped (a cancelled run)', () => {
+  it('stores nothing when its signal is already aborted', async () => {
+    const put = store.putFiles(artifactKey('run-stopped', 'Build', 1), join(dir, 'src'), ['a.txt'], { signal: AbortSignal.abort('run cancelled') });
+    await expect(put).rejects.toBe('run cancelled');
+    expect(await filesUnder(join(dir, 'store'))).toEqual([]);
+  });
+
+  it('stops packing midway, keeping no partial file', async () => {
+    // 256 MiB that take no disk: packing them takes long enough to be stopped while the tar is being written.
+    await writeFile(join(dir, 'src', 'big.bin'), '');
+    await truncate(join(dir, 'src', 'big.bin'), 256 * 1024 * 1024);
+    const stop = new AbortController();
+    const put = store.putFiles(artifactKey('run-stopped', 'Build', 1), join(dir, 'src'), ['a.txt', 'big.bin'], { signal: stop.signal });
+    const outcome = put.then(
+      () => 'stored',
+      (err: unknown) => err,
+    );
+    let written = 0;
+    while (written === 0) {
+      const files = await filesUnder(join(dir, 'store'));
+      for (const f of files) written += (await stat(join(dir, 'store', f)).catch(() => ({ size: 0 }))).size;
+      if (written === 0) await new Promise((r) => setTimeout(r, 5));
+    }
+    stop.abort('run cancelled');
+    expect(await outcome).toBe('run cancelled');
+    expect(await filesUnder(join(dir, 'store'))).toEqual([]);
+  });
+});
+
 describe('FsArtifactStore size limit', () => {
   const MiB = 1024 * 1024;
 

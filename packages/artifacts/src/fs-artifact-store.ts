@@ -178,30 +178,36 @@ export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore, Re
    * the partial file is removed. A sparse file is stored expanded, and so counted. An artifact whose
    * files alone pass the limit is refused before a byte is written.
    */
-  async putFiles(key: string, dir: string, files: readonly string[]): Promise<ArtifactRef> {
+  async putFiles(key: string, dir: string, files: readonly string[], opts: { signal?: AbortSignal } = {}): Promise<ArtifactRef> {
+    const { signal } = opts;
+    signal?.throwIfAborted();
     const tmp = await this.tmpFor(key);
     try {
       for (const f of files) {
         if (isAbsolute(f) || relative(dir, resolve(dir, f)).startsWith('..')) throw new Error(`artifact file outside its directory: ${f}`);
       }
       if ((await tarSizeAtLeast(dir, files)) > this.maxBytes) throw new ArtifactTooLargeError(this.maxBytes);
+      signal?.throwIfAborted();
       // portable: no uid/gid/mtime noise; symlinks are stored as links, never followed; hard links whole.
       // node-tar reads a name starting with `@` as an archive to copy entries from: `./` keeps it a file.
       const pack = create({ cwd: dir, portable: true, noDirRecurse: true, linkCache: new NoHardLinks() }, files.map((f) => (f.startsWith('@') ? `./${f}` : f)));
       try {
         // Read as an iterator (a stopped one pauses the packer), never piped: pipeline would destroy the
         // packer on a failure, and node-tar goes on reading into a destroyed stream.
-        await pipeline({ [Symbol.asyncIterator]: () => pack[Symbol.asyncIterator]() }, byteLimit(this.maxBytes), createWriteStream(tmp, { flags: 'wx', mode: 0o600 }));
+        await pipeline({ [Symbol.asyncIterator]: () => pack[Symbol.asyncIterator]() }, byteLimit(this.maxBytes), createWriteStream(tmp, { flags: 'wx', mode: 0o600 }), signal ? { signal } : {});
       } catch (err) {
-        // Stopped midway, node-tar keeps the files it was reading open: let it read them to their end (what
+        // Stopped midway (by the limit, a failure or the signal), node-tar keeps the files it was reading open: let it read them to their end (what
         // is left is within the limit, checked above) into nothing, so it closes them.
         pack.on('error', () => undefined);
         pack.resume();
         throw err;
       }
+      signal?.throwIfAborted();
       return await this.commit(key, tmp);
     } catch (err) {
       await rm(tmp, { force: true });
+      // Stopped: the signal's reason, not the pipeline's AbortError, says why.
+      signal?.throwIfAborted();
       throw err;
     }
   }

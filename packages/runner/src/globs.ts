@@ -289,9 +289,10 @@ async function selectedPath(files: ResolvedFiles, rel: string): Promise<string> 
  * The build's processes are stopped before this runs (runBuildspecJob); these checks are for what a
  * process that escaped that could still swap.
  */
-export async function stageFiles(files: ResolvedFiles, dir: string, user?: BuildUser): Promise<void> {
+export async function stageFiles(files: ResolvedFiles, dir: string, user?: BuildUser, signal?: AbortSignal): Promise<void> {
   const owner = fileOwner(user);
   for (const e of files.entries) {
+    signal?.throwIfAborted();
     const to = join(dir, e.name);
     await mkdir(dirname(to), { recursive: true });
     const linked = e.symlink === 'content' ? await linkedFile(files, e) : undefined;

@@ -39,7 +39,7 @@ async function finishBuild(job: BuildJob, run: BuildspecRun, deps: BuildDeps, lo
   };
   // Stopped (cancelled, or the job taken from this worker): nothing is worth storing, nor reading.
   if (signal.aborted) return { status: 'FAILED', message: run.message ?? 'the build was stopped', output };
-  const stored = await storeArtifact(job, run, deps, log, user, output);
+  const stored = await storeArtifact(job, run, deps, log, user, output, signal);
   return { ...stored, output: { ...stored.output, ...(await reportCounts(run, log, signal, user)) } };
 }
 
@@ -60,8 +60,8 @@ async function reportCounts(run: BuildspecRun, log: (t: string) => void, signal:
 }
 
 /** Stores `artifacts.files` (when the buildspec has them): a failed upload fails the build, saying why. */
-async function storeArtifact(job: BuildJob, run: BuildspecRun, deps: BuildDeps, log: (t: string) => void, user: BuildUser | undefined, output: StageOutput): Promise<StageOutcome & { output: StageOutput }> {
-  const stored = await storeArtifacts(job, run, { artifacts: deps.artifacts, log, ...(user ? { user } : {}) });
+async function storeArtifact(job: BuildJob, run: BuildspecRun, deps: BuildDeps, log: (t: string) => void, user: BuildUser | undefined, output: StageOutput, signal: AbortSignal): Promise<StageOutcome & { output: StageOutput }> {
+  const stored = await storeArtifacts(job, run, { artifacts: deps.artifacts, log, signal, ...(user ? { user } : {}) });
   if (stored.kind === 'failed') return { status: 'FAILED', message: run.message ? `${run.message}; ${stored.message}` : stored.message, output };
   return { status: run.status, ...(run.message ? { message: run.message } : {}), output: stored.kind === 'stored' ? { ...output, artifact: stored.artifact } : output };
 }

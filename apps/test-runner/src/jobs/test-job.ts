@@ -37,7 +37,7 @@ async function finishTest(job: TestJob, run: BuildspecRun, deps: TestDeps, log: 
   // Stopped (cancelled, or the job taken from this worker): nothing is worth storing. A job from a control
   // plane that would give this stage's artifact to the next stage (no storeArtifacts) stores none either.
   let stored: StoredArtifacts = { kind: 'none' };
-  if (!signal.aborted && job.storeArtifacts) stored = await storeArtifacts(job, run, { artifacts: deps.artifacts, log, ...(user ? { user } : {}) });
+  if (!signal.aborted && job.storeArtifacts) stored = await storeArtifacts(job, run, { artifacts: deps.artifacts, log, signal, ...(user ? { user } : {}) });
   else if (!signal.aborted && run.spec?.artifacts) log('[conveyor] artifacts not stored: the control plane that sent this job predates test stages storing them\n');
   const outcome = await readReports(run, log, user, JUNIT_LIMITS, signal);
   switch (stored.kind) {
