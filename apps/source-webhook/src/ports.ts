@@ -32,7 +32,8 @@ export interface RunStore {
    * A pipeline's runs, newest first: at most `limit`, older than the run `before` names (a cursor this
    * returned as `next`, there when older runs remain).
    */
-  listByPipeline(pipeline: string, limit: number, before?: string): Promise<Run[] & { next?: string }>;
+  /** Newest first; `unreadable` names runs whose record does not parse (left out of the page). */
+  listByPipeline(pipeline: string, limit: number, before?: string): Promise<Run[] & { next?: string; unreadable?: string[] }>;
   activeRunIds(): Promise<string[]>;
 }
 
@@ -59,9 +60,18 @@ export interface RunHistory {
   remove(pipeline: string, runs: readonly Run[], missing: readonly string[]): Promise<{ runs: number; dangling: number }>;
 }
 
+/** A definition as stored, and whether its pipeline was new. */
+export interface StoredPipeline {
+  created: boolean;
+  definition: PipelineDefinition;
+}
+
 export interface PipelineStore {
-  /** Returns true when the pipeline was new. */
-  put(def: PipelineDefinition): Promise<boolean>;
+  /**
+   * Stores the definition. One without a webhook secret keeps the stored one (the secret is write-only:
+   * a GET-edit-POST round trip omits it), atomically: never over a definition changed or deleted since.
+   */
+  put(def: PipelineDefinition): Promise<StoredPipeline>;
   get(name: string): Promise<PipelineDefinition | undefined>;
   list(): Promise<PipelineDefinition[]>;
   /** Returns true when there was such a pipeline. */

@@ -43,4 +43,19 @@ describe('WebhookIntake', () => {
     expect(marks.indexOf('more other work')).toBeLessThan(first('three'));
     expect(n).toBe(3);
   });
+
+  it('checks the signature once per distinct secret: every pipeline of the signing secret matches, no other', async () => {
+    const other = 'o'.repeat(32);
+    const def = (name: string, secret: string) => PipelineDefinition.parse({ name, source: { provider: 'github', repository: REPO, webhookSecret: secret }, stages: [{ name: 'Build', type: 'build' }] });
+    const pipelines = [def('one', SECRET), def('two', other), def('three', SECRET), def('four', 'f'.repeat(32))];
+    const store = { list: async () => pipelines, get: async () => undefined } as unknown as PipelineStore;
+    const started: string[] = [];
+    const orchestrator = { startRun: async (p: PipelineDefinition) => (started.push(p.name), { runId: `run-0000-${p.name}`, duplicate: false }) } as unknown as Orchestrator;
+    const intake = new WebhookIntake({ pipelines: store, runs: { recordDelivery: async () => undefined } as unknown as RunStore, orchestrator, logger: createLogger('test', 'silent') });
+    // Large enough for the service to be given a turn between two secrets' HMACs.
+    const body = Buffer.from(JSON.stringify({ ref: 'refs/heads/main', before: '0'.repeat(40), after: 'a'.repeat(40), repository: { clone_url: REPO }, pad: 'x'.repeat(300_000) }));
+    const signature = `sha256=${createHmac('sha256', SECRET).update(body).digest('hex')}`;
+    expect((await intake.github({ event: 'push', deliveryId: 'd-2', signature, rawBody: body })).status).toBe(202);
+    expect(started.sort()).toEqual(['one', 'three']);
+  });
 });

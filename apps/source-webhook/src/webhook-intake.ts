@@ -27,6 +27,8 @@ export interface GithubDelivery {
 }
 
 const DELIVERY_ID = /^[A-Za-z0-9._-]{1,200}$/;
+/** An HMAC over more than this takes the thread for a millisecond or more: yield between two. */
+const YIELD_BETWEEN_HMACS_ABOVE_BYTES = 256 * 1024;
 
 /**
  * GitHub deliveries: verify (constant time, raw body) before parsing, then match pipelines by
@@ -44,8 +46,10 @@ export class WebhookIntake {
   async github(d: GithubDelivery): Promise<WebhookReply> {
     const candidates = await this.candidates(d.pipeline);
     // Whether any pipeline exists is not told to a sender who cannot sign: no candidate is a 401 too.
-    const verified = candidates.filter((p) => verifyGithubSignature(p.source.webhookSecret!, d.rawBody, d.signature));
-    if (verified.length === 0) throw new UnauthorizedError('X-Hub-Signature-256 is missing or matches no pipeline secret');
+    const verified = await this.signedFor(candidates, d);
+    if (verified.length === 0) {
+      throw new UnauthorizedError('X-Hub-Signature-256 is missing or matches no pipeline secret', [{ path: 'headers.x-hub-signature-256', message: d.signature ? 'matches no pipeline secret' : 'required' }]);
+    }
     if (!d.event) throw new InputError('missing X-GitHub-Event header', [{ path: 'headers.x-github-event', message: 'required' }]);
     if (!d.deliveryId || !DELIVERY_ID.test(d.deliveryId)) {
       throw new InputError('X-GitHub-Delivery must be 1-200 letters, digits, dots, dashes or underscores', [{ path: 'headers.x-github-delivery', message: d.deliveryId ? 'invalid' : 'required' }]);
@@ -88,6 +92,27 @@ export class WebhookIntake {
     if (created.length > 0) return { status: 202, body: { runId: created[0]!.runId, runs: outcomes } };
     if (outcomes.every((o) => o.duplicate)) return { status: 200, body: { duplicate: true, runId: outcomes[0]?.runId, runs: outcomes } };
     return { status: 200, body: { skipped: true, reason: outcomes.map((o) => o.reason).join('; '), runs: outcomes } };
+  }
+
+  /**
+   * The candidates whose secret signed the body. One HMAC per distinct secret (pipelines of one repository
+   * often share theirs), and between two over a large body the rest of the service gets a turn: a sender
+   * who cannot sign may still make this process hash its body once per secret.
+   */
+  private async signedFor(candidates: readonly PipelineDefinition[], d: GithubDelivery): Promise<PipelineDefinition[]> {
+    const bySecret = new Map<string, boolean>();
+    const signed: PipelineDefinition[] = [];
+    for (const p of candidates) {
+      const secret = p.source.webhookSecret!;
+      let ok = bySecret.get(secret);
+      if (ok === undefined) {
+        if (bySecret.size > 0 && d.rawBody.length > YIELD_BETWEEN_HMACS_ABOVE_BYTES) await nextTurn();
+        ok = verifyGithubSignature(secret, d.rawBody, d.signature);
+        bySecret.set(secret, ok);
+      }
+      if (ok) signed.push(p);
+    }
+    return signed;
   }
 
   private async candidates(name?: string): Promise<PipelineDefinition[]> {
@@ -133,7 +158,7 @@ export class WebhookIntake {
   }
 
   private async skipAll(delivery: string, reason: string): Promise<WebhookReply> {
-    await this.deps.runs.recordDelivery({ key: `${delivery}:*`, decision: { outcome: 'skipped', reason, at: this.now() } });
-    return { status: 200, body: { skipped: true, reason } };
+    const seen = await this.deps.runs.recordDelivery({ key: `${delivery}:*`, decision: { outcome: 'skipped', reason, at: this.now() } });
+    return { status: 200, body: { skipped: true, reason, ...(seen ? { duplicate: true } : {}) } };
   }
 }

@@ -66,6 +66,8 @@ async function runCount(): Promise<number> {
   return res.json().runs.length;
 }
 
+const logLines: string[] = [];
+
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'cv-sw-'));
   repoDir = await initRepo(join(dir, 'repo'));
@@ -81,7 +83,8 @@ beforeAll(async () => {
     RECONCILE_INTERVAL_MS: '3600000',
     LOG_LEVEL: 'silent',
   });
-  service = composeService(env, createLogger('test', 'silent'));
+  // Warnings and errors kept: what the service logs is checked for secrets.
+  service = composeService(env, createLogger('test', 'warn', { write: (line: string) => void logLines.push(line) }));
   await service.app.ready();
   await service.start();
   redis = new Redis(redisUrl);
@@ -101,6 +104,7 @@ describe('pipelines API', () => {
     expect(res.headers['content-type']).toContain('application/problem+json');
     const wrong = await service.app.inject({ method: 'GET', url: '/api/v1/pipelines', headers: { authorization: 'Bearer nope' } });
     expect(wrong.statusCode).toBe(401);
+    expect(wrong.json().errors).toEqual([{ path: 'headers.authorization', message: 'a Bearer token of this service is required' }]);
   });
 
   it('names the bad fields of an invalid definition', async () => {
@@ -144,7 +148,7 @@ stages:
     expect(bad.statusCode).toBe(400);
     const text = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/xml' }, payload: '<name/>' });
     expect(text.statusCode).toBe(415);
-    expect(text.json()).toMatchObject({ status: 415, title: 'Unsupported Media Type', detail: expect.stringContaining('send application/json or application/yaml') });
+    expect(text.json()).toMatchObject({ status: 415, title: 'Unsupported Media Type', detail: expect.stringContaining('send application/json or application/yaml'), errors: [{ path: 'headers.content-type', message: 'not a type this route takes' }] });
     // A path that exists with other methods: 405 naming them.
     const wrongMethod = await service.app.inject({ method: 'PUT', url: '/api/v1/pipelines/hello', headers: auth, payload: {} });
     expect(wrongMethod.statusCode).toBe(405);
@@ -154,6 +158,57 @@ stages:
     const notAnObject = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/json' }, payload: '"just a string"' });
     expect(notAnObject.statusCode).toBe(400);
     expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/nope', headers: auth })).statusCode).toBe(404);
+  });
+});
+
+describe('a write Redis refuses', () => {
+  // It makes Redis refuse writes for a moment: only on this file's private redis-server, never on a REDIS_URL others use.
+  it.skipIf(Boolean(process.env.REDIS_URL))('is a 503 saying so, and the definition (its secret) reaches no log line', async () => {
+    const secret = 'never-logged-secret-0123456789';
+    const payload = { name: 'refused', source: { provider: 'github', repository: `file://${repoDir}`, webhookSecret: secret }, stages: [{ name: 'Build', type: 'build' }] };
+    const from = logLines.length;
+    // Out of memory (noeviction): Redis refuses every write, and ioredis's error carries the commands' arguments.
+    await redis.config('SET', 'maxmemory', '1');
+    try {
+      const res = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: auth, payload });
+      expect(res.statusCode, res.body).toBe(503);
+      expect(res.json().detail).toMatch(/^storage refuses the request now \((OOM|EXECABORT)\); retry later$/);
+    } finally {
+      await redis.config('SET', 'maxmemory', '0');
+    }
+    const logged = logLines.slice(from).join('');
+    expect(logged).toMatch(/OOM command not allowed/);
+    expect(logged).not.toContain(secret);
+  });
+});
+
+describe('YAML definitions', () => {
+  const post = (yaml: string) => service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/yaml' }, payload: yaml });
+  const head = `name: yaml-checks
+source:
+  provider: github
+  repository: file:///nowhere.git
+`;
+  it('refuses an unknown tag, naming where, never quoting the line (it may hold the secret)', async () => {
+    const res = await post(`${head}  webhookSecret: !vault tagged-secret-0123456789\nstages: [{ name: Build, type: build }]\n`);
+    expect(res.statusCode).toBe(400);
+    expect(res.json().detail).toBe('body is not a valid YAML definition: Unresolved tag: !vault at line 5, column 18');
+    expect(res.body).not.toContain('tagged-secret');
+    expect((await service.app.inject({ method: 'GET', url: '/api/v1/pipelines/yaml-checks', headers: auth })).statusCode).toBe(404);
+  });
+
+  it('refuses keys that could reach a prototype, as in JSON', async () => {
+    const res = await post(`${head}stages:\n  - name: Build\n    type: build\n    env: { variables: { __proto__: x, A: b } }\n`);
+    expect(res.statusCode).toBe(400);
+    expect(res.json().errors).toEqual([{ path: 'body.stages.0.env.variables.__proto__', message: 'key __proto__ is not allowed' }]);
+  });
+
+  it('refuses a definition its aliases expand past 1 MiB', async () => {
+    const variables = Array.from({ length: 600 }, (_, i) => `    V${i}: "${'x'.repeat(300)}"`).join('\n');
+    const stages = Array.from({ length: 49 }, (_, i) => `  - { name: S${i}, type: build, env: *env }`).join('\n');
+    const res = await post(`${head}envs:\n  e: &env\n   variables:\n${variables.replaceAll('    V', '     V')}\nstages:\n${stages}\n`);
+    expect(res.statusCode, res.body).toBe(400);
+    expect(res.json().detail).toMatch(/^body expands through its aliases to \d+ bytes of definition, more than 1048576$/);
   });
 });
 
@@ -399,8 +454,12 @@ describe('GitHub webhooks', () => {
   it('refuses a bad or missing signature with 401 and creates no run', async () => {
     const before = await runCount();
     const body = pushBody(firstCommit);
-    expect((await sendPush(body, 'delivery-2', sign(body, 'another-secret-0123456'))).statusCode).toBe(401);
-    expect((await sendPush(body, 'delivery-3', '')).statusCode).toBe(401);
+    const forged = await sendPush(body, 'delivery-2', sign(body, 'another-secret-0123456'));
+    expect(forged.statusCode).toBe(401);
+    expect(forged.json().errors).toEqual([{ path: 'headers.x-hub-signature-256', message: 'matches no pipeline secret' }]);
+    const unsigned = await sendPush(body, 'delivery-3', '');
+    expect(unsigned.statusCode).toBe(401);
+    expect(unsigned.json().errors).toEqual([{ path: 'headers.x-hub-signature-256', message: 'required' }]);
     expect((await sendPush(body + ' ', 'delivery-4', sign(body))).statusCode).toBe(401);
     expect(await runCount()).toBe(before);
   });
@@ -704,6 +763,9 @@ describe('artifact downloads', () => {
     expect(cached.statusCode).toBe(304);
     expect(cached.rawPayload.length).toBe(0);
     expect(cached.headers.etag).toBe(`"${ref.sha256}"`);
+    // Weak comparison, and `*` while the artifact is stored.
+    expect((await service.app.inject({ method: 'GET', url, headers: { ...auth, 'if-none-match': `W/"${ref.sha256}"` } })).statusCode).toBe(304);
+    expect((await service.app.inject({ method: 'GET', url, headers: { ...auth, 'if-none-match': '*' } })).statusCode).toBe(304);
 
     const none = await service.app.inject({ method: 'GET', url: `/api/v1/runs/${run.id}/stages/Build/artifact`, headers: auth });
     expect(none.statusCode).toBe(404);
@@ -739,6 +801,7 @@ describe('artifact downloads', () => {
     await rm(join(dir, 'artifacts', 'runs', run.id), { recursive: true });
     const gone = await service.app.inject({ method: 'GET', url, headers: auth });
     expect(gone.statusCode).toBe(404);
+    expect((await service.app.inject({ method: 'GET', url, headers: { ...auth, 'if-none-match': '*' } })).statusCode).toBe(404);
     expect(gone.json().detail).toBe(`the artifact of stage Source of run ${run.id} is no longer stored (removed by artifact retention, or this service reads another ARTIFACT_DIR than the stages write)`);
   });
 });

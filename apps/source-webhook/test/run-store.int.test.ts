@@ -327,6 +327,16 @@ describe('RedisRunStore.listByPipeline', () => {
     expect((await store.listByPipeline('store', 10)).next).toBeUndefined();
     await expect(store.listByPipeline('store', 3, 'bm90IGEgY3Vyc29y')).rejects.toThrow(RangeError);
   });
+
+  it('names a record that does not parse instead of failing the page, and serves the others', async () => {
+    const prefix = uniquePrefix('pages');
+    const store = new RedisRunStore(redis, prefix);
+    const [a, b, c] = [await storedRun(store), await storedRun(store), await storedRun(store)];
+    await redis.hset(`${prefix}:run:${b.id}`, 'json', '{"not":"a run"}');
+    const page = await store.listByPipeline('store', 10);
+    expect(page.map((r) => r.id).sort()).toEqual([a.id, c.id].sort());
+    expect(page.unreadable).toEqual([b.id]);
+  });
 });
 
 describe('Orchestrator.handleInputs', () => {

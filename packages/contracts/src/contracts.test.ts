@@ -53,6 +53,8 @@ describe('PipelineDefinition', () => {
     [{ ...base, stages: [{ name: 'has.dot', type: 'build' }] }, 'stages.0.name'],
     [{ ...base, stages: [{ name: 'M', type: 'monitor' }] }, 'stages.0.type'],
     [{ ...base, stages: [{ name: 'B', type: 'build', env: { variables: { CODEBUILD_X: '1' } } }] }, 'stages.0.env.variables.CODEBUILD_X'],
+    // As JSON.parse (or YAML) gives it: an own key, which a copy into a plain object would lose.
+    [{ ...base, stages: [{ name: 'B', type: 'build', env: { variables: JSON.parse('{"__proto__": "x", "A": "b"}') as Record<string, string> } }] }, 'stages.0.env.variables.__proto__'],
     [{ ...base, stages: [{ name: 'D', type: 'deploy', target: { kind: 'local', command: 'x', healthPath: 'nope' } }] }, 'stages.0.target.healthPath'],
     [{ ...base, extra: true }, ''],
     [{ ...base, source: { ...base.source, branch: '-bad..branch' } }, 'source.branch'],

@@ -54,7 +54,9 @@ const notProto = (n: string) => n !== '__proto__';
 export const EnvValue = z.string().refine((v) => !v.includes('\0'), 'must not contain a NUL character');
 const EnvVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'not an environment variable name')
   .refine((n) => !n.startsWith('CODEBUILD_'), 'names starting CODEBUILD_ are reserved');
-export const EnvVariables = z.record(EnvVarName, z.string().max(32_768));
+/** An own `__proto__` key (JSON.parse and YAML make one): a record would drop it without a word. */
+const withoutProtoKey = z.unknown().refine((v) => typeof v !== 'object' || v === null || !Object.hasOwn(v, '__proto__'), { message: '__proto__ is not allowed', path: ['__proto__'] });
+export const EnvVariables = withoutProtoKey.pipe(z.record(EnvVarName, z.string().max(32_768)));
 
 /** CodePipeline's pattern for a variable's name and an action's namespace. */
 export const VariableName = z.string().min(1).max(128).regex(/^[A-Za-z0-9@_-]+$/, 'must match ^[A-Za-z0-9@_-]+$').refine(notProto, '__proto__ is not allowed');

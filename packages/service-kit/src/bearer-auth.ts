@@ -16,7 +16,7 @@ export function bearerAuth(token: string | undefined) {
     const ok = match?.[1] !== undefined && timingSafeEqual(digest(match[1]), expected);
     if (!ok) {
       reply.header('www-authenticate', 'Bearer');
-      throw new UnauthorizedError('missing or invalid bearer token');
+      throw new UnauthorizedError('missing or invalid bearer token', [{ path: 'headers.authorization', message: 'a Bearer token of this service is required' }]);
     }
   };
 }

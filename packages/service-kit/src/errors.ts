@@ -16,6 +16,10 @@ export class InputError extends ConveyorError {
 }
 export class UnauthorizedError extends ConveyorError {
   override name = 'UnauthorizedError';
+  /** `issues` name what was missing or wrong (a header), never a secret. */
+  constructor(message: string, readonly issues: FieldIssue[] = []) {
+    super(message);
+  }
 }
 export class NotFoundError extends ConveyorError {
   override name = 'NotFoundError';

@@ -81,12 +81,15 @@ function clientErrorHandler(logger: Logger) {
   };
 }
 
+/** Redis's answers that mean "not now": nothing was done, and the same request may succeed later. */
+const REDIS_REFUSALS = /^(OOM|READONLY|MISCONF|EXECABORT|LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN) /;
+
 /** Body types a route may take, named in a 415's detail when its context has a parser for them. */
 const KNOWN_TYPES = ['application/json', 'application/yaml', 'application/x-www-form-urlencoded'];
 
 function mapError(error: unknown, request?: FastifyRequest, routeBodyLimits?: Map<string, number>): { status: number; title: string; detail?: string; errors?: FieldIssue[] } {
   if (error instanceof InputError) return { status: 400, title: 'Bad Request', detail: error.message, errors: error.issues };
-  if (error instanceof UnauthorizedError) return { status: 401, title: 'Unauthorized', detail: error.message };
+  if (error instanceof UnauthorizedError) return { status: 401, title: 'Unauthorized', detail: error.message, errors: error.issues };
   if (error instanceof NotFoundError) return { status: 404, title: 'Not Found', detail: error.message };
   if (error instanceof ConflictError) return { status: 409, title: 'Conflict', detail: error.message };
   if (error instanceof UnavailableError) return { status: 503, title: 'Service Unavailable', detail: error.message };
@@ -111,11 +114,17 @@ function mapError(error: unknown, request?: FastifyRequest, routeBodyLimits?: Ma
       const limit = routeBodyLimits?.get(`${request.method} ${request.routeOptions.url}`) ?? parserBodyLimit(request);
       if (limit) detail = `${fe.message}: at most ${limit} bytes`;
     }
-    return { status: fe.statusCode, title: STATUS_CODES[fe.statusCode] ?? 'Bad Request', detail };
+    const errors = fe.statusCode === 413 ? [{ path: 'body', message: 'too large' }] : fe.statusCode === 415 ? [{ path: 'headers.content-type', message: 'not a type this route takes' }] : undefined;
+    return { status: fe.statusCode, title: STATUS_CODES[fe.statusCode] ?? 'Bad Request', detail, ...(errors ? { errors } : {}) };
   }
   // ioredis offline-queue / connection errors: the producer fails fast, the caller retries later.
   if (error instanceof Error && (error.name === 'MaxRetriesPerRequestError' || /Stream isn't writeable|Connection is closed|ECONNREFUSED|enableOfflineQueue|Command timed out/.test(error.message))) {
     return { status: 503, title: 'Service Unavailable', detail: 'storage is unreachable; retry later' };
+  }
+  // Redis there but refusing for now (out of memory, a failed save, a replica after failover, loading, a
+  // busy script; EXECABORT wraps one of these in a transaction): nothing was written, retry later.
+  if (error instanceof Error && REDIS_REFUSALS.test(error.message)) {
+    return { status: 503, title: 'Service Unavailable', detail: `storage refuses the request now (${error.message.split(' ', 1)[0]}); retry later` };
   }
   return { status: 500, title: 'Internal Server Error' };
 }

@@ -5,7 +5,7 @@ import { InputError } from './errors.js';
  * The first key that could reach a prototype if the body were ever merged into an object: `__proto__`,
  * or `constructor` holding `prototype` (secure-json-parse's rules, which fastify's parser applies).
  */
-function poisonedPath(parsed: unknown): { path: string; key: string } | undefined {
+export function poisonedPath(parsed: unknown): { path: string; key: string } | undefined {
   const stack: { value: unknown; path: string }[] = [{ value: parsed, path: 'body' }];
   while (stack.length) {
     const { value, path } = stack.pop()!;
@@ -37,7 +37,13 @@ export function parseJsonBody(_request: FastifyRequest, body: string | Buffer, d
     const at = /at position (\d+)/.exec((err as Error).message)?.[1];
     return done(new InputError(`body is not valid JSON${at ? ` (at position ${at})` : ''}`, [{ path: 'body', message: 'not valid JSON' }]));
   }
-  const poisoned = poisonedPath(parsed);
-  if (poisoned) return done(new InputError(`${poisoned.path}: key ${poisoned.key} is not allowed`, [{ path: poisoned.path, message: `key ${poisoned.key} is not allowed` }]));
+  const poisoned = poisonedKeyError(parsed);
+  if (poisoned) return done(poisoned);
   done(null, parsed);
+}
+
+/** The InputError naming the first prototype-poisoning key of a parsed body (see poisonedPath), if it has one. */
+export function poisonedKeyError(parsed: unknown): InputError | undefined {
+  const poisoned = poisonedPath(parsed);
+  return poisoned ? new InputError(`${poisoned.path}: key ${poisoned.key} is not allowed`, [{ path: poisoned.path, message: `key ${poisoned.key} is not allowed` }]) : undefined;
 }

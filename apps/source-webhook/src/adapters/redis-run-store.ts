@@ -228,7 +228,7 @@ export class RedisRunStore implements RunStore {
     return seen ? (JSON.parse(seen) as DeliveryDecision['decision']) : undefined;
   }
 
-  async listByPipeline(pipeline: string, limit: number, before?: string): Promise<Run[] & { next?: string }> {
+  async listByPipeline(pipeline: string, limit: number, before?: string): Promise<RunPage> {
     const key = runIndexKey(this.prefix, pipeline);
     let ids: string[];
     let last: { score: string; id: string } | undefined;
@@ -250,7 +250,16 @@ export class RedisRunStore implements RunStore {
       ids = after.slice(0, limit + 1).map((r) => r.id);
       last = after[limit - 1];
     }
-    const runs: Run[] & { next?: string } = await this.getMany(ids.slice(0, limit));
+    const page = ids.slice(0, limit);
+    const runs: RunPage = [];
+    const unreadable: string[] = [];
+    (await this.readMany(page)).forEach((r, i) => {
+      // A record that does not parse is named, not served, and does not hide the others; Redis failing is the request's failure.
+      if (r instanceof RecordParseError) unreadable.push(page[i]!);
+      else if (r instanceof Error) throw r;
+      else if (r) runs.push(r);
+    });
+    if (unreadable.length) runs.unreadable = unreadable;
     if (ids.length > limit && last) runs.next = Buffer.from(`${last.score}:${last.id}`).toString('base64url');
     return runs;
   }
@@ -259,12 +268,6 @@ export class RedisRunStore implements RunStore {
     return this.scripts.conveyorActiveRuns(this.activeKey, this.key('runs', 'active'));
   }
 
-  private async getMany(ids: string[]): Promise<Run[]> {
-    return (await this.readMany(ids)).flatMap((r) => {
-      if (r instanceof Error) throw r;
-      return r ? [r] : [];
-    });
-  }
 
   /** These runs in one round trip: each parsed, undefined when it has no record, or the error of its read or its parse. */
   async readMany(ids: readonly string[]): Promise<(Run | Error | undefined)[]> {
@@ -272,16 +275,31 @@ export class RedisRunStore implements RunStore {
     const pipeline = this.redis.pipeline();
     for (const id of ids) pipeline.hmget(runKey(this.prefix, id), 'json', 'plan');
     const replies = (await pipeline.exec()) ?? [];
-    return replies.map(([err, fields]) => {
+    return replies.map(([err, fields], i) => {
+      const id = ids[i]!;
       const [json, plan] = fields as [string | null, string | null];
       if (err) return err;
       if (!json) return undefined;
       try {
         return parseRun(json, plan);
       } catch (parseErr) {
-        return parseErr as Error;
+        return new RecordParseError(id, parseErr);
       }
     });
+  }
+}
+
+/** A page of a pipeline's runs: `next` continues it; `unreadable` names runs whose record does not parse (left out). */
+export type RunPage = Run[] & { next?: string; unreadable?: string[] };
+
+/** A run record that is there but does not parse (written by another version, or damaged). */
+export class RecordParseError extends Error {
+  override name = 'RecordParseError';
+  constructor(
+    readonly runId: string,
+    cause: unknown,
+  ) {
+    super(`run ${runId}: its stored record does not parse`, { cause });
   }
 }
 

@@ -1,13 +1,44 @@
-import { parse as parseYaml } from 'yaml';
+import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { PipelineDefinition, PipelineName, StartRunBody, toPipelineView, toRunView, type Trigger } from '@conveyor/contracts';
-import { ConflictError, InputError, issuesFromZod, NotFoundError, type App } from '@conveyor/service-kit';
+import { InputError, issuesFromZod, NotFoundError, poisonedKeyError, type App } from '@conveyor/service-kit';
 import { triggerGlobIssues } from '../domain/triggers.js';
 import { runVariables, variableIssues } from '../domain/variables.js';
 import type { ServerDeps } from './server.js';
 
 const YAML_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml'];
 const MAX_DEFINITION_BYTES = 256 * 1024;
+/** The most a YAML definition may expand to through its aliases, as JSON: what a JSON body may be (1 MiB). */
+const MAX_EXPANDED_BYTES = 1024 * 1024;
+
+/**
+ * A YAML definition as data. Refused, naming the place but never quoting the text (a line may hold the
+ * webhook secret): a syntax error, a warning (an unknown tag such as `!vault`, which would otherwise
+ * read as a plain string), duplicate keys, several documents, more than 50 aliases, an expansion past
+ * MAX_EXPANDED_BYTES, and keys that could reach a prototype. Nothing is printed (the library's default
+ * prints warnings, with the line, to stderr).
+ */
+function parseYamlDefinition(text: string): unknown {
+  const doc = parseDocument(text, { prettyErrors: true, logLevel: 'silent', uniqueKeys: true });
+  const problem = doc.errors[0] ?? doc.warnings[0];
+  if (problem) {
+    // The first line only: the next ones quote the source.
+    throw new InputError(`body is not a valid YAML definition: ${problem.message.split('\n')[0]!.replace(/:$/, '')}`, [{ path: 'body', message: 'invalid YAML' }]);
+  }
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: 50 });
+  } catch (err) {
+    throw new InputError(`body is not a valid YAML definition: ${(err as Error).message.split('\n')[0]}`, [{ path: 'body', message: 'invalid YAML' }]);
+  }
+  const poisoned = poisonedKeyError(data);
+  if (poisoned) throw poisoned;
+  const expanded = Buffer.byteLength(JSON.stringify(data) ?? '');
+  if (expanded > MAX_EXPANDED_BYTES) {
+    throw new InputError(`body expands through its aliases to ${expanded} bytes of definition, more than ${MAX_EXPANDED_BYTES}`, [{ path: 'body', message: 'expands to too large a definition' }]);
+  }
+  return data;
+}
 
 /** What GET adds to a definition (read-only): a GET-edit-POST round trip may carry it back, and it is ignored. */
 function withoutViewFields(body: unknown): unknown {
@@ -30,9 +61,9 @@ function parseDefinitionBody(body: unknown) {
 export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
   app.addContentTypeParser(YAML_TYPES, { parseAs: 'string', bodyLimit: MAX_DEFINITION_BYTES }, (_req, body, done) => {
     try {
-      done(null, parseYaml(body as string, { maxAliasCount: 50, prettyErrors: true }));
+      done(null, parseYamlDefinition(body as string));
     } catch (err) {
-      done(new InputError(`body is not valid YAML: ${(err as Error).message.split('\n')[0]}`, [{ path: 'body', message: 'invalid YAML' }]), undefined);
+      done(err as Error, undefined);
     }
   });
 
@@ -40,16 +71,10 @@ export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
 
   app.post('/pipelines', async (req, reply) => {
     const def = parseDefinitionBody(req.body);
-    // A stored definition that no longer validates is being replaced: its secret, if any, must come again.
-    const existing = await deps.pipelines.get(def.name).catch((err: unknown) => {
-      if (err instanceof ConflictError) return undefined;
-      throw err;
-    });
-    // The secret is write-only, so a GET-edit-POST round trip omits it: keep the stored one.
-    const stored = !def.source.webhookSecret && existing?.source.webhookSecret ? { ...def, source: { ...def.source, webhookSecret: existing.source.webhookSecret } } : def;
-    const created = await deps.pipelines.put(stored);
+    // Without a secret of its own, the definition keeps the stored one (see PipelineStore.put).
+    const { created, definition } = await deps.pipelines.put(def);
     req.log.info({ pipeline: def.name, created }, 'pipeline stored');
-    return reply.code(created ? 201 : 200).send(toPipelineView(stored));
+    return reply.code(created ? 201 : 200).send(toPipelineView(definition));
   });
 
   app.get('/pipelines', async () => ({ pipelines: (await deps.pipelines.list()).map(toPipelineView) }));
@@ -92,6 +117,6 @@ export const pipelineRoutes = (deps: ServerDeps) => async (app: App) => {
       if (err instanceof RangeError) throw new InputError('invalid cursor', [{ path: 'querystring.before', message: 'not a `next` value of this list' }]);
       throw err;
     }
-    return { runs: runs.map(toRunView), ...(runs.next ? { next: runs.next } : {}) };
+    return { runs: runs.map(toRunView), ...(runs.next ? { next: runs.next } : {}), ...(runs.unreadable ? { unreadable: runs.unreadable } : {}) };
   });
 };

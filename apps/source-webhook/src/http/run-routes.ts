@@ -44,7 +44,9 @@ export const runRoutes = (deps: ServerDeps) => async (app: App) => {
     }
     const etag = `"${ref.sha256}"`;
     const headers = { etag, 'cache-control': 'private, no-cache' };
-    if (String(req.headers['if-none-match'] ?? '').split(',').some((t: string) => t.trim() === etag || t.trim() === '*')) return reply.code(304).headers(headers).send();
+    // Weak comparison (RFC 9110): `W/"<sha256>"` matches too. `*` matches only an artifact still stored (below).
+    const tags = String(req.headers['if-none-match'] ?? '').split(',').map((t) => t.trim().replace(/^W\//, ''));
+    if (tags.includes(etag)) return reply.code(304).headers(headers).send();
     if (downloads >= deps.artifactDownloadsMax) {
       reply.header('retry-after', '5');
       return sendProblem(reply, 503, 'Service Unavailable', `${downloads} artifacts are being downloaded from this service now, its most at once (ARTIFACT_DOWNLOADS_MAX); try again shortly`);
@@ -69,6 +71,10 @@ export const runRoutes = (deps: ServerDeps) => async (app: App) => {
       opened.stream.once('close', release);
     }
     if (!opened) throw new NotFoundError(`the artifact of stage ${stage.name} of run ${run.id} is no longer stored (removed by artifact retention, or this service reads another ARTIFACT_DIR than the stages write)`);
+    if (tags.includes('*')) {
+      opened.stream.destroy();
+      return reply.code(304).headers(headers).send();
+    }
     reply
       .type('application/x-tar')
       .headers(headers)
