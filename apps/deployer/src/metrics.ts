@@ -1,6 +1,6 @@
 import { Counter, type Registry } from 'prom-client';
 
-export type DeployResult = 'deployed' | 'already-deployed' | 'unhealthy' | 'cancelled' | 'error';
+export type DeployResult = 'deployed' | 'already-deployed' | 'superseded' | 'unhealthy' | 'cancelled' | 'error';
 
 export function deployCounter(registry: Registry): Counter<'pipeline' | 'result'> {
   return new Counter({

@@ -24,6 +24,11 @@ export type DeployOutcome =
   | { status: 'deployed'; url: string }
   /** Re-delivery of a job whose version is already serving: nothing was started. */
   | { status: 'already-deployed'; url: string }
+  /**
+   * Re-delivery of a job whose version went live once, and a later run's version went live after it:
+   * nothing was started or stopped. `url`: where this version served.
+   */
+  | { status: 'superseded'; url: string; by: { runId: string; url: string } }
   /** The run was cancelled before the new version replaced the live one: it was stopped; the previous one keeps serving. */
   | { status: 'cancelled'; message: string }
   /** The new version never became healthy; the previous one keeps serving. */

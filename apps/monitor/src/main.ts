@@ -1,7 +1,7 @@
 import { EVENTS_STREAM, QUEUES } from '@conveyor/contracts';
 import { closeQueue, closeRedis, createQueue, createRedis, explainStartupFailures, logErrors, runStageService, StreamGroupConsumer } from '@conveyor/service-kit';
 import { HttpProber } from './adapters/http-prober.js';
-import { PrometheusRunMetrics, registerQueueDepth } from './adapters/prometheus-metrics.js';
+import { PrometheusRunMetrics, registerEventsLost, registerQueueDepth } from './adapters/prometheus-metrics.js';
 import { RedisHistoryStore } from './adapters/redis-history-store.js';
 import { loadEnv } from './env.js';
 import { historyRoutes } from './http/server.js';
@@ -40,6 +40,7 @@ await runStageService({
       batch: 100,
       maxInFlight: 1,
       claimIdleMs: env.EVENTS_CLAIM_IDLE_MS,
+      onEntriesLost: registerEventsLost(registry),
       handle: handleEventEntries(createRunEventHandler({ metrics: new PrometheusRunMetrics(registry, env.MONITOR_METRIC_KEYS_MAX), history }), logger),
     });
     return {
@@ -51,6 +52,7 @@ await runStageService({
       },
       start: () => events.start(),
       stop: [
+        // Within the reader's stop deadline: with Redis away it drops `blocking`, which the step below then closes at once.
         { name: 'events', run: () => events.stop() },
         { name: 'queues', run: () => Promise.all(watched.map((q) => closeQueue(q))) },
         { name: 'redis (events, api)', run: () => Promise.all([blocking, api].map((c) => closeRedis(c))) },

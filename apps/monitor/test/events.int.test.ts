@@ -140,6 +140,27 @@ describe('monitor run events', () => {
     await eventually(async () => ((await redis.xpending(stream, 'monitor')) as [number])[0], (n) => n === 0, 'pending entries');
   });
 
+  it('counts the events trimmed from the stream while it was down (conveyor_events_lost_total), and reads on', async () => {
+    let service = await start(); // its group, at the stream's start
+    expect(sample(await metrics(service), 'conveyor_events_lost_total', { service: 'monitor' })).toBe(0);
+    expect(await service.stop()).toBe(0);
+
+    // While it is down, the orchestrator writes more than the stream keeps (it trims to about 10,000).
+    const started: RunEvent = { v: 1, type: 'stage.started', at: at(1), runId: 'run-00000001', pipeline: 'shop', stage: 'Build', stageType: 'build', attempt: 1 };
+    const pipeline = redis.pipeline();
+    for (let i = 0; i < 10_500; i++) pipeline.xadd(stream, 'MAXLEN', '~', 10_000, '*', 'event', JSON.stringify(started));
+    pipeline.xadd(stream, 'MAXLEN', '~', 10_000, '*', 'event', JSON.stringify(finished('run-00000002', 'SUCCEEDED', 2)));
+    await pipeline.exec();
+    const info = (await redis.xinfo('STREAM', stream)) as unknown[];
+    const trimmed = (info[info.indexOf('entries-added') + 1] as number) - (await redis.xlen(stream));
+    expect(trimmed).toBeGreaterThan(0);
+
+    service = await start();
+    const text = await eventually(() => metrics(service), (t) => sample(t, 'conveyor_runs_total', { pipeline: 'shop', status: 'SUCCEEDED' }) === 1, 'the run after the gap');
+    expect(sample(text, 'conveyor_events_lost_total', { service: 'monitor' })).toBe(trimmed);
+    expect(service.output()).toContain('trimmed from the stream before this group read them');
+  });
+
   it('reports queue depth per queue and state at scrape time', async () => {
     const service = await start();
     const build: Queue = createQueue(QUEUES.build, { connection: redis, prefix });

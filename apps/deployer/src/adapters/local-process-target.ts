@@ -1,13 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ArtifactStore } from '@conveyor/artifacts';
+import { ArtifactContentError, type ArtifactStore } from '@conveyor/artifacts';
 import type { DeployJob } from '@conveyor/contracts';
 import { asUserArgv, checkBash, removeTrees, spawnAsUser, UNEXPORTABLE_WHY, type BuildUser } from '@conveyor/runner';
-import { freePort, type Logger } from '@conveyor/service-kit';
+import { freePort, PermanentJobError, type Logger } from '@conveyor/service-kit';
 import { ownUser, type AppUsers } from './app-users.js';
 import { childEnv } from '../domain/child-env.js';
-import { APP_DIR, HOME_DIR, isSameVersion, localUrl, OUTPUT_FILE, versionName, type DeploymentRecord } from '../domain/deployment-record.js';
+import { APP_DIR, HOME_DIR, isSameVersion, localUrl, OUTPUT_FILE, supersededBy, versionName, type DeploymentRecord } from '../domain/deployment-record.js';
 import { describeHealthFailure, waitHealthy } from '../domain/health-wait.js';
 import { versionsToPrune } from '../domain/prune.js';
 import { tailLines } from '../domain/tail.js';
@@ -51,45 +51,57 @@ export class LocalProcessTarget implements DeployTarget {
   async deploy(job: DeployJob, ctx: DeployContext): Promise<DeployOutcome> {
     const target = job.target;
     if (target.kind !== 'local') throw new Error(`LocalProcessTarget cannot deploy to ${target.kind}`);
-    const pipelineDir = this.opts.files.pipelineDir(job.pipeline);
-    return withPipelineLock(pipelineDir, (lock) => this.deployLocked(job, target, ctx, lock), {
+    return withPipelineLock(this.opts.files.root, job.pipeline, (lock) => this.deployLocked(job, target, ctx, lock), {
       signal: ctx.signal,
       onWait: (holder) => ctx.log(`waiting for the deploy lock of ${job.pipeline}${holder ? `, held by pid ${holder}` : ''}`),
     });
   }
 
   private async deployLocked(job: DeployJob, target: LocalTargetConfig, ctx: DeployContext, lock: HeldLock): Promise<DeployOutcome> {
-    const { files, logger } = this.opts;
+    const { files } = this.opts;
     const current = await files.readCurrent(job.pipeline);
     if (current && isSameVersion(current, job.runId, job.attempt) && ownGroupAlive(current.pgid, current.procStart)) {
-      // A re-delivery after the swap was recorded: this version is live. A failed probe now is the
-      // monitor stage's business, not a reason to restart what serves.
-      const healthy = await probeHealth(`${current.url}${target.healthPath}`, 2000);
-      ctx.log(`this version already serves ${current.url} (pid ${current.pid}${healthy ? '' : ', health probe failing'}); nothing started`);
-      // Said again: the delivery that put it live may have died before saying it.
-      await ctx.wentLive({ runId: current.runId, attempt: current.attempt, url: current.url });
-      await this.stopOthers(job.pipeline, current, ctx);
-      return { status: 'already-deployed', url: current.url };
+      return this.alreadyServing(job, target, current, ctx);
+    }
+    const version = versionName(job.runId, job.attempt);
+    const dir = files.versionDir(job.pipeline, version);
+    // A re-delivery of a job whose version went live and was replaced since (its deployer died before
+    // completing the job): starting it again would put an older commit back over a newer one. Nothing
+    // is touched, and the stage ends as a Monitor stage does on a replaced version, SUCCEEDED (the
+    // deploy handler says why): this version did go live; a later run's then replaced it.
+    const own = await files.readVersionRecord(dir);
+    const newer = supersededBy(own, current);
+    if (own && newer) {
+      ctx.log(`this version went live once, and run ${newer.runId}'s version went live after it (${newer.url} serves); nothing started or stopped`);
+      return { status: 'superseded', url: own.url, by: { runId: newer.runId, url: newer.url } };
     }
     // What the messages of a version that does not go live say about what serves.
     const kept = current && ownGroupAlive(current.pgid, current.procStart) ? 'the previous version keeps serving' : 'no earlier version of this pipeline is serving';
-    const version = versionName(job.runId, job.attempt);
-    const dir = files.versionDir(job.pipeline, version);
     await this.discardEarlierDelivery(job.pipeline, version, dir, ctx);
-    const appDir = join(dir, APP_DIR);
-    // The directory first, then the claim: a claim without its directory is one a dead deploy left.
-    // Closed from the start (handOver opens it to its user only): no other version's user may take a
-    // handle on it while it is unpacked.
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await chmod(dir, 0o700);
-    const user = await this.users.claim(job.pipeline, version);
-    ctx.log(`unpacking artifact ${job.input.key} into ${appDir}`);
-    await this.opts.artifacts.extractTo(job.input, appDir);
-    if (user) {
-      // Its user may pass through (not list) the pipeline's directory, and enter its version's only.
-      await chmod(files.pipelineDir(job.pipeline), 0o711);
-      await this.users.handOver(dir, appDir, join(dir, HOME_DIR), user);
+    try {
+      return await this.deployVersion(job, target, ctx, lock, dir, kept);
+    } finally {
+      // Whatever the outcome: a pipeline that keeps failing must not keep every artifact and user id it
+      // unpacked. Under the lock only: once lost, another deploy of the pipeline may be under way.
+      if (!lock.lost()) await this.prune(job.pipeline, dir).catch((err: unknown) => this.opts.logger.warn({ err, pipeline: job.pipeline }, 'could not prune old versions'));
     }
+  }
+
+  /** A re-delivery after the swap was recorded: this version is live. */
+  private async alreadyServing(job: DeployJob, target: LocalTargetConfig, current: DeploymentRecord, ctx: DeployContext): Promise<DeployOutcome> {
+    // A failed probe now is the monitor stage's business, not a reason to restart what serves.
+    const healthy = await probeHealth(`${current.url}${target.healthPath}`, 2000);
+    ctx.log(`this version already serves ${current.url} (pid ${current.pid}${healthy ? '' : ', health probe failing'}); nothing started`);
+    // Said again: the delivery that put it live may have died before saying it.
+    await ctx.wentLive({ runId: current.runId, attempt: current.attempt, url: current.url });
+    await this.stopOthers(job.pipeline, current, ctx);
+    return { status: 'already-deployed', url: current.url };
+  }
+
+  /** Unpacks the version into `dir`, starts it, waits for its health, and swaps it in. `kept`: what serves if it does not go live. */
+  private async deployVersion(job: DeployJob, target: LocalTargetConfig, ctx: DeployContext, lock: HeldLock, dir: string, kept: string): Promise<DeployOutcome> {
+    const { files, logger } = this.opts;
+    const user = await this.unpack(job, dir, kept, ctx);
     const started = await this.start(job, target, dir, user, ctx);
     const { record } = started;
     ctx.log(`started \`${target.command}\` as pid ${record.pid} on port ${record.port}; waiting for ${target.healthPath}`);
@@ -138,13 +150,45 @@ export class LocalProcessTarget implements DeployTarget {
       logger.info({ pipeline: job.pipeline, pid: record.pid, stopped }, 'run cancelled before its version went live');
       return { status: 'cancelled', message: `the run was cancelled before this version went live; it was stopped and ${kept}` };
     }
-    // Record first, then stop the old one: a crash in between leaves current.json naming a healthy version.
-    await files.writeCurrent(record);
+    const live: DeploymentRecord = { ...record, liveAt: (this.opts.now?.() ?? new Date()).toISOString() };
+    // Its own record first: a re-delivery must know it went live once current.json may say so. (Marked
+    // but never named, its deployer dying in between, it is not taken as replaced: see supersededBy.)
+    await files.writeVersionRecord(dir, live);
+    // Then current.json, then stop the old one: a crash in between leaves current.json naming a healthy version.
+    await files.writeCurrent(live);
     ctx.log(`healthy after ${outcome.afterMs} ms; ${record.url} now serves ${job.pipeline}`);
     await ctx.wentLive({ runId: record.runId, attempt: record.attempt, url: record.url });
-    await this.stopOthers(job.pipeline, record, ctx);
-    await this.prune(job.pipeline, dir);
+    await this.stopOthers(job.pipeline, live, ctx);
     return { status: 'deployed', url: record.url };
+  }
+
+  /**
+   * Makes the version's directory, claims its user and unpacks the artifact into it. An artifact that
+   * cannot be unpacked fails the stage once: unpacking it again would fail again.
+   */
+  private async unpack(job: DeployJob, dir: string, kept: string, ctx: DeployContext): Promise<BuildUser | undefined> {
+    const { files } = this.opts;
+    const appDir = join(dir, APP_DIR);
+    // The directory first, then the claim: a claim without its directory is one a dead deploy left.
+    // Closed from the start (handOver opens it to its user only): no other version's user may take a
+    // handle on it while it is unpacked.
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await chmod(dir, 0o700);
+    const user = await this.users.claim(job.pipeline, versionName(job.runId, job.attempt));
+    ctx.log(`unpacking artifact ${job.input.key} into ${appDir}`);
+    try {
+      await this.opts.artifacts.extractTo(job.input, appDir);
+    } catch (err) {
+      if (!(err instanceof ArtifactContentError)) throw err;
+      // What was unpacked stays for a look until pruned, as a version that failed its health does.
+      throw new PermanentJobError(`${err.message}; nothing was started and ${kept}`);
+    }
+    if (user) {
+      // Its user may pass through (not list) the pipeline's directory, and enter its version's only.
+      await chmod(files.pipelineDir(job.pipeline), 0o711);
+      await this.users.handOver(dir, appDir, join(dir, HOME_DIR), user);
+    }
+    return user;
   }
 
   /**
@@ -159,7 +203,7 @@ export class LocalProcessTarget implements DeployTarget {
     let stopped = 0;
     await Promise.all(
       (await files.pipelines()).map((pipeline) =>
-        withPipelineLock(files.pipelineDir(pipeline), async () => {
+        withPipelineLock(files.root, pipeline, async () => {
           const current = await files.readCurrent(pipeline);
           for (const v of await files.versions(pipeline)) {
             const rec = await files.readVersionRecord(join(files.pipelineDir(pipeline), v.name));
@@ -272,10 +316,16 @@ export class LocalProcessTarget implements DeployTarget {
     this.opts.logger.info({ pipeline: previous.pipeline, pid: previous.pid, result }, 'stopped previous version');
   }
 
+  /**
+   * Deletes version directories beyond DEPLOY_KEEP_VERSIONS, the oldest first, never `keepDir` (the one
+   * just deployed, live or with the output of its failure), the one current.json names, or one running.
+   */
   private async prune(pipeline: string, keepDir: string): Promise<void> {
     const { files } = this.opts;
     const versions = await files.versions(pipeline);
-    const protect = new Set<string>();
+    const current = await files.readCurrent(pipeline);
+    // By name, not by whether it runs: what serves (or served last, if it died) is never deleted here.
+    const protect = new Set<string>(current ? [versionName(current.runId, current.attempt)] : []);
     for (const v of versions) {
       const dir = join(files.pipelineDir(pipeline), v.name);
       const rec = await files.readVersionRecord(dir);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isSameVersion, localUrl, parseRecord, versionName } from './deployment-record.js';
+import { isSameVersion, localUrl, parseRecord, supersededBy, versionName } from './deployment-record.js';
 
 const record = {
   pipeline: 'shop',
@@ -30,5 +30,19 @@ describe('deployment records', () => {
     expect(isSameVersion(record, 'run-00000001', 1)).toBe(true);
     expect(isSameVersion(record, 'run-00000001', 2)).toBe(false);
     expect(localUrl(4100)).toBe('http://127.0.0.1:4100');
+  });
+
+  it('calls a version superseded only when another went live after it did', () => {
+    const a = { ...record, liveAt: '2025-01-01T00:01:00.000Z' };
+    const b = { ...record, runId: 'run-00000002', liveAt: '2025-01-01T00:02:00.000Z' };
+    expect(supersededBy(a, b)).toEqual(b);
+    // B went live before A was marked: A's deployer died between marking it and naming it in current.json.
+    expect(supersededBy(a, { ...b, liveAt: '2025-01-01T00:00:30.000Z' })).toBeUndefined();
+    // Never live, nothing serving, itself serving, or a current.json from before liveAt existed.
+    expect(supersededBy(record, b)).toBeUndefined();
+    expect(supersededBy(a, undefined)).toBeUndefined();
+    expect(supersededBy(a, a)).toBeUndefined();
+    expect(supersededBy(a, { ...record, runId: 'run-00000002' })).toBeUndefined();
+    expect(supersededBy(undefined, b)).toBeUndefined();
   });
 });

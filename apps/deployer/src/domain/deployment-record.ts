@@ -20,6 +20,12 @@ export const DeploymentRecord = z.object({
   startedAt: IsoTime,
   /** Kernel start time of the group leader (Linux), so a recycled pid is never mistaken for ours. */
   procStart: z.string().optional(),
+  /**
+   * When the deployer recorded this version as the one serving (set in its own record, then in
+   * current.json): a re-delivery of its job can then tell "went live, and a later version replaced it"
+   * from "never went live". Missing in records of deployers before it, and of versions never live.
+   */
+  liveAt: IsoTime.optional(),
 });
 export type DeploymentRecord = z.infer<typeof DeploymentRecord>;
 
@@ -41,6 +47,16 @@ export function versionName(runId: string, attempt: number): string {
 
 export function isSameVersion(record: Pick<DeploymentRecord, 'runId' | 'attempt'>, runId: string, attempt: number): boolean {
   return record.runId === runId && record.attempt === attempt;
+}
+
+/**
+ * The version serving now (`current`), when it went live after `own` did: `own` (a version's record, read
+ * again on a re-delivery of its job) served once and was replaced since, so it must not come back. A
+ * version marked live that current.json never named (its deployer died in between) is not superseded.
+ */
+export function supersededBy(own: DeploymentRecord | undefined, current: DeploymentRecord | undefined): DeploymentRecord | undefined {
+  if (!own?.liveAt || !current?.liveAt || isSameVersion(current, own.runId, own.attempt)) return undefined;
+  return Date.parse(current.liveAt) > Date.parse(own.liveAt) ? current : undefined;
 }
 
 export function localUrl(port: number): string {

@@ -40,6 +40,15 @@ describe('deploy handler', () => {
     expect(await h.count('deployed')).toBe(1);
   });
 
+  it('succeeds without change, saying so, when a re-delivered version was replaced by a later run', async () => {
+    const by = { runId: 'run-00000002', url: 'http://127.0.0.1:4200' };
+    const h = setup(async () => ({ status: 'superseded', url: 'http://127.0.0.1:4100', by }) satisfies DeployOutcome);
+    const message = "superseded: run run-00000002's version went live after this one (http://127.0.0.1:4200 serves); nothing was started or stopped";
+    expect(await h.run()).toEqual({ status: 'SUCCEEDED', message, output: { url: 'http://127.0.0.1:4100', supersededBy: by } });
+    expect(h.log()).toBe(`${message}\n`);
+    expect(await h.count('superseded')).toBe(1);
+  });
+
   it('fails with the target message when the version was unhealthy', async () => {
     const h = setup(async () => ({ status: 'unhealthy', message: '/healthz did not answer 200 within 5s' }));
     expect(await h.run()).toEqual({ status: 'FAILED', message: '/healthz did not answer 200 within 5s' });

@@ -33,6 +33,14 @@ export function createDeployHandler(deps: DeployHandlerDeps): StageHandler<'depl
         case 'deployed':
         case 'already-deployed':
           return { status: 'SUCCEEDED', message: `deployed at ${outcome.url}`, output: { url: outcome.url } };
+        case 'superseded': {
+          // SUCCEEDED, as a Monitor stage ends on a version replaced under it: this version was deployed and
+          // served; a later run's replaced it, as runs of one pipeline do (the last to go live serves).
+          // FAILED would fail a run whose deploy worked, for the deployer's own late re-delivery.
+          const message = `superseded: run ${outcome.by.runId}'s version went live after this one (${outcome.by.url} serves); nothing was started or stopped`;
+          log.write(`${message}\n`);
+          return { status: 'SUCCEEDED', message, output: { url: outcome.url, supersededBy: outcome.by } };
+        }
         case 'unhealthy':
           log.write(`deploy failed: ${outcome.message}\n`);
           return { status: 'FAILED', message: outcome.message };

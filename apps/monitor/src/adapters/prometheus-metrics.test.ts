@@ -1,6 +1,6 @@
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
-import { PrometheusRunMetrics } from './prometheus-metrics.js';
+import { PrometheusRunMetrics, registerEventsLost } from './prometheus-metrics.js';
 
 async function values(registry: Registry, name: string) {
   const metric = (await registry.getMetricsAsJSON()).find((m) => m.name === name);
@@ -37,5 +37,16 @@ describe('PrometheusRunMetrics', () => {
       ['Test', 'SUCCEEDED', 1],
       ['Deploy', 'SUCCEEDED', 1],
     ]);
+  });
+});
+
+describe('registerEventsLost', () => {
+  it('counts the events lost, an unsized loss as one, from zero', async () => {
+    const registry = new Registry();
+    const lost = registerEventsLost(registry);
+    expect((await values(registry, 'conveyor_events_lost_total'))[0]?.value).toBe(0);
+    lost({ count: 895 });
+    lost({ count: undefined });
+    expect((await values(registry, 'conveyor_events_lost_total'))[0]?.value).toBe(896);
   });
 });

@@ -81,6 +81,20 @@ export class PrometheusRunMetrics implements RunMetrics {
   }
 }
 
+/**
+ * `conveyor_events_lost_total`, told by the event reader: run events trimmed from the stream before the
+ * monitor read them (it was down, or behind, while more was written than the stream keeps), which its
+ * metrics and history miss. A loss Redis cannot size counts as one, so that every loss shows.
+ */
+export function registerEventsLost(registry: Registry): (lost: { count: number | undefined }) => void {
+  const counter = new Counter({
+    name: 'conveyor_events_lost_total',
+    help: 'Run events trimmed from the stream before the monitor read them (missing from metrics and history)',
+    registers: [registry],
+  });
+  return ({ count }) => counter.inc(count ?? 1);
+}
+
 export const QUEUE_STATES = ['waiting', 'active', 'delayed', 'failed'] as const;
 
 /**

@@ -25,11 +25,21 @@ export class RedisHistoryStore implements HistoryStore {
     for (const key of [this.key(), this.key(entry.pipeline)]) {
       tx.zadd(key, score, member).zremrangebyrank(key, 0, -(this.max + 1));
     }
-    await tx.exec();
+    throwFirstError(await tx.exec());
   }
 
   async recent(query: { pipeline?: string; limit: number }): Promise<HistoryEntry[]> {
     const members = await this.reader.zrevrange(this.key(query.pipeline), 0, query.limit - 1);
     return members.map(parseHistoryEntry).filter((e): e is HistoryEntry => e !== undefined);
   }
+}
+
+/**
+ * A transaction's commands fail one by one (e.g. WRONGTYPE) while exec() itself resolves: unchecked, the
+ * event would be acknowledged but not stored. Thrown, it stays pending and is tried again.
+ */
+function throwFirstError(replies: [error: Error | null, result: unknown][] | null): void {
+  if (!replies) throw new Error('history write was not applied (transaction aborted)');
+  const failed = replies.find(([err]) => err);
+  if (failed) throw failed[0];
 }

@@ -87,6 +87,14 @@ describe('verify', () => {
     expect(report.probes).toMatchObject({ total: 4, failed: 4, p50Ms: 2500 });
   });
 
+  it('probes each slot once when a timer fires a millisecond early', async () => {
+    const h = harness(() => ({}), 0);
+    const sleep = h.deps.sleep;
+    h.deps.sleep = (ms, signal) => sleep(ms > 1 ? ms - 1 : ms, signal);
+    await verify('http://app/healthz', settings({ durationSeconds: 3 }), h.deps);
+    expect(h.probedAt).toEqual([0, 999, 1999]);
+  });
+
   it('probes once when the interval exceeds the duration', async () => {
     const h = harness();
     expect((await verify('http://app/healthz', settings({ durationSeconds: 1, intervalSeconds: 5 }), h.deps)).probes.total).toBe(1);

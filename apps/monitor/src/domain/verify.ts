@@ -76,8 +76,9 @@ export async function verify(url: string, settings: VerifySettings, deps: Verify
       lastFailure = result.detail;
       if (failed > settings.maxFailures) break;
     }
+    // The next slot after now, but never this one again: a timer may fire a millisecond early.
     const elapsed = deps.now() - start;
-    due = start + (Math.floor(elapsed / intervalMs) + 1) * intervalMs;
+    due = Math.max(due + intervalMs, start + (Math.floor(elapsed / intervalMs) + 1) * intervalMs);
   }
   const probes: ProbeStats = { total: latencies.length, failed, p50Ms: percentile(latencies, 50), p95Ms: percentile(latencies, 95) };
   const latency = `p50 ${probes.p50Ms} ms, p95 ${probes.p95Ms} ms`;

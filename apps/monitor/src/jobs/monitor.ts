@@ -27,14 +27,39 @@ export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+/** How long a failed probe waits for the live record (the worker connection waits for ever while Redis is away). */
+export const LIVE_RECORD_WAIT_MS = 1000;
+
 /**
  * The version serving `pipeline` now, when it is another run's: the deployer records each version it puts
- * live before stopping the one it replaces. Nothing recorded, or unreadable (Redis away, a foreign value),
- * is no replacement: the failed probe counts.
+ * live before stopping the one it replaces. Nothing recorded, or unreadable (Redis away, a foreign value,
+ * no answer within `waitMs`, or the verification aborted meanwhile), is no replacement: the failed probe
+ * counts.
  */
-async function replacedBy(redis: Redis, prefix: string, pipeline: string, runId: string): Promise<{ runId: string; url: string } | undefined> {
-  const live = parseLiveDeployment(await redis.get(liveDeploymentKey(prefix, pipeline)).catch(() => null));
-  return live && live.runId !== runId ? { runId: live.runId, url: live.url } : undefined;
+export async function replacedBy(
+  redis: Redis,
+  key: { prefix: string; pipeline: string; runId: string },
+  signal: AbortSignal,
+  waitMs = LIVE_RECORD_WAIT_MS,
+): Promise<{ runId: string; url: string } | undefined> {
+  const live = parseLiveDeployment(await answerWithin(redis.get(liveDeploymentKey(key.prefix, key.pipeline)), waitMs, signal));
+  return live && live.runId !== key.runId ? { runId: live.runId, url: live.url } : undefined;
+}
+
+/** `read`'s value, or null when it fails, has not answered within `ms`, or `signal` aborts first. The read itself is left to finish. */
+function answerWithin<T>(read: Promise<T>, ms: number, signal: AbortSignal): Promise<T | null> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => done(null), ms);
+    const done = (value: T | null) => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      resolve(value);
+    };
+    const onAbort = () => done(null);
+    signal.addEventListener('abort', onAbort, { once: true });
+    if (signal.aborted) done(null);
+    read.then(done, () => done(null));
+  });
 }
 
 /** Handles a MonitorJob: probes what the deploy stage deployed and reports the probe statistics. */
@@ -59,7 +84,7 @@ export function createMonitorHandler(deps: MonitorHandlerDeps): StageHandler<'mo
         now: deps.now ?? (() => performance.now()),
         signal: ctx.signal,
         onProbe: (n, r) => log.write(`probe ${n}: ${r.ok ? 'ok' : 'FAILED'} ${r.detail} in ${r.ms} ms\n`),
-        replacedBy: () => replacedBy(deps.redis, deps.prefix, job.pipeline, job.runId),
+        replacedBy: () => replacedBy(deps.redis, { prefix: deps.prefix, pipeline: job.pipeline, runId: job.runId }, ctx.signal),
       });
       log.write(`${report.status}: ${report.message}\n`);
       return { status: report.status, message: report.message, output: { probes: report.probes, ...(report.supersededBy ? { supersededBy: report.supersededBy } : {}) } };
