@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { CATASTROPHIC_GLOB, GLOB_VICTIM, junitXml, writeFiles } from '@conveyor/testing';
+import { CATASTROPHIC_GLOB, GLOB_VICTIM, junitXml } from '@conveyor/testing';
 import { GLOB_LIMITS } from '@conveyor/globs';
-import { parseBuildspec } from './buildspec.js';
+import { finishedBuild as finishedIn } from './testkit.js';
 import type { BuildspecRun } from './buildspec-job.js';
 import { JUNIT_LIMITS } from './junit.js';
 import { collectReports, type CollectedReports, type CollectReportsOptions } from './reports.js';
@@ -23,11 +23,7 @@ const junit = junitXml;
 const attributeBomb = `<testsuite ${Array.from({ length: 600_000 }, (_, i) => `a${i}=""`).join(' ')}/>`;
 
 /** A finished build whose workspace holds `files` and whose buildspec has the given `reports:` section (none when undefined). */
-async function finishedBuild(files: Record<string, string>, reports: string | undefined): Promise<BuildspecRun> {
-  await writeFiles(ws, files);
-  const spec = parseBuildspec(`version: 0.2\nphases:\n  build:\n    commands: [ 'true' ]\n${reports === undefined ? '' : `reports:\n${reports}`}`);
-  return { status: 'SUCCEEDED', workspace: ws, spec };
-}
+const finishedBuild = (files: Record<string, string>, reports: string | undefined) => finishedIn(ws, files, reports === undefined ? '' : `reports:\n${reports}`);
 
 /** The counts of a collection that read its reports (fails the test otherwise). */
 function read(collected: CollectedReports) {

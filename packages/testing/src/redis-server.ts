@@ -45,7 +45,8 @@ export async function startRedisServer(extraArgs: string[] = []): Promise<RedisS
     port,
     process: child,
     async stop() {
-      if (child.exitCode === null) {
+      // Stopping twice is harmless: a killed server has a signalCode, not an exitCode.
+      if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise((r) => child.once('exit', r));
         child.kill('SIGKILL');
         await exited;

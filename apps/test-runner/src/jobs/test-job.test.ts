@@ -2,8 +2,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { junitXml, writeFiles } from '@conveyor/testing';
-import { JUNIT_LIMITS, parseBuildspec, type BuildspecRun } from '@conveyor/runner';
+import { junitXml } from '@conveyor/testing';
+import { JUNIT_LIMITS, type BuildspecRun } from '@conveyor/runner';
+import { finishedBuild as finishedIn } from '@conveyor/runner/testkit';
 import { readReports } from './test-job.js';
 
 // How reports are read (limits, stalls, stops mid-parse) is tested with collectReports in packages/runner;
@@ -20,11 +21,7 @@ afterEach(async () => {
 const junit = junitXml;
 
 /** A finished build whose workspace holds `files` and whose buildspec has the given `reports:` section (none when undefined). */
-async function finishedBuild(files: Record<string, string>, reports: string | undefined, over: Partial<BuildspecRun> = {}): Promise<BuildspecRun> {
-  await writeFiles(ws, files);
-  const spec = parseBuildspec(`version: 0.2\nphases:\n  build:\n    commands: [ 'true' ]\n${reports === undefined ? '' : `reports:\n${reports}`}`);
-  return { status: 'SUCCEEDED', workspace: ws, spec, ...over };
-}
+const finishedBuild = (files: Record<string, string>, reports: string | undefined, over: Partial<BuildspecRun> = {}) => finishedIn(ws, files, reports === undefined ? '' : `reports:\n${reports}`, over);
 
 describe('readReports: the test stage gates on its reports', () => {
   it('succeeds when every case passed, with the counts', async () => {

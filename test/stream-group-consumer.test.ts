@@ -1,47 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { closeRedis } from './lifecycle.js';
-import { createLogger } from './logger.js';
-import { freePort } from './net.js';
-import { createRedis } from './redis.js';
-import { StreamGroupConsumer, type LostEntries, type StreamEntry, type StreamGroupConsumerOptions } from './stream-group-consumer.js';
-
-/** A private redis-server (these tests kill one), answering PING. */
-async function startRedis(): Promise<{ url: string; kill(): Promise<void> }> {
-  const port = await freePort();
-  const dir = await mkdtemp(join(tmpdir(), 'cv-sgc-'));
-  const child: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
-  const url = `redis://127.0.0.1:${port}`;
-  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  probe.on('error', () => undefined);
-  for (let tries = 0; ; tries++) {
-    try {
-      await probe.connect();
-      await probe.ping();
-      break;
-    } catch (err) {
-      probe.disconnect();
-      if (tries > 200) throw err;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  probe.disconnect();
-  return {
-    url,
-    async kill() {
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((r) => child.once('exit', r));
-        child.kill('SIGKILL');
-        await exited;
-      }
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-}
+import { closeRedis, createLogger, createRedis, StreamGroupConsumer, type LostEntries, type StreamEntry, type StreamGroupConsumerOptions } from '@conveyor/service-kit';
+import { startRedisServer } from '@conveyor/testing';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -111,13 +71,13 @@ async function append(redis: Redis, stream: string, n: number, maxlen = 100): Pr
 
 describe('StreamGroupConsumer.stop', () => {
   it('returns within its deadline when Redis went away under a blocked read, and the caller can still close the connection at once', async () => {
-    const server = await startRedis();
+    const server = await startRedisServer();
     const h = reader(server.url, 'events', { blockMs: 10_000, stopTimeoutMs: 1000 });
     open.splice(open.indexOf(h), 1); // stopped here, even when it fails
     try {
       await h.consumer.start();
       await sleep(200); // the read is blocked in XREADGROUP
-      await server.kill();
+      await server.stop();
       await sleep(300); // the connection now retries for ever
       const took = await timed(h.consumer.stop(), 8000);
       // Before its deadline it waits (the read may still end); after it, it gives up (no upper bound
@@ -130,22 +90,22 @@ describe('StreamGroupConsumer.stop', () => {
       expect(closing).not.toBe('hung');
     } finally {
       h.connection.disconnect();
-      await server.kill();
+      await server.stop();
     }
   }, 20_000);
 });
 
 /** One redis-server for the tests that do not kill theirs. */
-let server: Awaited<ReturnType<typeof startRedis>>;
+let server: Awaited<ReturnType<typeof startRedisServer>>;
 let redis: Redis;
 let stream: string;
 beforeAll(async () => {
-  server = await startRedis();
+  server = await startRedisServer();
   redis = new Redis(server.url);
 });
 afterAll(async () => {
   redis.disconnect();
-  await server.kill();
+  await server.stop();
 });
 afterEach(async () => {
   for (const h of open.splice(0)) {
