@@ -27,7 +27,7 @@ await runStageService({
     logErrors(blocking, logger, 'events');
     logErrors(api, logger, 'api');
     watched.forEach((q) => logErrors(q, logger, `queue ${q.name}`));
-    const history = new RedisHistoryStore(redis, api, prefix, env.MONITOR_HISTORY_MAX);
+    const history = new RedisHistoryStore(redis, api, prefix, env.MONITOR_HISTORY_MAX, env.MONITOR_HISTORY_DAYS);
     registerQueueDepth(registry, watched, logger);
     // At least once, in order (one batch at a time); an entry that keeps failing goes to `monitor-events-dead`.
     const events = new StreamGroupConsumer({

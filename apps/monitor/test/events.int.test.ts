@@ -38,7 +38,9 @@ async function start(extra: Record<string, string> = {}): Promise<RunningService
   return service;
 }
 
-const at = (s: number) => new Date(Date.UTC(2025, 0, 1, 0, 0, s)).toISOString();
+// Recent: the history keeps runs that finished within MONITOR_HISTORY_DAYS.
+const EPOCH = Date.now() - 3_600_000;
+const at = (s: number) => new Date(EPOCH + s * 1000).toISOString();
 const finished = (runId: string, status: 'SUCCEEDED' | 'FAILED', s: number, pipeline = 'shop'): RunEvent => ({
   v: 1, type: 'run.finished', at: at(s), runId, pipeline, status, durationMs: 1000 * s,
 });

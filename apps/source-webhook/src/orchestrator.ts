@@ -54,6 +54,11 @@ export class Orchestrator {
   async startRun(definition: PipelineDefinition, trigger: Trigger, opts: { deliveryKey?: string; variables?: NewRun['variables'] } = {}): Promise<StartOutcome> {
     const { runs } = this.deps;
     const { deliveryKey, variables } = opts;
+    // A delivery already decided (a redelivery, a replay) is answered before a run number is spent on it.
+    // Two copies arriving at once both get past this; create() below refuses the second atomically, and
+    // only then is a number skipped.
+    const seen = deliveryKey ? await runs.deliveryDecision(deliveryKey) : undefined;
+    if (seen) return { ...(seen.runId ? { runId: seen.runId } : {}), duplicate: true, decision: seen };
     const number = await runs.nextRunNumber(definition.name);
     const now = this.clock();
     const { run, events } = createRun({ id: this.deps.newId(), number, definition, trigger, ...(variables ? { variables } : {}) }, now);

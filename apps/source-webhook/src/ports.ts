@@ -28,6 +28,8 @@ export interface RunStore {
   /** Compare-and-set of many runs in one round trip; each is stored, or refused (false) when its version moved. */
   update(updates: readonly RunUpdate[]): Promise<boolean[]>;
   recordDelivery(delivery: DeliveryDecision): Promise<DeliveryDecision['decision'] | undefined>;
+  /** The decision recorded for this delivery key, if any. */
+  deliveryDecision(key: string): Promise<DeliveryDecision['decision'] | undefined>;
   /**
    * A pipeline's runs, newest first: at most `limit`, older than the run `before` names (a cursor this
    * returned as `next`, there when older runs remain).

@@ -428,6 +428,11 @@ describe('GitHub webhooks', () => {
     expect(await runCount()).toBe(before + 1);
     const run = await getRun(first.json().runId);
     expect(run.trigger).toMatchObject({ type: 'webhook', deliveryId: 'delivery-1', commit: firstCommit, ref: 'refs/heads/main', actor: 'octo' });
+    // The duplicates spent no run number: the next run of the pipeline is numbered right after.
+    const nextBody = JSON.stringify({ ...JSON.parse(body), before: '1'.repeat(40) });
+    const next = await sendPush(nextBody, 'delivery-1-next');
+    expect(next.statusCode).toBe(202);
+    expect((await getRun(next.json().runId)).number).toBe(run.number + 1);
   });
 
   it("takes GitHub's default form-encoded deliveries (the JSON in payload, the signature over the form)", async () => {

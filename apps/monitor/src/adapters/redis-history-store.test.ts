@@ -21,10 +21,27 @@ const entry = (runId: string, s: number): HistoryEntry => ({ runId, pipeline: 's
 describe('RedisHistoryStore', () => {
   it('keeps the newest runs, overall and per pipeline', async () => {
     const prefix = uniquePrefix('hist');
-    const store = new RedisHistoryStore(redis, redis, prefix, 2);
+    const store = new RedisHistoryStore(redis, redis, prefix, 2, 365, () => Date.UTC(2025, 0, 2));
     for (const [i, id] of ['run-00000001', 'run-00000002', 'run-00000003'].entries()) await store.record(entry(id, i));
     expect((await store.recent({ limit: 10 })).map((e) => e.runId)).toEqual(['run-00000003', 'run-00000002']);
     expect((await store.recent({ pipeline: 'shop', limit: 10 })).map((e) => e.runId)).toEqual(['run-00000003', 'run-00000002']);
+    await redis.del(`${prefix}:history`, `${prefix}:history:pipeline:shop`);
+  });
+
+  it("drops runs that finished more than its days ago, and expires a pipeline's history nothing was written to as long", async () => {
+    const prefix = uniquePrefix('hist');
+    let now = Date.UTC(2025, 0, 1, 0, 0, 10);
+    const store = new RedisHistoryStore(redis, redis, prefix, 100, 2, () => now);
+    await store.record(entry('run-00000001', 1));
+    now += 2 * 86_400_000 + 5000; // run 1 finished 2 days and 14 s ago
+    await store.record({ ...entry('run-00000002', 2), finishedAt: new Date(now).toISOString() });
+    expect((await store.recent({ limit: 10 })).map((e) => e.runId)).toEqual(['run-00000002']);
+    expect((await store.recent({ pipeline: 'shop', limit: 10 })).map((e) => e.runId)).toEqual(['run-00000002']);
+    for (const key of [`${prefix}:history`, `${prefix}:history:pipeline:shop`]) {
+      const ttl = await redis.pttl(key);
+      expect(ttl).toBeGreaterThan(2 * 86_400_000 - 60_000);
+      expect(ttl).toBeLessThanOrEqual(2 * 86_400_000);
+    }
     await redis.del(`${prefix}:history`, `${prefix}:history:pipeline:shop`);
   });
 

@@ -4,7 +4,9 @@ import type { HistoryStore } from '../ports.js';
 
 /**
  * Sorted sets scored by finish time: `<prefix>:history` for all pipelines and
- * `<prefix>:history:pipeline:<name>` for each, both capped at `max` entries.
+ * `<prefix>:history:pipeline:<name>` for each, both capped at `max` entries and at `keepDays` days: an
+ * entry that finished longer ago is dropped on the next write, and a set nothing was written to for
+ * `keepDays` (a deleted pipeline's) expires.
  */
 export class RedisHistoryStore implements HistoryStore {
   constructor(
@@ -12,6 +14,8 @@ export class RedisHistoryStore implements HistoryStore {
     private readonly reader: Redis,
     private readonly prefix: string,
     private readonly max: number,
+    private readonly keepDays = 365,
+    private readonly now: () => number = Date.now,
   ) {}
 
   private key(pipeline?: string): string {
@@ -21,9 +25,13 @@ export class RedisHistoryStore implements HistoryStore {
   async record(entry: HistoryEntry): Promise<void> {
     const member = JSON.stringify(entry);
     const score = Date.parse(entry.finishedAt);
+    const keepMs = this.keepDays * 86_400_000;
     const tx = this.writer.multi();
     for (const key of [this.key(), this.key(entry.pipeline)]) {
-      tx.zadd(key, score, member).zremrangebyrank(key, 0, -(this.max + 1));
+      tx.zadd(key, score, member)
+        .zremrangebyrank(key, 0, -(this.max + 1))
+        .zremrangebyscore(key, '-inf', `(${this.now() - keepMs}`)
+        .pexpire(key, keepMs);
     }
     throwFirstError(await tx.exec());
   }

@@ -26,20 +26,27 @@ function harness(script: (i: number) => Partial<ProbeResult> = () => ({}), probe
 const settings = (s: Partial<VerifySettings>) => VerifySettings.parse({ durationSeconds: 10, intervalSeconds: 1, ...s });
 
 describe('verify', () => {
-  it('probes every interval for the whole duration and succeeds when all pass', async () => {
+  it('probes every interval for the whole duration, its end included, and succeeds when all pass', async () => {
     const h = harness((i) => ({ ms: i }));
     const report = await verify('http://app/healthz', settings({}), h.deps);
     expect(report.status).toBe('SUCCEEDED');
-    expect(report.probes).toEqual({ total: 10, failed: 0, p50Ms: 5, p95Ms: 10 });
-    expect(h.probedAt).toEqual([0, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000]);
-    expect(report.message).toContain('10 probes of http://app/healthz, 0 failed');
+    expect(report.probes).toEqual({ total: 11, failed: 0, p50Ms: 6, p95Ms: 11 });
+    expect(h.probedAt).toEqual([0, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000]);
+    expect(report.message).toContain('11 probes of http://app/healthz, 0 failed');
+  });
+
+  it('sees a version that breaks in the last interval of the window', async () => {
+    const h = harness((i) => (i === 11 ? { ok: false, detail: 'ECONNREFUSED' } : {}));
+    const report = await verify('http://app/healthz', settings({}), h.deps);
+    expect(report).toMatchObject({ status: 'FAILED', probes: { total: 11, failed: 1 } });
+    expect(report.message).toBe('1 of 11 probes of http://app/healthz failed (0 allowed); last: ECONNREFUSED');
   });
 
   it('tolerates up to maxFailures failed probes', async () => {
     const h = harness((i) => (i % 5 === 0 ? { ok: false, detail: 'HTTP 503' } : {}));
     const report = await verify('http://app/healthz', settings({ maxFailures: 2 }), h.deps);
     expect(report.status).toBe('SUCCEEDED');
-    expect(report.probes).toMatchObject({ total: 10, failed: 2 });
+    expect(report.probes).toMatchObject({ total: 11, failed: 2 });
   });
 
   it('fails as soon as more than maxFailures probes failed, naming the last failure', async () => {
@@ -85,6 +92,7 @@ describe('verify', () => {
     const report = await verify('http://app/healthz', settings({ maxFailures: 100 }), h.deps);
     expect(h.probedAt).toEqual([0, 3000, 6000, 9000]);
     expect(report.probes).toMatchObject({ total: 4, failed: 4, p50Ms: 2500 });
+    // The slot at 10 s was overrun by the probe sent at 9 s, which ended at 11.5 s: past the window, no more.
   });
 
   it('probes each slot once when a timer fires a millisecond early', async () => {
@@ -92,10 +100,10 @@ describe('verify', () => {
     const sleep = h.deps.sleep;
     h.deps.sleep = (ms, signal) => sleep(ms > 1 ? ms - 1 : ms, signal);
     await verify('http://app/healthz', settings({ durationSeconds: 3 }), h.deps);
-    expect(h.probedAt).toEqual([0, 999, 1999]);
+    expect(h.probedAt).toEqual([0, 999, 1999, 2999]);
   });
 
-  it('probes once when the interval exceeds the duration', async () => {
+  it('probes at the start only when the interval exceeds the duration', async () => {
     const h = harness();
     expect((await verify('http://app/healthz', settings({ durationSeconds: 1, intervalSeconds: 5 }), h.deps)).probes.total).toBe(1);
   });

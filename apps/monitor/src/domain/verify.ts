@@ -39,8 +39,10 @@ export interface VerifyReport {
 }
 
 /**
- * Probes `url` every `intervalSeconds` during `durationSeconds` (a slow probe skips the slots it
- * overran, so the window stays the configured length). Fails as soon as more than `maxFailures`
+ * Probes `url` every `intervalSeconds` over `durationSeconds`, from its start to its end inclusive
+ * (10 s at 1 s: 11 probes, at 0, 1, … 10 s), so a version that breaks in the window's last interval is
+ * still seen; a slow probe skips the slots it overran, so the window stays the configured length. A
+ * probe sent at the end may take its timeout to answer: the verdict can come that much later. Fails as soon as more than `maxFailures`
  * probes failed. A failed probe of a version another run's deploy has replaced ends the verification
  * instead, with the probes before it as its verdict: a replaced version is stopped, not broken. Throws
  * the signal's reason when aborted: an interrupted verification has no verdict.
@@ -54,7 +56,7 @@ export async function verify(url: string, settings: VerifySettings, deps: Verify
   let failed = 0;
   let lastFailure = '';
   let supersededBy: { runId: string; url: string } | undefined;
-  for (let due = start; due < end; ) {
+  for (let due = start; due <= end; ) {
     deps.signal.throwIfAborted();
     const wait = due - deps.now();
     if (wait > 0) await deps.sleep(wait, deps.signal);

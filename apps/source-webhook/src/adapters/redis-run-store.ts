@@ -219,6 +219,11 @@ export class RedisRunStore implements RunStore {
     return this.key('delivery', key);
   }
 
+  async deliveryDecision(key: string): Promise<DeliveryDecision['decision'] | undefined> {
+    const seen = await this.redis.get(this.deliveryKey(key));
+    return seen ? (JSON.parse(seen) as DeliveryDecision['decision']) : undefined;
+  }
+
   /** Records a decision that created no run (e.g. filtered out), once per delivery. */
   async recordDelivery(delivery: DeliveryDecision): Promise<DeliveryDecision['decision'] | undefined> {
     const key = this.deliveryKey(delivery.key);
