@@ -32,7 +32,7 @@ describe('pnpm start', () => {
     const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
     expect(out, out).toMatch(/✔ Source\s+SUCCEEDED/);
     expect(out).toMatch(/✔ Test\s+SUCCEEDED .*tests: 4 passed, 0 failed/);
-    expect(out).toMatch(/✔ Monitor\s+SUCCEEDED .*10 probes, 0 failed/);
+    expect(out).toMatch(/✔ Monitor\s+SUCCEEDED .*11 probes, 0 failed/);
     const url = /SUCCEEDED — hello-service is serving at (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
     expect(url).toBeDefined();
     expect(out).toContain('Conveyor: stopped.');
