@@ -27,8 +27,8 @@ export async function stopAllDeployments(deployDir: string, graceMs = 10_000, op
   for (const rec of await files.allRecords()) byGroup.set(rec.pgid, rec);
   const stopped = await Promise.all(
     [...byGroup.values()].map(async (rec): Promise<StoppedDeployment | undefined> => {
-      if (!ownGroupAlive(rec.pgid, rec.procStart)) return undefined;
-      const result = await stopGroup(rec.pgid, graceMs);
+      if (!ownGroupAlive(rec)) return undefined;
+      const result = await stopGroup(rec, graceMs);
       return { pipeline: rec.pipeline, runId: rec.runId, attempt: rec.attempt, pid: rec.pid, result };
     }),
   );

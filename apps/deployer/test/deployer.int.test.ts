@@ -371,4 +371,14 @@ describe.skipIf(process.getuid?.() !== 0)('deployer as root', () => {
     await stopAllDeployments(deployDir, 1000, { claimsDir });
     expect(await alive(daemon2)).toBe(false);
   });
+
+  it("takes the answer of a server its version started outside its process group, as the version's own user, for the version's", async () => {
+    // The server leaves the group (setsid) while the group's leader stays: the listening socket is held by
+    // no process of the group, but by the user the version has to itself.
+    const command = 'setsid node who.mjs </dev/null & exec sleep 600';
+    const v1 = await deploy(await makeJob('detached', 'v1', { command }, { 'who.mjs': WHO }));
+    expect(v1.status, v1.message).toBe('SUCCEEDED');
+    const body = ((await getJson(v1.output.url!)) as { body: { uid: number } }).body;
+    expect(body.uid).toBeGreaterThanOrEqual(FIRST);
+  });
 });

@@ -1,32 +1,105 @@
 import { spawn } from 'node:child_process';
-import { describe, expect, it } from 'vitest';
-import { groupAlive, processStartTime } from '@conveyor/procfs';
-import { ownGroupAlive, stopGroup } from '../src/adapters/process-group.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { bootId, groupAlive, pidAlive, processStartTime, readProcStat } from '@conveyor/procfs';
+import { ownGroupAlive, stopGroup, type RecordedGroup } from '../src/adapters/process-group.js';
+
+const leftOver: number[] = [];
+afterEach(() => {
+  for (const pgid of leftOver.splice(0)) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }
+});
+
+/** A detached `bash -c script`: a process group of its own, recorded as the deployer records a version's. */
+function startGroup(script: string): RecordedGroup {
+  const child = spawn('bash', ['-c', script], { detached: true, stdio: 'ignore' });
+  const pgid = child.pid!;
+  leftOver.push(pgid);
+  return { pgid, procStart: processStartTime(pgid), bootId: bootId() };
+}
+
+const until = async (check: () => boolean, ms = 5000) => {
+  for (const deadline = Date.now() + ms; !check() && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  return check();
+};
+
+/** The running processes whose process group is `pgid`. */
+const membersOf = async (pgid: number) => {
+  const { readdirSync } = await import('node:fs');
+  return readdirSync('/proc')
+    .filter((n) => /^\d+$/.test(n))
+    .map(Number)
+    .filter((pid) => {
+      const stat = readProcStat(pid);
+      return stat !== undefined && stat.pgrp === pgid && stat.state !== 'Z';
+    });
+};
 
 describe('process groups', () => {
   it('stops every process of a group, escalating to SIGKILL for one that ignores SIGTERM', async () => {
-    const child = spawn('bash', ['-c', "trap '' TERM; sleep 60 & sleep 60 & wait"], { detached: true, stdio: 'ignore' });
-    const pgid = child.pid!;
+    const group = startGroup("trap '' TERM; sleep 60 & sleep 60 & wait");
     await new Promise((r) => setTimeout(r, 200));
-    expect(groupAlive(pgid)).toBe(true);
-    expect(await stopGroup(pgid, 300)).toBe('killed');
-    expect(groupAlive(pgid)).toBe(false);
-    expect(await stopGroup(pgid, 300)).toBe('not-running');
+    expect(groupAlive(group.pgid)).toBe(true);
+    expect(await stopGroup(group, 300)).toBe('killed');
+    expect(groupAlive(group.pgid)).toBe(false);
+    expect(await stopGroup(group, 300)).toBe('not-running');
   });
 
   it('terminates a well-behaved group with SIGTERM', async () => {
-    const child = spawn('bash', ['-c', 'sleep 60 & wait'], { detached: true, stdio: 'ignore' });
+    const group = startGroup('sleep 60 & wait');
     await new Promise((r) => setTimeout(r, 100));
-    expect(await stopGroup(child.pid!, 5000)).toBe('terminated');
+    expect(await stopGroup(group, 5000)).toBe('terminated');
   });
 
   it('does not take a recycled pid for the process it recorded', async () => {
-    const child = spawn('sleep', ['60'], { detached: true, stdio: 'ignore' });
-    const pid = child.pid!;
-    const start = processStartTime(pid);
-    expect(start).toMatch(/^\d+$/);
-    expect(ownGroupAlive(pid, start)).toBe(true);
-    expect(ownGroupAlive(pid, `${start}0`)).toBe(false);
-    await stopGroup(pid, 1000);
+    const group = startGroup('exec sleep 60');
+    expect(group.procStart).toMatch(/^\d+$/);
+    expect(ownGroupAlive(group)).toBe(true);
+    expect(ownGroupAlive({ ...group, procStart: `${group.procStart}0` })).toBe(false);
+    expect(ownGroupAlive({ ...group, bootId: '00000000-0000-0000-0000-000000000000' })).toBe(false);
+    await stopGroup(group, 1000);
+  });
+
+  it('finds and stops a group whose leader exited while a member still runs', async () => {
+    // The leader's start time is read at spawn (as the deployer does); it then exits, its sleep stays.
+    const group = startGroup('sleep 60 & sleep 0.2; exit 0');
+    expect(group.procStart).toMatch(/^\d+$/);
+    expect(await until(() => !pidAlive(group.pgid))).toBe(true);
+    const [member] = await membersOf(group.pgid);
+    expect(member).toBeDefined();
+    expect(member).not.toBe(group.pgid);
+    expect(ownGroupAlive(group)).toBe(true);
+    expect(await stopGroup(group, 2000)).toBe('terminated');
+    expect(pidAlive(member!)).toBe(false);
+    expect(ownGroupAlive(group)).toBe(false);
+  });
+
+  it("neither takes nor signals a group whose processes started before the recorded leader: another group, the record's number reused", async () => {
+    // A stranger's group, its leader gone, a member still running: what a record of an older version
+    // would meet once its whole group ended and the number went to a newer process that did the same.
+    const stranger = startGroup('sleep 60 & sleep 0.2; exit 0');
+    expect(await until(() => !pidAlive(stranger.pgid))).toBe(true);
+    const [member] = await membersOf(stranger.pgid);
+    expect(member).toBeDefined();
+    // The record says its leader started after that member: the member cannot be one of its processes.
+    const record: RecordedGroup = { pgid: stranger.pgid, procStart: String(BigInt(processStartTime(member!)!) + 1n), bootId: bootId() };
+    expect(ownGroupAlive(record)).toBe(false);
+    expect(await stopGroup(record, 300)).toBe('not-running');
+    expect(pidAlive(member!)).toBe(true);
+  });
+
+  it('neither takes nor signals a newer process found at pid = pgid, nor the group it leads', async () => {
+    const newer = startGroup('sleep 60 & wait');
+    await new Promise((r) => setTimeout(r, 100));
+    // A record whose leader started before the process now at that pid: its group ended, the number was reused.
+    const record: RecordedGroup = { pgid: newer.pgid, procStart: String(BigInt(newer.procStart!) - 1n), bootId: bootId() };
+    expect(ownGroupAlive(record)).toBe(false);
+    expect(await stopGroup(record, 300)).toBe('not-running');
+    expect(groupAlive(newer.pgid)).toBe(true);
+    expect(pidAlive(newer.pgid)).toBe(true);
   });
 });

@@ -1,2 +1,3 @@
 export * from './procfs.js';
+export * from './sockets.js';
 export * from './file-lock.js';

@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { bootId, groupAlive, groupIsOurs, parseProcStat, pidAlive, processIsOurs, processStartTime, readProcStat } from './procfs.js';
+import { bootId, compareStartTimes, groupAlive, groupIsOurs, groupMembersOf, parseProcStat, pidAlive, processIsOurs, processStartTime, readProcStat } from './procfs.js';
 
 const children: ChildProcess[] = [];
 const killGroup = (pgid: number) => {
@@ -89,7 +89,48 @@ describe.runIf(process.platform === 'linux')('on Linux', () => {
     expect(await until(() => !processIsOurs(me) && !groupIsOurs(me))).toBe(true);
   });
 
+  it("finds the recorded group's members once its leader has gone, and only those that started no earlier than it", async () => {
+    // The leader lives long enough to have its start time read, then exits; its sleep stays in the group.
+    const pgid = group('sleep 30 & sleep 0.3; exit 0');
+    expect(await until(() => processStartTime(pgid) !== undefined)).toBe(true);
+    const leader = { pid: pgid, startTime: processStartTime(pgid), bootId: bootId() };
+    expect(await until(() => readProcStat(pgid) === undefined || readProcStat(pgid)?.state === 'Z')).toBe(true);
+    const members = groupMembersOf(leader, { strict: true });
+    expect(members).toHaveLength(1);
+    expect(readProcStat(members[0]!)?.pgrp).toBe(pgid);
+    expect(groupIsOurs(leader, { strict: true })).toBe(true);
+    // A record of a group started after that member (its number reused, say): the member cannot be one of
+    // its processes, so it is not that group, and nothing of it runs.
+    const later = { ...leader, startTime: String(BigInt(processStartTime(members[0]!)!) + 1n) };
+    expect(groupMembersOf(later)).toEqual([]);
+    expect(groupIsOurs(later, { strict: true })).toBe(false);
+    // Another boot's record names nothing now.
+    expect(groupMembersOf({ ...leader, bootId: '00000000-0000-0000-0000-000000000000' })).toEqual([]);
+    killGroup(pgid);
+    expect(await until(() => !groupIsOurs(leader))).toBe(true);
+  });
+
+  it('never takes a newer process at pid = pgid, nor the group it leads, for the recorded group', async () => {
+    const pgid = group('sleep 30 & wait');
+    expect(await until(() => processStartTime(pgid) !== undefined)).toBe(true);
+    const start = processStartTime(pgid)!;
+    // Recorded before this process started: what that record named ended before the number was reused.
+    const older = { pid: pgid, startTime: String(BigInt(start) - 1n) };
+    expect(groupAlive(pgid)).toBe(true);
+    expect(groupMembersOf(older)).toEqual([]);
+    expect(groupIsOurs(older)).toBe(false);
+    expect(groupMembersOf({ pid: pgid, startTime: start }).length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('compares start times as numbers, not as text', () => {
+    expect(compareStartTimes('999', '1000')).toBe(-1);
+    expect(compareStartTimes('1000', '999')).toBe(1);
+    expect(compareStartTimes('12345678901234567890', '12345678901234567890')).toBe(0);
+  });
+
   it('never treats pgid 0 or 1 as a group of ours (kill(0) and kill(-1) would reach everyone)', () => {
+    expect(groupMembersOf({ pid: 0 })).toEqual([]);
+    expect(groupMembersOf({ pid: 1 })).toEqual([]);
     expect(groupAlive(0)).toBe(false);
     expect(groupAlive(1)).toBe(false);
   });

@@ -129,14 +129,19 @@ export interface ProcessIdentity {
   bootId?: string;
 }
 
+/** Whether the record was made in this boot (unknown counts as yes: nothing to compare). */
+function sameBoot(id: ProcessIdentity): boolean {
+  const boot = bootId();
+  return id.bootId === undefined || boot === undefined || id.bootId === boot;
+}
+
 /**
  * Whether the record can still name what runs at its pid: same boot, and the same start time when the
  * process is there to ask. A record without a start time is trusted only when `strict` is off (or off
  * Linux, where there is none to record).
  */
 function identityHolds(id: ProcessIdentity, strict: boolean): boolean {
-  const boot = bootId();
-  if (id.bootId !== undefined && boot !== undefined && id.bootId !== boot) return false;
+  if (!sameBoot(id)) return false;
   if (id.startTime === undefined) return !(strict && HAS_PROC);
   const now = readProcStat(id.pid);
   return now === undefined || now.state === 'Z' || now.startTime === id.startTime;
@@ -147,10 +152,64 @@ export function processIsOurs(id: ProcessIdentity, opts: { strict?: boolean } = 
   return pidAlive(id.pid) && identityHolds(id, opts.strict ?? false);
 }
 
+/** Start times (clock ticks since boot, as /proc prints them) compared as numbers: negative when `a` is earlier. */
+export function compareStartTimes(a: string, b: string): number {
+  const [x, y] = [BigInt(a), BigInt(b)];
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
 /**
- * The process group the recorded process leads (pgid = its pid) still runs: a member is alive, and the
- * leader, if still there, is the recorded process and not a later one given its pid.
+ * The running processes (zombies excluded) of the process group the recorded process led, pgid = its
+ * pid, found by this rule (Linux):
+ *
+ * 1. Same boot as the record (when both are known): start times and pids restart at each boot.
+ * 2. If a process is at pid = pgid now, it must be the recorded leader (same start time; a zombie keeps
+ *    its start time too). Another start time means the number was handed to a newer process, and Linux
+ *    hands out a number only once no process has it as its pid, process group or session: the recorded
+ *    group has ended, all of it. Nothing is then ours, not even a group that newer process leads.
+ * 3. The leader gone (reaped), or there and ours: the members are the running processes whose pgid is
+ *    the recorded one AND whose start time is not earlier than the leader's. A member is the leader's
+ *    descendant, or joined the group from inside the session the leader made (setsid, as every
+ *    detached start does): it cannot have started before the leader. Membership is read from each
+ *    process's own pgid, never from a pid merely existing.
+ *
+ * Without a recorded start time, only the pgid is checked (the members of whatever group has that
+ * number), unless `strict`. Off Linux: the leader's pid when signal 0 reaches its group, else none.
+ */
+export function groupMembersOf(id: ProcessIdentity, opts: { strict?: boolean } = {}): number[] {
+  const pgid = id.pid;
+  if (!Number.isInteger(pgid) || pgid <= 1 || !sameBoot(id)) return [];
+  if (!HAS_PROC) return signalReaches(-pgid) ? [pgid] : [];
+  if (id.startTime === undefined && opts.strict) return [];
+  const since = id.startTime;
+  if (since !== undefined) {
+    const leader = readProcStat(pgid);
+    if (leader && leader.startTime !== since) return [];
+  }
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc');
+  } catch {
+    return [];
+  }
+  return pids.flatMap((pid) => {
+    if (!/^\d+$/.test(pid)) return [];
+    const stat = readProcStat(pid);
+    if (!running(stat) || stat.pgrp !== pgid) return [];
+    return since === undefined || compareStartTimes(stat.startTime, since) >= 0 ? [Number(pid)] : [];
+  });
+}
+
+/**
+ * The process group the recorded process leads (pgid = its pid) still runs: it has a member by the rule
+ * of groupMembersOf (a leader that is the recorded process, or a member that started no earlier than it).
  */
 export function groupIsOurs(id: ProcessIdentity, opts: { strict?: boolean } = {}): boolean {
-  return groupAlive(id.pid) && identityHolds(id, opts.strict ?? false);
+  if (!identityHolds(id, opts.strict ?? false)) return false;
+  if (!HAS_PROC || id.startTime === undefined) return groupAlive(id.pid);
+  if (!Number.isInteger(id.pid) || id.pid <= 1 || !signalReaches(-id.pid)) return false;
+  // The common case, without a scan of /proc: the recorded leader itself runs, still in its group.
+  const leader = readProcStat(id.pid);
+  if (running(leader) && leader.pgrp === id.pid && leader.startTime === id.startTime) return true;
+  return groupMembersOf(id, opts).length > 0;
 }

@@ -10,7 +10,7 @@ export class FsDeploymentCatalog implements DeploymentCatalog {
     const views: DeploymentView[] = [];
     for (const pipeline of await this.files.pipelines()) {
       const rec = await this.files.readCurrent(pipeline);
-      if (rec) views.push({ ...rec, running: ownGroupAlive(rec.pgid, rec.procStart) });
+      if (rec) views.push({ ...rec, running: ownGroupAlive(rec) });
     }
     return views;
   }

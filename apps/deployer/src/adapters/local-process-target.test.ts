@@ -1,12 +1,18 @@
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { artifactKey, FsArtifactStore } from '@conveyor/artifacts';
 import type { DeployJob } from '@conveyor/contracts';
+import { groupAlive, pidAlive, tcpListeners } from '@conveyor/procfs';
 import { localDeployJob, type LocalTarget } from '../deploy-job.testkit.js';
-import { createLogger, PermanentJobError } from '@conveyor/service-kit';
-import { versionName, type DeploymentRecord } from '../domain/deployment-record.js';
+import { createLogger, freePort, PermanentJobError } from '@conveyor/service-kit';
+import { versionName } from '../domain/deployment-record.js';
+import { processesWithEnv } from '../../test/service.js';
 import type { DeployContext } from '../ports.js';
 import { DeploymentFiles } from './deployment-files.js';
 import { ownUser, type AppUsers } from './app-users.js';
@@ -14,14 +20,20 @@ import { LocalProcessTarget } from './local-process-target.js';
 import { stopAllDeployments } from '../stop-all.js';
 
 let root: string;
+/** Processes a test started itself (not deployed): killed after it. */
+const strangers: ChildProcess[] = [];
 beforeEach(async () => {
   root = await mkdtemp(join(tmpdir(), 'cv-local-target-'));
 });
 afterEach(async () => {
+  for (const s of strangers.splice(0)) s.kill('SIGKILL');
   // What a failed test left running goes too.
   await stopAllDeployments(join(root, 'deployments'), 1000, { claimsDir: join(root, 'uid-claims') });
   await rm(root, { recursive: true, force: true });
 });
+
+/** apps/deployer, where its sources resolve their packages. */
+const DEPLOYER_DIR = fileURLToPath(new URL('../..', import.meta.url));
 
 /** Until `pid` is gone from the process table: reaped, so Node has already emitted its 'exit' event. */
 async function untilReaped(pid: number): Promise<void> {
@@ -32,18 +44,6 @@ async function untilReaped(pid: number): Promise<void> {
       return;
     }
     await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-/**
- * The files of deployments, with one await made to last until the command it records has been reaped:
- * the moment of the race fixed in `start` (a command that ends at once, its 'exit' event emitted while
- * the deployer awaited something) made certain instead of left to chance.
- */
-class SlowRecordFiles extends DeploymentFiles {
-  override async writeVersionRecord(versionDir: string, record: DeploymentRecord): Promise<void> {
-    await untilReaped(record.pid);
-    await super.writeVersionRecord(versionDir, record);
   }
 }
 
@@ -96,11 +96,15 @@ describe('LocalProcessTarget', () => {
     const lines: string[] = [];
     const ctx: DeployContext = { log: (line) => lines.push(line), signal: new AbortController().signal, cancelled: async () => false, wentLive: async () => undefined };
     const target = new LocalProcessTarget({
-      files: new SlowRecordFiles(join(root, 'deployments')),
+      files: new DeploymentFiles(join(root, 'deployments')),
       artifacts,
       logger: createLogger('deployer-test', 'silent'),
       stopGraceMs: 1000,
       keepVersions: 2,
+      // One await made to last until the command has been reaped: the moment of the race fixed in `start`
+      // (a command that ends at once, its 'exit' event emitted while the deployer awaited something) made
+      // certain instead of left to chance.
+      commandStarted: (record) => untilReaped(record.pid),
     });
     const outcome = await target.deploy(job, ctx);
     expect(outcome.status).toBe('unhealthy');
@@ -155,6 +159,91 @@ describe('LocalProcessTarget', () => {
     await expect(deploying).rejects.toBeInstanceOf(PermanentJobError);
     await expect(deploying).rejects.toThrow(/cannot be unpacked: .*nothing was started and no earlier version of this pipeline is serving/);
   }, 30_000);
+
+  it("never takes a version live on the 200 of another process holding its port: says whose, stops the version, keeps the previous one", async () => {
+    const { artifacts, input } = await appArtifact();
+    // A real stranger: another process's HTTP server, answering 200 on every path.
+    const stranger = spawn(process.execPath, ['-e', "require('http').createServer((q, s) => s.end('not the version')).listen(0, '127.0.0.1', function () { console.log(this.address().port) })"], { stdio: ['ignore', 'pipe', 'inherit'] });
+    strangers.push(stranger);
+    const port = Number(await new Promise<string>((r) => stranger.stdout!.once('data', (d: Buffer) => r(d.toString().trim()))));
+    // The ports the deployer hands out: the stranger's when a test puts it here, a free one otherwise.
+    const handOut: number[] = [];
+    const target = localTarget(artifacts, { pickPort: async () => handOut.shift() ?? freePort() });
+    const serving = await target.deploy(deployJob('run-serving', input, {}), quietCtx());
+    expect(serving.status).toBe('deployed');
+    const files = new DeploymentFiles(join(root, 'deployments'));
+    // Given the stranger's port (taken between the pick and the bind): a version that never binds it, and
+    // one that listens elsewhere. Either way only the stranger answers on PORT.
+    for (const [runId, command] of [
+      ['run-sleeps', 'exec sleep 60'],
+      ['run-elsewhere', 'PORT=0 exec node server.mjs'],
+    ] as const) {
+      handOut.push(port);
+      const outcome = await target.deploy(deployJob(runId, input, { command, healthTimeoutSeconds: 20 }), quietCtx());
+      expect(outcome.status, runId).toBe('unhealthy');
+      const message = (outcome as { message: string }).message;
+      expect(message).toContain(`/healthz answered 200 on port ${port}, but the socket listening there (127.0.0.1:${port}) belongs to pid ${stranger.pid} (node), not to this version's process group`);
+      expect(message).toContain('this version was not taken live and was stopped; the previous version keeps serving');
+      const record = await files.readVersionRecord(join(root, 'deployments', 'race', versionName(runId, 1)));
+      expect(record?.port).toBe(port);
+      expect(groupAlive(record!.pgid)).toBe(false);
+    }
+    // The stranger is nobody's to stop; the previous version still serves, and is still the one recorded.
+    expect(pidAlive(stranger.pid!)).toBe(true);
+    await expect(fetch((serving as { url: string }).url).then((r) => r.status)).resolves.toBe(200);
+    expect((await files.readCurrent('race'))?.runId).toBe('run-serving');
+  }, 60_000);
+
+  it.runIf(existsSync('/proc/net/tcp6'))('takes a version listening on the IPv6 wildcard for the one answering', async () => {
+    const { artifacts, input } = await appArtifact();
+    const command = `exec node -e "require('http').createServer((q, s) => s.end('ok')).listen(Number(process.env.PORT), '::')"`;
+    const outcome = await localTarget(artifacts).deploy(deployJob('run-dual-stack', input, { command }), quietCtx());
+    expect(outcome.status, JSON.stringify(outcome)).toBe('deployed');
+  }, 30_000);
+
+  it('leaves nothing running when its deployer is killed between starting a version and recording it; delivered again, the job runs one version', async () => {
+    const { artifacts, input } = await appArtifact();
+    const job = deployJob('run-killed', input, {});
+    const pidFile = join(root, 'started.pid');
+    // A deployer process of its own, killed (SIGKILL: nothing of it runs after) the moment it would
+    // write the record of the version it has just started.
+    const script = `
+      const { writeFileSync } = await import('node:fs');
+      const { FsArtifactStore } = await import('@conveyor/artifacts');
+      const { createLogger } = await import('@conveyor/service-kit');
+      const { DeploymentFiles } = await import('./src/adapters/deployment-files.ts');
+      const { LocalProcessTarget } = await import('./src/adapters/local-process-target.ts');
+      class KilledBeforeRecording extends DeploymentFiles {
+        async writeVersionRecord(dir, record) {
+          writeFileSync(process.env.PID_FILE, String(record.pid));
+          process.kill(process.pid, 'SIGKILL');
+          await new Promise(() => {});
+        }
+      }
+      const target = new LocalProcessTarget({ files: new KilledBeforeRecording(process.env.DEPLOY_DIR), artifacts: new FsArtifactStore(process.env.ARTIFACT_DIR), logger: createLogger('killed-deployer', 'silent'), stopGraceMs: 1000, keepVersions: 2 });
+      await target.deploy(JSON.parse(process.env.JOB), { log: () => {}, signal: new AbortController().signal, cancelled: async () => false, wentLive: async () => {} });
+    `;
+    const env = { ...process.env, PID_FILE: pidFile, DEPLOY_DIR: join(root, 'deployments'), ARTIFACT_DIR: artifacts.root, JOB: JSON.stringify(job) };
+    const killed = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: DEPLOYER_DIR, env, stdio: ['ignore', 'inherit', 'inherit'] });
+    const [, signal] = await once(killed, 'exit');
+    expect(signal).toBe('SIGKILL');
+    const first = Number(await readFile(pidFile, 'utf8'));
+    expect(first).toBeGreaterThan(1);
+    // Settled before the job comes again: what the killed deployer started has ended, or it serves on the
+    // PORT it was given (as an unrecorded command would, which nothing would ever stop).
+    const port = Number(/(?:^|\0)PORT=(\d+)\0/.exec(readFileSync(`/proc/${first}/environ`, 'latin1'))?.[1]);
+    await expect.poll(() => !groupAlive(first) || tcpListeners(port).length > 0, { timeout: 10_000, interval: 50 }).toBe(true);
+
+    // BullMQ delivers the job again, here to another deployer.
+    const again = await localTarget(artifacts).deploy(job, quietCtx());
+    expect(again.status).toBe('deployed');
+    await expect(fetch((again as { url: string }).url).then((r) => r.status)).resolves.toBe(200);
+    // What the killed deployer started is gone, and one version of the run runs: the one just recorded.
+    await expect.poll(() => groupAlive(first), { timeout: 5000, interval: 50 }).toBe(false);
+    const running = await processesWithEnv(`CONVEYOR_RUN_ID=${job.runId}`);
+    expect(running).toHaveLength(1);
+    expect(running[0]).toBe((await new DeploymentFiles(join(root, 'deployments')).readCurrent('race'))?.pid);
+  }, 60_000);
 });
 
 /** An artifact of APP, a server answering 200 on PORT. */
@@ -166,7 +255,7 @@ async function appArtifact(): Promise<{ artifacts: FsArtifactStore; input: Deplo
   return { artifacts, input: await artifacts.putFiles(artifactKey('run-app', 'Build', 1), src, ['server.mjs']) };
 }
 
-function localTarget(artifacts: FsArtifactStore, opts: { keepVersions?: number; users?: AppUsers } = {}): LocalProcessTarget {
+function localTarget(artifacts: FsArtifactStore, opts: { keepVersions?: number; users?: AppUsers; pickPort?: () => Promise<number> } = {}): LocalProcessTarget {
   return new LocalProcessTarget({
     files: new DeploymentFiles(join(root, 'deployments')),
     artifacts,
@@ -175,6 +264,7 @@ function localTarget(artifacts: FsArtifactStore, opts: { keepVersions?: number; 
     keepVersions: opts.keepVersions ?? 2,
     healthIntervalMs: 50,
     ...(opts.users ? { users: opts.users } : {}),
+    ...(opts.pickPort ? { pickPort: opts.pickPort } : {}),
   });
 }
 

@@ -8,14 +8,15 @@ import { freePort, PermanentJobError, type Logger } from '@conveyor/service-kit'
 import { ownUser, type AppUsers } from './app-users.js';
 import { childEnv } from '../domain/child-env.js';
 import { APP_DIR, HOME_DIR, isSameVersion, localUrl, OUTPUT_FILE, supersededBy, versionName, type DeploymentRecord } from '../domain/deployment-record.js';
-import { describeHealthFailure, waitHealthy } from '../domain/health-wait.js';
+import { describeHealthFailure, waitHealthy, type ProbeVerdict } from '../domain/health-wait.js';
 import { versionsToPrune } from '../domain/prune.js';
 import { tailLines } from '../domain/tail.js';
 import type { DeployContext, DeployOutcome, DeployTarget } from '../ports.js';
 import type { DeploymentFiles } from './deployment-files.js';
 import { probeHealth } from './http-health.js';
 import { withPipelineLock, type HeldLock } from './pipeline-lock.js';
-import { processStartTime } from '@conveyor/procfs';
+import { bootId, processStartTime } from '@conveyor/procfs';
+import { portOwner, strangerOnPort } from './port-owner.js';
 import { ownGroupAlive, stopGroup } from './process-group.js';
 
 type LocalTargetConfig = Extract<DeployJob['target'], { kind: 'local' }>;
@@ -33,7 +34,30 @@ export interface LocalProcessTargetOptions {
   users?: AppUsers;
   healthIntervalMs?: number;
   now?: () => Date;
+  /** The port a version is given as PORT (default: freePort, one nobody listens on now). */
+  pickPort?: () => Promise<number>;
+  /**
+   * Tests only: awaited once the version's command has been let run, before the health wait begins (a
+   * command that ends at once can be reaped meanwhile).
+   */
+  commandStarted?: (record: DeploymentRecord) => Promise<void>;
 }
+
+/**
+ * Run by bash in front of every deployed command: a gate that lets the command run only once the
+ * deployer has written the version's record. It waits for one line, `go`, on its stdin, a pipe only the
+ * deployer holds; the deployer writes it after the record is on disk. A deployer that dies before (killed
+ * between starting the version and recording it) closes the pipe by dying: the gate reads end-of-file and
+ * exits without running anything. So every command that ever ran has a record, which a re-delivery of
+ * its job (discardEarlierDelivery) or the sweep finds and stops. Then stdin becomes /dev/null, as it
+ * was, and the gate execs `bash -c <command>` (in the same process: pid, process group and start time
+ * stay what the record says), `$0` as before. Constant text; the command comes as $1.
+ */
+export const START_GATE = `IFS= read -r __cv_go
+[ "$__cv_go" = go ] || { echo "[conveyor] not started: the deployer went away before recording this version" >&2; exit 1; }
+unset __cv_go
+exec </dev/null
+exec -a "$0" "$BASH" -c "$1"`;
 
 interface Started {
   record: DeploymentRecord;
@@ -60,7 +84,7 @@ export class LocalProcessTarget implements DeployTarget {
   private async deployLocked(job: DeployJob, target: LocalTargetConfig, ctx: DeployContext, lock: HeldLock): Promise<DeployOutcome> {
     const { files } = this.opts;
     const current = await files.readCurrent(job.pipeline);
-    if (current && isSameVersion(current, job.runId, job.attempt) && ownGroupAlive(current.pgid, current.procStart)) {
+    if (current && isSameVersion(current, job.runId, job.attempt) && ownGroupAlive(current)) {
       return this.alreadyServing(job, target, current, ctx);
     }
     const version = versionName(job.runId, job.attempt);
@@ -76,7 +100,7 @@ export class LocalProcessTarget implements DeployTarget {
       return { status: 'superseded', url: own.url, by: { runId: newer.runId, url: newer.url } };
     }
     // What the messages of a version that does not go live say about what serves.
-    const kept = current && ownGroupAlive(current.pgid, current.procStart) ? 'the previous version keeps serving' : 'no earlier version of this pipeline is serving';
+    const kept = current && ownGroupAlive(current) ? 'the previous version keeps serving' : 'no earlier version of this pipeline is serving';
     await this.discardEarlierDelivery(job.pipeline, version, dir, ctx);
     try {
       return await this.deployVersion(job, target, ctx, lock, dir, kept);
@@ -105,9 +129,10 @@ export class LocalProcessTarget implements DeployTarget {
     const started = await this.start(job, target, dir, user, ctx);
     const { record } = started;
     ctx.log(`started \`${target.command}\` as pid ${record.pid} on port ${record.port}; waiting for ${target.healthPath}`);
+    await this.opts.commandStarted?.(record);
     const outcome = await waitHealthy(
       {
-        probe: (ms) => probeHealth(`${record.url}${target.healthPath}`, ms),
+        probe: (ms) => this.probeOwnAnswer(record, user?.uid, target.healthPath, ms),
         exited: started.exited,
         sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
         now: () => Date.now(),
@@ -127,7 +152,7 @@ export class LocalProcessTarget implements DeployTarget {
     }
     // A 200 from a command that has already exited came from someone else (a daemonised copy, or
     // another process on the port): a deployment is a process group Conveyor can see and stop.
-    if (!ownGroupAlive(record.pgid, record.procStart)) {
+    if (!ownGroupAlive(record)) {
       await this.stopVersion(record);
       return { status: 'unhealthy', message: `the command's process group ended after ${target.healthPath} answered; a deployed command must keep running in the foreground; ${kept}` };
     }
@@ -208,7 +233,7 @@ export class LocalProcessTarget implements DeployTarget {
           for (const v of await files.versions(pipeline)) {
             const rec = await files.readVersionRecord(join(files.pipelineDir(pipeline), v.name));
             if (!rec || (current && isSameVersion(current, rec.runId, rec.attempt))) continue;
-            if (ownGroupAlive(rec.pgid, rec.procStart)) {
+            if (ownGroupAlive(rec)) {
               const result = await this.stopVersion(rec);
               stopped++;
               logger.warn({ pipeline, runId: rec.runId, attempt: rec.attempt, pid: rec.pid, result }, 'stopped a version left running by a deploy that never finished');
@@ -234,12 +259,15 @@ export class LocalProcessTarget implements DeployTarget {
     }
   }
 
-  /** A previous delivery of this job may have started a process and died before recording it: stop it, start clean. */
+  /**
+   * A previous delivery of this job may have died with its version running: stop it, start clean. Its
+   * record is there: START_GATE runs no command before its record is written.
+   */
   private async discardEarlierDelivery(pipeline: string, version: string, dir: string, ctx: DeployContext): Promise<void> {
     const leftover = await this.opts.files.readVersionRecord(dir);
-    if (leftover && ownGroupAlive(leftover.pgid, leftover.procStart)) {
+    if (leftover && ownGroupAlive(leftover)) {
       ctx.log(`stopping pid ${leftover.pid} left by an earlier delivery of this job`);
-      await stopGroup(leftover.pgid, this.opts.stopGraceMs);
+      await stopGroup(leftover, this.opts.stopGraceMs);
     }
     // Whatever else of that delivery still runs as the version's user goes too, before root touches its files.
     if (!(await this.users.stopAll(pipeline, version))) throw new Error(`processes of an earlier delivery of ${pipeline}/${version} survived being killed; trying again later`);
@@ -248,15 +276,66 @@ export class LocalProcessTarget implements DeployTarget {
 
   /** Stops a version's process group, then anything else still running as its user (a daemon that left the group). */
   private async stopVersion(record: DeploymentRecord): Promise<Awaited<ReturnType<typeof stopGroup>>> {
-    const stopped = await stopGroup(record.pgid, this.opts.stopGraceMs);
+    const stopped = await stopGroup(record, this.opts.stopGraceMs);
     if (!(await this.users.stopAll(record.pipeline, versionName(record.runId, record.attempt)))) {
       this.opts.logger.warn({ pipeline: record.pipeline, runId: record.runId }, "processes of a stopped version's user survived being killed; its files and user id are kept until a later clean-up finds nothing of it running");
     }
     return stopped;
   }
 
+  /**
+   * One health probe whose 200 counts only if the version itself answered it. Who listens on the port is
+   * read from /proc (every socket listening where a connection to 127.0.0.1:<port> may land: on
+   * 127.0.0.1, 0.0.0.0, ::, or their IPv4-mapped forms) only after a 200, so a wait costs nothing more:
+   * - a socket there that no process of the version's group holds (nor, for a version with a user of its own,
+   *   any process of that user): another process has the port (it
+   *   took it between the pick and the version's bind, or the version listens elsewhere): refused, for
+   *   good (the version cannot get the port while that socket stays);
+   * - nothing there any more: this 200 does not count (the next one is checked again);
+   * - all the version's: one more probe, then /proc read again. The 200 counts when that probe answered
+   *   200 too and the same sockets, all the version's, listened just before and just after it: no other
+   *   process can have answered it.
+   * Off Linux (no /proc) a 200 counts as it is.
+   */
+  private async probeOwnAnswer(record: DeploymentRecord, ownUid: number | undefined, healthPath: string, ms: number): Promise<ProbeVerdict> {
+    const url = `${record.url}${healthPath}`;
+    if (!(await probeHealth(url, ms))) return false;
+    const before = this.whoListens(record, ownUid, healthPath);
+    if (typeof before !== 'string') return before;
+    if (!(await probeHealth(url, ms))) return false;
+    const after = this.whoListens(record, ownUid, healthPath);
+    if (typeof after !== 'string') return after;
+    return after === before;
+  }
+
+  /** The inodes of the sockets listening on the version's port when they are all its own; otherwise the probe's verdict. */
+  private whoListens(record: DeploymentRecord, ownUid: number | undefined, healthPath: string): string | ProbeVerdict {
+    let owner: ReturnType<typeof portOwner>;
+    try {
+      owner = portOwner(record.port, record, ownUid);
+    } catch (err) {
+      return { refused: `could not tell which process listens on port ${record.port} (${(err as Error).message}), so ${healthPath}'s 200 cannot be taken for this version's; it was stopped` };
+    }
+    switch (owner.kind) {
+      case 'version':
+        return owner.sockets;
+      case 'unknown':
+        return true;
+      case 'nobody':
+        return false;
+      case 'stranger':
+        this.opts.logger.warn({ pipeline: record.pipeline, runId: record.runId, port: record.port, strangerPid: owner.pid, strangerUid: owner.uid }, "another process answered on a deployed version's port");
+        return { refused: strangerOnPort(record.port, healthPath, owner) };
+    }
+  }
+
+  /**
+   * Starts the version's command behind START_GATE and records it: the command runs only once its
+   * record is on disk (see START_GATE), so a deployer killed at any moment of this leaves nothing running
+   * that a re-delivery of the job cannot find.
+   */
   private async start(job: DeployJob, target: LocalTargetConfig, dir: string, user: BuildUser | undefined, ctx: DeployContext): Promise<Started> {
-    const port = await freePort();
+    const port = await (this.opts.pickPort ?? freePort)();
     const host = this.opts.hostEnv ?? process.env;
     // A version with a user of its own gets a home of its own; the deployer's is not its to write.
     const env = childEnv({ host: user ? { ...host, HOME: join(dir, HOME_DIR) } : host, target: target.env, port, runId: job.runId, commit: job.commit });
@@ -264,25 +343,32 @@ export class LocalProcessTarget implements DeployTarget {
     const out = await open(join(dir, OUTPUT_FILE), 'a', 0o600);
     let child: ChildProcess;
     let spawnFailed: Promise<Error> | undefined;
+    let procStart: string | undefined;
     try {
-      // The command is the pipeline author's own text, run as written; run values reach it only through env.
+      // The command is the pipeline author's own text, run as written (by `bash -c`, behind the gate);
+      // run values reach it only through env. stdin: the gate's pipe.
       if (user) {
         // As its user: root's programs start with PATH alone and the environment reaches the app through
         // the loader (a target.env LD_PRELOAD must not run in setpriv, as root).
-        const started = spawnAsUser(asUserArgv(user, appDir, [checkBash(), '-c', target.command]), env, { rootCwd: dir, stdio: ['ignore', out.fd, out.fd] });
+        const bash = checkBash();
+        const started = spawnAsUser(asUserArgv(user, appDir, [bash, '-c', START_GATE, bash, target.command]), env, { rootCwd: dir, stdio: ['pipe', out.fd, out.fd] });
         child = started.child;
         if (started.unexportable.length) ctx.log(`not passed to the deployed command: ${started.unexportable.join(', ')} (${UNEXPORTABLE_WHY})`);
       } else {
-        child = spawn('bash', ['-c', target.command], { cwd: appDir, env, detached: true, stdio: ['ignore', out.fd, out.fd] });
+        child = spawn('bash', ['-c', START_GATE, 'bash', target.command], { cwd: appDir, env, detached: true, stdio: ['pipe', out.fd, out.fd] });
       }
       // Before any await: a spawn that fails says so on the next tick, and an event nobody listens for is lost.
       spawnFailed = child.pid === undefined ? new Promise<Error>((resolve) => child.once('error', resolve)) : undefined;
+      // Now too: the gate cannot have ended yet (it waits for us), nor been reaped.
+      if (child.pid !== undefined) procStart = processStartTime(child.pid);
     } finally {
       await out.close();
     }
     const pid = child.pid;
     if (pid === undefined) throw new Error(`could not start bash: ${(await spawnFailed!).message}`);
     child.on('error', (err) => this.opts.logger.warn({ err, pid }, 'deployed process error'));
+    const gate = child.stdin!;
+    gate.on('error', () => undefined); // EPIPE: the gate ended first (setpriv refused, say): its exit says so
     // Detached and unreferenced: deployed versions outlive the deployer.
     child.unref();
     const record: DeploymentRecord = {
@@ -295,9 +381,19 @@ export class LocalProcessTarget implements DeployTarget {
       url: localUrl(port),
       commit: job.commit,
       startedAt: (this.opts.now?.() ?? new Date()).toISOString(),
-      procStart: processStartTime(pid),
+      procStart,
+      bootId: bootId(),
     };
-    await this.opts.files.writeVersionRecord(dir, record);
+    try {
+      await this.opts.files.writeVersionRecord(dir, record);
+    } catch (err) {
+      // Unrecorded, it must not run: the gate, closed without its line, ends without running the command.
+      gate.destroy();
+      await stopGroup(record, this.opts.stopGraceMs);
+      throw err;
+    }
+    // Recorded: let it run.
+    gate.end('go\n');
     // Read from the child, not from its 'exit' event: a command that ends at once (a missing config) can be
     // reaped while this awaited something, before any listener was there, and then a health wait that
     // listened for the event would wait out its whole timeout.
@@ -306,7 +402,7 @@ export class LocalProcessTarget implements DeployTarget {
   }
 
   private async stopPrevious(previous: DeploymentRecord, ctx: DeployContext): Promise<void> {
-    if (!ownGroupAlive(previous.pgid, previous.procStart)) {
+    if (!ownGroupAlive(previous)) {
       // Its group is gone; a daemon it left running as its user is not.
       await this.users.stopAll(previous.pipeline, versionName(previous.runId, previous.attempt));
       return;
@@ -329,7 +425,7 @@ export class LocalProcessTarget implements DeployTarget {
     for (const v of versions) {
       const dir = join(files.pipelineDir(pipeline), v.name);
       const rec = await files.readVersionRecord(dir);
-      if (dir === keepDir || (rec && ownGroupAlive(rec.pgid, rec.procStart))) protect.add(v.name);
+      if (dir === keepDir || (rec && ownGroupAlive(rec))) protect.add(v.name);
     }
     for (const name of versionsToPrune(versions, this.opts.keepVersions, protect)) {
       // Nothing may run as the version's user while root removes what it owns (a later prune tries again).

@@ -1,4 +1,14 @@
-import { groupAlive, groupIsOurs } from '@conveyor/procfs';
+import { groupIsOurs } from '@conveyor/procfs';
+
+/**
+ * A version's process group as its record names it: the group's number (the leader's pid), the leader's
+ * kernel start time, and the boot it ran in.
+ */
+export interface RecordedGroup {
+  pgid: number;
+  procStart?: string | undefined;
+  bootId?: string | undefined;
+}
 
 function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   try {
@@ -9,30 +19,40 @@ function signalGroup(pgid: number, signal: NodeJS.Signals): void {
 }
 
 /**
- * Whether the group recorded as (`pgid`, leader start time `procStart`) is still the one we started.
- * Strict: on Linux a record without the leader's start time is not trusted (a recycled pid could be
- * anyone's).
+ * Whether the recorded group still runs, and is still the one we started. The rule (procfs'
+ * groupMembersOf), so that a reused pid is never taken for a version's group nor its group signalled:
+ * - a record of another boot names nothing;
+ * - a process at pid = pgid must be the recorded leader (same start time): any other one got the number
+ *   after the whole recorded group ended (Linux hands out no number still used as a process group);
+ * - with the leader gone (exited, other members still running), the group is the running processes
+ *   whose own pgid is the recorded one and that started no earlier than the leader (a member is started
+ *   from inside the group after it was made: never before its leader).
+ * Strict: on Linux a record without the leader's start time is not trusted (a recycled pid could be anyone's).
  */
-export function ownGroupAlive(pgid: number, procStart: string | undefined): boolean {
-  return groupIsOurs({ pid: pgid, startTime: procStart }, { strict: true });
+export function ownGroupAlive(group: RecordedGroup): boolean {
+  return groupIsOurs({ pid: group.pgid, startTime: group.procStart, bootId: group.bootId }, { strict: true });
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitGone(pgid: number, ms: number): Promise<boolean> {
+async function waitGone(group: RecordedGroup, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
-    if (!groupAlive(pgid)) return true;
+    if (!ownGroupAlive(group)) return true;
     await sleep(50);
   }
-  return !groupAlive(pgid);
+  return !ownGroupAlive(group);
 }
 
-/** SIGTERM to the whole group, SIGKILL after `graceMs`; resolves once the group is gone (or gives up after 5 s more). */
-export async function stopGroup(pgid: number, graceMs: number): Promise<'terminated' | 'killed' | 'not-running' | 'stuck'> {
-  if (!groupAlive(pgid)) return 'not-running';
-  signalGroup(pgid, 'SIGTERM');
-  if (await waitGone(pgid, graceMs)) return 'terminated';
-  signalGroup(pgid, 'SIGKILL');
-  return (await waitGone(pgid, 5000)) ? 'killed' : 'stuck';
+/**
+ * SIGTERM to the whole group, SIGKILL after `graceMs`; resolves once the group is gone (or gives up after
+ * 5 s more). Each signal goes only while ownGroupAlive holds: a group that ended, its number since
+ * given to someone else's, is never signalled (not even between the SIGTERM and the SIGKILL).
+ */
+export async function stopGroup(group: RecordedGroup, graceMs: number): Promise<'terminated' | 'killed' | 'not-running' | 'stuck'> {
+  if (!ownGroupAlive(group)) return 'not-running';
+  signalGroup(group.pgid, 'SIGTERM');
+  if (await waitGone(group, graceMs)) return 'terminated';
+  signalGroup(group.pgid, 'SIGKILL');
+  return (await waitGone(group, 5000)) ? 'killed' : 'stuck';
 }

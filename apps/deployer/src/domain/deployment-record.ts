@@ -20,6 +20,8 @@ export const DeploymentRecord = z.object({
   startedAt: IsoTime,
   /** Kernel start time of the group leader (Linux), so a recycled pid is never mistaken for ours. */
   procStart: z.string().optional(),
+  /** The boot it started in (Linux's boot id): after a reboot, pids and start times name other processes. */
+  bootId: z.string().optional(),
   /**
    * When the deployer recorded this version as the one serving (set in its own record, then in
    * current.json): a re-delivery of its job can then tell "went live, and a later version replaced it"

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { describeHealthFailure, waitHealthy, type HealthWaitDeps } from './health-wait.js';
+import { describeHealthFailure, waitHealthy, type HealthWaitDeps, type ProbeVerdict } from './health-wait.js';
 
-function fakeDeps(answers: boolean[], opts: { exitAfterProbes?: number; probeMs?: number } = {}) {
+function fakeDeps(answers: ProbeVerdict[], opts: { exitAfterProbes?: number; probeMs?: number } = {}) {
   let now = 0;
   let probes = 0;
   const deps: HealthWaitDeps = {
@@ -41,6 +41,12 @@ describe('waitHealthy', () => {
     expect(probes()).toBe(2);
   });
 
+  it('stops at a 200 the probe refuses for good, saying why, without waiting for the deadline', async () => {
+    const { deps, probes } = fakeDeps([false, { refused: 'port 4100 is held by pid 42, not by this version' }, true]);
+    expect(await waitHealthy(deps, opts)).toEqual({ kind: 'refused', reason: 'port 4100 is held by pid 42, not by this version' });
+    expect(probes()).toBe(2);
+  });
+
   it('stops when aborted', async () => {
     const ac = new AbortController();
     const { deps } = fakeDeps([]);
@@ -67,5 +73,6 @@ describe('describeHealthFailure', () => {
     expect(describeHealthFailure({ kind: 'exited', code: 3, signal: null }, 60, '/healthz')).toBe('deployed command exited with code 3 before /healthz answered 200');
     expect(describeHealthFailure({ kind: 'exited', code: null, signal: 'SIGKILL' }, 60, '/healthz')).toContain('killed by SIGKILL');
     expect(describeHealthFailure({ kind: 'timeout', afterMs: 60_000 }, 60, '/up')).toBe('/up did not answer 200 within 60s');
+    expect(describeHealthFailure({ kind: 'refused', reason: 'another process answers' }, 60, '/up')).toBe('another process answers');
   });
 });
