@@ -23,12 +23,14 @@ export interface StoppedDeployment {
  */
 export async function stopAllDeployments(deployDir: string, graceMs = 10_000, opts: { claimsDir?: string } = {}): Promise<StoppedDeployment[]> {
   const files = new DeploymentFiles(resolve(deployDir));
+  // A version is recorded twice (current.json and its own record): one stop per live group. Records are
+  // checked first: a stale one whose number a later version got must not stand for that version.
   const byGroup = new Map<number, DeploymentRecord>();
-  for (const rec of await files.allRecords()) byGroup.set(rec.pgid, rec);
+  for (const rec of await files.allRecords()) if (ownGroupAlive(rec)) byGroup.set(rec.pgid, rec);
   const stopped = await Promise.all(
     [...byGroup.values()].map(async (rec): Promise<StoppedDeployment | undefined> => {
-      if (!ownGroupAlive(rec)) return undefined;
       const result = await stopGroup(rec, graceMs);
+      if (result === 'not-running') return undefined;
       return { pipeline: rec.pipeline, runId: rec.runId, attempt: rec.attempt, pid: rec.pid, result };
     }),
   );

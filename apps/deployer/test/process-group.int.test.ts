@@ -14,12 +14,15 @@ afterEach(() => {
   }
 });
 
-/** A detached `bash -c script`: a process group of its own, recorded as the deployer records a version's. */
-function startGroup(script: string): RecordedGroup {
-  const child = spawn('bash', ['-c', script], { detached: true, stdio: 'ignore' });
+/**
+ * A detached `bash -c script`: a process group of its own, recorded as the deployer records a version's,
+ * started with `CONVEYOR_RUN_ID=<runId>` as every version is (childEnv).
+ */
+function startGroup(script: string, runId = 'run-process-group'): RecordedGroup {
+  const child = spawn('bash', ['-c', script], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH, CONVEYOR_RUN_ID: runId } });
   const pgid = child.pid!;
   leftOver.push(pgid);
-  return { pgid, procStart: processStartTime(pgid), bootId: bootId() };
+  return { pgid, procStart: processStartTime(pgid), bootId: bootId(), runId };
 }
 
 const until = async (check: () => boolean, ms = 5000) => {
@@ -78,18 +81,26 @@ describe('process groups', () => {
     expect(ownGroupAlive(group)).toBe(false);
   });
 
-  it("neither takes nor signals a group whose processes started before the recorded leader: another group, the record's number reused", async () => {
-    // A stranger's group, its leader gone, a member still running: what a record of an older version
-    // would meet once its whole group ended and the number went to a newer process that did the same.
-    const stranger = startGroup('sleep 60 & sleep 0.2; exit 0');
-    expect(await until(() => !pidAlive(stranger.pgid))).toBe(true);
+  it("neither takes nor signals a newer group given the record's number once its leader is gone: another run's processes", async () => {
+    // A stranger's group, its leader gone, a member still running: what the record of an older version
+    // meets once its whole group ended and the number went to a newer process that made a group of it
+    // and exited (a daemon's double fork). Every start time in it is later than the record's leader's.
+    const stranger = startGroup('sleep 60 & sleep 0.2; exit 0', 'run-stranger');
+    expect(await until(() => readProcStat(stranger.pgid) === undefined)).toBe(true); // reaped: no zombie holds the number
     const [member] = await membersOf(stranger.pgid);
     expect(member).toBeDefined();
-    // The record says its leader started after that member: the member cannot be one of its processes.
-    const record: RecordedGroup = { pgid: stranger.pgid, procStart: String(BigInt(processStartTime(member!)!) + 1n), bootId: bootId() };
+    // An older record (its leader started before this test process did) of another run.
+    const record: RecordedGroup = { pgid: stranger.pgid, procStart: processStartTime(process.pid)!, bootId: bootId(), runId: 'run-older' };
     expect(ownGroupAlive(record)).toBe(false);
     expect(await stopGroup(record, 300)).toBe('not-running');
     expect(pidAlive(member!)).toBe(true);
+    // Nor one with no run to tell its processes by.
+    const { runId: _, ...unmarked } = record;
+    expect(ownGroupAlive(unmarked)).toBe(false);
+    expect(await stopGroup(unmarked, 300)).toBe('not-running');
+    expect(pidAlive(member!)).toBe(true);
+    // The same record, of the run that started them, is theirs.
+    expect(ownGroupAlive({ ...record, runId: 'run-stranger' })).toBe(true);
   });
 
   it('neither takes nor signals a newer process found at pid = pgid, nor the group it leads', async () => {

@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { bootId, compareStartTimes, groupAlive, groupIsOurs, groupMembersOf, parseProcStat, pidAlive, processIsOurs, processStartTime, readProcStat } from './procfs.js';
+import { bootId, carriesMark, compareStartTimes, groupAlive, groupIsOurs, groupMembersOf, parseProcStat, pidAlive, processIsOurs, processStartTime, readProcStat } from './procfs.js';
 
 const children: ChildProcess[] = [];
 const killGroup = (pgid: number) => {
@@ -15,8 +15,9 @@ afterEach(() => {
 });
 
 /** A process group of its own: a leader shell and one sleeping child. */
-function group(script: string): number {
-  const child = spawn('bash', ['-c', script], { detached: true, stdio: 'ignore' });
+function group(script: string, mark = 'TEST_GROUP_MARK=1'): number {
+  const [name, value] = mark.split('=') as [string, string];
+  const child = spawn('bash', ['-c', script], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH, [name]: value } });
   children.push(child);
   return child.pid!;
 }
@@ -89,12 +90,13 @@ describe.runIf(process.platform === 'linux')('on Linux', () => {
     expect(await until(() => !processIsOurs(me) && !groupIsOurs(me))).toBe(true);
   });
 
-  it("finds the recorded group's members once its leader has gone, and only those that started no earlier than it", async () => {
+  it("finds the recorded group's members once its leader has gone: those that carry its mark and started no earlier than it", async () => {
     // The leader lives long enough to have its start time read, then exits; its sleep stays in the group.
-    const pgid = group('sleep 30 & sleep 0.3; exit 0');
+    const pgid = group('sleep 30 & sleep 0.3; exit 0', 'TEST_GROUP_MARK=ours');
     expect(await until(() => processStartTime(pgid) !== undefined)).toBe(true);
-    const leader = { pid: pgid, startTime: processStartTime(pgid), bootId: bootId() };
-    expect(await until(() => readProcStat(pgid) === undefined || readProcStat(pgid)?.state === 'Z')).toBe(true);
+    const leader = { pid: pgid, startTime: processStartTime(pgid), bootId: bootId(), mark: 'TEST_GROUP_MARK=ours' };
+    // Reaped (this process is its parent): a zombie leader still holds the number, so its group is the recorded one.
+    expect(await until(() => readProcStat(pgid) === undefined)).toBe(true);
     const members = groupMembersOf(leader, { strict: true });
     expect(members).toHaveLength(1);
     expect(readProcStat(members[0]!)?.pgrp).toBe(pgid);
@@ -104,6 +106,13 @@ describe.runIf(process.platform === 'linux')('on Linux', () => {
     const later = { ...leader, startTime: String(BigInt(processStartTime(members[0]!)!) + 1n) };
     expect(groupMembersOf(later)).toEqual([]);
     expect(groupIsOurs(later, { strict: true })).toBe(false);
+    // Its leader gone, a group is taken for the recorded one only by the mark its processes carry: another
+    // mark (a stranger's group given the number after the recorded one ended), or none, is not it.
+    expect(groupMembersOf({ ...leader, mark: 'TEST_GROUP_MARK=theirs' })).toEqual([]);
+    expect(groupIsOurs({ ...leader, mark: 'TEST_GROUP_MARK=theirs' }, { strict: true })).toBe(false);
+    const { mark: _, ...unmarked } = leader;
+    expect(groupMembersOf(unmarked)).toEqual([]);
+    expect(carriesMark(members[0]!, 'TEST_GROUP_MARK=ours')).toBe(true);
     // Another boot's record names nothing now.
     expect(groupMembersOf({ ...leader, bootId: '00000000-0000-0000-0000-000000000000' })).toEqual([]);
     killGroup(pgid);

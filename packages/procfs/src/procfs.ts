@@ -127,6 +127,21 @@ export interface ProcessIdentity {
   startTime?: string;
   /** `bootId()` then. */
   bootId?: string;
+  /**
+   * An environment entry (`NAME=value`) the process was started with and its descendants inherit: the
+   * proof that a member of its group is its own once the group's leader is gone (groupMembersOf, rule 3).
+   */
+  mark?: string;
+}
+
+/** Whether `pid` was started with the environment entry `mark` (its /proc environ; unreadable: no). */
+export function carriesMark(pid: number | string, mark: string | undefined): boolean {
+  if (mark === undefined) return false;
+  try {
+    return readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0').includes(mark);
+  } catch {
+    return false;
+  }
 }
 
 /** Whether the record was made in this boot (unknown counts as yes: nothing to compare). */
@@ -167,11 +182,16 @@ export function compareStartTimes(a: string, b: string): number {
  *    its start time too). Another start time means the number was handed to a newer process, and Linux
  *    hands out a number only once no process has it as its pid, process group or session: the recorded
  *    group has ended, all of it. Nothing is then ours, not even a group that newer process leads.
- * 3. The leader gone (reaped), or there and ours: the members are the running processes whose pgid is
- *    the recorded one AND whose start time is not earlier than the leader's. A member is the leader's
- *    descendant, or joined the group from inside the session the leader made (setsid, as every
- *    detached start does): it cannot have started before the leader. Membership is read from each
- *    process's own pgid, never from a pid merely existing.
+ * 3. The leader there and ours: the number cannot have been reused, so the members are the running
+ *    processes whose pgid is the recorded one (and none started before the leader: a member is the
+ *    leader's descendant, or joined the group from inside the session the leader made). Membership is
+ *    read from each process's own pgid, never from a pid merely existing.
+ * 4. The leader gone (reaped): a group with that number may be ours, its leader exited and a member
+ *    still running, or a stranger's, ours having ended and the number since given to a newer process
+ *    that made a group of it and exited in turn (a daemon's double fork does). Start times cannot tell
+ *    the two apart (the stranger's are later too), so a member counts only when it also carries the
+ *    record's `mark` in its environment; without a mark, nothing counts. (A member that replaced its
+ *    environment when it exec'd is then missed: callers that can, stop by user as well.)
  *
  * Without a recorded start time, only the pgid is checked (the members of whatever group has that
  * number), unless `strict`. Off Linux: the leader's pid when signal 0 reaches its group, else none.
@@ -182,10 +202,13 @@ export function groupMembersOf(id: ProcessIdentity, opts: { strict?: boolean } =
   if (!HAS_PROC) return signalReaches(-pgid) ? [pgid] : [];
   if (id.startTime === undefined && opts.strict) return [];
   const since = id.startTime;
+  let leaderGone = false;
   if (since !== undefined) {
     const leader = readProcStat(pgid);
     if (leader && leader.startTime !== since) return [];
+    leaderGone = leader === undefined;
   }
+  if (leaderGone && id.mark === undefined) return [];
   let pids: string[];
   try {
     pids = readdirSync('/proc');
@@ -196,13 +219,14 @@ export function groupMembersOf(id: ProcessIdentity, opts: { strict?: boolean } =
     if (!/^\d+$/.test(pid)) return [];
     const stat = readProcStat(pid);
     if (!running(stat) || stat.pgrp !== pgid) return [];
-    return since === undefined || compareStartTimes(stat.startTime, since) >= 0 ? [Number(pid)] : [];
+    if (since !== undefined && compareStartTimes(stat.startTime, since) < 0) return [];
+    return !leaderGone || carriesMark(pid, id.mark) ? [Number(pid)] : [];
   });
 }
 
 /**
  * The process group the recorded process leads (pgid = its pid) still runs: it has a member by the rule
- * of groupMembersOf (a leader that is the recorded process, or a member that started no earlier than it).
+ * of groupMembersOf (the recorded leader itself, or, the leader gone, a member carrying the record's mark).
  */
 export function groupIsOurs(id: ProcessIdentity, opts: { strict?: boolean } = {}): boolean {
   if (!identityHolds(id, opts.strict ?? false)) return false;

@@ -7,10 +7,9 @@ import { ControlFiles } from './control-files.js';
 import { replaceableBy } from './safe-files.js';
 import { matchesWithin, parseOnFailure, type OnFailurePolicy } from './on-failure.js';
 import { ShellProcess, type BuildUser, type ShellKind } from './shell-process.js';
-import { killMarked } from './orphans.js';
+import { BUILD_MARK, killMarked } from './orphans.js';
 
 /** Every process of a build inherits this variable with the build's own random value. */
-const BUILD_MARK = 'CONVEYOR_BUILD_MARK';
 
 export type BuildStatus = 'SUCCEEDED' | 'FAILED' | 'TIMED_OUT' | 'STOPPED';
 export type CommandBlock = 'commands' | 'finally';

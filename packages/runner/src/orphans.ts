@@ -17,11 +17,16 @@ export interface ShellRecord {
   ownerStartTime?: string;
   startTime?: string;
   bootId?: string;
+  /** `CONVEYOR_BUILD_MARK=<mark>`, which the shell and all it starts carry: the group's proof once its leader is gone. */
+  mark?: string;
 }
+
+/** The environment variable every process of a build carries (its value one per build session). */
+export const BUILD_MARK = 'CONVEYOR_BUILD_MARK';
 
 const RECORD = /^shell-\d+\.json$/;
 
-export async function writeShellRecord(controlDir: string, index: number, pid: number): Promise<string> {
+export async function writeShellRecord(controlDir: string, index: number, pid: number, mark?: string): Promise<string> {
   const record: ShellRecord = {
     pid,
     pgid: pid,
@@ -29,6 +34,7 @@ export async function writeShellRecord(controlDir: string, index: number, pid: n
     ownerStartTime: processStartTime(process.pid),
     startTime: processStartTime(pid),
     bootId: bootId(),
+    ...(mark === undefined ? {} : { mark: `${BUILD_MARK}=${mark}` }),
   };
   const path = join(controlDir, `shell-${index}.json`);
   await createFile(path, JSON.stringify(record));
@@ -47,9 +53,12 @@ function ownerAlive(r: ShellRecord): boolean {
   return processIsOurs({ pid: r.ownerPid, startTime: r.ownerStartTime, bootId: r.bootId });
 }
 
-/** The group is still the one we started: same boot, and its leader (if alive) is the same process. */
+/**
+ * The group is still the one we started: same boot, and its leader, if there, is the same process;
+ * with the leader gone, a member carrying the session's mark (procfs groupMembersOf).
+ */
 function groupStillOurs(r: ShellRecord): boolean {
-  return groupIsOurs({ pid: r.pgid, startTime: r.startTime, bootId: r.bootId });
+  return groupIsOurs({ pid: r.pgid, startTime: r.startTime, bootId: r.bootId, ...(typeof r.mark === 'string' ? { mark: r.mark } : {}) });
 }
 
 async function recordsIn(dir: string): Promise<string[]> {

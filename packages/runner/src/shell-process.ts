@@ -6,7 +6,7 @@ import type { Readable, Writable } from 'node:stream';
 import { groupAlive } from '@conveyor/procfs';
 import { inBuildNamespace } from './build-namespace.js';
 import { ownProcessLimits, TOOLS } from './host.js';
-import { writeShellRecord } from './orphans.js';
+import { BUILD_MARK, writeShellRecord } from './orphans.js';
 
 /**
  * setpriv by absolute path, and only a root-owned one nobody else may replace: spawn would look a bare
@@ -272,7 +272,7 @@ export class ShellProcess {
     });
     const shell = new ShellProcess(child, child.pid!);
     shell.wire(opts.onOutput);
-    shell.recordPath = await writeShellRecord(opts.controlDir, opts.index, shell.pid);
+    shell.recordPath = await writeShellRecord(opts.controlDir, opts.index, shell.pid, opts.env[BUILD_MARK]);
     return shell;
   }
 

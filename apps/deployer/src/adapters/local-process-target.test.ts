@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
@@ -194,6 +194,22 @@ describe('LocalProcessTarget', () => {
     expect((await files.readCurrent('race'))?.runId).toBe('run-serving');
   }, 60_000);
 
+  it("starts the command without the deployer's shell startup files: its ~/.bashrc can neither move it nor change its PORT", async () => {
+    const { artifacts, input } = await appArtifact();
+    // The gate's stdin is a socket, which a plain `bash -c` would take for an ssh session and source
+    // ~/.bashrc for; this one says so if sourced, and would send the version to another port and directory.
+    const home = join(root, 'home');
+    await mkdir(home);
+    await writeFile(join(home, '.bashrc'), `touch "${join(home, 'sourced')}"\nexport PORT=1 CONVEYOR_RUN_ID=forged\ncd /\n`);
+    const target = localTarget(artifacts, { hostEnv: { PATH: process.env.PATH, HOME: home } });
+    const outcome = await target.deploy(deployJob('run-bashrc', input, { command: 'echo "cwd=$PWD port=$PORT run=$CONVEYOR_RUN_ID" > seen.txt; exec node server.mjs' }), quietCtx());
+    expect(outcome.status, JSON.stringify(outcome)).toBe('deployed');
+    expect(existsSync(join(home, 'sourced'))).toBe(false);
+    const app = join(root, 'deployments', 'race', versionName('run-bashrc', 1), 'app');
+    const port = new URL((outcome as { url: string }).url).port;
+    expect((await readFile(join(app, 'seen.txt'), 'utf8')).trim()).toBe(`cwd=${app} port=${port} run=run-bashrc`);
+  }, 30_000);
+
   it.runIf(existsSync('/proc/net/tcp6'))('takes a version listening on the IPv6 wildcard for the one answering', async () => {
     const { artifacts, input } = await appArtifact();
     const command = `exec node -e "require('http').createServer((q, s) => s.end('ok')).listen(Number(process.env.PORT), '::')"`;
@@ -215,7 +231,7 @@ describe('LocalProcessTarget', () => {
       const { LocalProcessTarget } = await import('./src/adapters/local-process-target.ts');
       class KilledBeforeRecording extends DeploymentFiles {
         async writeVersionRecord(dir, record) {
-          writeFileSync(process.env.PID_FILE, String(record.pid));
+          writeFileSync(process.env.PID_FILE, record.pid + ' ' + record.port);
           process.kill(process.pid, 'SIGKILL');
           await new Promise(() => {});
         }
@@ -227,11 +243,10 @@ describe('LocalProcessTarget', () => {
     const killed = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: DEPLOYER_DIR, env, stdio: ['ignore', 'inherit', 'inherit'] });
     const [, signal] = await once(killed, 'exit');
     expect(signal).toBe('SIGKILL');
-    const first = Number(await readFile(pidFile, 'utf8'));
+    const [first, port] = (await readFile(pidFile, 'utf8')).split(' ').map(Number) as [number, number];
     expect(first).toBeGreaterThan(1);
     // Settled before the job comes again: what the killed deployer started has ended, or it serves on the
     // PORT it was given (as an unrecorded command would, which nothing would ever stop).
-    const port = Number(/(?:^|\0)PORT=(\d+)\0/.exec(readFileSync(`/proc/${first}/environ`, 'latin1'))?.[1]);
     await expect.poll(() => !groupAlive(first) || tcpListeners(port).length > 0, { timeout: 10_000, interval: 50 }).toBe(true);
 
     // BullMQ delivers the job again, here to another deployer.
@@ -255,7 +270,7 @@ async function appArtifact(): Promise<{ artifacts: FsArtifactStore; input: Deplo
   return { artifacts, input: await artifacts.putFiles(artifactKey('run-app', 'Build', 1), src, ['server.mjs']) };
 }
 
-function localTarget(artifacts: FsArtifactStore, opts: { keepVersions?: number; users?: AppUsers; pickPort?: () => Promise<number> } = {}): LocalProcessTarget {
+function localTarget(artifacts: FsArtifactStore, opts: { keepVersions?: number; users?: AppUsers; pickPort?: () => Promise<number>; hostEnv?: Record<string, string | undefined> } = {}): LocalProcessTarget {
   return new LocalProcessTarget({
     files: new DeploymentFiles(join(root, 'deployments')),
     artifacts,
@@ -265,6 +280,7 @@ function localTarget(artifacts: FsArtifactStore, opts: { keepVersions?: number; 
     healthIntervalMs: 50,
     ...(opts.users ? { users: opts.users } : {}),
     ...(opts.pickPort ? { pickPort: opts.pickPort } : {}),
+    ...(opts.hostEnv ? { hostEnv: opts.hostEnv } : {}),
   });
 }
 

@@ -52,12 +52,22 @@ export interface LocalProcessTargetOptions {
  * its job (discardEarlierDelivery) or the sweep finds and stops. Then stdin becomes /dev/null, as it
  * was, and the gate execs `bash -c <command>` (in the same process: pid, process group and start time
  * stay what the record says), `$0` as before. Constant text; the command comes as $1.
+ *
+ * The gate's bash runs with GATE_FLAGS: stdin is a socket (Node's pipes are socketpairs), which a plain
+ * `bash -c` takes for an ssh session and so sources /etc/bash.bashrc and ~/.bashrc (which could move the
+ * working directory, change PORT, start things before the record exists, or read the `go` line), and
+ * BASH_ENV would run twice. --norc and --noprofile skip the startup files, --posix skips BASH_ENV; the
+ * command's own `bash -c` starts as it always did (stdin /dev/null, not in posix mode: POSIXLY_CORRECT is
+ * not exported). No exported function can stand in for the gate's builtins: variable names in a
+ * target's env are plain identifiers, and the host passes on only PATH, HOME and LANG (childEnv).
  */
 export const START_GATE = `IFS= read -r __cv_go
 [ "$__cv_go" = go ] || { echo "[conveyor] not started: the deployer went away before recording this version" >&2; exit 1; }
 unset __cv_go
 exec </dev/null
 exec -a "$0" "$BASH" -c "$1"`;
+
+const GATE_FLAGS = ['--norc', '--noprofile', '--posix'] as const;
 
 interface Started {
   record: DeploymentRecord;
@@ -130,9 +140,10 @@ export class LocalProcessTarget implements DeployTarget {
     const { record } = started;
     ctx.log(`started \`${target.command}\` as pid ${record.pid} on port ${record.port}; waiting for ${target.healthPath}`);
     await this.opts.commandStarted?.(record);
+    const seen = { unowned: 0 };
     const outcome = await waitHealthy(
       {
-        probe: (ms) => this.probeOwnAnswer(record, user?.uid, target.healthPath, ms),
+        probe: (ms) => this.probeOwnAnswer(record, user?.uid, target.healthPath, ms, seen),
         exited: started.exited,
         sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
         now: () => Date.now(),
@@ -146,7 +157,10 @@ export class LocalProcessTarget implements DeployTarget {
       const stopped = await this.stopVersion(record);
       logger.warn({ pipeline: job.pipeline, pid: record.pid, outcome: outcome.kind, stopped }, 'deployed version never became healthy');
       if (outcome.kind === 'aborted') throw ctx.signal.reason instanceof Error ? ctx.signal.reason : new Error('deploy aborted');
-      const why = describeHealthFailure(outcome, target.healthTimeoutSeconds, target.healthPath);
+      let why = describeHealthFailure(outcome, target.healthTimeoutSeconds, target.healthPath);
+      if (outcome.kind === 'timeout' && seen.unowned > 0) {
+        why += ` (it answered 200 ${seen.unowned} time(s), but no socket was listening on 127.0.0.1:${record.port} for it: the version must listen on PORT itself; a port a container publishes or a firewall rule forwards is not taken for the version's)`;
+      }
       const last = tailLines(output);
       return { status: 'unhealthy', message: `${why}; ${kept}. Last output:\n${last || '(none)'}` };
     }
@@ -297,24 +311,29 @@ export class LocalProcessTarget implements DeployTarget {
    *   process can have answered it.
    * Off Linux (no /proc) a 200 counts as it is.
    */
-  private async probeOwnAnswer(record: DeploymentRecord, ownUid: number | undefined, healthPath: string, ms: number): Promise<ProbeVerdict> {
+  private async probeOwnAnswer(record: DeploymentRecord, ownUid: number | undefined, healthPath: string, ms: number, seen: { unowned: number }): Promise<ProbeVerdict> {
     const url = `${record.url}${healthPath}`;
     if (!(await probeHealth(url, ms))) return false;
-    const before = this.whoListens(record, ownUid, healthPath);
+    const before = this.whoListens(record, ownUid, healthPath, seen);
     if (typeof before !== 'string') return before;
     if (!(await probeHealth(url, ms))) return false;
-    const after = this.whoListens(record, ownUid, healthPath);
+    const after = this.whoListens(record, ownUid, healthPath, seen);
     if (typeof after !== 'string') return after;
     return after === before;
   }
 
-  /** The inodes of the sockets listening on the version's port when they are all its own; otherwise the probe's verdict. */
-  private whoListens(record: DeploymentRecord, ownUid: number | undefined, healthPath: string): string | ProbeVerdict {
+  /**
+   * The inodes of the sockets listening on the version's port when they are all its own; otherwise the
+   * probe's verdict. `seen.unowned` counts the 200s for which nothing listened there.
+   */
+  private whoListens(record: DeploymentRecord, ownUid: number | undefined, healthPath: string, seen: { unowned: number }): string | ProbeVerdict {
     let owner: ReturnType<typeof portOwner>;
     try {
       owner = portOwner(record.port, record, ownUid);
     } catch (err) {
-      return { refused: `could not tell which process listens on port ${record.port} (${(err as Error).message}), so ${healthPath}'s 200 cannot be taken for this version's; it was stopped` };
+      // /proc/net/tcp unreadable for a moment (EMFILE, say): this 200 does not count, the next is checked again.
+      this.opts.logger.warn({ err, pipeline: record.pipeline, port: record.port }, "could not read who listens on a deployed version's port");
+      return false;
     }
     switch (owner.kind) {
       case 'version':
@@ -322,6 +341,7 @@ export class LocalProcessTarget implements DeployTarget {
       case 'unknown':
         return true;
       case 'nobody':
+        seen.unowned += 1;
         return false;
       case 'stranger':
         this.opts.logger.warn({ pipeline: record.pipeline, runId: record.runId, port: record.port, strangerPid: owner.pid, strangerUid: owner.uid }, "another process answered on a deployed version's port");
@@ -351,11 +371,11 @@ export class LocalProcessTarget implements DeployTarget {
         // As its user: root's programs start with PATH alone and the environment reaches the app through
         // the loader (a target.env LD_PRELOAD must not run in setpriv, as root).
         const bash = checkBash();
-        const started = spawnAsUser(asUserArgv(user, appDir, [bash, '-c', START_GATE, bash, target.command]), env, { rootCwd: dir, stdio: ['pipe', out.fd, out.fd] });
+        const started = spawnAsUser(asUserArgv(user, appDir, [bash, ...GATE_FLAGS, '-c', START_GATE, bash, target.command]), env, { rootCwd: dir, stdio: ['pipe', out.fd, out.fd] });
         child = started.child;
         if (started.unexportable.length) ctx.log(`not passed to the deployed command: ${started.unexportable.join(', ')} (${UNEXPORTABLE_WHY})`);
       } else {
-        child = spawn('bash', ['-c', START_GATE, 'bash', target.command], { cwd: appDir, env, detached: true, stdio: ['pipe', out.fd, out.fd] });
+        child = spawn('bash', [...GATE_FLAGS, '-c', START_GATE, 'bash', target.command], { cwd: appDir, env, detached: true, stdio: ['pipe', out.fd, out.fd] });
       }
       // Before any await: a spawn that fails says so on the next tick, and an event nobody listens for is lost.
       spawnFailed = child.pid === undefined ? new Promise<Error>((resolve) => child.once('error', resolve)) : undefined;

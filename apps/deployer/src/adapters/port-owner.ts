@@ -1,5 +1,5 @@
 import { groupMembersOf, processesHoldingSocket, processName, procNetAvailable, socketInodesOf, tcpListeners } from '@conveyor/procfs';
-import type { RecordedGroup } from './process-group.js';
+import { groupIdentity, type RecordedGroup } from './process-group.js';
 
 /**
  * The local addresses of a listening socket that may take a connection to 127.0.0.1 (a version's URL,
@@ -31,7 +31,7 @@ export function portOwner(port: number, group: RecordedGroup, ownUid?: number): 
   const listeners = tcpListeners(port).filter((l) => TAKES_LOOPBACK.has(l.address));
   if (listeners.length === 0) return { kind: 'nobody' };
   const held = new Set<string>();
-  for (const pid of groupMembersOf({ pid: group.pgid, startTime: group.procStart, bootId: group.bootId }, { strict: true })) {
+  for (const pid of groupMembersOf(groupIdentity(group), { strict: true })) {
     for (const inode of socketInodesOf(pid) ?? []) held.add(inode);
   }
   const foreign = listeners.find((l) => !held.has(l.inode) && l.uid !== ownUid);

@@ -1,13 +1,25 @@
-import { groupIsOurs } from '@conveyor/procfs';
+import { groupIsOurs, type ProcessIdentity } from '@conveyor/procfs';
 
 /**
  * A version's process group as its record names it: the group's number (the leader's pid), the leader's
- * kernel start time, and the boot it ran in.
+ * kernel start time, the boot it ran in, and its run (every process of a version is started with
+ * `CONVEYOR_RUN_ID=<runId>` in its environment: childEnv).
  */
 export interface RecordedGroup {
   pgid: number;
   procStart?: string | undefined;
   bootId?: string | undefined;
+  runId?: string | undefined;
+}
+
+/** The group as procfs identifies it; the run id is the mark its processes carry. */
+export function groupIdentity(group: RecordedGroup): ProcessIdentity {
+  return {
+    pid: group.pgid,
+    ...(group.procStart === undefined ? {} : { startTime: group.procStart }),
+    ...(group.bootId === undefined ? {} : { bootId: group.bootId }),
+    ...(group.runId === undefined ? {} : { mark: `CONVEYOR_RUN_ID=${group.runId}` }),
+  };
 }
 
 function signalGroup(pgid: number, signal: NodeJS.Signals): void {
@@ -25,12 +37,13 @@ function signalGroup(pgid: number, signal: NodeJS.Signals): void {
  * - a process at pid = pgid must be the recorded leader (same start time): any other one got the number
  *   after the whole recorded group ended (Linux hands out no number still used as a process group);
  * - with the leader gone (exited, other members still running), the group is the running processes
- *   whose own pgid is the recorded one and that started no earlier than the leader (a member is started
- *   from inside the group after it was made: never before its leader).
+ *   whose own pgid is the recorded one, that started no earlier than the leader, and that carry the
+ *   version's `CONVEYOR_RUN_ID`: a stranger's group given the number after ours ended has later start
+ *   times too, but not our run's mark.
  * Strict: on Linux a record without the leader's start time is not trusted (a recycled pid could be anyone's).
  */
 export function ownGroupAlive(group: RecordedGroup): boolean {
-  return groupIsOurs({ pid: group.pgid, startTime: group.procStart, bootId: group.bootId }, { strict: true });
+  return groupIsOurs(groupIdentity(group), { strict: true });
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

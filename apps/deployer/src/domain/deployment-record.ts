@@ -19,7 +19,7 @@ export const DeploymentRecord = z.object({
   commit: z.string(),
   startedAt: IsoTime,
   /** Kernel start time of the group leader (Linux), so a recycled pid is never mistaken for ours. */
-  procStart: z.string().optional(),
+  procStart: z.string().regex(/^\d{1,20}$/).optional(),
   /** The boot it started in (Linux's boot id): after a reboot, pids and start times name other processes. */
   bootId: z.string().optional(),
   /**
