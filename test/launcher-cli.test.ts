@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -68,13 +68,16 @@ describe('pnpm start', () => {
     }
   });
 
-  it('serve: starts a service that dies again, and a closed terminal (SIGHUP) stops everything', async () => {
+  it('serve: makes a new home traversable, refuses a second launcher on it, starts a service that dies again, and a closed terminal (SIGHUP) stops everything', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'cv-cli-serve-'));
+    // A home that does not exist yet: made 0755 (builds and versions, as users of their own, reach their
+    // directories through it), its logs and temporary files 0700.
+    const home = join(dir, 'home');
     const base = await freePortRange(5);
     const redis = await testRedis();
     const child = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', 'serve'], {
       cwd: ROOT,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cliserve${Date.now()}`, CONVEYOR_HOME: dir, CONVEYOR_PORT_BASE: String(base), WORKER_CONCURRENCY: '3', DEPLOY_UID_CLAIMS_DIR: join(dir, 'uid-claims') },
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cliserve${Date.now()}`, CONVEYOR_HOME: home, CONVEYOR_PORT_BASE: String(base), WORKER_CONCURRENCY: '3', DEPLOY_UID_CLAIMS_DIR: join(dir, 'uid-claims') },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -83,6 +86,12 @@ describe('pnpm start', () => {
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
     try {
       await expect.poll(() => out, { timeout: 60_000, interval: 200 }).toContain('Ready.');
+      expect((await stat(home)).mode & 0o777).toBe(0o755);
+      for (const sub of ['logs', 'tmp']) expect((await stat(join(home, sub))).mode & 0o777).toBe(0o700);
+      // Another launcher on the same home (other ports) would share its deployments, queues and data.
+      const second = await runCli(['serve'], { CONVEYOR_HOME: home, CONVEYOR_PORT_BASE: String(await freePortRange(5)), REDIS_URL: redis.url });
+      expect(second.code).toBe(1);
+      expect(second.out).toContain(`another Conveyor launcher (pid ${child.pid}) uses ${home}`);
       const deployer = await childOf(child.pid!, 'apps/deployer/src/main.ts');
       // A documented setting given to the launcher reaches the services.
       expect((await readFile(`/proc/${deployer}/environ`, 'latin1')).split('\0')).toContain('WORKER_CONCURRENCY=3');
@@ -100,7 +109,62 @@ describe('pnpm start', () => {
       await rm(dir, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it('Ctrl-C while the services start stops those already started; a launcher killed outright leaves no service running', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cv-cli-int-'));
+    const redis = await testRedis();
+    const env = { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL: redis.url, QUEUE_PREFIX: `cliint${Date.now()}`, CONVEYOR_HOME: dir, DEPLOY_UID_CLAIMS_DIR: join(dir, 'uid-claims') };
+    const start = async () => {
+      const child = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', 'serve'], { cwd: ROOT, env: { ...env, CONVEYOR_PORT_BASE: String(await freePortRange(5)) }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout!.on('data', (d) => (out += d));
+      child.stderr!.on('data', (d) => (out += d));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+      return { child, out: () => out, exited };
+    };
+    const services = (launcher: number) => servicesOf(launcher);
+    try {
+      const first = await start();
+      // Interrupted once the services are running, before they are all ready.
+      await expect.poll(async () => (await services(first.child.pid!)).length, { timeout: 30_000, interval: 50 }).toBe(5);
+      const started = await services(first.child.pid!);
+      expect(first.out()).not.toContain('Ready.');
+      first.child.kill('SIGINT');
+      expect(await first.exited).toBe(130);
+      expect(first.out()).toContain('interrupted while starting');
+      for (const pid of started) expect(await running(pid), `service ${pid}`).toBe(false);
+
+      const second = await start();
+      await expect.poll(second.out, { timeout: 60_000, interval: 200 }).toContain('Ready.');
+      const orphans = await services(second.child.pid!);
+      expect(orphans).toHaveLength(5);
+      second.child.kill('SIGKILL');
+      // Their stdin, the launcher's pipe, closed: each stops as on SIGTERM.
+      await expect.poll(async () => (await Promise.all(orphans.map(running))).filter(Boolean).length, { timeout: 60_000, interval: 200 }).toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 180_000);
 });
+
+/** Whether `pid` runs (a zombie does not). */
+async function running(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return stat !== '' && stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+}
+
+/** The pids of `launcher`'s service processes (children running apps/<service>/src/main.ts). */
+async function servicesOf(launcher: number): Promise<number[]> {
+  const pids: number[] = [];
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (ppid !== launcher) continue;
+    if (/apps\/[a-z-]+\/src\/main\.ts/.test(await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => ''))) pids.push(Number(name));
+  }
+  return pids;
+}
 
 async function runCli(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
   const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'packages/launcher/src/cli.ts', ...args], {

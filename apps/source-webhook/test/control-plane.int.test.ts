@@ -149,6 +149,10 @@ stages:
     const text = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'application/xml' }, payload: '<name/>' });
     expect(text.statusCode).toBe(415);
     expect(text.json()).toMatchObject({ status: 415, title: 'Unsupported Media Type', detail: expect.stringContaining('send application/json or application/yaml'), errors: [{ path: 'headers.content-type', message: 'not a type this route takes' }] });
+    // Plain text too (fastify takes it by default): a definition sent as text is the wrong type, not a malformed body.
+    const plain = await service.app.inject({ method: 'POST', url: '/api/v1/pipelines', headers: { ...auth, 'content-type': 'text/plain' }, payload: yaml });
+    expect(plain.statusCode).toBe(415);
+    expect(plain.json().errors).toEqual([{ path: 'headers.content-type', message: 'not a type this route takes' }]);
     // A path that exists with other methods: 405 naming them.
     const wrongMethod = await service.app.inject({ method: 'PUT', url: '/api/v1/pipelines/hello', headers: auth, payload: {} });
     expect(wrongMethod.statusCode).toBe(405);

@@ -1,5 +1,5 @@
 import { execFile, spawn } from 'node:child_process';
-import { link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
+import { chown, link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -94,6 +94,20 @@ describe('FsArtifactStore', () => {
     expect(ref).toMatchObject({ key: 'runs/run-1/Build-1.tar', sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
     await store.extractTo(ref, join(dir, 'out'));
     expect(await readFile(join(dir, 'out', 'sub', 'b.txt'), 'utf8')).toBe('B');
+  });
+
+  it.runIf(process.getuid?.() === 0)("as root, gives what it stores to the store's owner when that is another user (Compose: source-webhook reads what build stored)", async () => {
+    const owned = join(dir, 'owned');
+    await mkdir(owned);
+    await chown(owned, 65534, 65534);
+    const shared = new FsArtifactStore(owned);
+    const ref = await shared.putFiles(artifactKey('run-shared', 'Build', 1), join(dir, 'src'), ['a.txt']);
+    for (const path of [join(owned, 'runs'), join(owned, 'runs', 'run-shared'), join(owned, ref.key)]) {
+      expect((await lstat(path)).uid, path).toBe(65534);
+    }
+    // A store root's own keeps its files (the launcher's: one user for every service).
+    const mine = await store.putFiles(artifactKey('run-mine', 'Build', 1), join(dir, 'src'), ['a.txt']);
+    expect((await lstat(join(dir, 'store', mine.key))).uid).toBe(0);
   });
 
   it('packs a file whose name starts with @ as a file (node-tar would read it as an archive to include)', async () => {

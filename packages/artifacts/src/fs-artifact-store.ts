@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, link, lstat, mkdir, open, rm, stat, symlink } from 'node:fs/promises';
+import { chmod, lchown, link, lstat, mkdir, open, rm, stat, symlink } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { constants } from 'node:fs';
 import { pipeline as connect, Readable, Transform } from 'node:stream';
@@ -147,8 +147,27 @@ export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore, Re
     } finally {
       await rm(tmp, { force: true });
     }
+    await this.giveToStoreOwner(final);
     const [sha256, info] = await Promise.all([sha256File(final), stat(final)]);
     return { key, sha256, bytes: info.size };
+  }
+
+  /**
+   * A root service writing into a store another user owns (Docker Compose: the volume is the image's
+   * `node` user's, and source-webhook runs as `node` while build and test-runner run as root) hands the
+   * file, and the directories on its way, to that owner: else the services running as the owner could
+   * not read what root stored (a 0600 file of root's). lchown: nothing here follows a link.
+   */
+  private async giveToStoreOwner(file: string): Promise<void> {
+    if (process.getuid?.() !== 0) return;
+    const owner = await stat(this.root);
+    if (owner.uid === 0) return;
+    const parts = relative(this.root, file).split(sep);
+    for (let i = 1; i <= parts.length; i++) {
+      const path = join(this.root, ...parts.slice(0, i));
+      const info = await lstat(path);
+      if (info.uid === 0) await lchown(path, owner.uid, owner.gid);
+    }
   }
 
   private async tmpFor(key: string): Promise<string> {

@@ -31,7 +31,7 @@ export class ConveyorClient {
 
   async getRun(runId: string) {
     const res = await this.request('GET', `/api/v1/runs/${runId}`);
-    if (res.status !== 200) throw new Error(`GET run ${runId}: ${res.status} ${res.text}`);
+    if (res.status !== 200) throw Object.assign(new Error(`GET run ${runId}: ${res.status} ${res.text}`), { status: res.status });
     return res.json;
   }
 

@@ -28,22 +28,47 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   print(`Conveyor: starting services (data in ${home})`);
-  let stack: Stack;
-  try {
-    stack = await startStack({ home, portBase });
-  } catch (err) {
-    print(`✖ ${(err as Error).message}`);
-    return 1;
-  }
+  // Signals are taken from here on, before the services start (a minute, at worst): Ctrl-C, a kill and a
+  // closed terminal (SIGHUP) stop what was started, which runs in process groups of its own and so hears
+  // none of them. A second one while stopping kills everything at once.
+  const starting = new AbortController();
+  let stack: Stack | undefined;
   let stopping: Promise<void> | undefined;
-  const stop = () => (stopping ??= stack.stop().then(() => void print('Conveyor: stopped.')));
+  const stop = () => (stopping ??= (stack?.stop() ?? Promise.resolve()).then(() => void print('Conveyor: stopped.')));
   const stopAndExit = (code: number) => void stop().then(() => process.exit(code));
-  // Ctrl-C, a kill, and a closed terminal (SIGHUP) all stop what was started: the services run in
-  // process groups of their own, so nothing else would.
-  process.once('SIGINT', () => stopAndExit(130));
-  process.once('SIGTERM', () => stopAndExit(143));
-  process.once('SIGHUP', () => stopAndExit(129));
-  superviseServices(stack, {
+  let signals = 0;
+  const onSignal = (code: number) => {
+    signals += 1;
+    if (signals === 1) {
+      if (!stack) {
+        print('Conveyor: stopping what has started… (press Ctrl-C again to kill it at once)');
+        starting.abort(new Error('interrupted while starting'));
+        return;
+      }
+      print('Conveyor: stopping… (press Ctrl-C again to kill everything at once)');
+      return stopAndExit(code);
+    }
+    print('Conveyor: killing everything now');
+    void (stack?.kill() ?? Promise.resolve()).finally(() => process.exit(code));
+  };
+  process.on('SIGINT', () => onSignal(130));
+  process.on('SIGTERM', () => onSignal(143));
+  process.on('SIGHUP', () => onSignal(129));
+  // A fault of the launcher's own stops what it started, too, instead of leaving it running unwatched.
+  const crashed = (err: unknown) => {
+    print(`✖ ${err instanceof Error ? err.stack : String(err)}`);
+    stopAndExit(1);
+  };
+  process.on('uncaughtException', crashed);
+  process.on('unhandledRejection', crashed);
+  try {
+    stack = await startStack({ home, portBase, signal: starting.signal });
+  } catch (err) {
+    print(`✖ ${starting.signal.aborted ? 'interrupted while starting; what had started was stopped' : (err as Error).message}`);
+    return starting.signal.aborted ? 130 : 1;
+  }
+  const started = stack;
+  superviseServices(started, {
     home,
     stopping: () => stopping !== undefined,
     giveUp: (why) => {
@@ -52,10 +77,16 @@ async function main(argv: string[]): Promise<number> {
     },
     say: print,
   });
+  // The private Redis is not started again (the services would have lost what it held in its last second): its end ends the launcher.
+  started.redis.process?.once('exit', (code, signal) => {
+    if (stopping) return;
+    print(`✖ the private redis-server ${signal ? `was killed by ${signal}` : `exited with code ${code}`} (see ${join(home, 'redis', 'redis.log')}); stopping everything`);
+    stopAndExit(1);
+  });
 
-  print(`  Redis:          ${redactUrl(stack.redis.url)} (${stack.redis.origin})`);
-  for (const [name, url] of Object.entries(stack.urls)) print(`  ${name.padEnd(15)} ${url}`);
-  print(`  API token:      ${stack.apiTokenSource === 'CONVEYOR_API_TOKEN' ? 'the value of CONVEYOR_API_TOKEN' : `in ${stack.apiTokenSource}`}`);
+  print(`  Redis:          ${redactUrl(started.redis.url)} (${started.redis.origin})`);
+  for (const [name, url] of Object.entries(started.urls)) print(`  ${name.padEnd(15)} ${url}`);
+  print(`  API token:      ${started.apiTokenSource === 'CONVEYOR_API_TOKEN' ? 'the value of CONVEYOR_API_TOKEN' : `in ${started.apiTokenSource}`}`);
   // The services are the launcher's children, but a restart could leave a moment with none: stay up.
   setInterval(() => undefined, 1 << 30);
   if (command === 'serve') {
@@ -63,24 +94,31 @@ async function main(argv: string[]): Promise<number> {
     return new Promise(() => undefined);
   }
 
-  const client = new ConveyorClient(stack.urls['source-webhook'], stack.apiToken);
-  const repo = await prepareExampleRepo(home);
-  const { yaml, secret } = await examplePipelineYaml(home, repo.url);
-  await client.registerPipeline(yaml);
-  print(`Registered pipeline hello-service (repository ${repo.url})`);
-  const push = await client.sendGithubPush({ secret, repository: repo.url, branch: 'main', before: repo.before, after: repo.commit });
-  if (push.status !== 202) {
-    print(`✖ the push webhook was not accepted: ${push.status} ${JSON.stringify(push.json)}`);
+  try {
+    const client = new ConveyorClient(started.urls['source-webhook'], started.apiToken);
+    const repo = await prepareExampleRepo(home);
+    const { yaml, secret } = await examplePipelineYaml(home, repo.url);
+    await client.registerPipeline(yaml);
+    print(`Registered pipeline hello-service (repository ${repo.url})`);
+    const push = await client.sendGithubPush({ secret, repository: repo.url, branch: 'main', before: repo.before, after: repo.commit });
+    if (push.status !== 202) {
+      print(`✖ the push webhook was not accepted: ${push.status} ${JSON.stringify(push.json)}`);
+      await stop();
+      return 1;
+    }
+    print(`Pushed ${repo.commit.slice(0, 12)} as a signed GitHub webhook → run ${push.json.runId}`);
+    const run = await watchRun(client, push.json.runId, print);
+    const url = run.stages.find((s: any) => s.type === 'deploy')?.result?.url;
+    print(run.status === 'SUCCEEDED' ? `✔ Run ${run.id} SUCCEEDED — hello-service is serving at ${url}` : `✖ Run ${run.id} ${run.status}: ${run.message ?? ''}`);
+    if (once) {
+      await stop();
+      return run.status === 'SUCCEEDED' ? 0 : 1;
+    }
+  } catch (err) {
+    // Whatever failed (git, the API, the run's watch), what was started is not left running.
+    print(`✖ ${(err as Error).message}`);
     await stop();
     return 1;
-  }
-  print(`Pushed ${repo.commit.slice(0, 12)} as a signed GitHub webhook → run ${push.json.runId}`);
-  const run = await watchRun(client, push.json.runId, print);
-  const url = run.stages.find((s: any) => s.type === 'deploy')?.result?.url;
-  print(run.status === 'SUCCEEDED' ? `✔ Run ${run.id} SUCCEEDED — hello-service is serving at ${url}` : `✖ Run ${run.id} ${run.status}: ${run.message ?? ''}`);
-  if (once) {
-    await stop();
-    return run.status === 'SUCCEEDED' ? 0 : 1;
   }
   print('Services and the deployment keep running. Press Ctrl-C to stop everything.');
   return new Promise(() => undefined);

@@ -7,8 +7,18 @@ import type { ConveyorClient } from './api-client.js';
 import { REPO_ROOT } from './stack.js';
 
 const exec = promisify(execFile);
-const GIT_ENV = { ...process.env, GIT_AUTHOR_NAME: 'Conveyor', GIT_AUTHOR_EMAIL: 'launcher@conveyor.invalid', GIT_COMMITTER_NAME: 'Conveyor', GIT_COMMITTER_EMAIL: 'launcher@conveyor.invalid' };
-const git = async (cwd: string, ...args: string[]) => (await exec('git', args, { cwd, env: GIT_ENV })).stdout.trim();
+// The example's copy is the launcher's: none of the person's git settings apply to it (a global
+// commit.gpgsign=true would make every commit wait for a key, hooks or templates would run).
+const GIT_ENV = {
+  ...process.env,
+  GIT_CONFIG_GLOBAL: '/dev/null',
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_AUTHOR_NAME: 'Conveyor',
+  GIT_AUTHOR_EMAIL: 'launcher@conveyor.invalid',
+  GIT_COMMITTER_NAME: 'Conveyor',
+  GIT_COMMITTER_EMAIL: 'launcher@conveyor.invalid',
+};
+const git = async (cwd: string, ...args: string[]) => (await exec('git', ['-c', 'commit.gpgsign=false', ...args], { cwd, env: GIT_ENV })).stdout.trim();
 
 export interface ExampleRepo {
   dir: string;
@@ -64,12 +74,30 @@ function stageDetail(stage: any): string {
   return parts.length ? parts.join('; ') : (stage.message ?? '');
 }
 
-/** Polls the run and prints each stage change until the run ends; returns the final run. */
-export async function watchRun(client: ConveyorClient, runId: string, print: (line: string) => void, timeoutMs = 10 * 60_000): Promise<any> {
+/** How long the watch of a run rides out the API not answering (source-webhook restarted by the supervisor, say). */
+export const WATCH_OUTAGE_MS = 60_000;
+
+/**
+ * Polls the run and prints each stage change until the run ends; returns the final run. A failed poll
+ * (no connection, a 5xx) is tried again for up to `outageMs`; a 4xx is an answer, and ends the watch.
+ */
+export async function watchRun(client: ConveyorClient, runId: string, print: (line: string) => void, timeoutMs = 10 * 60_000, outageMs = WATCH_OUTAGE_MS): Promise<any> {
   const seen = new Map<string, string>();
   const deadline = Date.now() + timeoutMs;
+  let failingSince: number | undefined;
   for (;;) {
-    const run = await client.getRun(runId);
+    let run: any;
+    try {
+      run = await client.getRun(runId);
+      failingSince = undefined;
+    } catch (err) {
+      const status = (err as { status?: number }).status;
+      if (status !== undefined && status < 500) throw err;
+      failingSince ??= Date.now();
+      if (Date.now() - failingSince > outageMs) throw new Error(`run ${runId}: the API has not answered for ${outageMs / 1000} s (${(err as Error).message})`);
+      await new Promise((r) => setTimeout(r, 500));
+      continue;
+    }
     for (const stage of run.stages) {
       if (seen.get(stage.name) === stage.status || stage.status === 'PENDING') continue;
       seen.set(stage.name, stage.status);

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { freePort, pings } from '@conveyor/service-kit';
 
@@ -31,6 +31,7 @@ export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, loca
   if (await pings(localUrl)) return { url: localUrl, origin: 'local 6379' };
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   await chmod(dataDir, 0o700);
+  await stopLeftoverRedis(dataDir);
   const port = await freePort();
   // A password of its own (kept with its data, so the AOF's Redis keeps it across starts), given in a
   // config file only its owner reads: on the command line every local user, builds included, would see it.
@@ -41,6 +42,7 @@ export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, loca
   const args = [config, '--port', String(port), '--bind', '127.0.0.1', '--dir', dataDir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--maxmemory-policy', 'noeviction', '--logfile', join(dataDir, 'redis.log')];
   // Detached: Ctrl-C must not stop Redis before the services have drained.
   const child = spawn('redis-server', args, { stdio: 'ignore', detached: true, env });
+  if (child.pid !== undefined) await writeFile(join(dataDir, 'redis.pid'), `${child.pid}\n`, { mode: 0o600 });
   const failed = await new Promise<Error | undefined>((resolve) => {
     child.once('error', resolve);
     setTimeout(() => resolve(undefined), 100);
@@ -54,6 +56,35 @@ export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, loca
   }
   child.kill('SIGKILL');
   throw new Error(`the private redis-server did not start; see ${join(dataDir, 'redis.log')}`);
+}
+
+/**
+ * A private redis-server that a launcher which died without stopping it (SIGKILL) left running on
+ * `dataDir`: stopped (SIGTERM: it writes its AOF and exits; SIGKILL after 10 s) before another starts on
+ * the same files, which two servers would corrupt. Only a redis-server working in that very directory
+ * (it changes to `--dir`) is taken for it: a pid given since to another process is left alone. The caller
+ * holds the home's launcher lock, so no live launcher owns it.
+ */
+export async function stopLeftoverRedis(dataDir: string): Promise<boolean> {
+  const pid = Number((await readFile(join(dataDir, 'redis.pid'), 'utf8').catch(() => '')).trim());
+  if (!Number.isInteger(pid) || pid <= 1) return false;
+  const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => undefined);
+  const comm = (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
+  if (cwd !== dataDir || comm !== 'redis-server') return false;
+  const gone = async (ms: number) => {
+    for (const deadline = Date.now() + ms; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+      if ((await readlink(`/proc/${pid}/cwd`).catch(() => undefined)) !== dataDir) return true;
+    }
+    return false;
+  };
+  try {
+    process.kill(pid, 'SIGTERM');
+    if (!(await gone(10_000))) process.kill(pid, 'SIGKILL');
+    await gone(5000);
+  } catch {
+    // gone meanwhile
+  }
+  return true;
 }
 
 /** The private redis-server's password: made once, kept in `<dataDir>/password` (0600). */

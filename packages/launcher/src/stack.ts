@@ -6,6 +6,7 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopAllDeployments } from '@conveyor/deployer';
+import { tryHoldFileLock } from '@conveyor/procfs';
 import { listenProblem } from '@conveyor/service-kit';
 import { resolveRedis, type ResolvedRedis } from './redis.js';
 
@@ -22,6 +23,8 @@ export interface StackOptions {
   env?: NodeJS.ProcessEnv;
   /** Extra variables for every service (e.g. shorter BullMQ lock times in tests). */
   serviceEnv?: Record<string, string>;
+  /** Aborting it (Ctrl-C while the services start) stops what was started and rejects with its reason. */
+  signal?: AbortSignal;
 }
 
 export interface Stack {
@@ -34,7 +37,10 @@ export interface Stack {
   processes: Map<ServiceName, ChildProcess>;
   /** Starts one service (again), e.g. after a test killed it. */
   startService(name: ServiceName): Promise<ChildProcess>;
+  /** Stops the services (each given its drain time), the deployed versions and a private Redis, then frees the home. */
   stop(): Promise<void>;
+  /** At once, SIGKILL: the services, the deployed versions and a private Redis (a second Ctrl-C while stop() runs). */
+  kill(): Promise<void>;
 }
 
 /** CONVEYOR_API_TOKEN, else the one in `<home>/api-token` (made on first use), with where it came from. */
@@ -66,7 +72,7 @@ export const PASSED_THROUGH = [
   /^(RECONCILE_INTERVAL_MS|RESULTS_CLAIM_IDLE_MS|EVENTS_CLAIM_IDLE_MS)$/,
   /^BUILD_(UID|GID|UIDS|UID_LOCK_DIR|MAX_PROCESSES)$/,
   /^DEPLOY_(UIDS|UID_CLAIMS_DIR|MAX_PROCESSES|STOP_GRACE_SECONDS|KEEP_VERSIONS|OUTPUT_MAX_BYTES)$/,
-  /^MONITOR_(HISTORY_MAX|METRIC_KEYS_MAX)$/,
+  /^MONITOR_(HISTORY_MAX|HISTORY_DAYS|METRIC_KEYS_MAX)$/,
 ];
 
 /** The variables of `env` the launcher hands to every service as they are. */
@@ -84,9 +90,10 @@ async function checkPortsFree(ports: readonly { port: number; name: string }[], 
   }
 }
 
-export async function waitReady(url: string, child: ChildProcess, name: string, logFile: string): Promise<void> {
+export async function waitReady(url: string, child: ChildProcess, name: string, logFile: string, signal?: AbortSignal): Promise<void> {
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
+    signal?.throwIfAborted();
     // Ended, by itself or killed by a signal (then its exitCode stays null).
     if (child.exitCode !== null || child.signalCode !== null) {
       // A service that cannot start says why in one line (explainStartupFailures): show it.
@@ -114,7 +121,7 @@ export async function readyOrStopped(child: ChildProcess, ready: Promise<void>, 
   }
 }
 
-function stopProcess(child: ChildProcess, graceMs = 10_000): Promise<void> {
+function stopProcess(child: ChildProcess, graceMs: number): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((done) => {
     const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
@@ -133,6 +140,29 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   // The services' logs and temporary files are theirs alone: builds and deployed versions run as other
   // users on this host. A private TMPDIR also keeps the services' code (tsx's transform cache lives in
   // it) out of a world-writable /tmp, where a pipeline user could plant a directory before root made it.
+  const logs = join(home, 'logs');
+  const tmp = join(home, 'tmp');
+  // The home itself stays traversable (made 0755 when new, an existing one left as it is): builds and
+  // deployed versions run as users of their own and reach their directories through it; a 0700 home
+  // would make the services run them as themselves.
+  await mkdir(home, { recursive: true, mode: 0o755 });
+  // One launcher per home: two would share its deployments, artifacts, queues and a private Redis's
+  // data (two redis-servers on one AOF corrupt it), and either one's stop would stop the other's versions.
+  const lock = await tryHoldFileLock(join(home, 'launcher.lock'));
+  if (!lock) {
+    const holder = (await readFile(join(home, 'launcher.pid'), 'utf8').catch(() => '')).trim();
+    throw new Error(`another Conveyor launcher${/^\d+$/.test(holder) ? ` (pid ${holder})` : ''} uses ${home}: stop it, or give this one a CONVEYOR_HOME (and a CONVEYOR_PORT_BASE) of its own`);
+  }
+  await writeFile(join(home, 'launcher.pid'), `${process.pid}\n`);
+  try {
+    return await startIn(home, opts, env, lock);
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
+async function startIn(home: string, opts: StackOptions, env: NodeJS.ProcessEnv, lock: { release(): Promise<void> }): Promise<Stack> {
   const logs = join(home, 'logs');
   const tmp = join(home, 'tmp');
   for (const dir of [logs, tmp]) {
@@ -170,32 +200,62 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     monitor: { PORT: String(port(4)), CONVEYOR_API_TOKEN: token },
   };
   const processes = new Map<ServiceName, ChildProcess>();
+  // A service is stopped after its drain (SHUTDOWN_DRAIN_SECONDS, 20 by default) and the cancel of what
+  // still runs after it: killed only once both had their time.
+  const drainSeconds = Number(common.SHUTDOWN_DRAIN_SECONDS ?? 20);
+  const graceMs = ((Number.isFinite(drainSeconds) && drainSeconds >= 0 ? drainSeconds : 20) + 15) * 1000;
+  let closed = false;
 
   const startService = async (name: ServiceName) => {
+    if (closed) throw new Error(`${name} not started: the launcher is stopping`);
     const logFile = join(home, 'logs', `${name}.log`);
     const log = createWriteStream(logFile, { flags: 'a', mode: 0o600 });
     await chmod(logFile, 0o600).catch(() => undefined); // one made before logs were private
     const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'apps', name, 'src', 'main.ts')], {
       cwd: REPO_ROOT,
-      env: { ...common, ...own[name] },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      // CONVEYOR_STOP_WITH_STDIN: its stdin is a pipe only the launcher holds; a launcher that dies without
+      // stopping it (SIGKILL, a crash) closes it, and the service then stops as on SIGTERM.
+      env: { ...common, ...own[name], CONVEYOR_STOP_WITH_STDIN: '1' },
+      stdio: ['pipe', 'pipe', 'pipe'],
       // Own process group: Ctrl-C reaches the launcher only, which then stops each service in order.
       detached: true,
     });
+    child.stdin!.on('error', () => undefined); // EPIPE: it ended first, its exit says so
     child.stdout!.pipe(log, { end: false });
     child.stderr!.pipe(log, { end: false });
     child.once('exit', () => log.end());
     processes.set(name, child);
-    await readyOrStopped(child, waitReady(urls[name], child, name, logFile), 5000);
+    // A restart that raced a stop: stop() may have passed this service already.
+    if (closed) {
+      await stopProcess(child, graceMs);
+      throw new Error(`${name} not started: the launcher is stopping`);
+    }
+    await readyOrStopped(child, waitReady(urls[name], child, name, logFile, opts.signal), 5000);
     return child;
   };
 
-  const stop = async () => {
-    await Promise.all([...processes.values()].map((p) => stopProcess(p)));
-    // The register of deploy user ids the deployer was given (else the default, as the deployer's).
-    const claimsDir = common.DEPLOY_UID_CLAIMS_DIR;
-    await stopAllDeployments(join(home, 'deployments'), undefined, claimsDir ? { claimsDir } : {});
-    if (redis.process) await stopProcess(redis.process, 5000);
+  // The register of deploy user ids the deployer was given (else the default, as the deployer's).
+  const claimsDir = common.DEPLOY_UID_CLAIMS_DIR;
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      closed = true;
+      await Promise.all([...processes.values()].map((p) => stopProcess(p, graceMs)));
+      await stopAllDeployments(join(home, 'deployments'), undefined, claimsDir ? { claimsDir } : {});
+      if (redis.process) await stopProcess(redis.process, 5000);
+      await lock.release();
+    })());
+  const kill = async () => {
+    closed = true;
+    for (const p of [...processes.values(), ...(redis.process ? [redis.process] : [])]) {
+      if (p.exitCode !== null || p.signalCode !== null || p.pid === undefined) continue;
+      try {
+        process.kill(-p.pid, 'SIGKILL');
+      } catch {
+        p.kill('SIGKILL');
+      }
+    }
+    await stopAllDeployments(join(home, 'deployments'), 0, claimsDir ? { claimsDir } : {});
   };
 
   try {
@@ -204,5 +264,5 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     await stop();
     throw err;
   }
-  return { redis, apiToken: token, apiTokenSource: tokenSource, urls, home, processes, startService, stop };
+  return { redis, apiToken: token, apiTokenSource: tokenSource, urls, home, processes, startService, stop, kill };
 }

@@ -34,5 +34,17 @@ export function onShutdown(steps: ShutdownStep[], logger: Logger, exit: (code: n
   };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
+  // Started by the launcher, whose pipe is this stdin: a launcher that dies without stopping the service
+  // (SIGKILL, a crash) closes it, and the service stops as on SIGTERM instead of running on unwatched.
+  if (process.env.CONVEYOR_STOP_WITH_STDIN === '1') {
+    const onClosed = () => {
+      if (running) return;
+      logger.warn('the launcher that started this service is gone (its stdin closed)');
+      void shutdown();
+    };
+    process.stdin.once('end', onClosed);
+    process.stdin.once('error', onClosed);
+    process.stdin.resume();
+  }
   return shutdown;
 }

@@ -32,6 +32,9 @@ export function buildServer(deps: ServerDeps): App {
   app.register(async (api) => {
     api.addHook('onRequest', bearerAuth(deps.apiToken));
     // Refusing prototype-poisoning keys by name; a blank body is no body (see parseJsonBody).
+    // Only the types its routes take (JSON, and YAML for definitions): fastify's default text/plain parser
+    // would hand a definition sent as text to the route, which could only call it malformed (400).
+    api.removeAllContentTypeParsers();
     api.addContentTypeParser('application/json', { parseAs: 'string' }, parseJsonBody);
     await api.register(pipelineRoutes(deps));
     await api.register(runRoutes(deps));
