@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort } from '@conveyor/service-kit';
-import { stopLeftoverRedis } from './redis.js';
+import { resolveRedis, stopLeftoverRedis } from './redis.js';
 
 const dirs: string[] = [];
 const children: ChildProcess[] = [];
@@ -40,5 +40,16 @@ describe.runIf(process.platform === 'linux')('stopLeftoverRedis', () => {
     expect(await stopLeftoverRedis(dataDir)).toBe(true);
     await expect.poll(() => server.exitCode !== null || server.signalCode !== null, { timeout: 5000 }).toBe(true);
     expect(await stopLeftoverRedis(dataDir)).toBe(false);
+  }, 30_000);
+
+  it('says why REDIS_URL does not answer: no password given, a wrong one, nothing listening', async () => {
+    const port = await freePort();
+    const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--requirepass', 'right-password'], { stdio: 'ignore', detached: true });
+    children.push(server);
+    await expect.poll(() => resolveRedis({ REDIS_URL: `redis://:right-password@127.0.0.1:${port}` }, '/nonexistent').then((r) => r.origin, () => 'not yet'), { timeout: 5000 }).toBe('REDIS_URL');
+    await expect(resolveRedis({ REDIS_URL: `redis://127.0.0.1:${port}` }, '/nonexistent')).rejects.toThrow(`REDIS_URL=redis://127.0.0.1:${port} does not answer PING: NOAUTH`);
+    await expect(resolveRedis({ REDIS_URL: `redis://:wrong@127.0.0.1:${port}` }, '/nonexistent')).rejects.toThrow(/redis:\/\/:\*\*\*@127\.0\.0\.1:\d+ does not answer PING: WRONGPASS/);
+    const closed = await freePort();
+    await expect(resolveRedis({ REDIS_URL: `redis://127.0.0.1:${closed}` }, '/nonexistent')).rejects.toThrow('ECONNREFUSED');
   }, 30_000);
 });

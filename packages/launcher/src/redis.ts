@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, readlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { freePort, pings } from '@conveyor/service-kit';
+import { freePort, pingProblem, pings } from '@conveyor/service-kit';
 
 export interface ResolvedRedis {
   url: string;
@@ -25,7 +25,8 @@ export function redactUrl(url: string): string {
 /** REDIS_URL, else a Redis on 127.0.0.1:6379, else a private redis-server (AOF on, a password of its own) under `dataDir`. */
 export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, localUrl = 'redis://127.0.0.1:6379'): Promise<ResolvedRedis> {
   if (env.REDIS_URL) {
-    if (!(await pings(env.REDIS_URL))) throw new Error(`REDIS_URL=${redactUrl(env.REDIS_URL)} does not answer PING`);
+    const problem = await pingProblem(env.REDIS_URL);
+    if (problem !== undefined) throw new Error(`REDIS_URL=${redactUrl(env.REDIS_URL)} does not answer PING: ${redactUrl(problem)}`);
     return { url: env.REDIS_URL, origin: 'REDIS_URL' };
   }
   if (await pings(localUrl)) return { url: localUrl, origin: 'local 6379' };

@@ -39,14 +39,26 @@ export async function waitReady(redis: Redis, ms = 5000): Promise<void> {
 
 /** Whether the Redis at `url` answers PING (false, never a throw, when it cannot be reached or refuses). */
 export async function pings(url: string, connectTimeout = 2000): Promise<boolean> {
-  // No ready check: a Redis that wants a password fails it, and then the answer is just false.
+  return (await pingProblem(url, connectTimeout)) === undefined;
+}
+
+/**
+ * Why the Redis at `url` does not answer PING (`connect ECONNREFUSED …`, `NOAUTH Authentication
+ * required.`, `WRONGPASS …`), or undefined when it does.
+ */
+export async function pingProblem(url: string, connectTimeout = 2000): Promise<string | undefined> {
+  // No ready check: a Redis that wants a password fails it, and then the ping says why.
   const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, enableReadyCheck: false, retryStrategy: () => null, connectTimeout });
-  client.on('error', () => undefined);
+  // A refused AUTH (a wrong password) comes as an error event; the connection then closes, and the
+  // command's own error says only that.
+  let first: Error | undefined;
+  client.on('error', (err: Error) => (first ??= err));
   try {
     await client.connect();
-    return (await client.ping()) === 'PONG';
-  } catch {
-    return false;
+    const answer = await client.ping();
+    return answer === 'PONG' ? undefined : `it answered ${String(answer)}`;
+  } catch (err) {
+    return (first ?? (err instanceof Error ? err : new Error(String(err)))).message;
   } finally {
     client.disconnect();
   }
