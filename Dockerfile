@@ -18,5 +18,6 @@ RUN test -f "apps/${SERVICE}/src/main.ts" || (echo "SERVICE must name one of app
 ENV SERVICE=${SERVICE} HOST=0.0.0.0 ARTIFACT_DIR=/data/artifacts
 USER node
 EXPOSE 7001 7002 7003 7004 7005
-HEALTHCHECK --interval=10s --timeout=3s CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT)+'/readyz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+# PORT when set, else the service's default (a plain `docker run` sets none).
+HEALTHCHECK --interval=10s --timeout=3s CMD node -e "const p=process.env.PORT||{'source-webhook':7001,build:7002,'test-runner':7003,deployer:7004,monitor:7005}[process.env.SERVICE];fetch('http://127.0.0.1:'+p+'/readyz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 CMD ["sh", "-c", "exec node --import tsx apps/${SERVICE}/src/main.ts"]
