@@ -132,6 +132,9 @@ describe('pnpm start', () => {
       first.child.kill('SIGINT');
       expect(await first.exited).toBe(130);
       expect(first.out()).toContain('interrupted while starting');
+      // The home existed, 0700 (as mkdtemp, and every launcher before this one, made it): now traversable.
+      expect((await stat(dir)).mode & 0o777).toBe(0o711);
+      expect(first.out()).toContain(`made ${dir} traversable`);
       for (const pid of started) expect(await running(pid), `service ${pid}`).toBe(false);
 
       const second = await start();

@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, type WriteStream } from 'node:fs';
 import { chmod, lchown, link, lstat, mkdir, open, rm, stat, symlink } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { constants } from 'node:fs';
@@ -152,6 +152,29 @@ export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore, Re
     return { key, sha256, bytes: info.size };
   }
 
+  /** The store's owner, when this process is root and the store another user's (see giveToStoreOwner). */
+  private async otherOwner(): Promise<{ uid: number; gid: number } | undefined> {
+    if (process.getuid?.() !== 0) return undefined;
+    const owner = await stat(this.root);
+    return owner.uid === 0 ? undefined : { uid: owner.uid, gid: owner.gid };
+  }
+
+  /**
+   * The temporary file an artifact is written to (0600, new): given to the store's owner through its
+   * descriptor, before any byte or name of it is there to race (giveToStoreOwner then finds it theirs).
+   */
+  private async createTmp(tmp: string): Promise<WriteStream> {
+    const handle = await open(tmp, 'wx', 0o600);
+    try {
+      const owner = await this.otherOwner();
+      if (owner) await handle.chown(owner.uid, owner.gid);
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
+    return handle.createWriteStream();
+  }
+
   /**
    * A root service writing into a store another user owns (Docker Compose: the volume is the image's
    * `node` user's, and source-webhook runs as `node` while build and test-runner run as root) hands the
@@ -159,9 +182,8 @@ export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore, Re
    * not read what root stored (a 0600 file of root's). lchown: nothing here follows a link.
    */
   private async giveToStoreOwner(file: string): Promise<void> {
-    if (process.getuid?.() !== 0) return;
-    const owner = await stat(this.root);
-    if (owner.uid === 0) return;
+    const owner = await this.otherOwner();
+    if (!owner) return;
     const parts = relative(this.root, file).split(sep);
     for (let i = 1; i <= parts.length; i++) {
       const path = join(this.root, ...parts.slice(0, i));
@@ -184,7 +206,7 @@ export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore, Re
   async putTar(key: string, tarPath: string): Promise<ArtifactRef> {
     const tmp = await this.tmpFor(key);
     try {
-      await pipeline(createReadStream(tarPath), byteLimit(this.maxBytes), createWriteStream(tmp, { flags: 'wx', mode: 0o600 }));
+      await pipeline(createReadStream(tarPath), byteLimit(this.maxBytes), await this.createTmp(tmp));
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;
@@ -213,7 +235,7 @@ export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore, Re
       try {
         // Read as an iterator (a stopped one pauses the packer), never piped: pipeline would destroy the
         // packer on a failure, and node-tar goes on reading into a destroyed stream.
-        await pipeline({ [Symbol.asyncIterator]: () => pack[Symbol.asyncIterator]() }, byteLimit(this.maxBytes), createWriteStream(tmp, { flags: 'wx', mode: 0o600 }), signal ? { signal } : {});
+        await pipeline({ [Symbol.asyncIterator]: () => pack[Symbol.asyncIterator]() }, byteLimit(this.maxBytes), await this.createTmp(tmp), signal ? { signal } : {});
       } catch (err) {
         // Stopped midway (by the limit, a failure or the signal), node-tar keeps the files it was reading open: let it read them to their end (what
         // is left is within the limit, checked above) into nothing, so it closes them.

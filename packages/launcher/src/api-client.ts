@@ -1,5 +1,8 @@
 import { createHmac, randomUUID } from 'node:crypto';
 
+/** How long one request may take: a hung API is a failed request (which the run's watch rides out for a while), not a hung launcher. */
+const REQUEST_TIMEOUT_MS = 30_000;
+
 /** A small client of the source-webhook HTTP API, as other systems would call it. */
 export class ConveyorClient {
   constructor(
@@ -12,6 +15,7 @@ export class ConveyorClient {
       method,
       headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': contentType } : {}) },
       ...(body !== undefined ? { body } : {}),
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     });
     const text = await res.text();
     let json: any;
@@ -58,6 +62,7 @@ export class ConveyorClient {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'x-github-event': 'push', 'x-github-delivery': deliveryId, 'x-hub-signature-256': signature },
       body,
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     });
     return { status: res.status, json: (await res.json()) as any };
   }

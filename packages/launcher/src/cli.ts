@@ -33,9 +33,18 @@ async function main(argv: string[]): Promise<number> {
   // none of them. A second one while stopping kills everything at once.
   const starting = new AbortController();
   let stack: Stack | undefined;
+  /** What stops or kills the stack, from before its first service starts. */
+  let handle: Pick<Stack, 'stop' | 'kill'> | undefined;
   let stopping: Promise<void> | undefined;
-  const stop = () => (stopping ??= (stack?.stop() ?? Promise.resolve()).then(() => void print('Conveyor: stopped.')));
-  const stopAndExit = (code: number) => void stop().then(() => process.exit(code));
+  const stop = () =>
+    (stopping ??= handle
+      ? handle.stop().then(
+          () => void print('Conveyor: stopped.'),
+          (err: unknown) => void print(`✖ ${(err as Error).message}`),
+        )
+      : Promise.resolve());
+  // Whatever the stop did, the launcher then exits (a failed stop must not leave it running, or looping).
+  const stopAndExit = (code: number) => void stop().finally(() => process.exit(code));
   let signals = 0;
   const onSignal = (code: number) => {
     signals += 1;
@@ -49,23 +58,28 @@ async function main(argv: string[]): Promise<number> {
       return stopAndExit(code);
     }
     print('Conveyor: killing everything now');
-    void (stack?.kill() ?? Promise.resolve()).finally(() => process.exit(code));
+    void (handle?.kill() ?? Promise.resolve()).catch(() => undefined).finally(() => process.exit(code));
   };
   process.on('SIGINT', () => onSignal(130));
   process.on('SIGTERM', () => onSignal(143));
   process.on('SIGHUP', () => onSignal(129));
-  // A fault of the launcher's own stops what it started, too, instead of leaving it running unwatched.
+  // A fault of the launcher's own stops what it started, too, instead of leaving it running unwatched:
+  // while the services start, by ending the start (which stops them), after, by the stop.
+  let crashes = 0;
   const crashed = (err: unknown) => {
+    if (++crashes > 1) return; // one stop; what fails during it is said by it
     print(`✖ ${err instanceof Error ? err.stack : String(err)}`);
-    stopAndExit(1);
+    if (!stack) starting.abort(err instanceof Error ? err : new Error(String(err)));
+    else stopAndExit(1);
   };
   process.on('uncaughtException', crashed);
   process.on('unhandledRejection', crashed);
   try {
-    stack = await startStack({ home, portBase, signal: starting.signal });
+    stack = await startStack({ home, portBase, signal: starting.signal, onHandle: (h) => (handle = h), say: print });
   } catch (err) {
-    print(`✖ ${starting.signal.aborted ? 'interrupted while starting; what had started was stopped' : (err as Error).message}`);
-    return starting.signal.aborted ? 130 : 1;
+    const interrupted = starting.signal.aborted && signals > 0;
+    print(`✖ ${interrupted ? 'interrupted while starting; what had started was stopped' : (err as Error).message}`);
+    return interrupted ? 130 : 1;
   }
   const started = stack;
   superviseServices(started, {

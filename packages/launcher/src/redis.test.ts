@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -37,7 +37,11 @@ describe.runIf(process.platform === 'linux')('stopLeftoverRedis', () => {
     expect(await stopLeftoverRedis(dataDir)).toBe(false);
     expect(alive(other.pid!)).toBe(true);
     await writeFile(join(dataDir, 'redis.pid'), `${server.pid}\n`);
-    expect(await stopLeftoverRedis(dataDir)).toBe(true);
+    // Reached through a symlink (a CONVEYOR_HOME that is one): still found, /proc giving the real path.
+    const link = `${dataDir}-link`;
+    await symlink(dataDir, link);
+    dirs.push(link);
+    expect(await stopLeftoverRedis(link)).toBe(true);
     await expect.poll(() => server.exitCode !== null || server.signalCode !== null, { timeout: 5000 }).toBe(true);
     expect(await stopLeftoverRedis(dataDir)).toBe(false);
   }, 30_000);

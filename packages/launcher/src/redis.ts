@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readFile, readlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readlink, realpath, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { freePort, pingProblem, pings } from '@conveyor/service-kit';
 
@@ -67,6 +67,8 @@ export async function resolveRedis(env: NodeJS.ProcessEnv, dataDir: string, loca
  * holds the home's launcher lock, so no live launcher owns it.
  */
 export async function stopLeftoverRedis(dataDir: string): Promise<boolean> {
+  // /proc shows the real path: a home reached through a symlink must compare as that.
+  dataDir = await realpath(dataDir).catch(() => dataDir);
   const pid = Number((await readFile(join(dataDir, 'redis.pid'), 'utf8').catch(() => '')).trim());
   if (!Number.isInteger(pid) || pid <= 1) return false;
   const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => undefined);

@@ -2,11 +2,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { isIP } from 'node:net';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopAllDeployments } from '@conveyor/deployer';
-import { tryHoldFileLock } from '@conveyor/procfs';
+import { processIsOurs, processStartTime, tryHoldFileLock } from '@conveyor/procfs';
 import { listenProblem } from '@conveyor/service-kit';
 import { resolveRedis, type ResolvedRedis } from './redis.js';
 
@@ -25,6 +25,10 @@ export interface StackOptions {
   serviceEnv?: Record<string, string>;
   /** Aborting it (Ctrl-C while the services start) stops what was started and rejects with its reason. */
   signal?: AbortSignal;
+  /** Given, before the first service starts, what stops or kills the stack (a second Ctrl-C while it starts). */
+  onHandle?: (handle: Pick<Stack, 'stop' | 'kill'>) => void;
+  /** Lines for the person at the terminal (a leftover of a killed launcher waited for, say). */
+  say?: (line: string) => void;
 }
 
 export interface Stack {
@@ -101,7 +105,7 @@ export async function waitReady(url: string, child: ChildProcess, name: string, 
       const how = child.signalCode ? `was killed by ${child.signalCode}` : `exited with code ${child.exitCode}`;
       throw new Error(`${name} ${how} before it was ready${why ? `: ${why.slice(2)}` : ''}; see ${logFile}`);
     }
-    const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
+    const ok = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2000) }).then((r) => r.ok, () => false);
     if (ok) return;
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -137,18 +141,14 @@ function stopProcess(child: ChildProcess, graceMs: number): Promise<void> {
 export async function startStack(opts: StackOptions): Promise<Stack> {
   const env = opts.env ?? process.env;
   const home = resolve(opts.home);
-  // The services' logs and temporary files are theirs alone: builds and deployed versions run as other
-  // users on this host. A private TMPDIR also keeps the services' code (tsx's transform cache lives in
-  // it) out of a world-writable /tmp, where a pipeline user could plant a directory before root made it.
-  const logs = join(home, 'logs');
-  const tmp = join(home, 'tmp');
-  // The home itself stays traversable (made 0755 when new, an existing one left as it is): builds and
-  // deployed versions run as users of their own and reach their directories through it; a 0700 home
-  // would make the services run them as themselves.
-  await mkdir(home, { recursive: true, mode: 0o755 });
+  await makeHome(home, opts.say ?? (() => undefined));
   // One launcher per home: two would share its deployments, artifacts, queues and a private Redis's
   // data (two redis-servers on one AOF corrupt it), and either one's stop would stop the other's versions.
-  const lock = await tryHoldFileLock(join(home, 'launcher.lock'));
+  // The lock file is the launcher's alone (0600): in a traversable home, anyone could otherwise hold it.
+  const lockFile = join(home, 'launcher.lock');
+  await writeFile(lockFile, '', { flag: 'a', mode: 0o600 });
+  await chmod(lockFile, 0o600);
+  const lock = await tryHoldFileLock(lockFile);
   if (!lock) {
     const holder = (await readFile(join(home, 'launcher.pid'), 'utf8').catch(() => '')).trim();
     throw new Error(`another Conveyor launcher${/^\d+$/.test(holder) ? ` (pid ${holder})` : ''} uses ${home}: stop it, or give this one a CONVEYOR_HOME (and a CONVEYOR_PORT_BASE) of its own`);
@@ -162,88 +162,106 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   }
 }
 
+/**
+ * The home, made if missing. It must be traversable by others (not readable: `o+x`): builds and deployed
+ * versions run as users of their own and reach their directories through it, and a home they cannot
+ * enter makes the services run them as themselves. mkdir's mode is cut by the umask, so it is set after;
+ * a home of this user's that lacks it (every one an earlier launcher made: 0700) gets it, saying so.
+ */
+async function makeHome(home: string, say: (line: string) => void): Promise<void> {
+  const made = await mkdir(home, { recursive: true, mode: 0o755 });
+  if (made !== undefined) {
+    // Each directory made on the way to it, too.
+    for (let dir = home; dir.startsWith(made); dir = dirname(dir)) {
+      await chmod(dir, 0o755);
+      if (dir === made) break;
+    }
+    return;
+  }
+  const info = await stat(home);
+  if (info.uid === process.getuid?.() && (info.mode & 0o011) !== 0o011) {
+    await chmod(home, (info.mode & 0o7777) | 0o011);
+    say(`  made ${home} traversable (g+x, o+x): builds and deployed versions run as users of their own and reach their directories through it`);
+  }
+}
+
+/** The services a launcher started, recorded in its home, so that the next one finds those a killed launcher left draining. */
+const SERVICES_FILE = 'services.json';
+
+/**
+ * Waits for the services a launcher that died without stopping them left running on this home: they
+ * stop by themselves (their stdin closed) but drain first, on the home's directories and Redis. Past
+ * `graceMs` they are killed. Only processes with the recorded start times: a pid reused since is not one.
+ */
+async function awaitLeftoverServices(home: string, graceMs: number, say: (line: string) => void): Promise<void> {
+  let recorded: { pid: number; startTime?: string }[] = [];
+  try {
+    recorded = JSON.parse(await readFile(join(home, SERVICES_FILE), 'utf8')) as typeof recorded;
+  } catch {
+    return;
+  }
+  const alive = () => recorded.filter((r) => Number.isInteger(r.pid) && r.pid > 1 && r.startTime !== undefined && processIsOurs({ pid: r.pid, startTime: r.startTime }, { strict: true }));
+  if (alive().length === 0) return;
+  say(`  waiting for ${alive().length} service(s) a launcher that ended without stopping them left running on this home (pids ${alive().map((r) => r.pid).join(', ')})`);
+  for (const deadline = Date.now() + graceMs; alive().length > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 200));
+  for (const r of alive()) {
+    try {
+      process.kill(-r.pid, 'SIGKILL');
+    } catch {
+      // gone meanwhile
+    }
+  }
+}
+
 async function startIn(home: string, opts: StackOptions, env: NodeJS.ProcessEnv, lock: { release(): Promise<void> }): Promise<Stack> {
+  const say = opts.say ?? (() => undefined);
+  // The services' logs and temporary files are theirs alone: builds and deployed versions run as other
+  // users on this host. A private TMPDIR also keeps the services' code (tsx's transform cache lives in
+  // it) out of a world-writable /tmp, where a pipeline user could plant a directory before root made it.
   const logs = join(home, 'logs');
   const tmp = join(home, 'tmp');
   for (const dir of [logs, tmp]) {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     await chmod(dir, 0o700);
   }
+  // A service is stopped after its drain (SHUTDOWN_DRAIN_SECONDS, 20 by default) and the cancel of what
+  // still runs after it: killed only once both had their time.
+  const settings = { ...passedThrough(env), ...opts.serviceEnv };
+  const drainSeconds = Number(settings.SHUTDOWN_DRAIN_SECONDS ?? 20);
+  const graceMs = ((Number.isFinite(drainSeconds) && drainSeconds >= 0 ? drainSeconds : 20) + 15) * 1000;
+  await awaitLeftoverServices(home, graceMs, say);
+  opts.signal?.throwIfAborted();
   const port = (i: number) => opts.portBase + i;
   // An address, not a name: some shells (tcsh) export HOST as the machine's name, which would open the
   // services to the network without anyone asking.
   const host = env.HOST && isIP(env.HOST) ? env.HOST : '127.0.0.1';
   await checkPortsFree(SERVICES.map((name, i) => ({ port: port(i), name })), host);
   const redis = await resolveRedis(env, join(home, 'redis'));
-  const { token, source: tokenSource } = await apiToken(home, env);
-  // Where the launcher reaches them: a wildcard address is reached on loopback.
-  const reach = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
-  const urls = Object.fromEntries(SERVICES.map((s, i) => [s, `http://${reach}:${port(i)}`])) as Record<ServiceName, string>;
-  const common: Record<string, string> = {
-    PATH: env.PATH ?? '/usr/bin:/bin',
-    HOME: env.HOME ?? home,
-    QUEUE_PREFIX: 'conveyor',
-    LOG_LEVEL: 'info',
-    ...passedThrough(env),
-    HOST: host,
-    REDIS_URL: redis.url,
-    ARTIFACT_DIR: join(home, 'artifacts'),
-    TMPDIR: tmp,
-    ...opts.serviceEnv,
-  };
-  const own: Record<ServiceName, Record<string, string>> = {
-    // The API token goes only to the services that check it; builds and tests never see it.
-    'source-webhook': { PORT: String(port(0)), SOURCE_CACHE_DIR: join(home, 'source-cache'), CONVEYOR_API_TOKEN: token },
-    build: { PORT: String(port(1)), WORK_DIR: join(home, 'work', 'build') },
-    'test-runner': { PORT: String(port(2)), WORK_DIR: join(home, 'work', 'test') },
-    deployer: { PORT: String(port(3)), DEPLOY_DIR: join(home, 'deployments'), CONVEYOR_API_TOKEN: token },
-    monitor: { PORT: String(port(4)), CONVEYOR_API_TOKEN: token },
-  };
   const processes = new Map<ServiceName, ChildProcess>();
-  // A service is stopped after its drain (SHUTDOWN_DRAIN_SECONDS, 20 by default) and the cancel of what
-  // still runs after it: killed only once both had their time.
-  const drainSeconds = Number(common.SHUTDOWN_DRAIN_SECONDS ?? 20);
-  const graceMs = ((Number.isFinite(drainSeconds) && drainSeconds >= 0 ? drainSeconds : 20) + 15) * 1000;
-  let closed = false;
-
-  const startService = async (name: ServiceName) => {
-    if (closed) throw new Error(`${name} not started: the launcher is stopping`);
-    const logFile = join(home, 'logs', `${name}.log`);
-    const log = createWriteStream(logFile, { flags: 'a', mode: 0o600 });
-    await chmod(logFile, 0o600).catch(() => undefined); // one made before logs were private
-    const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'apps', name, 'src', 'main.ts')], {
-      cwd: REPO_ROOT,
-      // CONVEYOR_STOP_WITH_STDIN: its stdin is a pipe only the launcher holds; a launcher that dies without
-      // stopping it (SIGKILL, a crash) closes it, and the service then stops as on SIGTERM.
-      env: { ...common, ...own[name], CONVEYOR_STOP_WITH_STDIN: '1' },
-      stdio: ['pipe', 'pipe', 'pipe'],
-      // Own process group: Ctrl-C reaches the launcher only, which then stops each service in order.
-      detached: true,
-    });
-    child.stdin!.on('error', () => undefined); // EPIPE: it ended first, its exit says so
-    child.stdout!.pipe(log, { end: false });
-    child.stderr!.pipe(log, { end: false });
-    child.once('exit', () => log.end());
-    processes.set(name, child);
-    // A restart that raced a stop: stop() may have passed this service already.
-    if (closed) {
-      await stopProcess(child, graceMs);
-      throw new Error(`${name} not started: the launcher is stopping`);
-    }
-    await readyOrStopped(child, waitReady(urls[name], child, name, logFile, opts.signal), 5000);
-    return child;
-  };
-
   // The register of deploy user ids the deployer was given (else the default, as the deployer's).
-  const claimsDir = common.DEPLOY_UID_CLAIMS_DIR;
+  const claimsDir = settings.DEPLOY_UID_CLAIMS_DIR;
+  let closed = false;
   let stopped: Promise<void> | undefined;
+  /** Each step is tried whatever the one before did; the home is freed last, in any case. */
   const stop = () =>
     (stopped ??= (async () => {
       closed = true;
-      await Promise.all([...processes.values()].map((p) => stopProcess(p, graceMs)));
-      await stopAllDeployments(join(home, 'deployments'), undefined, claimsDir ? { claimsDir } : {});
-      if (redis.process) await stopProcess(redis.process, 5000);
-      await lock.release();
+      const failures: unknown[] = [];
+      const attempt = async (step: () => Promise<unknown>) => {
+        try {
+          await step();
+        } catch (err) {
+          failures.push(err);
+        }
+      };
+      try {
+        await attempt(() => Promise.all([...processes.values()].map((p) => stopProcess(p, graceMs))));
+        await attempt(() => stopAllDeployments(join(home, 'deployments'), undefined, claimsDir ? { claimsDir } : {}));
+        if (redis.process) await attempt(() => stopProcess(redis.process!, 5000));
+      } finally {
+        await lock.release();
+      }
+      if (failures.length) throw new AggregateError(failures, `stopping left something undone: ${failures.map((e) => (e instanceof Error ? e.message : String(e))).join('; ')}`);
     })());
   const kill = async () => {
     closed = true;
@@ -255,14 +273,76 @@ async function startIn(home: string, opts: StackOptions, env: NodeJS.ProcessEnv,
         p.kill('SIGKILL');
       }
     }
-    await stopAllDeployments(join(home, 'deployments'), 0, claimsDir ? { claimsDir } : {});
+    await stopAllDeployments(join(home, 'deployments'), 0, claimsDir ? { claimsDir } : {}).catch(() => undefined);
+    await lock.release();
   };
-
+  // From here on the caller can stop or kill what is started (a signal while the services start).
+  opts.onHandle?.({ stop, kill });
   try {
+    opts.signal?.throwIfAborted();
+    const { token, source: tokenSource } = await apiToken(home, env);
+    // Where the launcher reaches them: a wildcard address is reached on loopback.
+    const reach = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+    const urls = Object.fromEntries(SERVICES.map((s, i) => [s, `http://${reach}:${port(i)}`])) as Record<ServiceName, string>;
+    const common: Record<string, string> = {
+      PATH: env.PATH ?? '/usr/bin:/bin',
+      HOME: env.HOME ?? home,
+      QUEUE_PREFIX: 'conveyor',
+      LOG_LEVEL: 'info',
+      ...passedThrough(env),
+      HOST: host,
+      REDIS_URL: redis.url,
+      ARTIFACT_DIR: join(home, 'artifacts'),
+      TMPDIR: tmp,
+      ...opts.serviceEnv,
+    };
+    const own: Record<ServiceName, Record<string, string>> = {
+      // The API token goes only to the services that check it; builds and tests never see it.
+      'source-webhook': { PORT: String(port(0)), SOURCE_CACHE_DIR: join(home, 'source-cache'), CONVEYOR_API_TOKEN: token },
+      build: { PORT: String(port(1)), WORK_DIR: join(home, 'work', 'build') },
+      'test-runner': { PORT: String(port(2)), WORK_DIR: join(home, 'work', 'test') },
+      deployer: { PORT: String(port(3)), DEPLOY_DIR: join(home, 'deployments'), CONVEYOR_API_TOKEN: token },
+      monitor: { PORT: String(port(4)), CONVEYOR_API_TOKEN: token },
+    };
+    const record = () =>
+      writeFile(
+        join(home, SERVICES_FILE),
+        JSON.stringify([...processes.values()].flatMap((p) => (p.pid === undefined ? [] : [{ pid: p.pid, startTime: processStartTime(p.pid) }]))),
+        { mode: 0o600 },
+      );
+
+    const startService = async (name: ServiceName) => {
+      if (closed) throw new Error(`${name} not started: the launcher is stopping`);
+      const logFile = join(home, 'logs', `${name}.log`);
+      const log = createWriteStream(logFile, { flags: 'a', mode: 0o600 });
+      await chmod(logFile, 0o600).catch(() => undefined); // one made before logs were private
+      if (closed) throw new Error(`${name} not started: the launcher is stopping`);
+      const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'apps', name, 'src', 'main.ts')], {
+        cwd: REPO_ROOT,
+        // CONVEYOR_STOP_WITH_STDIN: its stdin is a pipe only the launcher holds; a launcher that dies without
+        // stopping it (SIGKILL, a crash) closes it, and the service then stops as on SIGTERM.
+        env: { ...common, ...own[name], CONVEYOR_STOP_WITH_STDIN: '1' },
+        stdio: ['pipe', 'pipe', 'pipe'],
+        // Own process group: Ctrl-C reaches the launcher only, which then stops each service in order.
+        detached: true,
+      });
+      child.stdin!.on('error', () => undefined); // EPIPE: it ended first, its exit says so
+      child.stdout!.pipe(log, { end: false });
+      child.stderr!.pipe(log, { end: false });
+      child.once('exit', () => log.end());
+      processes.set(name, child);
+      await record();
+      await readyOrStopped(child, waitReady(urls[name], child, name, logFile, opts.signal), 5000);
+      return child;
+    };
+
     await Promise.all(SERVICES.map(startService));
+    // Interrupted while the last one answered its readiness check: what started is stopped all the same.
+    opts.signal?.throwIfAborted();
+    return { redis, apiToken: token, apiTokenSource: tokenSource, urls, home, processes, startService, stop, kill };
   } catch (err) {
-    await stop();
+    // The start's own error is the one to tell; a stop that failed too is said after it.
+    await stop().catch((stopErr: unknown) => say(`✖ ${(stopErr as Error).message}`));
     throw err;
   }
-  return { redis, apiToken: token, apiTokenSource: tokenSource, urls, home, processes, startService, stop, kill };
 }
