@@ -19,16 +19,46 @@ export const PhaseOutcome = z.object({
 });
 export type PhaseOutcome = z.infer<typeof PhaseOutcome>;
 
-export const FailedTestCase = z.object({ suite: z.string(), name: z.string(), message: z.string().optional() });
+/**
+ * The longest texts of a failed test case a stage result may carry, in UTF-16 code units (string length).
+ * The runner shortens what it reports well within them (suite and name to 500, the message to 2000, each
+ * with `…` after it: junit-parse.mjs), as runners before it did the message; generous beyond that, as a
+ * result is parsed again on receipt.
+ */
+export const FAILED_TEST_LIMITS = { suite: 1000, name: 1000, message: 4000 } as const;
 
-/** What a stage produced; each stage type fills the fields that concern it. */
+/** The most failed cases a stage result (or output) names; the counts in `tests` cover them all. */
+export const MAX_FAILED_TESTS = 100;
+
+/**
+ * A failed test case as a stage result carries it: bounded, so a report's megabyte-long test names
+ * cannot swell the job's return value and the run record.
+ */
+export const FailedTestCase = z.object({
+  suite: z.string().max(FAILED_TEST_LIMITS.suite),
+  name: z.string().max(FAILED_TEST_LIMITS.name),
+  message: z.string().max(FAILED_TEST_LIMITS.message).optional(),
+});
+export type FailedTestCase = z.infer<typeof FailedTestCase>;
+
+/**
+ * A failed test case as StageOutput (and so a stored run record) holds it: without FailedTestCase's
+ * limits, as records were written before them, and every stored record must still parse. What is new
+ * comes through StageResult, which has them.
+ */
+const RecordedFailedTestCase = z.object({ suite: z.string(), name: z.string(), message: z.string().optional() });
+
+/**
+ * What a stage produced; each stage type fills the fields that concern it. The run record keeps it as
+ * it came (see RecordedFailedTestCase); a result carries it as StageResultOutput.
+ */
 export const StageOutput = z
   .object({
     commit: z.string().optional(),
     artifact: ArtifactRef.optional(),
     phases: z.array(PhaseOutcome).optional(),
     tests: TestCounts.optional(),
-    failedTests: z.array(FailedTestCase).max(100).optional(),
+    failedTests: z.array(RecordedFailedTestCase).max(MAX_FAILED_TESTS).optional(),
     url: z.string().optional(),
     probes: z
       .object({ total: z.number().int(), failed: z.number().int(), p50Ms: z.number(), p95Ms: z.number() })
@@ -39,6 +69,9 @@ export const StageOutput = z
   })
   .strict();
 export type StageOutput = z.infer<typeof StageOutput>;
+
+/** StageOutput as a stage result carries it (and as it is checked on receipt): its failed cases within FAILED_TEST_LIMITS. */
+export const StageResultOutput = StageOutput.extend({ failedTests: z.array(FailedTestCase).max(MAX_FAILED_TESTS).optional() });
 
 /** What a stage job completes with, successfully or not: its BullMQ return value (ADR 0006). */
 export const StageResult = z
@@ -53,7 +86,7 @@ export const StageResult = z
     startedAt: IsoTime,
     finishedAt: IsoTime,
     message: z.string().max(4000).optional(),
-    output: StageOutput.default({}),
+    output: StageResultOutput.default({}),
   })
   .strict();
 export type StageResult = z.infer<typeof StageResult>;

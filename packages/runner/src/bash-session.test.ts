@@ -134,6 +134,24 @@ phases:
     await expect(run('version: 0.2\nphases:\n  build:\n    commands: [echo hi]\n')).rejects.toThrow(/already exists/);
   });
 
+  it('starts the shell by absolute path from a directory of its own, then in the workspace: $0, $#, $PWD and OLDPWD as a shell started there has them', async () => {
+    for (const shell of ['bash', '/bin/sh']) {
+      const r = await run(`version: 0.2\nenv:\n  shell: ${shell}\nphases:\n  build:\n    commands:\n      - 'echo "$0 $# $PWD $(pwd -P) \${OLDPWD-unset}"'\n`, { env: { PATH: '$HOME/.local/bin:$PATH' } });
+      expect(r.status, r.output).toBe('SUCCEEDED');
+      expect(r.output).toBe(`${shell} 0 ${dirs().ws} ${dirs().ws} unset\n`);
+    }
+  });
+
+  it('a shell that cannot be started (the build removed its control directory, as the service\'s user may) fails the command that needed it, saying why: no exception', async () => {
+    const r = await run('version: 0.2\nphases:\n  build:\n    commands:\n      - rm -rf "$PWD.ctl"; exit 3\n    finally:\n      - echo finally-ran\n  post_build:\n    commands:\n      - echo post-ran\n');
+    expect(r.status).toBe('FAILED');
+    expect(r.statuses).toEqual({ build: 'FAILED', post_build: 'FAILED' });
+    expect(r.message).toBe('phases.build.commands[0] exited the shell with code 3: rm -rf "$PWD.ctl"; exit 3');
+    expect(r.phases[1]?.message).toMatch(/^phases\.post_build\.commands\[0\] did not run, as the build shell could not be started \(spawn \S+ ENOENT\): echo post-ran$/);
+    expect(r.output).toMatch(/^\[conveyor\] the build shell could not be started: spawn \S+ ENOENT$/m);
+    expect(r.output).not.toMatch(/^(finally|post)-ran$/m);
+  });
+
   it('runs /bin/sh when env.shell asks for it', async () => {
     const r = await run('version: 0.2\nenv:\n  shell: /bin/sh\n  exported-variables: [V]\nphases:\n  build:\n    commands:\n      - V=from-sh\n      - echo "bash=${BASH_VERSION:-none} V=$V"\n');
     expect(r.output).toBe('bash=none V=from-sh\n');

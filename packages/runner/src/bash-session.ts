@@ -6,7 +6,8 @@ import { PHASE_NAMES, type Buildspec, type PhaseName } from './buildspec-schema.
 import { ControlFiles } from './control-files.js';
 import { replaceableBy } from './safe-files.js';
 import { matchesWithin, parseOnFailure, type OnFailurePolicy } from './on-failure.js';
-import { ShellProcess, type BuildUser, type ShellKind } from './shell-process.js';
+import { NAMESPACE_NOT_SET_UP } from './build-namespace.js';
+import { CANNOT_ENTER_WORKSPACE, environmentProblem, ShellProcess, type BuildUser, type ShellKind } from './shell-process.js';
 import { BUILD_MARK, killMarked } from './orphans.js';
 
 /** Every process of a build inherits this variable with the build's own random value. */
@@ -93,10 +94,35 @@ function shellEnv(given: Record<string, string>): Record<string, string> {
   return { ...base, ...given };
 }
 
-function describe(phase: PhaseName, block: CommandBlock, index: number, exitCode: number, command: string, shellDied: boolean): string {
+function describe(phase: PhaseName, block: CommandBlock, index: number, ran: CommandRun, command: string): string {
   const text = command.length > 200 ? `${command.slice(0, 200)}…` : command;
-  const how = shellDied ? `exited the shell with code ${exitCode}` : `exited with code ${exitCode}`;
+  const how = ran.notRun ? `did not run, as the build shell could not be started (${ran.notRun})` : ran.shellDied ? `exited the shell with code ${ran.exitCode}` : `exited with code ${ran.exitCode}`;
   return `phases.${phase}.${block}[${index}] ${how}: ${text.trim()}`;
+}
+
+/** What running one command came to. */
+interface CommandRun {
+  exitCode: number;
+  /** The command took the shell down (or there was none to run it). */
+  shellDied: boolean;
+  /** Why no shell could be started to run the command (which then did not run). */
+  notRun?: string;
+}
+
+/** The exit status given to a command for which no shell could be started at all (spawn failed): a shell's "cannot run". */
+const NOT_STARTED = 127;
+
+/** Why a fresh shell that ended before running anything, with `code`, could not be started. */
+function notStartedWhy(code: number, workspace: string): string {
+  const why =
+    code === CANNOT_ENTER_WORKSPACE
+      ? `it could not enter the workspace ${workspace}: removed, or replaced by the build`
+      : code === NAMESPACE_NOT_SET_UP
+        ? 'its namespace could not be set up'
+        : code === 126 || code === 127
+          ? 'its program could not be run'
+          : 'it ended before running anything';
+  return `${why}; exit status ${code}`;
 }
 
 /** One build: a shell (replaced if a command kills it) and the phase rules of buildspec 0.2. */
@@ -134,36 +160,51 @@ class BuildSession {
     this.stopping = Promise.all(this.shells.map((s) => s.terminate(this.opts.killGraceMs ?? 5000))).then(() => {});
   }
 
-  private async liveShell(): Promise<ShellProcess> {
+  /**
+   * The shell, or a fresh one if it has ended; or why none could be started (its program could not be
+   * spawned, say): a failed command then, never an exception that would fail the job (and have it run
+   * again).
+   */
+  private async liveShell(): Promise<ShellProcess | { notStarted: string }> {
     if (this.shell?.alive) return this.shell;
     if (this.shell) this.emit({ type: 'notice', message: 'the shell exited; starting a fresh shell (variables and working directory are reset)' });
-    this.shell = await ShellProcess.start({
-      shell: shellOf(this.spec),
-      cwd: this.opts.workspace,
-      env: { ...shellEnv(this.opts.env), [BUILD_MARK]: this.mark },
-      controlDir: this.files.dir,
-      index: this.shells.length,
-      onOutput: this.onOutput,
-      ...(this.opts.user ? { user: this.opts.user } : {}),
-      ...(this.opts.tmpDir ? { tmpDir: this.opts.tmpDir } : {}),
-      ...(this.opts.shmDir ? { shmDir: this.opts.shmDir } : {}),
-    });
+    try {
+      this.shell = await ShellProcess.start({
+        shell: shellOf(this.spec),
+        cwd: this.opts.workspace,
+        env: { ...shellEnv(this.opts.env), [BUILD_MARK]: this.mark },
+        controlDir: this.files.dir,
+        index: this.shells.length,
+        onOutput: this.onOutput,
+        ...(this.opts.user ? { user: this.opts.user } : {}),
+        ...(this.opts.tmpDir ? { tmpDir: this.opts.tmpDir } : {}),
+        ...(this.opts.shmDir ? { shmDir: this.opts.shmDir } : {}),
+      });
+    } catch (err) {
+      this.shell = undefined;
+      const notStarted = (err as Error).message;
+      this.onOutput(`[conveyor] the build shell could not be started: ${notStarted}\n`);
+      return { notStarted };
+    }
     this.shells.push(this.shell);
     if (this.stopReason) await this.shell.terminate(0);
     return this.shell;
   }
 
-  /** Runs one command; returns its exit status and whether it took the shell down. */
-  private async runCommand(command: string): Promise<{ exitCode: number; shellDied: boolean }> {
-    // A shell that ends before the command begins was left unable to go on by an earlier command (a
-    // disabled builtin, a read-only CODEBUILD_BUILD_SUCCEEDING): the command has not run, and runs in a
-    // fresh shell, as what follows a command that ends the shell does; if that one ends too, it fails.
-    for (let tries = 0; ; tries++) {
+  /** Runs one command; returns its exit status, whether it took the shell down, and why it did not run. */
+  private async runCommand(command: string): Promise<CommandRun> {
+    for (;;) {
       const shell = await this.liveShell();
+      if (!(shell instanceof ShellProcess)) return { exitCode: NOT_STARTED, shellDied: true, notRun: shell.notStarted };
+      const answered = shell.answered;
       const flag = await shell.send(await this.files.succeeding(this.succeeding ? '1' : '0'));
       if (flag.kind === 'exited') {
-        if (tries === 0) continue;
-        return { exitCode: flag.code === 0 ? 1 : flag.code, shellDied: true };
+        // A shell that had run commands and ends before this one begins was left unable to go on by an
+        // earlier command (a disabled builtin, a read-only CODEBUILD_BUILD_SUCCEEDING): the command has not
+        // run, and runs in a fresh shell, as what follows a command that ends the shell does. A fresh shell
+        // that ends so never came up (its workspace is gone, say): the command fails, saying why.
+        if (answered) continue;
+        return { exitCode: flag.code === 0 ? 1 : flag.code, shellDied: true, notRun: notStartedWhy(flag.code, this.opts.workspace) };
       }
       const r = await shell.send(await this.files.command(command));
       return { exitCode: r.code, shellDied: r.kind === 'exited' };
@@ -175,10 +216,11 @@ class BuildSession {
       if (this.stopReason) return undefined;
       this.emit({ type: 'command-start', phase, block, index, command });
       const started = Date.now();
-      const { exitCode, shellDied } = await this.runCommand(command);
+      const ran = await this.runCommand(command);
+      const { exitCode } = ran;
       this.emit({ type: 'command-end', phase, block, index, exitCode, durationMs: Date.now() - started });
       if (this.stopReason) return undefined;
-      if (exitCode !== 0) return { phase, block, index, exitCode, command, message: describe(phase, block, index, exitCode, command, shellDied) };
+      if (exitCode !== 0) return { phase, block, index, exitCode, command, message: describe(phase, block, index, ran, command) };
     }
     return undefined;
   }
@@ -269,6 +311,7 @@ class BuildSession {
     const names = (this.spec.env?.['exported-variables'] ?? []).filter((n) => !n.startsWith('AWS_'));
     if (names.length === 0 || this.stopReason) return {};
     const shell = await this.liveShell();
+    if (!(shell instanceof ShellProcess)) return {};
     const query = await this.files.exportQuery(names);
     const r = await shell.send(query.path);
     if (r.kind !== 'status' || r.code !== 0) return {};
@@ -321,6 +364,9 @@ async function prepareControlDir(opts: RunPhasesOptions): Promise<string> {
 export async function runPhases(spec: Buildspec, given: RunPhasesOptions): Promise<PhasesResult> {
   const started = Date.now();
   shellOf(spec);
+  // The caller's to check (runBuildspecJob does, failing the build once): no shell could be given it.
+  const problem = environmentProblem(given.env);
+  if (problem) throw new Error(problem);
   // Absolute from here on: the shell runs elsewhere than this process, and reads its control files by path.
   const opts: RunPhasesOptions = { ...given, workspace: resolve(given.workspace) };
   for (const key of ['controlDir', 'tmpDir', 'shmDir'] as const) if (given[key] !== undefined) opts[key] = resolve(given[key]);

@@ -31,6 +31,9 @@ import type { BuildUser } from './shell-process.js';
 
 export const BUILD_USER_NAME = 'conveyor-build';
 
+/** The exit status of a shell whose namespace could not be set up (SETUP_SCRIPT). */
+export const NAMESPACE_NOT_SET_UP = 125;
+
 const { unshare: UNSHARE, mount: MOUNT, sh: SH } = TOOLS;
 
 /** /dev/shm for a shell without a temporary directory of its own: small, as Docker's. */
@@ -61,7 +64,7 @@ const SYSV_LIMITS_TEXT = 'shm 256 MiB in 64 segments, 16 message queues, 128 sem
  */
 const SETUP_SCRIPT = `m=$1 passwd=$2 group=$3 tmp=$4 ownTmp=$5 shm=$6
 shift 6
-fail() { echo "[conveyor] the build's namespace could not be set up: $1" >&2; exit 125; }
+fail() { echo "[conveyor] the build's namespace could not be set up: $1" >&2; exit ${NAMESPACE_NOT_SET_UP}; }
 if [ -n "$passwd" ]; then "$m" --bind "$passwd" /etc/passwd && "$m" --bind "$group" /etc/group || fail "its user's name"; fi
 "$m" -t proc -o nosuid,nodev,noexec,hidepid=invisible proc /proc || fail "a /proc of its own"
 if [ -d /dev/mqueue ]; then "$m" -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue || fail "a /dev/mqueue of its own"; fi

@@ -388,6 +388,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     expect(run.status).toBe('FAILED');
     expect(run.output).toMatch(/the build's namespace could not be set up: a \/(dev\/shm|var\/tmp|tmp) of its own/);
     expect(run.output).not.toMatch(/^never$/m);
+    expect(run.message).toBe('phases.build.commands[0] did not run, as the build shell could not be started (its namespace could not be set up; exit status 125): echo never');
   });
 
   it.runIf(spawnSync('cc', ['--version'], { stdio: 'ignore' }).status === 0)('never hands the build\'s environment to a program root runs (LD_PRELOAD reaches the build\'s own processes only)', async () => {
@@ -472,6 +473,19 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     }
   });
 
+  it('starts a build\'s shell by absolute path, not looked up on the build\'s PATH: a PATH set to literal text fails the commands that need it, not the shell', async () => {
+    const { ws, uid: first } = await buildUserWorkspace();
+    for (const shell of ['bash', '/bin/sh']) {
+      const run = await runYaml(ws, `version: 0.2\nenv:\n  shell: ${shell}\nphases:\n  build:\n    commands:\n      - echo "$0 PATH=$PATH"\n      - ls\n`, {
+        user: { uid: first, gid: first },
+        env: { PATH: '$HOME/.local/bin:$PATH' },
+      });
+      expect(run.status, run.output).toBe('FAILED');
+      expect(run.output).toContain(`${shell} PATH=$HOME/.local/bin:$PATH\n`);
+      expect(run.message).toBe('phases.build.commands[1] exited with code 127: ls');
+    }
+  });
+
   it('starts a build\'s shell in its workspace as its user: a workspace the build swapped for a link to where its user may not go is not entered', async () => {
     const base = await mkdtemp('/run/cv-cwd-');
     onTestFinished(() => rm(base, { recursive: true, force: true }));
@@ -494,6 +508,7 @@ describe.runIf(isRoot)('build users, for a root service', () => {
     });
     expect(run.status).toBe('FAILED');
     expect(run.output).toMatch(/user \d+ cannot enter its workspace/);
+    expect(run.message).toMatch(/^phases\.build\.commands\[2\] did not run, as the build shell could not be started \(it could not enter the workspace \S+: removed, or replaced by the build; exit status 123\): LEAK=/);
     expect(run.output).not.toMatch(/top secret/);
     expect(run.exportedVariables.LEAK ?? '').not.toMatch(/top secret/);
   });

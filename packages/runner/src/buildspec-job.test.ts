@@ -1,9 +1,11 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
-import { cleanAbandonedJobs } from './buildspec-job.js';
+import { FsArtifactStore } from '@conveyor/artifacts';
+import { BuildJob } from '@conveyor/contracts';
+import { cleanAbandonedJobs, runBuildspecJob, type BuildspecRun } from './buildspec-job.js';
 import { currentOwner, type ProcessOwner } from './orphans.js';
 
 let work: string;
@@ -86,5 +88,48 @@ describe('cleanAbandonedJobs', () => {
     const report = await cleanAbandonedJobs(work);
     if (me.startTime !== undefined) expect(report.removed).toEqual([earlier]);
     expect(await exists(join(mine, 'src', 'file'))).toBe(true);
+  });
+});
+
+const BUILD_JOB = JSON.parse(await readFile(new URL('../../contracts/fixtures/v1/stage-job.build.json', import.meta.url), 'utf8')) as object;
+
+/** Runs `buildspec` as a build job (as this service's own user), as the build stage does; resolves with what `then` got. */
+async function buildJob(name: string, buildspec: string): Promise<{ run: BuildspecRun; log: string }> {
+  const artifacts = new FsArtifactStore(join(work, 'artifacts'));
+  const src = join(work, `${name}-src`);
+  await mkdir(src);
+  await writeFile(join(src, 'buildspec.yml'), buildspec);
+  const input = await artifacts.putFiles(`${name}.tar`, src, ['buildspec.yml']);
+  const job = BuildJob.parse({ ...BUILD_JOB, jobId: `${name}.Build.1`, runId: name, input });
+  let log = '';
+  const run = await runBuildspecJob(job, { artifacts, workDir: join(work, 'jobs'), log: (t) => void (log += t), signal: new AbortController().signal }, async (r) => r);
+  return { run, log };
+}
+
+describe('runBuildspecJob: a build whose shell cannot start where it used to fails, once, saying why', () => {
+  it('a PATH the buildspec sets to literal text (no bash on it) does not keep the shell from starting: the command that needs PATH fails', async () => {
+    const { run, log } = await buildJob(
+      'path-run-0001',
+      'version: 0.2\nenv:\n  variables:\n    PATH: "$HOME/.local/bin:$PATH"\nphases:\n  build:\n    commands:\n      - echo "PATH is $PATH"\n      - ls\n',
+    );
+    expect(run.status, log).toBe('FAILED');
+    expect(run.message).toBe('phases.build.commands[1] exited with code 127: ls');
+    expect(log).toContain('PATH is $HOME/.local/bin:$PATH\n');
+    expect(log).toMatch(/ls: command not found/);
+  });
+
+  it('a command that removes the workspace and ends the shell: finally and post_build fail (the fresh shell cannot enter it), the build is FAILED', async () => {
+    const { run, log } = await buildJob(
+      'gone-run-0001',
+      'version: 0.2\nphases:\n  build:\n    commands:\n      - cd / && rm -rf "$CODEBUILD_SRC_DIR" && exit 3\n    finally:\n      - echo finally-ran\n  post_build:\n    commands:\n      - echo post-ran\n',
+    );
+    expect(run.status, log).toBe('FAILED');
+    expect(run.message).toBe('phases.build.commands[0] exited the shell with code 3: cd / && rm -rf "$CODEBUILD_SRC_DIR" && exit 3');
+    expect(run.phases?.phases.map((p) => p.status)).toEqual(['FAILED', 'FAILED']);
+    expect(run.phases?.phases[1]?.message).toMatch(
+      /^phases\.post_build\.commands\[0\] did not run, as the build shell could not be started \(it could not enter the workspace \S+\/src: removed, or replaced by the build; exit status 123\): echo post-ran$/,
+    );
+    expect(log).toMatch(/\[conveyor\] the build's shell cannot enter its workspace \S+\/src\n/);
+    expect(log).not.toMatch(/^(finally|post)-ran$/m);
   });
 });

@@ -157,7 +157,7 @@ function shmDirOf(workDir: string, suffix: string): string {
  * After a crash: kill the shells a dead worker left (see reapOrphans) and remove their job
  * directories. Job directories of live workers sharing `workDir` are left alone.
  */
-export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: number[]; removed: string[] }> {
+export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: number[]; removed: string[]; strays?: number }> {
   const root = resolve(workDir);
   const report = await reapOrphans(root);
   const removed: string[] = [];
@@ -173,7 +173,7 @@ export async function cleanAbandonedJobs(workDir: string): Promise<{ killed: num
     await rm(join(root, name), { force: true });
     removed.push(jobDir);
   }
-  return { killed: report.killed, removed };
+  return { killed: report.killed, removed, ...(report.strays ? { strays: report.strays } : {}) };
 }
 
 /** An owner file's owner, or undefined when the file is missing, truncated or not an owner record. */

@@ -168,6 +168,14 @@ describe('parseBuildspec: every error names its field', () => {
     ['an empty list item as a command', spec('  pre_build:\n    commands:\n      -\n      - echo b\n'), /^phases\.pre_build\.commands\[0\]: expected a command string, got a YAML null \(an empty item\)$/],
     ['a YAML null through an alias', spec('  build:\n    commands: [x, *n]\n', 'env:\n  variables:\n    N: &n ~\n'), /phases\.build\.commands\[1\]: expected a command string, got a YAML null/],
     ['an unknown version', 'version: 0.3\nphases: {}\n', /^version: must be 0\.2, got "0\.3"/],
+    // A tag yaml cannot resolve is a warning only: the value would be read as the text after it, and run.
+    ['a command with an unknown YAML tag', spec('  build:\n    commands:\n      - echo a\n      - !vault x\n'), /^phases\.build\.commands\[1\]: the YAML tag !vault is not supported \(every value is read as text\); remove it, or quote the value if "!vault" is part of the text$/],
+    ['a variable with a YAML 1.1 tag', spec('  build:\n    commands: [x]\n', 'env:\n  variables:\n    RETRIES: !!int 3\n'), /^env\.variables\.RETRIES: the YAML tag !!int is not supported/],
+    ['a key with a tag', spec('  build:\n    commands: [x]\n', 'env:\n  variables:\n    !secret TOKEN: x\n'), /^env\.variables\.TOKEN: the YAML tag !secret is not supported/],
+    ['a tagged value yaml would turn into something else', spec('  build:\n    commands: [!!binary aGk=]\n'), /^phases\.build\.commands\[0\]: the YAML tag !!binary is not supported/],
+    // yaml keeps `__proto__` as an own key, which validation into a new object would drop, silently.
+    ['a variable named __proto__', spec('  build:\n    commands: [x]\n', 'env:\n  variables:\n    __proto__: x\n    A: b\n'), /^env\.variables\.__proto__: the key __proto__ is not allowed \(it would be lost, not read\)$/],
+    ['a report group named __proto__', spec('  build:\n    commands: [x]\n', 'reports:\n  __proto__:\n    files: [r.xml]\n'), /^reports\.__proto__: the key __proto__ is not allowed/],
   ];
   it.each(cases)('%s', (_label, text, expected) => {
     const err = errorOf(text);
@@ -178,6 +186,12 @@ describe('parseBuildspec: every error names its field', () => {
   it('refuses version 0.1 with a clear message, before anything else', () => {
     const err = errorOf('version: 0.1\nphases:\n  build:\n    commands: [{a: b}]\n');
     expect(err.issues[0]).toEqual({ path: 'version', message: expect.stringMatching(/version 0\.1 is not supported/) });
+  });
+
+  it('takes the tags of plain text (!!str, !, !!seq, !!map) as the text, list or mapping they are', () => {
+    const parsed = parseBuildspec(spec('  build:\n    commands: !!seq [!!str 123, ! echo b]\n', 'env: !!map\n  variables:\n    A: !!str yes\n'));
+    expect(parsed.phases.build?.commands).toEqual(['123', 'echo b']);
+    expect(parsed.env?.variables).toEqual({ A: 'yes' });
   });
 
   it('reports YAML syntax errors with their line', () => {

@@ -1,4 +1,4 @@
-import { isAlias, isScalar, isSeq, LineCounter, Parser, parseDocument, type Document } from 'yaml';
+import { isAlias, isMap, isPair, isScalar, isSeq, LineCounter, Parser, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { Buildspec, PHASE_NAMES } from './buildspec-schema.js';
 
@@ -71,6 +71,48 @@ function valueDepthExceeds(value: unknown, limit: number): boolean {
   return false;
 }
 
+/** The tags a buildspec may write: the failsafe schema's (`!!str`, `!!seq`, `!!map`) and `!` (plain text). */
+const TEXT_TAGS = new Set(['!', 'tag:yaml.org,2002:str', 'tag:yaml.org,2002:seq', 'tag:yaml.org,2002:map']);
+
+/**
+ * The first node written with a tag other than TEXT_TAGS, and where: `!vault x` (a tag yaml cannot
+ * resolve) would be read as the text `x`, and run; `!!int 5` as `5`; `!!binary`, `!!timestamp`, `!!set`
+ * would become values no field takes. None is what the buildspec's author meant: refused, naming it.
+ */
+function taggedNode(doc: Document): { path: string; tag: string } | undefined {
+  const stack: Array<{ node: unknown; path: PropertyKey[] }> = [{ node: doc.contents, path: [] }];
+  while (stack.length > 0) {
+    const { node, path } = stack.pop()!;
+    if (isAlias(node) || node === null || typeof node !== 'object') continue;
+    const tag = (node as { tag?: unknown }).tag;
+    if (typeof tag === 'string' && !TEXT_TAGS.has(tag)) return { path: formatPath(path), tag: tag.replace(/^tag:yaml\.org,2002:/, '!!') };
+    if (isMap(node)) {
+      for (const pair of node.items) {
+        const key = isScalar(pair.key) ? String(pair.key.value) : '?';
+        stack.push({ node: pair.value, path: [...path, key] }, { node: pair.key, path: [...path, key] });
+      }
+    } else if (isSeq(node)) node.items.forEach((item, i) => stack.push({ node: item, path: [...path, i] }));
+    else if (isPair(node)) stack.push({ node: node.value, path });
+  }
+  return undefined;
+}
+
+/**
+ * Where the composed value has a `__proto__` key: kept by yaml as an own key, it would be lost when
+ * validated into a new object (setting `__proto__` sets its prototype), and with it a report group
+ * or an environment variable, silently.
+ */
+function protoKeyPath(value: unknown): string | undefined {
+  const stack: Array<{ node: unknown; path: PropertyKey[] }> = [{ node: value, path: [] }];
+  while (stack.length > 0) {
+    const { node, path } = stack.pop()!;
+    if (node === null || typeof node !== 'object') continue;
+    if (!Array.isArray(node) && Object.hasOwn(node, '__proto__')) return formatPath([...path, '__proto__']);
+    for (const [key, child] of Object.entries(node)) stack.push({ node: child, path: [...path, Array.isArray(node) ? Number(key) : key] });
+  }
+  return undefined;
+}
+
 function readYaml(text: string): { value: unknown; doc: Document } {
   if (Buffer.byteLength(text, 'utf8') > MAX_BUILDSPEC_BYTES) throw new BuildspecError(`buildspec is larger than ${MAX_BUILDSPEC_BYTES} bytes`);
   if (cstDepth(text, MAX_NESTING_DEPTH) > MAX_NESTING_DEPTH) throw new BuildspecError(`buildspec nests deeper than ${MAX_NESTING_DEPTH} levels`);
@@ -79,6 +121,14 @@ function readYaml(text: string): { value: unknown; doc: Document } {
   const doc = parseDocument(text, { schema: 'failsafe', uniqueKeys: true, merge: true, lineCounter, prettyErrors: true });
   const first = doc.errors[0];
   if (first) throw new BuildspecError(`invalid YAML: ${first.message.split('\n')[0]}`);
+  const tagged = taggedNode(doc);
+  if (tagged) {
+    const message = `the YAML tag ${tagged.tag} is not supported (every value is read as text); remove it, or quote the value if "${tagged.tag}" is part of the text`;
+    throw new BuildspecError(`${tagged.path}: ${message}`, [{ path: tagged.path, message }]);
+  }
+  // Anything else yaml warns of is not read as written either (as the control plane reads pipeline definitions).
+  const warning = doc.warnings[0];
+  if (warning) throw new BuildspecError(`invalid YAML: ${warning.message.split('\n')[0]!.replace(/:$/, '')}`);
   let value: unknown;
   try {
     value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
@@ -86,6 +136,11 @@ function readYaml(text: string): { value: unknown; doc: Document } {
     throw new BuildspecError(`invalid YAML: ${(err as Error).message}`);
   }
   if (valueDepthExceeds(value, MAX_NESTING_DEPTH)) throw new BuildspecError(`buildspec nests deeper than ${MAX_NESTING_DEPTH} levels`);
+  const proto = protoKeyPath(value);
+  if (proto) {
+    const message = 'the key __proto__ is not allowed (it would be lost, not read)';
+    throw new BuildspecError(`${proto}: ${message}`, [{ path: proto, message }]);
+  }
   return { value, doc };
 }
 

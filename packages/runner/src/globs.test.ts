@@ -1,5 +1,6 @@
-import { execFileSync } from 'node:child_process';
-import { chown, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { execFile, execFileSync } from 'node:child_process';
+import { chmod, chown, lstat, mkdir, mkdtemp, readFile, readlink, realpath, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { join } from 'node:path';
@@ -8,6 +9,9 @@ import { FsArtifactStore } from '@conveyor/artifacts';
 import { GLOB_LIMITS } from '@conveyor/globs';
 import { CATASTROPHIC_GLOB, GLOB_VICTIM, writeFiles } from '@conveyor/testing';
 import { fileSelection, FileSelectionError, readSelectedFile, resolveFiles, stageFiles, type FileSelection } from './globs.js';
+import { checkSetpriv } from './shell-process.js';
+
+const run = promisify(execFile);
 
 const isRoot = process.getuid?.() === 0;
 const NOBODY = { uid: 65534, gid: 65534 };
@@ -41,6 +45,15 @@ afterEach(async () => {
 });
 
 const resolve = (sel: FileSelection) => resolveFiles(ws, sel);
+
+/** resolveFiles run as nobody, in a process of its own: its error as `<name>: <message>`, or its files as JSON. */
+async function resolveAsNobody(workspace: string, selection: FileSelection): Promise<string> {
+  const script = `import { resolveFiles } from ${JSON.stringify(new URL('./globs.ts', import.meta.url).href)};
+const r = await resolveFiles(process.argv[1], JSON.parse(process.argv[2])).then((r) => JSON.stringify(r.files), (e) => \`\${e.name}: \${e.message}\`);
+process.stdout.write(r);`;
+  const { stdout } = await run(checkSetpriv(), [`--reuid=${NOBODY.uid}`, `--regid=${NOBODY.gid}`, '--clear-groups', '--', process.execPath, '--import', import.meta.resolve('tsx/esm'), '--input-type=module', '-e', script, workspace, JSON.stringify(selection)], { cwd: '/', env: { PATH: '/usr/bin:/bin' } });
+  return stdout;
+}
 
 async function failure(sel: FileSelection): Promise<string> {
   try {
@@ -149,6 +162,40 @@ describe('resolveFiles: what a build may leave in its workspace', () => {
     mkfifo(join(ws, 'reports', 'pipe.xml'));
     expect(await failure({ files: ['reports/*.xml'], label: 'reports.unit' })).toMatch(/^reports\.unit\.files: reports\/pipe\.xml is a FIFO, not a regular file; remove it or list it in exclude-paths$/);
     expect((await resolve({ files: ['reports/*.xml'], excludePaths: ['reports/pipe.xml'] })).files).toEqual(['reports/unit.xml']);
+  });
+
+  it('does not skip a directory whose name is not UTF-8: a file under it that is selected is refused, naming it as written', async () => {
+    const dir = Buffer.concat([Buffer.from(`${ws}/d`), Buffer.from([0xe9])]);
+    await mkdir(dir);
+    await writeFile(Buffer.concat([dir, Buffer.from('/keep.txt')]), 'kept');
+    expect(await failure({ files: ['**/*'] })).toBe(
+      'artifacts.files: d\\xe9/keep.txt has a name that is not UTF-8 (the bytes shown as \\xNN); Conveyor stores and reads files by names that are text, so it cannot be selected: rename it, or list it in exclude-paths',
+    );
+    // Left out on purpose, it is no problem; nor when no pattern selects it.
+    expect((await resolve({ files: ['**/*'], excludePaths: ['d?/**'] })).files).toEqual([...TREE].sort());
+    expect((await resolve({ files: ['src/**/*'] })).files).toEqual(['src/a.ts', 'src/b.ts', 'src/nested/c.ts']);
+  });
+
+  it('refuses a selected file whose name is not UTF-8, naming it, rather than listing a name that stageFiles then cannot find', async () => {
+    await writeFile(Buffer.concat([Buffer.from(`${ws}/dist/caf`), Buffer.from([0xe9]), Buffer.from('.txt')]), 'latin-1 name');
+    await writeFile(join(ws, 'dist', 'naïve.txt'), 'utf-8 name');
+    expect(await failure({ files: ['dist/**/*'], label: 'reports.unit' })).toMatch(/^reports\.unit\.files: dist\/caf\\xe9\.txt has a name that is not UTF-8 /);
+    const ok = await resolve({ files: ['dist/**/*'], excludePaths: ['dist/caf?.txt'] });
+    expect(ok.files).toEqual(['dist/.map', 'dist/app.js', 'dist/lib/util.js', 'dist/naïve.txt']);
+    const staging = join(root, 'staging');
+    await mkdir(staging);
+    await stageFiles(ok, staging);
+    expect(await readFile(join(staging, 'dist', 'naïve.txt'), 'utf8')).toBe('utf-8 name');
+  });
+
+  it('fails, naming it, on a directory it cannot list (EACCES) instead of leaving its files out', async () => {
+    await writeFiles(join(ws, 'locked'), { 'inside.txt': 'x' });
+    await chmod(join(ws, 'locked'), 0o000);
+    await chmod(root, 0o755);
+    const selection = { files: ['**/*'], label: 'artifacts' };
+    // Root lists any directory: the walk runs as nobody then, in a process of its own (a service not run as root, as its builds).
+    const message = isRoot ? await resolveAsNobody(ws, selection) : await failure(selection);
+    expect(message).toBe('FileSelectionError: artifacts.files: locked cannot be listed (EACCES), so the files selected could not all be found');
   });
 
   it('refuses a workspace the build replaced with a symlink (it owns the directory around it)', async () => {

@@ -1,3 +1,5 @@
+import { isUtf8 } from 'node:buffer';
+import type { Dirent } from 'node:fs';
 import { cp, link, lstat, mkdir, readdir, readlink, realpath, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, posix, relative, resolve, sep } from 'node:path';
 import picomatch from 'picomatch';
@@ -85,11 +87,42 @@ async function realInside(root: string, path: string, field: string): Promise<st
 }
 
 interface Found {
+  /** Its path relative to the walk's root, POSIX separators; a name that is not UTF-8 is decoded with U+FFFD (see `notUtf8`). */
   rel: string;
   symlink: boolean;
   dir: boolean;
   /** What it is when it is none of a file, a directory or a symlink (a FIFO, say). */
   other?: string;
+  /**
+   * Its path as written, bytes that are not UTF-8 shown as `\xNN`, when a name on it (its own or a
+   * directory's) is not UTF-8: `rel` then names no file (U+FFFD in place of those bytes), and the
+   * artifact store and the reports reader take names as text. Refused once selected (notUtf8Error).
+   */
+  notUtf8?: string;
+}
+
+/** A name as written: valid UTF-8 as text, any other byte as `\xNN`. */
+function escapeName(name: Buffer): string {
+  let out = '';
+  for (let i = 0; i < name.length; ) {
+    const b = name[i]!;
+    const len = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    const seq = len > 0 && i + len <= name.length ? name.subarray(i, i + len) : undefined;
+    if (seq && isUtf8(seq)) {
+      out += seq.toString('utf8');
+      i += len;
+    } else {
+      out += `\\x${b.toString(16).padStart(2, '0')}`;
+      i += 1;
+    }
+  }
+  return out;
+}
+
+function notUtf8Error(field: string, shown: string): FileSelectionError {
+  return new FileSelectionError(
+    `${field}: ${shown} has a name that is not UTF-8 (the bytes shown as \\xNN); Conveyor stores and reads files by names that are text, so it cannot be selected: rename it, or list it in exclude-paths`,
+  );
 }
 
 function otherKind(e: { isFIFO(): boolean; isSocket(): boolean; isBlockDevice(): boolean; isCharacterDevice(): boolean }): string | undefined {
@@ -99,20 +132,39 @@ function otherKind(e: { isFIFO(): boolean; isSocket(): boolean; isBlockDevice():
   return undefined;
 }
 
-/** Lists everything under `start` (relative to root) without following symlinks. */
-async function walk(root: string, starts: readonly string[]): Promise<Found[]> {
+const SLASH = Buffer.from('/');
+
+/**
+ * Lists everything under `starts` (relative to root) without following symlinks. Names are read as
+ * bytes, so a directory whose name is not UTF-8 is still walked (its files are found, and refused if
+ * selected: see Found's `notUtf8`). A directory that cannot be listed (EACCES, EMFILE, EIO…) is an
+ * error naming it, never a silent gap in the selection; one that is gone (the build may still have
+ * had a process running) or is not a directory (a pattern's literal directory that is a file) has
+ * nothing to list.
+ */
+async function walk(root: string, starts: readonly string[], field: string): Promise<Found[]> {
   const found: Found[] = [];
-  const stack = [...starts];
+  const stack: Array<{ rel: string; path: Buffer; shown?: string }> = starts.map((s) => ({ rel: s, path: Buffer.from(join(root, s)) }));
   while (stack.length > 0) {
     const dir = stack.pop()!;
-    const entries = await readdir(join(root, dir), { withFileTypes: true }).catch(() => []);
+    let entries: Dirent<Buffer>[];
+    try {
+      entries = await readdir(dir.path, { withFileTypes: true, encoding: 'buffer' });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') continue;
+      throw new FileSelectionError(`${field}: ${dir.shown ?? (dir.rel || '.')} cannot be listed (${code ?? (err as Error).message}), so the files selected could not all be found`, { cause: err });
+    }
     for (const e of entries) {
-      const rel = dir ? `${dir}/${e.name}` : e.name;
       if (found.length >= MAX_ENTRIES) throw new FileSelectionError(`more than ${MAX_ENTRIES} entries to search; narrow the patterns`);
-      if (e.isDirectory()) stack.push(rel);
+      const name = e.name.toString('utf8');
+      const rel = dir.rel ? `${dir.rel}/${name}` : name;
+      const parentShown = dir.shown ?? dir.rel;
+      const shown = dir.shown !== undefined || !isUtf8(e.name) ? (parentShown ? `${parentShown}/${escapeName(e.name)}` : escapeName(e.name)) : undefined;
+      if (e.isDirectory()) stack.push({ rel, path: Buffer.concat([dir.path, SLASH, e.name]), ...(shown !== undefined ? { shown } : {}) });
       const other = otherKind(e);
       if (e.isDirectory() || e.isFile() || e.isSymbolicLink() || other) {
-        found.push({ rel, symlink: e.isSymbolicLink(), dir: e.isDirectory(), ...(other ? { other } : {}) });
+        found.push({ rel, symlink: e.isSymbolicLink(), dir: e.isDirectory(), ...(other ? { other } : {}), ...(shown !== undefined ? { notUtf8: shown } : {}) });
       }
     }
   }
@@ -146,12 +198,13 @@ async function resolveBase(workspace: string, baseDirectory: string | undefined,
   if (baseDirectory === undefined || baseDirectory === '' || baseDirectory === '.') return workspace;
   const pattern = normalisePattern(baseDirectory.replace(/\/+$/, ''), field);
   if (!picomatch.scan(pattern).isGlob) return realInside(workspace, join(workspace, pattern), field);
-  const candidates = (await walk(workspace, walkStarts([pattern]))).filter((f) => f.dir || f.symlink);
+  const candidates = (await walk(workspace, walkStarts([pattern]), field)).filter((f) => f.dir || f.symlink);
   const dirs = await matcher.select([{ field, pattern }], candidates, (f) => f.rel);
   if (dirs.length !== 1) {
-    const what = dirs.length === 0 ? 'matches no directory' : `matches ${dirs.length} directories (${dirs.map((d) => d.rel).sort().join(', ')}); only one is supported`;
+    const what = dirs.length === 0 ? 'matches no directory' : `matches ${dirs.length} directories (${dirs.map((d) => d.notUtf8 ?? d.rel).sort().join(', ')}); only one is supported`;
     throw new FileSelectionError(`${field}: "${baseDirectory}" ${what}`);
   }
+  if (dirs[0]!.notUtf8 !== undefined) throw notUtf8Error(field, dirs[0]!.notUtf8);
   return realInside(workspace, join(workspace, dirs[0]!.rel), field);
 }
 
@@ -227,10 +280,11 @@ async function resolveSelection(workspace: string, selection: FileSelection): Pr
   const patterns = globs.map((g) => g.pattern);
   const excludes = globsOf(selection.excludePaths ?? [], `${label}.exclude-paths`);
   const starts = await existingStarts(root, base, walkStarts(patterns), `${label}.files`);
-  const selected = await matcher.select(globs, (await walk(base, starts)).filter((f) => !f.dir), (f) => f.rel);
+  const selected = await matcher.select(globs, (await walk(base, starts, `${label}.files`)).filter((f) => !f.dir), (f) => f.rel);
   const excluded = new Set(await matcher.select(excludes, selected, (f) => f.rel));
   const found = selected.filter((f) => !excluded.has(f));
   for (const f of found) {
+    if (f.notUtf8 !== undefined) throw notUtf8Error(`${label}.files`, f.notUtf8);
     if (f.other) throw new FileSelectionError(`${label}.files: ${f.rel} is ${f.other}, not a regular file; remove it or list it in exclude-paths`);
   }
   const files = found.map((f) => f.rel).sort();

@@ -1,5 +1,6 @@
 // Types of junit-parse.mjs (plain JavaScript so that a worker_thread can load it; see there).
 
+/** A failed (or errored) case; each text shortened, with `…` after it, to 500 characters (suite, name) or 2000 (message). */
 export interface JUnitFailure {
   suite: string;
   name: string;

@@ -9,7 +9,19 @@ export class JUnitError extends Error {
 
 export const MAX_JUNIT_BYTES = 50 * 1024 * 1024;
 const MAX_FAILURES = 1000;
+// What a failure's texts are shortened to (with `…` after): within the contracts' FAILED_TEST_LIMITS
+// (1000, 1000, 4000), which a stage result must meet. A report's names are the build's to choose: ten
+// failed cases named with a megabyte each made a 20 MB stage result.
 const MAX_MESSAGE = 2000;
+const MAX_NAME = 500;
+
+/** `text`, shortened to `max` characters and `…` when longer. @param {string} text @param {number} max */
+function shortened(text, max) {
+  if (text.length <= max) return text;
+  // Not between the two halves of a surrogate pair: a lone half is not text.
+  const end = /[\uD800-\uDBFF]/.test(text[max - 1] ?? '') ? max - 1 : max;
+  return `${text.slice(0, end)}…`;
+}
 
 const parser = new XMLParser({
   ignoreAttributes: false,
@@ -60,7 +72,7 @@ function children(node, name) {
 function messageOf(problem) {
   const text = attr(problem, 'message') ?? (typeof problem['#text'] === 'string' ? decodeEntities(problem['#text']) : undefined);
   if (text === undefined || text === '') return undefined;
-  return text.length > MAX_MESSAGE ? `${text.slice(0, MAX_MESSAGE)}…` : text;
+  return shortened(text, MAX_MESSAGE);
 }
 
 /** @typedef {import('./junit-parse.mjs').JUnitSummary} JUnitSummary */
@@ -76,7 +88,7 @@ function countCase(tc, suite, acc) {
     s.failed += 1;
     if (s.failures.length < MAX_FAILURES) {
       const message = messageOf(problem);
-      s.failures.push({ suite: attr(tc, 'classname') ?? suite, name: attr(tc, 'name') ?? '(unnamed)', ...(message ? { message } : {}) });
+      s.failures.push({ suite: shortened(attr(tc, 'classname') ?? suite, MAX_NAME), name: shortened(attr(tc, 'name') ?? '(unnamed)', MAX_NAME), ...(message ? { message } : {}) });
     }
   } else if (tc.skipped !== undefined) s.skipped += 1;
   else s.passed += 1;

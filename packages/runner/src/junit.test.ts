@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FailedTestCase } from '@conveyor/contracts';
 import { resolveFiles } from './globs.js';
 import { JUNIT_LIMITS, JUnitError, JUnitReader, parseJUnit, type JUnitLimits } from './junit.js';
 
@@ -76,6 +77,22 @@ describe('parseJUnit', () => {
     const bomb = '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><testsuite><testcase name="&lol2;"/></testsuite>';
     expect(errorOf(bomb)).toMatch(/DOCTYPE/);
     expect(errorOf(fixture('passing.xml'), 100)).toBe('report is larger than 100 bytes');
+  });
+
+  it("shortens a failed case's suite and name to 500 characters and its message to 2000, each marked with …, within the contract's limits", () => {
+    const huge = 'x'.repeat(64 * 1024);
+    const cases = Array.from({ length: 10 }, (_, i) => `<testcase classname="${huge}" name="${i}${huge}"><failure message="${huge}"/></testcase>`).join('');
+    const r = parseJUnit(`<testsuite name="s">${cases}<testcase name="short"><failure message="m"/></testcase></testsuite>`);
+    expect(r.failed).toBe(11);
+    for (const [i, f] of r.failures.slice(0, 10).entries()) {
+      expect(f).toEqual({ suite: `${'x'.repeat(500)}…`, name: `${i}${'x'.repeat(499)}…`, message: `${'x'.repeat(2000)}…` });
+      expect(FailedTestCase.safeParse(f).success).toBe(true);
+    }
+    expect(r.failures[10]).toEqual({ suite: 's', name: 'short', message: 'm' });
+    expect(Buffer.byteLength(JSON.stringify(r.failures))).toBeLessThan(40_000);
+    // Never between the halves of a character outside the BMP (a lone surrogate is not text).
+    const emoji = parseJUnit(`<testsuite><testcase classname="${'a'.repeat(499)}${'😀'.repeat(10)}" name="n"><failure/></testcase></testsuite>`);
+    expect(emoji.failures[0]!.suite).toBe(`${'a'.repeat(499)}…`);
   });
 
   it('leaves undefined entities as written instead of expanding anything', () => {

@@ -1,11 +1,12 @@
 import { spawn, spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { bootId, groupAlive, processStartTime } from '@conveyor/procfs';
-import { reapOrphans, type ShellRecord } from './orphans.js';
+import { BUILD_MARK, reapOrphans, type ShellRecord } from './orphans.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -27,8 +28,8 @@ afterEach(async () => {
 });
 
 /** A process group of its own (a shell with a child), as a build shell would be. */
-async function startGroup(): Promise<number> {
-  const child = spawn('sh', ['-c', 'sleep 100 & sleep 100'], { detached: true, stdio: 'ignore' });
+async function startGroup(env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const child = spawn('sh', ['-c', 'sleep 100 & sleep 100'], { detached: true, stdio: 'ignore', env });
   await new Promise((r) => child.once('spawn', r));
   child.unref();
   started.push(child.pid!);
@@ -63,6 +64,23 @@ describe('reapOrphans', () => {
     expect(report.removed).toEqual([ctl]);
     expect(await waitGone(pgid)).toBe(true);
     expect(existsSync(ctl)).toBe(false);
+  });
+
+  it("kills what a dead session started outside its group (a setsid daemon carrying the session's mark), and nothing that does not carry it", async () => {
+    const value = randomUUID();
+    const env = { ...process.env, [BUILD_MARK]: value };
+    const pgid = await startGroup(env);
+    // Its own session and group, as `setsid daemon &` in a build makes it; it outlived the worker's kill -9.
+    const daemon = await startGroup(env);
+    const other = await startGroup({ ...process.env, [BUILD_MARK]: randomUUID() });
+    const ctl = join(root, 'job-5.ctl');
+    await writeRecord(ctl, { pid: pgid, pgid, ownerPid: await deadPid(), startTime: processStartTime(pgid), mark: `${BUILD_MARK}=${value}` });
+    const report = await reapOrphans(root);
+    expect(report.killed).toEqual([pgid]);
+    expect(report.strays).toBeGreaterThanOrEqual(2); // the daemon's shell and its sleep (and any of the group not yet gone)
+    expect(await waitGone(pgid)).toBe(true);
+    expect(await waitGone(daemon)).toBe(true);
+    expect(groupAlive(other)).toBe(true);
   });
 
   it('leaves a session alone while its owner lives', async () => {

@@ -84,10 +84,21 @@ export interface ReapReport {
   killed: number[];
   /** Control directories removed because their owner is gone. */
   removed: string[];
+  /** Processes outside those groups that carried a dead session's mark (setsid daemons), killed too; absent when none. */
+  strays?: number;
+}
+
+/** A record's mark, when it is one a session of ours gives (`CONVEYOR_BUILD_MARK=<uuid>`): the value to kill by. */
+function markValue(mark: unknown): string | undefined {
+  if (typeof mark !== 'string' || !mark.startsWith(`${BUILD_MARK}=`)) return undefined;
+  const value = mark.slice(BUILD_MARK.length + 1);
+  // Never an empty or short value: killMarked kills every process that carries it.
+  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(value) ? value : undefined;
 }
 
 /**
- * Kills the process groups left by sessions whose owner process is dead, and removes their
+ * Kills the process groups left by sessions whose owner process is dead, and what those sessions
+ * started outside their groups (processes carrying a session's mark: killMarked), and removes their
  * control directories. Looks at `controlRoot` itself and its direct subdirectories (a worker
  * keeps `<root>/<job>/` workspaces next to `<root>/<job>.ctl/` control dirs), believing only
  * directories and records of this process's user (ownPrivateDir). Call it at worker start-up,
@@ -95,6 +106,8 @@ export interface ReapReport {
  */
 export async function reapOrphans(controlRoot: string): Promise<ReapReport> {
   const report: ReapReport = { killed: [], removed: [] };
+  /** The marks of dead sessions already swept for (each shell of a session has the session's). */
+  const marks = new Set<string>();
   const subdirs = (await readdir(controlRoot, { withFileTypes: true }).catch(() => []))
     .filter((e) => e.isDirectory())
     .map((e) => join(controlRoot, e.name));
@@ -115,6 +128,14 @@ export async function reapOrphans(controlRoot: string): Promise<ReapReport> {
         } catch {
           // gone between the check and the kill
         }
+      }
+      // What the build started outside its group (a setsid daemon) still carries the session's mark, as
+      // the session's own close would have found it; whether or not the group itself was still there.
+      const mark = markValue(r?.mark);
+      if (mark !== undefined && !marks.has(mark)) {
+        marks.add(mark);
+        const strays = await killMarked(BUILD_MARK, mark);
+        if (strays > 0) report.strays = (report.strays ?? 0) + strays;
       }
       await rm(path, { force: true });
     }

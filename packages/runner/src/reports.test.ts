@@ -5,6 +5,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CATASTROPHIC_GLOB, GLOB_VICTIM, junitXml } from '@conveyor/testing';
 import { GLOB_LIMITS } from '@conveyor/globs';
+import { StageResultOutput } from '@conveyor/contracts';
 import { finishedBuild as finishedIn } from './testkit.js';
 import type { BuildspecRun } from './buildspec-job.js';
 import { JUNIT_LIMITS } from './junit.js';
@@ -75,6 +76,46 @@ describe('collectReports', () => {
     expect(collected.tests).toEqual({ total: 150, passed: 0, failed: 150, skipped: 0 });
     expect(collected.failedTests).toHaveLength(100);
     expect(collected.failedTests[99]!.name).toBe('t99');
+  });
+
+  it('discard-paths: yes does not keep two reports of one file name from being read (reports are read where they lie)', async () => {
+    const run = await finishedBuild(
+      { 'mod1/junit.xml': junit('<testcase name="a"/>'), 'mod2/junit.xml': junit('<testcase name="b"><failure/></testcase>') },
+      "  unit:\n    files: [ '**/junit.xml' ]\n    discard-paths: yes\n",
+    );
+    const lines: string[] = [];
+    const collected = read(await collectReports(run, (t) => lines.push(t)));
+    expect(collected.problems).toEqual([]);
+    expect(collected.tests).toEqual({ total: 2, passed: 1, failed: 1, skipped: 0 });
+    expect(lines.slice(0, 2)).toEqual(['[conveyor] report unit: mod1/junit.xml: 1 passed, 0 failed, 0 skipped\n', '[conveyor] report unit: mod2/junit.xml: 0 passed, 1 failed, 0 skipped\n']);
+  });
+
+  it('reports that hold no test case at all are a problem naming them (a test gate that found no results does not pass)', async () => {
+    const run = await finishedBuild(
+      { 'reports/a.xml': '<testsuite name="none" tests="0"/>', 'reports/b.xml': junit(''), 'other/c.xml': '<testsuites/>' },
+      "  unit:\n    files: [ 'reports/*.xml' ]\n  other:\n    files: [ 'other/*.xml' ]\n",
+    );
+    const lines: string[] = [];
+    const collected = read(await collectReports(run, (t) => lines.push(t), { problemNote: ' (a note)' }));
+    expect(collected.tests).toEqual({ total: 0, passed: 0, failed: 0, skipped: 0 });
+    expect(collected.problems).toEqual(['no test cases in the reports: reports/a.xml, reports/b.xml, other/c.xml']);
+    expect(lines.at(-1)).toBe('[conveyor] reports: no test cases in the reports: reports/a.xml, reports/b.xml, other/c.xml (a note)\n');
+    // One test case anywhere, even skipped, is a result; and no file read at all is the groups' own problem.
+    const skipped = read(await collectReports(await finishedBuild({ 'other/c.xml': junit('<testcase name="s"><skipped/></testcase>') }, "  unit:\n    files: [ 'reports/*.xml' ]\n  other:\n    files: [ 'other/*.xml' ]\n"), () => undefined));
+    expect(skipped.problems).toEqual([]);
+    const none = read(await collectReports(await finishedBuild({}, "  unit:\n    files: [ 'nowhere/*.xml' ]\n"), () => undefined));
+    expect(none.problems).toHaveLength(1);
+    expect(none.problems[0]).toMatch(/^reports\.unit\.files: no files matched/);
+  });
+
+  it('a report of failed cases with huge names makes a small result, within the contract (a stage result is its BullMQ return value)', async () => {
+    const huge = 'n'.repeat(256 * 1024);
+    const cases = Array.from({ length: 10 }, (_, i) => `<testcase classname="${huge}" name="t${i}${huge}"><failure message="${huge}"/></testcase>`).join('');
+    const collected = read(await collectReports(await finishedBuild({ 'r.xml': junit(cases) }, "  unit:\n    files: [ 'r.xml' ]\n"), () => undefined));
+    expect(collected.tests).toEqual({ total: 10, passed: 0, failed: 10, skipped: 0 });
+    const output = { tests: collected.tests, failedTests: collected.failedTests };
+    expect(StageResultOutput.safeParse(output).success).toBe(true);
+    expect(Buffer.byteLength(JSON.stringify(output))).toBeLessThan(40_000);
   });
 
   it('reads nothing, and logs nothing, when the buildspec declares no reports or was not read', async () => {

@@ -1,16 +1,17 @@
-import type { TestCounts } from '@conveyor/contracts';
+import { MAX_FAILED_TESTS, type TestCounts } from '@conveyor/contracts';
 import type { BuildspecRun } from './buildspec-job.js';
 import { fileSelection, resolveFiles, type ResolvedFiles } from './globs.js';
 import { JUNIT_LIMITS, JUnitError, JUnitReader, type JUnitFailure, type JUnitLimits, type JUnitSummary } from './junit.js';
 import type { BuildUser } from './shell-process.js';
 
-/** The most failed cases a stage result names (StageOutput's `failedTests` holds up to 100). */
-const MAX_FAILED_TESTS = 100;
+/** The most report files the problem of reports without test cases names. */
+const MAX_NAMED_FILES = 10;
 
 /**
  * What a buildspec's `reports` came to: `none` (no `reports` declared, or no buildspec read),
  * `stopped` (the job was stopped: nothing more is read, nor said missing), or the sums of every
- * report read, with one problem per group that could not be read in full.
+ * report read, with one problem per group that could not be read in full, and one more when the
+ * files read hold no test case at all ("no test cases in the reports: …").
  */
 export type CollectedReports =
   | { kind: 'none' }
@@ -45,14 +46,19 @@ export async function collectReports(run: Pick<BuildspecRun, 'workspace' | 'spec
   const tests: TestCounts = { total: 0, passed: 0, failed: 0, skipped: 0 };
   const failedTests: JUnitFailure[] = [];
   const problems: string[] = [];
+  /** The files read, for the problem of reports that hold no test case at all. */
+  const read: string[] = [];
   const reader = new JUnitReader(opts.limits ?? JUNIT_LIMITS, signal);
   try {
     for (const [group, report] of groups) {
       if (signal?.aborted) return { kind: 'stopped' };
       try {
-        const files = await resolveFiles(run.workspace, fileSelection(report, `reports.${group}`));
+        // Read where they lie, never stored under the names discard-paths would give them: two groups'
+        // or modules' junit.xml are no collision here (an artifact would have both at one name).
+        const files = await resolveFiles(run.workspace, { ...fileSelection(report, `reports.${group}`), discardPaths: false });
         for (const file of files.files) {
           const summary = await readReport(reader, files, file, opts.user);
+          read.push(file);
           tests.total += summary.total;
           tests.passed += summary.passed;
           tests.failed += summary.failed;
@@ -68,6 +74,14 @@ export async function collectReports(run: Pick<BuildspecRun, 'workspace' | 'spec
     }
   } finally {
     await reader.close();
+  }
+  if (read.length > 0 && tests.total === 0) {
+    // Reports that ran no test (`<testsuite tests="0"/>`: a filter that matched nothing, a runner that found
+    // no test file) pass no gate: a test gate that found no results does not pass.
+    const shown = read.length > MAX_NAMED_FILES ? `${read.slice(0, MAX_NAMED_FILES).join(', ')} and ${read.length - MAX_NAMED_FILES} more` : read.join(', ');
+    const problem = `no test cases in the reports: ${shown}`;
+    problems.push(problem);
+    log(`[conveyor] reports: ${problem}${opts.problemNote ?? ''}\n`);
   }
   for (const f of failedTests) log(`[conveyor] FAILED ${f.suite} › ${f.name}${f.message ? `: ${f.message.split('\n')[0]}` : ''}\n`);
   return { kind: 'read', tests, failedTests, problems };

@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess, type StdioNull, type StdioPipe } from 'node:child_process';
 import { constants } from 'node:os';
+import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { groupAlive } from '@conveyor/procfs';
 import { inBuildNamespace } from './build-namespace.js';
@@ -18,6 +19,41 @@ export const SETPRIV = TOOLS.setpriv;
 export function checkBash(): string {
   if (!TOOLS.bash) throw new Error('builds run as other users need bash in /usr/bin or /bin (root-owned)');
   return TOOLS.bash;
+}
+
+let serviceBash: string | null | undefined;
+
+/**
+ * The bash a build run as this service's own user starts, by absolute path, found once: the root-owned
+ * one (TOOLS.bash), else the first on this service's own PATH. Never looked up on the build's PATH,
+ * which a buildspec sets (`$HOME/.local/bin:$PATH` there is literal text: no bash would be found).
+ */
+function bashOfService(): string {
+  if (serviceBash === undefined) serviceBash = TOOLS.bash ?? onPath('bash', process.env.PATH ?? '') ?? null;
+  if (serviceBash === null) throw new Error("no bash in /usr/bin, /bin or the service's PATH; install bash, or set env.shell: /bin/sh");
+  return serviceBash;
+}
+
+function onPath(name: string, path: string): string | undefined {
+  for (const dir of path.split(':')) {
+    if (!isAbsolute(dir)) continue;
+    const file = join(dir, name);
+    try {
+      if (statSync(file).isFile()) {
+        accessSync(file, fsConstants.X_OK);
+        return file;
+      }
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** The absolute path of the shell a build runs (`/bin/sh` is one already). */
+function shellPath(shell: ShellKind, asUser: boolean): string {
+  if (shell === '/bin/sh') return shell;
+  return asUser ? checkBash() : bashOfService();
 }
 
 function checkPrlimit(): string {
@@ -41,7 +77,8 @@ const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
  * Run by bash as the build's (or deployed app's) user, with ROOT_ENV only: enters the workspace as the user (root never
  * chdirs into a directory the build controls: a symlink there would take the shell where its user could
  * not go), exports the build's environment from NUL-terminated NAME=VALUE records on fd 5, and execs
- * the shell. Constant text; the workspace comes as $1, the shell and its arguments after it.
+ * the shell. Constant text; the workspace comes as $1, the shell and its arguments after it (after
+ * options of `exec` first, if any: a build's shell comes as `-a bash /usr/bin/bash …`, so its $0 is `bash`).
  */
 export const USER_LOADER = `cd -- "$1" || { echo "[conveyor] user $UID cannot enter its workspace $1" >&2; exit 123; }
 unset OLDPWD
@@ -163,6 +200,23 @@ export const PRELUDE = `exec 2>&1
 __cv_o=
 `;
 
+/**
+ * Sent after PRELUDE to a shell started as this service's own user, which starts in the control directory
+ * (one of the service's, which exists) with the workspace as its one argument: enters the workspace as
+ * spawning it there did (`-P`: $PWD is the physical path, as the shell found it from getcwd then), then
+ * leaves no trace of the start (no positional parameter; OLDPWD unset, but exported, as a shell given
+ * none has it). A workspace the build removed (`rm -rf "$CODEBUILD_SRC_DIR"`) ends the shell with 123,
+ * as USER_LOADER does for a build run as another user.
+ */
+export const ENTER_WORKSPACE = `\\command cd -P -- "$1" || { \\command printf '%s\\n' "[conveyor] the build's shell cannot enter its workspace $1" >&2; \\command exit 123; }
+\\command shift
+\\command unset OLDPWD
+\\command export OLDPWD
+`;
+
+/** The exit status of a shell that could not enter its workspace (USER_LOADER, ENTER_WORKSPACE). */
+export const CANNOT_ENTER_WORKSPACE = 123;
+
 export const STEP = `{ IFS= \\command read -r __cv_f <&3 || \\command exit 0
   case $__cv_f in
     *.query.sh) \\command . "$__cv_f" <"\${__cv_f%.sh}.in" >|"\${__cv_f%.sh}.out" 3<&- 4>&-
@@ -240,8 +294,17 @@ export class ShellProcess {
     // -s: the program comes on stdin (PRELUDE, then a STEP per file).
     const args = opts.shell === 'bash' ? ['--noprofile', '--norc', '-s'] : ['-s'];
     if (!opts.user) {
-      const child = spawn(opts.shell, args, { cwd: opts.cwd, env: opts.env, detached: true, stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'] });
-      return ShellProcess.started(child, opts);
+      // By absolute path (the build's PATH is the build's: it may not lead to any bash), named as before
+      // ($0 is `bash` or `/bin/sh`), from the control directory: a workspace the build removed or replaced
+      // cannot keep the shell from starting; the shell enters it itself (ENTER_WORKSPACE), or says why not.
+      const child = spawn(shellPath(opts.shell, false), [...args, resolve(opts.cwd)], {
+        argv0: opts.shell,
+        cwd: opts.controlDir,
+        env: opts.env,
+        detached: true,
+        stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
+      });
+      return ShellProcess.started(child, opts, ENTER_WORKSPACE);
     }
     // As another user, setpriv (started by root) switches to it and sets no_new_privs, then execs
     // USER_LOADER, which execs the shell: same pid, same process group. No setuid or setgid file (one a
@@ -253,7 +316,8 @@ export class ShellProcess {
     // Nothing of the build reaches a program root runs: they start in root's control directory with
     // ROOT_ENV (LD_PRELOAD, BASH_ENV, LIBMOUNT_* … would otherwise run the build's code as root, or
     // steer it), and the build's environment travels on fd 5 to the loader, which reads it as the user.
-    const asUser = asUserArgv(opts.user, opts.cwd, [opts.shell, ...args]);
+    // The shell by absolute path too, not looked up on the build's PATH by the loader; `exec -a` keeps its $0.
+    const asUser = asUserArgv(opts.user, opts.cwd, ['-a', opts.shell, shellPath(opts.shell, true), ...args]);
     const isolated = await inBuildNamespace(
       { user: opts.user, home: opts.env.HOME ?? '/', controlDir: opts.controlDir, index: opts.index, ...(opts.tmpDir ? { tmpDir: opts.tmpDir } : {}), ...(opts.shmDir ? { shmDir: opts.shmDir } : {}) },
       asUser,
@@ -265,27 +329,34 @@ export class ShellProcess {
     return ShellProcess.started(child, opts);
   }
 
-  private static async started(child: ChildProcess, opts: ShellProcessOptions): Promise<ShellProcess> {
+  private static async started(child: ChildProcess, opts: ShellProcessOptions, enter = ''): Promise<ShellProcess> {
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
       child.once('error', reject);
     });
     const shell = new ShellProcess(child, child.pid!);
-    shell.wire(opts.onOutput);
-    shell.recordPath = await writeShellRecord(opts.controlDir, opts.index, shell.pid, opts.env[BUILD_MARK]);
+    shell.wire(opts.onOutput, enter);
+    try {
+      shell.recordPath = await writeShellRecord(opts.controlDir, opts.index, shell.pid, opts.env[BUILD_MARK]);
+    } catch (err) {
+      // Not started, then: nothing may run on unrecorded.
+      await shell.terminate(0);
+      for (const stream of child.stdio) stream?.destroy();
+      throw err;
+    }
     return shell;
   }
 
   private sent = '';
   private onOutput: (chunk: string) => void = () => {};
 
-  private wire(onOutput: (chunk: string) => void): void {
+  private wire(onOutput: (chunk: string) => void, enter: string): void {
     this.onOutput = onOutput;
     const program = this.child.stdin!;
     const control = this.child.stdio[3] as Writable;
     const status = this.child.stdio[4] as Readable;
     program.on('error', () => {}); // EPIPE once the shell is gone; the exit event reports it
-    program.write(PRELUDE);
+    program.write(PRELUDE + enter);
     for (const stream of [this.child.stdout!, this.child.stderr!]) {
       stream.setEncoding('utf8');
       stream.on('data', (chunk: string) => {
@@ -317,7 +388,10 @@ export class ShellProcess {
     if (line !== undefined) {
       this.waiter = undefined;
       const m = /^(\d+) (.+)$/.exec(line);
-      if (m && m[2] === this.sent) return resolve({ kind: 'status', code: Number(m[1]) });
+      if (m && m[2] === this.sent) {
+        this.answered = true;
+        return resolve({ kind: 'status', code: Number(m[1]) });
+      }
       // Something else wrote to the status pipe: no later status can be trusted. End the shell.
       this.onOutput(`\n[conveyor] the build wrote to Conveyor's control channel (got ${JSON.stringify(line.slice(0, 80))}); stopping this shell\n`);
       try {
@@ -335,6 +409,12 @@ export class ShellProcess {
   get alive(): boolean {
     return this.exitCode === undefined;
   }
+
+  /**
+   * Whether the shell has answered a file it was sent: one that ends before its first answer never came
+   * up (it could not enter its workspace, its program could not be run, its namespace set up).
+   */
+  answered = false;
 
   /** Sources the file in the shell and waits for its status (or for the shell to die). */
   async send(path: string): Promise<SendResult> {

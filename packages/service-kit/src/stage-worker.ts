@@ -1,5 +1,5 @@
 import { UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { CANCEL_NOTICE_WINDOW_MS, cancelChannel, cancelledJobKey, cancelNoticesKey, describeIssues, StageJob, StageOutput, stageResultOf, type StageJobOf, type StageResult } from '@conveyor/contracts';
+import { CANCEL_NOTICE_WINDOW_MS, cancelChannel, cancelledJobKey, cancelNoticesKey, describeIssues, StageJob, StageOutput, StageResultOutput, stageResultOf, type StageJobOf, type StageResult } from '@conveyor/contracts';
 import type { Redis } from 'ioredis';
 import { PermanentJobError } from './errors.js';
 import { logErrors, RUN_CANCELLED, SHUTTING_DOWN } from './lifecycle.js';
@@ -46,7 +46,8 @@ export interface StageWorkerOptions<T extends StageJob['type']> {
  * handler's part needs checking.
  */
 function checkOutcome(type: string, outcome: StageOutcome): { status: 'SUCCEEDED' | 'FAILED'; message?: string; output: StageOutput; problem?: string } {
-  const output = StageOutput.safeParse(outcome.output ?? {});
+  // As the orchestrator checks it on receipt (StageResult): within the result's limits, or the stage fails here, saying why.
+  const output = StageResultOutput.safeParse(outcome.output ?? {});
   const problem = !output.success
     ? describeIssues(output.error, 'output')
     : outcome.status !== 'SUCCEEDED' && outcome.status !== 'FAILED'
