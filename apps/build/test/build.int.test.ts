@@ -151,6 +151,9 @@ artifacts:
     expect(escape.result).toMatchObject({ status: 'FAILED', message: expect.stringContaining('outside the source') });
     const missing = await build({ 'README.md': 'no buildspec here\n' });
     expect(missing.result).toMatchObject({ status: 'FAILED', message: 'buildspec buildspec.yml not found in the source' });
+    // A name that starts with two dots is in the source.
+    const dotted = await build({ '..ci.yml': 'version: 0.2\nphases: { build: { commands: [ "true" ] } }\n' }, { buildspec: '..ci.yml' });
+    expect(dotted.result.status, dotted.result.message).toBe('SUCCEEDED');
   });
 
   it('fails, naming ARTIFACT_MAX_BYTES, when its artifact is larger (a sparse file counted as stored, expanded), storing nothing', async () => {

@@ -141,6 +141,12 @@ describe('FsArtifactStore', () => {
   it('refuses keys that leave the store and files outside the directory', async () => {
     await expect(store.putFiles('../escape.tar', join(dir, 'src'), ['a.txt'])).rejects.toThrow(/invalid artifact key/);
     await expect(store.putFiles('k/z.tar', join(dir, 'src'), ['../outside.txt'])).rejects.toThrow(/outside/);
+    await expect(store.putFiles('k/y.tar', join(dir, 'src'), ['sub/../../outside.txt'])).rejects.toThrow(/outside/);
+    // A name that only starts with two dots is inside.
+    await writeFile(join(dir, 'src', '..env'), 'E');
+    const ref = await store.putFiles('k/x.tar', join(dir, 'src'), ['..env']);
+    await store.extractTo(ref, join(dir, 'out-dots'));
+    expect(await readFile(join(dir, 'out-dots', '..env'), 'utf8')).toBe('E');
   });
 
   it('stores a file that is there under several names (hard links) whole under each, without crashing the packer', async () => {

@@ -225,7 +225,9 @@ export class FsArtifactStore implements ArtifactStore, PrunableArtifactStore, Re
     const tmp = await this.tmpFor(key);
     try {
       for (const f of files) {
-        if (isAbsolute(f) || relative(dir, resolve(dir, f)).startsWith('..')) throw new Error(`artifact file outside its directory: ${f}`);
+        // `..` itself or a path through it leaves; a name that starts with two dots (`..env`) does not.
+        const rel = relative(dir, resolve(dir, f));
+        if (isAbsolute(f) || rel === '..' || rel.startsWith(`..${sep}`) || isAbsolute(rel)) throw new Error(`artifact file outside its directory: ${f}`);
       }
       if ((await tarSizeAtLeast(dir, files)) > this.maxBytes) throw new ArtifactTooLargeError(this.maxBytes);
       signal?.throwIfAborted();

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
 import { chmod, chown, mkdir, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
-import { join, relative, resolve, sep } from 'node:path';
+import { join, resolve, sep } from 'node:path';
 import { ArtifactContentError, type ArtifactStore } from '@conveyor/artifacts';
 import type { BuildJob, TestJob } from '@conveyor/contracts';
 import { runPhases, type PhasesResult, type RunnerEvent } from './bash-session.js';
@@ -193,7 +193,8 @@ async function writtenWithin(path: string, ms: number): Promise<boolean> {
 
 async function loadBuildspec(workspace: string, path: string, user: BuildUser | undefined): Promise<{ spec: Buildspec } | { error: string }> {
   const file = resolve(workspace, path);
-  if (relative(workspace, file).startsWith('..') || !file.startsWith(workspace + sep)) return { error: `buildspec path ${path} is outside the source` };
+  // Inside the source by its resolved path: a name such as `..ci.yml` is one.
+  if (!file.startsWith(workspace + sep)) return { error: `buildspec path ${path} is outside the source` };
   const info = await stat(file).catch(() => undefined);
   if (!info?.isFile()) return { error: `buildspec ${path} not found in the source` };
   // A symlink may not lead the read outside the workspace.

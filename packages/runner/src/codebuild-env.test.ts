@@ -29,7 +29,7 @@ describe('codebuildEnv', () => {
       CODEBUILD_BUILD_ARN: 'arn:aws:codebuild:local:000000000000:build/shop-Build:9b2f5c1e-0000-4000-8000-000000000000',
       CODEBUILD_BUILD_NUMBER: '42',
       CODEBUILD_BUILD_SUCCEEDING: '1',
-      CODEBUILD_INITIATOR: 'conveyor/shop',
+      CODEBUILD_INITIATOR: 'codepipeline/shop',
       CODEBUILD_START_TIME: '1700000000123',
       CODEBUILD_WEBHOOK_EVENT: 'PUSH',
       CODEBUILD_WEBHOOK_HEAD_REF: 'refs/heads/main',

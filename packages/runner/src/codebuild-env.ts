@@ -59,7 +59,8 @@ function fixedVariables(input: CodebuildEnvInput): Record<string, string> {
     CODEBUILD_BUILD_ARN: `arn:aws:codebuild:${input.region ?? 'local'}:000000000000:build/${buildId}`,
     CODEBUILD_BUILD_NUMBER: String(input.buildNumber),
     CODEBUILD_BUILD_SUCCEEDING: '1',
-    CODEBUILD_INITIATOR: `conveyor/${input.pipeline}`,
+    // As CodeBuild sets it for a build CodePipeline started (which a Conveyor stage is): scripts test the prefix.
+    CODEBUILD_INITIATOR: `codepipeline/${input.pipeline}`,
     CODEBUILD_RESOLVED_SOURCE_VERSION: input.commit,
     // A webhook build names the commit; a manual one what was asked for (CodeBuild's sourceVersion).
     CODEBUILD_SOURCE_VERSION: input.trigger.type === 'webhook' ? input.commit : input.ref || input.commit,
