@@ -1,8 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { isIP } from 'node:net';
-import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopAllDeployments } from '@conveyor/deployer';
@@ -314,22 +313,26 @@ async function startIn(home: string, opts: StackOptions, env: NodeJS.ProcessEnv,
     const startService = async (name: ServiceName) => {
       if (closed) throw new Error(`${name} not started: the launcher is stopping`);
       const logFile = join(home, 'logs', `${name}.log`);
-      const log = createWriteStream(logFile, { flags: 'a', mode: 0o600 });
-      await chmod(logFile, 0o600).catch(() => undefined); // one made before logs were private
-      if (closed) throw new Error(`${name} not started: the launcher is stopping`);
-      const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'apps', name, 'src', 'main.ts')], {
-        cwd: REPO_ROOT,
-        // CONVEYOR_STOP_WITH_STDIN: its stdin is a pipe only the launcher holds; a launcher that dies without
-        // stopping it (SIGKILL, a crash) closes it, and the service then stops as on SIGTERM.
-        env: { ...common, ...own[name], CONVEYOR_STOP_WITH_STDIN: '1' },
-        stdio: ['pipe', 'pipe', 'pipe'],
-        // Own process group: Ctrl-C reaches the launcher only, which then stops each service in order.
-        detached: true,
-      });
+      // The service writes its log itself (stdout and stderr on the file): what it says after the
+      // launcher is gone (a killed launcher's services drain, then stop) still reaches it.
+      const log = await open(logFile, 'a', 0o600);
+      let child: ChildProcess;
+      try {
+        await log.chmod(0o600); // one made before logs were private
+        if (closed) throw new Error(`${name} not started: the launcher is stopping`);
+        child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'apps', name, 'src', 'main.ts')], {
+          cwd: REPO_ROOT,
+          // CONVEYOR_STOP_WITH_STDIN: its stdin is a pipe only the launcher holds; a launcher that dies without
+          // stopping it (SIGKILL, a crash) closes it, and the service then stops as on SIGTERM.
+          env: { ...common, ...own[name], CONVEYOR_STOP_WITH_STDIN: '1' },
+          stdio: ['pipe', log.fd, log.fd],
+          // Own process group: Ctrl-C reaches the launcher only, which then stops each service in order.
+          detached: true,
+        });
+      } finally {
+        await log.close();
+      }
       child.stdin!.on('error', () => undefined); // EPIPE: it ended first, its exit says so
-      child.stdout!.pipe(log, { end: false });
-      child.stderr!.pipe(log, { end: false });
-      child.once('exit', () => log.end());
       processes.set(name, child);
       await record();
       await readyOrStopped(child, waitReady(urls[name], child, name, logFile, opts.signal), 5000);
