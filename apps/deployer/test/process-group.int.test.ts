@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
 import { bootId, groupAlive, pidAlive, processStartTime, readProcStat } from '@conveyor/procfs';
-import { ownGroupAlive, stopGroup, type RecordedGroup } from '../src/adapters/process-group.js';
+import { ownGroupAlive, stopGroup, unprovenMembers, type RecordedGroup } from '../src/adapters/process-group.js';
 
 const leftOver: number[] = [];
 afterEach(() => {
@@ -112,5 +112,27 @@ describe('process groups', () => {
     expect(await stopGroup(record, 300)).toBe('not-running');
     expect(groupAlive(newer.pgid)).toBe(true);
     expect(pidAlive(newer.pgid)).toBe(true);
+  });
+
+  it("tells a version's processes by its own mark, not its run's: another attempt of the run, or a member that lost the mark, is named and left alone", async () => {
+    const mark = '6b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d';
+    const child = spawn('bash', ['-c', 'sleep 60 & env -i sleep 61 & sleep 0.2; exit 0'], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH, CONVEYOR_RUN_ID: 'run-marked', CONVEYOR_DEPLOY_MARK: mark } });
+    const pgid = child.pid!;
+    leftOver.push(pgid);
+    const record: RecordedGroup = { pgid, procStart: processStartTime(pgid), bootId: bootId(), runId: 'run-marked', mark };
+    expect(await until(() => readProcStat(pgid) === undefined)).toBe(true);
+    const members = await membersOf(pgid);
+    expect(members).toHaveLength(2);
+    // The one started with `env -i` shows no mark: not taken, named.
+    const unproven = unprovenMembers(record);
+    expect(unproven).toHaveLength(1);
+    await expect((await import('node:fs/promises')).readFile(`/proc/${unproven[0]}/cmdline`, 'utf8')).resolves.toContain('61');
+    // Another attempt of the same run has another mark: the group is not its.
+    expect(ownGroupAlive({ ...record, mark: '00000000-0000-4000-8000-000000000000' })).toBe(false);
+    expect(ownGroupAlive(record)).toBe(true);
+    expect(await stopGroup(record, 2000)).toBe('terminated');
+    // The marked member stopped with the group; the unproven one was signalled too, as a member of the
+    // group the version's proven members are in (the number cannot be a stranger's while they run).
+    for (const pid of members) expect(await until(() => !pidAlive(pid))).toBe(true);
   });
 });

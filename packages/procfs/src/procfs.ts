@@ -225,6 +225,30 @@ export function groupMembersOf(id: ProcessIdentity, opts: { strict?: boolean } =
 }
 
 /**
+ * With the recorded leader gone, the running processes of its group number that started no earlier than
+ * it but carry no readable mark (groupMembersOf, rule 4): a stranger's group given the number, or members
+ * of the recorded one that lost the mark (exec'd with another environment, a title written over it, not
+ * dumpable). Neither taken nor signalled; a caller says they are there. Empty when the leader runs.
+ */
+export function unprovenGroupMembers(id: ProcessIdentity): number[] {
+  const pgid = id.pid;
+  if (!HAS_PROC || id.startTime === undefined || !Number.isInteger(pgid) || pgid <= 1 || !sameBoot(id)) return [];
+  if (readProcStat(pgid) !== undefined) return [];
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc');
+  } catch {
+    return [];
+  }
+  return pids.flatMap((pid) => {
+    if (!/^\d+$/.test(pid)) return [];
+    const stat = readProcStat(pid);
+    if (!running(stat) || stat.pgrp !== pgid || compareStartTimes(stat.startTime, id.startTime!) < 0) return [];
+    return carriesMark(pid, id.mark) ? [] : [Number(pid)];
+  });
+}
+
+/**
  * The process group the recorded process leads (pgid = its pid) still runs: it has a member by the rule
  * of groupMembersOf (the recorded leader itself, or, the leader gone, a member carrying the record's mark).
  */

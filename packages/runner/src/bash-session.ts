@@ -10,8 +10,6 @@ import { NAMESPACE_NOT_SET_UP } from './build-namespace.js';
 import { CANNOT_ENTER_WORKSPACE, environmentProblem, ShellProcess, type BuildUser, type ShellKind } from './shell-process.js';
 import { BUILD_MARK, killMarked } from './orphans.js';
 
-/** Every process of a build inherits this variable with the build's own random value. */
-
 export type BuildStatus = 'SUCCEEDED' | 'FAILED' | 'TIMED_OUT' | 'STOPPED';
 export type CommandBlock = 'commands' | 'finally';
 

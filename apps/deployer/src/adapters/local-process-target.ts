@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ArtifactContentError, type ArtifactStore } from '@conveyor/artifacts';
@@ -17,7 +18,7 @@ import { probeHealth } from './http-health.js';
 import { withPipelineLock, type HeldLock } from './pipeline-lock.js';
 import { bootId, processStartTime } from '@conveyor/procfs';
 import { portOwner, strangerOnPort } from './port-owner.js';
-import { ownGroupAlive, stopGroup } from './process-group.js';
+import { ownGroupAlive, stopGroup, unprovenMembers } from './process-group.js';
 
 type LocalTargetConfig = Extract<DeployJob['target'], { kind: 'local' }>;
 
@@ -68,6 +69,15 @@ exec </dev/null
 exec -a "$0" "$BASH" -c "$1"`;
 
 const GATE_FLAGS = ['--norc', '--noprofile', '--posix'] as const;
+
+/** What the health probes of one deploy saw besides their verdicts, for the message of a wait that timed out. */
+interface ProbeNotes {
+  /** 200s with no socket listening on the port. */
+  unowned: number;
+  /** 200s for which /proc could not say who listens. */
+  unreadable: number;
+  lastError?: string;
+}
 
 interface Started {
   record: DeploymentRecord;
@@ -140,7 +150,7 @@ export class LocalProcessTarget implements DeployTarget {
     const { record } = started;
     ctx.log(`started \`${target.command}\` as pid ${record.pid} on port ${record.port}; waiting for ${target.healthPath}`);
     await this.opts.commandStarted?.(record);
-    const seen = { unowned: 0 };
+    const seen: ProbeNotes = { unowned: 0, unreadable: 0 };
     const outcome = await waitHealthy(
       {
         probe: (ms) => this.probeOwnAnswer(record, user?.uid, target.healthPath, ms, seen),
@@ -160,6 +170,9 @@ export class LocalProcessTarget implements DeployTarget {
       let why = describeHealthFailure(outcome, target.healthTimeoutSeconds, target.healthPath);
       if (outcome.kind === 'timeout' && seen.unowned > 0) {
         why += ` (it answered 200 ${seen.unowned} time(s), but no socket was listening on 127.0.0.1:${record.port} for it: the version must listen on PORT itself; a port a container publishes or a firewall rule forwards is not taken for the version's)`;
+      }
+      if (outcome.kind === 'timeout' && seen.unreadable > 0) {
+        why += ` (it answered 200 ${seen.unreadable} time(s), but who listens on port ${record.port} could not be read: ${seen.lastError})`;
       }
       const last = tailLines(output);
       return { status: 'unhealthy', message: `${why}; ${kept}. Last output:\n${last || '(none)'}` };
@@ -294,6 +307,13 @@ export class LocalProcessTarget implements DeployTarget {
     if (!(await this.users.stopAll(record.pipeline, versionName(record.runId, record.attempt)))) {
       this.opts.logger.warn({ pipeline: record.pipeline, runId: record.runId }, "processes of a stopped version's user survived being killed; its files and user id are kept until a later clean-up finds nothing of it running");
     }
+    // Its leader gone, processes of its group number whose environment no longer shows its mark cannot be
+    // told from a stranger's (process-group.ts): left alone, and named (a version run as a user of its own
+    // lost none: stopAll above stopped everything of that user).
+    const unproven = unprovenMembers(record);
+    if (unproven.length) {
+      this.opts.logger.warn({ pipeline: record.pipeline, runId: record.runId, pgid: record.pgid, pids: unproven }, "processes of a stopped version's process group number show no mark of the version (exec'd with another environment, say): not signalled, as they cannot be told from another program's; stop them by hand if they are the version's");
+    }
     return stopped;
   }
 
@@ -311,7 +331,7 @@ export class LocalProcessTarget implements DeployTarget {
    *   process can have answered it.
    * Off Linux (no /proc) a 200 counts as it is.
    */
-  private async probeOwnAnswer(record: DeploymentRecord, ownUid: number | undefined, healthPath: string, ms: number, seen: { unowned: number }): Promise<ProbeVerdict> {
+  private async probeOwnAnswer(record: DeploymentRecord, ownUid: number | undefined, healthPath: string, ms: number, seen: ProbeNotes): Promise<ProbeVerdict> {
     const url = `${record.url}${healthPath}`;
     if (!(await probeHealth(url, ms))) return false;
     const before = this.whoListens(record, ownUid, healthPath, seen);
@@ -326,13 +346,15 @@ export class LocalProcessTarget implements DeployTarget {
    * The inodes of the sockets listening on the version's port when they are all its own; otherwise the
    * probe's verdict. `seen.unowned` counts the 200s for which nothing listened there.
    */
-  private whoListens(record: DeploymentRecord, ownUid: number | undefined, healthPath: string, seen: { unowned: number }): string | ProbeVerdict {
+  private whoListens(record: DeploymentRecord, ownUid: number | undefined, healthPath: string, seen: ProbeNotes): string | ProbeVerdict {
     let owner: ReturnType<typeof portOwner>;
     try {
       owner = portOwner(record.port, record, ownUid);
     } catch (err) {
-      // /proc/net/tcp unreadable for a moment (EMFILE, say): this 200 does not count, the next is checked again.
-      this.opts.logger.warn({ err, pipeline: record.pipeline, port: record.port }, "could not read who listens on a deployed version's port");
+      // /proc/net/tcp unreadable for a moment (EMFILE, say): this 200 does not count, the next is checked
+      // again; said once in the log, and in the deploy's message if it never could be read.
+      if (seen.unreadable++ === 0) this.opts.logger.warn({ err, pipeline: record.pipeline, port: record.port }, "could not read who listens on a deployed version's port");
+      seen.lastError = (err as Error).message;
       return false;
     }
     switch (owner.kind) {
@@ -358,7 +380,8 @@ export class LocalProcessTarget implements DeployTarget {
     const port = await (this.opts.pickPort ?? freePort)();
     const host = this.opts.hostEnv ?? process.env;
     // A version with a user of its own gets a home of its own; the deployer's is not its to write.
-    const env = childEnv({ host: user ? { ...host, HOME: join(dir, HOME_DIR) } : host, target: target.env, port, runId: job.runId, commit: job.commit });
+    const deployMark = randomUUID();
+    const env = childEnv({ host: user ? { ...host, HOME: join(dir, HOME_DIR) } : host, target: target.env, port, runId: job.runId, commit: job.commit, deployMark });
     const appDir = join(dir, APP_DIR);
     const out = await open(join(dir, OUTPUT_FILE), 'a', 0o600);
     let child: ChildProcess;
@@ -403,6 +426,7 @@ export class LocalProcessTarget implements DeployTarget {
       startedAt: (this.opts.now?.() ?? new Date()).toISOString(),
       procStart,
       bootId: bootId(),
+      mark: deployMark,
     };
     try {
       await this.opts.files.writeVersionRecord(dir, record);

@@ -1,24 +1,27 @@
-import { groupIsOurs, type ProcessIdentity } from '@conveyor/procfs';
+import { groupIsOurs, unprovenGroupMembers, type ProcessIdentity } from '@conveyor/procfs';
 
 /**
  * A version's process group as its record names it: the group's number (the leader's pid), the leader's
- * kernel start time, the boot it ran in, and its run (every process of a version is started with
- * `CONVEYOR_RUN_ID=<runId>` in its environment: childEnv).
+ * kernel start time, the boot it ran in, and its mark (every process of a version is started with
+ * `CONVEYOR_DEPLOY_MARK=<mark>` in its environment: childEnv; records before it have the run id,
+ * `CONVEYOR_RUN_ID`, stand in).
  */
 export interface RecordedGroup {
   pgid: number;
   procStart?: string | undefined;
   bootId?: string | undefined;
   runId?: string | undefined;
+  /** The version's CONVEYOR_DEPLOY_MARK (records before it: the run id stands in). */
+  mark?: string | undefined;
 }
 
-/** The group as procfs identifies it; the run id is the mark its processes carry. */
+/** The group as procfs identifies it, with the mark its processes carry. */
 export function groupIdentity(group: RecordedGroup): ProcessIdentity {
   return {
     pid: group.pgid,
     ...(group.procStart === undefined ? {} : { startTime: group.procStart }),
     ...(group.bootId === undefined ? {} : { bootId: group.bootId }),
-    ...(group.runId === undefined ? {} : { mark: `CONVEYOR_RUN_ID=${group.runId}` }),
+    ...(group.mark !== undefined ? { mark: `CONVEYOR_DEPLOY_MARK=${group.mark}` } : group.runId !== undefined ? { mark: `CONVEYOR_RUN_ID=${group.runId}` } : {}),
   };
 }
 
@@ -38,8 +41,9 @@ function signalGroup(pgid: number, signal: NodeJS.Signals): void {
  *   after the whole recorded group ended (Linux hands out no number still used as a process group);
  * - with the leader gone (exited, other members still running), the group is the running processes
  *   whose own pgid is the recorded one, that started no earlier than the leader, and that carry the
- *   version's `CONVEYOR_RUN_ID`: a stranger's group given the number after ours ended has later start
- *   times too, but not our run's mark.
+ *   version's mark (`CONVEYOR_DEPLOY_MARK`): a stranger's group given the number after ours ended has
+ *   later start times too, but not the mark, a random value of this version's alone. Members that lost it
+ *   are not taken either (unprovenMembers names them).
  * Strict: on Linux a record without the leader's start time is not trusted (a recycled pid could be anyone's).
  */
 export function ownGroupAlive(group: RecordedGroup): boolean {
@@ -64,6 +68,19 @@ async function waitGone(group: RecordedGroup, ms: number): Promise<boolean> {
  */
 export async function stopGroup(group: RecordedGroup, graceMs: number): Promise<'terminated' | 'killed' | 'not-running' | 'stuck'> {
   if (!ownGroupAlive(group)) return 'not-running';
+  return signalUntilGone(group, graceMs);
+}
+
+/**
+ * Processes of the recorded group's number, its leader gone, that cannot be proven the version's (no
+ * readable mark): not signalled. Under a root deployer the version's own user id still stops them; a
+ * deployer running versions as itself can only say they are there.
+ */
+export function unprovenMembers(group: RecordedGroup): number[] {
+  return group.procStart === undefined ? [] : unprovenGroupMembers(groupIdentity(group));
+}
+
+async function signalUntilGone(group: RecordedGroup, graceMs: number): Promise<'terminated' | 'killed' | 'stuck'> {
   signalGroup(group.pgid, 'SIGTERM');
   if (await waitGone(group, graceMs)) return 'terminated';
   signalGroup(group.pgid, 'SIGKILL');

@@ -8,6 +8,8 @@ export interface ChildEnvInput {
   port: number;
   runId: string;
   commit: string;
+  /** The version's own random mark (CONVEYOR_DEPLOY_MARK), recorded with it: how its processes are told from others once its group's leader is gone. */
+  deployMark: string;
 }
 
 /**
@@ -26,5 +28,6 @@ export function childEnv(input: ChildEnvInput): Record<string, string> {
     PORT: String(input.port),
     CONVEYOR_RUN_ID: input.runId,
     CONVEYOR_COMMIT: input.commit,
+    CONVEYOR_DEPLOY_MARK: input.deployMark,
   };
 }

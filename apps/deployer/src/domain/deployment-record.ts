@@ -23,6 +23,14 @@ export const DeploymentRecord = z.object({
   /** The boot it started in (Linux's boot id): after a reboot, pids and start times name other processes. */
   bootId: z.string().optional(),
   /**
+   * The version's own random mark, in every one of its processes' environment as CONVEYOR_DEPLOY_MARK
+   * (childEnv): once its group's leader is gone, a process of that group number is the version's only if
+   * it carries it. Per version, unlike the run id (shared by a run's attempts and its builds' processes),
+   * and not known outside the deployer and the version. Missing in records of deployers before it (the
+   * run id stands in).
+   */
+  mark: z.string().regex(/^[0-9a-f-]{36}$/).optional(),
+  /**
    * When the deployer recorded this version as the one serving (set in its own record, then in
    * current.json): a re-delivery of its job can then tell "went live, and a later version replaced it"
    * from "never went live". Missing in records of deployers before it, and of versions never live.
