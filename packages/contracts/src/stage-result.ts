@@ -30,14 +30,26 @@ export const FAILED_TEST_LIMITS = { suite: 1000, name: 1000, message: 4000 } as 
 /** The most failed cases a stage result (or output) names; the counts in `tests` cover them all. */
 export const MAX_FAILED_TESTS = 100;
 
+/** `text` cut to `max` code units, `…` last, never between the two halves of a surrogate pair. */
+export function clipText(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let cut = max - 1;
+  const last = text.charCodeAt(cut - 1);
+  if (last >= 0xd800 && last <= 0xdbff) cut -= 1;
+  return `${text.slice(0, cut)}…`;
+}
+
+const clipped = (max: number) => z.string().transform((text) => clipText(text, max));
+
 /**
  * A failed test case as a stage result carries it: bounded, so a report's megabyte-long test names
- * cannot swell the job's return value and the run record.
+ * cannot swell the job's return value and the run record. Longer texts are cut, not refused: a result
+ * from a worker of an earlier version (which cut nothing), read after an upgrade, still counts.
  */
 export const FailedTestCase = z.object({
-  suite: z.string().max(FAILED_TEST_LIMITS.suite),
-  name: z.string().max(FAILED_TEST_LIMITS.name),
-  message: z.string().max(FAILED_TEST_LIMITS.message).optional(),
+  suite: clipped(FAILED_TEST_LIMITS.suite),
+  name: clipped(FAILED_TEST_LIMITS.name),
+  message: clipped(FAILED_TEST_LIMITS.message).optional(),
 });
 export type FailedTestCase = z.infer<typeof FailedTestCase>;
 

@@ -28,6 +28,23 @@ phases:
     expect(existsSync(join(dirs().ws, 'sub', 'made-here'))).toBe(true);
   });
 
+  it('starts its shell in the workspace: a relative BASH_ENV there is read, and leaves the positional parameters as they were', async () => {
+    await mkdir(join(dirs().ws, 'ci'), { recursive: true });
+    await (await import('node:fs/promises')).writeFile(join(dirs().ws, 'ci', 'env.sh'), 'export FROM_ENV=yes\n');
+    // The build's environment (runBuildspecJob puts env.variables in it).
+    const r = await run(
+      `version: 0.2
+phases:
+  build:
+    commands:
+      - echo "from-env=$FROM_ENV args=$# dir=$PWD"
+`,
+      { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', BASH_ENV: 'ci/env.sh' } },
+    );
+    expect(r.status).toBe('SUCCEEDED');
+    expect(r.output).toContain(`from-env=yes args=0 dir=${dirs().ws}`);
+  });
+
   it('captures stdout and stderr, in order, per command', async () => {
     const r = await run(`version: 0.2
 phases:
@@ -147,8 +164,8 @@ phases:
     expect(r.status).toBe('FAILED');
     expect(r.statuses).toEqual({ build: 'FAILED', post_build: 'FAILED' });
     expect(r.message).toBe('phases.build.commands[0] exited the shell with code 3: rm -rf "$PWD.ctl"; exit 3');
-    expect(r.phases[1]?.message).toMatch(/^phases\.post_build\.commands\[0\] did not run, as the build shell could not be started \(spawn \S+ ENOENT\): echo post-ran$/);
-    expect(r.output).toMatch(/^\[conveyor\] the build shell could not be started: spawn \S+ ENOENT$/m);
+    expect(r.phases[1]?.message).toMatch(/^phases\.post_build\.commands\[0\] did not run, as the build shell could not be started \(its control directory \S+\.ctl is gone \(removed by the build\?\)\): echo post-ran$/);
+    expect(r.output).toMatch(/^\[conveyor\] the build shell could not be started: its control directory \S+ is gone/m);
     expect(r.output).not.toMatch(/^(finally|post)-ran$/m);
   });
 

@@ -7,7 +7,7 @@ import { ControlFiles } from './control-files.js';
 import { replaceableBy } from './safe-files.js';
 import { matchesWithin, parseOnFailure, type OnFailurePolicy } from './on-failure.js';
 import { NAMESPACE_NOT_SET_UP } from './build-namespace.js';
-import { CANNOT_ENTER_WORKSPACE, environmentProblem, ShellProcess, type BuildUser, type ShellKind } from './shell-process.js';
+import { CANNOT_ENTER_WORKSPACE, environmentProblem, ShellProcess, ShellStartError, type BuildUser, type ShellKind } from './shell-process.js';
 import { BUILD_MARK, killMarked } from './orphans.js';
 
 export type BuildStatus = 'SUCCEEDED' | 'FAILED' | 'TIMED_OUT' | 'STOPPED';
@@ -159,9 +159,10 @@ class BuildSession {
   }
 
   /**
-   * The shell, or a fresh one if it has ended; or why none could be started (its program could not be
-   * spawned, say): a failed command then, never an exception that would fail the job (and have it run
-   * again).
+   * The shell, or a fresh one if it has ended; or why none could be started when the build made it so
+   * (its workspace or control directory removed: ShellStartError): a failed command then, never an
+   * exception that would error the job (and have it run again). The service's own faults (no processes
+   * or files left, a tool missing) still error the job, which is tried again.
    */
   private async liveShell(): Promise<ShellProcess | { notStarted: string }> {
     if (this.shell?.alive) return this.shell;
@@ -180,6 +181,8 @@ class BuildSession {
       });
     } catch (err) {
       this.shell = undefined;
+      // Only what the build did to itself fails its command; the service's own faults error the job.
+      if (!(err instanceof ShellStartError)) throw err;
       const notStarted = (err as Error).message;
       this.onOutput(`[conveyor] the build shell could not be started: ${notStarted}\n`);
       return { notStarted };

@@ -194,8 +194,15 @@ describe('resolveFiles: what a build may leave in its workspace', () => {
     await chmod(root, 0o755);
     const selection = { files: ['**/*'], label: 'artifacts' };
     // Root lists any directory: the walk runs as nobody then, in a process of its own (a service not run as root, as its builds).
-    const message = isRoot ? await resolveAsNobody(ws, selection) : await failure(selection);
-    expect(message).toBe('FileSelectionError: artifacts.files: locked cannot be listed (EACCES), so the files selected could not all be found');
+    const message = isRoot ? await resolveAsNobody(ws, selection) : `FileSelectionError: ${await failure(selection)}`;
+    expect(message).toBe('FileSelectionError: artifacts.files: locked cannot be listed (EACCES), so the files selected could not all be found; if none of its files are wanted, list it in exclude-paths (locked/**)');
+    // Listed in exclude-paths, whatever it holds is left out: the rest is selected.
+    const excluded = { ...selection, excludePaths: ['locked/**'] };
+    const files = JSON.parse(isRoot ? await resolveAsNobody(ws, excluded) : JSON.stringify((await resolve(excluded)).files)) as string[];
+    expect(files).toEqual([...TREE].sort());
+    // Excluding only some of what it may hold is not enough.
+    const partly = { ...selection, excludePaths: ['locked/*.txt'] };
+    expect(isRoot ? await resolveAsNobody(ws, partly) : `FileSelectionError: ${await failure(partly)}`).toMatch(/locked cannot be listed \(EACCES\)/);
   });
 
   it('refuses a workspace the build replaced with a symlink (it owns the directory around it)', async () => {

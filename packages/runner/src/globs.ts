@@ -142,7 +142,7 @@ const SLASH = Buffer.from('/');
  * had a process running) or is not a directory (a pattern's literal directory that is a file) has
  * nothing to list.
  */
-async function walk(root: string, starts: readonly string[], field: string): Promise<Found[]> {
+async function walk(root: string, starts: readonly string[], field: string, blocked?: Blocked[]): Promise<Found[]> {
   const found: Found[] = [];
   const stack: Array<{ rel: string; path: Buffer; shown?: string }> = starts.map((s) => ({ rel: s, path: Buffer.from(join(root, s)) }));
   while (stack.length > 0) {
@@ -153,7 +153,14 @@ async function walk(root: string, starts: readonly string[], field: string): Pro
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') continue;
-      throw new FileSelectionError(`${field}: ${dir.shown ?? (dir.rel || '.')} cannot be listed (${code ?? (err as Error).message}), so the files selected could not all be found`, { cause: err });
+      const error = new FileSelectionError(
+        `${field}: ${dir.shown ?? (dir.rel || '.')} cannot be listed (${code ?? (err as Error).message}), so the files selected could not all be found; if none of its files are wanted, list it in exclude-paths (${dir.rel ? `${dir.rel}/**` : '**'})`,
+        { cause: err },
+      );
+      // The caller may find it excluded (a directory the build's user cannot read, left by a container, say).
+      if (blocked && dir.rel) blocked.push({ rel: dir.rel, error });
+      else throw error;
+      continue;
     }
     for (const e of entries) {
       if (found.length >= MAX_ENTRIES) throw new FileSelectionError(`more than ${MAX_ENTRIES} entries to search; narrow the patterns`);
@@ -169,6 +176,12 @@ async function walk(root: string, starts: readonly string[], field: string): Pro
     }
   }
   return found;
+}
+
+/** A directory the walk could not list, with the error it is if the selection needs it. */
+interface Blocked {
+  rel: string;
+  error: FileSelectionError;
 }
 
 /** Where to start walking for each pattern: its literal leading directories. */
@@ -280,7 +293,14 @@ async function resolveSelection(workspace: string, selection: FileSelection): Pr
   const patterns = globs.map((g) => g.pattern);
   const excludes = globsOf(selection.excludePaths ?? [], `${label}.exclude-paths`);
   const starts = await existingStarts(root, base, walkStarts(patterns), `${label}.files`);
-  const selected = await matcher.select(globs, (await walk(base, starts, `${label}.files`)).filter((f) => !f.dir), (f) => f.rel);
+  const blocked: Blocked[] = [];
+  const selected = await matcher.select(globs, (await walk(base, starts, `${label}.files`, blocked)).filter((f) => !f.dir), (f) => f.rel);
+  // A directory that could not be listed is an error, unless exclude-paths leaves out whatever it holds
+  // (a file at any depth under it, as a probe shows): then nothing of it could have been selected.
+  for (const b of blocked) {
+    const probes = [`${b.rel}/conveyor-probe`, `${b.rel}/conveyor-probe/conveyor-probe`];
+    if ((await matcher.select(excludes, probes, (p) => p)).length < probes.length) throw b.error;
+  }
   const excluded = new Set(await matcher.select(excludes, selected, (f) => f.rel));
   const found = selected.filter((f) => !excluded.has(f));
   for (const f of found) {

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess, type StdioNull, type StdioPipe } from 'node:child_process';
 import { constants } from 'node:os';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { groupAlive } from '@conveyor/procfs';
@@ -200,22 +200,18 @@ export const PRELUDE = `exec 2>&1
 __cv_o=
 `;
 
-/**
- * Sent after PRELUDE to a shell started as this service's own user, which starts in the control directory
- * (one of the service's, which exists) with the workspace as its one argument: enters the workspace as
- * spawning it there did (`-P`: $PWD is the physical path, as the shell found it from getcwd then), then
- * leaves no trace of the start (no positional parameter; OLDPWD unset, but exported, as a shell given
- * none has it). A workspace the build removed (`rm -rf "$CODEBUILD_SRC_DIR"`) ends the shell with 123,
- * as USER_LOADER does for a build run as another user.
- */
-export const ENTER_WORKSPACE = `\\command cd -P -- "$1" || { \\command printf '%s\\n' "[conveyor] the build's shell cannot enter its workspace $1" >&2; \\command exit 123; }
-\\command shift
-\\command unset OLDPWD
-\\command export OLDPWD
-`;
-
-/** The exit status of a shell that could not enter its workspace (USER_LOADER, ENTER_WORKSPACE). */
+/** The exit status of a shell that could not enter its workspace (USER_LOADER). */
 export const CANNOT_ENTER_WORKSPACE = 123;
+
+/**
+ * A shell that could not be started for a reason the build itself made (it removed its workspace, or
+ * its control directory, which a build run as the service's own user can reach): its command fails,
+ * saying why. Any other failure to start one (the host out of processes or files, a tool missing) is
+ * the service's, and errors the job, which is then tried again.
+ */
+export class ShellStartError extends Error {
+  override name = 'ShellStartError';
+}
 
 export const STEP = `{ IFS= \\command read -r __cv_f <&3 || \\command exit 0
   case $__cv_f in
@@ -295,16 +291,15 @@ export class ShellProcess {
     const args = opts.shell === 'bash' ? ['--noprofile', '--norc', '-s'] : ['-s'];
     if (!opts.user) {
       // By absolute path (the build's PATH is the build's: it may not lead to any bash), named as before
-      // ($0 is `bash` or `/bin/sh`), from the control directory: a workspace the build removed or replaced
-      // cannot keep the shell from starting; the shell enters it itself (ENTER_WORKSPACE), or says why not.
-      const child = spawn(shellPath(opts.shell, false), [...args, resolve(opts.cwd)], {
+      // ($0 is `bash` or `/bin/sh`), in the workspace (a relative BASH_ENV is read from it, as always).
+      const child = spawn(shellPath(opts.shell, false), args, {
         argv0: opts.shell,
-        cwd: opts.controlDir,
+        cwd: opts.cwd,
         env: opts.env,
         detached: true,
         stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
       });
-      return ShellProcess.started(child, opts, ENTER_WORKSPACE);
+      return ShellProcess.started(child, opts);
     }
     // As another user, setpriv (started by root) switches to it and sets no_new_privs, then execs
     // USER_LOADER, which execs the shell: same pid, same process group. No setuid or setgid file (one a
@@ -329,19 +324,32 @@ export class ShellProcess {
     return ShellProcess.started(child, opts);
   }
 
-  private static async started(child: ChildProcess, opts: ShellProcessOptions, enter = ''): Promise<ShellProcess> {
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', resolve);
-      child.once('error', reject);
-    });
+  private static async started(child: ChildProcess, opts: ShellProcessOptions): Promise<ShellProcess> {
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.once('spawn', resolve);
+        child.once('error', reject);
+      });
+    } catch (err) {
+      // Node says `spawn <file> ENOENT` for a missing working directory as for a missing program: the
+      // program is found by absolute path, so a workspace that is gone is the build's doing.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !(await isDirectory(opts.cwd))) {
+        throw new ShellStartError(`it could not enter the workspace ${opts.cwd}: removed, or replaced by the build`, { cause: err });
+      }
+      throw err;
+    }
     const shell = new ShellProcess(child, child.pid!);
-    shell.wire(opts.onOutput, enter);
+    shell.wire(opts.onOutput);
     try {
       shell.recordPath = await writeShellRecord(opts.controlDir, opts.index, shell.pid, opts.env[BUILD_MARK]);
     } catch (err) {
       // Not started, then: nothing may run on unrecorded.
       await shell.terminate(0);
       for (const stream of child.stdio) stream?.destroy();
+      // Its control directory gone: a build run as the service's own user can remove it.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !(await isDirectory(opts.controlDir))) {
+        throw new ShellStartError(`its control directory ${opts.controlDir} is gone (removed by the build?)`, { cause: err });
+      }
       throw err;
     }
     return shell;
@@ -350,13 +358,13 @@ export class ShellProcess {
   private sent = '';
   private onOutput: (chunk: string) => void = () => {};
 
-  private wire(onOutput: (chunk: string) => void, enter: string): void {
+  private wire(onOutput: (chunk: string) => void): void {
     this.onOutput = onOutput;
     const program = this.child.stdin!;
     const control = this.child.stdio[3] as Writable;
     const status = this.child.stdio[4] as Readable;
     program.on('error', () => {}); // EPIPE once the shell is gone; the exit event reports it
-    program.write(PRELUDE + enter);
+    program.write(PRELUDE);
     for (const stream of [this.child.stdout!, this.child.stderr!]) {
       stream.setEncoding('utf8');
       stream.on('data', (chunk: string) => {
@@ -481,4 +489,6 @@ export class ShellProcess {
   }
 }
 
-
+async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then((s) => s.isDirectory(), () => false);
+}
