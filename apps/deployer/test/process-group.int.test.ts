@@ -135,4 +135,20 @@ describe('process groups', () => {
     // group the version's proven members are in (the number cannot be a stranger's while they run).
     for (const pid of members) expect(await until(() => !pidAlive(pid))).toBe(true);
   });
+
+  it('stops, SIGKILL included, a member that lost the mark and ignores SIGTERM, as long as it shares the number with the proven ones', async () => {
+    const mark = '7c2e3d4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f';
+    // The marked sleep ends on SIGTERM; the unmarked one ignores it (an ignored signal stays so across exec).
+    const child = spawn('bash', ['-c', `sleep 60 & env -i sh -c "trap '' TERM; exec sleep 62" & sleep 0.2; exit 0`], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH, CONVEYOR_DEPLOY_MARK: mark } });
+    const pgid = child.pid!;
+    leftOver.push(pgid);
+    const record: RecordedGroup = { pgid, procStart: processStartTime(pgid), bootId: bootId(), runId: 'run-stubborn', mark };
+    expect(await until(() => readProcStat(pgid) === undefined)).toBe(true);
+    const members = await membersOf(pgid);
+    expect(members).toHaveLength(2);
+    expect(await stopGroup(record, 500)).toBe('killed');
+    for (const pid of members) expect(pidAlive(pid)).toBe(false);
+    expect(unprovenMembers(record)).toEqual([]);
+  });
 });
+

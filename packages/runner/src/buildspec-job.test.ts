@@ -132,4 +132,14 @@ describe('runBuildspecJob: a build whose shell cannot start where it used to fai
     expect(log).toMatch(/\[conveyor\] the build shell could not be started: it could not enter the workspace \S+\/src: removed, or replaced by the build\n/);
     expect(log).not.toMatch(/^(finally|post)-ran$/m);
   });
+
+  it.each([
+    ['replaces the workspace with a file', 'cd / && rm -rf "$CODEBUILD_SRC_DIR" && touch "$CODEBUILD_SRC_DIR" && exit 3'],
+    ['replaces the workspace with a link that loops', 'cd / && rm -rf "$CODEBUILD_SRC_DIR" && ln -s "$CODEBUILD_SRC_DIR" "$CODEBUILD_SRC_DIR" && exit 3'],
+  ])('a command that %s and ends the shell fails the build once, saying why (Node refuses such a working directory at once)', async (_case, command) => {
+    const { run, log } = await buildJob('swap-run-0001', `version: 0.2\nphases:\n  build:\n    commands:\n      - '${command}'\n  post_build:\n    commands:\n      - echo post-ran\n`);
+    expect(run.status, log).toBe('FAILED');
+    expect(run.phases?.phases[1]?.message).toMatch(/did not run, as the build shell could not be started \(it could not enter the workspace \S+\/src: removed, or replaced by the build\): echo post-ran$/);
+  });
 });
+

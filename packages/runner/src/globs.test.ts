@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FsArtifactStore } from '@conveyor/artifacts';
 import { GLOB_LIMITS } from '@conveyor/globs';
 import { CATASTROPHIC_GLOB, GLOB_VICTIM, writeFiles } from '@conveyor/testing';
-import { fileSelection, FileSelectionError, readSelectedFile, resolveFiles, stageFiles, type FileSelection } from './globs.js';
+import { excludesAllUnder, fileSelection, FileSelectionError, readSelectedFile, resolveFiles, stageFiles, type FileSelection } from './globs.js';
 import { checkSetpriv } from './shell-process.js';
 
 const run = promisify(execFile);
@@ -203,6 +203,16 @@ describe('resolveFiles: what a build may leave in its workspace', () => {
     // Excluding only some of what it may hold is not enough.
     const partly = { ...selection, excludePaths: ['locked/*.txt'] };
     expect(isRoot ? await resolveAsNobody(ws, partly) : `FileSelectionError: ${await failure(partly)}`).toMatch(/locked cannot be listed \(EACCES\)/);
+  });
+
+  it('takes a directory it cannot list as excluded only when exclude-paths leave out everything under it, read from the patterns', () => {
+    for (const patterns of [['**'], ['locked/**'], ['**/locked/**'], ['lo*/**'], ['other/**', 'locked/**'], ['locked/\\[1\\]/**']]) {
+      expect(excludesAllUnder(patterns[0] === 'locked/\\[1\\]/**' ? 'locked/[1]' : 'locked', patterns), patterns.join(' ')).toBe(true);
+    }
+    expect(excludesAllUnder('a/locked', ['a/**'])).toBe(true);
+    for (const patterns of [['locked/*'], ['locked/*', 'locked/*/*'], ['locked/**/*.log'], ['locked/**', '!locked/keep.log'], ['!**/*.jar'], ['locked/**/!(*.jar)'], ['@(locked)/**'], ['locked/'], ['other/**']]) {
+      expect(excludesAllUnder('locked', patterns), patterns.join(' ')).toBe(false);
+    }
   });
 
   it('refuses a workspace the build replaced with a symlink (it owns the directory around it)', async () => {

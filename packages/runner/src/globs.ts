@@ -154,7 +154,7 @@ async function walk(root: string, starts: readonly string[], field: string, bloc
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') continue;
       const error = new FileSelectionError(
-        `${field}: ${dir.shown ?? (dir.rel || '.')} cannot be listed (${code ?? (err as Error).message}), so the files selected could not all be found; if none of its files are wanted, list it in exclude-paths (${dir.rel ? `${dir.rel}/**` : '**'})`,
+        `${field}: ${dir.shown ?? (dir.rel || '.')} cannot be listed (${code ?? (err as Error).message}), so the files selected could not all be found; if none of its files are wanted, list it in exclude-paths (${dir.rel ? `${escapeGlob(dir.rel)}/**` : '**'})`,
         { cause: err },
       );
       // The caller may find it excluded (a directory the build's user cannot read, left by a container, say).
@@ -176,6 +176,30 @@ async function walk(root: string, starts: readonly string[], field: string, bloc
     }
   }
   return found;
+}
+
+/**
+ * Whether `patterns` (exclude-paths) leave out every file at any depth under `dir`, read from the
+ * patterns themselves (what the directory holds cannot be listed): one is `**`, or `<dir>/**` where
+ * `<dir>` is a glob without extglobs that matches the directory or one above it. Any negation (`!…`)
+ * among them could bring some back: then none does.
+ */
+export function excludesAllUnder(dir: string, patterns: readonly string[]): boolean {
+  if (patterns.some((p) => p.startsWith('!'))) return false;
+  return patterns.some((p) => {
+    if (p === '**') return true;
+    if (!p.endsWith('/**')) return false;
+    const head = p.slice(0, -3);
+    if (head === '' || /[!@+?*]\(/.test(head)) return false;
+    const isMatch = picomatch(head, { dot: true });
+    for (let d = dir; d !== ''; d = d.includes('/') ? d.slice(0, d.lastIndexOf('/')) : '') if (isMatch(d)) return true;
+    return false;
+  });
+}
+
+/** `path` as a glob that matches it alone (its glob characters escaped). */
+function escapeGlob(path: string): string {
+  return path.replace(/[\\*?[\]{}()!+@]/g, (c) => `\\${c}`);
 }
 
 /** A directory the walk could not list, with the error it is if the selection needs it. */
@@ -295,12 +319,10 @@ async function resolveSelection(workspace: string, selection: FileSelection): Pr
   const starts = await existingStarts(root, base, walkStarts(patterns), `${label}.files`);
   const blocked: Blocked[] = [];
   const selected = await matcher.select(globs, (await walk(base, starts, `${label}.files`, blocked)).filter((f) => !f.dir), (f) => f.rel);
-  // A directory that could not be listed is an error, unless exclude-paths leaves out whatever it holds
-  // (a file at any depth under it, as a probe shows): then nothing of it could have been selected.
-  for (const b of blocked) {
-    const probes = [`${b.rel}/conveyor-probe`, `${b.rel}/conveyor-probe/conveyor-probe`];
-    if ((await matcher.select(excludes, probes, (p) => p)).length < probes.length) throw b.error;
-  }
+  // A directory that could not be listed is an error, unless exclude-paths leaves out whatever it holds:
+  // then nothing of it could have been selected.
+  const excludePatterns = excludes.map((g) => g.pattern);
+  for (const b of blocked) if (!excludesAllUnder(b.rel, excludePatterns)) throw b.error;
   const excluded = new Set(await matcher.select(excludes, selected, (f) => f.rel));
   const found = selected.filter((f) => !excluded.has(f));
   for (const f of found) {

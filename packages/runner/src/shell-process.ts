@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess, type StdioNull, type StdioPipe } from 'node:child_process';
 import { constants } from 'node:os';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { access, rm, stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { groupAlive } from '@conveyor/procfs';
@@ -292,13 +292,19 @@ export class ShellProcess {
     if (!opts.user) {
       // By absolute path (the build's PATH is the build's: it may not lead to any bash), named as before
       // ($0 is `bash` or `/bin/sh`), in the workspace (a relative BASH_ENV is read from it, as always).
-      const child = spawn(shellPath(opts.shell, false), args, {
-        argv0: opts.shell,
-        cwd: opts.cwd,
-        env: opts.env,
-        detached: true,
-        stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
-      });
+      let child: ChildProcess;
+      try {
+        child = spawn(shellPath(opts.shell, false), args, {
+          argv0: opts.shell,
+          cwd: opts.cwd,
+          env: opts.env,
+          detached: true,
+          stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
+        });
+      } catch (err) {
+        // Node throws at once for some working directories (a file: ENOTDIR; a link loop: ELOOP).
+        throw await whyNotStarted(err, opts);
+      }
       return ShellProcess.started(child, opts);
     }
     // As another user, setpriv (started by root) switches to it and sets no_new_privs, then execs
@@ -331,12 +337,7 @@ export class ShellProcess {
         child.once('error', reject);
       });
     } catch (err) {
-      // Node says `spawn <file> ENOENT` for a missing working directory as for a missing program: the
-      // program is found by absolute path, so a workspace that is gone is the build's doing.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !(await isDirectory(opts.cwd))) {
-        throw new ShellStartError(`it could not enter the workspace ${opts.cwd}: removed, or replaced by the build`, { cause: err });
-      }
-      throw err;
+      throw await whyNotStarted(err, opts);
     }
     const shell = new ShellProcess(child, child.pid!);
     shell.wire(opts.onOutput);
@@ -346,9 +347,11 @@ export class ShellProcess {
       // Not started, then: nothing may run on unrecorded.
       await shell.terminate(0);
       for (const stream of child.stdio) stream?.destroy();
-      // Its control directory gone: a build run as the service's own user can remove it.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !(await isDirectory(opts.controlDir))) {
-        throw new ShellStartError(`its control directory ${opts.controlDir} is gone (removed by the build?)`, { cause: err });
+      // Its control directory removed or replaced, or a record planted in it: a build run as the service's
+      // own user can reach it. Anything else (no space, no files left) is the service's.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (!(await enterable(opts.controlDir)) || code === 'EEXIST' || code === 'ELOOP' || code === 'ENOTDIR') {
+        throw new ShellStartError(`its control directory ${opts.controlDir} was removed or changed (by the build?): ${(err as Error).message}`, { cause: err });
       }
       throw err;
     }
@@ -489,6 +492,24 @@ export class ShellProcess {
   }
 }
 
-async function isDirectory(path: string): Promise<boolean> {
-  return stat(path).then((s) => s.isDirectory(), () => false);
+/** A directory this process can enter (search permission). */
+async function enterable(path: string): Promise<boolean> {
+  try {
+    if (!(await stat(path)).isDirectory()) return false;
+    await access(path, fsConstants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A shell that could not be spawned (as the service's own user): the build's doing when its workspace is
+ * no longer a directory the shell can enter (removed, replaced by a file or a link, its mode taken away),
+ * whatever the error says (Node reports a missing working directory as `spawn <file> ENOENT`, as a
+ * missing program); else the service's (the program by absolute path is missing, no processes left).
+ */
+async function whyNotStarted(err: unknown, opts: Pick<ShellProcessOptions, 'cwd'>): Promise<unknown> {
+  if (await enterable(opts.cwd)) return err;
+  return new ShellStartError(`it could not enter the workspace ${opts.cwd}: removed, or replaced by the build`, { cause: err });
 }

@@ -352,7 +352,7 @@ export class LocalProcessTarget implements DeployTarget {
       owner = portOwner(record.port, record, ownUid);
     } catch (err) {
       // /proc/net/tcp unreadable for a moment (EMFILE, say): this 200 does not count, the next is checked
-      // again; said once in the log, and in the deploy's message if it never could be read.
+      // again; said once in the log, and in the deploy's message if the wait then times out.
       if (seen.unreadable++ === 0) this.opts.logger.warn({ err, pipeline: record.pipeline, port: record.port }, "could not read who listens on a deployed version's port");
       seen.lastError = (err as Error).message;
       return false;

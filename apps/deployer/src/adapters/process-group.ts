@@ -1,4 +1,4 @@
-import { groupIsOurs, unprovenGroupMembers, type ProcessIdentity } from '@conveyor/procfs';
+import { groupIsOurs, groupMembersOf, readProcStat, unprovenGroupMembers, type ProcessIdentity } from '@conveyor/procfs';
 
 /**
  * A version's process group as its record names it: the group's number (the leader's pid), the leader's
@@ -29,7 +29,7 @@ function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(-pgid, signal);
   } catch {
-    // gone already, or not ours to signal: waitGone says which
+    // gone already, or not ours to signal: the caller's wait says which
   }
 }
 
@@ -52,19 +52,11 @@ export function ownGroupAlive(group: RecordedGroup): boolean {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitGone(group: RecordedGroup, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (!ownGroupAlive(group)) return true;
-    await sleep(50);
-  }
-  return !ownGroupAlive(group);
-}
-
 /**
  * SIGTERM to the whole group, SIGKILL after `graceMs`; resolves once the group is gone (or gives up after
- * 5 s more). Each signal goes only while ownGroupAlive holds: a group that ended, its number since
- * given to someone else's, is never signalled (not even between the SIGTERM and the SIGKILL).
+ * 5 s more). Only a group ownGroupAlive finds is signalled, and only while a process it had then still
+ * runs in it (signalUntilGone): a group that ended, its number since given to someone else's, is never
+ * signalled (not even between the SIGTERM and the SIGKILL).
  */
 export async function stopGroup(group: RecordedGroup, graceMs: number): Promise<'terminated' | 'killed' | 'not-running' | 'stuck'> {
   if (!ownGroupAlive(group)) return 'not-running';
@@ -73,16 +65,46 @@ export async function stopGroup(group: RecordedGroup, graceMs: number): Promise<
 
 /**
  * Processes of the recorded group's number, its leader gone, that cannot be proven the version's (no
- * readable mark): not signalled. Under a root deployer the version's own user id still stops them; a
+ * readable mark), where no process of the group can (stopGroup signals those that share the number with
+ * a proven one): not signalled. Under a root deployer the version's own user id still stops them; a
  * deployer running versions as itself can only say they are there.
  */
 export function unprovenMembers(group: RecordedGroup): number[] {
   return group.procStart === undefined ? [] : unprovenGroupMembers(groupIdentity(group));
 }
 
+/**
+ * Signals the group until every process it had when found the version's is gone. Found so (its leader,
+ * or members with its mark, there), all of its processes are the version's, those that lost the mark
+ * too: no other process can have that group number while one of them has it. So the group is signalled,
+ * SIGKILL included, for as long as any of those processes (by pid and start time, still in the group)
+ * runs, and never after.
+ */
 async function signalUntilGone(group: RecordedGroup, graceMs: number): Promise<'terminated' | 'killed' | 'stuck'> {
+  const id = groupIdentity(group);
+  const members = [...groupMembersOf(id, { strict: true }), ...unprovenGroupMembers(id)].flatMap((pid) => {
+    const stat = readProcStat(pid);
+    return stat ? [{ pid, startTime: stat.startTime }] : [];
+  });
+  // Off Linux (no /proc) the members cannot be listed: the group's own check stands in.
+  const gone = members.length === 0 ? () => !ownGroupAlive(group) : () => members.every((m) => !inGroup(m, group.pgid));
   signalGroup(group.pgid, 'SIGTERM');
-  if (await waitGone(group, graceMs)) return 'terminated';
-  signalGroup(group.pgid, 'SIGKILL');
-  return (await waitGone(group, 5000)) ? 'killed' : 'stuck';
+  if (await waitUntil(gone, graceMs)) return 'terminated';
+  if (!gone()) signalGroup(group.pgid, 'SIGKILL');
+  return (await waitUntil(gone, 5000)) ? 'killed' : 'stuck';
+}
+
+/** The process still runs (the same one: its start time) and is still in that group. */
+function inGroup(member: { pid: number; startTime: string }, pgid: number): boolean {
+  const stat = readProcStat(member.pid);
+  return stat !== undefined && stat.state !== 'Z' && stat.state !== 'X' && stat.startTime === member.startTime && stat.pgrp === pgid;
+}
+
+async function waitUntil(done: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (done()) return true;
+    await sleep(50);
+  }
+  return done();
 }
