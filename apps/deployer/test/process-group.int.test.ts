@@ -16,13 +16,14 @@ afterEach(() => {
 
 /**
  * A detached `bash -c script`: a process group of its own, recorded as the deployer records a version's,
- * started with `CONVEYOR_RUN_ID=<runId>` as every version is (childEnv).
+ * started with `CONVEYOR_RUN_ID=<runId>` (and `CONVEYOR_DEPLOY_MARK=<mark>`, given one) as every version is (childEnv).
  */
-function startGroup(script: string, runId = 'run-process-group'): RecordedGroup {
-  const child = spawn('bash', ['-c', script], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH, CONVEYOR_RUN_ID: runId } });
+function startGroup(script: string, runId = 'run-process-group', mark?: string): RecordedGroup {
+  const env = { PATH: process.env.PATH, CONVEYOR_RUN_ID: runId, ...(mark ? { CONVEYOR_DEPLOY_MARK: mark } : {}) };
+  const child = spawn('bash', ['-c', script], { detached: true, stdio: 'ignore', env });
   const pgid = child.pid!;
   leftOver.push(pgid);
-  return { pgid, procStart: processStartTime(pgid), bootId: bootId(), runId };
+  return { pgid, procStart: processStartTime(pgid), bootId: bootId(), runId, ...(mark ? { mark } : {}) };
 }
 
 const until = async (check: () => boolean, ms = 5000) => {
@@ -115,11 +116,8 @@ describe('process groups', () => {
   });
 
   it("tells a version's processes by its own mark, not its run's: another attempt of the run, or a member that lost the mark, is named and left alone", async () => {
-    const mark = '6b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d';
-    const child = spawn('bash', ['-c', 'sleep 60 & env -i sleep 61 & sleep 0.2; exit 0'], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH, CONVEYOR_RUN_ID: 'run-marked', CONVEYOR_DEPLOY_MARK: mark } });
-    const pgid = child.pid!;
-    leftOver.push(pgid);
-    const record: RecordedGroup = { pgid, procStart: processStartTime(pgid), bootId: bootId(), runId: 'run-marked', mark };
+    const record = startGroup('sleep 60 & env -i sleep 61 & sleep 0.2; exit 0', 'run-marked', '6b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d');
+    const { pgid } = record;
     expect(await until(() => readProcStat(pgid) === undefined)).toBe(true);
     const members = await membersOf(pgid);
     expect(members).toHaveLength(2);
@@ -137,12 +135,9 @@ describe('process groups', () => {
   });
 
   it('stops, SIGKILL included, a member that lost the mark and ignores SIGTERM, as long as it shares the number with the proven ones', async () => {
-    const mark = '7c2e3d4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f';
     // The marked sleep ends on SIGTERM; the unmarked one ignores it (an ignored signal stays so across exec).
-    const child = spawn('bash', ['-c', `sleep 60 & env -i sh -c "trap '' TERM; exec sleep 62" & sleep 0.2; exit 0`], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH, CONVEYOR_DEPLOY_MARK: mark } });
-    const pgid = child.pid!;
-    leftOver.push(pgid);
-    const record: RecordedGroup = { pgid, procStart: processStartTime(pgid), bootId: bootId(), runId: 'run-stubborn', mark };
+    const record = startGroup(`sleep 60 & env -i sh -c "trap '' TERM; exec sleep 62" & sleep 0.2; exit 0`, 'run-stubborn', '7c2e3d4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f');
+    const { pgid } = record;
     expect(await until(() => readProcStat(pgid) === undefined)).toBe(true);
     const members = await membersOf(pgid);
     expect(members).toHaveLength(2);

@@ -225,7 +225,8 @@ async function startIn(home: string, opts: StackOptions, env: NodeJS.ProcessEnv,
   }
   // A service is stopped after its drain (SHUTDOWN_DRAIN_SECONDS, 20 by default) and the cancel of what
   // still runs after it: killed only once both had their time.
-  const settings = { ...passedThrough(env), ...opts.serviceEnv };
+  const passed = passedThrough(env);
+  const settings = { ...passed, ...opts.serviceEnv };
   const drainSeconds = Number(settings.SHUTDOWN_DRAIN_SECONDS ?? 20);
   const graceMs = ((Number.isFinite(drainSeconds) && drainSeconds >= 0 ? drainSeconds : 20) + 15) * 1000;
   await awaitLeftoverServices(home, graceMs, say);
@@ -288,7 +289,7 @@ async function startIn(home: string, opts: StackOptions, env: NodeJS.ProcessEnv,
       HOME: env.HOME ?? home,
       QUEUE_PREFIX: 'conveyor',
       LOG_LEVEL: 'info',
-      ...passedThrough(env),
+      ...passed,
       HOST: host,
       REDIS_URL: redis.url,
       ARTIFACT_DIR: join(home, 'artifacts'),

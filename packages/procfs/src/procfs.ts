@@ -197,31 +197,7 @@ export function compareStartTimes(a: string, b: string): number {
  * number), unless `strict`. Off Linux: the leader's pid when signal 0 reaches its group, else none.
  */
 export function groupMembersOf(id: ProcessIdentity, opts: { strict?: boolean } = {}): number[] {
-  const pgid = id.pid;
-  if (!Number.isInteger(pgid) || pgid <= 1 || !sameBoot(id)) return [];
-  if (!HAS_PROC) return signalReaches(-pgid) ? [pgid] : [];
-  if (id.startTime === undefined && opts.strict) return [];
-  const since = id.startTime;
-  let leaderGone = false;
-  if (since !== undefined) {
-    const leader = readProcStat(pgid);
-    if (leader && leader.startTime !== since) return [];
-    leaderGone = leader === undefined;
-  }
-  if (leaderGone && id.mark === undefined) return [];
-  let pids: string[];
-  try {
-    pids = readdirSync('/proc');
-  } catch {
-    return [];
-  }
-  return pids.flatMap((pid) => {
-    if (!/^\d+$/.test(pid)) return [];
-    const stat = readProcStat(pid);
-    if (!running(stat) || stat.pgrp !== pgid) return [];
-    if (since !== undefined && compareStartTimes(stat.startTime, since) < 0) return [];
-    return !leaderGone || carriesMark(pid, id.mark) ? [Number(pid)] : [];
-  });
+  return scanGroup(id, opts).members;
 }
 
 /**
@@ -231,21 +207,40 @@ export function groupMembersOf(id: ProcessIdentity, opts: { strict?: boolean } =
  * dumpable). Neither taken nor signalled; a caller says they are there. Empty when the leader runs.
  */
 export function unprovenGroupMembers(id: ProcessIdentity): number[] {
+  return scanGroup(id, { strict: true }).unproven;
+}
+
+/** Both lists in one pass over /proc: groupMembersOf's and unprovenGroupMembers'. */
+export function scanGroup(id: ProcessIdentity, opts: { strict?: boolean } = {}): { members: number[]; unproven: number[] } {
+  const none = { members: [], unproven: [] };
   const pgid = id.pid;
-  if (!HAS_PROC || id.startTime === undefined || !Number.isInteger(pgid) || pgid <= 1 || !sameBoot(id)) return [];
-  if (readProcStat(pgid) !== undefined) return [];
+  if (!Number.isInteger(pgid) || pgid <= 1 || !sameBoot(id)) return none;
+  if (!HAS_PROC) return { members: signalReaches(-pgid) ? [pgid] : [], unproven: [] };
+  if (id.startTime === undefined && opts.strict) return none;
+  const since = id.startTime;
+  let leaderGone = false;
+  if (since !== undefined) {
+    const leader = readProcStat(pgid);
+    if (leader && leader.startTime !== since) return none;
+    leaderGone = leader === undefined;
+  }
   let pids: string[];
   try {
     pids = readdirSync('/proc');
   } catch {
-    return [];
+    return none;
   }
-  return pids.flatMap((pid) => {
-    if (!/^\d+$/.test(pid)) return [];
+  const members: number[] = [];
+  const unproven: number[] = [];
+  for (const pid of pids) {
+    if (!/^\d+$/.test(pid)) continue;
     const stat = readProcStat(pid);
-    if (!running(stat) || stat.pgrp !== pgid || compareStartTimes(stat.startTime, id.startTime!) < 0) return [];
-    return carriesMark(pid, id.mark) ? [] : [Number(pid)];
-  });
+    if (!running(stat) || stat.pgrp !== pgid) continue;
+    if (since !== undefined && compareStartTimes(stat.startTime, since) < 0) continue;
+    if (!leaderGone || carriesMark(pid, id.mark)) members.push(Number(pid));
+    else unproven.push(Number(pid));
+  }
+  return { members, unproven };
 }
 
 /**

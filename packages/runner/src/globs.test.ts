@@ -206,9 +206,11 @@ describe('resolveFiles: what a build may leave in its workspace', () => {
   });
 
   it('takes a directory it cannot list as excluded only when exclude-paths leave out everything under it, read from the patterns', () => {
-    for (const patterns of [['**'], ['locked/**'], ['**/locked/**'], ['lo*/**'], ['other/**', 'locked/**'], ['locked/\\[1\\]/**']]) {
-      expect(excludesAllUnder(patterns[0] === 'locked/\\[1\\]/**' ? 'locked/[1]' : 'locked', patterns), patterns.join(' ')).toBe(true);
+    for (const patterns of [['**'], ['locked/**'], ['**/locked/**'], ['lo*/**'], ['other/**', 'locked/**']]) {
+      expect(excludesAllUnder('locked', patterns), patterns.join(' ')).toBe(true);
     }
+    // The hint's escaped form of a name with glob characters.
+    expect(excludesAllUnder('locked/[1]', ['locked/\\[1\\]/**'])).toBe(true);
     expect(excludesAllUnder('a/locked', ['a/**'])).toBe(true);
     for (const patterns of [['locked/*'], ['locked/*', 'locked/*/*'], ['locked/**/*.log'], ['locked/**', '!locked/keep.log'], ['!**/*.jar'], ['locked/**/!(*.jar)'], ['@(locked)/**'], ['locked/'], ['other/**']]) {
       expect(excludesAllUnder('locked', patterns), patterns.join(' ')).toBe(false);

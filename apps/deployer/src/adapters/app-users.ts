@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { chmod, chown, lchown, lstat, mkdir, realpath, stat } from 'node:fs/promises';
+import { chmod, chown, lchown, mkdir, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { checkBash, checkSetpriv, deleteFilesOf, hostKnowsUser, killUserProcesses, untraversable, type BuildUser } from '@conveyor/runner';

@@ -1,4 +1,4 @@
-import { groupIsOurs, groupMembersOf, readProcStat, unprovenGroupMembers, type ProcessIdentity } from '@conveyor/procfs';
+import { groupIsOurs, readProcStat, scanGroup, unprovenGroupMembers, type ProcessIdentity } from '@conveyor/procfs';
 
 /**
  * A version's process group as its record names it: the group's number (the leader's pid), the leader's
@@ -81,8 +81,8 @@ export function unprovenMembers(group: RecordedGroup): number[] {
  * runs, and never after.
  */
 async function signalUntilGone(group: RecordedGroup, graceMs: number): Promise<'terminated' | 'killed' | 'stuck'> {
-  const id = groupIdentity(group);
-  const members = [...groupMembersOf(id, { strict: true }), ...unprovenGroupMembers(id)].flatMap((pid) => {
+  const found = scanGroup(groupIdentity(group), { strict: true });
+  const members = [...found.members, ...found.unproven].flatMap((pid) => {
     const stat = readProcStat(pid);
     return stat ? [{ pid, startTime: stat.startTime }] : [];
   });

@@ -229,8 +229,7 @@ export class RedisRunStore implements RunStore {
     const key = this.deliveryKey(delivery.key);
     const set = await this.redis.set(key, JSON.stringify(delivery.decision), 'EX', DELIVERY_TTL_SECONDS, 'NX');
     if (set === 'OK') return undefined;
-    const seen = await this.redis.get(key);
-    return seen ? (JSON.parse(seen) as DeliveryDecision['decision']) : undefined;
+    return this.deliveryDecision(delivery.key);
   }
 
   async listByPipeline(pipeline: string, limit: number, before?: string): Promise<RunPage> {
